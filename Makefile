@@ -1,0 +1,27 @@
+# Two entry points for a fresh clone: `make demo` and `make test` (see README.md).
+# Both create .venv with the project and its dependencies on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORPUS ?= ../shared/corpus/ponymail
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/threadline demo --corpus $(CORPUS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/threadline bench correlate
+
+clean:
+	rm -rf $(VENV) data bench-results .pytest_cache .hypothesis

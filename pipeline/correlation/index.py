@@ -1,0 +1,263 @@
+"""The correlation index: one entry per mail in a store, hash -> mail lookups derived from it.
+
+A store only persists :class:`IndexedMail` entries (``put``/``delete``/``entries``): the in-memory
+store here, the Faust table store in ``pipeline.streams.tables``.  Every lookup the engine needs
+(token, conversation key, subject, line hashes) is derived locally from the entries, so a store
+costs one record per mail and the lookups are rebuilt from ``entries()`` after recovery.
+
+One index holds one tenant: mail of different tenants never correlates.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Iterable, Iterator, Protocol
+
+from pipeline.correlation.model import IndexedMail
+
+# A line found in the own text of more live mails than this is boilerplate (list footers,
+# disclaimers, signatures) and is no evidence.
+COMMON_LINE_MAILS = 6
+
+
+class MailStore(Protocol):
+    """Where index entries persist. Keys are message ids."""
+
+    def put(self, entry: IndexedMail) -> None: ...
+
+    def delete(self, message_id: str) -> None: ...
+
+    def entries(self) -> Iterable[IndexedMail]: ...
+
+
+class InMemoryStore:
+    """A dict; the store for the CLI, tests and benchmarks."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, IndexedMail] = {}
+
+    def put(self, entry: IndexedMail) -> None:
+        self._entries[entry.message_id] = entry
+
+    def delete(self, message_id: str) -> None:
+        self._entries.pop(message_id, None)
+
+    def entries(self) -> Iterator[IndexedMail]:
+        return iter(list(self._entries.values()))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# A bucket longer than this is not searched for removals: its dead ids are counted and the
+# bucket is compacted once half of it is dead, so evicting from a boilerplate line that is in
+# every mail stays O(1) amortised instead of O(bucket).
+_LONG_BUCKET = 32
+
+
+class Postings:
+    """key -> ids of live mails in arrival order.
+
+    A key with one id (most line hashes, most subjects) stores the bare id string instead of a
+    list: at a million indexed mails that is most of the index's memory.  What a reader sees is
+    a function of the live entries only, never of history, so an index rebuilt after recovery
+    answers exactly like the one that was never stopped.
+    """
+
+    __slots__ = ("_buckets", "_dead")
+
+    def __init__(self) -> None:
+        self._buckets: dict = {}
+        self._dead: dict = {}  # key -> count of dead ids still inside a long bucket
+
+    def clear(self) -> None:
+        self._buckets.clear()
+        self._dead.clear()
+
+    def add(self, key, message_id: str) -> None:
+        buckets = self._buckets
+        bucket = buckets.get(key)
+        if bucket is None:
+            buckets[key] = message_id
+        elif bucket.__class__ is str:
+            buckets[key] = [bucket, message_id]
+        else:
+            bucket.append(message_id)
+
+    def remove(self, key, message_id: str, live: dict) -> None:
+        """Forget ``message_id`` under ``key``; ``live`` must no longer contain it."""
+        buckets = self._buckets
+        bucket = buckets.get(key)
+        if bucket is None:
+            return
+        if bucket.__class__ is str:
+            if bucket == message_id:
+                del buckets[key]
+            return
+        if len(bucket) <= _LONG_BUCKET:
+            try:
+                bucket.remove(message_id)
+            except ValueError:
+                return
+            if len(bucket) == 1:
+                buckets[key] = bucket[0]
+            return
+        dead = self._dead.get(key, 0) + 1
+        if dead * 2 < len(bucket):
+            self._dead[key] = dead
+            return
+        # Compact: keep the last occurrence of each live id (an id re-added after removal
+        # appears twice; its newest position is its arrival order now).
+        kept = list(reversed(dict.fromkeys(m for m in reversed(bucket) if m in live)))
+        self._dead.pop(key, None)
+        if not kept:
+            del buckets[key]
+        elif len(kept) == 1:
+            buckets[key] = kept[0]
+        else:
+            buckets[key] = kept
+
+    def count(self, key) -> int:
+        """Live ids under ``key``."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return 0
+        if bucket.__class__ is str:
+            return 1
+        return len(bucket) - self._dead.get(key, 0)
+
+    def ids(self, key, live: dict) -> list[str]:
+        """Live ids under ``key``, oldest arrival first."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return []
+        if bucket.__class__ is str:
+            return [bucket]
+        if key not in self._dead:
+            return list(bucket)
+        return list(reversed(dict.fromkeys(m for m in reversed(bucket) if m in live)))
+
+
+class CorrelationIndex:
+    """Entries of one tenant plus the lookups derived from them.
+
+    Posting lists are in arrival order, so the last id of a list is the most recent candidate.
+    Everything but the entries themselves is derived and rebuilt by :meth:`rebuild`.
+    """
+
+    def __init__(self, store: MailStore | None = None, *, word_postings: bool = False) -> None:
+        self.store: MailStore = store if store is not None else InMemoryStore()
+        self._word_postings_enabled = word_postings
+        self._live: dict[str, IndexedMail] = {}
+        self._by_token = Postings()
+        self._by_conversation_key = Postings()
+        self._by_subject_key = Postings()
+        self._by_word = Postings()
+        self._by_line = Postings()
+        self._by_time: list[tuple[float, str]] = []  # min-heap for eviction
+        self.newest_event_time = float("-inf")
+        self.rebuild()
+
+    # -- maintenance ---------------------------------------------------------------------
+    def rebuild(self) -> int:
+        """Derive every lookup from the store's entries (after recovery). Returns the count."""
+        self._live.clear()
+        for postings in (self._by_token, self._by_conversation_key, self._by_subject_key,
+                         self._by_word, self._by_line):
+            postings.clear()
+        self._by_time.clear()
+        self.newest_event_time = float("-inf")
+        for entry in sorted(self.store.entries(), key=lambda e: (e.event_time, e.message_id)):
+            self._derive(entry)
+        return len(self._live)
+
+    def add(self, entry: IndexedMail) -> None:
+        """Persist ``entry`` and derive its lookups; an entry with a known id replaces the old one."""
+        old = self._live.get(entry.message_id)
+        if old is not None:
+            self._underive(old)
+        self.store.put(entry)
+        self._derive(entry)
+
+    def evict_older_than(self, cutoff: float) -> int:
+        """Drop every entry whose event time is before ``cutoff`` (epoch seconds)."""
+        evicted = 0
+        heap = self._by_time
+        while heap and heap[0][0] < cutoff:
+            event_time, message_id = heapq.heappop(heap)
+            entry = self._live.get(message_id)
+            if entry is None or entry.event_time != event_time:
+                continue  # replaced or already gone
+            self._underive(entry)
+            self.store.delete(message_id)
+            evicted += 1
+        return evicted
+
+    def _derive(self, entry: IndexedMail) -> None:
+        message_id = entry.message_id
+        self._live[message_id] = entry
+        heapq.heappush(self._by_time, (entry.event_time, message_id))
+        if entry.event_time > self.newest_event_time:
+            self.newest_event_time = entry.event_time
+        if entry.tracking_token:
+            self._by_token.add(entry.tracking_token, message_id)
+        if entry.conversation_key:
+            self._by_conversation_key.add(entry.conversation_key, message_id)
+        if entry.subject_key:
+            self._by_subject_key.add(entry.subject_key, message_id)
+        if self._word_postings_enabled:
+            for word in entry.subject_words:
+                self._by_word.add(word, message_id)
+        add_line = self._by_line.add
+        for line_hash in entry.own_line_hashes:
+            add_line(line_hash, message_id)
+
+    def _underive(self, entry: IndexedMail) -> None:
+        message_id = entry.message_id
+        live = self._live
+        del live[message_id]
+        if entry.tracking_token:
+            self._by_token.remove(entry.tracking_token, message_id, live)
+        if entry.conversation_key:
+            self._by_conversation_key.remove(entry.conversation_key, message_id, live)
+        if entry.subject_key:
+            self._by_subject_key.remove(entry.subject_key, message_id, live)
+        if self._word_postings_enabled:
+            for word in entry.subject_words:
+                self._by_word.remove(word, message_id, live)
+        for line_hash in entry.own_line_hashes:
+            self._by_line.remove(line_hash, message_id, live)
+
+    # -- lookups -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, message_id: str) -> bool:
+        return message_id in self._live
+
+    def get(self, message_id: str) -> IndexedMail | None:
+        return self._live.get(message_id)
+
+    def by_token(self, token: str) -> list[str]:
+        return self._by_token.ids(token, self._live)
+
+    def by_conversation_key(self, key: str) -> list[str]:
+        return self._by_conversation_key.ids(key, self._live)
+
+    def by_subject_key(self, subject_key: str) -> list[str]:
+        return self._by_subject_key.ids(subject_key, self._live)
+
+    def by_word(self, word: str) -> list[str]:
+        if not self._word_postings_enabled:
+            raise RuntimeError("word postings are off: build the index with word_postings=True")
+        return self._by_word.ids(word, self._live)
+
+    def word_count(self, word: str) -> int:
+        return self._by_word.count(word)
+
+    def by_line_hash(self, line_hash: int) -> list[str]:
+        """Mails whose own text has this line; [] for boilerplate (more than
+        ``COMMON_LINE_MAILS`` live mails have it), which is no evidence."""
+        if self._by_line.count(line_hash) > COMMON_LINE_MAILS:
+            return []
+        return self._by_line.ids(line_hash, self._live)

@@ -1,0 +1,135 @@
+"""Value types of correlation: method codes, the per-mail index entry and the decision."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from enum import IntEnum
+from typing import Any, Literal
+
+MailType = Literal["new", "reply", "forward"]
+
+
+class Method(IntEnum):
+    """Codes as in Dataverse ``correlationmethod`` (DESIGN.md §3)."""
+
+    NONE = 0
+    SKIPPED = 1
+    XHEADER = 2
+    IN_REPLY_TO = 3
+    TRACKING_TOKEN = 4
+    CONVERSATION_INDEX = 5
+    SMART_MATCHING = 6
+    CUSTOM = 7
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self]
+
+
+_LABELS = {
+    Method.NONE: "None",
+    Method.SKIPPED: "Skipped",
+    Method.XHEADER: "XHeader",
+    Method.IN_REPLY_TO: "InReplyTo",
+    Method.TRACKING_TOKEN: "TrackingToken",
+    Method.CONVERSATION_INDEX: "ConversationIndex",
+    Method.SMART_MATCHING: "SmartMatching",
+    Method.CUSTOM: "Custom",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedMail:
+    """One index entry per mail, holding every hash of it (one table record per mail).
+
+    The hash -> mail lookups are derived from these entries (see ``index.CorrelationIndex``),
+    so a store only has to keep entries; lookups are rebuilt after recovery.
+    """
+
+    message_id: str
+    conversation_id: str
+    event_time: float  # epoch seconds
+    direction: str = "in"
+    method: int = 0  # how this mail was correlated (a duplicate delivery reports it again)
+    mail_type: str = "new"
+    regarding: str | None = None
+    parent_message_id: str | None = None
+    tracking_token: str | None = None
+    conversation_key: str | None = None  # hex of the 22-byte Thread-Index header block
+    subject_key: str = ""  # the normalized subject (filtered words joined by one space)
+    subject_words: tuple[str, ...] = ()  # subject hashes: at most hash_max_count unique words
+    addresses: tuple[str, ...] = ()  # address hashes: at most hash_max_count unique addresses
+    own_line_hashes: tuple[int, ...] = ()
+    from_addr: str = ""
+    from_name: str = ""
+    xref: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IndexedMail:
+        values = dict(data)
+        for name in ("subject_words", "addresses", "own_line_hashes"):
+            values[name] = tuple(values.get(name) or ())
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """An outbound reply answering an inbound mail."""
+
+    answers_message_id: str
+    responder: str
+    inbound_time: datetime
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Correlation:
+    """The decision for one mail in one generation, with the evidence that made it."""
+
+    tenant: str
+    message_id: str
+    conversation_id: str
+    method: Method
+    mail_type: MailType
+    direction: str
+    event_time: datetime
+    generation: int = 0
+    settings_fingerprint: str = ""
+    parent_message_id: str | None = None
+    regarding: str | None = None
+    tracking_token: str | None = None
+    candidate_count: int = 0
+    evidence: dict[str, Any] = field(default_factory=dict)
+    subject: str = ""
+    from_addr: str = ""
+    to: tuple[str, ...] = ()
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+    untracked_reason: str | None = None
+    loop: bool = False
+    response: Response | None = None
+
+    @property
+    def event_id(self) -> str:
+        """Stable id: the same mail in the same generation always gets the same id."""
+        return stable_event_id("correlation", self.tenant, self.message_id, str(self.generation))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["method"] = int(self.method)
+        data["method_name"] = self.method.label
+        data["event_id"] = self.event_id
+        data["event_time"] = self.event_time.isoformat()
+        if self.response is not None:
+            data["response"]["inbound_time"] = self.response.inbound_time.isoformat()
+        return data
+
+
+def stable_event_id(*parts: str) -> str:
+    """32 hex digits derived from ``parts``; replays of the same input give the same id."""
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]

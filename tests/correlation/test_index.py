@@ -1,0 +1,87 @@
+"""The index: entries in a store, lookups derived from them, identical after a rebuild."""
+
+from __future__ import annotations
+
+import random
+
+from pipeline.correlation.index import COMMON_LINE_MAILS, CorrelationIndex, InMemoryStore, Postings
+from pipeline.correlation.model import IndexedMail
+
+
+def entry(n: int, *, t: float | None = None, subject_key: str = "s", lines: tuple[int, ...] = (), token=None) -> IndexedMail:
+    return IndexedMail(message_id=f"<{n}@x>", conversation_id=f"c{n}", event_time=float(n if t is None else t),
+                       subject_key=subject_key, own_line_hashes=lines, tracking_token=token)
+
+
+def lookups(index: CorrelationIndex, keys) -> dict:
+    return {key: index.by_subject_key(key) for key in keys}
+
+
+def test_postings_keep_arrival_order_through_removals_of_long_buckets():
+    postings = Postings()
+    live = {}
+    for n in range(100):
+        live[str(n)] = True
+        postings.add("k", str(n))
+    for n in range(0, 100, 3):
+        del live[str(n)]
+        postings.remove("k", str(n), live)
+    assert postings.ids("k", live) == [str(n) for n in range(100) if n % 3]
+    assert postings.count("k") == len(live)
+    for n in list(live):
+        del live[n]
+        postings.remove("k", n, live)
+    assert postings.ids("k", live) == [] and postings.count("k") == 0
+
+
+def test_a_single_id_is_stored_without_a_list():
+    postings = Postings()
+    postings.add("k", "a")
+    assert postings.ids("k", {"a": 1}) == ["a"]
+    postings.add("k", "b")
+    postings.remove("k", "a", {"b": 1})
+    assert postings.ids("k", {"b": 1}) == ["b"] and postings.count("k") == 1
+
+
+def test_eviction_drops_old_entries_from_store_and_lookups():
+    store = InMemoryStore()
+    index = CorrelationIndex(store)
+    for n in range(10):
+        index.add(entry(n, token="CRM:0001001"))
+    assert index.evict_older_than(5) == 5
+    assert len(store) == len(index) == 5
+    assert index.by_token("CRM:0001001") == [f"<{n}@x>" for n in range(5, 10)]
+    assert "<4@x>" not in index and "<5@x>" in index
+
+
+def test_common_lines_are_no_evidence_but_recover_when_mail_ages_out():
+    index = CorrelationIndex()
+    for n in range(COMMON_LINE_MAILS + 1):
+        index.add(entry(n, lines=(77,)))
+    assert index.by_line_hash(77) == []
+    index.evict_older_than(1)
+    assert index.by_line_hash(77) == [f"<{n}@x>" for n in range(1, COMMON_LINE_MAILS + 1)]
+
+
+def test_replacing_an_entry_moves_it_to_the_end():
+    index = CorrelationIndex()
+    index.add(entry(1))
+    index.add(entry(2))
+    index.add(entry(1, t=3))
+    assert index.by_subject_key("s") == ["<2@x>", "<1@x>"]
+
+
+def test_rebuilt_index_answers_exactly_like_the_live_one():
+    rng = random.Random(3)
+    store = InMemoryStore()
+    index = CorrelationIndex(store, word_postings=True)
+    keys = [f"k{i}" for i in range(5)]
+    for n in range(3000):
+        index.add(entry(n, subject_key=rng.choice(keys), lines=tuple(rng.randrange(40) for _ in range(3))))
+        if n % 250 == 0:
+            index.evict_older_than(n - 400)
+    rebuilt = CorrelationIndex(store, word_postings=True)
+    assert len(rebuilt) == len(index)
+    assert lookups(rebuilt, keys) == lookups(index, keys)
+    assert {h: rebuilt.by_line_hash(h) for h in range(40)} == {h: index.by_line_hash(h) for h in range(40)}
+    assert rebuilt.newest_event_time == index.newest_event_time

@@ -1,0 +1,69 @@
+"""Settings: defaults of Dynamics CRM 4.0, TOML file, environment, fingerprint, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.settings import SettingsError, load_settings
+
+
+def test_defaults_are_the_dynamics_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no threadline.toml here
+    smart = load_settings(environ={}).correlation.smart_matching
+    assert smart.hash_filter_keywords == r"^[\s]*([\w]+\s?:[\s]*)+"
+    assert (smart.hash_max_count, smart.hash_delta_subject_count, smart.hash_min_address_count) == (20, 0, 2)
+    assert load_settings(environ={}).correlation.window_days == 90
+
+
+def test_toml_then_environment(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text('[correlation]\nwindow_days = 30\n[correlation.smart_matching]\nhash_max_count = 5\n'
+                    '[kafka]\nbootstrap = "from-file:9092"\n[untracked]\nown_domains = ["a.example"]\n')
+    settings = load_settings(path, environ={"THREADLINE_KAFKA_BOOTSTRAP": "from-env:9092",
+                                            "THREADLINE_CORRELATION_SMART_MATCHING_HASH_MIN_ADDRESS_COUNT": "1",
+                                            "THREADLINE_UNTRACKED_EXCLUDED_DOMAINS": '["b.example"]'})
+    assert settings.kafka.bootstrap == "from-env:9092"
+    assert settings.correlation.window_days == 30
+    assert settings.correlation.smart_matching.hash_max_count == 5
+    assert settings.correlation.smart_matching.hash_min_address_count == 1
+    assert settings.untracked.own_domains == ("a.example",)
+    assert settings.untracked.excluded_domains == ("b.example",)
+
+
+def test_settings_file_from_environment(tmp_path):
+    path = tmp_path / "x.toml"
+    path.write_text("[clickhouse]\ndatabase = 'tl'\n")
+    assert load_settings(environ={"THREADLINE_SETTINGS": str(path)}).clickhouse.database == "tl"
+
+
+def test_fingerprint_changes_with_matching_settings_only(tmp_path):
+    base = load_settings(environ={})
+    same = load_settings(environ={"THREADLINE_KAFKA_PARTITIONS": "8"})
+    changed = load_settings(environ={"THREADLINE_CORRELATION_SMART_MATCHING_HASH_FILTER_KEYWORDS": r"^\s*(re|fw):\s*"})
+    assert base.correlation.fingerprint() == same.correlation.fingerprint()
+    assert base.correlation.fingerprint() != changed.correlation.fingerprint()
+    assert len(base.correlation.fingerprint()) == 12
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[correlation\n", "not valid TOML"),
+    ("[correlation.smart_matching]\nhash_filter_keywords = '(['\n", "not a valid regular expression"),
+    ("[correlation]\nwindow_days = -1\n", "window_days"),
+    ("[correlation]\nno_such_knob = 1\n", "no_such_knob"),
+    ("[correlation.tracking_token]\nprefix = 'has space'\n", "prefix"),
+])
+def test_bad_settings_say_what_is_wrong(tmp_path, content, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    with pytest.raises(SettingsError, match=message):
+        load_settings(path, environ={})
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_bad_json_list_in_environment():
+    with pytest.raises(SettingsError, match="THREADLINE_UNTRACKED_OWN_DOMAINS"):
+        load_settings(environ={"THREADLINE_UNTRACKED_OWN_DOMAINS": "[a.example"})
