@@ -154,6 +154,7 @@ class CorrelationIndex:
         self._by_subject_key = Postings()
         self._by_word = Postings()
         self._by_line = Postings()
+        self._by_series_head = Postings()
         self._by_time: list[tuple[float, str]] = []  # min-heap for eviction
         self.newest_event_time = float("-inf")
         self.rebuild()
@@ -163,7 +164,7 @@ class CorrelationIndex:
         """Derive every lookup from the store's entries (after recovery). Returns the count."""
         self._live.clear()
         for postings in (self._by_token, self._by_conversation_key, self._by_subject_key,
-                         self._by_word, self._by_line):
+                         self._by_word, self._by_line, self._by_series_head):
             postings.clear()
         self._by_time.clear()
         self.newest_event_time = float("-inf")
@@ -205,6 +206,8 @@ class CorrelationIndex:
             self._by_conversation_key.add(entry.conversation_key, message_id)
         if entry.subject_key:
             self._by_subject_key.add(entry.subject_key, message_id)
+        if entry.series_head:
+            self._by_series_head.add(entry.series_head, message_id)
         if self._word_postings_enabled:
             for word in entry.subject_words:
                 self._by_word.add(word, message_id)
@@ -222,6 +225,8 @@ class CorrelationIndex:
             self._by_conversation_key.remove(entry.conversation_key, message_id, live)
         if entry.subject_key:
             self._by_subject_key.remove(entry.subject_key, message_id, live)
+        if entry.series_head:
+            self._by_series_head.remove(entry.series_head, message_id, live)
         if self._word_postings_enabled:
             for word in entry.subject_words:
                 self._by_word.remove(word, message_id, live)
@@ -246,6 +251,9 @@ class CorrelationIndex:
 
     def by_subject_key(self, subject_key: str) -> list[str]:
         return self._by_subject_key.ids(subject_key, self._live)
+
+    def by_series_head(self, series_head: str) -> list[str]:
+        return self._by_series_head.ids(series_head, self._live)
 
     def by_word(self, word: str) -> list[str]:
         if not self._word_postings_enabled:

@@ -65,6 +65,7 @@ class IndexedMail:
     from_addr: str = ""
     from_name: str = ""
     xref: str | None = None
+    series_head: str | None = None  # "sender|N" for part 0 or 1 of a "[k/N]" series (cover letter, first patch)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,8 +117,10 @@ class Correlation:
 
     @property
     def event_id(self) -> str:
-        """Stable id: the same mail in the same generation always gets the same id."""
-        return stable_event_id("correlation", self.tenant, self.message_id, str(self.generation))
+        """Stable id: the same mail in the same generation always gets the same id; an untracked
+        record (loop, duplicate, excluded) gets its own, so it never replaces the tracked one."""
+        kind = f"untracked:{self.untracked_reason}" if self.untracked_reason else "correlation"
+        return stable_event_id(kind, self.tenant, self.message_id, str(self.generation))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

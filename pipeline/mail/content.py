@@ -2,8 +2,9 @@
 
 A reply usually quotes its parent ("> line", or an Outlook "-----Original Message-----" block)
 and names the parent's author in an attribution line ("On Tue, Jan 5, Ann Smith wrote:").
-We hash the substantial lines a mail writes itself and the lines it quotes; a quoted line whose
-hash equals an own line of an indexed mail points at that mail.  Hashes are stable 64-bit
+We hash the substantial lines a mail writes itself and the lines it quotes directly (quote
+depth 1: the parent's own text; deeper quotes are the grandparent's); a quoted line whose hash
+equals an own line of an indexed mail points at that mail.  Hashes are stable 64-bit
 signed integers (Avro ``long``), so they survive serialisation and restarts.
 """
 
@@ -58,34 +59,37 @@ def _strip_quote_marks(line: str) -> tuple[int, str]:
 def fingerprint_body(text: str) -> tuple[tuple[int, ...], tuple[int, ...], str]:
     """Return (own line hashes, quoted line hashes, attribution) of a plain-text body.
 
-    Own lines stop at the signature delimiter ("-- "); everything after an "Original Message"
-    separator counts as quoted, as do lines starting with '>'.  Hashes keep first-seen order
-    and are unique.
+    Own lines stop at the signature delimiter ("-- "). Quoted lines are those at quote depth 1:
+    one '>' mark, or unmarked text after the first "Original Message" separator (up to the
+    next one).  Hashes keep first-seen order and are unique.
     """
     own: dict[int, None] = {}
     quoted: dict[int, None] = {}
     attribution = ""
     in_signature = False
-    in_original = False
+    original_depth = 0  # "Original Message" separators seen: Outlook quotes without marks
     for raw_line in text.splitlines():
         if raw_line == _SIGNATURE or raw_line.rstrip() == "--":
             in_signature = True
             continue
         depth, content = _strip_quote_marks(raw_line)
-        if not in_original and depth == 0 and _ORIGINAL_MESSAGE.match(content):
-            in_original = True
+        if depth == 0 and _ORIGINAL_MESSAGE.match(content):
+            original_depth += 1
             continue
+        depth += original_depth
         if not attribution:
             match = _ATTRIBUTION.match(content) if depth == 0 else None
-            if match is None and in_original:
+            if match is None and original_depth == 1:
                 match = _OUTLOOK_FROM.match(content)
             if match is not None:
                 attribution = normalize_line(match.group("who"))
                 continue
+        if depth > 1:
+            continue  # the grandparent's text: evidence for the parent's parent, not ours
         normalized = normalize_line(content)
         if len(normalized) < MIN_LINE_CHARS:
             continue
-        if depth > 0 or in_original:
+        if depth == 1:
             if len(quoted) < MAX_LINE_HASHES:
                 quoted.setdefault(stable_hash(normalized), None)
         elif not in_signature and len(own) < MAX_LINE_HASHES:

@@ -1,0 +1,544 @@
+"""The correlation engine: one mail in, one explained decision out (DESIGN.md §3).
+
+Pure Python: no Kafka, Faust or ClickHouse.  The Faust correlator, the CLI, the evaluation and
+the benchmarks all drive this class; only the index's store differs between them.
+
+Order, first hit wins: XHeader (2), InReplyTo (3), TrackingToken (4), ConversationIndex (5),
+SmartMatching (6), Custom (7), else None (0); Skipped (1) when correlation is off or the mail is
+untracked.  Every decision carries its evidence.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Iterable
+
+from pipeline.correlation import subject as subjects
+from pipeline.correlation import thread_index, tokens
+from pipeline.correlation.index import CorrelationIndex
+from pipeline.correlation.model import Correlation, IndexedMail, Method, Response, stable_event_id
+from pipeline.mail.content import normalize_line
+from pipeline.mail.record import MailRecord
+from pipeline.settings import CorrelationSettings, UntrackedSettings
+
+Clock = Callable[[], datetime]
+CustomRule = Callable[[MailRecord, CorrelationIndex], "str | None"]
+RegardingResolver = Callable[[MailRecord], "str | None"]
+
+# Candidates dated more than this after the mail are not its parent (clocks are skewed, but a
+# parent written a day after its reply is another conversation).
+FUTURE_SLACK_S = 86_400.0
+# Weights of the evidence strategy's ranking; quoted text is the strongest sign of a parent.
+_QUOTED_LINE_WEIGHT = 4
+_MAX_QUOTED_LINES_SCORED = 5
+_ATTRIBUTION_WEIGHT = 3
+_SAME_SUBJECT_WEIGHT = 2
+_PARTICIPANT_WEIGHT = 1
+# Patch series and multi-part announcements ("[PATCH v2 3/7]", "[2/2] repo git commit: ..."):
+# git send-email and commit mailers thread every part to the cover letter ([0/N]) or, without
+# one, to the first part; the parts of one series leave one sender within minutes.
+_SERIES_TAG = re.compile(r"\[(?:[^\]\[]{0,40}?\s)?(\d{1,3})/(\d{1,3})\]")
+SERIES_WINDOW_S = 3_600.0
+_BRACKET_TAG = re.compile(r"\[[^\]]*\]")
+_WORD = re.compile(r"\w+")
+
+
+def _tag_words(subject: str) -> set[str]:
+    """Words inside "[...]" tags: a list name is in every subject of that list, so sharing it
+    says nothing about which thread a mail continues."""
+    return {word.casefold() for tag in _BRACKET_TAG.findall(subject) for word in _WORD.findall(tag)}
+
+
+def series_part(subject: str) -> tuple[int, int] | None:
+    """(k, N) of a "[k/N]" tag in the subject, when 0 <= k <= N."""
+    match = _SERIES_TAG.search(subject)
+    if match is None:
+        return None
+    part, total = int(match.group(1)), int(match.group(2))
+    return (part, total) if 0 <= part <= total and total > 1 else None
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def load_custom_rule(spec: str) -> CustomRule:
+    """Import ``module:function``; a clear error when it cannot be loaded."""
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        raise ValueError(f"custom_rule must be 'module:function', got {spec!r}")
+    try:
+        rule = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"custom_rule {spec!r} cannot be loaded: {exc}") from exc
+    if not callable(rule):
+        raise ValueError(f"custom_rule {spec!r} is not callable")
+    return rule
+
+
+def parse_xref(value: str) -> dict[str, str]:
+    """``X-Threadline-Ref: instance=threadline; ref=<id@host>; regarding=SUPP-1`` -> fields."""
+    fields: dict[str, str] = {}
+    for part in value.split(";"):
+        key, sep, item = part.partition("=")
+        if sep and key.strip():
+            fields[key.strip().lower()] = item.strip()
+    return fields
+
+
+def format_xref(instance_id: str, ref: str, regarding: str | None = None) -> str:
+    value = f"instance={instance_id}; ref={ref}"
+    return f"{value}; regarding={regarding}" if regarding else value
+
+
+@dataclass(frozen=True, slots=True)
+class _Match:
+    method: Method
+    parent: IndexedMail
+    candidate_count: int
+    evidence: dict
+
+
+def _recency(entry: IndexedMail) -> tuple[float, str]:
+    """Newest wins; equal times are broken by Message-ID so that the choice never depends on
+    arrival or iteration order (a rebuilt index must decide exactly like the live one)."""
+    return entry.event_time, entry.message_id
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2]
+
+
+class Correlator:
+    """Correlates the mail of one tenant, in order, against its index."""
+
+    def __init__(
+        self,
+        settings: CorrelationSettings,
+        index: CorrelationIndex | None = None,
+        *,
+        tenant: str = "default",
+        untracked: UntrackedSettings | None = None,
+        clock: Clock = utc_now,
+        generation: int = 0,
+        custom_rule: CustomRule | None = None,
+        regarding_resolver: RegardingResolver | None = None,
+    ) -> None:
+        self.settings = settings
+        smart = settings.smart_matching
+        self.index = index if index is not None else CorrelationIndex(
+            word_postings=smart.hash_delta_subject_count > 0
+        )
+        self.tenant = tenant
+        self.untracked = untracked or UntrackedSettings()
+        self.clock = clock
+        self.generation = generation
+        self.fingerprint = settings.fingerprint()
+        self.window_s = settings.window_days * 86_400.0
+        if custom_rule is None and settings.custom_rule:
+            custom_rule = load_custom_rule(settings.custom_rule)
+        self.custom_rule = custom_rule
+        self.regarding_resolver = regarding_resolver
+        self._own_domains = frozenset(d.lower() for d in self.untracked.own_domains)
+        self._excluded_addresses = frozenset(a.lower() for a in self.untracked.excluded_addresses)
+        self._excluded_domains = frozenset(d.lower() for d in self.untracked.excluded_domains)
+        self._excluded_mailboxes = frozenset(self.untracked.excluded_mailboxes)
+
+    # -- public ----------------------------------------------------------------------------
+    def correlate(self, mail: MailRecord) -> Correlation:
+        event_dt = mail.event_time or self.clock()
+        if event_dt.tzinfo is None:
+            event_dt = event_dt.replace(tzinfo=timezone.utc)
+        ts = event_dt.timestamp()
+        index = self.index
+        # Evict against the newest event time seen, not this mail's: a late, old mail must not
+        # evict what newer mail still needs, and the index stays a function of its input.
+        index.evict_older_than(max(index.newest_event_time, ts) - self.window_s)
+
+        if not self.settings.enabled:
+            return self._result(mail, event_dt, Method.SKIPPED, untracked_reason="correlation_disabled")
+        reason = self._untracked_reason(mail)
+        if reason is not None:
+            return self._result(mail, event_dt, Method.SKIPPED, untracked_reason=reason)
+
+        known = index.get(mail.message_id)
+        if known is not None:
+            return self._repeat(mail, event_dt, known)
+
+        smart = self.settings.smart_matching
+        words = self._subject_words(mail.subject)
+        subject_key = " ".join(sorted(words))
+        addresses = mail.participants[: smart.hash_max_count]
+        token = tokens.find_token(self.settings.tracking_token, mail.subject) if self.settings.tracking_token.enabled else None
+        conversation_key = thread_index.conversation_key(mail.thread_index) if mail.thread_index else None
+        mail_type = subjects.mail_type_from_subject(mail.subject)
+
+        match = self._match(mail, ts, words, subject_key, addresses, token, conversation_key, mail_type)
+        evidence: dict = {}
+        if match is not None and mail_type == "forward" and not self.settings.forwards_as_replies:
+            evidence = {"forward_not_reply": True, "would_match": match.parent.message_id,
+                        "would_method": match.method.label}
+            match = None
+
+        if match is None:
+            parent = None
+            method = Method.NONE
+            conversation_id = "c-" + stable_event_id("conversation", self.tenant, mail.message_id)[:16]
+            regarding = self._regarding_without_parent(mail)
+            candidate_count = 0
+        else:
+            parent = match.parent
+            method = match.method
+            evidence = match.evidence
+            conversation_id = parent.conversation_id
+            regarding = parent.regarding or self._regarding_without_parent(mail)
+            candidate_count = match.candidate_count
+            if mail_type == "new":
+                mail_type = "reply"  # linked by its headers or content though its subject has no prefix
+
+        response = None
+        if parent is not None and mail.direction == "out" and parent.direction == "in":
+            response = Response(
+                answers_message_id=parent.message_id,
+                responder=mail.from_addr,
+                inbound_time=datetime.fromtimestamp(parent.event_time, timezone.utc),
+                seconds=max(0.0, ts - parent.event_time),
+            )
+
+        series = series_part(mail.subject)
+        index.add(IndexedMail(
+            message_id=mail.message_id,
+            conversation_id=conversation_id,
+            event_time=ts,
+            direction=mail.direction,
+            method=int(method),
+            mail_type=mail_type,
+            regarding=regarding,
+            parent_message_id=parent.message_id if parent else None,
+            tracking_token=token,
+            conversation_key=conversation_key,
+            subject_key=subject_key,
+            subject_words=words,
+            addresses=addresses,
+            own_line_hashes=mail.own_line_hashes,
+            from_addr=mail.from_addr,
+            from_name=normalize_line(mail.from_name) if mail.from_name else "",
+            xref=mail.xref,
+            series_head=f"{mail.from_addr}|{series[1]}|{series[0]}" if series and series[0] <= 1 else None,
+        ))
+        return self._result(
+            mail, event_dt, method,
+            conversation_id=conversation_id,
+            parent_message_id=parent.message_id if parent else None,
+            regarding=regarding,
+            tracking_token=token,
+            candidate_count=candidate_count,
+            evidence=evidence,
+            mail_type=mail_type,
+            response=response,
+        )
+
+    def correlate_all(self, mails: Iterable[MailRecord]) -> Iterable[Correlation]:
+        for mail in mails:
+            yield self.correlate(mail)
+
+    # -- decisions -------------------------------------------------------------------------
+    def _subject_words(self, subject: str) -> tuple[str, ...]:
+        smart = self.settings.smart_matching
+        if smart.strategy == "evidence":
+            # Reply/forward prefixes of every language go first, wherever they stand among the
+            # tags, so that "AW: [list] Re: x" and "[list] x" hash alike; tags stay: "[RESULT]
+            # [VOTE] x" is not "[VOTE] x". The configured filter still applies after that.
+            subject = subjects.strip_reply_prefixes(subject)
+        return subjects.subject_hashes(subject, smart)
+
+    def _untracked_reason(self, mail: MailRecord) -> str | None:
+        if mail.mailbox and mail.mailbox in self._excluded_mailboxes:
+            return "excluded_mailbox"
+        xref = parse_xref(mail.xref) if mail.xref else None
+        if (xref and mail.direction == "in" and xref.get("instance") == self.settings.instance_id
+                and xref.get("ref") == mail.message_id):
+            return "loop"  # a mail we sent, stamped with its own id, came back in
+        participants = mail.participants
+        if self._own_domains and not self.untracked.track_internal and participants and all(
+            _domain(address) in self._own_domains for address in participants
+        ):
+            return "internal"
+        if self._excluded_addresses or self._excluded_domains:
+            counterparts = (mail.from_addr,) if mail.direction == "in" else (*mail.to, *mail.cc, *mail.bcc)
+            external = [a for a in counterparts if _domain(a) not in self._own_domains]
+            if external and all(
+                a in self._excluded_addresses or _domain(a) in self._excluded_domains for a in external
+            ):
+                return "excluded_recipient"
+        return None
+
+    def _repeat(self, mail: MailRecord, event_dt: datetime, known: IndexedMail) -> Correlation:
+        """The same Message-ID again: our own mail coming back (loop) or a duplicate delivery
+        (the same mail in two mailboxes, or a redelivery). Either way the first decision stands
+        and this one is reported as untracked, so it never overwrites the first one downstream."""
+        if known.direction == "out" and mail.direction == "in":
+            return self._result(mail, event_dt, Method.SKIPPED, untracked_reason="loop",
+                                conversation_id=known.conversation_id, loop=True,
+                                evidence={"loop_of": known.message_id})
+        return self._result(
+            mail, event_dt, Method(known.method), untracked_reason="duplicate",
+            conversation_id=known.conversation_id,
+            parent_message_id=known.parent_message_id,
+            regarding=known.regarding,
+            tracking_token=known.tracking_token,
+            evidence={"duplicate_of": known.message_id},
+            mail_type=known.mail_type,  # type: ignore[arg-type]
+        )
+
+    def _regarding_without_parent(self, mail: MailRecord) -> str | None:
+        if mail.xref:
+            regarding = parse_xref(mail.xref).get("regarding")
+            if regarding:
+                return regarding
+        return self.regarding_resolver(mail) if self.regarding_resolver else None
+
+    def _in_window(self, entry: IndexedMail, ts: float) -> bool:
+        return ts - self.window_s <= entry.event_time <= ts + FUTURE_SLACK_S
+
+    def _most_recent(self, ids: list[str], ts: float) -> tuple[IndexedMail | None, int]:
+        """The newest in-window entry of ``ids`` and the count of in-window entries."""
+        best = None
+        count = 0
+        for message_id in ids:
+            entry = self.index.get(message_id)
+            if entry is None or not self._in_window(entry, ts):
+                continue
+            count += 1
+            if best is None or _recency(entry) > _recency(best):
+                best = entry
+        return best, count
+
+    def _match(self, mail, ts, words, subject_key, addresses, token, conversation_key, mail_type) -> _Match | None:
+        settings = self.settings
+        index = self.index
+        if settings.use_xheader and mail.xref:
+            xref = parse_xref(mail.xref)
+            ref = xref.get("ref")
+            if xref.get("instance") == settings.instance_id and ref and ref != mail.message_id:
+                parent = index.get(ref)
+                if parent is not None and self._in_window(parent, ts):
+                    return _Match(Method.XHEADER, parent, 1, {"header": settings.xheader_name, "ref": ref})
+
+        if settings.use_in_reply_to:
+            for header, ids in (("In-Reply-To", mail.in_reply_to), ("References", tuple(reversed(mail.references)))):
+                for ref in ids:
+                    parent = index.get(ref)
+                    if parent is not None and self._in_window(parent, ts):
+                        return _Match(Method.IN_REPLY_TO, parent, 1, {"header": header, "ref": ref})
+
+        if token is not None:
+            match = self._match_token(mail, ts, token, subject_key, addresses)
+            if match is not None:
+                return match
+
+        if settings.use_conversation_index and conversation_key:
+            parent, count = self._most_recent(index.by_conversation_key(conversation_key), ts)
+            if parent is not None:
+                return _Match(Method.CONVERSATION_INDEX, parent, count, {"conversation_key": conversation_key})
+
+        if settings.smart_matching.enabled and words:
+            if settings.smart_matching.strategy == "dynamics":
+                match = self._match_dynamics(ts, words, subject_key, addresses)
+            else:
+                match = self._match_evidence(mail, ts, words, subject_key, addresses, mail_type)
+            if match is not None:
+                return match
+
+        if self.custom_rule is not None:
+            ref = self.custom_rule(mail, index)
+            parent = index.get(ref) if ref else None
+            if parent is not None:
+                return _Match(Method.CUSTOM, parent, 1, {"rule": settings.custom_rule or "injected", "ref": ref})
+        return None
+
+    def _match_token(self, mail, ts, token, subject_key, addresses) -> _Match | None:
+        """The most recent mail with the token; in "confirms" mode the most recent one whose
+        subject is unchanged or that shares an address (the token alone does not decide)."""
+        candidates = [e for e in map(self.index.get, self.index.by_token(token))
+                      if e is not None and self._in_window(e, ts)]
+        candidates.sort(key=_recency, reverse=True)
+        confirm = self.settings.tracking_token.mode == "confirms"
+        for parent in candidates:
+            evidence: dict = {"token": token}
+            if confirm and parent.subject_key != subject_key:
+                common = sorted(set(addresses).intersection(parent.addresses))
+                if not common:
+                    continue
+                evidence.update(subject_changed=True, matched_addresses=common)
+            return _Match(Method.TRACKING_TOKEN, parent, len(candidates), evidence)
+        return None
+
+    def _subject_candidates(self, ts, words, subject_key) -> list[IndexedMail]:
+        """Mails whose subject hashes agree within ``hash_delta_subject_count``."""
+        smart = self.settings.smart_matching
+        index = self.index
+        delta = smart.hash_delta_subject_count
+        if delta == 0:
+            ids = index.by_subject_key(subject_key)
+        else:
+            # A candidate missing at most ``delta`` of our words has at least one of any
+            # delta + 1 of them: the postings of the rarest delta + 1 words find them all.
+            rarest = sorted(words, key=index.word_count)[: delta + 1]
+            ids = list(dict.fromkeys(m for word in rarest for m in index.by_word(word)))
+        word_set = set(words)
+        candidates = []
+        for message_id in ids:
+            entry = index.get(message_id)
+            if entry is None or not self._in_window(entry, ts):
+                continue
+            if delta:
+                common = len(word_set.intersection(entry.subject_words))
+                if len(words) - common > delta or len(entry.subject_words) - common > delta:
+                    continue
+            candidates.append(entry)
+        return candidates
+
+    def _match_dynamics(self, ts, words, subject_key, addresses) -> _Match | None:
+        """CRM 4.0: subject hashes agree and at least ``hash_min_address_count`` addresses match;
+        the most recent candidate wins."""
+        need = self.settings.smart_matching.hash_min_address_count
+        address_set = set(addresses)
+        best = None
+        best_common: list[str] = []
+        count = 0
+        for entry in self._subject_candidates(ts, words, subject_key):
+            common = address_set.intersection(entry.addresses)
+            if len(common) < need:
+                continue
+            count += 1
+            if best is None or _recency(entry) > _recency(best):
+                best, best_common = entry, sorted(common)
+        if best is None:
+            return None
+        return _Match(Method.SMART_MATCHING, best, count, {
+            "strategy": "dynamics", "subject_hashes": list(words), "matched_addresses": best_common,
+        })
+
+    def _match_evidence(self, mail, ts, words, subject_key, addresses, mail_type) -> _Match | None:
+        """CRM 4.0 candidates, plus mail that continues a subject with a reply signal, or quotes an
+        indexed mail's own text; ranked by quoted lines, attribution, subject and participants."""
+        index = self.index
+        smart = self.settings.smart_matching
+        series = series_part(mail.subject)
+        if series is not None and series[0] >= 1:
+            match = self._match_series(mail, ts, *series)
+            if match is not None:
+                return match
+        same_subject = {entry.message_id: entry for entry in self._subject_candidates(ts, words, subject_key)}
+        quoted_hits: dict[str, int] = {}
+        own_lines = set(mail.own_line_hashes)
+        for line_hash in mail.quoted_line_hashes:
+            # A line the mail also carries unquoted (a list footer, a disclaimer) is boilerplate
+            # appended to every mail, not text quoted from one parent.
+            if line_hash in own_lines:
+                continue
+            for message_id in index.by_line_hash(line_hash):
+                quoted_hits[message_id] = quoted_hits.get(message_id, 0) + 1
+        if not same_subject and not quoted_hits:
+            return None
+
+        has_prefix = mail_type != "new"
+        address_set = set(addresses)
+        word_set = set(words)
+        topic_words = word_set - _tag_words(mail.subject) if quoted_hits else word_set
+        attribution = mail.attribution
+        best = None
+        best_key = None
+        best_evidence: dict = {}
+        accepted = 0
+        for message_id in same_subject.keys() | quoted_hits.keys():
+            entry = same_subject.get(message_id) or index.get(message_id)
+            if entry is None or not self._in_window(entry, ts):
+                continue
+            quoted = quoted_hits.get(message_id, 0)
+            subject_match = message_id in same_subject
+            attributed = bool(attribution) and (
+                (entry.from_name and entry.from_name in attribution)
+                or (entry.from_addr and entry.from_addr in attribution)
+            )
+            common_addresses = address_set.intersection(entry.addresses)
+            related = mail.from_addr in entry.addresses or entry.from_addr in address_set
+            dynamics_rule = subject_match and len(common_addresses) >= smart.hash_min_address_count
+            continues_subject = subject_match and (has_prefix or quoted > 0 or attributed)
+            # Quoted text alone can be a footer or a pasted error message seen in another
+            # thread: it needs the subject to share words with the parent, or the attribution.
+            quotes_it = quoted > 0 and (bool(topic_words.intersection(entry.subject_words)) or attributed)
+            if not (dynamics_rule or continues_subject or quotes_it):
+                continue
+            accepted += 1
+            score = (_QUOTED_LINE_WEIGHT * min(quoted, _MAX_QUOTED_LINES_SCORED)
+                     + _ATTRIBUTION_WEIGHT * attributed + _SAME_SUBJECT_WEIGHT * subject_match
+                     + _PARTICIPANT_WEIGHT * related)
+            key = (score, *_recency(entry))
+            if best_key is None or key > best_key:
+                best, best_key = entry, key
+                best_evidence = {
+                    "strategy": "evidence",
+                    "subject_hashes": list(words) if subject_match else sorted(word_set.intersection(entry.subject_words)),
+                    "same_subject": subject_match,
+                    "reply_prefix": has_prefix,
+                    "quoted_lines": quoted,
+                    "attribution": attribution if attributed else None,
+                    "matched_addresses": sorted(common_addresses),
+                    "score": score,
+                }
+        if best is None:
+            return None
+        return _Match(Method.SMART_MATCHING, best, accepted, best_evidence)
+
+    def _match_series(self, mail: MailRecord, ts: float, part: int, total: int) -> _Match | None:
+        """Part k of a series joins its cover letter [0/N], else its first part [1/N], sent by the
+        same sender shortly before."""
+        heads = (0,) if part == 1 else (0, 1)
+        for head in heads:
+            ids = self.index.by_series_head(f"{mail.from_addr}|{total}|{head}")
+            candidates = [e for e in map(self.index.get, ids)
+                          if e is not None and ts - SERIES_WINDOW_S <= e.event_time <= ts + FUTURE_SLACK_S]
+            if candidates:
+                parent = max(candidates, key=_recency)
+                return _Match(Method.SMART_MATCHING, parent, len(candidates), {
+                    "strategy": "evidence", "series": f"{part}/{total}", "series_head": f"{head}/{total}",
+                    "matched_addresses": [mail.from_addr],
+                })
+        return None
+
+    # -- output ----------------------------------------------------------------------------
+    def _result(self, mail: MailRecord, event_dt: datetime, method: Method, *,
+                conversation_id: str | None = None, parent_message_id: str | None = None,
+                regarding: str | None = None, tracking_token: str | None = None,
+                candidate_count: int = 0, evidence: dict | None = None, mail_type: str | None = None,
+                untracked_reason: str | None = None, loop: bool = False,
+                response: Response | None = None) -> Correlation:
+        return Correlation(
+            tenant=self.tenant,
+            message_id=mail.message_id,
+            conversation_id=conversation_id or "c-" + stable_event_id("conversation", self.tenant, mail.message_id)[:16],
+            method=method,
+            mail_type=mail_type or subjects.mail_type_from_subject(mail.subject),  # type: ignore[arg-type]
+            direction=mail.direction,
+            event_time=event_dt,
+            generation=self.generation,
+            settings_fingerprint=self.fingerprint,
+            parent_message_id=parent_message_id,
+            regarding=regarding,
+            tracking_token=tracking_token,
+            candidate_count=candidate_count,
+            evidence=evidence or {},
+            subject=mail.subject,
+            from_addr=mail.from_addr,
+            to=mail.to,
+            cc=mail.cc,
+            bcc=mail.bcc,
+            untracked_reason=untracked_reason,
+            loop=loop,
+            response=response,
+        )

@@ -1,0 +1,75 @@
+"""Say in words why a mail was correlated the way it was (``threadline explain``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_UNTRACKED = {
+    "correlation_disabled": "correlation is switched off in the settings",
+    "excluded_mailbox": "its mailbox is excluded from tracking",
+    "internal": "every participant is in one of our own domains (internal mail)",
+    "excluded_recipient": "tracking is disabled for every external party of this mail",
+    "loop": "it is a mail we sent coming back to us (loop)",
+    "duplicate": "the same Message-ID was correlated before; the first decision stands",
+}
+
+
+def _because(method: str, evidence: dict[str, Any]) -> str:
+    if method == "XHeader":
+        return f"our own header {evidence.get('header')} names {evidence.get('ref')}"
+    if method == "InReplyTo":
+        return f"its {evidence.get('header')} header names {evidence.get('ref')}, a mail we know"
+    if method == "TrackingToken":
+        text = f"its subject carries the tracking token {evidence.get('token')}"
+        if evidence.get("subject_changed"):
+            text += f"; the subject changed, confirmed by common addresses {', '.join(evidence['matched_addresses'])}"
+        return text
+    if method == "ConversationIndex":
+        return f"its Outlook Thread-Index names conversation {evidence.get('conversation_key')}"
+    if method == "SmartMatching":
+        parts = []
+        if evidence.get("same_subject", evidence.get("strategy") == "dynamics"):
+            parts.append(f"the subject hashes agree ({', '.join(evidence.get('subject_hashes', []))})")
+        elif evidence.get("subject_hashes"):
+            parts.append(f"subject words in common ({', '.join(evidence['subject_hashes'])})")
+        if evidence.get("reply_prefix"):
+            parts.append("the subject is marked as a reply or forward")
+        if evidence.get("quoted_lines"):
+            parts.append(f"it quotes {evidence['quoted_lines']} line(s) of the parent's own text")
+        if evidence.get("attribution"):
+            parts.append(f"its attribution line names the parent's author ({evidence['attribution']})")
+        if evidence.get("matched_addresses"):
+            parts.append(f"addresses in common: {', '.join(evidence['matched_addresses'])}")
+        return "; ".join(parts) + f" [{evidence.get('strategy')} strategy]"
+    if method == "Custom":
+        return f"the custom rule {evidence.get('rule')} chose {evidence.get('ref')}"
+    return "no rule matched"
+
+
+def describe(correlation: dict[str, Any]) -> str:
+    """A few lines for a person, from a correlation as written by ``Correlation.to_dict``."""
+    lines = [
+        f"{correlation['message_id']}  ({correlation.get('direction', '?')}, {correlation.get('mail_type', '?')})",
+        f"  subject:      {correlation.get('subject', '')}",
+        f"  conversation: {correlation['conversation_id']}  generation {correlation.get('generation', 0)}"
+        f"  settings {correlation.get('settings_fingerprint', '')}",
+    ]
+    method = correlation.get("method_name", "None")
+    evidence = correlation.get("evidence") or {}
+    reason = correlation.get("untracked_reason")
+    if reason:
+        lines.append(f"  not tracked:  {_UNTRACKED.get(reason, reason)}")
+    elif correlation.get("parent_message_id"):
+        lines.append(f"  linked to:    {correlation['parent_message_id']}  by {method} "
+                     f"({correlation.get('method')}), {correlation.get('candidate_count', 0)} candidate(s)")
+        lines.append(f"  because:      {_because(method, evidence)}")
+    else:
+        lines.append("  new conversation: " + (
+            f"a forward, and forwards_as_replies is off (it would have joined {evidence['would_match']})"
+            if evidence.get("forward_not_reply") else "no rule found an earlier mail"))
+    if correlation.get("regarding"):
+        lines.append(f"  regarding:    {correlation['regarding']}")
+    response = correlation.get("response")
+    if response:
+        lines.append(f"  answers:      {response['answers_message_id']} after {response['seconds'] / 3600:.1f} h")
+    return "\n".join(lines)
