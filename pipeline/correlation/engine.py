@@ -31,6 +31,8 @@ RegardingResolver = Callable[[MailRecord], "str | None"]
 # Candidates dated more than this after the mail are not its parent (clocks are skewed, but a
 # parent written a day after its reply is another conversation).
 FUTURE_SLACK_S = 86_400.0
+# Referenced ids kept per mail: the nearest ancestors say which thread it is in.
+MAX_REFERENCES = 5
 # Weights of the evidence strategy's ranking; quoted text is the strongest sign of a parent.
 _QUOTED_LINE_WEIGHT = 4
 _MAX_QUOTED_LINES_SCORED = 5
@@ -228,6 +230,7 @@ class Correlator:
             from_name=normalize_line(mail.from_name) if mail.from_name else "",
             xref=mail.xref,
             series_head=f"{mail.from_addr}|{series[1]}|{series[0]}" if series and series[0] <= 1 else None,
+            references=tuple(ref for _, ref in self._named_ids(mail))[:MAX_REFERENCES] if self.settings.use_in_reply_to else (),
         ))
         return self._result(
             mail, event_dt, method,
@@ -329,11 +332,18 @@ class Correlator:
                     return _Match(Method.XHEADER, parent, 1, {"header": settings.xheader_name, "ref": ref})
 
         if settings.use_in_reply_to:
-            for header, ids in (("In-Reply-To", mail.in_reply_to), ("References", tuple(reversed(mail.references)))):
-                for ref in ids:
-                    parent = index.get(ref)
-                    if parent is not None and self._in_window(parent, ts):
-                        return _Match(Method.IN_REPLY_TO, parent, 1, {"header": header, "ref": ref})
+            named = self._named_ids(mail)
+            for header, ref in named:
+                parent = index.get(ref)
+                if parent is not None and self._in_window(parent, ts):
+                    return _Match(Method.IN_REPLY_TO, parent, 1, {"header": header, "ref": ref})
+            # The parent never reached us, but another mail names it too: a sibling in the
+            # same thread (the nearest shared ancestor decides).
+            for header, ref in named:
+                sibling, count = self._most_recent(index.by_reference(ref), ts)
+                if sibling is not None:
+                    return _Match(Method.IN_REPLY_TO, sibling, count,
+                                  {"header": header, "ref": ref, "shared_reference": True})
 
         if token is not None:
             match = self._match_token(mail, ts, token, subject_key, addresses)
@@ -359,6 +369,13 @@ class Correlator:
             if parent is not None:
                 return _Match(Method.CUSTOM, parent, 1, {"rule": settings.custom_rule or "injected", "ref": ref})
         return None
+
+    @staticmethod
+    def _named_ids(mail: MailRecord) -> list[tuple[str, str]]:
+        """(header, id) pairs, nearest ancestor first: In-Reply-To, then References last to first."""
+        named = [("In-Reply-To", ref) for ref in mail.in_reply_to]
+        named += [("References", ref) for ref in reversed(mail.references) if ref not in mail.in_reply_to]
+        return named
 
     def _match_token(self, mail, ts, token, subject_key, addresses) -> _Match | None:
         """The most recent mail with the token; in "confirms" mode the most recent one whose

@@ -155,6 +155,7 @@ class CorrelationIndex:
         self._by_word = Postings()
         self._by_line = Postings()
         self._by_series_head = Postings()
+        self._by_reference = Postings()
         self._by_time: list[tuple[float, str]] = []  # min-heap for eviction
         self.newest_event_time = float("-inf")
         self.rebuild()
@@ -164,7 +165,7 @@ class CorrelationIndex:
         """Derive every lookup from the store's entries (after recovery). Returns the count."""
         self._live.clear()
         for postings in (self._by_token, self._by_conversation_key, self._by_subject_key,
-                         self._by_word, self._by_line, self._by_series_head):
+                         self._by_word, self._by_line, self._by_series_head, self._by_reference):
             postings.clear()
         self._by_time.clear()
         self.newest_event_time = float("-inf")
@@ -208,6 +209,8 @@ class CorrelationIndex:
             self._by_subject_key.add(entry.subject_key, message_id)
         if entry.series_head:
             self._by_series_head.add(entry.series_head, message_id)
+        for reference in entry.references:
+            self._by_reference.add(reference, message_id)
         if self._word_postings_enabled:
             for word in entry.subject_words:
                 self._by_word.add(word, message_id)
@@ -227,6 +230,8 @@ class CorrelationIndex:
             self._by_subject_key.remove(entry.subject_key, message_id, live)
         if entry.series_head:
             self._by_series_head.remove(entry.series_head, message_id, live)
+        for reference in entry.references:
+            self._by_reference.remove(reference, message_id, live)
         if self._word_postings_enabled:
             for word in entry.subject_words:
                 self._by_word.remove(word, message_id, live)
@@ -251,6 +256,10 @@ class CorrelationIndex:
 
     def by_subject_key(self, subject_key: str) -> list[str]:
         return self._by_subject_key.ids(subject_key, self._live)
+
+    def by_reference(self, message_id: str) -> list[str]:
+        """Mails that name ``message_id`` in their In-Reply-To or References."""
+        return self._by_reference.ids(message_id, self._live)
 
     def by_series_head(self, series_head: str) -> list[str]:
         return self._by_series_head.ids(series_head, self._live)

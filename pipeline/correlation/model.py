@@ -65,7 +65,10 @@ class IndexedMail:
     from_addr: str = ""
     from_name: str = ""
     xref: str | None = None
-    series_head: str | None = None  # "sender|N" for part 0 or 1 of a "[k/N]" series (cover letter, first patch)
+    series_head: str | None = None  # "sender|N|k" for part k = 0 or 1 of a "[k/N]" series
+    # Ids the mail names in In-Reply-To / References (nearest first, at most MAX_REFERENCES):
+    # two mails naming the same id we never saw are in one thread.
+    references: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +76,7 @@ class IndexedMail:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IndexedMail:
         values = dict(data)
-        for name in ("subject_words", "addresses", "own_line_hashes"):
+        for name in ("subject_words", "addresses", "own_line_hashes", "references"):
             values[name] = tuple(values.get(name) or ())
         return cls(**values)
 
