@@ -67,3 +67,13 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_bad_json_list_in_environment():
     with pytest.raises(SettingsError, match="THREADLINE_UNTRACKED_OWN_DOMAINS"):
         load_settings(environ={"THREADLINE_UNTRACKED_OWN_DOMAINS": "[a.example"})
+
+
+def test_settings_reference_in_docs_is_current():
+    from pathlib import Path
+
+    from pipeline.settings import settings_reference_markdown
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
+    assert docs.read_text(encoding="utf-8") == settings_reference_markdown(), \
+        "docs/settings.md is stale: run `threadline settings --reference > docs/settings.md`"
