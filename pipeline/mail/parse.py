@@ -68,6 +68,17 @@ def _decode_header(value: str | None, defects: list[str]) -> str:
     return _SPACE.sub(" ", "".join(text) if len(parts) > 1 else text[0]).strip()
 
 
+def _text(value: object, defects: list[str]) -> str | None:
+    """A raw header value as str: compat32 returns an ``email.header.Header`` instead of a str for
+    a field with 8-bit bytes; those bytes are read as latin-1, like an unknown charset."""
+    if value is None or isinstance(value, str):
+        return value
+    if "bad_encoding" not in defects:
+        defects.append("bad_encoding")
+    return "".join(chunk.decode("latin-1") if isinstance(chunk, bytes) else chunk
+                   for chunk, _ in decode_header(value))
+
+
 def _message_ids(value: str | None) -> list[str]:
     if not value:
         return []
@@ -161,12 +172,14 @@ def _part_text(part: Message, defects: list[str]) -> str:
     except Exception:
         defects.append("broken_mime")
         return ""
+    if part.defects:  # e.g. invalid base64, noted on the part while decoding it
+        defects.append("broken_mime")
     if payload is None:
         return ""
     charset = part.get_content_charset() or "us-ascii"
     try:
         return payload.decode(charset, errors="replace")
-    except LookupError:
+    except (LookupError, ValueError):  # unknown charset, or a codec such as idna that cannot "replace"
         defects.append("bad_encoding")
         return payload.decode("latin-1")
 
@@ -177,6 +190,8 @@ def _body_text(message: Message, defects: list[str]) -> str:
         if count >= _MAX_PARTS:
             defects.append("too_many_parts")
             break
+        if part.defects:  # broken MIME inside a nested part, noted while parsing it
+            defects.append("broken_mime")
         if part.is_multipart():
             continue
         content_type = part.get_content_type()
@@ -233,7 +248,7 @@ def parse_mail(raw: bytes, *, direction: Direction = "in", tenant: str = "defaul
     defects: list[str] = []
     if message.defects:
         defects.append("broken_mime")
-    id_headers = message.get_all("Message-ID") or []
+    id_headers = [_text(value, defects) for value in message.get_all("Message-ID") or []]
     if len(id_headers) > 1:
         defects.append("duplicate_message_id_header")
     ids = _message_ids(id_headers[0]) if id_headers else []
@@ -243,9 +258,9 @@ def parse_mail(raw: bytes, *, direction: Direction = "in", tenant: str = "defaul
         defects.append("missing_message_id")
         message_id = f"<{hashlib.sha256(raw).hexdigest()[:32]}@missing.threadline>"
 
-    in_reply_to = [i for i in _message_ids(message.get("In-Reply-To")) if i != message_id]
-    references = [i for i in dict.fromkeys(_message_ids(" ".join(message.get_all("References") or [])))
-                  if i != message_id]
+    in_reply_to = [i for i in _message_ids(_text(message.get("In-Reply-To"), defects)) if i != message_id]
+    references_header = " ".join(_text(value, defects) for value in message.get_all("References") or [])
+    references = [i for i in dict.fromkeys(_message_ids(references_header)) if i != message_id]
     from_name, from_addr = "", ""
     from_header = _decode_header(message.get("From"), defects)
     if from_header:
@@ -256,7 +271,7 @@ def parse_mail(raw: bytes, *, direction: Direction = "in", tenant: str = "defaul
         body = body[:BODY_TEXT_LIMIT]
         defects.append("body_truncated")
     own, quoted, attribution = fingerprint_body(body)
-    xref = message.get(xheader_name)
+    xref = _text(message.get(xheader_name), defects)
     return MailRecord(
         message_id=message_id,
         in_reply_to=tuple(dict.fromkeys(in_reply_to)),
@@ -268,12 +283,12 @@ def parse_mail(raw: bytes, *, direction: Direction = "in", tenant: str = "defaul
         cc=_addresses(message.get_all("Cc"), defects),
         bcc=_addresses(message.get_all("Bcc"), defects),
         reply_to=_addresses(message.get_all("Reply-To"), defects),
-        date=_date(message.get("Date"), defects),
-        thread_index=_thread_index(message.get("Thread-Index"), defects),
+        date=_date(_text(message.get("Date"), defects), defects),
+        thread_index=_thread_index(_text(message.get("Thread-Index"), defects), defects),
         thread_topic=_decode_header(message.get("Thread-Topic"), defects),
-        xref=xref.strip() if isinstance(xref, str) and xref.strip() else None,
-        auto_submitted=(message.get("Auto-Submitted") or "").strip().lower(),
-        precedence=(message.get("Precedence") or "").strip().lower(),
+        xref=xref.strip() if xref and xref.strip() else None,
+        auto_submitted=(_text(message.get("Auto-Submitted"), defects) or "").strip().lower(),
+        precedence=(_text(message.get("Precedence"), defects) or "").strip().lower(),
         is_bounce=_is_bounce(message, from_addr),
         body_text=body,
         own_line_hashes=own,
