@@ -89,6 +89,8 @@ def subject_hashes(subject: str, settings: SmartMatchingSettings) -> tuple[str, 
     """Dynamics CRM 4.0 subject hashes: every match of ``hash_filter_keywords`` is removed, the
     rest is split into words (``\\w+``, case-folded); the unique words in first-seen order, at
     most ``hash_max_count`` of them, are the hashes."""
-    remainder = _filter(settings.hash_filter_keywords).sub(" ", subject)
+    # A match becomes a space so that words around it stay apart; an empty match (a filter such
+    # as "" or "(re:)*") removes nothing and must not split every word into its letters.
+    remainder = _filter(settings.hash_filter_keywords).sub(lambda m: " " if m.group() else "", subject)
     words = dict.fromkeys(word.casefold() for word in _WORD.findall(remainder))
     return tuple(words)[: settings.hash_max_count]

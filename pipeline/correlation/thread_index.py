@@ -58,8 +58,12 @@ def decode(data: bytes) -> ThreadIndex:
         coarse = block >> 39  # high bit 0: the delta is in units of 2**18 ticks, else 2**23
         units = (block >> 8) & ((1 << 31) - 1)
         deltas.append(timedelta(microseconds=(units << (23 if coarse else 18)) / 10))
+    try:
+        header_time = _FILETIME_EPOCH + timedelta(microseconds=header_ticks / 10)
+    except OverflowError:  # garbage header bytes: a time past the year 9999
+        raise ThreadIndexError("Thread-Index header time is out of range") from None
     return ThreadIndex(
-        header_time=_FILETIME_EPOCH + timedelta(microseconds=header_ticks / 10),
+        header_time=header_time,
         guid=uuid.UUID(bytes=bytes(data[6:22])),
         child_deltas=tuple(deltas),
     )
@@ -76,7 +80,10 @@ def encode_child(parent: bytes, moment: datetime) -> bytes:
     if not _well_formed(parent):
         raise ThreadIndexError("parent is no Thread-Index")
     parsed = decode(parent)
-    last = parsed.header_time + sum(parsed.child_deltas, timedelta())
+    try:
+        last = parsed.header_time + sum(parsed.child_deltas, timedelta())
+    except OverflowError:
+        raise ThreadIndexError("parent Thread-Index runs past the year 9999") from None
     ticks = max(0, _filetime(moment) - _filetime(last))
     if ticks < 1 << 49:  # fits 31 bits of 2**18-tick units
         block = (ticks >> 18) << 8

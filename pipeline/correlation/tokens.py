@@ -19,8 +19,9 @@ def _width(settings: TrackingTokenSettings) -> int:
 
 @lru_cache(maxsize=32)
 def _token_pattern(settings: TrackingTokenSettings) -> re.Pattern[str]:
-    # The digits must not run on: "CRM:00010012" is not a token of 7 digits.
-    return re.compile(rf"(?<![\w]){re.escape(settings.prefix)}(\d{{{_width(settings)}}})(?!\d)", re.IGNORECASE)
+    # The digits must not run on: "CRM:00010012" is not a token of 7 digits.  ASCII digits only
+    # (``\d`` would also take e.g. "٠١", giving a second spelling of the same token).
+    return re.compile(rf"(?<![\w]){re.escape(settings.prefix)}([0-9]{{{_width(settings)}}})(?!\d)", re.IGNORECASE)
 
 
 def format_token(settings: TrackingTokenSettings, user_number: int, counter: int) -> str:
@@ -59,7 +60,8 @@ def strip_token(settings: TrackingTokenSettings, subject: str) -> str:
 
 def add_token(settings: TrackingTokenSettings, subject: str, token: str) -> str:
     """Append the token (Dynamics puts it at the end) unless the subject already carries it."""
-    if find_token(settings, subject) == token:
+    # Any of the subject's tokens, not only the first: "x CRM:0001005 CRM:0001001" carries CRM:0001001.
+    if any(settings.prefix + match.group(1) == token for match in _token_pattern(settings).finditer(subject)):
         return subject
     return f"{subject} {token}" if subject else token
 
