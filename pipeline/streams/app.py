@@ -1,0 +1,158 @@
+"""The Faust application: the correlator agent over ``mail.raw``.
+
+Started by ``threadline worker`` (or ``threadline up``) as ``python -m pipeline.streams.app
+worker``; settings come from ``THREADLINE_SETTINGS`` and ``THREADLINE_*`` like every command.
+
+Per batch (``stream.take_events``): the :class:`MailProcessor` correlates the records, the
+outputs are produced with a confluent-kafka producer and flushed (delivery errors stop the
+worker before anything is acknowledged), then the index entries are written to the Faust table
+(RocksDB + changelog), and only then does Faust acknowledge and commit the batch
+(at-least-once; the table's offset markers make redelivered records no-ops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import weakref
+from contextlib import contextmanager
+from typing import Iterator
+
+import faust
+from faust.streams import _current_event  # see event_context()
+
+from pipeline.avro import AvroCodec, registry_from_settings
+from pipeline.broker import producer_config, topic_name
+from pipeline.settings import Settings, load_settings
+from pipeline.streams.processor import BatchResult, MailProcessor, RawItem
+
+log = logging.getLogger("threadline.worker")
+
+
+def app_id(settings: Settings) -> str:
+    """One consumer group and one set of table names per generation."""
+    return f"{settings.worker.app_id}-g{settings.worker.generation}"
+
+
+@contextmanager
+def event_context(event) -> Iterator[None]:
+    """Faust writes a table entry to the changelog partition of the *current* event and refuses
+    writes outside stream iteration; a batch from ``take_events`` has no current event, so each
+    partition's writes are made in the context of one of that partition's events.  This is the
+    one place that touches Faust's private context variable."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class OutputProducer:
+    """confluent-kafka producer for the agent's outputs; ``send_all`` returns once every record is
+    acknowledged by the broker, or raises."""
+
+    def __init__(self, settings: Settings) -> None:
+        from confluent_kafka import Producer
+
+        self.settings = settings
+        self.producer = Producer(producer_config(settings.kafka))
+        self._errors: list[str] = []
+
+    def _delivered(self, error, message) -> None:
+        if error is not None:
+            self._errors.append(f"{message.topic()}: {error}")
+
+    def send_all(self, result: BatchResult) -> None:
+        produce = self.producer.produce
+        for output in result.outputs:
+            while True:
+                try:
+                    produce(topic_name(self.settings.kafka, output.topic), output.value, output.key,
+                            on_delivery=self._delivered)
+                    break
+                except BufferError:  # local queue full: let deliveries drain, then retry
+                    self.producer.poll(0.1)
+        remaining = self.producer.flush(60)
+        if remaining or self._errors:
+            errors, self._errors = self._errors, []
+            raise RuntimeError(f"{remaining} outputs undelivered, errors: {errors[:5]}")
+
+
+def build_app(settings: Settings) -> faust.App:
+    if not settings.kafka.bootstrap:
+        raise SystemExit("threadline worker needs kafka.bootstrap (THREADLINE_KAFKA_BOOTSTRAP); "
+                         "`threadline up` starts an embedded broker and sets it")
+    data_dir = settings.worker.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    broker_credentials = None
+    if settings.kafka.sasl_mechanism:
+        broker_credentials = faust.SASLCredentials(
+            username=settings.kafka.sasl_username or "", password=settings.kafka.sasl_password or "",
+            mechanism=settings.kafka.sasl_mechanism)
+    app = faust.App(
+        app_id(settings),
+        broker=",".join(f"kafka://{host}" for host in settings.kafka.bootstrap.split(",")),
+        broker_credentials=broker_credentials,
+        store="rocksdb://",
+        datadir=str(data_dir / "faust"),
+        topic_partitions=settings.kafka.partitions,
+        topic_replication_factor=settings.kafka.replication_factor,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=6,
+        broker_heartbeat_interval=1,
+        table_standby_replicas=0,
+        # One record per changelog batch keeps Tansu's watermarks exact (INFRA.md §3).
+        producer_max_batch_size=1,
+        web_enabled=False,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    raw_topic = app.topic(topic_name(settings.kafka, "mail.raw"), key_type=bytes, value_type=bytes,
+                          key_serializer="raw", value_serializer="raw")
+    index_table = app.Table("correlation-index", default=None, partitions=settings.kafka.partitions,
+                            schema=faust.Schema(key_type=str, value_type=bytes, key_serializer="raw",
+                                                value_serializer="raw"))
+    codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
+    processor = MailProcessor(settings, codec, index_table)
+    outputs: list[OutputProducer] = []
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(app, revoked, **kwargs) -> None:  # noqa: ARG001 - Faust signal signature
+        processor.reset()
+
+    @app.agent(raw_topic)
+    async def correlate(stream):
+        if not outputs:
+            outputs.append(OutputProducer(settings))
+        loop = asyncio.get_running_loop()
+        async for events in stream.take_events(settings.worker.batch_size, within=settings.worker.batch_window_s):
+            items = [RawItem(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
+            result = processor.process(items, source_topic=raw_topic.get_topic_name())
+            await loop.run_in_executor(None, outputs[0].send_all, result)
+            last_event = {e.message.partition: e for e in events}
+            for partition, writes in result.writes.items():
+                with event_context(last_event[partition]):
+                    for key, value in writes.items():
+                        if value is None:
+                            if key in index_table:
+                                del index_table[key]
+                        else:
+                            index_table[key] = value
+            log.info("batch of %d: %s%s", len(items), result.counts,
+                     f", {result.skipped_redeliveries} redelivered records skipped" if result.skipped_redeliveries else "")
+
+    app.threadline_processor = processor  # for tests and diagnostics
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = build_app(load_settings())
+    sys.argv = [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]
+    app.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The correlator's batch step, free of Faust so that it is tested and benchmarked directly.
+
+One batch of ``mail.raw`` records in; out come the encoded output records (``mail.correlated``,
+``mail.untracked``, ``mail.responses``, ``deadletter``) and the table writes that make the index
+durable.  The agent (``pipeline.streams.app``) produces the outputs, waits until they are
+acknowledged, and only then applies the table writes and lets Faust commit the batch: a crash
+at any point redelivers the batch against an index that has not seen it yet.
+
+Each partition's table holds one entry per indexed mail (key ``tenant \\x1f message id``) and one
+marker with the last applied source offset, so records delivered again after the table was
+written are skipped instead of being correlated twice.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass, field
+from typing import Iterator, MutableMapping
+
+from pipeline.avro import AvroCodec, AvroDecodeError
+from pipeline.correlation.engine import Correlator
+from pipeline.correlation.index import CorrelationIndex
+from pipeline.correlation.model import IndexedMail
+from pipeline.mail.parse import parse_mail
+from pipeline.mail.record import MailParseError
+from pipeline.settings import Settings
+from pipeline.streams.records import (
+    SourcePosition, correlated_record, deadletter_record, response_record, untracked_record,
+)
+
+AGENT = "correlator"
+_SEPARATOR = "\x1f"
+_OFFSET_MARKER = "\x00offset" + _SEPARATOR
+
+
+def entry_key(tenant: str, message_id: str) -> str:
+    return f"{tenant}{_SEPARATOR}{message_id}"
+
+
+def offset_key(partition: int) -> str:
+    return f"{_OFFSET_MARKER}{partition}"
+
+
+@dataclass(frozen=True, slots=True)
+class RawItem:
+    """One consumed record of ``mail.raw``."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    topic: str  # logical topic name, without the installation's prefix
+    key: bytes
+    value: bytes
+
+
+@dataclass
+class BatchResult:
+    outputs: list[Output] = field(default_factory=list)
+    # partition -> {table key: encoded entry, or None to delete}; applied after the outputs.
+    writes: dict[int, dict[str, bytes | None]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    skipped_redeliveries: int = 0
+
+    def count(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+
+class TableIndexStore:
+    """The engine's :class:`~pipeline.correlation.index.MailStore` on a table: reads come from the
+    table (only when an index is rebuilt), writes are buffered until the batch's outputs are out."""
+
+    def __init__(self, table: MutableMapping[str, bytes], tenant: str, partition: int) -> None:
+        self.table = table
+        self.tenant = tenant
+        self.partition = partition
+        self.pending: dict[str, bytes | None] = {}
+        self._prefix = tenant + _SEPARATOR
+
+    def put(self, entry: IndexedMail) -> None:
+        self.pending[entry_key(self.tenant, entry.message_id)] = json.dumps(
+            entry.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+
+    def delete(self, message_id: str) -> None:
+        self.pending[entry_key(self.tenant, message_id)] = None
+
+    def entries(self) -> Iterator[IndexedMail]:
+        for key, value in list(self.table.items()):
+            if key.startswith(self._prefix) and value is not None and key not in self.pending:
+                yield IndexedMail.from_dict(json.loads(value))
+        for value in self.pending.values():
+            if value is not None:
+                yield IndexedMail.from_dict(json.loads(value))
+
+    def take_pending(self) -> dict[str, bytes | None]:
+        pending, self.pending = self.pending, {}
+        return pending
+
+
+class MailProcessor:
+    """Correlates batches of ``mail.raw`` for every tenant of the partitions this worker holds."""
+
+    def __init__(self, settings: Settings, codec: AvroCodec, table: MutableMapping[str, bytes]) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.table = table
+        self.generation = settings.worker.generation
+        self._correlators: dict[str, Correlator] = {}
+        self._stores: dict[str, TableIndexStore] = {}
+        self._last_offsets: dict[int, int] = {}
+
+    def reset(self) -> None:
+        """Forget derived state (after a rebalance): indexes are rebuilt from the table on demand."""
+        self._correlators.clear()
+        self._stores.clear()
+        self._last_offsets.clear()
+
+    def _last_offset(self, partition: int) -> int:
+        if partition not in self._last_offsets:
+            marker = self.table.get(offset_key(partition))
+            self._last_offsets[partition] = int(marker) if marker is not None else -1
+        return self._last_offsets[partition]
+
+    def _correlator(self, tenant: str, partition: int) -> Correlator:
+        correlator = self._correlators.get(tenant)
+        if correlator is None:
+            store = TableIndexStore(self.table, tenant, partition)
+            smart = self.settings.correlation.smart_matching
+            index = CorrelationIndex(store, word_postings=smart.hash_delta_subject_count > 0)
+            correlator = Correlator(self.settings.correlation, index, tenant=tenant,
+                                    untracked=self.settings.untracked, generation=self.generation)
+            self._correlators[tenant] = correlator
+            self._stores[tenant] = store
+        return correlator
+
+    def process(self, items: list[RawItem], source_topic: str = "mail.raw") -> BatchResult:
+        result = BatchResult()
+        for item in items:
+            if item.offset <= self._last_offset(item.partition):
+                result.skipped_redeliveries += 1
+                continue
+            position = SourcePosition(source_topic, item.partition, item.offset)
+            try:
+                self._process_one(item, position, result)
+            except (AvroDecodeError, MailParseError) as exc:
+                self._dead_letter(item, position, exc.reason, str(exc), result)
+            except Exception as exc:  # a bug must not stop the partition: park the record, go on
+                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                self._dead_letter(item, position, "internal_error", detail, result)
+            self._last_offsets[item.partition] = item.offset
+        for store in self._stores.values():
+            pending = store.take_pending()
+            if pending:
+                result.writes.setdefault(store.partition, {}).update(pending)
+        for partition in {item.partition for item in items}:
+            result.writes.setdefault(partition, {})[offset_key(partition)] = str(self._last_offsets[partition]).encode()
+        return result
+
+    def _process_one(self, item: RawItem, position: SourcePosition, result: BatchResult) -> None:
+        record = self.codec.decode("mail.raw", item.value)
+        tenant = record["tenant"]
+        mail = parse_mail(record["raw"], direction=record["direction"], tenant=tenant, mailbox=record["mailbox"],
+                          received_at=record["received_at"], xheader_name=self.settings.correlation.xheader_name)
+        correlation = self._correlator(tenant, item.partition).correlate(mail)
+        key = tenant.encode()
+        if correlation.untracked_reason:
+            result.outputs.append(Output("mail.untracked", key, self.codec.encode(
+                "mail.untracked", untracked_record(correlation, mail.mailbox))))
+            result.count(f"untracked:{correlation.untracked_reason}")
+            return
+        result.outputs.append(Output("mail.correlated", key, self.codec.encode(
+            "mail.correlated", correlated_record(correlation, mail.mailbox, position))))
+        result.count(correlation.method.label)
+        if correlation.response is not None:
+            result.outputs.append(Output("mail.responses", key, self.codec.encode(
+                "mail.responses", response_record(correlation, mail.mailbox))))
+
+    def _dead_letter(self, item: RawItem, position: SourcePosition, reason: str, error: str,
+                     result: BatchResult) -> None:
+        record = deadletter_record(position, item.key, item.value, reason=reason, error=error, agent=AGENT)
+        result.outputs.append(Output("deadletter", item.key or b"", self.codec.encode("deadletter", record)))
+        result.count(f"deadletter:{reason}")

@@ -1,0 +1,50 @@
+"""Read a topic from the beginning to its current end, decoded: for tests, the demo and replays.
+
+Tansu's high watermarks are wrong for multi-record batches (INFRA.md §2), so the end of each
+partition is found by consuming to EOF (``enable.partition.eof``), never from watermarks.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Iterator
+
+from pipeline.avro import AvroCodec
+from pipeline.broker import client_config, topic_name
+from pipeline.settings import KafkaSettings
+
+
+def read_topic(kafka: KafkaSettings, bootstrap: str, topic: str, codec: AvroCodec | None = None,
+               timeout_s: float = 30.0) -> Iterator[tuple[int, int, bytes | None, dict | bytes]]:
+    """(partition, offset, key, value) of every record now in ``topic``; values decoded when a
+    codec is given.  No consumer group is joined and no offset committed."""
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+    name = topic_name(kafka, topic)
+    consumer = Consumer({**client_config(kafka, bootstrap), "group.id": f"threadline-reader-{uuid.uuid4()}",
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         "auto.offset.reset": "earliest"})
+    try:
+        metadata = consumer.list_topics(name, timeout=timeout_s)
+        if name not in metadata.topics or metadata.topics[name].error is not None:
+            return
+        partitions = sorted(metadata.topics[name].partitions)
+        consumer.assign([TopicPartition(name, p, 0) for p in partitions])
+        pending = set(partitions)
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {name}: partitions {sorted(pending)} gave no end within {timeout_s} s")
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard(message.partition())
+                    continue
+                raise KafkaException(message.error())
+            value = message.value()
+            yield message.partition(), message.offset(), message.key(), codec.decode(topic, value) if codec else value
+    finally:
+        consumer.close()

@@ -1,0 +1,121 @@
+"""Domain objects <-> the Avro records of the topics (schemas/*.avsc).
+
+The only place that knows both the engine's types and the topics' field names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from pipeline.correlation.model import Correlation, stable_event_id
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePosition:
+    topic: str
+    partition: int
+    offset: int
+
+
+def raw_event_id(tenant: str, raw: bytes) -> str:
+    """The same bytes ingested twice for one tenant are the same event."""
+    return hashlib.sha256(tenant.encode() + b"\x1f" + raw).hexdigest()[:32]
+
+
+def mail_raw_record(*, tenant: str, mailbox: str, direction: str, source: str, raw: bytes,
+                    received_at: datetime | None = None) -> dict:
+    return {
+        "event_id": raw_event_id(tenant, raw),
+        "tenant": tenant,
+        "mailbox": mailbox,
+        "direction": direction,
+        "source": source,
+        "received_at": received_at or datetime.now(timezone.utc),
+        "raw": raw,
+    }
+
+
+def correlated_record(correlation: Correlation, mailbox: str, position: SourcePosition) -> dict:
+    return {
+        "event_id": correlation.event_id,
+        "tenant": correlation.tenant,
+        "generation": correlation.generation,
+        "settings_fingerprint": correlation.settings_fingerprint,
+        "message_id": correlation.message_id,
+        "conversation_id": correlation.conversation_id,
+        "parent_message_id": correlation.parent_message_id,
+        "regarding": correlation.regarding,
+        "method": int(correlation.method),
+        "method_name": correlation.method.label,
+        "mail_type": correlation.mail_type,
+        "direction": correlation.direction,
+        "event_time": correlation.event_time,
+        "tracking_token": correlation.tracking_token,
+        "candidate_count": correlation.candidate_count,
+        "evidence": json.dumps(correlation.evidence, sort_keys=True, ensure_ascii=False, default=str),
+        "subject": correlation.subject,
+        "from_addr": correlation.from_addr,
+        "to": list(correlation.to),
+        "cc": list(correlation.cc),
+        "bcc": list(correlation.bcc),
+        "mailbox": mailbox,
+        "source_partition": position.partition,
+        "source_offset": position.offset,
+    }
+
+
+def untracked_record(correlation: Correlation, mailbox: str) -> dict:
+    return {
+        "event_id": correlation.event_id,
+        "tenant": correlation.tenant,
+        "generation": correlation.generation,
+        "message_id": correlation.message_id,
+        "reason": correlation.untracked_reason or "unknown",
+        "conversation_id": correlation.conversation_id,
+        "direction": correlation.direction,
+        "event_time": correlation.event_time,
+        "subject": correlation.subject,
+        "from_addr": correlation.from_addr,
+        "to": list(correlation.to),
+        "mailbox": mailbox,
+        "evidence": json.dumps(correlation.evidence, sort_keys=True, ensure_ascii=False, default=str),
+    }
+
+
+def response_record(correlation: Correlation, mailbox: str) -> dict:
+    response = correlation.response
+    assert response is not None
+    return {
+        "event_id": stable_event_id("response", correlation.tenant, correlation.message_id, str(correlation.generation)),
+        "tenant": correlation.tenant,
+        "generation": correlation.generation,
+        "message_id": correlation.message_id,
+        "answers_message_id": response.answers_message_id,
+        "conversation_id": correlation.conversation_id,
+        "regarding": correlation.regarding,
+        "responder": response.responder,
+        "mailbox": mailbox,
+        "inbound_time": response.inbound_time,
+        "response_time": correlation.event_time,
+        "seconds": response.seconds,
+        "business_seconds": None,
+    }
+
+
+def deadletter_record(position: SourcePosition, key: bytes | None, value: bytes, *, reason: str, error: str,
+                      agent: str, failed_at: datetime | None = None) -> dict:
+    return {
+        "event_id": stable_event_id("deadletter", position.topic, str(position.partition), str(position.offset)),
+        "source_topic": position.topic,
+        "source_partition": position.partition,
+        "source_offset": position.offset,
+        "key": key,
+        "value": value,
+        "reason": reason,
+        "error": error[:2000],
+        "agent": agent,
+        "failed_at": failed_at or datetime.now(timezone.utc),
+    }
