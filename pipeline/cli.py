@@ -146,7 +146,13 @@ def cmd_bench_correlate(args: argparse.Namespace) -> int:
     from pipeline.bench.correlate import run_correlate_bench
 
     sizes = [int(size) for size in args.sizes.split(",")]
-    result = run_correlate_bench(sizes, seed=args.seed, measure=args.measure, progress=not args.no_progress)
+    if any(size < 1 for size in sizes) or args.measure < 1:
+        raise UserError("--sizes and --measure must be positive")
+    corpus = Path(args.corpus) if args.corpus else None
+    if corpus is not None and not corpus.is_file():
+        raise UserError(f"no such mbox: {corpus}")
+    result = run_correlate_bench(sizes, seed=args.seed, measure=args.measure, progress=not args.no_progress,
+                                 corpus_mbox=corpus)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -206,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_correlate.add_argument("--sizes", default="10000,100000,1000000", help="indexed mails, comma separated")
     bench_correlate.add_argument("--measure", type=int, default=20_000, help="mails timed at each size")
     bench_correlate.add_argument("--seed", type=int, default=7)
+    bench_correlate.add_argument("--corpus", metavar="MBOX", help="also time parsing this real mbox")
     bench_correlate.add_argument("-o", "--out", default="bench-results/correlate.json")
     progress_flag(bench_correlate)
     return parser

@@ -97,6 +97,23 @@ def format_xref(instance_id: str, ref: str, regarding: str | None = None) -> str
 
 
 @dataclass(frozen=True, slots=True)
+class _SubjectFacts:
+    """Everything the engine derives from a subject line alone.  Replies repeat their thread's
+    subject, so these are cached per subject (see ``Correlator._subject_facts``)."""
+
+    words: tuple[str, ...]
+    subject_key: str
+    mail_type: str
+    series: tuple[int, int] | None
+    tag_words: frozenset[str]
+
+
+# Distinct subjects remembered by one correlator; the cache is dropped whole when full (it is
+# a pure function of the subject, so dropping it changes speed, never a decision).
+_SUBJECT_CACHE_SIZE = 100_000
+
+
+@dataclass(frozen=True, slots=True)
 class _Match:
     method: Method
     parent: IndexedMail
@@ -148,6 +165,7 @@ class Correlator:
         self._excluded_addresses = frozenset(a.lower() for a in self.untracked.excluded_addresses)
         self._excluded_domains = frozenset(d.lower() for d in self.untracked.excluded_domains)
         self._excluded_mailboxes = frozenset(self.untracked.excluded_mailboxes)
+        self._subject_cache: dict[str, _SubjectFacts] = {}
 
     # -- public ----------------------------------------------------------------------------
     def correlate(self, mail: MailRecord) -> Correlation:
@@ -162,7 +180,8 @@ class Correlator:
 
         if not self.settings.enabled:
             return self._result(mail, event_dt, Method.SKIPPED, untracked_reason="correlation_disabled")
-        reason = self._untracked_reason(mail)
+        participants = mail.participants
+        reason = self._untracked_reason(mail, participants)
         if reason is not None:
             return self._result(mail, event_dt, Method.SKIPPED, untracked_reason=reason)
 
@@ -170,15 +189,16 @@ class Correlator:
         if known is not None:
             return self._repeat(mail, event_dt, known)
 
-        smart = self.settings.smart_matching
-        words = self._subject_words(mail.subject)
-        subject_key = " ".join(sorted(words))
-        addresses = mail.participants[: smart.hash_max_count]
+        facts = self._subject_facts(mail.subject)
+        words = facts.words
+        subject_key = facts.subject_key
+        addresses = participants[: self.settings.smart_matching.hash_max_count]
         token = tokens.find_token(self.settings.tracking_token, mail.subject) if self.settings.tracking_token.enabled else None
         conversation_key = thread_index.conversation_key(mail.thread_index) if mail.thread_index else None
-        mail_type = subjects.mail_type_from_subject(mail.subject)
+        mail_type = facts.mail_type
+        named_ids = self._named_ids(mail) if self.settings.use_in_reply_to else []
 
-        match = self._match(mail, ts, words, subject_key, addresses, token, conversation_key, mail_type)
+        match = self._match(mail, ts, facts, addresses, token, conversation_key, named_ids)
         evidence: dict = {}
         if match is not None and mail_type == "forward" and not self.settings.forwards_as_replies:
             evidence = {"forward_not_reply": True, "would_match": match.parent.message_id,
@@ -210,7 +230,7 @@ class Correlator:
                 seconds=max(0.0, ts - parent.event_time),
             )
 
-        series = series_part(mail.subject)
+        series = facts.series
         index.add(IndexedMail(
             message_id=mail.message_id,
             conversation_id=conversation_id,
@@ -230,7 +250,7 @@ class Correlator:
             from_name=normalize_line(mail.from_name) if mail.from_name else "",
             xref=mail.xref,
             series_head=f"{mail.from_addr}|{series[1]}|{series[0]}" if series and series[0] <= 1 else None,
-            references=tuple(ref for _, ref in self._named_ids(mail))[:MAX_REFERENCES] if self.settings.use_in_reply_to else (),
+            references=tuple(ref for _, ref in named_ids[:MAX_REFERENCES]),
         ))
         return self._result(
             mail, event_dt, method,
@@ -249,23 +269,37 @@ class Correlator:
             yield self.correlate(mail)
 
     # -- decisions -------------------------------------------------------------------------
-    def _subject_words(self, subject: str) -> tuple[str, ...]:
+    def _subject_facts(self, subject: str) -> _SubjectFacts:
+        facts = self._subject_cache.get(subject)
+        if facts is not None:
+            return facts
         smart = self.settings.smart_matching
+        hashed = subject
         if smart.strategy == "evidence":
             # Reply/forward prefixes of every language go first, wherever they stand among the
             # tags, so that "AW: [list] Re: x" and "[list] x" hash alike; tags stay: "[RESULT]
             # [VOTE] x" is not "[VOTE] x". The configured filter still applies after that.
-            subject = subjects.strip_reply_prefixes(subject)
-        return subjects.subject_hashes(subject, smart)
+            hashed = subjects.strip_reply_prefixes(subject)
+        words = subjects.subject_hashes(hashed, smart)
+        facts = _SubjectFacts(
+            words=words,
+            subject_key=" ".join(sorted(words)),
+            mail_type=subjects.mail_type_from_subject(subject),
+            series=series_part(subject),
+            tag_words=frozenset(_tag_words(subject)),
+        )
+        if len(self._subject_cache) >= _SUBJECT_CACHE_SIZE:
+            self._subject_cache.clear()
+        self._subject_cache[subject] = facts
+        return facts
 
-    def _untracked_reason(self, mail: MailRecord) -> str | None:
+    def _untracked_reason(self, mail: MailRecord, participants: tuple[str, ...]) -> str | None:
         if mail.mailbox and mail.mailbox in self._excluded_mailboxes:
             return "excluded_mailbox"
         xref = parse_xref(mail.xref) if mail.xref else None
         if (xref and mail.direction == "in" and xref.get("instance") == self.settings.instance_id
                 and xref.get("ref") == mail.message_id):
             return "loop"  # a mail we sent, stamped with its own id, came back in
-        participants = mail.participants
         if self._own_domains and not self.untracked.track_internal and participants and all(
             _domain(address) in self._own_domains for address in participants
         ):
@@ -320,7 +354,8 @@ class Correlator:
                 best = entry
         return best, count
 
-    def _match(self, mail, ts, words, subject_key, addresses, token, conversation_key, mail_type) -> _Match | None:
+    def _match(self, mail, ts, facts: _SubjectFacts, addresses, token, conversation_key, named_ids) -> _Match | None:
+        words, subject_key = facts.words, facts.subject_key
         settings = self.settings
         index = self.index
         if settings.use_xheader and mail.xref:
@@ -331,8 +366,8 @@ class Correlator:
                 if parent is not None and self._in_window(parent, ts):
                     return _Match(Method.XHEADER, parent, 1, {"header": settings.xheader_name, "ref": ref})
 
-        if settings.use_in_reply_to:
-            named = self._named_ids(mail)
+        if named_ids:
+            named = named_ids
             for header, ref in named:
                 parent = index.get(ref)
                 if parent is not None and self._in_window(parent, ts):
@@ -359,7 +394,7 @@ class Correlator:
             if settings.smart_matching.strategy == "dynamics":
                 match = self._match_dynamics(ts, words, subject_key, addresses)
             else:
-                match = self._match_evidence(mail, ts, words, subject_key, addresses, mail_type)
+                match = self._match_evidence(mail, ts, facts, addresses)
             if match is not None:
                 return match
 
@@ -440,12 +475,12 @@ class Correlator:
             "strategy": "dynamics", "subject_hashes": list(words), "matched_addresses": best_common,
         })
 
-    def _match_evidence(self, mail, ts, words, subject_key, addresses, mail_type) -> _Match | None:
+    def _match_evidence(self, mail, ts, facts: _SubjectFacts, addresses) -> _Match | None:
         """CRM 4.0 candidates, plus mail that continues a subject with a reply signal, or quotes an
         indexed mail's own text; ranked by quoted lines, attribution, subject and participants."""
         index = self.index
         smart = self.settings.smart_matching
-        series = series_part(mail.subject)
+        words, subject_key, series = facts.words, facts.subject_key, facts.series
         if series is not None and series[0] >= 1:
             match = self._match_series(mail, ts, *series)
             if match is not None:
@@ -463,10 +498,10 @@ class Correlator:
         if not same_subject and not quoted_hits:
             return None
 
-        has_prefix = mail_type != "new"
+        has_prefix = facts.mail_type != "new"
         address_set = set(addresses)
         word_set = set(words)
-        topic_words = word_set - _tag_words(mail.subject) if quoted_hits else word_set
+        topic_words = word_set - facts.tag_words if quoted_hits else word_set
         attribution = mail.attribution
         best = None
         best_key = None

@@ -1,0 +1,198 @@
+"""Seeded synthetic support/sales mail: threads between customers and agents, with ground truth.
+
+Used by the benchmarks and the pipeline tests where the real corpus is too small.  The same seed
+always gives the same mail, byte for byte.  The mix follows what a CRM mailbox sees: most
+replies carry In-Reply-To/References, some only a tracking token, some only an Outlook
+Thread-Index, and some nothing but "RE: subject" and quoted text (smart matching's work).
+Every mail is yielded both as a :class:`MailRecord` (for the pure engine) and, on request, as
+RFC 5322 bytes (for the parser and the broker).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from typing import Iterator
+
+from pipeline.correlation import thread_index, tokens
+from pipeline.mail.content import fingerprint_body
+from pipeline.mail.record import Direction, MailRecord
+from pipeline.settings import TrackingTokenSettings
+
+START = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
+_SYLLABLES = ("ka", "lo", "mi", "ran", "tes", "vo", "quar", "zel", "bri", "dun", "fey", "gor", "hal", "jin",
+              "ost", "pel", "sut", "tri", "urn", "wex")
+_FILLER = ("please", "could", "you", "check", "the", "invoice", "order", "delivery", "account", "again",
+           "thanks", "for", "your", "quick", "reply", "we", "still", "see", "same", "problem", "with",
+           "attached", "report", "since", "monday", "and", "need", "an", "update", "before", "friday")
+_OPEN_THREADS = 4_000  # replies go to one of the most recently active threads
+_SECONDS_BETWEEN_MAILS = 1.0  # 1M mails span ~12 days: all inside the default 90-day window
+
+
+@dataclass(frozen=True, slots=True)
+class SyntheticMail:
+    mail: MailRecord
+    thread_id: str
+    parent_id: str | None  # the true parent's Message-ID
+    link: str  # how the reply is linkable: "new", "headers", "token", "thread_index", "content"
+
+
+@dataclass(slots=True)
+class _Thread:
+    thread_id: str
+    subject: str
+    customer: str
+    agent: str
+    last: MailRecord
+    body_lines: list[str]
+    references: tuple[str, ...]
+    thread_index: bytes | None
+    token: str | None
+
+
+def _word(rng: random.Random) -> str:
+    return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3)))
+
+
+class MailGenerator:
+    """``MailGenerator(seed).mails(n)`` yields ``n`` :class:`SyntheticMail` in event-time order."""
+
+    def __init__(self, seed: int = 7, *, tenant: str = "default", customers: int = 50_000, agents: int = 40,
+                 token_settings: TrackingTokenSettings | None = None,
+                 mix: tuple[float, float, float, float] = (0.70, 0.10, 0.10, 0.10)) -> None:
+        self.rng = random.Random(seed)
+        self.tenant = tenant
+        self.vocabulary = sorted({_word(self.rng) for _ in range(3_000)})
+        self.customers = [f"{_word(self.rng)}.{i}@{_word(self.rng)}.example" for i in range(customers)]
+        self.agents = [f"agent{i}@support.threadline.test" for i in range(agents)]
+        self.token_settings = token_settings or TrackingTokenSettings()
+        self.token_counter = tokens.TokenCounter(self.token_settings)
+        self.mix = mix  # headers, token, thread_index, content: shares of replies
+        self.new_thread_share = 0.3
+        self._threads: list[_Thread] = []
+        self._count = 0
+
+    # -- building blocks -------------------------------------------------------------------
+    def _sentence(self) -> str:
+        rng = self.rng
+        words = [rng.choice(_FILLER) for _ in range(rng.randint(5, 9))]
+        words.insert(rng.randrange(len(words)), rng.choice(self.vocabulary))
+        return " ".join(words).capitalize() + "."
+
+    def _message_id(self) -> str:
+        return f"<{uuid.UUID(int=self.rng.getrandbits(128))}@synth.threadline.test>"
+
+    def _record(self, *, message_id: str, subject: str, sender: str, recipient: str, when: datetime,
+                direction: Direction, body: str, in_reply_to: tuple[str, ...] = (),
+                references: tuple[str, ...] = (), thread_index_bytes: bytes | None = None) -> MailRecord:
+        own, quoted, attribution = fingerprint_body(body)
+        return MailRecord(
+            message_id=message_id, in_reply_to=in_reply_to, references=references, subject=subject,
+            from_addr=sender, from_name=sender.split("@")[0].replace(".", " ").title(), to=(recipient,),
+            date=when, thread_index=thread_index_bytes, body_text=body, own_line_hashes=own,
+            quoted_line_hashes=quoted, attribution=attribution, direction=direction, tenant=self.tenant,
+            mailbox="support" if direction == "in" else "sent", received_at=when, size=len(body) + 600,
+        )
+
+    # -- the stream ------------------------------------------------------------------------
+    def mails(self, count: int) -> Iterator[SyntheticMail]:
+        for _ in range(count):
+            yield self._next()
+
+    def _next(self) -> SyntheticMail:
+        rng = self.rng
+        self._count += 1
+        when = START + timedelta(seconds=self._count * _SECONDS_BETWEEN_MAILS + rng.random() * 0.5)
+        if not self._threads or rng.random() < self.new_thread_share:
+            return self._new_thread(when)
+        position = len(self._threads) - 1 - min(int(rng.expovariate(1 / 300)), len(self._threads) - 1)
+        thread = self._threads.pop(position)
+        self._threads.append(thread)  # most recently active last
+        return self._reply(thread, when)
+
+    def _new_thread(self, when: datetime) -> SyntheticMail:
+        rng = self.rng
+        customer = rng.choice(self.customers)
+        agent = rng.choice(self.agents)
+        subject = " ".join(rng.choice(self.vocabulary) for _ in range(rng.randint(3, 6))).capitalize()
+        lines = [self._sentence() for _ in range(rng.randint(2, 4))]
+        inbound = rng.random() < 0.8
+        sender, recipient = (customer, agent) if inbound else (agent, customer)
+        token = None
+        if not inbound and rng.random() < 0.5:
+            token = self.token_counter.next_token(self.agents.index(agent) % 10 ** self.token_settings.user_digits)
+            subject = tokens.add_token(self.token_settings, subject, token)
+        index_bytes = thread_index.encode_new(uuid.UUID(int=rng.getrandbits(128)), when) if rng.random() < 0.3 else None
+        message_id = self._message_id()
+        mail = self._record(message_id=message_id, subject=subject, sender=sender, recipient=recipient, when=when,
+                            direction="in" if inbound else "out", body="\n".join(lines),
+                            thread_index_bytes=index_bytes)
+        thread = _Thread(message_id, subject, customer, agent, mail, lines, (message_id,), index_bytes, token)
+        self._threads.append(thread)
+        if len(self._threads) > _OPEN_THREADS:
+            self._threads.pop(0)
+        return SyntheticMail(mail, thread.thread_id, None, "new")
+
+    def _reply(self, thread: _Thread, when: datetime) -> SyntheticMail:
+        rng = self.rng
+        parent = thread.last
+        inbound = parent.direction == "out"
+        sender, recipient = (thread.customer, thread.agent) if inbound else (thread.agent, thread.customer)
+        headers, token_share, index_share, _content = self.mix
+        roll = rng.random()
+        if roll < headers:
+            link = "headers"
+        elif roll < headers + token_share and thread.token:
+            link = "token"
+        elif roll < headers + token_share + index_share and thread.thread_index:
+            link = "thread_index"
+        else:
+            link = "content"
+        own = [self._sentence() for _ in range(rng.randint(1, 3))]
+        quoted = [f"> {line}" for line in thread.body_lines[-4:]]
+        body = "\n".join([*own, "", f"On {format_datetime(parent.date)}, {parent.from_name} wrote:", *quoted])
+        subject = f"RE: {thread.subject}"
+        if link == "token" and rng.random() < 0.5:
+            subject = tokens.add_token(self.token_settings, f"RE: {rng.choice(self.vocabulary)} update", thread.token)
+        in_reply_to: tuple[str, ...] = ()
+        references: tuple[str, ...] = ()
+        if link == "headers":
+            in_reply_to, references = (parent.message_id,), (*thread.references[-9:], parent.message_id)
+        index_bytes = None
+        if thread.thread_index is not None and link in ("headers", "thread_index"):
+            index_bytes = thread_index.encode_child(thread.thread_index, when)
+        message_id = self._message_id()
+        mail = self._record(message_id=message_id, subject=subject, sender=sender, recipient=recipient, when=when,
+                            direction="in" if inbound else "out", body=body, in_reply_to=in_reply_to,
+                            references=references, thread_index_bytes=index_bytes)
+        thread.last = mail
+        thread.body_lines = own
+        thread.references = (*thread.references[-9:], message_id)
+        if index_bytes is not None:
+            thread.thread_index = index_bytes
+        return SyntheticMail(mail, thread.thread_id, parent.message_id, link)
+
+
+def render_rfc5322(mail: MailRecord, *, xheader_name: str = "X-Threadline-Ref") -> bytes:
+    """The mail as the bytes a mail client would send (headers CRLF-separated, UTF-8 text body)."""
+    import base64
+
+    lines = [
+        f"Message-ID: {mail.message_id}",
+        f"Date: {format_datetime(mail.date)}" if mail.date else "",
+        f"From: {mail.from_name} <{mail.from_addr}>",
+        f"To: {', '.join(mail.to)}",
+        f"Subject: {mail.subject}",
+        f"In-Reply-To: {' '.join(mail.in_reply_to)}" if mail.in_reply_to else "",
+        f"References: {' '.join(mail.references)}" if mail.references else "",
+        f"Thread-Index: {base64.b64encode(mail.thread_index).decode()}" if mail.thread_index else "",
+        f"{xheader_name}: {mail.xref}" if mail.xref else "",
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=utf-8",
+        "Content-Transfer-Encoding: 8bit",
+    ]
+    head = "\r\n".join(line for line in lines if line)
+    return (head + "\r\n\r\n" + mail.body_text.replace("\n", "\r\n") + "\r\n").encode("utf-8")
