@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORPUS ?= ../shared/corpus/ponymail
 
-.PHONY: demo test bench clean
+.PHONY: demo accuracy test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/threadline up
+
+accuracy: $(STAMP)
 	$(BIN)/threadline demo --corpus $(CORPUS)
 
 test: $(STAMP)

