@@ -23,7 +23,7 @@ import faust
 from faust.streams import _current_event  # see event_context()
 
 from pipeline.avro import AvroCodec, registry_from_settings
-from pipeline.broker import producer_config, topic_name
+from pipeline.broker import free_port, producer_config, topic_name
 from pipeline.settings import Settings, load_settings
 from pipeline.streams.processor import BatchResult, MailProcessor, RawItem
 
@@ -150,7 +150,12 @@ def build_app(settings: Settings) -> faust.App:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = build_app(load_settings())
-    sys.argv = [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]
+    args = list(argv if argv is not None else sys.argv[1:])
+    if "--web-port" not in args:
+        # Faust's worker always opens its web port (default 6066): several workers on one
+        # machine each need their own.
+        args += ["--web-host", "127.0.0.1", "--web-port", str(free_port())]
+    sys.argv = [sys.argv[0], *args]
     app.main()
 
 

@@ -1,0 +1,188 @@
+"""The correlator pipeline on the real embedded broker with real Faust workers.
+
+Every test compares the pipeline with the pure engine run in this process on the same mail:
+the pipeline must decide exactly as the engine does, whatever happens to its workers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from pipeline.broker import producer_config, topic_name
+from pipeline.correlation.engine import Correlator
+from pipeline.mail.parse import parse_mail
+from pipeline.mail.record import MailParseError
+from pipeline.mail.sources import iter_mbox
+from pipeline.settings import Settings
+from pipeline.streams.ingest import ingest
+from pipeline.streams.reader import read_topic
+from pipeline.streams.records import mail_raw_record
+from pipeline.streams.replay import diff_generations
+from pipeline.streams.runner import count_outputs, wait_for_outputs
+from pipeline.synth import MailGenerator, render_rfc5322
+
+pytestmark = pytest.mark.integration
+
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "ponymail" / "messages.mbox"
+
+
+def synthetic(tenant: str, count: int, seed: int) -> list[tuple[str, bytes]]:
+    generator = MailGenerator(seed, tenant=tenant, customers=300, agents=5)
+    return [(f"synth:{tenant}#{n}", render_rfc5322(item.mail)) for n, item in enumerate(generator.mails(count))]
+
+
+def engine_decisions(settings: Settings, mail_by_tenant: dict[str, list[tuple[str, bytes]]]) -> dict:
+    """(tenant, message id) -> decision, from the pure engine in this process."""
+    decisions = {}
+    for tenant, messages in mail_by_tenant.items():
+        correlator = Correlator(settings.correlation, tenant=tenant, untracked=settings.untracked)
+        for source, raw in messages:
+            try:
+                mail = parse_mail(raw, tenant=tenant, mailbox=source.partition("#")[0])
+            except MailParseError:
+                continue
+            result = correlator.correlate(mail)
+            if result.untracked_reason:
+                if result.untracked_reason != "duplicate":
+                    decisions[(tenant, mail.message_id)] = ("untracked", result.untracked_reason)
+            else:
+                decisions[(tenant, mail.message_id)] = (result.method.label, result.parent_message_id,
+                                                       result.conversation_id)
+    return decisions
+
+
+def pipeline_decisions(sandbox, settings: Settings, generation: int) -> dict:
+    """The same, read back from the output topics; a redelivered record must repeat its decision."""
+    decisions: dict = {}
+    by_event: dict = {}
+
+    def record(event_id, key, decision):
+        assert by_event.setdefault(event_id, decision) == decision, f"{key}: redelivery decided differently"
+        decisions[key] = decision
+
+    for _, _, _, value in read_topic(settings.kafka, sandbox.bootstrap, "mail.correlated", sandbox.codec):
+        if value["generation"] == generation:
+            record(value["event_id"], (value["tenant"], value["message_id"]),
+                   (value["method_name"], value["parent_message_id"], value["conversation_id"]))
+    for _, _, _, value in read_topic(settings.kafka, sandbox.bootstrap, "mail.untracked", sandbox.codec):
+        if value["generation"] == generation and value["reason"] != "duplicate":
+            record(value["event_id"], (value["tenant"], value["message_id"]), ("untracked", value["reason"]))
+    return decisions
+
+
+def ingest_all(sandbox, settings: Settings, mail_by_tenant: dict) -> int:
+    delivered = 0
+    for tenant, messages in mail_by_tenant.items():
+        report = ingest(messages, settings, sandbox.codec, sandbox.bootstrap, tenant=tenant)
+        assert report.errors == []
+        delivered += report.delivered
+    return delivered
+
+
+@pytest.mark.skipif(not CORPUS.is_file(), reason=f"corpus not found at {CORPUS}")
+def test_corpus_end_to_end_equals_engine_and_hostile_input_is_dead_lettered(sandbox):
+    settings = sandbox.settings()
+    corpus = list(iter_mbox(CORPUS))
+    producer = Producer(producer_config(settings.kafka, sandbox.bootstrap))
+    raw_topic = topic_name(settings.kafka, "mail.raw")
+
+    def encoded(raw: bytes) -> bytes:
+        return sandbox.codec.encode("mail.raw", mail_raw_record(tenant="default", mailbox="x", direction="in",
+                                                                source="test", raw=raw))
+
+    hostile = {
+        b"not avro at all": "not_confluent_wire_format",
+        b"\x00\x00\x00\x7f\xff" + b"\x02x" * 5: "unknown_schema_id",
+        encoded(b""): "empty",
+        encoded(b"X-Junk: " + b"a" * 300_000): "header_too_large",
+    }
+    for value in hostile:  # before the real mail: the worker must keep going after them
+        producer.produce(raw_topic, value, b"default")
+    assert producer.flush(30) == 0
+    assert ingest_all(sandbox, settings, {"default": corpus}) == len(corpus)
+
+    worker = sandbox.start_worker()
+    counts = wait_for_outputs(settings.kafka, sandbox.bootstrap, sandbox.codec, 0, len(corpus) + len(hostile),
+                              workers=[worker], timeout_s=240)
+    assert counts["deadletter"] == len(hostile)
+    dead = {value["value"]: value for _, _, _, value in
+            read_topic(settings.kafka, sandbox.bootstrap, "deadletter", sandbox.codec)}
+    assert {value: dead[value]["reason"] for value in hostile} == hostile
+    assert all(record["source_topic"] == raw_topic and record["error"] for record in dead.values())
+
+    expected = engine_decisions(settings, {"default": [(f"x#{n}", raw) for n, (_, raw) in enumerate(corpus)]})
+    assert pipeline_decisions(sandbox, settings, 0) == expected
+    methods = {decision[0] for decision in expected.values()}
+    assert {"InReplyTo", "None"} <= methods
+
+
+def test_one_worker_and_two_workers_decide_identically_across_tenants(sandbox):
+    settings = sandbox.settings()
+    mail = {f"tenant-{n}": synthetic(f"tenant-{n}", 700, seed=n) for n in range(6)}
+    total = ingest_all(sandbox, settings, mail)
+
+    single = [sandbox.start_worker(generation=0, name="single")]
+    wait_for_outputs(settings.kafka, sandbox.bootstrap, sandbox.codec, 0, total, workers=single, timeout_s=240)
+    pair = [sandbox.start_worker(generation=1, name=f"pair-{n}") for n in range(2)]
+    wait_for_outputs(settings.kafka, sandbox.bootstrap, sandbox.codec, 1, total, workers=pair, timeout_s=240)
+
+    expected = engine_decisions(settings, mail)
+    assert len(expected) == total
+    assert pipeline_decisions(sandbox, settings, 0) == expected
+    assert pipeline_decisions(sandbox, settings, 1) == expected
+
+
+def test_sigkill_mid_stream_loses_nothing_and_tables_recover_from_the_changelog(sandbox):
+    settings = sandbox.settings()
+    mail = {"acme": synthetic("acme", 6000, seed=11)}
+    total = ingest_all(sandbox, settings, mail)
+    data_dir = sandbox.root / "worker-data"
+
+    def run_until(handled_at_least: int):
+        worker = sandbox.start_worker(data_dir=data_dir, name=f"run-{len(sandbox.workers)}")
+        deadline = time.monotonic() + 180
+        while sum(count_outputs(settings.kafka, sandbox.bootstrap, sandbox.codec, 0).values()) < handled_at_least:
+            assert worker.alive, worker.log_tail()
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.3)
+        return worker
+
+    run_until(1500).kill()  # SIGKILL: no commit, no flush, RocksDB left as it was
+    run_until(3500).kill()
+    shutil.rmtree(data_dir)  # the third run has no local state: the table comes from the changelog only
+    last = sandbox.start_worker(data_dir=data_dir, name="final")
+    wait_for_outputs(settings.kafka, sandbox.bootstrap, sandbox.codec, 0, total, workers=[last], timeout_s=300)
+
+    assert pipeline_decisions(sandbox, settings, 0) == engine_decisions(settings, mail)
+
+
+def test_replay_with_changed_filter_changes_exactly_the_expected_correlations(sandbox):
+    settings = sandbox.settings()
+    mail = {"acme": synthetic("acme", 2500, seed=5)}
+    total = ingest_all(sandbox, settings, mail)
+    first = sandbox.start_worker(generation=0, name="g0")
+    wait_for_outputs(settings.kafka, sandbox.bootstrap, sandbox.codec, 0, total, workers=[first], timeout_s=240)
+
+    # A filter that also removes every word of 7+ letters (as if a user filtered order numbers
+    # and codes): subjects made only of long words leave no hash, so their smart-matching links
+    # go, while every header, token and Thread-Index link stays.
+    new_file = sandbox.settings_file("new.toml", extra="""
+[correlation.smart_matching]
+hash_filter_keywords = '^[\\s]*([\\w]+\\s?:[\\s]*)+|\\w{7,}'
+""")
+    new_settings = sandbox.settings(new_file)
+    assert new_settings.correlation.fingerprint() != settings.correlation.fingerprint()
+    replay = sandbox.start_worker(generation=1, name="g1", settings_file=new_file)
+    wait_for_outputs(settings.kafka, sandbox.bootstrap, sandbox.codec, 1, total, workers=[replay], timeout_s=240)
+
+    before, after = engine_decisions(settings, mail), engine_decisions(new_settings, mail)
+    expected_changed = sorted(key[1] for key in after if after[key][:2] != before[key][:2])
+    assert len(expected_changed) > 50, "the new filter must change something for this test to mean anything"
+    diff = diff_generations(settings.kafka, sandbox.bootstrap, sandbox.codec, 0, 1)
+    assert sorted(diff.changed_ids) == expected_changed
+    assert diff.mails == len(after)
