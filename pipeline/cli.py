@@ -161,6 +161,24 @@ def cmd_bench_correlate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    from pipeline.bench.pipeline import run_pipeline_bench
+
+    settings = _settings(args)
+    if args.mails < 1:
+        raise UserError("--mails must be positive")
+    data_dir = settings.worker.data_dir.resolve() / "bench"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    result = run_pipeline_bench(settings, mails=args.mails, seed=args.seed, data_dir=data_dir,
+                                progress=(lambda m: None) if args.no_progress else (lambda m: print(m, file=sys.stderr)))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["summary"], indent=2))
+    print(f"written to {out}", file=sys.stderr)
+    return 0
+
+
 # -- pipeline ---------------------------------------------------------------------------------
 def _bar_factory(enabled: bool):
     """progress(desc, total) -> update(count_so_far): a progress bar on stderr per phase."""
@@ -397,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_correlate.add_argument("--corpus", metavar="MBOX", help="also time parsing this real mbox")
     bench_correlate.add_argument("-o", "--out", default="bench-results/correlate.json")
     progress_flag(bench_correlate)
+    bench_pipeline = bench_commands.add_parser("pipeline", help="mails/s end to end per worker vs raw confluent-kafka")
+    bench_pipeline.set_defaults(handler=cmd_bench_pipeline)
+    bench_pipeline.add_argument("--mails", type=int, default=20_000)
+    bench_pipeline.add_argument("--seed", type=int, default=7)
+    bench_pipeline.add_argument("-o", "--out", default="bench-results/pipeline.json")
+    progress_flag(bench_pipeline)
     return parser
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from enum import IntEnum
 from typing import Any, Literal
@@ -71,7 +71,9 @@ class IndexedMail:
     references: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Flat fields only: a direct read is ~10x faster than dataclasses.asdict's deep copy,
+        # and this runs once per mail in the worker.
+        return {name: getattr(self, name) for name in _INDEXED_MAIL_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IndexedMail:
@@ -79,6 +81,9 @@ class IndexedMail:
         for name in ("subject_words", "addresses", "own_line_hashes", "references"):
             values[name] = tuple(values.get(name) or ())
         return cls(**values)
+
+
+_INDEXED_MAIL_FIELDS = tuple(f.name for f in fields(IndexedMail))
 
 
 @dataclass(frozen=True, slots=True)

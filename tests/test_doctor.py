@@ -1,0 +1,87 @@
+"""``threadline doctor``: each check finds what is wrong and says how to fix it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import pipeline.broker
+from pipeline.broker import free_port
+from pipeline.doctor import check_broker, check_schemas, check_settings, run_checks
+from pipeline.settings import Settings, SettingsError, load_settings
+
+
+def with_filter(pattern: str) -> Settings:
+    """Default settings with another hash_filter_keywords, without validation (the way an
+    invalid value would reach the doctor if it got past the settings model)."""
+    settings = Settings()
+    smart = settings.correlation.smart_matching.model_copy(update={"hash_filter_keywords": pattern})
+    correlation = settings.correlation.model_copy(update={"smart_matching": smart})
+    return settings.model_copy(update={"correlation": correlation})
+
+
+def by_name(checks, name):
+    [check] = [c for c in checks if c.name == name]
+    return check
+
+
+def test_default_settings_pass():
+    checks = check_settings(Settings())
+    assert checks and all(c.ok for c in checks)
+    assert by_name(checks, "hash_filter_keywords").ok
+
+
+@pytest.mark.parametrize("pattern", [".*", r"[\w\s:.]+"])
+def test_filter_that_strips_whole_subjects_is_flagged(pattern):
+    settings = Settings.model_validate({"correlation": {"smart_matching": {"hash_filter_keywords": pattern}}})
+    check = by_name(check_settings(settings), "hash_filter_keywords")
+    assert not check.ok
+    assert "strips whole subjects" in check.detail and check.fix
+    assert "fix:" in check.format()
+
+
+def test_invalid_regex_is_flagged():
+    with pytest.raises(SettingsError, match="hash_filter_keywords"):  # the settings model refuses it...
+        load_settings(environ={"THREADLINE_SETTINGS": "/dev/null",
+                               "THREADLINE_CORRELATION_SMART_MATCHING_HASH_FILTER_KEYWORDS": "(re:"})
+    [check] = check_settings(with_filter("(re:"))  # ...and the doctor too
+    assert (check.name, check.ok) == ("hash_filter_keywords", False)
+    assert "not a regular expression" in check.detail and "valid regex" in check.fix
+
+
+def test_other_settings_problems_are_flagged():
+    settings = Settings.model_validate({
+        "correlation": {"smart_matching": {"hash_min_address_count": 30, "hash_max_count": 5},
+                        "custom_rule": "no_such_module_xyz:rule"},
+        "untracked": {"own_domains": ["corp.example"], "excluded_domains": ["corp.example"]},
+    })
+    failing = {c.name for c in check_settings(settings) if not c.ok}
+    assert failing == {"hash_min_address_count", "custom_rule", "excluded_domains"}
+
+
+def test_schemas_of_the_repository_pass():
+    [check] = check_schemas()
+    assert check.ok, check.detail
+    assert check.detail.startswith("12 topics")
+
+
+def test_unreachable_broker_fails_with_a_fix(monkeypatch):
+    real = pipeline.broker.topic_partitions
+    # The doctor waits 10 s for metadata (measured: 10.0 s against a closed port); 1 s is enough here.
+    monkeypatch.setattr(pipeline.broker, "topic_partitions",
+                        lambda kafka, bootstrap, timeout_s=10: real(kafka, bootstrap, timeout_s=1.0))
+    bootstrap = f"127.0.0.1:{free_port()}"  # nothing listens there
+    settings = Settings.model_validate({"kafka": {"bootstrap": bootstrap}})
+    started = time.monotonic()
+    [check] = check_broker(settings)
+    assert time.monotonic() - started < 5
+    assert (check.name, check.ok) == ("broker", False)
+    assert f"cannot reach {bootstrap}" in check.detail
+    assert "THREADLINE_KAFKA_BOOTSTRAP" in check.fix
+
+
+def test_run_checks_on_defaults_all_pass():
+    checks = run_checks(Settings())
+    assert {c.name for c in checks} == {"hash_filter_keywords", "schemas", "broker", "clickhouse"}
+    assert [c.format() for c in checks if not c.ok] == []
