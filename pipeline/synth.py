@@ -29,7 +29,7 @@ _FILLER = ("please", "could", "you", "check", "the", "invoice", "order", "delive
            "thanks", "for", "your", "quick", "reply", "we", "still", "see", "same", "problem", "with",
            "attached", "report", "since", "monday", "and", "need", "an", "update", "before", "friday")
 _OPEN_THREADS = 4_000  # replies go to one of the most recently active threads
-_SECONDS_BETWEEN_MAILS = 1.0  # 1M mails span ~12 days: all inside the default 90-day window
+_SECONDS_BETWEEN_MAILS = 1.0  # default: 1M mails span ~12 days, all inside the 90-day window
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +62,8 @@ class MailGenerator:
 
     def __init__(self, seed: int = 7, *, tenant: str = "default", customers: int = 50_000, agents: int = 40,
                  token_settings: TrackingTokenSettings | None = None,
-                 mix: tuple[float, float, float, float] = (0.70, 0.10, 0.10, 0.10)) -> None:
+                 mix: tuple[float, float, float, float] = (0.70, 0.10, 0.10, 0.10),
+                 seconds_between_mails: float = _SECONDS_BETWEEN_MAILS) -> None:
         self.rng = random.Random(seed)
         self.tenant = tenant
         self.vocabulary = sorted({_word(self.rng) for _ in range(3_000)})
@@ -72,6 +73,7 @@ class MailGenerator:
         self.token_counter = tokens.TokenCounter(self.token_settings)
         self.mix = mix  # headers, token, thread_index, content: shares of replies
         self.new_thread_share = 0.3
+        self.seconds_between_mails = seconds_between_mails
         self._threads: list[_Thread] = []
         self._count = 0
 
@@ -105,7 +107,7 @@ class MailGenerator:
     def _next(self) -> SyntheticMail:
         rng = self.rng
         self._count += 1
-        when = START + timedelta(seconds=self._count * _SECONDS_BETWEEN_MAILS + rng.random() * 0.5)
+        when = START + timedelta(seconds=self._count * self.seconds_between_mails + rng.random() * 0.5)
         if not self._threads or rng.random() < self.new_thread_share:
             return self._new_thread(when)
         position = len(self._threads) - 1 - min(int(rng.expovariate(1 / 300)), len(self._threads) - 1)

@@ -1,0 +1,288 @@
+"""The dashboards, defined once: Grafana JSON in ``dashboards/`` is built from these panels
+(``threadline dashboards build``; a test keeps the files current), and the same SQL feeds
+``threadline report`` and ``threadline bench clickhouse``.
+
+SQL targets the ``grafana-clickhouse-datasource`` plugin and the database ``threadline`` (the
+default of ``clickhouse.database``).  Counting queries read FINAL tables or the ``*_latest``
+views, so redeliveries and replays never double count.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DASHBOARD_DIR = Path(__file__).resolve().parent.parent.parent / "dashboards"
+DATASOURCE = {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}
+TENANT = "tenant = '${tenant}'"
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    sql: str
+    kind: str = "table"  # table, timeseries, stat, barchart, piechart
+    description: str = ""
+    width: int = 12
+    height: int = 8
+
+    @property
+    def format(self) -> int:
+        """Plugin target format: 0 time series, 1 table."""
+        return 0 if self.kind == "timeseries" else 1
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    label: str
+    query: str | None = None  # a query variable; None: a text box
+    default: str = ""
+    include_all: bool = False
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    uid: str
+    title: str
+    description: str
+    panels: tuple[Panel, ...]
+    variables: tuple[Variable, ...] = field(default=())
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.uid}.json"
+
+
+TENANT_VARIABLE = Variable("tenant", "Tenant", "SELECT DISTINCT tenant FROM threadline.mail_correlated ORDER BY tenant")
+
+RESPONSE_TIMES = Dashboard(
+    uid="threadline-response-times",
+    title="Threadline: response times & escalations",
+    description="How fast inbound mail gets its first answer, who answers, what waits, what escalated.",
+    variables=(
+        TENANT_VARIABLE,
+        Variable("responder", "Owner", "SELECT DISTINCT responder FROM threadline.mail_responses "
+                 "WHERE tenant = '${tenant}' ORDER BY responder", default="All", include_all=True),
+        Variable("unanswered_hours", "Unanswered after (hours)", default="24"),
+    ),
+    panels=(
+        Panel("First responses per day", """
+SELECT $__timeInterval(first_response_time) AS time, count() AS first_responses
+FROM (
+    SELECT answers_message_id, min(response_time) AS first_response_time
+    FROM threadline.mail_responses_latest
+    WHERE tenant = '${tenant}' AND ('${responder}' = 'All' OR responder = '${responder}')
+    GROUP BY answers_message_id
+)
+WHERE $__timeFilter(first_response_time)
+GROUP BY time ORDER BY time""", kind="timeseries"),
+        Panel("First response time per owner (hours)", """
+SELECT responder AS owner, count() AS answered,
+       round(quantile(0.5)(seconds) / 3600, 2) AS p50_h,
+       round(quantile(0.9)(seconds) / 3600, 2) AS p90_h,
+       round(quantile(0.99)(seconds) / 3600, 2) AS p99_h
+FROM (
+    SELECT answers_message_id, argMin(responder, response_time) AS responder, min(seconds) AS seconds,
+           min(response_time) AS first_response_time
+    FROM threadline.mail_responses_latest
+    WHERE tenant = '${tenant}'
+    GROUP BY answers_message_id
+)
+WHERE $__timeFilter(first_response_time) AND ('${responder}' = 'All' OR responder = '${responder}')
+GROUP BY owner ORDER BY p50_h""", description="The first reply to each inbound mail; percentiles in hours."),
+        Panel("First response time per mailbox (hours)", """
+SELECT mailbox, count() AS answered,
+       round(quantile(0.5)(seconds) / 3600, 2) AS p50_h,
+       round(quantile(0.9)(seconds) / 3600, 2) AS p90_h,
+       round(quantile(0.99)(seconds) / 3600, 2) AS p99_h
+FROM (
+    SELECT answers_message_id, any(mailbox) AS mailbox, min(seconds) AS seconds,
+           min(response_time) AS first_response_time
+    FROM threadline.mail_responses_latest
+    WHERE tenant = '${tenant}'
+    GROUP BY answers_message_id
+)
+WHERE $__timeFilter(first_response_time)
+GROUP BY mailbox ORDER BY mailbox"""),
+        Panel("Unanswered inbound mail", """
+SELECT count() AS unanswered
+FROM threadline.mail_correlated_latest AS m
+WHERE m.tenant = '${tenant}' AND m.direction = 'in' AND $__timeFilter(m.event_time)
+  AND m.event_time < $__toTime - INTERVAL ${unanswered_hours} HOUR
+  AND m.message_id NOT IN (
+      SELECT answers_message_id FROM threadline.mail_responses_latest WHERE tenant = '${tenant}')""",
+              kind="stat", width=6, description="Inbound mail with no correlated reply, older than the threshold."),
+        Panel("Escalations by state", """
+SELECT state, count() AS mails
+FROM threadline.escalations FINAL
+WHERE tenant = '${tenant}' AND $__timeFilter(event_time)
+GROUP BY state ORDER BY state""", kind="barchart", width=6),
+        Panel("Oldest unanswered inbound mail", """
+SELECT m.event_time AS received, m.from_addr AS sender, m.subject, m.mailbox,
+       dateDiff('hour', m.event_time, $__toTime) AS waiting_h
+FROM threadline.mail_correlated_latest AS m
+WHERE m.tenant = '${tenant}' AND m.direction = 'in' AND $__timeFilter(m.event_time)
+  AND m.event_time < $__toTime - INTERVAL ${unanswered_hours} HOUR
+  AND m.message_id NOT IN (
+      SELECT answers_message_id FROM threadline.mail_responses_latest WHERE tenant = '${tenant}')
+ORDER BY m.event_time LIMIT 50""", width=24),
+    ),
+)
+
+CAMPAIGN_ROI = Dashboard(
+    uid="threadline-campaign-roi",
+    title="Threadline: campaign ROI",
+    description="Opens and clicks by humans and machines, conversions, revenue, cost and ROI per campaign.",
+    variables=(
+        TENANT_VARIABLE,
+        Variable("campaign", "Campaign", "SELECT DISTINCT campaign_id FROM threadline.campaigns "
+                 "WHERE tenant = '${tenant}' ORDER BY campaign_id", default="All", include_all=True),
+    ),
+    panels=(
+        Panel("Campaigns", """
+WITH
+    stats AS (
+        SELECT campaign_id, uniqExactMerge(human_opens) AS human_opens, uniqExactMerge(machine_opens) AS machine_opens,
+               uniqExactMerge(unique_human_openers) AS unique_openers, uniqExactMerge(human_clicks) AS human_clicks,
+               uniqExactMerge(machine_clicks) AS machine_clicks
+        FROM threadline.campaign_daily
+        WHERE tenant = '${tenant}' AND day >= toDate($__fromTime) AND day <= toDate($__toTime)
+        GROUP BY campaign_id),
+    sales AS (
+        SELECT campaign_id, count() AS conversions, sum(revenue) AS revenue
+        FROM threadline.conversions FINAL
+        WHERE tenant = '${tenant}' AND $__timeFilter(event_time)
+        GROUP BY campaign_id),
+    costs AS (
+        SELECT campaign_id, argMax(name, updated_at) AS name, argMax(cost, updated_at) AS cost
+        FROM threadline.campaigns FINAL
+        WHERE tenant = '${tenant}'
+        GROUP BY campaign_id)
+SELECT c.campaign_id AS campaign, c.name AS name, s.unique_openers AS unique_openers, s.human_opens AS human_opens,
+       s.machine_opens AS machine_opens, s.human_clicks AS human_clicks, s.machine_clicks AS machine_clicks,
+       ifNull(v.conversions, 0) AS conversions, round(ifNull(v.revenue, 0), 2) AS revenue, round(c.cost, 2) AS cost,
+       round((ifNull(v.revenue, 0) - c.cost) / nullIf(c.cost, 0), 3) AS roi
+FROM costs AS c
+LEFT JOIN stats AS s ON s.campaign_id = c.campaign_id
+LEFT JOIN sales AS v ON v.campaign_id = c.campaign_id
+WHERE '${campaign}' = 'All' OR c.campaign_id = '${campaign}'
+ORDER BY c.campaign_id""", width=24, description="ROI = (revenue - cost) / cost. Opens and clicks are distinct events."),
+        Panel("Opens per day: humans and machines", """
+SELECT toDateTime64(day, 3, 'UTC') AS time, uniqExactMerge(human_opens) AS human_opens,
+       uniqExactMerge(machine_opens) AS machine_opens
+FROM threadline.campaign_daily
+WHERE tenant = '${tenant}' AND ('${campaign}' = 'All' OR campaign_id = '${campaign}')
+  AND day >= toDate($__fromTime) AND day <= toDate($__toTime)
+GROUP BY time ORDER BY time""", kind="timeseries"),
+        Panel("Machine opens and clicks by reason", """
+SELECT ifNull(machine_reason, 'unknown') AS reason, count() AS events
+FROM threadline.tracking_events FINAL
+WHERE tenant = '${tenant}' AND is_machine AND ('${campaign}' = 'All' OR campaign_id = '${campaign}')
+  AND $__timeFilter(event_time)
+GROUP BY reason ORDER BY events DESC""", kind="piechart"),
+        Panel("Revenue per day", """
+SELECT toStartOfDay(event_time) AS time, round(sum(revenue), 2) AS revenue
+FROM threadline.conversions FINAL
+WHERE tenant = '${tenant}' AND ('${campaign}' = 'All' OR campaign_id = '${campaign}') AND $__timeFilter(event_time)
+GROUP BY time ORDER BY time""", kind="timeseries", width=24),
+    ),
+)
+
+CORRELATION_QUALITY = Dashboard(
+    uid="threadline-correlation-quality",
+    title="Threadline: correlation quality",
+    description="How mail was linked (method mix), what was not tracked and why, dead letters, generations.",
+    variables=(TENANT_VARIABLE,),
+    panels=(
+        Panel("Method mix", """
+SELECT method_name AS method, count() AS mails
+FROM threadline.mail_correlated_latest
+WHERE tenant = '${tenant}' AND $__timeFilter(event_time)
+GROUP BY method ORDER BY mails DESC""", kind="piechart", width=8),
+        Panel("Linked share per day", """
+SELECT $__timeInterval(event_time) AS time, round(countIf(method NOT IN (0, 1)) / count(), 4) AS linked_share
+FROM threadline.mail_correlated_latest
+WHERE tenant = '${tenant}' AND $__timeFilter(event_time)
+GROUP BY time ORDER BY time""", kind="timeseries", width=16),
+        Panel("Untracked mail by reason", """
+SELECT reason, count() AS mails
+FROM threadline.mail_untracked_latest
+WHERE tenant = '${tenant}' AND $__timeFilter(event_time)
+GROUP BY reason ORDER BY mails DESC""", kind="barchart", width=8),
+        Panel("Dead letters by reason", """
+SELECT source_topic, agent, reason, count() AS records, max(failed_at) AS last_seen
+FROM threadline.deadletter FINAL
+WHERE $__timeFilter(failed_at)
+GROUP BY source_topic, agent, reason ORDER BY records DESC""", width=16),
+        Panel("Generations", """
+SELECT generation, any(settings_fingerprint) AS settings, count() AS mails,
+       countIf(method NOT IN (0, 1)) AS linked
+FROM threadline.mail_correlated FINAL
+WHERE tenant = '${tenant}'
+GROUP BY generation ORDER BY generation""", width=24,
+              description="Every replay is a generation; the newest decision per mail is what the other panels show."),
+    ),
+)
+
+DASHBOARDS = (RESPONSE_TIMES, CAMPAIGN_ROI, CORRELATION_QUALITY)
+
+
+def _variable_json(variable: Variable) -> dict:
+    if variable.query is None:
+        return {"name": variable.name, "label": variable.label, "type": "textbox", "query": variable.default,
+                "current": {"text": variable.default, "value": variable.default}}
+    data = {
+        "name": variable.name, "label": variable.label, "type": "query", "datasource": DATASOURCE,
+        "query": variable.query, "definition": variable.query, "refresh": 2, "sort": 1,
+        "includeAll": variable.include_all, "multi": False,
+    }
+    if variable.include_all:
+        data["allValue"] = "All"
+        data["current"] = {"text": "All", "value": "$__all"}
+    return data
+
+
+def dashboard_json(dashboard: Dashboard) -> dict:
+    panels = []
+    x = y = row_height = 0
+    for number, panel in enumerate(dashboard.panels, start=1):
+        if x + panel.width > 24:
+            x, y, row_height = 0, y + row_height, 0
+        panels.append({
+            "id": number, "type": panel.kind, "title": panel.title, "description": panel.description,
+            "datasource": DATASOURCE,
+            "gridPos": {"x": x, "y": y, "w": panel.width, "h": panel.height},
+            "targets": [{"refId": "A", "datasource": DATASOURCE, "editorType": "sql", "format": panel.format,
+                         "queryType": "timeseries" if panel.format == 0 else "table", "rawSql": panel.sql.strip()}],
+            "options": {},
+            "fieldConfig": {"defaults": {}, "overrides": []},
+        })
+        x += panel.width
+        row_height = max(row_height, panel.height)
+    datasource_variable = {"name": "datasource", "label": "ClickHouse", "type": "datasource",
+                           "query": "grafana-clickhouse-datasource"}
+    return {
+        "uid": dashboard.uid, "title": dashboard.title, "description": dashboard.description,
+        "tags": ["threadline"], "timezone": "utc", "schemaVersion": 39, "version": 1, "editable": True,
+        "time": {"from": "now-30d", "to": "now"}, "refresh": "1m",
+        "templating": {"list": [datasource_variable, *(_variable_json(v) for v in dashboard.variables)]},
+        "annotations": {"list": []},
+        "panels": panels,
+    }
+
+
+def render_all() -> dict[str, str]:
+    """file name -> JSON text of every dashboard."""
+    return {d.file_name: json.dumps(dashboard_json(d), indent=2, ensure_ascii=False) + "\n" for d in DASHBOARDS}
+
+
+def write_all(folder: Path = DASHBOARD_DIR) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in render_all().items():
+        path = folder / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written

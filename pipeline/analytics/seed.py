@@ -1,0 +1,148 @@
+"""Seeded analytics data: what the sink would write after a period of support and campaign mail.
+
+Mail and its correlations come from the real engine over synthetic mail (pipeline.synth);
+campaigns, tracking events and conversions are drawn from a seeded random model of a campaign
+(human and machine opens, clicks, conversions with revenue).  Used by the dashboard tests, the
+ClickHouse benchmark and ``threadline report --seed-demo``.  Rows go through the same
+``rows_for`` as the sink, so they have exactly the sink's shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterator
+
+from pipeline.correlation.engine import Correlator
+from pipeline.correlation.model import stable_event_id
+from pipeline.settings import Settings
+from pipeline.sinks.clickhouse import ClickHouseStore, rows_for
+from pipeline.sinks.tables import table_name
+from pipeline.streams.records import SourcePosition, correlated_record, response_record, untracked_record
+from pipeline.synth import MailGenerator
+
+_USER_AGENTS = ("Apple Mail", "Outlook", "Gmail", "Thunderbird", "Chrome", "Firefox")
+
+
+def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int) -> Iterator[tuple[str, dict]]:
+    correlator = Correlator(settings.correlation, tenant=tenant, untracked=settings.untracked)
+    # One mail every 2 minutes on average: replies come minutes to days later, as in a real desk.
+    generator = MailGenerator(seed, tenant=tenant, customers=2_000, agents=12, seconds_between_mails=120)
+    for offset, item in enumerate(generator.mails(mails)):
+        deliveries = [item.mail]
+        if offset % 40 == 0 and item.mail.direction == "in":
+            # Mail to two of the desk's mailboxes arrives twice: the copy is a duplicate.
+            deliveries.append(dataclasses.replace(item.mail, mailbox="shared"))
+        for mail in deliveries:
+            correlation = correlator.correlate(mail)
+            if correlation.untracked_reason:
+                yield "mail.untracked", untracked_record(correlation, mail.mailbox)
+                continue
+            yield "mail.correlated", correlated_record(correlation, mail.mailbox, SourcePosition("mail.raw", 0, offset))
+            if correlation.response is not None:
+                yield "mail.responses", response_record(correlation, mail.mailbox)
+
+
+def _campaign_records(tenant: str, rng: random.Random, start: datetime, campaigns: int,
+                      recipients: int) -> Iterator[tuple[str, dict]]:
+    for number in range(campaigns):
+        campaign_id = f"cmp-{number + 1:03d}"
+        sent_at = start + timedelta(days=rng.randint(0, 20), hours=rng.randint(7, 17))
+        yield "campaigns", {
+            "event_id": stable_event_id("campaign", tenant, campaign_id), "tenant": tenant,
+            "campaign_id": campaign_id, "name": f"Campaign {number + 1}", "cost": round(rng.uniform(200, 5000), 2),
+            "currency": "EUR", "started_at": sent_at, "updated_at": sent_at,
+        }
+        for recipient_number in range(recipients):
+            recipient = f"r{recipient_number}@customer{recipient_number % 97}.example"
+            message_id = f"<{campaign_id}.{recipient_number}@campaign.threadline.test>"
+            hits = []
+            if rng.random() < 0.35:  # privacy proxies fetch the pixel on delivery
+                hits.append(("open", sent_at + timedelta(seconds=rng.randint(1, 30)), True, "apple_mpp"))
+            if rng.random() < 0.4:
+                first = sent_at + timedelta(minutes=rng.expovariate(1 / 240))
+                hits += [("open", first + timedelta(hours=n * rng.random() * 5), False, None)
+                         for n in range(rng.randint(1, 3))]
+                if rng.random() < 0.3:
+                    hits.append(("click", first + timedelta(minutes=rng.randint(1, 20)), False, None))
+            if rng.random() < 0.05:  # security scanners click every link at once
+                hits.append(("click", sent_at + timedelta(seconds=rng.randint(1, 5)), True, "scanner_burst"))
+            opens = 0
+            for kind, when, machine, reason in sorted(hits, key=lambda hit: hit[1]):
+                opens += kind == "open" and not machine
+                yield "tracking.events", {
+                    "event_id": stable_event_id("hit", tenant, message_id, kind, when.isoformat()), "tenant": tenant,
+                    "kind": kind, "message_id": message_id, "recipient": recipient, "campaign_id": campaign_id,
+                    "link_url": "https://shop.example/offer" if kind == "click" else None, "event_time": when,
+                    "ip": None, "reverse_dns": None, "user_agent_family": rng.choice(_USER_AGENTS),
+                    "is_machine": machine, "machine_reason": reason, "nth_open": max(opens, 1 if kind == "open" else 0),
+                    "first_open_time": None, "probably_forwarded": False,
+                }
+            if any(kind == "click" and not machine for kind, _, machine, _ in hits) and rng.random() < 0.25:
+                yield "conversions", {
+                    "event_id": stable_event_id("conversion", tenant, message_id), "tenant": tenant,
+                    "campaign_id": campaign_id, "recipient": recipient, "message_id": message_id,
+                    "revenue": round(rng.uniform(20, 400), 2), "currency": "EUR",
+                    "event_time": sent_at + timedelta(days=rng.randint(0, 5)),
+                }
+
+
+def _escalation_records(tenant: str, responses: list[dict], rng: random.Random) -> Iterator[tuple[str, dict]]:
+    for response in responses:
+        hours = response["seconds"] / 3600
+        if hours < 4:
+            continue
+        state = "ESCALATED" if hours > 24 else "WARNED"
+        yield "escalations", {
+            "event_id": stable_event_id("escalation", tenant, response["answers_message_id"], state), "tenant": tenant,
+            "message_id": response["answers_message_id"], "conversation_id": response["conversation_id"],
+            "state": state, "previous_state": "OPEN", "policy": "default",
+            "event_time": response["inbound_time"] + timedelta(hours=4 if state == "WARNED" else 24),
+            "owner": response["responder"], "mailbox": response["mailbox"], "regarding": response["regarding"],
+        }
+
+
+def seed_records(settings: Settings, *, tenants: int = 2, mails_per_tenant: int = 3_000, campaigns: int = 4,
+                 recipients: int = 500, seed: int = 7) -> Iterator[tuple[str, dict]]:
+    rng = random.Random(seed)
+    start = datetime(2026, 1, 5, tzinfo=timezone.utc)
+    for number in range(tenants):
+        tenant = f"tenant-{number + 1}"
+        responses = []
+        for topic, record in _correlation_records(settings, tenant, mails_per_tenant, seed + number):
+            if topic == "mail.responses":
+                responses.append(record)
+            yield topic, record
+        yield from _escalation_records(tenant, responses, rng)
+        yield from _campaign_records(tenant, rng, start, campaigns, recipients)
+        yield "deadletter", {
+            "event_id": stable_event_id("deadletter-seed", tenant), "source_topic": "mail.raw", "source_partition": 0,
+            "source_offset": number, "key": tenant.encode(), "value": b"not a mail", "reason": "not_a_mail",
+            "error": "not_a_mail: no header block", "agent": "correlator", "failed_at": start,
+        }
+
+
+def load_records(store: ClickHouseStore, records: Iterator[tuple[str, dict]], *, batch: int = 50_000,
+                 on_rows: Callable[[int], None] | None = None) -> dict[str, int]:
+    """Insert ``(topic, record)`` pairs like the sink does; returns rows per table."""
+    pending: dict[str, list] = {}
+    counts: dict[str, int] = {}
+    now = datetime.now(timezone.utc)
+
+    def flush(topic: str) -> None:
+        items = pending.pop(topic, [])
+        if items:
+            columns, rows = rows_for(topic, items, now)
+            store.insert(table_name(topic), rows, columns)
+            counts[table_name(topic)] = counts.get(table_name(topic), 0) + len(rows)
+            if on_rows is not None:
+                on_rows(len(rows))
+
+    for offset, (topic, record) in enumerate(records):
+        pending.setdefault(topic, []).append((0, offset, record))
+        if len(pending[topic]) >= batch:
+            flush(topic)
+    for topic in list(pending):
+        flush(topic)
+    return counts
