@@ -239,6 +239,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     _require_paths(args.mailbox)
     create_topics(settings.kafka, bootstrap)
     codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
+    if args.direction == "auto" and not settings.untracked.own_domains:
+        raise UserError("--direction auto needs untracked.own_domains in the settings")
     report = ingest(iter_mail_sources(args.mailbox), settings, codec, bootstrap, tenant=args.tenant,
                     direction=args.direction, mailbox=args.mailbox_name,
                     on_progress=_bar_factory(not args.no_progress)("ingest mail.raw", None))
@@ -330,6 +332,75 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- analytics --------------------------------------------------------------------------------
+def _store(settings: Settings):
+    from pipeline.sinks.clickhouse import ClickHouseStore
+
+    try:
+        store = ClickHouseStore(settings)
+    except Exception as exc:  # chDB refuses a folder another process holds; servers refuse logins
+        raise UserError(f"cannot open ClickHouse: {exc} (is `threadline up` running on the same data folder? "
+                        "chDB allows one process per folder; set THREADLINE_CLICKHOUSE_URL to share a server)") from exc
+    store.migrate()
+    return store
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    store = _store(_settings(args))
+    try:
+        result = store.query(args.query)
+    except Exception as exc:  # ClickHouse reports syntax and type errors as exceptions
+        raise UserError(str(exc).splitlines()[0]) from exc
+    print("\t".join(result.column_names))
+    for row in result.result_rows:
+        print("\t".join("" if value is None else str(value) for value in row))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.analytics.report import render_report
+
+    store = _store(_settings(args))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_report(store, tenant=args.tenant), encoding="utf-8")
+    print(f"report written to {out.resolve()}", file=sys.stderr)
+    return 0
+
+
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from pipeline.analytics.dashboards import DASHBOARD_DIR, render_all, write_all
+
+    if args.action == "build":
+        for path in write_all():
+            print(path)
+        return 0
+    stale = [name for name, text in render_all().items()
+             if not (DASHBOARD_DIR / name).is_file() or (DASHBOARD_DIR / name).read_text(encoding="utf-8") != text]
+    for name in stale:
+        print(f"{name} is out of date: run `threadline dashboards build`")
+    return 1 if stale else 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    from pipeline.avro import AvroCodec, registry_from_settings
+    from pipeline.sinks.clickhouse import ClickHouseSink
+
+    settings = _settings(args)
+    bootstrap = _bootstrap(settings)
+    store = _store(settings)
+    sink = ClickHouseSink(settings, bootstrap, store, AvroCodec(registry_from_settings(settings.schema_registry.url)))
+    print(f"sinking output topics into {store.location}; Ctrl-C stops", file=sys.stderr)
+    try:
+        sink.run(lambda: False, on_batch=lambda n: print(f"{n} records inserted; totals {dict(sink.inserted)}",
+                                                         file=sys.stderr))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sink.close()
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="threadline", description="E-mail correlation, tracking and escalation pipeline.")
@@ -377,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = command("up", cmd_up, "Run the pipeline on the embedded defaults: broker, workers, a sample mailbox.")
     up.add_argument("mailbox", nargs="*", help="mailboxes to ingest (default: a generated sample)")
     up.add_argument("--tenant", default="default")
-    up.add_argument("--direction", choices=("in", "out"), default="in")
+    up.add_argument("--direction", choices=("in", "out", "auto"), default="auto",
+                    help="auto: out when the sender is in untracked.own_domains (default)")
     up.add_argument("--workers", type=int, default=1, choices=range(1, 9), metavar="N")
     up.add_argument("--exit-when-done", action="store_true", help="stop once the mailbox is handled")
     progress_flag(up)
@@ -385,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = command("ingest", cmd_ingest, "Produce mailboxes to mail.raw.")
     ingest.add_argument("mailbox", nargs="+")
     ingest.add_argument("--tenant", default="default")
-    ingest.add_argument("--direction", choices=("in", "out"), default="in")
+    ingest.add_argument("--direction", choices=("in", "out", "auto"), default="in",
+                        help="auto: out when the sender is in untracked.own_domains")
     ingest.add_argument("--mailbox-name", help="mailbox name recorded with every mail (default: the path)")
     progress_flag(ingest)
 
@@ -401,6 +474,18 @@ def build_parser() -> argparse.ArgumentParser:
     progress_flag(replay)
 
     command("doctor", cmd_doctor, "Check broker, topics, schemas, ClickHouse and settings; say how to fix problems.")
+
+    sql = command("sql", cmd_sql, "Run a query on the ClickHouse store ({db} stands for the database).")
+    sql.add_argument("query")
+
+    report = command("report", cmd_report, "Render every dashboard panel into one self-contained HTML page.")
+    report.add_argument("--out", default="data/report.html")
+    report.add_argument("--tenant", help="tenant to show (default: the first one)")
+
+    dashboards = command("dashboards", cmd_dashboards, "Build the Grafana dashboard JSON, or check it is current.")
+    dashboards.add_argument("action", choices=("build", "check"))
+
+    command("sink", cmd_sink, "Insert the output topics into ClickHouse (commit after insert).")
 
     schemas = command("schemas", cmd_schemas, "Check or release the Avro schemas of schemas/.")
     schemas.add_argument("action", choices=("check", "release"))

@@ -23,10 +23,14 @@ from pipeline.mail.sources import iter_mail_sources
 from pipeline.settings import Settings
 from pipeline.streams.ingest import ingest
 from pipeline.streams.reader import read_topic
-from pipeline.streams.runner import WorkerProcess, wait_for_outputs
+from pipeline.analytics.report import render_report
+from pipeline.sinks.clickhouse import ClickHouseSink, ClickHouseStore, sink_until
+from pipeline.sinks.tables import SINK_TOPICS
+from pipeline.streams.runner import WorkerProcess, count_records, wait_for_outputs
 from pipeline.synth import MailGenerator, render_rfc5322
 
 SAMPLE_SIZE = 2_000
+SAMPLE_OWN_DOMAIN = "support.threadline.test"  # the agents' domain in pipeline.synth
 
 
 def write_sample_mbox(path: Path, count: int = SAMPLE_SIZE, seed: int = 7) -> Path:
@@ -82,26 +86,35 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
             bootstrap = settings.kafka.bootstrap
             say(f"using the Kafka cluster at {bootstrap}")
         else:
-            # The embedded broker keeps topics in memory: local table state of an earlier run
-            # would describe topics that no longer exist, so it goes too.
-            shutil.rmtree(data_dir / "faust", ignore_errors=True)
+            # The embedded broker keeps topics in memory: local table state and the embedded
+            # ClickHouse of an earlier run would describe topics that no longer exist.
+            shutil.rmtree(data_dir / "workers", ignore_errors=True)
+            shutil.rmtree(data_dir / "clickhouse", ignore_errors=True)
             broker = stack.enter_context(EmbeddedBroker.start(data_dir / "broker.log"))
             bootstrap = broker.bootstrap
             say(f"embedded broker on {bootstrap} (in memory; log {data_dir / 'broker.log'})")
         created = create_topics(settings.kafka, bootstrap)
         say(f"topics: {len(created)} created, {settings.kafka.partitions} partitions each")
 
-        started = [WorkerProcess.start(bootstrap=bootstrap, data_dir=data_dir / f"worker-{n}", generation=generation,
-                                       log_path=data_dir / f"worker-{n}.log", settings_file=settings_file)
+        started = [WorkerProcess.start(bootstrap=bootstrap, data_dir=data_dir / "workers" / str(n),
+                                       generation=generation, log_path=data_dir / "workers" / f"{n}.log",
+                                       settings_file=settings_file)
                    for n in range(workers)]
         for worker in started:
             stack.callback(worker.stop)
-        say(f"{workers} correlator worker(s) started, generation {generation} (logs in {data_dir})")
+        say(f"{workers} correlator worker(s) started, generation {generation} (logs in {data_dir / 'workers'})")
 
         if not mailboxes:
             sample = write_sample_mbox(data_dir / "sample.mbox")
             mailboxes = [str(sample)]
             say(f"no mailbox given: generated {SAMPLE_SIZE} synthetic support mails in {sample}")
+            if not settings.untracked.own_domains:
+                # The sample desk's agents write from this domain: their mail is outbound.
+                settings = settings.model_copy(update={"untracked": settings.untracked.model_copy(
+                    update={"own_domains": [SAMPLE_OWN_DOMAIN]})})
+        if direction == "auto" and not settings.untracked.own_domains:
+            say("no untracked.own_domains configured: every mail is ingested as inbound")
+            direction = "in"
         messages = list(iter_mail_sources(mailboxes))
         began = time.monotonic()
         report = ingest(messages, settings, codec, bootstrap, tenant=tenant, direction=direction,
@@ -116,6 +129,17 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
         elapsed = time.monotonic() - began
         say(f"\n{sum(counts.values())} mails handled in {elapsed:.1f} s: {dict(counts)}\n")
         say(summarize(settings, bootstrap, codec, generation))
+
+        store = ClickHouseStore(settings)
+        store.migrate()
+        sink = ClickHouseSink(settings, bootstrap, store, codec)
+        stack.callback(sink.close)
+        records = sum(count_records(settings.kafka, bootstrap, topic) for topic in SINK_TOPICS)
+        sink_until(sink, lambda: sum(sink.inserted.values()) >= records, timeout_s=max(120.0, records / 500))
+        report_path = data_dir / "report.html"
+        report_path.write_text(render_report(store), encoding="utf-8")
+        say(f"\n{sum(sink.inserted.values())} rows in ClickHouse ({store.location}); "
+            f"dashboards as one page: {report_path}")
         if exit_when_done:
             say("\ndone; the embedded broker stops now (run `threadline up` without --exit-when-done to keep it)")
             return 0
@@ -123,9 +147,10 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
 Look further, in another shell:
   export THREADLINE_KAFKA_BOOTSTRAP={bootstrap}
   threadline doctor                                  # broker, topics, schemas, settings
+  open {report_path}          # response times, campaigns, correlation quality
   threadline replay --settings NEW.toml              # recompute every correlation as generation {generation + 1}
   kcat -b {bootstrap} -t mail.correlated -C -e       # the raw output topic (Avro, Confluent wire format)""")
-        say("\nrunning; press Ctrl-C to stop the workers and the broker")
+        say("\nrunning (new mail on mail.raw is correlated and lands in ClickHouse); Ctrl-C stops everything")
         stop = {"now": False}
         signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
         try:
@@ -134,7 +159,7 @@ Look further, in another shell:
                 if dead:
                     say(f"a worker exited (code {dead[0].process.returncode}):\n{dead[0].log_tail()}")
                     return 1
-                time.sleep(1)
+                sink.poll_once(timeout_s=1.0)
         except KeyboardInterrupt:
             pass
         say("stopping ...")

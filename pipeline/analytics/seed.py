@@ -3,7 +3,7 @@
 Mail and its correlations come from the real engine over synthetic mail (pipeline.synth);
 campaigns, tracking events and conversions are drawn from a seeded random model of a campaign
 (human and machine opens, clicks, conversions with revenue).  Used by the dashboard tests, the
-ClickHouse benchmark and ``threadline report --seed-demo``.  Rows go through the same
+ClickHouse benchmark.  Rows go through the same
 ``rows_for`` as the sink, so they have exactly the sink's shape.
 """
 
@@ -25,8 +25,9 @@ from pipeline.synth import MailGenerator
 _USER_AGENTS = ("Apple Mail", "Outlook", "Gmail", "Thunderbird", "Chrome", "Firefox")
 
 
-def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int) -> Iterator[tuple[str, dict]]:
-    correlator = Correlator(settings.correlation, tenant=tenant, untracked=settings.untracked)
+def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int,
+                         generation: int) -> Iterator[tuple[str, dict]]:
+    correlator = Correlator(settings.correlation, tenant=tenant, untracked=settings.untracked, generation=generation)
     # One mail every 2 minutes on average: replies come minutes to days later, as in a real desk.
     generator = MailGenerator(seed, tenant=tenant, customers=2_000, agents=12, seconds_between_mails=120)
     for offset, item in enumerate(generator.mails(mails)):
@@ -104,13 +105,14 @@ def _escalation_records(tenant: str, responses: list[dict], rng: random.Random) 
 
 
 def seed_records(settings: Settings, *, tenants: int = 2, mails_per_tenant: int = 3_000, campaigns: int = 4,
-                 recipients: int = 500, seed: int = 7) -> Iterator[tuple[str, dict]]:
+                 recipients: int = 500, seed: int = 7, generation: int = 0) -> Iterator[tuple[str, dict]]:
+    """Everything the sink would have written; ``generation`` > 0 is what a replay adds."""
     rng = random.Random(seed)
     start = datetime(2026, 1, 5, tzinfo=timezone.utc)
     for number in range(tenants):
         tenant = f"tenant-{number + 1}"
         responses = []
-        for topic, record in _correlation_records(settings, tenant, mails_per_tenant, seed + number):
+        for topic, record in _correlation_records(settings, tenant, mails_per_tenant, seed + number, generation):
             if topic == "mail.responses":
                 responses.append(record)
             yield topic, record
@@ -119,7 +121,7 @@ def seed_records(settings: Settings, *, tenants: int = 2, mails_per_tenant: int 
         yield "deadletter", {
             "event_id": stable_event_id("deadletter-seed", tenant), "source_topic": "mail.raw", "source_partition": 0,
             "source_offset": number, "key": tenant.encode(), "value": b"not a mail", "reason": "not_a_mail",
-            "error": "not_a_mail: no header block", "agent": "correlator", "failed_at": start,
+            "error": "not_a_mail: no header block", "agent": "correlator", "failed_at": start + timedelta(days=1),
         }
 
 

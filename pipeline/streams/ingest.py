@@ -7,6 +7,7 @@ copy as a duplicate.  Delivery errors are counted and reported, never dropped si
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
@@ -15,6 +16,20 @@ from pipeline.avro import AvroCodec
 from pipeline.broker import producer_config, topic_name
 from pipeline.settings import Settings
 from pipeline.streams.records import mail_raw_record
+
+_FROM_DOMAIN = re.compile(rb"^From:[^\r\n]*@([A-Za-z0-9.-]+)", re.IGNORECASE | re.MULTILINE)
+
+
+def mail_direction(raw: bytes, direction: str, own_domains: frozenset[str]) -> str:
+    """``in``/``out`` as given; ``auto``: ``out`` when the From address is in one of our own
+    domains (the organisation sent it), else ``in``."""
+    if direction != "auto":
+        return direction
+    header_end = raw.find(b"\r\n\r\n")
+    if header_end < 0:
+        header_end = raw.find(b"\n\n")
+    match = _FROM_DOMAIN.search(raw, 0, header_end if header_end >= 0 else len(raw))
+    return "out" if match and match.group(1).decode("ascii").lower().rstrip(".") in own_domains else "in"
 
 
 @dataclass
@@ -36,6 +51,9 @@ def ingest(messages: Iterable[tuple[str, bytes]], settings: Settings, codec: Avr
     topic = topic_name(settings.kafka, "mail.raw")
     report = IngestReport()
     key = tenant.encode()
+    own_domains = frozenset(d.lower() for d in settings.untracked.own_domains)
+    if direction == "auto" and not own_domains:
+        raise ValueError("direction 'auto' needs untracked.own_domains (the organisation's mail domains)")
 
     def delivered(error, _message) -> None:
         if error is None:
@@ -44,7 +62,7 @@ def ingest(messages: Iterable[tuple[str, bytes]], settings: Settings, codec: Avr
             report.errors.append(str(error))
 
     for source_ref, raw in messages:
-        record = mail_raw_record(tenant=tenant, mailbox=mailbox or source_ref.partition("#")[0], direction=direction,
+        record = mail_raw_record(tenant=tenant, mailbox=mailbox or source_ref.partition("#")[0], direction=mail_direction(raw, direction, own_domains),
                                  source=source_ref, raw=raw, received_at=datetime.now(timezone.utc))
         value = codec.encode("mail.raw", record)
         while True:

@@ -1,0 +1,63 @@
+"""Run the dashboards' panel SQL against a store, outside Grafana (report, tests, benchmark)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from pipeline.analytics.dashboards import Dashboard, Panel
+from pipeline.analytics.macros import expand
+from pipeline.sinks.clickhouse import ClickHouseStore
+
+DASHBOARD_DATABASE = "threadline"
+
+
+@dataclass(frozen=True)
+class PanelResult:
+    panel: Panel
+    columns: tuple[str, ...]
+    rows: list[tuple]
+    milliseconds: float
+
+
+def panel_sql(panel: Panel, *, database: str, time_from: datetime, time_to: datetime,
+              variables: dict[str, str]) -> str:
+    sql = expand(panel.sql, time_from=time_from, time_to=time_to, variables=variables)
+    return sql.replace(f"{DASHBOARD_DATABASE}.", f"{database}.")
+
+
+def data_time_range(store: ClickHouseStore) -> tuple[datetime, datetime]:
+    """The span of the stored mail and tracking events (a whole-history time range)."""
+    row = store.query(
+        "SELECT min(t), max(t) FROM (SELECT event_time AS t FROM {db}.mail_correlated "
+        "UNION ALL SELECT event_time AS t FROM {db}.tracking_events)").result_rows[0]
+    if row[0] is None or row[0].year < 1971:
+        now = datetime.now(timezone.utc)
+        return now.replace(year=now.year - 1), now
+    return row[0], row[1]
+
+
+def default_variables(store: ClickHouseStore, dashboard: Dashboard, tenant: str | None = None) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for variable in dashboard.variables:
+        if variable.name == "tenant":
+            if tenant is None:
+                tenants = store.query("SELECT DISTINCT tenant FROM {db}.mail_correlated ORDER BY tenant").result_rows
+                tenant = tenants[0][0] if tenants else "default"
+            values["tenant"] = tenant
+        else:
+            values[variable.name] = "All" if variable.include_all else variable.default
+    return values
+
+
+def run_dashboard(store: ClickHouseStore, dashboard: Dashboard, *, time_from: datetime, time_to: datetime,
+                  variables: dict[str, str]) -> list[PanelResult]:
+    results = []
+    for panel in dashboard.panels:
+        sql = panel_sql(panel, database=store.database, time_from=time_from, time_to=time_to, variables=variables)
+        started = time.perf_counter()
+        result = store.client.query(sql)
+        results.append(PanelResult(panel, tuple(result.column_names), list(result.result_rows),
+                                   (time.perf_counter() - started) * 1000))
+    return results
