@@ -179,6 +179,25 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_clickhouse(args: argparse.Namespace) -> int:
+    from pipeline.bench.clickhouse import run_clickhouse_bench
+
+    settings = _settings(args)
+    if args.mails < 1000 or args.repeat < 1:
+        raise UserError("--mails must be at least 1000 and --repeat positive")
+    data_dir = settings.worker.data_dir.resolve() / "bench"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    result = run_clickhouse_bench(settings, mails=args.mails, repeat=args.repeat, insert_mails=args.insert_mails,
+                                  data_dir=data_dir,
+                                  progress=(lambda m: None) if args.no_progress else (lambda m: print(m, file=sys.stderr)))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(json.dumps(result["summary"], indent=2))
+    print(f"written to {out}", file=sys.stderr)
+    return 0
+
+
 # -- pipeline ---------------------------------------------------------------------------------
 def _bar_factory(enabled: bool):
     """progress(desc, total) -> update(count_so_far): a progress bar on stderr per phase."""
@@ -506,6 +525,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_pipeline.add_argument("--seed", type=int, default=7)
     bench_pipeline.add_argument("-o", "--out", default="bench-results/pipeline.json")
     progress_flag(bench_pipeline)
+    bench_clickhouse = bench_commands.add_parser("clickhouse", help="sink insert rate and dashboard query latency")
+    bench_clickhouse.set_defaults(handler=cmd_bench_clickhouse)
+    bench_clickhouse.add_argument("--mails", type=int, default=10_000_000, help="correlated mails in the tables")
+    bench_clickhouse.add_argument("--insert-mails", type=int, default=20_000, help="seeded mails for the insert rate")
+    bench_clickhouse.add_argument("--repeat", type=int, default=5)
+    bench_clickhouse.add_argument("-o", "--out", default="bench-results/clickhouse.json")
+    progress_flag(bench_clickhouse)
     return parser
 
 

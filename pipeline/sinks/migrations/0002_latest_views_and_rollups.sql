@@ -2,20 +2,38 @@
 
 -- A replay writes every mail again with a higher generation; readers want the newest decision
 -- per mail (during a replay's catch-up that is the old one for mails not yet replayed).
+-- ReplacingMergeTree(generation) keyed by the mail keeps exactly that, filled by materialized
+-- views on insert; the *_latest views read it with FINAL, and a tenant filter on them uses the
+-- primary key (a LIMIT 1 BY view over the event tables read every row: 0.4-0.7 s at 10M mails).
+CREATE TABLE IF NOT EXISTS {db}.mail_correlated_current AS {db}.mail_correlated
+ENGINE = ReplacingMergeTree(generation)
+ORDER BY (tenant, message_id);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.mail_correlated_current_mv TO {db}.mail_correlated_current AS
+SELECT * FROM {db}.mail_correlated;
+
 CREATE VIEW IF NOT EXISTS {db}.mail_correlated_latest AS
-SELECT * FROM {db}.mail_correlated FINAL
-ORDER BY generation DESC
-LIMIT 1 BY tenant, message_id;
+SELECT * FROM {db}.mail_correlated_current FINAL;
+
+CREATE TABLE IF NOT EXISTS {db}.mail_untracked_current AS {db}.mail_untracked
+ENGINE = ReplacingMergeTree(generation)
+ORDER BY (tenant, message_id, reason);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.mail_untracked_current_mv TO {db}.mail_untracked_current AS
+SELECT * FROM {db}.mail_untracked;
 
 CREATE VIEW IF NOT EXISTS {db}.mail_untracked_latest AS
-SELECT * FROM {db}.mail_untracked FINAL
-ORDER BY generation DESC
-LIMIT 1 BY tenant, message_id, reason;
+SELECT * FROM {db}.mail_untracked_current FINAL;
+
+CREATE TABLE IF NOT EXISTS {db}.mail_responses_current AS {db}.mail_responses
+ENGINE = ReplacingMergeTree(generation)
+ORDER BY (tenant, message_id);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.mail_responses_current_mv TO {db}.mail_responses_current AS
+SELECT * FROM {db}.mail_responses;
 
 CREATE VIEW IF NOT EXISTS {db}.mail_responses_latest AS
-SELECT * FROM {db}.mail_responses FINAL
-ORDER BY generation DESC
-LIMIT 1 BY tenant, message_id;
+SELECT * FROM {db}.mail_responses_current FINAL;
 
 -- Campaign engagement per day. A materialized view sees every insert, redeliveries included,
 -- so every measure is a distinct count of stable ids (uniqExact states), never a plain count.
