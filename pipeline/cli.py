@@ -382,8 +382,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     store = _store(_settings(args))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(store, tenant=args.tenant), encoding="utf-8")
+    png_dir = Path(args.png_dir) if args.png_dir else None
+    out.write_text(render_report(store, tenant=args.tenant, png_dir=png_dir), encoding="utf-8")
     print(f"report written to {out.resolve()}", file=sys.stderr)
+    if png_dir is not None:
+        print(f"{len(list(png_dir.glob('*.png')))} chart PNGs in {png_dir.resolve()}", file=sys.stderr)
     return 0
 
 
@@ -500,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = command("report", cmd_report, "Render every dashboard panel into one self-contained HTML page.")
     report.add_argument("--out", default="data/report.html")
     report.add_argument("--tenant", help="tenant to show (default: the first one)")
+    report.add_argument("--png-dir", help="also write every chart panel as a PNG into this folder")
 
     dashboards = command("dashboards", cmd_dashboards, "Build the Grafana dashboard JSON, or check it is current.")
     dashboards.add_argument("action", choices=("build", "check"))

@@ -9,9 +9,11 @@ from __future__ import annotations
 import html
 from datetime import datetime, timezone
 from numbers import Number
+from pathlib import Path
 
 from pipeline.analytics.dashboards import DASHBOARDS
 from pipeline.analytics.panels import PanelResult, data_time_range, default_variables, run_dashboard
+from pipeline.analytics.png import write_png
 from pipeline.sinks.clickhouse import ClickHouseStore
 
 _MAX_TABLE_ROWS = 50
@@ -101,7 +103,8 @@ def _panel_html(result: PanelResult) -> str:
 
 
 def render_report(store: ClickHouseStore, *, tenant: str | None = None, time_from: datetime | None = None,
-                  time_to: datetime | None = None) -> str:
+                  time_to: datetime | None = None, png_dir: Path | None = None) -> str:
+    """The HTML page; with ``png_dir``, every chart panel is also written there as a PNG."""
     if time_from is None or time_to is None:
         start, end = data_time_range(store)
         time_from, time_to = time_from or start, time_to or end
@@ -109,6 +112,9 @@ def render_report(store: ClickHouseStore, *, tenant: str | None = None, time_fro
     for dashboard in DASHBOARDS:
         variables = default_variables(store, dashboard, tenant)
         results = run_dashboard(store, dashboard, time_from=time_from, time_to=time_to, variables=variables)
+        if png_dir is not None:
+            for result in results:
+                write_png(result, png_dir, dashboard.uid)
         chosen = ", ".join(f"{k} = {v}" for k, v in variables.items())
         sections.append(f"<h2>{html.escape(dashboard.title)}</h2><p class=note>{html.escape(dashboard.description)} "
                         f"({html.escape(chosen)})</p>" + "".join(_panel_html(r) for r in results))

@@ -122,10 +122,14 @@ def test_macros_expand_time_filters_and_refuse_unknown_variables():
         expand("SELECT $campaign", time_from=start, time_to=end, variables={})
 
 
-def test_report_renders_every_panel(seeded):
-    page = render_report(seeded, tenant="tenant-1")
+def test_report_renders_every_panel_and_writes_chart_pngs(seeded, tmp_path):
+    page = render_report(seeded, tenant="tenant-1", png_dir=tmp_path)
     for dashboard in DASHBOARDS:
         assert dashboard.title in page.replace("&amp;", "&")
         for panel in dashboard.panels:
             assert f"<h3>{panel.title}</h3>" in page.replace("&amp;", "&")
     assert page.count("<svg") >= 5 and "<script" not in page
+    charts = [p for d in DASHBOARDS for p in d.panels if p.kind in ("timeseries", "barchart", "piechart")]
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert len(pngs) == len(charts)
+    assert all(path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000 for path in pngs)
