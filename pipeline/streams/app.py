@@ -106,11 +106,11 @@ def build_app(settings: Settings) -> faust.App:
         broker_session_timeout=6,
         broker_heartbeat_interval=1,
         table_standby_replicas=0,
-        # Tansu reports the end of a partition as the base offset of its last batch + 1, which
-        # trips Faust's recovery check after a clean stop; the check is off instead of forcing
-        # one record per changelog batch (which cost 10x in throughput). Recovery itself reads
-        # to the end of the changelog either way (INFRA.md §3).
-        recovery_consistency_check=False,
+        # Tansu reports the end of a partition as the base offset of its LAST BATCH + 1, and
+        # Faust's table recovery reads a changelog only up to that end: with several records per
+        # batch a restarted worker silently misses the newest index entries (seen in the SIGKILL
+        # test). One record per changelog batch keeps the ends exact (INFRA.md §2-3).
+        producer_max_batch_size=1,
         web_enabled=False,
         key_serializer="raw",
         value_serializer="raw",
