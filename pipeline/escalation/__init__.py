@@ -1,0 +1,20 @@
+"""Escalation of unanswered inbound mail: policies, business time and the state machine (pure)."""
+
+from pipeline.escalation.business_time import add_business_time, business_seconds_between
+from pipeline.escalation.model import Alert, ConversationState, MailEvent, State, Transition
+from pipeline.escalation.policy import recipients, select_policy
+from pipeline.escalation.tracker import EscalationTracker, transition_event_id
+
+__all__ = [
+    "Alert",
+    "ConversationState",
+    "EscalationTracker",
+    "MailEvent",
+    "State",
+    "Transition",
+    "add_business_time",
+    "business_seconds_between",
+    "recipients",
+    "select_policy",
+    "transition_event_id",
+]

@@ -1,0 +1,57 @@
+"""Which policy applies to a mail, and who its recipients are."""
+
+from __future__ import annotations
+
+from pipeline.escalation.model import MailEvent
+from pipeline.settings import EscalationMatch, EscalationPolicy, EscalationSettings
+
+# "manager:<addr>" and "user:<addr>" name an address; any other text is a role / team, as written.
+_ADDRESS_KINDS = ("manager", "user")
+
+
+def matches(match: EscalationMatch, event: MailEvent) -> bool:
+    """Every criterion that is set holds for ``event`` (an unset one holds for any mail)."""
+    if match.tenant is not None and event.tenant != match.tenant:
+        return False
+    if match.mailbox is not None and (event.mailbox or "").casefold() != match.mailbox.casefold():
+        return False
+    if match.regarding_prefix is not None and not (event.regarding or "").casefold().startswith(
+            match.regarding_prefix.casefold()):
+        return False
+    if match.mail_type is not None and event.mail_type != match.mail_type:
+        return False
+    return True
+
+
+def select_policy(settings: EscalationSettings, event: MailEvent) -> EscalationPolicy:
+    """The first policy in ``settings.policies`` whose match holds, else the default policy."""
+    for policy in settings.policies:
+        if matches(policy.match, event):
+            return policy
+    return settings.default_policy
+
+
+def policy_named(settings: EscalationSettings, name: str) -> EscalationPolicy:
+    """The policy a running clock started with; the default when the settings no longer have it."""
+    for policy in settings.policies:
+        if policy.name == name:
+            return policy
+    return settings.default_policy
+
+
+def recipients(entries: tuple[str, ...], owner: str | None) -> tuple[str, ...]:
+    """Users named by ``entries``: ``owner`` becomes the record owner (dropped when there is none),
+    ``manager:<addr>`` / ``user:<addr>`` the address; duplicates are dropped, order is kept."""
+    users: list[str] = []
+    for entry in entries:
+        entry = entry.strip()
+        kind, _, value = entry.partition(":")
+        if entry.casefold() == "owner":
+            user = owner
+        elif value and kind.strip().casefold() in _ADDRESS_KINDS:
+            user = value.strip()
+        else:
+            user = entry
+        if user and user not in users:
+            users.append(user)
+    return tuple(users)
