@@ -141,6 +141,27 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mark(args: argparse.Namespace) -> int:
+    from pipeline.tracking.mark import MarkError, mark_message
+
+    settings = _settings(args)
+    source = Path(args.message)
+    if not source.is_file():
+        raise UserError(f"no such message: {source}")
+    try:
+        result = mark_message(source.read_bytes(), settings.tracking, tenant=args.tenant, recipient=args.recipient,
+                              campaign_id=args.campaign)
+    except MarkError as exc:
+        raise UserError(str(exc)) from exc
+    if args.out:
+        Path(args.out).write_bytes(result.data)
+    else:
+        sys.stdout.buffer.write(result.data)
+        sys.stdout.flush()
+    print(result.summary.format(), file=sys.stderr)
+    return 0
+
+
 # -- bench ------------------------------------------------------------------------------------
 def cmd_bench_correlate(args: argparse.Namespace) -> int:
     from pipeline.bench.correlate import run_correlate_bench
@@ -461,6 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     settings_command = command("settings", cmd_settings, "Print the effective settings (or the reference of every setting).")
     settings_command.add_argument("--reference", action="store_true", help="Markdown table of every setting")
+
+    mark = command("mark", cmd_mark, "Mark an outbound mail for open and click tracking (pixel, signed links).")
+    mark.add_argument("message", metavar="IN.eml")
+    mark.add_argument("-o", "--out", metavar="OUT.eml", help="write here (default: stdout)")
+    mark.add_argument("--campaign", metavar="ID", help="campaign mail: always tracked")
+    mark.add_argument("--tenant", default="default")
+    mark.add_argument("--recipient", metavar="ADDR", help="recipient the tokens name (default: the only one)")
 
     demo = command("demo", cmd_demo, "Correlate a real corpus, score it and explain a few decisions.")
     demo.add_argument("--corpus", default="../shared/corpus/ponymail", help="folder with messages.mbox and truth.jsonl")

@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 ENV_PREFIX = "THREADLINE_"
 DEFAULT_SETTINGS_FILE = "threadline.toml"
@@ -159,6 +159,261 @@ class WorkerSettings(_Section):
                             "starts the next one (new consumer group and table names).")
 
 
+class BusinessHours(_Section):
+    """Working time of an escalation policy: its clock runs only inside these hours."""
+
+    start: str = Field("08:00", description="Local start of a working day, HH:MM.")
+    end: str = Field("17:00", description="Local end of a working day, HH:MM (24:00 = midnight); after start.")
+    weekdays: tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...] = Field(
+        ("mon", "tue", "wed", "thu", "fri"), min_length=1, description="Working days (mon ... sun)."
+    )
+    timezone: str = Field("UTC", description="IANA time zone of start, end and holidays, e.g. Europe/Berlin (DST-aware).")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _is_clock_time(cls, value: str) -> str:
+        match = re.fullmatch(r"(\d{1,2}):(\d{2})", value.strip())
+        if not match or int(match[2]) > 59 or int(match[1]) * 60 + int(match[2]) > 24 * 60:
+            raise ValueError(f"{value!r} is not a time of day HH:MM (00:00 - 24:00)")
+        return f"{int(match[1]):02d}:{match[2]}"
+
+    @field_validator("end")
+    @classmethod
+    def _end_after_start(cls, value: str, info: ValidationInfo) -> str:
+        if "start" in info.data and value <= info.data["start"]:
+            raise ValueError(f"end {value} must be after start {info.data['start']} (no overnight shifts)")
+        return value
+
+    @field_validator("weekdays", mode="before")
+    @classmethod
+    def _weekdays_lower_case(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return tuple(dict.fromkeys(str(day).strip().lower()[:3] for day in value))
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone_exists(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(value)
+        except (ValueError, KeyError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+class EscalationMatch(_Section):
+    """Which inbound mail a policy applies to; every criterion that is set must hold (unset = any)."""
+
+    tenant: str | None = Field(None, description="Tenant, exactly.")
+    mailbox: str | None = Field(None, description="Mailbox that received the mail (case-insensitive).")
+    regarding_prefix: str | None = Field(None, description="Record type: the regarding record id starts with this, e.g. 'SUPP-'.")
+    mail_type: Literal["new", "reply", "forward"] | None = Field(None, description="Record type by mail type.")
+
+
+class EscalationPolicy(_Section):
+    """When an unanswered inbound mail warns and escalates, and who is told (DESIGN.md §4).
+
+    Recipients: ``owner`` (the record owner; skipped when the mail has none), ``manager:<addr>`` or
+    ``user:<addr>`` (that address), anything else as written (a role or team name).
+    """
+
+    name: str = Field("default", min_length=1, description="Names the policy on every escalation record.")
+    match: EscalationMatch = EscalationMatch()
+    warn_after: float = Field(4.0, gt=0, description="Hours (business hours when set) until an unanswered mail is WARNED.")
+    escalate_after: float = Field(
+        8.0, gt=0, description="Hours (business hours when set) from the same start until it is ESCALATED; > warn_after."
+    )
+    business_hours: BusinessHours | None = Field(
+        None, description="Working time the clock runs in (JSON object in a variable); unset: 24/7."
+    )
+    holidays: tuple[str, ...] = Field(
+        (), description="ISO dates on which the clock stands still (local dates of business_hours.timezone, else UTC)."
+    )
+    notify_on_open: tuple[str, ...] = Field((), description="Told when a clock starts.")
+    notify_on_warn: tuple[str, ...] = Field(("owner",), description="Told at WARNED.")
+    notify_on_escalate: tuple[str, ...] = Field(("owner",), description="Told at ESCALATED.")
+    notify_on_resolve: tuple[str, ...] = Field((), description="Told when a reply resolves a WARNED or ESCALATED mail.")
+    on_customer_reply: Literal["reopen", "restart", "keep"] = Field(
+        "reopen",
+        description=(
+            "A later inbound mail in the conversation. reopen: a RESOLVED conversation opens a new clock "
+            "from it, an open one keeps its oldest unanswered mail. restart: the clock restarts from it "
+            "in both cases. keep: nothing changes (a RESOLVED conversation stays resolved)."
+        ),
+    )
+
+    @field_validator("escalate_after")
+    @classmethod
+    def _escalate_after_warn(cls, value: float, info: ValidationInfo) -> float:
+        if "warn_after" in info.data and value <= info.data["warn_after"]:
+            raise ValueError(f"escalate_after ({value}) must be greater than warn_after ({info.data['warn_after']})")
+        return value
+
+    @field_validator("business_hours", mode="before")
+    @classmethod
+    def _business_hours_from_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else None
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"business_hours is not a JSON object: {exc}") from exc
+        return value
+
+    @field_validator("holidays", mode="before")
+    @classmethod
+    def _holidays_are_dates(cls, value: Any) -> Any:
+        from datetime import date
+
+        if not isinstance(value, (list, tuple)):
+            return value
+        days = []
+        for day in value:
+            if not isinstance(day, date):
+                try:
+                    day = date.fromisoformat(str(day).strip())
+                except ValueError as exc:
+                    raise ValueError(f"holiday {day!r} is not an ISO date (YYYY-MM-DD)") from exc
+            days.append(day.isoformat()[:10])
+        return tuple(sorted(set(days)))
+
+
+class EscalationSettings(_Section):
+    """Escalation of unanswered inbound mail (DESIGN.md §4, docs/escalation.md)."""
+
+    enabled: bool = Field(True, description="Track unanswered inbound mail and emit escalations and alerts.")
+    default_policy: EscalationPolicy = EscalationPolicy()
+    policies: tuple[EscalationPolicy, ...] = Field(
+        (), description="Policies tried in order before default_policy; the first whose match holds applies."
+    )
+    tick_interval_s: float = Field(60.0, gt=0, le=3600, description="Live: seconds between wall-clock ticks.")
+    resolved_retention_days: float = Field(
+        90.0, gt=0, description="A RESOLVED conversation, or an ESCALATED one nobody answers, is forgotten this many "
+        "days after its last transition (keeps the state small; a later mail then starts a new clock)."
+    )
+
+    @field_validator("default_policy")
+    @classmethod
+    def _default_matches_everything(cls, value: EscalationPolicy) -> EscalationPolicy:
+        if value.match != EscalationMatch():
+            raise ValueError("default_policy applies to every mail without a policy; give the match to one in policies")
+        return value
+
+    @field_validator("policies")
+    @classmethod
+    def _names_are_unique(cls, value: tuple[EscalationPolicy, ...], info: ValidationInfo) -> tuple[EscalationPolicy, ...]:
+        names = [policy.name for policy in value]
+        if "default_policy" in info.data:
+            names.append(info.data["default_policy"].name)
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"policy names must be unique (default_policy included): {', '.join(duplicates)}")
+        return value
+
+
+class TrackingSettings(_Section):
+    """Open and click tracking (DESIGN.md §5): signed tokens, machine-hit classification, marking.
+
+    ``keys`` holds secrets: it is excluded from ``repr`` and must never be logged.
+    """
+
+    base_url: str = Field(
+        "http://127.0.0.1:8080",
+        description="Public http(s) address of the tracking endpoint; pixel and click URLs start with it.",
+    )
+    keys: dict[str, str] = Field(
+        {"dev": "INSECURE-development-key-do-not-use-in-production"},
+        repr=False,
+        description=(
+            "SECRET, never logged: HMAC keys as {key id: secret} (key id: 1-16 of A-Z a-z 0-9 . _ -; "
+            "secret: at least 16 characters). Tokens are signed with current_key_id and verified with "
+            "any listed key, so rotate by adding a key, switching current_key_id, and removing the old "
+            "key once its links may die. In a variable: a JSON object. WARNING: the default is a public "
+            "development key; anyone can forge tokens with it, replace it before real use."
+        ),
+    )
+    current_key_id: str = Field("dev", description="Key id (from keys) that signs new tokens.")
+    token_max_age_days: int = Field(
+        0, ge=0, le=36500, description="Tokens older than this are rejected (reason expired); 0: never expire."
+    )
+    anonymize_ip: bool = Field(
+        True, description="Store client addresses with the last IPv4 octet / last 80 IPv6 bits zeroed."
+    )
+    reverse_dns: bool = Field(False, description="Look up the PTR name of each hit's address (slow; off by default).")
+    reverse_dns_timeout_s: float = Field(1.0, gt=0, le=30, description="Longest wait for one PTR lookup.")
+    scanner_window_s: float = Field(
+        10.0, ge=0, le=3600,
+        description="A click this soon after delivery, or clicks on every link within this window, is a scanner.",
+    )
+    apple_proxy_networks: tuple[str, ...] = Field(
+        ("17.0.0.0/8",),
+        description="CIDRs of Apple Mail Privacy Protection proxies (17.0.0.0/8 is Apple's own network).",
+    )
+    google_proxy_networks: tuple[str, ...] = Field(
+        ("66.249.64.0/19",),
+        description="CIDRs of Google's image proxy (66.249.64.0/19 is registered to Google).",
+    )
+    datacenter_networks: tuple[str, ...] = Field(
+        (), description="CIDRs of hosting / cloud providers: hits from them are machine hits (fill from the "
+                        "providers' published lists)."
+    )
+    access_log_personal_data: bool = Field(
+        False, description="True: the endpoint's access log shows addresses, user agents and tokens."
+    )
+
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _keys_from_json(cls, value: Any) -> Any:
+        if isinstance(value, str):  # THREADLINE_TRACKING_KEYS='{"2026a": "..."}'
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"keys is not a JSON object: {exc}") from exc
+        return value
+
+    @field_validator("keys")
+    @classmethod
+    def _keys_are_usable(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("keys needs at least one key")
+        for key_id, secret in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,16}", key_id):
+                raise ValueError(f"key id {key_id!r} must be 1-16 of A-Z a-z 0-9 . _ -")
+            if len(secret) < 16:
+                raise ValueError(f"the secret of key {key_id!r} is shorter than 16 characters")
+        return value
+
+    @field_validator("current_key_id")
+    @classmethod
+    def _current_key_is_listed(cls, value: str, info) -> str:
+        keys = info.data.get("keys")
+        if keys is not None and value not in keys:
+            raise ValueError(f"current_key_id {value!r} is not one of keys ({', '.join(sorted(keys))})")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_is_http(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError(f"base_url {value!r} must be http(s)://host[:port][/path] without query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("apple_proxy_networks", "google_proxy_networks", "datacenter_networks")
+    @classmethod
+    def _networks_parse(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        try:
+            return tuple(str(ipaddress.ip_network(item.strip(), strict=False)) for item in value)
+        except ValueError as exc:
+            raise ValueError(f"not a CIDR network: {exc}") from exc
+
+    def uses_development_key(self) -> bool:
+        """True while a key is the public development default (anyone can forge tokens with it)."""
+        return any(secret.startswith("INSECURE-development-key") for secret in self.keys.values())
+
+
 class Settings(_Section):
     """The whole configuration. Build it with :func:`load_settings`."""
 
@@ -168,6 +423,12 @@ class Settings(_Section):
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     worker: WorkerSettings = WorkerSettings()
+    escalation: EscalationSettings = Field(
+        EscalationSettings(), description="Escalation of unanswered inbound mail: policies, business time (DESIGN.md §4)."
+    )
+    tracking: TrackingSettings = Field(
+        TrackingSettings(), description="Open and click tracking: tokens, classification, marking (DESIGN.md §5)."
+    )
 
 
 def _env_overrides(model: type[BaseModel], environ: Mapping[str, str], prefix: str) -> dict[str, Any]:
