@@ -411,6 +411,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_escalations(args: argparse.Namespace) -> int:
+    store = _store(_settings(args))
+    rows = store.query("""
+SELECT tenant, message_id, argMax(state, event_time) AS state, max(event_time) AS since,
+       argMax(owner, event_time) AS owner, argMax(mailbox, event_time) AS mailbox, argMax(policy, event_time) AS policy
+FROM {db}.escalations FINAL
+GROUP BY tenant, message_id
+HAVING (state = {state:String} OR ({state:String} = '' AND state != 'RESOLVED'))
+   AND ({owner:String} = '' OR owner = {owner:String})
+ORDER BY since""", parameters={"state": args.state or "", "owner": args.owner or ""}).result_rows
+    print("tenant\tmessage_id\tstate\tsince\towner\tmailbox\tpolicy")
+    for row in rows:
+        print("\t".join("" if v is None else str(v) for v in row))
+    print(f"{len(rows)} mails", file=sys.stderr)
+    return 0
+
+
 def cmd_dashboards(args: argparse.Namespace) -> int:
     from pipeline.analytics.dashboards import DASHBOARD_DIR, render_all, write_all
 
@@ -532,6 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="data/report.html")
     report.add_argument("--tenant", help="tenant to show (default: the first one)")
     report.add_argument("--png-dir", help="also write every chart panel as a PNG into this folder")
+
+    escalations = command("escalations", cmd_escalations, "List unanswered mail by escalation state (open ones by default).")
+    escalations.add_argument("--state", choices=("OPEN", "WARNED", "ESCALATED", "RESOLVED"))
+    escalations.add_argument("--owner")
 
     dashboards = command("dashboards", cmd_dashboards, "Build the Grafana dashboard JSON, or check it is current.")
     dashboards.add_argument("action", choices=("build", "check"))

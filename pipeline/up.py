@@ -7,6 +7,7 @@ running until Ctrl-C (or stop at once with ``--exit-when-done``).
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import sys
@@ -37,7 +38,8 @@ def write_sample_mbox(path: Path, count: int = SAMPLE_SIZE, seed: int = 7) -> Pa
     """A synthetic support mailbox (see pipeline.synth) as an mbox file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as mbox:
-        for item in MailGenerator(seed, customers=500, agents=8).mails(count):
+        # A mail every two minutes: replies come minutes to days later, so clocks warn and escalate.
+        for item in MailGenerator(seed, customers=500, agents=8, seconds_between_mails=120).mails(count):
             raw = render_rfc5322(item.mail).replace(b"\r\n", b"\n")
             body = b"\n".join(b">" + line if line.startswith(b"From ") else line for line in raw.split(b"\n"))
             mbox.write(b"From threadline@synth Thu Jan  1 00:00:00 2026\n" + body + b"\n\n")
@@ -56,11 +58,14 @@ def summarize(settings: Settings, bootstrap: str, codec: AvroCodec, generation: 
     untracked = Counter(r["reason"] for _, _, _, r in read_topic(settings.kafka, bootstrap, "mail.untracked", codec)
                         if r["generation"] == generation)
     dead = Counter(r["reason"] for _, _, _, r in read_topic(settings.kafka, bootstrap, "deadletter", codec))
+    escalations = Counter(r["state"] for _, _, _, r in read_topic(settings.kafka, bootstrap, "escalations", codec))
     lines = ["correlated by method:"]
     lines += [f"  {name:<18}{count:>8}" for name, count in methods.most_common()]
     if untracked:
         lines.append("untracked:")
         lines += [f"  {name:<18}{count:>8}" for name, count in untracked.most_common()]
+    lines.append("escalation transitions:" + ("" if escalations else " none"))
+    lines += [f"  {name:<18}{count:>8}" for name, count in escalations.most_common()]
     lines.append("dead letters:" + ("" if dead else " none"))
     lines += [f"  {name:<18}{count:>8}" for name, count in dead.most_common()]
     for text in explained.values():
@@ -96,29 +101,33 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
         created = create_topics(settings.kafka, bootstrap)
         say(f"topics: {len(created)} created, {settings.kafka.partitions} partitions each")
 
+        sample_mailbox = None
+        if not mailboxes:
+            sample = write_sample_mbox(data_dir / "sample.mbox")
+            mailboxes, sample_mailbox = [str(sample)], "support"
+            say(f"no mailbox given: generated {SAMPLE_SIZE} synthetic support mails in {sample}")
+            if not settings.untracked.own_domains:
+                # The sample desk's agents write from this domain: their mail is outbound, and the
+                # agent a customer wrote to owns the mail's clock.
+                settings = settings.model_copy(update={"untracked": settings.untracked.model_copy(
+                    update={"own_domains": [SAMPLE_OWN_DOMAIN]})})
+        own_domains = json.dumps(list(settings.untracked.own_domains))
         started = [WorkerProcess.start(bootstrap=bootstrap, data_dir=data_dir / "workers" / str(n),
                                        generation=generation, log_path=data_dir / "workers" / f"{n}.log",
-                                       settings_file=settings_file)
+                                       settings_file=settings_file,
+                                       extra_env={"THREADLINE_UNTRACKED_OWN_DOMAINS": own_domains})
                    for n in range(workers)]
         for worker in started:
             stack.callback(worker.stop)
         say(f"{workers} correlator worker(s) started, generation {generation} (logs in {data_dir / 'workers'})")
 
-        if not mailboxes:
-            sample = write_sample_mbox(data_dir / "sample.mbox")
-            mailboxes = [str(sample)]
-            say(f"no mailbox given: generated {SAMPLE_SIZE} synthetic support mails in {sample}")
-            if not settings.untracked.own_domains:
-                # The sample desk's agents write from this domain: their mail is outbound.
-                settings = settings.model_copy(update={"untracked": settings.untracked.model_copy(
-                    update={"own_domains": [SAMPLE_OWN_DOMAIN]})})
         if direction == "auto" and not settings.untracked.own_domains:
             say("no untracked.own_domains configured: every mail is ingested as inbound")
             direction = "in"
         messages = list(iter_mail_sources(mailboxes))
         began = time.monotonic()
         report = ingest(messages, settings, codec, bootstrap, tenant=tenant, direction=direction,
-                        on_progress=progress("ingest mail.raw", len(messages)))
+                        mailbox=sample_mailbox, on_progress=progress("ingest mail.raw", len(messages)))
         if report.errors:
             say(f"ingest: {len(report.errors)} delivery errors, first: {report.errors[0]}")
         say(f"ingested {report.delivered} of {report.produced} mails ({report.bytes / 2**20:.1f} MB)")

@@ -55,3 +55,14 @@ def recipients(entries: tuple[str, ...], owner: str | None) -> tuple[str, ...]:
         if user and user not in users:
             users.append(user)
     return tuple(users)
+
+
+def default_owner(direction: str, recipients: tuple[str, ...] | list[str], own_domains: frozenset[str]) -> str | None:
+    """Without a CRM owner, an inbound mail belongs to the first of our own addresses it was sent to
+    (the agent or the shared mailbox that received it)."""
+    if direction != "in":
+        return None
+    for address in recipients:
+        if address.rpartition("@")[2].lower() in own_domains:
+            return address
+    return None

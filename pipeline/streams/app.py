@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 import weakref
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Iterator
 
 import faust
@@ -26,6 +28,7 @@ from faust.streams import _current_event  # see event_context()
 from pipeline.avro import AvroCodec, registry_from_settings
 from pipeline.broker import free_port, producer_config, topic_name
 from pipeline.settings import Settings, load_settings
+from pipeline.streams.escalation import EscalationProcessor
 from pipeline.streams.processor import BatchResult, MailProcessor, RawItem
 
 log = logging.getLogger("threadline.worker")
@@ -80,6 +83,47 @@ class OutputProducer:
             raise RuntimeError(f"{remaining} outputs undelivered, errors: {errors[:5]}")
 
 
+class _LazyOutputs:
+    """One output producer per worker process, made on first use (inside the worker)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: OutputProducer | None = None
+
+    def get(self) -> OutputProducer:
+        if self._producer is None:
+            self._producer = OutputProducer(self.settings)
+        return self._producer
+
+
+def _bytes_table(app: faust.App, name: str, settings: Settings):
+    return app.Table(name, default=None, partitions=settings.kafka.partitions,
+                     schema=faust.Schema(key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw"))
+
+
+async def _handle_batches(stream, processor, table, source_topic: str, outputs: _LazyOutputs, settings: Settings,
+                          on_batch=None) -> None:
+    """Per batch: process, produce and await every output, then write the table (see module doc)."""
+    loop = asyncio.get_running_loop()
+    async for events in stream.take_events(settings.worker.batch_size, within=settings.worker.batch_window_s):
+        items = [RawItem(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
+        result = processor.process(items, source_topic=source_topic)
+        await loop.run_in_executor(None, outputs.get().send_all, result)
+        last_event = {e.message.partition: e for e in events}
+        for partition, writes in result.writes.items():
+            with event_context(last_event[partition]):
+                for key, value in writes.items():
+                    if value is None:
+                        if key in table:
+                            del table[key]
+                    else:
+                        table[key] = value
+        if on_batch is not None:
+            on_batch()
+        log.info("%s: batch of %d: %s%s", source_topic, len(items), result.counts,
+                 f", {result.skipped_redeliveries} redelivered records skipped" if result.skipped_redeliveries else "")
+
+
 def build_app(settings: Settings) -> faust.App:
     if not settings.kafka.bootstrap:
         raise SystemExit("threadline worker needs kafka.bootstrap (THREADLINE_KAFKA_BOOTSTRAP); "
@@ -117,39 +161,43 @@ def build_app(settings: Settings) -> faust.App:
     )
     raw_topic = app.topic(topic_name(settings.kafka, "mail.raw"), key_type=bytes, value_type=bytes,
                           key_serializer="raw", value_serializer="raw")
-    index_table = app.Table("correlation-index", default=None, partitions=settings.kafka.partitions,
-                            schema=faust.Schema(key_type=str, value_type=bytes, key_serializer="raw",
-                                                value_serializer="raw"))
+    correlated_topic = app.topic(topic_name(settings.kafka, "mail.correlated"), key_type=bytes, value_type=bytes,
+                                 key_serializer="raw", value_serializer="raw")
+    index_table = _bytes_table(app, "correlation-index", settings)
+    escalation_table = _bytes_table(app, "escalation-state", settings)
     codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
     processor = MailProcessor(settings, codec, index_table)
-    outputs: list[OutputProducer] = []
+    escalation = EscalationProcessor(settings, codec, escalation_table, clock=lambda: datetime.now(timezone.utc))
+    outputs = _LazyOutputs(settings)
+    last_escalation_batch = {"at": time.monotonic()}
 
     @app.on_partitions_revoked.connect
     async def _revoked(app, revoked, **kwargs) -> None:  # noqa: ARG001 - Faust signal signature
         processor.reset()
+        escalation.reset()
 
-    # A failed batch must stop the worker, not restart the agent in-process: the processor has
-    # already indexed the batch in memory, and its records would not be delivered again.
+    # A failed batch must stop the worker, not restart the agent in-process: the processors have
+    # already applied the batch in memory, and its records would not be delivered again.
     @app.agent(raw_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def correlate(stream):
-        if not outputs:
-            outputs.append(OutputProducer(settings))
-        loop = asyncio.get_running_loop()
-        async for events in stream.take_events(settings.worker.batch_size, within=settings.worker.batch_window_s):
-            items = [RawItem(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
-            result = processor.process(items, source_topic=raw_topic.get_topic_name())
-            await loop.run_in_executor(None, outputs[0].send_all, result)
-            last_event = {e.message.partition: e for e in events}
-            for partition, writes in result.writes.items():
-                with event_context(last_event[partition]):
-                    for key, value in writes.items():
-                        if value is None:
-                            if key in index_table:
-                                del index_table[key]
-                        else:
-                            index_table[key] = value
-            log.info("batch of %d: %s%s", len(items), result.counts,
-                     f", {result.skipped_redeliveries} redelivered records skipped" if result.skipped_redeliveries else "")
+        await _handle_batches(stream, processor, index_table, raw_topic.get_topic_name(), outputs, settings)
+
+    @app.agent(correlated_topic, supervisor_strategy=mode.CrashingSupervisor)
+    async def escalate(stream):
+        await _handle_batches(stream, escalation, escalation_table, correlated_topic.get_topic_name(), outputs,
+                              settings, on_batch=lambda: last_escalation_batch.update(at=time.monotonic()))
+
+    @app.timer(interval=settings.escalation.tick_interval_s)
+    async def escalation_tick() -> None:
+        # Wall-clock deadlines only once caught up: during a replay or a backlog, mail that is
+        # still unread may answer a clock, so time moves with the mail (event time) until the
+        # agent has been idle for a whole interval.
+        if time.monotonic() - last_escalation_batch["at"] < settings.escalation.tick_interval_s:
+            return
+        result = escalation.tick(datetime.now(timezone.utc))
+        if result.outputs:
+            await asyncio.get_running_loop().run_in_executor(None, outputs.get().send_all, result)
+            log.info("escalation tick: %s", result.counts)
 
     app.threadline_processor = processor  # for tests and diagnostics
     return app

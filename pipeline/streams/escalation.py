@@ -1,0 +1,128 @@
+"""The escalation agent's batch step, free of Faust (like :mod:`pipeline.streams.processor`).
+
+Input: ``mail.correlated`` records of this worker's generation.  One
+:class:`~pipeline.escalation.tracker.EscalationTracker` per tenant (a tenant's mail is ordered
+on one partition, so each tracker sees its own event time only, and N workers decide exactly
+like one).  Output: ``escalations`` and ``alerts`` records, and table writes: one entry per
+conversation with a running or recent clock (key ``tenant \\x1f conversation id``) plus the
+per-partition offset marker.
+
+Time: each mail first advances its tenant's tracker to the mail's event time (replay-safe).
+Wall-clock ticks (:meth:`EscalationProcessor.tick`) are applied only by a caught-up agent (see
+``pipeline.streams.app``); their state changes are written with the next batch, and until then a
+restart fires them again with the same event ids, which consumers treat as duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Callable, MutableMapping
+
+from pipeline.avro import AvroCodec, AvroDecodeError
+from pipeline.escalation.model import ConversationState, MailEvent, Transition
+from pipeline.escalation.policy import default_owner
+from pipeline.escalation.tracker import EscalationTracker
+from pipeline.settings import Settings
+from pipeline.streams.processor import BatchResult, Output, RawItem, offset_key
+from pipeline.streams.records import SourcePosition, deadletter_record
+
+AGENT = "escalation"
+_SEPARATOR = "\x1f"
+
+
+def state_key(tenant: str, conversation_id: str) -> str:
+    return f"{tenant}{_SEPARATOR}{conversation_id}"
+
+
+class EscalationProcessor:
+    def __init__(self, settings: Settings, codec: AvroCodec, table: MutableMapping[str, bytes],
+                 clock: Callable[[], datetime]) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.table = table
+        self.clock = clock
+        self.generation = settings.worker.generation
+        self._trackers: dict[str, EscalationTracker] = {}
+        self._partition_of: dict[str, int] = {}
+        self._dirty: dict[str, set[str]] = {}  # tenant -> conversations whose state changed
+        self._last_offsets: dict[int, int] = {}
+        self._own_domains = frozenset(d.lower() for d in settings.untracked.own_domains)
+
+    def reset(self) -> None:
+        self._trackers.clear()
+        self._partition_of.clear()
+        self._dirty.clear()
+        self._last_offsets.clear()
+
+    def _last_offset(self, partition: int) -> int:
+        if partition not in self._last_offsets:
+            marker = self.table.get(offset_key(partition))
+            self._last_offsets[partition] = int(marker) if marker is not None else -1
+        return self._last_offsets[partition]
+
+    def _tracker(self, tenant: str, partition: int) -> EscalationTracker:
+        tracker = self._trackers.get(tenant)
+        if tracker is None:
+            tracker = EscalationTracker(self.settings, self.clock)
+            prefix = tenant + _SEPARATOR
+            for key, value in list(self.table.items()):
+                if key.startswith(prefix) and value is not None:
+                    tracker.restore(ConversationState.from_dict(json.loads(value)))
+            self._trackers[tenant] = tracker
+            self._partition_of[tenant] = partition
+        return tracker
+
+    def _emit(self, transitions: list[Transition], result: BatchResult) -> None:
+        for transition in transitions:
+            key = transition.tenant.encode()
+            result.outputs.append(Output("escalations", key, self.codec.encode("escalations", transition.to_record())))
+            result.count(f"escalation:{transition.state.value}")
+            for alert in transition.alerts:
+                result.outputs.append(Output("alerts", key, self.codec.encode("alerts", alert.to_record())))
+            self._dirty.setdefault(transition.tenant, set()).add(transition.conversation_id)
+
+    def process(self, items: list[RawItem], source_topic: str = "mail.correlated") -> BatchResult:
+        result = BatchResult()
+        for item in items:
+            if item.offset <= self._last_offset(item.partition):
+                result.skipped_redeliveries += 1
+                continue
+            self._last_offsets[item.partition] = item.offset
+            try:
+                record = self.codec.decode("mail.correlated", item.value)
+            except AvroDecodeError as exc:
+                position = SourcePosition(source_topic, item.partition, item.offset)
+                dead = deadletter_record(position, item.key, item.value, reason=exc.reason, error=str(exc), agent=AGENT)
+                result.outputs.append(Output("deadletter", item.key or b"", self.codec.encode("deadletter", dead)))
+                continue
+            if record["generation"] != self.generation:
+                continue  # another generation's correlation: its own escalation agent handles it
+            event = MailEvent(tenant=record["tenant"], message_id=record["message_id"],
+                              conversation_id=record["conversation_id"], direction=record["direction"],
+                              event_time=record["event_time"], mailbox=record["mailbox"],
+                              regarding=record["regarding"], mail_type=record["mail_type"],
+                              parent_message_id=record["parent_message_id"],
+                              owner=default_owner(record["direction"], record["to"] + record["cc"], self._own_domains))
+            self._emit(self._tracker(event.tenant, item.partition).on_correlation(event), result)
+        self._collect_writes(result)
+        for partition in {item.partition for item in items}:
+            result.writes.setdefault(partition, {})[offset_key(partition)] = str(self._last_offset(partition)).encode()
+        return result
+
+    def tick(self, now: datetime) -> BatchResult:
+        """Fire deadlines up to ``now`` for every tenant; state writes wait for the next batch."""
+        result = BatchResult()
+        for tracker in self._trackers.values():
+            self._emit(tracker.advance(now), result)
+        return result
+
+    def _collect_writes(self, result: BatchResult) -> None:
+        for tenant, conversations in self._dirty.items():
+            tracker = self._trackers[tenant]
+            writes = result.writes.setdefault(self._partition_of[tenant], {})
+            for conversation_id in conversations:
+                state = tracker.state_of(tenant, conversation_id)
+                writes[state_key(tenant, conversation_id)] = (
+                    None if state is None else json.dumps(state.to_dict(), separators=(",", ":")).encode())
+        self._dirty.clear()
