@@ -111,8 +111,8 @@ SELECT count() AS unanswered
 FROM threadline.mail_correlated_latest AS m
 WHERE m.tenant = '${tenant}' AND m.direction = 'in' AND $__timeFilter(m.event_time)
   AND m.event_time < $__toTime - INTERVAL ${unanswered_hours} HOUR
-  AND m.message_id NOT IN (
-      SELECT answers_message_id FROM threadline.mail_responses_latest WHERE tenant = '${tenant}')""",
+  AND cityHash64(m.message_id) NOT IN (
+      SELECT cityHash64(answers_message_id) FROM threadline.mail_responses_latest WHERE tenant = '${tenant}')""",
               kind="stat", width=6, description="Inbound mail with no correlated reply, older than the threshold."),
         Panel("Escalations by state", """
 SELECT state, count() AS mails
@@ -125,8 +125,8 @@ SELECT m.event_time AS received, m.from_addr AS sender, m.subject, m.mailbox,
 FROM threadline.mail_correlated_latest AS m
 WHERE m.tenant = '${tenant}' AND m.direction = 'in' AND $__timeFilter(m.event_time)
   AND m.event_time < $__toTime - INTERVAL ${unanswered_hours} HOUR
-  AND m.message_id NOT IN (
-      SELECT answers_message_id FROM threadline.mail_responses_latest WHERE tenant = '${tenant}')
+  AND cityHash64(m.message_id) NOT IN (
+      SELECT cityHash64(answers_message_id) FROM threadline.mail_responses_latest WHERE tenant = '${tenant}')
 ORDER BY m.event_time LIMIT 50""", width=24),
     ),
 )
