@@ -411,6 +411,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tracking(args: argparse.Namespace) -> int:
+    import logging
+
+    from pipeline.avro import AvroCodec, registry_from_settings
+    from pipeline.broker import create_topics
+    from pipeline.tracking.http import serve
+
+    settings = _settings(args)
+    bootstrap = _bootstrap(settings)
+    logging.basicConfig(level=logging.INFO if args.access_log else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.tracking.uses_development_key():
+        print("threadline: tracking uses the built-in development key; set tracking.keys for production",
+              file=sys.stderr)
+    try:
+        create_topics(settings.kafka, bootstrap, timeout_s=5)
+    except Exception as exc:  # the endpoint serves pixels even while the broker is down
+        print(f"threadline: broker not reachable yet ({exc}); hits are buffered", file=sys.stderr)
+    spool = settings.worker.data_dir.resolve() / "tracking-spool.jsonl"
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    print(f"tracking on http://{args.host}:{args.port} (spool {spool}); Ctrl-C stops", file=sys.stderr)
+    serve(settings, bootstrap, AvroCodec(registry_from_settings(settings.schema_registry.url)),
+          host=args.host, port=args.port, spool_path=spool)
+    return 0
+
+
 def cmd_escalations(args: argparse.Namespace) -> int:
     store = _store(_settings(args))
     rows = store.query("""
@@ -549,6 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="data/report.html")
     report.add_argument("--tenant", help="tenant to show (default: the first one)")
     report.add_argument("--png-dir", help="also write every chart panel as a PNG into this folder")
+
+    tracking = command("tracking", cmd_tracking, "Serve the open pixel and click redirects; hits go to tracking.raw.")
+    tracking.add_argument("--host", default="127.0.0.1")
+    tracking.add_argument("--port", type=int, default=8080)
+    tracking.add_argument("--access-log", action="store_true", help="log every request (no personal data "
+                          "unless tracking.access_log_personal_data)")
 
     escalations = command("escalations", cmd_escalations, "List unanswered mail by escalation state (open ones by default).")
     escalations.add_argument("--state", choices=("OPEN", "WARNED", "ESCALATED", "RESOLVED"))
