@@ -1,4 +1,5 @@
-"""The Faust application: the correlator agent over ``mail.raw``.
+"""The Faust application: the correlator (``mail.raw``), escalation (``mail.correlated``) and
+tracking (``tracking.raw``) agents.
 
 Started by ``threadline worker`` (or ``threadline up``) as ``python -m pipeline.streams.app
 worker``; settings come from ``THREADLINE_SETTINGS`` and ``THREADLINE_*`` like every command.
@@ -30,6 +31,7 @@ from pipeline.broker import free_port, producer_config, topic_name
 from pipeline.settings import Settings, load_settings
 from pipeline.streams.escalation import EscalationProcessor
 from pipeline.streams.processor import BatchResult, MailProcessor, RawItem
+from pipeline.streams.tracking import TrackingProcessor
 
 log = logging.getLogger("threadline.worker")
 
@@ -163,11 +165,15 @@ def build_app(settings: Settings) -> faust.App:
                           key_serializer="raw", value_serializer="raw")
     correlated_topic = app.topic(topic_name(settings.kafka, "mail.correlated"), key_type=bytes, value_type=bytes,
                                  key_serializer="raw", value_serializer="raw")
+    tracking_topic = app.topic(topic_name(settings.kafka, "tracking.raw"), key_type=bytes, value_type=bytes,
+                               key_serializer="raw", value_serializer="raw")
     index_table = _bytes_table(app, "correlation-index", settings)
+    hits_table = _bytes_table(app, "tracking-hits", settings)
     escalation_table = _bytes_table(app, "escalation-state", settings)
     codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
     processor = MailProcessor(settings, codec, index_table)
     escalation = EscalationProcessor(settings, codec, escalation_table, clock=lambda: datetime.now(timezone.utc))
+    tracking = TrackingProcessor(settings, codec, hits_table)
     outputs = _LazyOutputs(settings)
     last_escalation_batch = {"at": time.monotonic()}
 
@@ -175,6 +181,7 @@ def build_app(settings: Settings) -> faust.App:
     async def _revoked(app, revoked, **kwargs) -> None:  # noqa: ARG001 - Faust signal signature
         processor.reset()
         escalation.reset()
+        tracking.reset()
 
     # A failed batch must stop the worker, not restart the agent in-process: the processors have
     # already applied the batch in memory, and its records would not be delivered again.
@@ -186,6 +193,10 @@ def build_app(settings: Settings) -> faust.App:
     async def escalate(stream):
         await _handle_batches(stream, escalation, escalation_table, correlated_topic.get_topic_name(), outputs,
                               settings, on_batch=lambda: last_escalation_batch.update(at=time.monotonic()))
+
+    @app.agent(tracking_topic, supervisor_strategy=mode.CrashingSupervisor)
+    async def classify_hits(stream):
+        await _handle_batches(stream, tracking, hits_table, tracking_topic.get_topic_name(), outputs, settings)
 
     @app.timer(interval=settings.escalation.tick_interval_s)
     async def escalation_tick() -> None:

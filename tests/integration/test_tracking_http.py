@@ -63,9 +63,9 @@ def stop(process: subprocess.Popen) -> None:
 def tokens(settings):
     keyring = Keyring.from_settings(settings.tracking)
     opened = sign_token(TokenPayload("open", "acme", "<m1@acme.test>", "bob@customer.test", "cmp-1",
-                                     issued_at=int(time.time())), keyring)
+                                     issued_at=int(time.time()) - 3600), keyring)
     clicked = sign_token(TokenPayload("click", "acme", "<m1@acme.test>", "bob@customer.test", "cmp-1",
-                                      link_url="https://shop.example/offer?x=1", issued_at=int(time.time())), keyring)
+                                      link_url="https://shop.example/offer?x=1", issued_at=int(time.time()) - 3600), keyring)
     return opened, clicked
 
 
@@ -106,6 +106,23 @@ def test_pixel_always_served_clicks_only_to_signed_urls_and_every_hit_recorded(s
     assert sorted(h["kind"] for h in hits) == ["click"] * 5 + ["open"] * 4
     assert {h["token"] for h in hits} >= {opened, clicked, forged(opened)}
     assert all(h["user_agent"] == "Thunderbird/115.0" and h["ip"] == "127.0.0.1" for h in hits)
+
+    # The tracking agent classifies the genuine hits and dead-letters the rest.
+    worker = sandbox.start_worker()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        events = [v for _, _, _, v in read_topic(settings.kafka, sandbox.bootstrap, "tracking.events", sandbox.codec)]
+        dead = [v for _, _, _, v in read_topic(settings.kafka, sandbox.bootstrap, "deadletter", sandbox.codec)]
+        if len(events) + len(dead) >= 9:
+            break
+        assert worker.alive, worker.log_tail()
+        time.sleep(1)
+    by_kind = sorted((e["kind"], e["is_machine"], e["machine_reason"], e["nth_open"]) for e in events)
+    # GET open (human, 1st), HEAD open (machine), genuine click (human; nth_open counts opens).
+    assert by_kind == [("click", False, None, 1), ("open", False, None, 1), ("open", True, "head_request", 1)]
+    assert all(e["tenant"] == "acme" and e["campaign_id"] == "cmp-1" and e["ip"] == "127.0.0.0" for e in events)
+    assert sorted(d["reason"] for d in dead) == ["token_bad_signature", "token_bad_signature", "token_malformed",
+                                                 "token_malformed", "token_malformed", "token_wrong_kind"]
 
 
 def test_hits_survive_a_broker_that_is_down(sandbox, tmp_path):

@@ -1,0 +1,113 @@
+"""The tracking agent's batch step (Faust-free, like :mod:`pipeline.streams.processor`).
+
+``tracking.raw`` hits in; for each, the token is verified again (the endpoint is not trusted
+with that), the hit is classified against the earlier hits of the same mail and recipient,
+and a ``tracking.events`` record comes out.  Forged, edited or expired tokens go to
+``deadletter`` with the token's rejection reason.  Table: the remembered hits per (tenant,
+mail, recipient) and the per-partition offset marker.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import MutableMapping
+
+from pipeline.avro import AvroCodec, AvroDecodeError
+from pipeline.correlation.model import stable_event_id
+from pipeline.settings import Settings
+from pipeline.streams.processor import BatchResult, Output, RawItem, offset_key
+from pipeline.streams.records import SourcePosition, deadletter_record
+from pipeline.tracking.classify import Hit, MailFacts, PreviousHit, classify_hit
+from pipeline.tracking.tokens import TokenError, verify_with_settings
+
+AGENT = "tracking"
+# Hits remembered per mail and recipient: enough for forwarding and scanner bursts, bounded.
+MAX_REMEMBERED_HITS = 50
+
+
+def hits_key(tenant: str, message_id: str, recipient: str) -> str:
+    return f"{tenant}\x1f{message_id}\x1f{recipient}"
+
+
+def _encode_hits(hits: list[PreviousHit]) -> bytes:
+    return json.dumps([{"kind": h.kind, "time": h.time.isoformat(), "is_machine": h.is_machine,
+                        "user_agent_family": h.user_agent_family, "network": h.network, "link_url": h.link_url}
+                       for h in hits], separators=(",", ":")).encode()
+
+
+def _decode_hits(value: bytes) -> list[PreviousHit]:
+    return [PreviousHit(kind=h["kind"], time=datetime.fromisoformat(h["time"]), is_machine=h["is_machine"],
+                        user_agent_family=h["user_agent_family"], network=h["network"], link_url=h["link_url"])
+            for h in json.loads(value)]
+
+
+class TrackingProcessor:
+    def __init__(self, settings: Settings, codec: AvroCodec, table: MutableMapping[str, bytes]) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.table = table
+        self._last_offsets: dict[int, int] = {}
+
+    def reset(self) -> None:
+        self._last_offsets.clear()
+
+    def _last_offset(self, partition: int) -> int:
+        if partition not in self._last_offsets:
+            marker = self.table.get(offset_key(partition))
+            self._last_offsets[partition] = int(marker) if marker is not None else -1
+        return self._last_offsets[partition]
+
+    def process(self, items: list[RawItem], source_topic: str = "tracking.raw") -> BatchResult:
+        result = BatchResult()
+        remembered: dict[tuple[int, str], list[PreviousHit]] = {}
+        for item in items:
+            if item.offset <= self._last_offset(item.partition):
+                result.skipped_redeliveries += 1
+                continue
+            self._last_offsets[item.partition] = item.offset
+            position = SourcePosition(source_topic, item.partition, item.offset)
+            try:
+                record = self.codec.decode("tracking.raw", item.value)
+                payload = verify_with_settings(record["token"], self.settings.tracking, expect_kind=record["kind"],
+                                               now=record["received_at"].timestamp())
+            except AvroDecodeError as exc:
+                self._dead_letter(item, position, exc.reason, str(exc), result)
+                continue
+            except TokenError as exc:
+                self._dead_letter(item, position, f"token_{exc.reason}", str(exc), result)
+                continue
+            key = hits_key(payload.tenant, payload.message_id, payload.recipient)
+            slot = (item.partition, key)
+            if slot not in remembered:
+                stored = self.table.get(key)
+                remembered[slot] = _decode_hits(stored) if stored is not None else []
+            previous = remembered[slot]
+            hit = Hit(kind=payload.kind, time=record["received_at"], method=record["method"], ip=record["ip"],
+                      user_agent=record["user_agent"], headers=record["headers"], link_url=payload.link_url)
+            facts = MailFacts(sent_at=datetime.fromtimestamp(payload.issued_at, timezone.utc))
+            verdict = classify_hit(hit, facts, previous, self.settings.tracking)
+            remembered[slot] = [*previous, verdict.remember(hit)][-MAX_REMEMBERED_HITS:]
+            event = {
+                "event_id": stable_event_id("tracking", record["event_id"]), "tenant": payload.tenant,
+                "kind": payload.kind, "message_id": payload.message_id, "recipient": payload.recipient,
+                "campaign_id": payload.campaign_id, "link_url": payload.link_url, "event_time": record["received_at"],
+                "ip": verdict.ip, "reverse_dns": None, "user_agent_family": verdict.user_agent_family,
+                "is_machine": verdict.is_machine, "machine_reason": verdict.machine_reason,
+                "nth_open": verdict.nth_open, "first_open_time": verdict.first_open_time,
+                "probably_forwarded": verdict.probably_forwarded,
+            }
+            result.outputs.append(Output("tracking.events", payload.tenant.encode(),
+                                         self.codec.encode("tracking.events", event)))
+            result.count(f"{payload.kind}:{'machine' if verdict.is_machine else 'human'}")
+        for (partition, key), hits in remembered.items():
+            result.writes.setdefault(partition, {})[key] = _encode_hits(hits)
+        for partition in {item.partition for item in items}:
+            result.writes.setdefault(partition, {})[offset_key(partition)] = str(self._last_offset(partition)).encode()
+        return result
+
+    def _dead_letter(self, item: RawItem, position: SourcePosition, reason: str, error: str,
+                     result: BatchResult) -> None:
+        record = deadletter_record(position, item.key, item.value, reason=reason, error=error, agent=AGENT)
+        result.outputs.append(Output("deadletter", item.key or b"", self.codec.encode("deadletter", record)))
+        result.count(f"deadletter:{reason}")
