@@ -200,6 +200,22 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_tracking(args: argparse.Namespace) -> int:
+    from pipeline.bench.tracking import run_tracking_bench
+
+    settings = _settings(args)
+    data_dir = settings.worker.data_dir.resolve() / "bench"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    result = run_tracking_bench(settings, seconds=args.seconds, concurrency=args.concurrency, data_dir=data_dir,
+                                progress=(lambda m: None) if args.no_progress else (lambda m: print(m, file=sys.stderr)))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["summary"], indent=2))
+    print(f"written to {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_bench_clickhouse(args: argparse.Namespace) -> int:
     from pipeline.bench.clickhouse import run_clickhouse_bench
 
@@ -617,6 +633,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_clickhouse.add_argument("--repeat", type=int, default=5)
     bench_clickhouse.add_argument("-o", "--out", default="bench-results/clickhouse.json")
     progress_flag(bench_clickhouse)
+    bench_tracking = bench_commands.add_parser("tracking", help="pixel requests/s and latency under load")
+    bench_tracking.set_defaults(handler=cmd_bench_tracking)
+    bench_tracking.add_argument("--seconds", type=float, default=10.0)
+    bench_tracking.add_argument("--concurrency", type=int, default=32)
+    bench_tracking.add_argument("-o", "--out", default="bench-results/tracking.json")
+    progress_flag(bench_tracking)
     return parser
 
 
