@@ -453,6 +453,31 @@ def cmd_tracking(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notify(args: argparse.Namespace) -> int:
+    import logging
+
+    from pipeline.avro import AvroCodec, registry_from_settings
+    from pipeline.notify import DeliveryError, Notifier
+
+    settings = _settings(args)
+    bootstrap = _bootstrap(settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.notifications.smtp_host and not settings.notifications.webhook_urls:
+        raise UserError("nothing to deliver to: set notifications.smtp_host and/or notifications.webhook_urls")
+    notifier = Notifier(settings, bootstrap, AvroCodec(registry_from_settings(settings.schema_registry.url)))
+    print("delivering alerts; Ctrl-C stops", file=sys.stderr)
+    try:
+        while True:
+            notifier.poll_once()
+    except KeyboardInterrupt:
+        pass
+    except DeliveryError as exc:
+        raise UserError(f"{exc}; nothing was committed: restart to deliver the rest") from exc
+    finally:
+        notifier.close()
+    return 0
+
+
 def cmd_escalations(args: argparse.Namespace) -> int:
     store = _store(_settings(args))
     rows = store.query("""
@@ -597,6 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
     tracking.add_argument("--port", type=int, default=8080)
     tracking.add_argument("--access-log", action="store_true", help="log every request (no personal data "
                           "unless tracking.access_log_personal_data)")
+
+    command("notify", cmd_notify, "Deliver alerts by e-mail (notifications.smtp_host) and to webhooks.")
 
     escalations = command("escalations", cmd_escalations, "List unanswered mail by escalation state (open ones by default).")
     escalations.add_argument("--state", choices=("OPEN", "WARNED", "ESCALATED", "RESOLVED"))

@@ -414,6 +414,22 @@ class TrackingSettings(_Section):
         return any(secret.startswith("INSECURE-development-key") for secret in self.keys.values())
 
 
+class NotificationSettings(_Section):
+    """Where alerts (escalations, open notifications) are delivered: e-mail and webhooks."""
+
+    smtp_host: str | None = Field(None, description="SMTP server for alert mail; unset: no alert mail is sent.")
+    smtp_port: int = Field(25, ge=1, le=65535, description="SMTP port (587 with STARTTLS, 465 is not supported).")
+    smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS before sending.")
+    smtp_username: str | None = Field(None, description="SMTP AUTH user; unset: no AUTH.")
+    smtp_password: str | None = Field(None, repr=False, description="SMTP AUTH password (never logged).")
+    sender: str = Field("threadline@localhost", description="From address of alert mail.")
+    webhook_urls: tuple[str, ...] = Field((), description="Every alert is POSTed as JSON to each of these URLs.")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="Longest wait for one SMTP or webhook delivery.")
+    max_attempts: int = Field(6, ge=1, le=100, description="Attempts per delivery before the notifier stops "
+                              "(uncommitted: the alert is delivered after the next start).")
+    backoff_s: float = Field(1.0, ge=0, le=600, description="First retry delay; doubles on every attempt.")
+
+
 class Settings(_Section):
     """The whole configuration. Build it with :func:`load_settings`."""
 
@@ -428,6 +444,9 @@ class Settings(_Section):
     )
     tracking: TrackingSettings = Field(
         TrackingSettings(), description="Open and click tracking: tokens, classification, marking (DESIGN.md §5)."
+    )
+    notifications: NotificationSettings = Field(
+        NotificationSettings(), description="Delivery of alerts by e-mail and webhooks."
     )
 
 
