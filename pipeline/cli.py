@@ -478,6 +478,28 @@ def cmd_notify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipeline.avro import AvroCodec, registry_from_settings
+    from pipeline.broker import create_topics
+    from pipeline.synth_traffic import CampaignTraffic, produce_traffic
+
+    settings = _settings(args)
+    bootstrap = _bootstrap(settings)
+    if args.campaigns < 1 or args.recipients < 1:
+        raise UserError("--campaigns and --recipients must be positive")
+    create_topics(settings.kafka, bootstrap)
+    traffic = CampaignTraffic(settings.tracking, seed=args.seed, tenant=args.tenant,
+                              sender_domain=args.sender_domain).records(args.campaigns, args.recipients)
+    report = produce_traffic(traffic, settings, AvroCodec(registry_from_settings(settings.schema_registry.url)), bootstrap)
+    counts: dict[str, int] = {}
+    for record in traffic:
+        counts[record.topic] = counts.get(record.topic, 0) + 1
+    print(f"{report.delivered} of {report.produced} records delivered: {counts}", file=sys.stderr)
+    for error in report.errors[:10]:
+        print(f"  delivery error: {error}", file=sys.stderr)
+    return 1 if report.errors else 0
+
+
 def cmd_escalations(args: argparse.Namespace) -> int:
     store = _store(_settings(args))
     rows = store.query("""
@@ -622,6 +644,15 @@ def build_parser() -> argparse.ArgumentParser:
     tracking.add_argument("--port", type=int, default=8080)
     tracking.add_argument("--access-log", action="store_true", help="log every request (no personal data "
                           "unless tracking.access_log_personal_data)")
+
+    generate = command("generate", cmd_generate, "Produce seeded campaign traffic: sends, opens, clicks, replies, "
+                       "bounces, conversions.")
+    generate.add_argument("--campaigns", type=int, default=3)
+    generate.add_argument("--recipients", type=int, default=300, help="per campaign")
+    generate.add_argument("--seed", type=int, default=7)
+    generate.add_argument("--tenant", default="default")
+    generate.add_argument("--sender-domain", default="support.threadline.test",
+                          help="the organisation's domain campaign mail is sent from")
 
     command("notify", cmd_notify, "Deliver alerts by e-mail (notifications.smtp_host) and to webhooks.")
 

@@ -29,9 +29,11 @@ from pipeline.sinks.clickhouse import ClickHouseSink, ClickHouseStore, sink_unti
 from pipeline.sinks.tables import SINK_TOPICS
 from pipeline.streams.runner import WorkerProcess, count_records, wait_for_outputs
 from pipeline.synth import MailGenerator, render_rfc5322
+from pipeline.synth_traffic import CampaignTraffic, produce_traffic
 
 SAMPLE_SIZE = 2_000
 SAMPLE_OWN_DOMAIN = "support.threadline.test"  # the agents' domain in pipeline.synth
+SAMPLE_CAMPAIGNS, SAMPLE_RECIPIENTS = 3, 300
 
 
 def write_sample_mbox(path: Path, count: int = SAMPLE_SIZE, seed: int = 7) -> Path:
@@ -131,10 +133,24 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
         if report.errors:
             say(f"ingest: {len(report.errors)} delivery errors, first: {report.errors[0]}")
         say(f"ingested {report.delivered} of {report.produced} mails ({report.bytes / 2**20:.1f} MB)")
+        expected_mail, hits = report.delivered, 0
+        if sample_mailbox is not None:
+            traffic = CampaignTraffic(settings.tracking, tenant=tenant, sender_domain=SAMPLE_OWN_DOMAIN).records(
+                SAMPLE_CAMPAIGNS, SAMPLE_RECIPIENTS)
+            produce_traffic(traffic, settings, codec, bootstrap)
+            expected_mail += sum(record.topic == "mail.raw" for record in traffic)
+            hits = sum(record.topic == "tracking.raw" for record in traffic)
+            say(f"generated {SAMPLE_CAMPAIGNS} campaigns to {SAMPLE_RECIPIENTS} recipients each: "
+                f"{len(traffic)} records (sends, bounces, replies, {hits} pixel and click hits, conversions)")
 
-        counts = wait_for_outputs(settings.kafka, bootstrap, codec, generation, report.delivered, workers=started,
-                                  timeout_s=max(300.0, report.delivered / 50),
-                                  on_progress=progress("correlate", report.delivered))
+        counts = wait_for_outputs(settings.kafka, bootstrap, codec, generation, expected_mail, workers=started,
+                                  timeout_s=max(300.0, expected_mail / 50),
+                                  on_progress=progress("correlate", expected_mail))
+        deadline = time.monotonic() + 120
+        while hits and count_records(settings.kafka, bootstrap, "tracking.events") < hits:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the tracking agent did not classify every generated hit within 120 s")
+            time.sleep(1)
         elapsed = time.monotonic() - began
         say(f"\n{sum(counts.values())} mails handled in {elapsed:.1f} s: {dict(counts)}\n")
         say(summarize(settings, bootstrap, codec, generation))

@@ -99,8 +99,9 @@ class _LazyOutputs:
 
 
 def _bytes_table(app: faust.App, name: str, settings: Settings):
-    return app.Table(name, default=None, partitions=settings.kafka.partitions,
-                     schema=faust.Schema(key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw"))
+    # Faust picks a table's serializers from key_type / value_type (not from a schema): bytes
+    # values are stored as given ("raw"); anything else would be JSON-decoded on every read.
+    return app.Table(name, default=None, partitions=settings.kafka.partitions, key_type=str, value_type=bytes)
 
 
 async def _handle_batches(stream, processor, table, source_topic: str, outputs: _LazyOutputs, settings: Settings,

@@ -40,43 +40,55 @@ class IngestReport:
     bytes: int = 0
 
 
+class RecordProducer:
+    """An idempotent producer that counts deliveries and keeps the first delivery errors."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        from confluent_kafka import Producer
+
+        self.kafka = settings.kafka
+        self.producer = Producer(producer_config(settings.kafka, bootstrap))
+        self.report = IngestReport()
+
+    def _delivered(self, error, _message) -> None:
+        if error is None:
+            self.report.delivered += 1
+        elif len(self.report.errors) < 100:
+            self.report.errors.append(str(error))
+
+    def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(topic_name(self.kafka, topic), value, key, on_delivery=self._delivered)
+                break
+            except BufferError:
+                self.producer.poll(0.1)
+        self.producer.poll(0)
+        self.report.produced += 1
+
+    def finish(self, timeout_s: float = 120.0) -> IngestReport:
+        remaining = self.producer.flush(timeout_s)
+        if remaining:
+            self.report.errors.append(f"{remaining} records still undelivered after {timeout_s:.0f} s")
+        return self.report
+
+
 def ingest(messages: Iterable[tuple[str, bytes]], settings: Settings, codec: AvroCodec, bootstrap: str, *,
            tenant: str = "default", direction: str = "in", mailbox: str | None = None,
            on_progress: Callable[[int], None] | None = None) -> IngestReport:
     """Produce every ``(source_ref, raw bytes)`` to ``mail.raw``; returns after all are acknowledged.
     ``on_progress`` gets the number produced so far."""
-    from confluent_kafka import Producer
-
-    producer = Producer(producer_config(settings.kafka, bootstrap))
-    topic = topic_name(settings.kafka, "mail.raw")
-    report = IngestReport()
-    key = tenant.encode()
     own_domains = frozenset(d.lower() for d in settings.untracked.own_domains)
     if direction == "auto" and not own_domains:
         raise ValueError("direction 'auto' needs untracked.own_domains (the organisation's mail domains)")
-
-    def delivered(error, _message) -> None:
-        if error is None:
-            report.delivered += 1
-        elif len(report.errors) < 100:
-            report.errors.append(str(error))
-
+    producer = RecordProducer(settings, bootstrap)
+    key = tenant.encode()
     for source_ref, raw in messages:
-        record = mail_raw_record(tenant=tenant, mailbox=mailbox or source_ref.partition("#")[0], direction=mail_direction(raw, direction, own_domains),
-                                 source=source_ref, raw=raw, received_at=datetime.now(timezone.utc))
-        value = codec.encode("mail.raw", record)
-        while True:
-            try:
-                producer.produce(topic, value, key, on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-        report.produced += 1
-        report.bytes += len(raw)
+        record = mail_raw_record(tenant=tenant, mailbox=mailbox or source_ref.partition("#")[0],
+                                 direction=mail_direction(raw, direction, own_domains), source=source_ref, raw=raw,
+                                 received_at=datetime.now(timezone.utc))
+        producer.produce("mail.raw", key, codec.encode("mail.raw", record))
+        producer.report.bytes += len(raw)
         if on_progress is not None:
-            on_progress(report.produced)
-    remaining = producer.flush(120)
-    if remaining:
-        report.errors.append(f"{remaining} records still undelivered after 120 s")
-    return report
+            on_progress(producer.report.produced)
+    return producer.finish()
