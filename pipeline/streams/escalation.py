@@ -24,7 +24,7 @@ from pipeline.escalation.model import ConversationState, MailEvent, Transition
 from pipeline.escalation.policy import default_owner
 from pipeline.escalation.tracker import EscalationTracker
 from pipeline.settings import Settings
-from pipeline.streams.processor import BatchResult, Output, RawItem, offset_key
+from pipeline.streams.processor import BatchResult, OffsetMarkers, Output, RawItem
 from pipeline.streams.records import SourcePosition, deadletter_record
 
 AGENT = "escalation"
@@ -46,20 +46,14 @@ class EscalationProcessor:
         self._trackers: dict[str, EscalationTracker] = {}
         self._partition_of: dict[str, int] = {}
         self._dirty: dict[str, set[str]] = {}  # tenant -> conversations whose state changed
-        self._last_offsets: dict[int, int] = {}
+        self.markers = OffsetMarkers(table)
         self._own_domains = frozenset(d.lower() for d in settings.untracked.own_domains)
 
     def reset(self) -> None:
         self._trackers.clear()
         self._partition_of.clear()
         self._dirty.clear()
-        self._last_offsets.clear()
-
-    def _last_offset(self, partition: int) -> int:
-        if partition not in self._last_offsets:
-            marker = self.table.get(offset_key(partition))
-            self._last_offsets[partition] = int(marker) if marker is not None else -1
-        return self._last_offsets[partition]
+        self.markers.clear()
 
     def _tracker(self, tenant: str, partition: int) -> EscalationTracker:
         tracker = self._trackers.get(tenant)
@@ -85,10 +79,10 @@ class EscalationProcessor:
     def process(self, items: list[RawItem], source_topic: str = "mail.correlated") -> BatchResult:
         result = BatchResult()
         for item in items:
-            if item.offset <= self._last_offset(item.partition):
+            if self.markers.is_redelivery(item):
                 result.skipped_redeliveries += 1
                 continue
-            self._last_offsets[item.partition] = item.offset
+            self.markers.advance(item)
             try:
                 record = self.codec.decode("mail.correlated", item.value)
             except AvroDecodeError as exc:
@@ -106,8 +100,7 @@ class EscalationProcessor:
                               owner=default_owner(record["direction"], record["to"] + record["cc"], self._own_domains))
             self._emit(self._tracker(event.tenant, item.partition).on_correlation(event), result)
         self._collect_writes(result)
-        for partition in {item.partition for item in items}:
-            result.writes.setdefault(partition, {})[offset_key(partition)] = str(self._last_offset(partition)).encode()
+        self.markers.add_writes(items, result)
         return result
 
     def tick(self, now: datetime) -> BatchResult:

@@ -71,6 +71,34 @@ class BatchResult:
         self.counts[name] = self.counts.get(name, 0) + 1
 
 
+class OffsetMarkers:
+    """The last applied source offset per partition: read from the table once, then kept here;
+    written back with every batch so that redelivered records are recognised after a restart."""
+
+    def __init__(self, table: MutableMapping[str, bytes]) -> None:
+        self.table = table
+        self._offsets: dict[int, int] = {}
+
+    def last(self, partition: int) -> int:
+        if partition not in self._offsets:
+            marker = self.table.get(offset_key(partition))
+            self._offsets[partition] = int(marker) if marker is not None else -1
+        return self._offsets[partition]
+
+    def is_redelivery(self, item: RawItem) -> bool:
+        return item.offset <= self.last(item.partition)
+
+    def advance(self, item: RawItem) -> None:
+        self._offsets[item.partition] = item.offset
+
+    def add_writes(self, items: list[RawItem], result: BatchResult) -> None:
+        for partition in {item.partition for item in items}:
+            result.writes.setdefault(partition, {})[offset_key(partition)] = str(self.last(partition)).encode()
+
+    def clear(self) -> None:
+        self._offsets.clear()
+
+
 class TableIndexStore:
     """The engine's :class:`~pipeline.correlation.index.MailStore` on a table: reads come from the
     table (only when an index is rebuilt), writes are buffered until the batch's outputs are out."""
@@ -112,19 +140,13 @@ class MailProcessor:
         self.generation = settings.worker.generation
         self._correlators: dict[str, Correlator] = {}
         self._stores: dict[str, TableIndexStore] = {}
-        self._last_offsets: dict[int, int] = {}
+        self.markers = OffsetMarkers(table)
 
     def reset(self) -> None:
         """Forget derived state (after a rebalance): indexes are rebuilt from the table on demand."""
         self._correlators.clear()
         self._stores.clear()
-        self._last_offsets.clear()
-
-    def _last_offset(self, partition: int) -> int:
-        if partition not in self._last_offsets:
-            marker = self.table.get(offset_key(partition))
-            self._last_offsets[partition] = int(marker) if marker is not None else -1
-        return self._last_offsets[partition]
+        self.markers.clear()
 
     def _correlator(self, tenant: str, partition: int) -> Correlator:
         correlator = self._correlators.get(tenant)
@@ -141,7 +163,7 @@ class MailProcessor:
     def process(self, items: list[RawItem], source_topic: str = "mail.raw") -> BatchResult:
         result = BatchResult()
         for item in items:
-            if item.offset <= self._last_offset(item.partition):
+            if self.markers.is_redelivery(item):
                 result.skipped_redeliveries += 1
                 continue
             position = SourcePosition(source_topic, item.partition, item.offset)
@@ -152,13 +174,12 @@ class MailProcessor:
             except Exception as exc:  # a bug must not stop the partition: park the record, go on
                 detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
                 self._dead_letter(item, position, "internal_error", detail, result)
-            self._last_offsets[item.partition] = item.offset
+            self.markers.advance(item)
         for store in self._stores.values():
             pending = store.take_pending()
             if pending:
                 result.writes.setdefault(store.partition, {}).update(pending)
-        for partition in {item.partition for item in items}:
-            result.writes.setdefault(partition, {})[offset_key(partition)] = str(self._last_offsets[partition]).encode()
+        self.markers.add_writes(items, result)
         return result
 
     def _process_one(self, item: RawItem, position: SourcePosition, result: BatchResult) -> None:

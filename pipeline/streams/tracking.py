@@ -16,7 +16,7 @@ from typing import MutableMapping
 from pipeline.avro import AvroCodec, AvroDecodeError
 from pipeline.correlation.model import stable_event_id
 from pipeline.settings import Settings
-from pipeline.streams.processor import BatchResult, Output, RawItem, offset_key
+from pipeline.streams.processor import BatchResult, OffsetMarkers, Output, RawItem
 from pipeline.streams.records import SourcePosition, deadletter_record
 from pipeline.tracking.classify import Hit, MailFacts, PreviousHit, classify_hit
 from pipeline.tracking.tokens import TokenError, verify_with_settings
@@ -47,25 +47,19 @@ class TrackingProcessor:
         self.settings = settings
         self.codec = codec
         self.table = table
-        self._last_offsets: dict[int, int] = {}
+        self.markers = OffsetMarkers(table)
 
     def reset(self) -> None:
-        self._last_offsets.clear()
-
-    def _last_offset(self, partition: int) -> int:
-        if partition not in self._last_offsets:
-            marker = self.table.get(offset_key(partition))
-            self._last_offsets[partition] = int(marker) if marker is not None else -1
-        return self._last_offsets[partition]
+        self.markers.clear()
 
     def process(self, items: list[RawItem], source_topic: str = "tracking.raw") -> BatchResult:
         result = BatchResult()
         remembered: dict[tuple[int, str], list[PreviousHit]] = {}
         for item in items:
-            if item.offset <= self._last_offset(item.partition):
+            if self.markers.is_redelivery(item):
                 result.skipped_redeliveries += 1
                 continue
-            self._last_offsets[item.partition] = item.offset
+            self.markers.advance(item)
             position = SourcePosition(source_topic, item.partition, item.offset)
             try:
                 record = self.codec.decode("tracking.raw", item.value)
@@ -102,8 +96,7 @@ class TrackingProcessor:
             result.count(f"{payload.kind}:{'machine' if verdict.is_machine else 'human'}")
         for (partition, key), hits in remembered.items():
             result.writes.setdefault(partition, {})[key] = _encode_hits(hits)
-        for partition in {item.partition for item in items}:
-            result.writes.setdefault(partition, {})[offset_key(partition)] = str(self._last_offset(partition)).encode()
+        self.markers.add_writes(items, result)
         return result
 
     def _dead_letter(self, item: RawItem, position: SourcePosition, reason: str, error: str,
