@@ -166,17 +166,33 @@ def cmd_mark(args: argparse.Namespace) -> int:
 def cmd_bench_correlate(args: argparse.Namespace) -> int:
     from pipeline.bench.correlate import run_correlate_bench
 
-    sizes = [int(size) for size in args.sizes.split(",")]
-    if any(size < 1 for size in sizes) or args.measure < 1:
-        raise UserError("--sizes and --measure must be positive")
     corpus = Path(args.corpus) if args.corpus else None
     if corpus is not None and not corpus.is_file():
         raise UserError(f"no such mbox: {corpus}")
+    try:
+        sizes = [int(size) for size in args.sizes.split(",")]
+    except ValueError:
+        raise UserError("--sizes takes comma-separated whole numbers") from None
+    if any(size < 1 for size in sizes) or args.measure < 1:
+        raise UserError("--sizes and --measure must be positive")
     result = run_correlate_bench(sizes, seed=args.seed, measure=args.measure, progress=not args.no_progress,
                                  corpus_mbox=corpus)
-    out = Path(args.out)
+    return _write_bench(result, args.out)
+
+
+def _run_bench(args: argparse.Namespace, run: Callable[..., dict]) -> int:
+    """Run ``run(settings, data_dir=..., progress=...)``, write its JSON, print its summary."""
+    settings = _settings(args)
+    data_dir = settings.worker.data_dir.resolve() / "bench"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    progress = (lambda _message: None) if args.no_progress else (lambda message: print(message, file=sys.stderr))
+    return _write_bench(run(settings, data_dir=data_dir, progress=progress), args.out)
+
+
+def _write_bench(result: dict, out_path: str) -> int:
+    out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps(result["summary"], indent=2))
     print(f"written to {out}", file=sys.stderr)
     return 0
@@ -185,72 +201,27 @@ def cmd_bench_correlate(args: argparse.Namespace) -> int:
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     from pipeline.bench.pipeline import run_pipeline_bench
 
-    settings = _settings(args)
     if args.mails < 1:
         raise UserError("--mails must be positive")
-    data_dir = settings.worker.data_dir.resolve() / "bench"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    result = run_pipeline_bench(settings, mails=args.mails, seed=args.seed, data_dir=data_dir,
-                                progress=(lambda m: None) if args.no_progress else (lambda m: print(m, file=sys.stderr)))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["summary"], indent=2))
-    print(f"written to {out}", file=sys.stderr)
-    return 0
+    return _run_bench(args, lambda settings, **kw: run_pipeline_bench(settings, mails=args.mails, seed=args.seed, **kw))
 
 
 def cmd_bench_tracking(args: argparse.Namespace) -> int:
     from pipeline.bench.tracking import run_tracking_bench
 
-    settings = _settings(args)
-    data_dir = settings.worker.data_dir.resolve() / "bench"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    result = run_tracking_bench(settings, seconds=args.seconds, concurrency=args.concurrency, data_dir=data_dir,
-                                progress=(lambda m: None) if args.no_progress else (lambda m: print(m, file=sys.stderr)))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["summary"], indent=2))
-    print(f"written to {out}", file=sys.stderr)
-    return 0
+    if args.seconds <= 0 or args.concurrency < 1:
+        raise UserError("--seconds and --concurrency must be positive")
+    return _run_bench(args, lambda settings, **kw: run_tracking_bench(
+        settings, seconds=args.seconds, concurrency=args.concurrency, **kw))
 
 
 def cmd_bench_clickhouse(args: argparse.Namespace) -> int:
     from pipeline.bench.clickhouse import run_clickhouse_bench
 
-    settings = _settings(args)
     if args.mails < 1000 or args.repeat < 1:
         raise UserError("--mails must be at least 1000 and --repeat positive")
-    data_dir = settings.worker.data_dir.resolve() / "bench"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    result = run_clickhouse_bench(settings, mails=args.mails, repeat=args.repeat, insert_mails=args.insert_mails,
-                                  data_dir=data_dir,
-                                  progress=(lambda m: None) if args.no_progress else (lambda m: print(m, file=sys.stderr)))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(json.dumps(result["summary"], indent=2))
-    print(f"written to {out}", file=sys.stderr)
-    return 0
-
-
-# -- pipeline ---------------------------------------------------------------------------------
-def _bar_factory(enabled: bool):
-    """progress(desc, total) -> update(count_so_far): a progress bar on stderr per phase."""
-    def progress(desc: str, total: int | None):
-        if not enabled:
-            return lambda _count: None
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc=desc, unit="mail", file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
-
-        def update(count: int) -> None:
-            bar.update(count - bar.n)
-            if total is not None and count >= total:
-                bar.close()
-        return update
-    return progress
+    return _run_bench(args, lambda settings, **kw: run_clickhouse_bench(
+        settings, mails=args.mails, repeat=args.repeat, insert_mails=args.insert_mails, **kw))
 
 
 def _settings_file(args: argparse.Namespace) -> Path | None:
