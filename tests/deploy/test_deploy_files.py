@@ -1,0 +1,130 @@
+"""The deployment files are checked offline against the project itself: every command they run
+is a real `threadline` command, every THREADLINE_* variable is a real setting with a valid value,
+every referenced file exists, selectors match, and the manifests build with kustomize."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from pipeline.cli import build_parser
+from pipeline.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "compose" / "docker-compose.yml"
+
+
+def setting_variables(model: type[BaseModel] = Settings, prefix: str = "THREADLINE_") -> set[str]:
+    names = set()
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= setting_variables(annotation, f"{prefix}{name.upper()}_")
+        else:
+            names.add(f"{prefix}{name.upper()}")
+    return names | {"THREADLINE_SETTINGS"}
+
+
+def _fill(value: str) -> str:
+    """Compose interpolation with placeholder values: ${NAME:?message} -> x."""
+    return re.sub(r"\$\{[^}]+\}", "x", value)
+
+
+def _check_environment(environment: dict[str, str]) -> None:
+    threadline = {k: _fill(str(v)) for k, v in environment.items() if k.startswith("THREADLINE_")}
+    unknown = set(threadline) - setting_variables()
+    assert not unknown, f"not settings: {sorted(unknown)}"
+    load_settings(None, environ={k: v for k, v in threadline.items() if k != "THREADLINE_SETTINGS"})
+
+
+def _check_command(args: list[str]) -> None:
+    build_parser().parse_args(args)  # SystemExit on an unknown command or option
+
+
+def test_compose_services_are_consistent():
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services, volumes = compose["services"], set(compose.get("volumes", {}))
+    for name, service in services.items():
+        assert "image" in service or "build" in service, name
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+        for mount in service.get("volumes", []):
+            source = mount.split(":")[0]
+            if source.startswith("."):
+                assert (COMPOSE.parent / source).resolve().exists(), f"{name}: {source} does not exist"
+            else:
+                assert source in volumes, f"{name}: volume {source} is not declared"
+        if service.get("image", "").startswith("threadline:"):
+            _check_command(service["command"])
+            _check_environment(service["environment"])
+        assert ":latest" not in service.get("image", ""), name
+    build = services["worker"]["build"]
+    assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve().is_file()
+
+
+def test_env_example_holds_only_valid_settings():
+    lines = (DEPLOY / "compose" / "threadline.env.example").read_text().splitlines()
+    environment = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    _check_environment(environment)
+
+
+def _k8s_documents() -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        built = subprocess.run([kubectl, "kustomize", str(DEPLOY / "k8s" / "overlays" / "production")],
+                               capture_output=True, text=True, check=True).stdout
+        return [d for d in yaml.safe_load_all(built) if d]
+    base = DEPLOY / "k8s" / "base"
+    return [d for path in sorted(base.glob("*.yaml")) if path.name != "kustomization.yaml"
+            for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def test_kubernetes_manifests_are_consistent():
+    documents = _k8s_documents()
+    kinds = {d["kind"] for d in documents}
+    assert {"StatefulSet", "Deployment", "Service"} <= kinds
+    workloads = [d for d in documents if d["kind"] in ("Deployment", "StatefulSet")]
+    assert {w["metadata"]["name"] for w in workloads} == {
+        "threadline-worker", "threadline-sink", "threadline-tracking", "threadline-notify"}
+    for workload in workloads:
+        spec = workload["spec"]
+        labels = spec["template"]["metadata"]["labels"]
+        assert spec["selector"]["matchLabels"].items() <= labels.items(), workload["metadata"]["name"]
+        assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+        for container in spec["template"]["spec"]["containers"]:
+            _check_command(container["args"])
+            _check_environment({e["name"]: e.get("value", "x") for e in container.get("env", [])})
+    services = [d for d in documents if d["kind"] == "Service"]
+    for service in services:
+        assert any(service["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+                   for w in workloads), service["metadata"]["name"]
+
+
+def test_kubernetes_settings_file_loads():
+    settings = load_settings(DEPLOY / "k8s" / "base" / "threadline.toml", environ={})
+    assert settings.kafka.partitions == 12 and settings.kafka.bootstrap
+
+
+def test_dockerfile_is_pinned_non_root_and_copies_what_exists():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    base = re.search(r"^FROM (\S+)", dockerfile, re.MULTILINE).group(1)
+    assert ":" in base and not base.endswith(":latest")
+    assert re.search(r"^USER (?!root)\S+", dockerfile, re.MULTILINE)
+    for source in re.findall(r"^COPY (.+) \S+$", dockerfile, re.MULTILINE):
+        for path in source.split():
+            assert (ROOT / path).exists(), path
+    assert 'ENTRYPOINT ["threadline"]' in dockerfile
+
+
+def test_reader_sql_grants_only_select():
+    sql = (DEPLOY / "clickhouse" / "grafana-reader.sql").read_text()
+    grants = re.findall(r"^GRANT (\w+)", sql, re.MULTILINE)
+    assert grants and set(grants) == {"SELECT"}
+    assert "readonly = 1" in sql
