@@ -4,6 +4,11 @@
   whatever the token and whether or not the broker is up.
 * ``GET|HEAD /c/<token>`` redirects (302) only to the URL inside a genuine click token; anything
   else gets a 404 page, never a redirect (no open redirect).
+* ``POST /u/<token>`` is the one-click unsubscribe of campaign mail (RFC 8058): a genuine
+  unsubscribe token adds its recipient to the tenant's suppression store (``campaigns.suppression_file``
+  in ``worker.data_dir``) and answers 200; anything else gets a 404.  ``GET|HEAD /u/<token>`` only
+  shows a confirmation page with a POST button: link scanners and prefetchers GET every link, so a
+  GET must never unsubscribe.  Unsubscribes are not tracking hits (nothing goes to ``tracking.raw``).
 * ``GET /health`` says whether the broker takes hits and how many wait in the spool.
 
 Every hit, genuine or not, becomes a ``tracking.raw`` record (the tracking agent verifies again,
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import json
 import logging
 import uuid
@@ -28,7 +34,7 @@ from aiohttp import web
 from pipeline.avro import AvroCodec
 from pipeline.broker import producer_config, topic_name
 from pipeline.settings import Settings
-from pipeline.tracking.tokens import TokenError, token_from_path, verify_with_settings
+from pipeline.tracking.tokens import TokenError, token_from_path, verify_unsubscribe, verify_with_settings
 
 log = logging.getLogger("threadline.tracking")
 access_log = logging.getLogger("threadline.tracking.access")
@@ -102,8 +108,27 @@ def _client_ip(request: web.Request) -> str | None:
     return request.remote
 
 
-def build_app(settings: Settings, spool: HitSpool) -> web.Application:
+_UNSUBSCRIBE_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="robots" content="noindex">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title></head>
+<body style="font-family:sans-serif;max-width:32em;margin:3em auto;padding:0 1em">
+<h1 style="font-size:1.3em">{title}</h1>
+{body}
+</body></html>
+"""
+
+
+def _page(title: str, body: str, status: int = 200) -> web.Response:
+    return web.Response(status=status, text=_UNSUBSCRIBE_PAGE.format(title=html.escape(title), body=body),
+                        content_type="text/html", headers=NO_CACHE)
+
+
+def build_app(settings: Settings, spool: HitSpool, suppressions=None) -> web.Application:
+    """``suppressions``: where unsubscribes go (default: the JSONL store in ``worker.data_dir``)."""
+    from pipeline.campaigns.suppression import JsonlSuppressionStore
+
     tracking = settings.tracking
+    suppressions = suppressions if suppressions is not None else JsonlSuppressionStore.from_settings(settings)
     personal_log = tracking.access_log_personal_data
 
     def record(request: web.Request, kind: str, token: str) -> dict:
@@ -144,6 +169,37 @@ def build_app(settings: Settings, spool: HitSpool) -> web.Application:
             return web.Response(status=404, text="This link is not valid.", headers=NO_CACHE)
         raise web.HTTPFound(payload.link_url, headers=NO_CACHE)
 
+    def unsubscribe_payload(request: web.Request):
+        parsed = token_from_path(request.path)
+        if parsed is None or parsed[0] != "unsubscribe":
+            return None
+        try:
+            return verify_unsubscribe(parsed[1], tracking)
+        except TokenError:
+            return None
+
+    def not_valid() -> web.Response:
+        return _page("This link is not valid", "<p>This unsubscribe link is not valid.</p>", status=404)
+
+    async def unsubscribe_form(request: web.Request) -> web.Response:
+        payload = unsubscribe_payload(request)
+        access(request, "unsubscribe-form", payload is not None, 200 if payload else 404)
+        if payload is None:
+            return not_valid()
+        return _page("Unsubscribe", f"<p>Stop sending campaign mail to <strong>{html.escape(payload.recipient)}"
+                     "</strong>?</p>\n<form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" "
+                     "value=\"One-Click\"><button type=\"submit\">Unsubscribe</button></form>")
+
+    async def unsubscribe(request: web.Request) -> web.Response:
+        payload = unsubscribe_payload(request)
+        access(request, "unsubscribe", payload is not None, 200 if payload else 404)
+        if payload is None:
+            return not_valid()
+        await request.read()  # RFC 8058 body "List-Unsubscribe=One-Click"; the signed token decides
+        await asyncio.to_thread(suppressions.add, payload.tenant, payload.recipient,
+                                campaign_id=payload.campaign_id, message_id=payload.message_id)
+        return _page("Unsubscribed", f"<p>{html.escape(payload.recipient)} gets no more campaign mail from us.</p>")
+
     async def health(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "pending_hits": spool.pending, "delivered": spool.delivered,
                                   "spooled": spool.spooled})
@@ -163,6 +219,8 @@ def build_app(settings: Settings, spool: HitSpool) -> web.Application:
     app.router.add_route("HEAD", "/o/{token}", pixel)
     app.router.add_route("GET", "/c/{token}", click)
     app.router.add_route("HEAD", "/c/{token}", click)
+    app.router.add_get("/u/{token}", unsubscribe_form)  # HEAD too: aiohttp adds it to GET routes
+    app.router.add_post("/u/{token}", unsubscribe)
     app.router.add_get("/health", health)
     app.cleanup_ctx.append(poll_deliveries)
     return app

@@ -5,7 +5,8 @@ A token is URL-safe base64 (no padding) of a compact binary record::
     version    1 byte    format version, currently 1
     key id     1 byte length + ASCII   which key of the keyring signed it (rotation)
     flags      1 byte    bit 0: click (else open); bit 1: campaign present; bit 2: link present;
-                         bit 3: message id was wrapped in <...> (the brackets are not stored)
+                         bit 3: message id was wrapped in <...> (the brackets are not stored);
+                         bit 4: unsubscribe (RFC 8058 one-click link; never with bit 0 or 2)
     issued at  4 bytes   seconds since 1970-01-01 UTC, big endian
     strings    varint length + UTF-8 each: tenant, message id, recipient, [campaign], [link]
     MAC        16 bytes  HMAC-SHA256(secret, DOMAIN || everything above), first 16 bytes
@@ -19,7 +20,8 @@ truncation down to 64 bits; 128 keeps a wide margin while saving 16 bytes (22 ch
 Verification checks, in this order, and raises :class:`TokenError` with a stable ``reason``:
 ``malformed`` (not canonical base64url, too short, bad field), ``unsupported_version``,
 ``unknown_key`` (key id not in the keyring: retired or forged), ``bad_signature``,
-``wrong_kind`` (an open token on the click path or the reverse, when the caller says which),
+``wrong_kind`` (a token of another kind than the path's, e.g. an open token on the click path,
+when the caller says which),
 ``expired`` (older than ``max_age_s``, when given).
 """
 
@@ -43,6 +45,7 @@ MAX_STRING_BYTES = 4096  # one field; long URLs fit, absurd input does not
 
 OPEN_PATH = "/o/"   # pixel:  {base_url}/o/{token}.gif
 CLICK_PATH = "/c/"  # click:  {base_url}/c/{token}
+UNSUBSCRIBE_PATH = "/u/"  # one-click unsubscribe: {base_url}/u/{token} (GET: confirmation page, POST: unsubscribe)
 
 MALFORMED = "malformed"
 UNSUPPORTED_VERSION = "unsupported_version"
@@ -52,12 +55,13 @@ WRONG_KIND = "wrong_kind"
 EXPIRED = "expired"
 REASONS = (MALFORMED, UNSUPPORTED_VERSION, UNKNOWN_KEY, BAD_SIGNATURE, WRONG_KIND, EXPIRED)
 
-Kind = Literal["open", "click"]
+Kind = Literal["open", "click", "unsubscribe"]
+KINDS = ("open", "click", "unsubscribe")
 
 _KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,16}")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
-_FLAG_CLICK, _FLAG_CAMPAIGN, _FLAG_LINK, _FLAG_BRACKETS = 1, 2, 4, 8
-_KNOWN_FLAGS = _FLAG_CLICK | _FLAG_CAMPAIGN | _FLAG_LINK | _FLAG_BRACKETS
+_FLAG_CLICK, _FLAG_CAMPAIGN, _FLAG_LINK, _FLAG_BRACKETS, _FLAG_UNSUBSCRIBE = 1, 2, 4, 8, 16
+_KNOWN_FLAGS = _FLAG_CLICK | _FLAG_CAMPAIGN | _FLAG_LINK | _FLAG_BRACKETS | _FLAG_UNSUBSCRIBE
 
 
 class TokenError(ValueError):
@@ -84,8 +88,8 @@ class TokenPayload:
     version: int = VERSION
 
     def __post_init__(self) -> None:
-        if self.kind not in ("open", "click"):
-            raise ValueError(f"kind must be open or click, not {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be open or click (tracking) or unsubscribe, not {self.kind!r}")
         if (self.kind == "click") != (self.link_url is not None):
             raise ValueError("a click token needs link_url; an open token has none")
         if not 0 <= self.issued_at < 2**32:
@@ -201,7 +205,7 @@ def sign_token(payload: TokenPayload, keyring: Keyring) -> str:
     """The URL-safe token for ``payload``, signed with the keyring's current key."""
     key_id = keyring.current_key_id
     message_id = payload.message_id
-    flags = _FLAG_CLICK if payload.kind == "click" else 0
+    flags = {"click": _FLAG_CLICK, "unsubscribe": _FLAG_UNSUBSCRIBE}.get(payload.kind, 0)
     if len(message_id) > 2 and message_id.startswith("<") and message_id.endswith(">"):
         flags |= _FLAG_BRACKETS
         message_id = message_id[1:-1]
@@ -251,7 +255,7 @@ def verify_token(token: str, keyring: Keyring | Mapping[str, str | bytes], *, ma
         raise TokenError(BAD_SIGNATURE)
     # Authentic from here on; the checks below only guard against our own bugs and old formats.
     flags = reader.take(1)[0]
-    if flags & ~_KNOWN_FLAGS:
+    if flags & ~_KNOWN_FLAGS or (flags & _FLAG_UNSUBSCRIBE and flags & _FLAG_CLICK):
         raise TokenError(MALFORMED, "unknown flags")
     (issued_at,) = struct.unpack(">I", reader.take(4))
     tenant, message_id, recipient = reader.string(), reader.string(), reader.string()
@@ -262,7 +266,8 @@ def verify_token(token: str, keyring: Keyring | Mapping[str, str | bytes], *, ma
     if flags & _FLAG_BRACKETS:
         message_id = f"<{message_id}>"
     try:
-        payload = TokenPayload(kind="click" if flags & _FLAG_CLICK else "open", tenant=tenant, message_id=message_id,
+        kind: Kind = "click" if flags & _FLAG_CLICK else "unsubscribe" if flags & _FLAG_UNSUBSCRIBE else "open"
+        payload = TokenPayload(kind=kind, tenant=tenant, message_id=message_id,
                                recipient=recipient, campaign_id=campaign_id, link_url=link_url, issued_at=issued_at)
     except ValueError as exc:
         raise TokenError(MALFORMED, str(exc)) from exc
@@ -282,6 +287,13 @@ def verify_with_settings(token: str, settings: TrackingSettings, *, now: float |
                         now=now, expect_kind=expect_kind)
 
 
+def verify_unsubscribe(token: str, settings: TrackingSettings) -> TokenPayload:
+    """An unsubscribe token, verified with the keyring of the settings but **without** expiry:
+    an opt-out must keep working for as long as its key is listed (turning an old one away would be
+    worse than honouring it).  Any other kind is ``wrong_kind``."""
+    return verify_token(token, Keyring.from_settings(settings), expect_kind="unsubscribe")
+
+
 # -- URLs -------------------------------------------------------------------------------------
 
 def open_url(base_url: str, token: str) -> str:
@@ -292,13 +304,20 @@ def click_url(base_url: str, token: str) -> str:
     return f"{base_url.rstrip('/')}{CLICK_PATH}{token}"
 
 
+def unsubscribe_url(base_url: str, token: str) -> str:
+    return f"{base_url.rstrip('/')}{UNSUBSCRIBE_PATH}{token}"
+
+
 def token_from_path(path: str) -> tuple[Kind, str] | None:
-    """``("open", token)`` for ``/o/TOKEN.gif``, ``("click", token)`` for ``/c/TOKEN``, else None.
-    ``path`` is relative to the base URL's path."""
+    """``("open", token)`` for ``/o/TOKEN.gif``, ``("click", token)`` for ``/c/TOKEN``,
+    ``("unsubscribe", token)`` for ``/u/TOKEN``, else None.  ``path`` is relative to the base URL's path."""
     if path.startswith(OPEN_PATH) and path.endswith(".gif"):
         token = path[len(OPEN_PATH):-len(".gif")]
         return ("open", token) if _BASE64URL.fullmatch(token) else None
     if path.startswith(CLICK_PATH):
         token = path[len(CLICK_PATH):]
         return ("click", token) if _BASE64URL.fullmatch(token) else None
+    if path.startswith(UNSUBSCRIBE_PATH):
+        token = path[len(UNSUBSCRIBE_PATH):]
+        return ("unsubscribe", token) if _BASE64URL.fullmatch(token) else None
     return None

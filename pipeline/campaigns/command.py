@@ -1,0 +1,91 @@
+"""``threadline campaign send``: the command behind the CLI (pipeline/cli.py only parses arguments)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipeline.campaigns.recipients import RecipientListError
+from pipeline.campaigns.send import CampaignError, CampaignInterrupted, SentMail, send_campaign
+from pipeline.campaigns.template import TemplateLoadError, TemplateRenderError
+from pipeline.settings import Settings
+
+USER_ERRORS = (CampaignError, RecipientListError, TemplateLoadError, TemplateRenderError)
+
+
+class _MailRawProducer:
+    """Hands every sent mail to ``mail.raw`` (direction out), so the pipeline correlates replies."""
+
+    def __init__(self, settings: Settings, tenant: str, campaign_id: str) -> None:
+        from confluent_kafka import Producer
+
+        from pipeline.avro import AvroCodec, registry_from_settings
+        from pipeline.broker import create_topics, producer_config, topic_name
+
+        if not settings.kafka.bootstrap:
+            raise CampaignError("--to-mail-raw needs a broker: set THREADLINE_KAFKA_BOOTSTRAP or kafka.bootstrap")
+        create_topics(settings.kafka, settings.kafka.bootstrap, timeout_s=10)
+        self.codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
+        self.producer = Producer(producer_config(settings.kafka, settings.kafka.bootstrap))
+        self.topic = topic_name(settings.kafka, "mail.raw")
+        self.tenant, self.campaign_id = tenant, campaign_id
+        self.errors: list[str] = []
+
+    def __call__(self, mail: SentMail) -> None:
+        from pipeline.streams.records import mail_raw_record
+
+        record = mail_raw_record(tenant=self.tenant, mailbox=f"campaign:{self.campaign_id}", direction="out",
+                                 source=f"campaign:{self.campaign_id}#{mail.row}", raw=mail.data,
+                                 received_at=datetime.now(timezone.utc))
+        while True:
+            try:
+                self.producer.produce(self.topic, self.codec.encode("mail.raw", record), self.tenant.encode(),
+                                      on_delivery=self._delivered)
+                break
+            except BufferError:
+                self.producer.poll(0.1)
+        self.producer.poll(0)
+
+    def _delivered(self, error, _message) -> None:
+        if error is not None and len(self.errors) < 100:
+            self.errors.append(str(error))
+
+    def close(self) -> int:
+        """Undelivered records after 60 s (0 when all arrived)."""
+        return self.producer.flush(60)
+
+
+def run_send(settings: Settings, *, campaign_id: str, template: str, recipients: str, tenant: str = "default",
+             rate: float | None = None, dry_run: bool = False, state: str | None = None, to_mail_raw: bool = False,
+             report_path: str | None = None) -> int:
+    """Send and print the report (stderr); 0 ok, 1 interrupted or mail.raw delivery errors.
+    User errors raise one of :data:`USER_ERRORS`."""
+    producer = _MailRawProducer(settings, tenant, campaign_id) if to_mail_raw and not dry_run else None
+    code = 0
+    try:
+        report = send_campaign(settings, campaign_id, template, recipients, tenant=tenant, rate_per_s=rate,
+                               dry_run=dry_run, state_path=state, producer=producer)
+    except CampaignInterrupted as exc:
+        report, code = exc.report, 1
+        print(f"threadline: {exc}", file=sys.stderr)
+    finally:
+        if producer is not None:
+            undelivered = producer.close()
+            if undelivered or producer.errors:
+                code = 1
+                print(f"threadline: {undelivered} mails not delivered to mail.raw {producer.errors[:3]}",
+                      file=sys.stderr)
+    print(report.format(), file=sys.stderr)
+    for row, address, reason in report.skipped[:20]:
+        print(f"  row {row} {address}: {reason}", file=sys.stderr)
+    if len(report.skipped) > 20:
+        print(f"  ... {len(report.skipped) - 20} more{' (see ' + report_path + ')' if report_path else ''}",
+              file=sys.stderr)
+    if not dry_run:
+        print(f"resume state: {report.state_path}", file=sys.stderr)
+    if report_path:
+        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(report_path).write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return code
