@@ -1,0 +1,445 @@
+"""The SMTP relay without a broker: stamping and marking (pure), the queue, upstream outcomes,
+and the relay's replies with a fake mail.raw writer."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import email
+import email.policy
+import logging
+import re
+import shutil
+import smtplib
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from pipeline.broker import free_port
+from pipeline.correlation.engine import parse_xref
+from pipeline.correlation.tokens import TokenCounter
+from pipeline.mail.parse import parse_mail
+from pipeline.mail.relay import (
+    RecordWriteError, RelayError, RelayQueue, SmtpRelay, deliver_upstream, hop_count, load_counter,
+    outbound_copies, prepare_outbound, save_counter, to_crlf,
+)
+from pipeline.settings import RelaySettings, Settings, SettingsError, TrackingSettings, load_settings
+from pipeline.tracking.tokens import Keyring, verify_token
+
+NOW = 1_772_442_000
+TRACKING = TrackingSettings(base_url="https://t.example/track", keys={"k1": "a-test-secret-0123456789"},
+                            current_key_id="k1")
+PIXEL = re.compile(r'<img src="https://t\.example/track/o/([A-Za-z0-9_-]+)\.gif"')
+
+
+def pixel_token(raw: bytes) -> str | None:
+    """The open token of the pixel in the mail's HTML body (decoded), if any."""
+    body = email.message_from_bytes(raw, policy=email.policy.default).get_body(("html",))
+    found = PIXEL.search(body.get_content()) if body is not None else None
+    return found.group(1) if found else None
+
+
+def settings(**relay) -> Settings:
+    return Settings(tracking=TRACKING, relay=RelaySettings(**relay))
+
+
+def mail(*, subject: str = "Quote for 12 pumps", message_id: str | None = "<q1@acme.test>", extra: str = "",
+         body: str = "Hello Bob,\nthe quote is attached.\n", content_type: str = "text/plain") -> bytes:
+    lines = ["From: Ann <ann@acme.test>", "To: Bob <bob@customer.test>", f"Subject: {subject}"]
+    if message_id:
+        lines.append(f"Message-ID: {message_id}")
+    lines += [line for line in extra.splitlines() if line]
+    lines += ["MIME-Version: 1.0", f"Content-Type: {content_type}; charset=utf-8", "", body.replace("\n", "\r\n")]
+    return "\r\n".join(lines).encode()
+
+
+def headers_of(raw: bytes) -> str:
+    return raw.split(b"\r\n\r\n", 1)[0].decode()
+
+
+def test_message_id_is_added_only_when_absent_and_the_rest_is_kept_byte_for_byte():
+    raw = mail()
+    out = prepare_outbound(raw, settings(), None, now=NOW)
+    assert out.count(b"Message-ID:") == 1 and b"Message-ID: <q1@acme.test>\r\n" in out
+    assert out.startswith(raw.split(b"\r\n\r\n")[0])           # the client's header fields, untouched
+    assert out.endswith(b"\r\n\r\n" + raw.split(b"\r\n\r\n", 1)[1])  # the body, untouched
+
+    stamped = prepare_outbound(mail(message_id=None), settings(), None, now=NOW)
+    found = re.findall(rb"Message-ID: <([0-9a-f-]{36})@threadline>\r\n", stamped)
+    assert len(found) == 1
+    # A Date is added when the client sent none; a second pass changes nothing more.
+    assert b"Date: " in stamped
+    assert prepare_outbound(stamped, settings(), None, now=NOW) == stamped
+
+    custom = Settings(correlation={"instance_id": "acme prod"}, relay=RelaySettings())
+    assert re.search(rb"Message-ID: <[0-9a-f-]{36}@acme-prod>", prepare_outbound(mail(message_id=None), custom, None))
+    # A Message-ID with nothing usable in it is replaced (it could never be referenced).
+    broken = prepare_outbound(mail(message_id="no id here"), settings(), None, now=NOW)
+    assert b"no id here" not in broken and re.search(rb"Message-ID: <[0-9a-f-]{36}@threadline>", broken)
+
+
+def test_reference_header_names_the_mail_itself_and_the_parser_reads_it():
+    for message_id in ("<q1@acme.test>", None):
+        out = prepare_outbound(mail(message_id=message_id), settings(), None, now=NOW)
+        parsed = parse_mail(out, direction="out")
+        fields = parse_xref(parsed.xref)
+        assert fields == {"instance": "threadline", "ref": parsed.message_id}
+        if message_id:
+            assert parsed.message_id == message_id
+    # A header the client set already is kept as it is.
+    own = mail(extra="X-Threadline-Ref: instance=threadline; ref=<other@acme.test>")
+    out = prepare_outbound(own, settings(), None, now=NOW)
+    assert headers_of(out).count("X-Threadline-Ref") == 1
+    assert parse_xref(parse_mail(out).xref)["ref"] == "<other@acme.test>"
+
+
+def test_regarding_header_moves_into_the_reference_header():
+    raw = mail(extra="X-Threadline-Regarding:  SUPP-11102003.2512242023 ")
+    out = prepare_outbound(raw, settings(), None, now=NOW)
+    assert "X-Threadline-Regarding" not in headers_of(out)
+    assert parse_xref(parse_mail(out).xref) == {"instance": "threadline", "ref": "<q1@acme.test>",
+                                                "regarding": "SUPP-11102003.2512242023"}
+    # Folded over two lines, with the field separator in it: one clean record id.
+    folded = prepare_outbound(mail(extra="X-Threadline-Regarding: LEAD-7;\r\n x"), settings(), None, now=NOW)
+    assert parse_xref(parse_mail(folded).xref)["regarding"] == "LEAD-7 x"
+    # Not ASCII: left out, and the client's header still does not leave.
+    odd = prepare_outbound(mail(extra="X-Threadline-Regarding: =?utf-8?q?F=C3=A4lle?="), settings(), None, now=NOW)
+    assert "regarding" not in parse_xref(parse_mail(odd).xref) and "Regarding" not in headers_of(odd)
+
+
+def test_track_in_the_subject_opts_in_to_the_pixel_and_the_tag_is_removed():
+    html = "<html><body><p>See <a href=\"https://shop.example/p\">the offer</a></p></body></html>\n"
+    out = prepare_outbound(mail(subject="Spring offer #track", body=html, content_type="text/html"), settings(),
+                           None, recipient="bob@customer.test", now=NOW)
+    parsed = parse_mail(out, direction="out")
+    assert parsed.subject == "Spring offer"
+    token = pixel_token(out)
+    assert token, out
+    payload = verify_token(token, Keyring.from_settings(TRACKING))
+    assert (payload.kind, payload.message_id, payload.recipient) == ("open", "<q1@acme.test>", "bob@customer.test")
+    assert parse_xref(parsed.xref)["ref"] == "<q1@acme.test>"  # stamping survives the marking
+    # Without an opt-in nothing is marked.
+    plain = prepare_outbound(mail(body=html, content_type="text/html"), settings(), None, now=NOW)
+    assert pixel_token(plain) is None and b"https://shop.example/p" in plain
+
+
+def test_tracked_mail_to_several_recipients_leaves_as_one_marked_copy_each():
+    html = "<html><body><p>Hi</p></body></html>\n"
+    raw = mail(subject="News #track", body=html, content_type="text/html")
+    copies = outbound_copies(raw, settings(), None, sender="ann@acme.test",
+                             recipients=["bob@customer.test", "eve@other.test"], now=NOW)
+    assert [rcpts for rcpts, _ in copies] == [("bob@customer.test",), ("eve@other.test",)]
+    keyring = Keyring.from_settings(TRACKING)
+    recipients = [verify_token(pixel_token(data), keyring).recipient for _, data in copies]
+    assert recipients == ["bob@customer.test", "eve@other.test"]
+    ids = {parse_mail(data).message_id for _, data in copies}
+    assert len(ids) == 1  # one mail, one Message-ID
+    untracked = outbound_copies(mail(), settings(), None, sender="ann@acme.test",
+                                recipients=["bob@customer.test", "eve@other.test"], now=NOW)
+    assert [rcpts for rcpts, _ in untracked] == [("bob@customer.test", "eve@other.test")]
+
+
+def test_subject_tokens_when_enabled_per_sender_number_and_kept_on_replies():
+    on = settings(subject_tokens=True, sender_user_numbers={"Ann@Acme.test": 7})
+    counter = TokenCounter(on.correlation.tracking_token)
+    first = prepare_outbound(mail(), on, counter, sender="ann@acme.test", now=NOW)
+    assert parse_mail(first).subject == "Quote for 12 pumps CRM:0007001"
+    second = prepare_outbound(mail(), on, counter, sender="ANN@acme.test", now=NOW)
+    assert parse_mail(second).subject.endswith("CRM:0007002")
+    # Unknown envelope sender: the From address decides; neither listed: user 0.
+    by_from = prepare_outbound(mail(), on, counter, sender="bounces@acme.test", now=NOW)
+    assert parse_mail(by_from).subject.endswith("CRM:0007003")
+    other = prepare_outbound(mail().replace(b"ann@acme.test", b"carl@acme.test"), on, counter, sender=None, now=NOW)
+    assert parse_mail(other).subject.endswith("CRM:0000001")
+    # A reply carries its conversation's token: no new one, no counter used.
+    reply = prepare_outbound(mail(subject="RE: Quote for 12 pumps CRM:0007001"), on, counter, sender="ann@acme.test")
+    assert parse_mail(reply).subject == "RE: Quote for 12 pumps CRM:0007001"
+    assert counter.state() == {7: 4, 0: 2}
+    # An encoded subject gets the token after its encoded words; the decoded subject reads right.
+    encoded = prepare_outbound(mail(subject="=?utf-8?q?Angebot_f=C3=BCr_Sie?="), on, counter, sender="ann@acme.test")
+    assert parse_mail(encoded).subject == "Angebot für Sie CRM:0007004"
+    # #track and a token together: the tag goes, the token stays.
+    both = prepare_outbound(mail(subject="Offer #track"), on, counter, sender="ann@acme.test",
+                            recipient="bob@customer.test", now=NOW)
+    assert parse_mail(both).subject == "Offer CRM:0007005"
+    # Off by default.
+    assert parse_mail(prepare_outbound(mail(), settings(), TokenCounter(on.correlation.tracking_token))).subject \
+        == "Quote for 12 pumps"
+
+
+def test_token_counters_persist(tmp_path):
+    on = settings(subject_tokens=True)
+    path = tmp_path / "counters.json"
+    counter = load_counter(path, on.correlation.tracking_token)
+    prepare_outbound(mail(), on, counter)
+    prepare_outbound(mail(), on, counter)
+    save_counter(path, counter)
+    again = load_counter(path, on.correlation.tracking_token)
+    assert parse_mail(prepare_outbound(mail(), on, again)).subject.endswith("CRM:0000003")
+    path.write_text("not json")
+    with pytest.raises(RelayError, match="counter"):
+        load_counter(path, on.correlation.tracking_token)
+
+
+def test_line_ends_and_hops():
+    assert to_crlf(b"a\nb\r\nc\n") == b"a\r\nb\r\nc\r\n"
+    assert hop_count(b"Received: a\r\n b\r\nReceived: c\r\nSubject: x\r\n\r\nReceived: body\r\n") == 2
+
+
+def test_relay_settings_validate_and_read_json_from_the_environment():
+    loaded = load_settings(environ={"THREADLINE_RELAY_SENDER_USER_NUMBERS": '{"Ann@Acme.Test": 7}',
+                                    "THREADLINE_RELAY_UPSTREAM_HOST": "smtp.acme.test"})
+    assert loaded.relay.sender_user_numbers == {"ann@acme.test": 7}
+    assert "secret" not in repr(RelaySettings(auth_username="u", auth_password="secret", upstream_password="secret"))
+    for bad in ({"THREADLINE_RELAY_TLS_CERT_FILE": "/x.pem"}, {"THREADLINE_RELAY_AUTH_USERNAME": "u"},
+                {"THREADLINE_RELAY_SENDER_USER_NUMBERS": "{nope"}):
+        with pytest.raises(SettingsError):
+            load_settings(environ=bad)
+
+
+# -- queue and upstream -----------------------------------------------------------------------
+def test_queue_files_are_durable_exclusive_and_rewritable(tmp_path):
+    queue = RelayQueue(tmp_path / "q")
+    queue.open()
+    try:
+        (queue.directory / ".x.msg.tmp").write_bytes(b"half")
+        name = queue.new_name()
+        queue.put(name, "ann@acme.test", ["bob@customer.test", "eve@other.test"], ["BODY=8BITMIME"], b"data\r\n",
+                  "<q1@acme.test>")
+        assert queue.pending() == [name]
+        item = queue.load(name)
+        assert (item.mail_from, item.rcpt_tos, item.data, item.message_id) == (
+            "ann@acme.test", ("bob@customer.test", "eve@other.test"), b"data\r\n", "<q1@acme.test>")
+        queue.keep_for(item, ["eve@other.test"])
+        assert queue.load(name).rcpt_tos == ("eve@other.test",)
+        queue.fail(item, {"bob@customer.test": "550 no such user"})
+        assert (queue.failed_dir / name).is_file() and queue.pending() == [name]
+        queue.remove(name)
+        assert queue.pending() == []
+        assert queue.claim("a") and not queue.claim("a")
+        queue.release("a")
+        assert queue.claim("a")
+        with pytest.raises(RelayError, match="another relay"):
+            RelayQueue(tmp_path / "q").open()
+    finally:
+        queue.close()
+    RelayQueue(tmp_path / "q").open()  # the lock went with the first queue
+
+
+class Upstream:
+    """A real SMTP server whose RCPT answers are chosen per address."""
+
+    def __init__(self, port: int | None = None, answers: dict[str, str] | None = None) -> None:
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        self.answers = answers or {}
+        self.port = port or free_port()
+        self.controller: Controller | None = None
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        answer = self.answers.get(address)
+        if answer:
+            return answer
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 OK"
+
+    def start(self) -> None:  # a stopped Controller cannot start again: a new one, same port
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def test_upstream_outcomes_per_recipient():
+    with Upstream(answers={"gone@x.test": "550 5.1.1 no such user", "busy@x.test": "451 4.2.0 try later"}) as up:
+        relay = RelaySettings(upstream_host="127.0.0.1", upstream_port=up.port, upstream_timeout_s=5)
+        result = deliver_upstream(relay, "ann@acme.test", ["bob@x.test", "gone@x.test", "busy@x.test"], b"S: x\r\n\r\nb\r\n")
+        assert result.delivered == ("bob@x.test",)
+        assert list(result.permanent) == ["gone@x.test"] and result.permanent["gone@x.test"].startswith("550")
+        assert list(result.temporary) == ["busy@x.test"] and not result.unreachable
+        assert up.messages == [("ann@acme.test", ["bob@x.test"], b"S: x\r\n\r\nb\r\n")]
+    down = deliver_upstream(relay, "ann@acme.test", ["bob@x.test"], b"x\r\n")
+    assert down.unreachable and list(down.temporary) == ["bob@x.test"] and not down.delivered
+
+
+# -- the relay with a fake mail.raw writer ----------------------------------------------------
+class FakeWriter:
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self.fail: RecordWriteError | None = None
+
+    def write(self, tenant: str, record: dict) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        if self.fail:
+            future.set_exception(self.fail)
+        else:
+            self.records.append(record)
+            future.set_result((0, len(self.records)))
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+def relay_settings(tmp_path: Path, upstream_port: int, **relay) -> Settings:
+    return Settings(tracking=TRACKING, worker={"data_dir": tmp_path / "data"},
+                    relay=RelaySettings(upstream_host="127.0.0.1", upstream_port=upstream_port, upstream_timeout_s=5,
+                                        retry_interval_s=0.1, retry_max_interval_s=0.2, **relay))
+
+
+def send(port: int, raw: bytes, rcpts=("bob@customer.test",)) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.sendmail("ann@acme.test", list(rcpts), raw)
+
+
+def wait_for(predicate, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_relay_records_then_relays_queues_while_the_upstream_is_down_and_refuses_when_not_recorded(tmp_path):
+    port = free_port()
+    writer = FakeWriter()
+    with Upstream(port=port) as up, SmtpRelay(relay_settings(tmp_path, port), "unused:9092", None,
+                                              host="127.0.0.1", port=free_port(), writer=writer) as relay:
+        send(relay.port, mail(message_id=None))
+        assert len(up.messages) == 1 and len(writer.records) == 1
+        record = writer.records[0]
+        assert (record["direction"], record["mailbox"], record["source"]) == ("out", "smtp-relay", "smtp")
+        assert record["raw"] == up.messages[0][2]
+        assert record["raw"].startswith(b"Received: from ") and b"X-Threadline-Ref: instance=threadline" in record["raw"]
+        assert relay.queue.pending() == []
+
+        writer.fail = RecordWriteError("mail.raw: Local: Message timed out")
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            send(relay.port, mail(subject="not recorded"))
+        assert refused.value.smtp_code == 451 and len(up.messages) == 1
+        writer.fail = RecordWriteError("mail.raw: too large", permanent=True)
+        with pytest.raises(smtplib.SMTPDataError) as too_big:
+            send(relay.port, mail(subject="too big"))
+        assert too_big.value.smtp_code == 552
+        writer.fail = None
+        up.stop()
+
+        send(relay.port, mail(subject="while down"))
+        assert len(relay.queue.pending()) == 1 and len(writer.records) == 2
+        up.start()
+        wait_for(lambda: len(up.messages) == 2 and not relay.queue.pending())
+        assert b"Subject: while down" in up.messages[1][2] and up.messages[1][2] == writer.records[1]["raw"]
+
+
+def test_inbound_relay_changes_nothing_but_the_trace_header(tmp_path):
+    port = free_port()
+    writer = FakeWriter()
+    raw = mail(message_id=None, subject="#track me")
+    with Upstream(port=port) as up, SmtpRelay(relay_settings(tmp_path, port, subject_tokens=True), "unused:9092",
+                                              None, inbound=True, host="127.0.0.1", port=free_port(),
+                                              writer=writer) as relay:
+        send(relay.port, raw)
+    relayed = up.messages[0][2]
+    assert relayed.startswith(b"Received: from ") and relayed.count(b"Received:") == 1
+    assert relayed.endswith(b"\r\n" + raw)  # the client's bytes, unchanged, after our trace header
+    assert relayed == writer.records[0]["raw"]
+    assert (writer.records[0]["direction"], writer.records[0]["mailbox"]) == ("in", "smtp-inbound")
+    assert relay.queue.directory.name == "inbound"
+
+
+def test_refused_for_good_during_the_session_goes_back_to_the_client(tmp_path):
+    port = free_port()
+    with Upstream(port=port, answers={"gone@customer.test": "550 5.1.1 no such user"}) as up, \
+            SmtpRelay(relay_settings(tmp_path, port), "unused:9092", None, host="127.0.0.1", port=free_port(),
+                      writer=FakeWriter()) as relay:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            send(relay.port, mail(), rcpts=["gone@customer.test"])
+        assert refused.value.smtp_code == 550 and b"no such user" in refused.value.smtp_error
+        # One of two refused: the client hears 250, the refused recipient is kept in failed/.
+        send(relay.port, mail(), rcpts=["gone@customer.test", "bob@customer.test"])
+        assert [m[1] for m in up.messages] == [["bob@customer.test"]]
+        assert relay.queue.pending() == [] and len(list(relay.queue.failed_dir.glob("*.msg"))) == 1
+
+
+def test_relay_refuses_unsafe_or_incomplete_configurations(tmp_path):
+    with pytest.raises(RelayError, match="upstream_host"):
+        SmtpRelay(Settings(), "x:1", None).check()
+    with pytest.raises(RelayError, match="STARTTLS"):
+        SmtpRelay(relay_settings(tmp_path, 25, auth_username="u", auth_password="p"), "x:1", None).check()
+    with pytest.raises(RelayError, match="loopback"):
+        SmtpRelay(relay_settings(tmp_path, 25, auth_username="u", auth_password="p", auth_allow_plaintext=True),
+                  "x:1", None, host="0.0.0.0").check()
+    with pytest.raises(RelayError, match="user_digits"):
+        SmtpRelay(relay_settings(tmp_path, 25, sender_user_numbers={"a@b.c": 1000}), "x:1", None).check()
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_plaintext_auth_on_loopback_and_credentials_stay_out_of_the_log(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    port = free_port()
+    secret = "s3cret-Password"
+    with Upstream(port=port) as up, SmtpRelay(
+            relay_settings(tmp_path, port, auth_username="desk", auth_password=secret, auth_allow_plaintext=True),
+            "unused:9092", None, host="127.0.0.1", port=free_port(), writer=FakeWriter()) as relay:
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            with pytest.raises(smtplib.SMTPSenderRefused) as refused:  # no login, no relaying
+                client.sendmail("ann@acme.test", ["bob@customer.test"], mail())
+            assert refused.value.smtp_code == 530
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                client.login("desk", "wrong-password")
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            client.ehlo()
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                client.user, client.password = "desk", "wrong-password"  # LOGIN: one line per answer
+                client.auth("LOGIN", client.auth_login, initial_response_ok=False)
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            client.login("desk", secret)
+            client.sendmail("ann@acme.test", ["bob@customer.test"], mail())
+        assert len(up.messages) == 1 and b"with ESMTPA id" in up.messages[0][2]
+    for text in (secret, "wrong-password"):
+        assert text not in caplog.text and base64.b64encode(text.encode()).decode()[:12] not in caplog.text
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_starttls_is_required_before_mail_and_auth(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    port = free_port()
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    with Upstream(port=port) as up, SmtpRelay(
+            relay_settings(tmp_path, port, tls_cert_file=cert, tls_key_file=key, auth_username="desk",
+                           auth_password="s3cret-Password"),
+            "unused:9092", None, host="127.0.0.1", port=free_port(), writer=FakeWriter()) as relay:
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            client.ehlo()
+            assert client.has_extn("starttls") and not client.has_extn("auth")
+            with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+                client.sendmail("ann@acme.test", ["bob@customer.test"], mail())
+            assert refused.value.smtp_code == 530
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            client.starttls(context=context)
+            client.ehlo()
+            assert "PLAIN" in client.esmtp_features["auth"] and "LOGIN" in client.esmtp_features["auth"]
+            client.login("desk", "s3cret-Password")
+            client.sendmail("ann@acme.test", ["bob@customer.test"], mail())
+    assert len(up.messages) == 1 and b"with ESMTPSA id" in up.messages[0][2]
