@@ -162,6 +162,18 @@ def cmd_mark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_campaign(args: argparse.Namespace) -> int:
+    from pipeline.campaigns.command import USER_ERRORS, run_send
+
+    settings = _settings(args)
+    try:
+        return run_send(settings, campaign_id=args.campaign, template=args.template, recipients=args.recipients,
+                        tenant=args.tenant, rate=args.rate, dry_run=args.dry_run, state=args.state,
+                        to_mail_raw=args.to_mail_raw, report_path=args.report)
+    except USER_ERRORS as exc:
+        raise UserError(str(exc)) from exc
+
+
 # -- bench ------------------------------------------------------------------------------------
 def cmd_bench_correlate(args: argparse.Namespace) -> int:
     from pipeline.bench.correlate import run_correlate_bench
@@ -276,6 +288,40 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     for error in report.errors[:10]:
         print(f"  delivery error: {error}", file=sys.stderr)
     return 1 if report.errors else 0
+
+
+def cmd_imap(args: argparse.Namespace) -> int:
+    import logging
+
+    from pipeline.avro import AvroCodec, registry_from_settings
+    from pipeline.broker import create_topics
+    from pipeline.mail.imap import DeliveryError, ImapError, ImapPoller
+
+    settings = _settings(args)
+    bootstrap = _bootstrap(settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    create_topics(settings.kafka, bootstrap)
+    codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
+    try:
+        poller = ImapPoller(settings, bootstrap, codec)
+    except ImapError as exc:
+        raise UserError(str(exc)) from exc
+    if not args.once:
+        print(f"polling {', '.join(f['name'] for f in settings.imap.folders)} at {settings.imap.host}; Ctrl-C stops",
+              file=sys.stderr)
+    try:
+        poller.run(once=args.once)
+    except DeliveryError as exc:
+        print(f"threadline: {exc}", file=sys.stderr)
+        return 1
+    except ImapError as exc:
+        raise UserError(str(exc)) from exc
+    except KeyboardInterrupt:
+        pass
+    finally:
+        poller.close()
+        print(poller.report.format(), file=sys.stderr)
+    return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -424,6 +470,22 @@ def cmd_tracking(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_smtp(args: argparse.Namespace) -> int:
+    import logging
+
+    from pipeline.avro import AvroCodec, registry_from_settings
+    from pipeline.mail.relay import RelayError, run_relay
+
+    settings = _settings(args)
+    bootstrap = _bootstrap(settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run_relay(settings, bootstrap, AvroCodec(registry_from_settings(settings.schema_registry.url)),
+                         inbound=True if args.inbound else None, host=args.host, port=args.port)
+    except (RelayError, OSError) as exc:  # OSError: the port is taken or not ours to bind
+        raise UserError(str(exc)) from exc
+
+
 def cmd_notify(args: argparse.Namespace) -> int:
     import logging
 
@@ -567,6 +629,23 @@ def build_parser() -> argparse.ArgumentParser:
     mark.add_argument("--tenant", default="default")
     mark.add_argument("--recipient", metavar="ADDR", help="recipient the tokens name (default: the only one)")
 
+    campaign = command("campaign", lambda a: campaign.print_help() or 2, "Campaign mail: personalised, tracked, "
+                       "rate limited, resumable, with one-click unsubscribe.")
+    campaign_send = campaign.add_subparsers(dest="campaign_command", required=True).add_parser(
+        "send", help="send a template to a CSV recipient list through the configured SMTP server")
+    campaign_send.set_defaults(handler=cmd_campaign)
+    campaign_send.add_argument("--campaign", required=True, metavar="ID", help="campaign id (in every token)")
+    campaign_send.add_argument("--template", required=True, metavar="T.toml|DIR",
+                               help="TOML with subject/text/html, or a folder with subject.txt, body.txt, body.html")
+    campaign_send.add_argument("--recipients", required=True, metavar="R.csv", help="CSV with a header and an email column")
+    campaign_send.add_argument("--tenant", default="default")
+    campaign_send.add_argument("--rate", type=float, metavar="N", help="mails per second (default: campaigns.rate_per_s)")
+    campaign_send.add_argument("--dry-run", action="store_true", help="check and render every mail, send nothing")
+    campaign_send.add_argument("--state", metavar="FILE", help="resume state (default: in worker.data_dir/campaigns)")
+    campaign_send.add_argument("--to-mail-raw", action="store_true", help="also produce every sent mail to mail.raw "
+                               "(direction out) on kafka.bootstrap")
+    campaign_send.add_argument("--report", metavar="FILE", help="write the report, every skipped row included, as JSON")
+
     demo = command("demo", cmd_demo, "Correlate a real corpus, score it and explain a few decisions.")
     demo.add_argument("--corpus", default="../shared/corpus/ponymail", help="folder with messages.mbox and truth.jsonl")
     demo.add_argument("--out-dir", default="data/demo")
@@ -588,6 +667,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: out when the sender is in untracked.own_domains")
     ingest.add_argument("--mailbox-name", help="mailbox name recorded with every mail (default: the path)")
     progress_flag(ingest)
+
+    imap = command("imap", cmd_imap, "Poll the IMAP folders of imap.* into mail.raw (IDLE where offered; "
+                   "docs/imap.md).")
+    imap.add_argument("--once", action="store_true", help="ingest what is new in every folder, then exit")
 
     worker = command("worker", cmd_worker, "Run one correlator worker (Faust) against kafka.bootstrap.")
     worker.add_argument("-l", "--log-level", default="info", choices=("crit", "error", "warn", "info", "debug"))
@@ -615,6 +698,13 @@ def build_parser() -> argparse.ArgumentParser:
     tracking.add_argument("--port", type=int, default=8080)
     tracking.add_argument("--access-log", action="store_true", help="log every request (no personal data "
                           "unless tracking.access_log_personal_data)")
+
+    smtp = command("smtp", cmd_smtp, "SMTP relay: record every mail in mail.raw, then hand it to relay.upstream_host "
+                   "(queued and retried while the upstream is down).")
+    smtp.add_argument("--inbound", action="store_true", help="MX-side filter: direction in, nothing stamped or marked "
+                      "(default: relay.mode)")
+    smtp.add_argument("--host", help="listen address (default: relay.host)")
+    smtp.add_argument("--port", type=int, help="listen port (default: relay.port)")
 
     generate = command("generate", cmd_generate, "Produce seeded campaign traffic: sends, opens, clicks, replies, "
                        "bounces, conversions.")

@@ -430,6 +430,201 @@ class NotificationSettings(_Section):
     backoff_s: float = Field(1.0, ge=0, le=600, description="First retry delay; doubles on every attempt.")
 
 
+class CampaignSettings(_Section):
+    """Campaign sending (``threadline campaign send``, docs/campaigns.md): SMTP, rate, recipient checks.
+
+    SMTP: when ``smtp_host`` is unset, the whole connection (host, port, STARTTLS, user, password)
+    of ``[notifications]`` is used; when it is set, only the ``smtp_*`` fields below count.
+    """
+
+    sender: str | None = Field(None, description="From address (and envelope sender) of campaign mail; unset: "
+                               "notifications.sender.")
+    sender_name: str | None = Field(None, description="Display name in From, e.g. 'ACME News'; unset: none.")
+    smtp_host: str | None = Field(None, description="SMTP server for campaign mail; unset: the [notifications] "
+                                  "SMTP server (host, port, starttls, username, password).")
+    smtp_port: int = Field(25, ge=1, le=65535, description="SMTP port (587 with STARTTLS, 465 is not supported).")
+    smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS before sending.")
+    smtp_username: str | None = Field(None, description="SMTP AUTH user; unset: no AUTH.")
+    smtp_password: str | None = Field(None, repr=False, description="SMTP AUTH password (never logged).")
+    smtp_timeout_s: float = Field(30.0, gt=0, le=600, description="Longest wait for one SMTP command.")
+    rate_per_s: float = Field(10.0, gt=0, le=10_000, description="Mails sent per second at most (token bucket).")
+    burst: int = Field(1, ge=1, le=10_000, description="Mails that may go out back to back before the rate applies.")
+    mx_timeout_s: float = Field(5.0, gt=0, le=60, description="Longest wait for the DNS lookup (MX, else A/AAAA) "
+                                "of one recipient domain.")
+    skip_on_mx_timeout: bool = Field(False, description="True: a recipient whose domain lookup timed out or failed "
+                                     "temporarily is skipped (mx_timeout / mx_error); False: it is sent and counted.")
+    smtp_probe: bool = Field(False, description="Ask the recipient's mail server (RCPT TO, no mail sent) whether the "
+                             "address exists; off by default (slow, often blocked, catch-all servers say yes).")
+    smtp_probe_timeout_s: float = Field(10.0, gt=0, le=120, description="Longest wait for one SMTP probe command.")
+    suppression_file: str = Field("suppressions.jsonl", description="Unsubscribed addresses (JSONL) in "
+                                  "worker.data_dir; written by the tracking endpoint, read by every send.")
+
+    @field_validator("sender")
+    @classmethod
+    def _sender_is_address(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value):
+            raise ValueError(f"sender {value!r} must be a plain address like news@example.com")
+        return value
+
+    @field_validator("suppression_file")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        if not value or "/" in value or "\\" in value or value in (".", ".."):
+            raise ValueError("suppression_file must be a file name inside worker.data_dir, without folders")
+        return value
+
+
+class ImapSettings(_Section):
+    """The IMAP poller (``threadline imap``, docs/imap.md): folders whose new mail goes to ``mail.raw``.
+
+    ``password`` is a secret: it is excluded from ``repr`` and must never be logged.
+    """
+
+    host: str | None = Field(None, description="IMAP server; unset: `threadline imap` refuses to start.")
+    port: int | None = Field(None, ge=1, le=65535, description="IMAP port; unset: 993 with ssl, else 143.")
+    ssl: bool = Field(True, description="IMAP over TLS (IMAPS); False: plain text (only for a local test server).")
+    username: str | None = Field(None, description="Login name.")
+    password: str | None = Field(None, repr=False, description="SECRET, never logged: the login password.")
+    tenant: str = Field("default", min_length=1, description="Tenant of every mail the poller produces.")
+    folders: tuple[dict[str, str], ...] = Field(
+        ({"name": "INBOX", "direction": "in"}, {"name": "Sent", "direction": "out"}),
+        min_length=1,
+        description=(
+            "Folders to watch, in order, as {name, direction}; direction in, out or auto (auto: out when the "
+            "sender is in untracked.own_domains). The first folder is the one IDLE waits on. In a variable: JSON."
+        ),
+    )
+    poll_interval_s: float = Field(
+        60.0, gt=0, le=3600, description="Seconds between polls; with IDLE, the longest wait for the first folder "
+        "(at most 29 minutes, RFC 2177) and the poll interval of the other folders."
+    )
+    idle: bool = Field(True, description="Wait with IMAP IDLE when the server offers it (new mail in the first folder "
+                       "is ingested at once); False or not offered: poll every poll_interval_s.")
+    batch_size: int = Field(100, ge=1, le=10_000, description="Messages fetched and produced per batch; the state file "
+                            "is written after each batch is acknowledged by Kafka.")
+    timeout_s: float = Field(60.0, gt=0, le=600, description="Longest wait for the server's answer to one command.")
+    state_file: str = Field("imap-state.json", description="UIDVALIDITY and last UID per folder (JSON) in "
+                            "worker.data_dir; restarts continue from it.")
+
+    @field_validator("folders", mode="before")
+    @classmethod
+    def _folders_from_json(cls, value: Any) -> Any:
+        if isinstance(value, str):  # THREADLINE_IMAP_FOLDERS='[{"name": "INBOX", "direction": "in"}]'
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"folders is not a JSON list: {exc}") from exc
+        return value
+
+    @field_validator("folders")
+    @classmethod
+    def _folders_are_named(cls, value: tuple[dict[str, str], ...]) -> tuple[dict[str, str], ...]:
+        folders = []
+        for folder in value:
+            unknown = sorted(set(folder) - {"name", "direction"})
+            if unknown:
+                raise ValueError(f"a folder has only name and direction, not {', '.join(unknown)}")
+            name, direction = str(folder.get("name", "")).strip(), str(folder.get("direction", "in")).strip().lower()
+            if not name:
+                raise ValueError("every folder needs a name")
+            if direction not in ("in", "out", "auto"):
+                raise ValueError(f"folder {name!r}: direction must be in, out or auto, not {direction!r}")
+            folders.append({"name": name, "direction": direction})
+        names = [f["name"] for f in folders]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"folders are listed twice: {', '.join(duplicates)}")
+        return tuple(folders)
+
+    @field_validator("state_file")
+    @classmethod
+    def _state_file_name(cls, value: str) -> str:
+        if not value or "/" in value or "\\" in value or value in (".", ".."):
+            raise ValueError("state_file must be a file name inside worker.data_dir, without folders")
+        return value
+
+    def effective_port(self) -> int:
+        return self.port or (993 if self.ssl else 143)
+
+
+class RelaySettings(_Section):
+    """``threadline smtp``: the SMTP relay that records every mail in ``mail.raw`` (docs/smtp.md).
+
+    ``upstream_password`` and ``auth_password`` are secrets: excluded from ``repr``, never logged.
+    """
+
+    mode: Literal["outbound", "inbound"] = Field(
+        "outbound", description="outbound: the organisation's clients submit here (mail is stamped and marked); "
+        "inbound: an MX-side filter (nothing is changed). `threadline smtp --inbound` overrides it."
+    )
+    host: str = Field("127.0.0.1", description="Address the relay listens on.")
+    port: int = Field(2525, ge=1, le=65535, description="Port the relay listens on (25 / 587 need privileges).")
+    tenant: str = Field("default", min_length=1, description="Tenant of every mail.raw record the relay writes.")
+    upstream_host: str | None = Field(None, description="Smarthost (outbound) or next hop (inbound) the relay "
+                                      "hands every mail to; required.")
+    upstream_port: int = Field(25, ge=1, le=65535, description="Port of the upstream (587 with STARTTLS).")
+    upstream_starttls: bool = Field(False, description="Upgrade the upstream connection with STARTTLS "
+                                    "(certificate verified).")
+    upstream_username: str | None = Field(None, description="SMTP AUTH user at the upstream; unset: no AUTH.")
+    upstream_password: str | None = Field(None, repr=False, description="SECRET, never logged: SMTP AUTH password "
+                                          "at the upstream.")
+    upstream_timeout_s: float = Field(60.0, gt=0, le=600, description="Longest wait for one upstream SMTP command.")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate (chain) for STARTTLS; with tls_key_file, "
+                                       "STARTTLS is offered and required before MAIL.")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    auth_username: str | None = Field(None, description="User clients log in as (AUTH PLAIN / LOGIN, after "
+                                      "STARTTLS); set: outbound mail needs a login. Unset: no AUTH.")
+    auth_password: str | None = Field(None, repr=False, description="SECRET, never logged: password of "
+                                      "auth_username.")
+    auth_allow_plaintext: bool = Field(False, description="Offer AUTH without TLS; only when no TLS is configured "
+                                       "and the relay listens on loopback (tests).")
+    subject_tokens: bool = Field(False, description="Outbound: add a tracking token (correlation.tracking_token "
+                                 "layout) to subjects that carry none; counters persist in worker.data_dir.")
+    sender_user_numbers: dict[str, int] = Field(
+        {}, description="Token user numbers as {sender address: number} (envelope sender, else From); "
+        "unlisted senders are user 0. In a variable: a JSON object."
+    )
+    retry_interval_s: float = Field(60.0, gt=0, le=86_400, description="First retry of queued mail; doubles "
+                                    "after every failed attempt.")
+    retry_max_interval_s: float = Field(3600.0, gt=0, le=86_400, description="Longest wait between two attempts "
+                                        "for queued mail.")
+    max_message_size: int = Field(10 * 2**20, ge=1024, le=200 * 2**20, description="Largest mail accepted, bytes "
+                                  "(the broker's message.max.bytes must take it).")
+    kafka_timeout_s: float = Field(30.0, gt=0, le=600, description="Longest wait for the broker to acknowledge "
+                                   "a mail.raw record; then the client gets 451 (try again later).")
+
+    @field_validator("sender_user_numbers", mode="before")
+    @classmethod
+    def _numbers_from_json(cls, value: Any) -> Any:
+        if isinstance(value, str):  # THREADLINE_RELAY_SENDER_USER_NUMBERS='{"ann@acme.test": 7}'
+            try:
+                return json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"sender_user_numbers is not a JSON object: {exc}") from exc
+        return value
+
+    @field_validator("sender_user_numbers")
+    @classmethod
+    def _numbers_casefolded(cls, value: dict[str, int]) -> dict[str, int]:
+        if any(number < 0 for number in value.values()):
+            raise ValueError("sender_user_numbers must be 0 or more")
+        return {address.strip().casefold(): number for address, number in value.items()}
+
+    @field_validator("tls_key_file")
+    @classmethod
+    def _tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if (value is None) != (info.data.get("tls_cert_file") is None) and "tls_cert_file" in info.data:
+            raise ValueError("tls_cert_file and tls_key_file are set together (or neither)")
+        return value
+
+    @field_validator("auth_password")
+    @classmethod
+    def _auth_pair(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if "auth_username" in info.data and (value is None) != (info.data["auth_username"] is None):
+            raise ValueError("auth_username and auth_password are set together (or neither)")
+        return value
+
+
 class Settings(_Section):
     """The whole configuration. Build it with :func:`load_settings`."""
 
@@ -447,6 +642,15 @@ class Settings(_Section):
     )
     notifications: NotificationSettings = Field(
         NotificationSettings(), description="Delivery of alerts by e-mail and webhooks."
+    )
+    campaigns: CampaignSettings = Field(
+        CampaignSettings(), description="Campaign sending: SMTP, rate limit, recipient checks, suppressions."
+    )
+    relay: RelaySettings = Field(
+        RelaySettings(), description="`threadline smtp`: the SMTP relay that records every mail in mail.raw."
+    )
+    imap: ImapSettings = Field(
+        ImapSettings(), description="IMAP poller: folders whose new mail goes to mail.raw (docs/imap.md)."
     )
 
 
