@@ -162,6 +162,68 @@ def cmd_mark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _produce_one(settings: Settings, topic: str, tenant: str, record: dict) -> None:
+    from pipeline.avro import AvroCodec, registry_from_settings
+    from pipeline.broker import create_topics
+    from pipeline.streams.ingest import RecordProducer
+
+    bootstrap = _bootstrap(settings)
+    create_topics(settings.kafka, bootstrap)
+    producer = RecordProducer(settings, bootstrap)
+    producer.produce(topic, tenant.encode(), AvroCodec(registry_from_settings(settings.schema_registry.url)).encode(topic, record))
+    report = producer.finish(30)
+    if report.errors:
+        raise UserError(f"not delivered to {topic}: {report.errors[0]}")
+
+
+def cmd_campaign_create(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from pipeline.correlation.model import stable_event_id
+
+    if args.cost < 0:
+        raise UserError("--cost cannot be negative")
+    now = datetime.now(timezone.utc)
+    _produce_one(_settings(args), "campaigns", args.tenant, {
+        # A new event id per update: the newest version (by updated_at) wins in ClickHouse.
+        "event_id": stable_event_id("campaign", args.tenant, args.campaign, now.isoformat()), "tenant": args.tenant,
+        "campaign_id": args.campaign, "name": args.name, "cost": args.cost, "currency": args.currency,
+        "started_at": now, "updated_at": now})
+    print(f"campaign {args.campaign} recorded", file=sys.stderr)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import uuid
+    from datetime import datetime, timezone
+
+    if args.revenue < 0:
+        raise UserError("--revenue cannot be negative")
+    _produce_one(_settings(args), "conversions", args.tenant, {
+        "event_id": uuid.uuid4().hex, "tenant": args.tenant, "campaign_id": args.campaign,
+        "recipient": args.recipient, "message_id": args.message_id, "revenue": args.revenue,
+        "currency": args.currency, "event_time": datetime.now(timezone.utc)})
+    print(f"conversion of {args.revenue:.2f} {args.currency} recorded for {args.campaign}", file=sys.stderr)
+    return 0
+
+
+def cmd_campaign_list(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from pipeline.analytics.dashboards import CAMPAIGN_ROI
+    from pipeline.analytics.panels import panel_sql
+
+    store = _store(_settings(args))
+    panel = next(p for p in CAMPAIGN_ROI.panels if p.title == "Campaigns")
+    sql = panel_sql(panel, database=store.database, time_from=datetime(1970, 1, 2, tzinfo=timezone.utc),
+                    time_to=datetime.now(timezone.utc), variables={"tenant": args.tenant, "campaign": "All"})
+    result = store.client.query(sql)
+    print("\t".join(result.column_names))
+    for row in result.result_rows:
+        print("\t".join("" if value is None else str(value) for value in row))
+    return 0
+
+
 def cmd_campaign(args: argparse.Namespace) -> int:
     from pipeline.campaigns.command import USER_ERRORS, run_send
 
@@ -225,6 +287,20 @@ def cmd_bench_tracking(args: argparse.Namespace) -> int:
         raise UserError("--seconds and --concurrency must be positive")
     return _run_bench(args, lambda settings, **kw: run_tracking_bench(
         settings, seconds=args.seconds, concurrency=args.concurrency, **kw))
+
+
+def cmd_bench_all(args: argparse.Namespace) -> int:
+    from pipeline.bench.all import run_all
+
+    def run(settings, **kw):
+        results = run_all(settings, data_dir=kw["data_dir"], results_dir=Path(args.out).parent,
+                          docs_path=Path(args.docs), quick=args.quick, progress=kw["progress"])
+        return {"summary": {name: result["summary"] for name, result in results.items() if isinstance(result, dict)}
+                | {"pipeline": [run["summary"] for run in results["pipeline"]]}, "results": results}
+
+    code = _run_bench(args, run)
+    print(f"{args.docs} updated", file=sys.stderr)
+    return code
 
 
 def cmd_bench_clickhouse(args: argparse.Namespace) -> int:
@@ -631,7 +707,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     campaign = command("campaign", lambda a: campaign.print_help() or 2, "Campaign mail: personalised, tracked, "
                        "rate limited, resumable, with one-click unsubscribe.")
-    campaign_send = campaign.add_subparsers(dest="campaign_command", required=True).add_parser(
+    campaign_commands = campaign.add_subparsers(dest="campaign_command", required=True)
+    campaign_create = campaign_commands.add_parser("create", help="record a campaign and its cost (topic campaigns)")
+    campaign_create.set_defaults(handler=cmd_campaign_create)
+    campaign_create.add_argument("--campaign", required=True, metavar="ID")
+    campaign_create.add_argument("--name", required=True)
+    campaign_create.add_argument("--cost", type=float, default=0.0, help="total cost (updates replace it)")
+    campaign_create.add_argument("--currency", default="EUR")
+    campaign_create.add_argument("--tenant", default="default")
+    campaign_list = campaign_commands.add_parser("list", help="campaigns with opens, clicks, conversions and ROI")
+    campaign_list.set_defaults(handler=cmd_campaign_list)
+    campaign_list.add_argument("--tenant", default="default")
+    convert = command("convert", cmd_convert, "Record a conversion (revenue) for a campaign (topic conversions).")
+    convert.add_argument("--campaign", required=True, metavar="ID")
+    convert.add_argument("--revenue", type=float, required=True)
+    convert.add_argument("--currency", default="EUR")
+    convert.add_argument("--recipient", metavar="ADDR")
+    convert.add_argument("--message-id", metavar="ID", help="the mail that led to it")
+    convert.add_argument("--tenant", default="default")
+    campaign_send = campaign_commands.add_parser(
         "send", help="send a template to a CSV recipient list through the configured SMTP server")
     campaign_send.set_defaults(handler=cmd_campaign)
     campaign_send.add_argument("--campaign", required=True, metavar="ID", help="campaign id (in every token)")
@@ -752,6 +846,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_clickhouse.add_argument("--repeat", type=int, default=5)
     bench_clickhouse.add_argument("-o", "--out", default="bench-results/clickhouse.json")
     progress_flag(bench_clickhouse)
+    bench_all = bench_commands.add_parser("all", help="every benchmark; updates docs/benchmarks.md and its plots")
+    bench_all.set_defaults(handler=cmd_bench_all)
+    bench_all.add_argument("--quick", action="store_true", help="smaller sizes (minutes instead of ~15)")
+    bench_all.add_argument("--docs", default="docs/benchmarks.md")
+    bench_all.add_argument("-o", "--out", default="bench-results/all-summary.json")
+    progress_flag(bench_all)
     bench_tracking = bench_commands.add_parser("tracking", help="pixel requests/s and latency under load")
     bench_tracking.set_defaults(handler=cmd_bench_tracking)
     bench_tracking.add_argument("--seconds", type=float, default=10.0)
