@@ -312,6 +312,25 @@ def cmd_bench_clickhouse(args: argparse.Namespace) -> int:
         settings, mails=args.mails, repeat=args.repeat, insert_mails=args.insert_mails, **kw))
 
 
+# -- pipeline ---------------------------------------------------------------------------------
+def _bar_factory(enabled: bool):
+    """progress(desc, total) -> update(count_so_far): a progress bar on stderr per phase."""
+    def progress(desc: str, total: int | None):
+        if not enabled:
+            return lambda _count: None
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="mail", file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+
+        def update(count: int) -> None:
+            bar.update(count - bar.n)
+            if total is not None and count >= total:
+                bar.close()
+        return update
+    return progress
+
+
+
 def _settings_file(args: argparse.Namespace) -> Path | None:
     import os
 

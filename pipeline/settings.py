@@ -341,6 +341,8 @@ class TrackingSettings(_Section):
         True, description="Store client addresses with the last IPv4 octet / last 80 IPv6 bits zeroed."
     )
     reverse_dns: bool = Field(False, description="Look up the PTR name of each hit's address (slow; off by default).")
+    open_alerts: bool = Field(True, description="Tell the sender of a mail (an alert) when it is first opened by a "
+                              "person; proxy and scanner fetches never alert.")
     reverse_dns_timeout_s: float = Field(1.0, gt=0, le=30, description="Longest wait for one PTR lookup.")
     scanner_window_s: float = Field(
         10.0, ge=0, le=3600,

@@ -142,7 +142,7 @@ class CampaignTraffic:
                     reply_at = first + timedelta(minutes=rng.randint(5, 240))
                     yield TrafficRecord("mail.raw", tenant, reply_at, _mail(
                         f"<reply.{campaign_id}.{n}@client{n % 37}.example>", recipient, self.sender,
-                        f"Re: {subject}", reply_at, f"Is the offer valid for orders abroad?\n\n> Dear customer,",
+                        f"Re: {subject}", reply_at, "Is the offer valid for orders abroad?\n\n> Dear customer,",
                         in_reply_to=message_id))
 
     def _tracking(self, token: str, kind: str, at: datetime, user_agent: str | None, ip: str,

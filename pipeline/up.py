@@ -8,8 +8,10 @@ running until Ctrl-C (or stop at once with ``--exit-when-done``).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.avro import AvroCodec, registry_from_settings
-from pipeline.broker import EmbeddedBroker, create_topics
+from pipeline.broker import EmbeddedBroker, create_topics, free_port
 from pipeline.correlation.explain import describe
 from pipeline.mail.sources import iter_mail_sources
 from pipeline.settings import Settings
@@ -46,6 +48,15 @@ def write_sample_mbox(path: Path, count: int = SAMPLE_SIZE, seed: int = 7) -> Pa
             body = b"\n".join(b">" + line if line.startswith(b"From ") else line for line in raw.split(b"\n"))
             mbox.write(b"From threadline@synth Thu Jan  1 00:00:00 2026\n" + body + b"\n\n")
     return path
+
+
+def _stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def summarize(settings: Settings, bootstrap: str, codec: AvroCodec, generation: int, examples: int = 3) -> str:
@@ -122,6 +133,15 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
         for worker in started:
             stack.callback(worker.stop)
         say(f"{workers} correlator worker(s) started, generation {generation} (logs in {data_dir / 'workers'})")
+        tracking_port = free_port()
+        tracking = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "tracking", "--port", str(tracking_port)],
+            env={**os.environ, "THREADLINE_KAFKA_BOOTSTRAP": bootstrap, "THREADLINE_WORKER_DATA_DIR": str(data_dir),
+                 **({"THREADLINE_SETTINGS": str(settings_file)} if settings_file else {})},
+            stdout=subprocess.DEVNULL, stderr=open(data_dir / "tracking.log", "ab"), stdin=subprocess.DEVNULL)
+        stack.callback(_stop_process, tracking)
+        say(f"tracking endpoint on http://127.0.0.1:{tracking_port} (pixel /o/TOKEN.gif, clicks /c/TOKEN; "
+            f"log {data_dir / 'tracking.log'})")
 
         if direction == "auto" and not settings.untracked.own_domains:
             say("no untracked.own_domains configured: every mail is ingested as inbound")

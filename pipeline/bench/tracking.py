@@ -64,7 +64,7 @@ def run_tracking_bench(settings: Settings, *, seconds: float, concurrency: int, 
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topic_prefix": prefix})})
     keyring = Keyring.from_settings(settings.tracking)
-    urls = [open_url(f"http://127.0.0.1:{{port}}", sign_token(TokenPayload(
+    urls = [open_url("http://127.0.0.1:{port}", sign_token(TokenPayload(
         "open", "bench", f"<m{n}@bench>", f"r{n}@customer.example", "cmp-1", issued_at=int(time.time()) - 3600),
         keyring)) for n in range(1000)]
     with kafka_bootstrap(settings, data_dir / "bench-broker.log") as bootstrap:

@@ -30,7 +30,7 @@ fires at the next ``advance``.
 from __future__ import annotations
 
 import heapq
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Callable
 
 from pipeline.correlation.model import stable_event_id

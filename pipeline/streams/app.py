@@ -174,7 +174,7 @@ def build_app(settings: Settings) -> faust.App:
     codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
     processor = MailProcessor(settings, codec, index_table)
     escalation = EscalationProcessor(settings, codec, escalation_table, clock=lambda: datetime.now(timezone.utc))
-    tracking = TrackingProcessor(settings, codec, hits_table)
+    tracking = TrackingProcessor(settings, codec, hits_table, owner_of=processor.sender_of)
     outputs = _LazyOutputs(settings)
     last_escalation_batch = {"at": time.monotonic()}
 

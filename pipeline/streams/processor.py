@@ -148,6 +148,12 @@ class MailProcessor:
         self._stores.clear()
         self.markers.clear()
 
+    def sender_of(self, tenant: str, message_id: str) -> str | None:
+        """Who sent an outbound mail this worker has indexed (None when unknown here)."""
+        correlator = self._correlators.get(tenant)
+        entry = correlator.index.get(message_id) if correlator is not None else None
+        return entry.from_addr or None if entry is not None and entry.direction == "out" else None
+
     def _correlator(self, tenant: str, partition: int) -> Correlator:
         correlator = self._correlators.get(tenant)
         if correlator is None:

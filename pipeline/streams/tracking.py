@@ -10,8 +10,11 @@ mail, recipient) and the per-partition offset marker.
 from __future__ import annotations
 
 import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime, timezone
-from typing import MutableMapping
+from typing import Callable, MutableMapping
 
 from pipeline.avro import AvroCodec, AvroDecodeError
 from pipeline.correlation.model import stable_event_id
@@ -42,11 +45,42 @@ def _decode_hits(value: bytes) -> list[PreviousHit]:
             for h in json.loads(value)]
 
 
+class CachedReverseDns:
+    """PTR lookups with a timeout and a bounded cache; a slow or failing lookup gives None."""
+
+    def __init__(self, timeout_s: float, cache_size: int = 10_000) -> None:
+        self.timeout_s = timeout_s
+        self.cache_size = cache_size
+        self._cache: dict[str, str | None] = {}
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rdns")
+
+    def __call__(self, ip: str) -> str | None:
+        if ip in self._cache:
+            return self._cache[ip]
+        future = self._pool.submit(socket.gethostbyaddr, ip)
+        try:
+            name = future.result(timeout=self.timeout_s)[0]
+        except (OSError, FutureTimeout):
+            name = None
+        if len(self._cache) >= self.cache_size:
+            self._cache.clear()
+        self._cache[ip] = name
+        return name
+
+
 class TrackingProcessor:
-    def __init__(self, settings: Settings, codec: AvroCodec, table: MutableMapping[str, bytes]) -> None:
+    def __init__(self, settings: Settings, codec: AvroCodec, table: MutableMapping[str, bytes], *,
+                 owner_of: Callable[[str, str], str | None] | None = None,
+                 reverse_dns: Callable[[str], str | None] | None = None) -> None:
+        """``owner_of(tenant, message_id)``: who sent the tracked mail (told of its first human
+        open); ``reverse_dns(ip)``: PTR lookups when ``tracking.reverse_dns`` is on."""
         self.settings = settings
         self.codec = codec
         self.table = table
+        self.owner_of = owner_of
+        if reverse_dns is None and settings.tracking.reverse_dns:
+            reverse_dns = CachedReverseDns(settings.tracking.reverse_dns_timeout_s)
+        self.reverse_dns = reverse_dns
         self.markers = OffsetMarkers(table)
 
     def reset(self) -> None:
@@ -77,8 +111,10 @@ class TrackingProcessor:
                 stored = self.table.get(key)
                 remembered[slot] = _decode_hits(stored) if stored is not None else []
             previous = remembered[slot]
+            ptr = self.reverse_dns(record["ip"]) if self.reverse_dns is not None and record["ip"] else None
             hit = Hit(kind=payload.kind, time=record["received_at"], method=record["method"], ip=record["ip"],
-                      user_agent=record["user_agent"], headers=record["headers"], link_url=payload.link_url)
+                      user_agent=record["user_agent"], headers=record["headers"], link_url=payload.link_url,
+                      reverse_dns=ptr)
             facts = MailFacts(sent_at=datetime.fromtimestamp(payload.issued_at, timezone.utc))
             verdict = classify_hit(hit, facts, previous, self.settings.tracking)
             remembered[slot] = [*previous, verdict.remember(hit)][-MAX_REMEMBERED_HITS:]
@@ -86,7 +122,7 @@ class TrackingProcessor:
                 "event_id": stable_event_id("tracking", record["event_id"]), "tenant": payload.tenant,
                 "kind": payload.kind, "message_id": payload.message_id, "recipient": payload.recipient,
                 "campaign_id": payload.campaign_id, "link_url": payload.link_url, "event_time": record["received_at"],
-                "ip": verdict.ip, "reverse_dns": None, "user_agent_family": verdict.user_agent_family,
+                "ip": verdict.ip, "reverse_dns": ptr, "user_agent_family": verdict.user_agent_family,
                 "is_machine": verdict.is_machine, "machine_reason": verdict.machine_reason,
                 "nth_open": verdict.nth_open, "first_open_time": verdict.first_open_time,
                 "probably_forwarded": verdict.probably_forwarded,
@@ -94,10 +130,27 @@ class TrackingProcessor:
             result.outputs.append(Output("tracking.events", payload.tenant.encode(),
                                          self.codec.encode("tracking.events", event)))
             result.count(f"{payload.kind}:{'machine' if verdict.is_machine else 'human'}")
+            if payload.kind == "open" and not verdict.is_machine and verdict.nth_open == 1:
+                self._open_alert(event, result)
         for (partition, key), hits in remembered.items():
             result.writes.setdefault(partition, {})[key] = _encode_hits(hits)
         self.markers.add_writes(items, result)
         return result
+
+    def _open_alert(self, event: dict, result: BatchResult) -> None:
+        """The sender of a mail hears of its first human open (not of proxy or scanner fetches)."""
+        owner = self.owner_of(event["tenant"], event["message_id"]) if self.owner_of is not None else None
+        if not owner or not self.settings.tracking.open_alerts:
+            return
+        alert = {
+            "event_id": stable_event_id("open-alert", event["event_id"]), "tenant": event["tenant"],
+            "event_type": "mail_opened", "user": owner, "event_time": event["event_time"],
+            "source_record_id": event["event_id"], "assigned_on": None, "record_owner": owner,
+            "message": f"{event['recipient']} opened {event['message_id']}"
+                       + (f" (campaign {event['campaign_id']})" if event["campaign_id"] else ""),
+        }
+        result.outputs.append(Output("alerts", event["tenant"].encode(), self.codec.encode("alerts", alert)))
+        result.count("alert:mail_opened")
 
     def _dead_letter(self, item: RawItem, position: SourcePosition, reason: str, error: str,
                      result: BatchResult) -> None:

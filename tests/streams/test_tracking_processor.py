@@ -1,0 +1,85 @@
+"""The tracking agent's batch step: verified hits become classified events, the sender hears of
+the first human open only, forged tokens are dead-lettered, PTR names are used when enabled."""
+
+from datetime import datetime, timedelta, timezone
+
+from pipeline.avro import AvroCodec, EmbeddedRegistry
+from pipeline.settings import Settings
+from pipeline.streams.processor import RawItem
+from pipeline.streams.tracking import TrackingProcessor
+from pipeline.tracking.tokens import Keyring, TokenPayload, sign_token
+
+CODEC = AvroCodec(EmbeddedRegistry())
+SENT = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+OUTLOOK = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Microsoft Outlook 16.0"
+
+
+def _settings(**tracking) -> Settings:
+    settings = Settings()
+    return settings.model_copy(update={"tracking": settings.tracking.model_copy(update=tracking)})
+
+
+def _hit(settings, offset, minutes, *, ua=OUTLOOK, ip="81.2.3.4", method="GET", token=None):
+    token = token or sign_token(TokenPayload("open", "acme", "<m1@acme.test>", "bob@customer.test", "cmp-1",
+                                             issued_at=int(SENT.timestamp())), Keyring.from_settings(settings.tracking))
+    record = {"event_id": f"hit-{offset}", "kind": "open", "token": token, "received_at": SENT + timedelta(minutes=minutes),
+              "method": method, "ip": ip, "user_agent": ua, "headers": {}}
+    return RawItem(0, offset, b"acme", CODEC.encode("tracking.raw", record))
+
+
+def _apply(table, result):
+    """What the agent does after the outputs are out: write the batch's table entries."""
+    for writes in result.writes.values():
+        for key, value in writes.items():
+            table.pop(key, None) if value is None else table.__setitem__(key, value)
+    return result
+
+
+def _decoded(result, topic):
+    return [CODEC.decode(topic, o.value) for o in result.outputs if o.topic == topic]
+
+
+def test_first_human_open_alerts_the_sender_once():
+    settings = _settings()
+    owners = {("acme", "<m1@acme.test>"): "anna@acme.test"}
+    table = {}
+    processor = TrackingProcessor(settings, CODEC, table, owner_of=lambda t, m: owners.get((t, m)))
+    result = _apply(table, processor.process([_hit(settings, 0, 0.2, ua="Mozilla/5.0", ip="17.1.2.3"),  # Apple proxy on delivery
+                                _hit(settings, 1, 90), _hit(settings, 2, 300)]))
+    events = _decoded(result, "tracking.events")
+    assert [(e["is_machine"], e["nth_open"]) for e in events] == [(True, 0), (False, 1), (False, 2)]
+    alerts = _decoded(result, "alerts")
+    assert [(a["user"], a["event_type"], a["source_record_id"]) for a in alerts] == [
+        ("anna@acme.test", "mail_opened", events[1]["event_id"])]
+    # Later batches, even in a restarted worker, remember the first open: no second alert.
+    restarted = TrackingProcessor(settings, CODEC, table, owner_of=lambda t, m: owners.get((t, m)))
+    later = restarted.process([_hit(settings, 3, 600)])
+    assert _decoded(later, "alerts") == [] and _decoded(later, "tracking.events")[0]["nth_open"] == 3
+
+
+def test_no_owner_no_alert_and_alerts_can_be_switched_off():
+    settings = _settings(open_alerts=False)
+    processor = TrackingProcessor(settings, CODEC, {}, owner_of=lambda t, m: "anna@acme.test")
+    assert _decoded(processor.process([_hit(settings, 0, 90)]), "alerts") == []
+    processor = TrackingProcessor(_settings(), CODEC, {}, owner_of=lambda t, m: None)
+    assert _decoded(processor.process([_hit(_settings(), 0, 90)]), "alerts") == []
+
+
+def test_forged_token_is_dead_lettered_with_its_reason():
+    settings = _settings()
+    good = _hit(settings, 0, 90)
+    token = CODEC.decode("tracking.raw", good.value)["token"]
+    forged = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
+    result = TrackingProcessor(settings, CODEC, {}).process([_hit(settings, 0, 90, token=forged)])
+    assert _decoded(result, "tracking.events") == []
+    assert [d["reason"] for d in _decoded(result, "deadletter")] in (["token_bad_signature"], ["token_malformed"])
+
+
+def test_reverse_dns_names_are_used_when_enabled():
+    settings = _settings(reverse_dns=True)
+    names = {"52.1.2.3": "ec2-52-1-2-3.compute-1.amazonaws.com"}
+    processor = TrackingProcessor(settings, CODEC, {}, reverse_dns=names.get)
+    result = processor.process([_hit(settings, 0, 90, ip="52.1.2.3"), _hit(settings, 1, 95, ip="81.2.3.4")])
+    events = _decoded(result, "tracking.events")
+    assert events[0]["reverse_dns"] == names["52.1.2.3"] and events[0]["is_machine"]
+    assert events[1]["reverse_dns"] is None and not events[1]["is_machine"]
