@@ -1,5 +1,5 @@
-"""The Faust application: the correlator (``mail.raw``), escalation (``mail.correlated``) and
-tracking (``tracking.raw``) agents.
+"""The Faust application: the correlator (``mail.raw``), escalation (``mail.correlated``),
+tracking (``tracking.raw``) and CRM directory (``crm.entities``) agents.
 
 Started by ``threadline worker`` (or ``threadline up``) as ``python -m pipeline.streams.app
 worker``; settings come from ``THREADLINE_SETTINGS`` and ``THREADLINE_*`` like every command.
@@ -29,6 +29,7 @@ from faust.streams import _current_event  # see event_context()
 from pipeline.avro import AvroCodec, registry_from_settings
 from pipeline.broker import free_port, producer_config, topic_name
 from pipeline.settings import Settings, load_settings
+from pipeline.streams.crm import CrmProcessor
 from pipeline.streams.escalation import EscalationProcessor
 from pipeline.streams.processor import BatchResult, MailProcessor, RawItem
 from pipeline.streams.tracking import TrackingProcessor
@@ -170,10 +171,15 @@ def build_app(settings: Settings) -> faust.App:
                                key_serializer="raw", value_serializer="raw")
     index_table = _bytes_table(app, "correlation-index", settings)
     hits_table = _bytes_table(app, "tracking-hits", settings)
+    crm_table = _bytes_table(app, "crm-entities", settings)
+    crm_topic = app.topic(topic_name(settings.kafka, "crm.entities"), key_type=bytes, value_type=bytes,
+                          key_serializer="raw", value_serializer="raw")
     escalation_table = _bytes_table(app, "escalation-state", settings)
     codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
-    processor = MailProcessor(settings, codec, index_table)
-    escalation = EscalationProcessor(settings, codec, escalation_table, clock=lambda: datetime.now(timezone.utc))
+    crm = CrmProcessor(codec, crm_table)
+    processor = MailProcessor(settings, codec, index_table, regarding_for=crm.regarding_for)
+    escalation = EscalationProcessor(settings, codec, escalation_table, clock=lambda: datetime.now(timezone.utc),
+                                     record_owner=crm.record_owner)
     tracking = TrackingProcessor(settings, codec, hits_table, owner_of=processor.sender_of)
     outputs = _LazyOutputs(settings)
     last_escalation_batch = {"at": time.monotonic()}
@@ -183,6 +189,7 @@ def build_app(settings: Settings) -> faust.App:
         processor.reset()
         escalation.reset()
         tracking.reset()
+        crm.reset()
 
     # A failed batch must stop the worker, not restart the agent in-process: the processors have
     # already applied the batch in memory, and its records would not be delivered again.
@@ -198,6 +205,10 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(tracking_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def classify_hits(stream):
         await _handle_batches(stream, tracking, hits_table, tracking_topic.get_topic_name(), outputs, settings)
+
+    @app.agent(crm_topic, supervisor_strategy=mode.CrashingSupervisor)
+    async def directory(stream):
+        await _handle_batches(stream, crm, crm_table, crm_topic.get_topic_name(), outputs, settings)
 
     @app.timer(interval=settings.escalation.tick_interval_s)
     async def escalation_tick() -> None:

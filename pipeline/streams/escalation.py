@@ -37,12 +37,16 @@ def state_key(tenant: str, conversation_id: str) -> str:
 
 class EscalationProcessor:
     def __init__(self, settings: Settings, codec: AvroCodec, table: MutableMapping[str, bytes],
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime], *,
+                 record_owner: Callable[[str, str], str | None] | None = None) -> None:
+        """``record_owner(tenant, record id)``: the CRM owner of a business record; a mail about
+        a record with an owner belongs to that owner, else to the agent it was sent to."""
         self.settings = settings
         self.codec = codec
         self.table = table
         self.clock = clock
         self.generation = settings.worker.generation
+        self.record_owner = record_owner
         self._trackers: dict[str, EscalationTracker] = {}
         self._partition_of: dict[str, int] = {}
         self._dirty: dict[str, set[str]] = {}  # tenant -> conversations whose state changed
@@ -97,11 +101,18 @@ class EscalationProcessor:
                               event_time=record["event_time"], mailbox=record["mailbox"],
                               regarding=record["regarding"], mail_type=record["mail_type"],
                               parent_message_id=record["parent_message_id"],
-                              owner=default_owner(record["direction"], record["to"] + record["cc"], self._own_domains))
+                              owner=self._owner(record))
             self._emit(self._tracker(event.tenant, item.partition).on_correlation(event), result)
         self._collect_writes(result)
         self.markers.add_writes(items, result)
         return result
+
+    def _owner(self, record: dict) -> str | None:
+        if record["regarding"] and self.record_owner is not None:
+            owner = self.record_owner(record["tenant"], record["regarding"])
+            if owner:
+                return owner
+        return default_owner(record["direction"], record["to"] + record["cc"], self._own_domains)
 
     def tick(self, now: datetime) -> BatchResult:
         """Fire deadlines up to ``now`` for every tenant; state writes wait for the next batch."""

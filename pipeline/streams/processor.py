@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import traceback
 from dataclasses import dataclass, field
-from typing import Iterator, MutableMapping
+from typing import Callable, Iterator, MutableMapping
 
 from pipeline.avro import AvroCodec, AvroDecodeError
 from pipeline.correlation.engine import Correlator
@@ -133,10 +133,14 @@ class TableIndexStore:
 class MailProcessor:
     """Correlates batches of ``mail.raw`` for every tenant of the partitions this worker holds."""
 
-    def __init__(self, settings: Settings, codec: AvroCodec, table: MutableMapping[str, bytes]) -> None:
+    def __init__(self, settings: Settings, codec: AvroCodec, table: MutableMapping[str, bytes], *,
+                 regarding_for: Callable[[str, str], str | None] | None = None) -> None:
+        """``regarding_for(tenant, sender)``: the business record of an unmatched inbound mail's
+        sender (the CRM directory), when known."""
         self.settings = settings
         self.codec = codec
         self.table = table
+        self.regarding_for = regarding_for
         self.generation = settings.worker.generation
         self._correlators: dict[str, Correlator] = {}
         self._stores: dict[str, TableIndexStore] = {}
@@ -160,8 +164,12 @@ class MailProcessor:
             store = TableIndexStore(self.table, tenant, partition)
             smart = self.settings.correlation.smart_matching
             index = CorrelationIndex(store, word_postings=smart.hash_delta_subject_count > 0)
-            correlator = Correlator(self.settings.correlation, index, tenant=tenant,
-                                    untracked=self.settings.untracked, generation=self.generation)
+            resolver = None
+            if self.regarding_for is not None:
+                lookup = self.regarding_for
+                resolver = (lambda mail: lookup(tenant, mail.from_addr) if mail.direction == "in" else None)
+            correlator = Correlator(self.settings.correlation, index, tenant=tenant, untracked=self.settings.untracked,
+                                    generation=self.generation, regarding_resolver=resolver)
             self._correlators[tenant] = correlator
             self._stores[tenant] = store
         return correlator

@@ -1,0 +1,74 @@
+"""The CRM agent's batch step (Faust-free): ``crm.entities`` into per-tenant directories.
+
+Each entity is kept in the worker's table (key ``tenant \\x1f type \\x1f id``, value: the Avro
+record as received) and applied to the tenant's :class:`~pipeline.crm.CrmDirectory`, which the
+correlator asks for the open record of an unmatched inbound mail's sender.  Entities and mail
+arrive on different topics, so a mail sees the CRM as this worker knew it when the mail was
+correlated; a replay can see a later CRM state (documented in docs/escalation.md).
+"""
+
+from __future__ import annotations
+
+from typing import MutableMapping
+
+from pipeline.avro import AvroCodec, AvroDecodeError
+from pipeline.crm import CrmDirectory
+from pipeline.streams.processor import BatchResult, OffsetMarkers, Output, RawItem
+from pipeline.streams.records import SourcePosition, deadletter_record
+
+AGENT = "crm"
+
+
+def entity_key(tenant: str, entity_type: str, entity_id: str) -> str:
+    return f"{tenant}\x1f{entity_type}\x1f{entity_id}"
+
+
+class CrmProcessor:
+    def __init__(self, codec: AvroCodec, table: MutableMapping[str, bytes]) -> None:
+        self.codec = codec
+        self.table = table
+        self.markers = OffsetMarkers(table)
+        self._directories: dict[str, CrmDirectory] = {}
+
+    def reset(self) -> None:
+        self._directories.clear()
+        self.markers.clear()
+
+    def directory(self, tenant: str) -> CrmDirectory:
+        directory = self._directories.get(tenant)
+        if directory is None:
+            directory = CrmDirectory()
+            prefix = tenant + "\x1f"
+            for key, value in list(self.table.items()):
+                if key.startswith(prefix) and value is not None:
+                    directory.apply(self.codec.decode("crm.entities", value))
+            self._directories[tenant] = directory
+        return directory
+
+    def regarding_for(self, tenant: str, address: str) -> str | None:
+        return self.directory(tenant).regarding_for(address) if address else None
+
+    def record_owner(self, tenant: str, record_id: str) -> str | None:
+        record = self.directory(tenant).get("record", record_id)
+        return record.owner if record is not None else None
+
+    def process(self, items: list[RawItem], source_topic: str = "crm.entities") -> BatchResult:
+        result = BatchResult()
+        for item in items:
+            if self.markers.is_redelivery(item):
+                result.skipped_redeliveries += 1
+                continue
+            self.markers.advance(item)
+            try:
+                record = self.codec.decode("crm.entities", item.value)
+            except AvroDecodeError as exc:
+                position = SourcePosition(source_topic, item.partition, item.offset)
+                dead = deadletter_record(position, item.key, item.value, reason=exc.reason, error=str(exc), agent=AGENT)
+                result.outputs.append(Output("deadletter", item.key or b"", self.codec.encode("deadletter", dead)))
+                continue
+            if self.directory(record["tenant"]).apply(record):
+                key = entity_key(record["tenant"], record["entity_type"], record["entity_id"])
+                result.writes.setdefault(item.partition, {})[key] = None if record["deleted"] else item.value
+                result.count(f"crm:{record['entity_type']}")
+        self.markers.add_writes(items, result)
+        return result
