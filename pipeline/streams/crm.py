@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import MutableMapping
 
-from pipeline.avro import AvroCodec, AvroDecodeError
+from pipeline.avro import AvroCodec
 from pipeline.crm import CrmDirectory
-from pipeline.streams.processor import BatchResult, OffsetMarkers, Output, RawItem
-from pipeline.streams.records import SourcePosition, deadletter_record
+from pipeline.streams.processor import BatchResult, OffsetMarkers, RawItem, decoded_records
 
 AGENT = "crm"
 
@@ -54,18 +53,7 @@ class CrmProcessor:
 
     def process(self, items: list[RawItem], source_topic: str = "crm.entities") -> BatchResult:
         result = BatchResult()
-        for item in items:
-            if self.markers.is_redelivery(item):
-                result.skipped_redeliveries += 1
-                continue
-            self.markers.advance(item)
-            try:
-                record = self.codec.decode("crm.entities", item.value)
-            except AvroDecodeError as exc:
-                position = SourcePosition(source_topic, item.partition, item.offset)
-                dead = deadletter_record(position, item.key, item.value, reason=exc.reason, error=str(exc), agent=AGENT)
-                result.outputs.append(Output("deadletter", item.key or b"", self.codec.encode("deadletter", dead)))
-                continue
+        for item, record in decoded_records(items, self.markers, self.codec, "crm.entities", source_topic, AGENT, result):
             if self.directory(record["tenant"]).apply(record):
                 key = entity_key(record["tenant"], record["entity_type"], record["entity_id"])
                 result.writes.setdefault(item.partition, {})[key] = None if record["deleted"] else item.value

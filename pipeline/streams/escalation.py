@@ -19,13 +19,12 @@ import json
 from datetime import datetime
 from typing import Callable, MutableMapping
 
-from pipeline.avro import AvroCodec, AvroDecodeError
+from pipeline.avro import AvroCodec
 from pipeline.escalation.model import ConversationState, MailEvent, Transition
 from pipeline.escalation.policy import default_owner
 from pipeline.escalation.tracker import EscalationTracker
 from pipeline.settings import Settings
-from pipeline.streams.processor import BatchResult, OffsetMarkers, Output, RawItem
-from pipeline.streams.records import SourcePosition, deadletter_record
+from pipeline.streams.processor import BatchResult, OffsetMarkers, Output, RawItem, decoded_records
 
 AGENT = "escalation"
 _SEPARATOR = "\x1f"
@@ -82,18 +81,8 @@ class EscalationProcessor:
 
     def process(self, items: list[RawItem], source_topic: str = "mail.correlated") -> BatchResult:
         result = BatchResult()
-        for item in items:
-            if self.markers.is_redelivery(item):
-                result.skipped_redeliveries += 1
-                continue
-            self.markers.advance(item)
-            try:
-                record = self.codec.decode("mail.correlated", item.value)
-            except AvroDecodeError as exc:
-                position = SourcePosition(source_topic, item.partition, item.offset)
-                dead = deadletter_record(position, item.key, item.value, reason=exc.reason, error=str(exc), agent=AGENT)
-                result.outputs.append(Output("deadletter", item.key or b"", self.codec.encode("deadletter", dead)))
-                continue
+        for item, record in decoded_records(items, self.markers, self.codec, "mail.correlated", source_topic, AGENT,
+                                            result):
             if record["generation"] != self.generation:
                 continue  # another generation's correlation: its own escalation agent handles it
             event = MailEvent(tenant=record["tenant"], message_id=record["message_id"],

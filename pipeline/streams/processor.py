@@ -99,6 +99,31 @@ class OffsetMarkers:
         self._offsets.clear()
 
 
+def decoded_records(items: list[RawItem], markers: OffsetMarkers, codec: AvroCodec, topic: str, source_topic: str,
+                    agent: str, result: BatchResult) -> Iterator[tuple[RawItem, dict]]:
+    """The new records of a batch, decoded: redeliveries are skipped (and counted), undecodable
+    records go to ``deadletter`` with the reason; the markers advance past every record."""
+    for item in items:
+        if markers.is_redelivery(item):
+            result.skipped_redeliveries += 1
+            continue
+        markers.advance(item)
+        try:
+            record = codec.decode(topic, item.value)
+        except AvroDecodeError as exc:
+            add_dead_letter(codec, item, SourcePosition(source_topic, item.partition, item.offset), exc.reason,
+                            str(exc), agent, result)
+            continue
+        yield item, record
+
+
+def add_dead_letter(codec: AvroCodec, item: RawItem, position: SourcePosition, reason: str, error: str, agent: str,
+                    result: BatchResult) -> None:
+    record = deadletter_record(position, item.key, item.value, reason=reason, error=error, agent=agent)
+    result.outputs.append(Output("deadletter", item.key or b"", codec.encode("deadletter", record)))
+    result.count(f"deadletter:{reason}")
+
+
 class TableIndexStore:
     """The engine's :class:`~pipeline.correlation.index.MailStore` on a table: reads come from the
     table (only when an index is rebuilt), writes are buffered until the batch's outputs are out."""
@@ -184,10 +209,10 @@ class MailProcessor:
             try:
                 self._process_one(item, position, result)
             except (AvroDecodeError, MailParseError) as exc:
-                self._dead_letter(item, position, exc.reason, str(exc), result)
+                add_dead_letter(self.codec, item, position, exc.reason, str(exc), AGENT, result)
             except Exception as exc:  # a bug must not stop the partition: park the record, go on
                 detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                self._dead_letter(item, position, "internal_error", detail, result)
+                add_dead_letter(self.codec, item, position, "internal_error", detail, AGENT, result)
             self.markers.advance(item)
         for store in self._stores.values():
             pending = store.take_pending()
@@ -214,9 +239,3 @@ class MailProcessor:
         if correlation.response is not None:
             result.outputs.append(Output("mail.responses", key, self.codec.encode(
                 "mail.responses", response_record(correlation, mail.mailbox))))
-
-    def _dead_letter(self, item: RawItem, position: SourcePosition, reason: str, error: str,
-                     result: BatchResult) -> None:
-        record = deadletter_record(position, item.key, item.value, reason=reason, error=error, agent=AGENT)
-        result.outputs.append(Output("deadletter", item.key or b"", self.codec.encode("deadletter", record)))
-        result.count(f"deadletter:{reason}")

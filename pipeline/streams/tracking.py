@@ -16,11 +16,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime, timezone
 from typing import Callable, MutableMapping
 
-from pipeline.avro import AvroCodec, AvroDecodeError
+from pipeline.avro import AvroCodec
 from pipeline.correlation.model import stable_event_id
 from pipeline.settings import Settings
-from pipeline.streams.processor import BatchResult, OffsetMarkers, Output, RawItem
-from pipeline.streams.records import SourcePosition, deadletter_record
+from pipeline.streams.processor import BatchResult, OffsetMarkers, Output, RawItem, add_dead_letter, decoded_records
+from pipeline.streams.records import SourcePosition
 from pipeline.tracking.classify import Hit, MailFacts, PreviousHit, classify_hit
 from pipeline.tracking.tokens import TokenError, verify_with_settings
 
@@ -89,21 +89,14 @@ class TrackingProcessor:
     def process(self, items: list[RawItem], source_topic: str = "tracking.raw") -> BatchResult:
         result = BatchResult()
         remembered: dict[tuple[int, str], list[PreviousHit]] = {}
-        for item in items:
-            if self.markers.is_redelivery(item):
-                result.skipped_redeliveries += 1
-                continue
-            self.markers.advance(item)
-            position = SourcePosition(source_topic, item.partition, item.offset)
+        for item, record in decoded_records(items, self.markers, self.codec, "tracking.raw", source_topic, AGENT,
+                                            result):
             try:
-                record = self.codec.decode("tracking.raw", item.value)
                 payload = verify_with_settings(record["token"], self.settings.tracking, expect_kind=record["kind"],
                                                now=record["received_at"].timestamp())
-            except AvroDecodeError as exc:
-                self._dead_letter(item, position, exc.reason, str(exc), result)
-                continue
             except TokenError as exc:
-                self._dead_letter(item, position, f"token_{exc.reason}", str(exc), result)
+                add_dead_letter(self.codec, item, SourcePosition(source_topic, item.partition, item.offset),
+                                f"token_{exc.reason}", str(exc), AGENT, result)
                 continue
             key = hits_key(payload.tenant, payload.message_id, payload.recipient)
             slot = (item.partition, key)
@@ -152,8 +145,3 @@ class TrackingProcessor:
         result.outputs.append(Output("alerts", event["tenant"].encode(), self.codec.encode("alerts", alert)))
         result.count("alert:mail_opened")
 
-    def _dead_letter(self, item: RawItem, position: SourcePosition, reason: str, error: str,
-                     result: BatchResult) -> None:
-        record = deadletter_record(position, item.key, item.value, reason=reason, error=error, agent=AGENT)
-        result.outputs.append(Output("deadletter", item.key or b"", self.codec.encode("deadletter", record)))
-        result.count(f"deadletter:{reason}")
