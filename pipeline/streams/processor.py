@@ -6,9 +6,11 @@ durable.  The agent (``pipeline.streams.app``) produces the outputs, waits until
 acknowledged, and only then applies the table writes and lets Faust commit the batch: a crash
 at any point redelivers the batch against an index that has not seen it yet.
 
-Each partition's table holds one entry per indexed mail (key ``tenant \\x1f message id``) and one
-marker with the last applied source offset, so records delivered again after the table was
-written are skipped instead of being correlated twice.
+Each partition's table holds one entry per indexed mail (key ``tenant \\x1f message id``, value:
+the entry and the ``mail.raw`` offset it came from) and one marker with the last applied source
+offset.  Records delivered again after the table was written are skipped instead of being
+correlated twice: by the marker, or, when a crash lost the marker's write but not the entry's,
+by the entry's own source offset.
 """
 
 from __future__ import annotations
@@ -126,29 +128,36 @@ def add_dead_letter(codec: AvroCodec, item: RawItem, position: SourcePosition, r
 
 class TableIndexStore:
     """The engine's :class:`~pipeline.correlation.index.MailStore` on a table: reads come from the
-    table (only when an index is rebuilt), writes are buffered until the batch's outputs are out."""
+    table (only when an index is rebuilt), writes are buffered until the batch's outputs are out.
+    Each entry remembers the source offset of its mail (``current_offset`` when it was put)."""
 
     def __init__(self, table: MutableMapping[str, bytes], tenant: str, partition: int) -> None:
         self.table = table
         self.tenant = tenant
         self.partition = partition
         self.pending: dict[str, bytes | None] = {}
+        self.current_offset = -1
+        self.source_offsets: dict[str, int] = {}  # message id -> offset of its mail.raw record
         self._prefix = tenant + _SEPARATOR
 
     def put(self, entry: IndexedMail) -> None:
+        self.source_offsets[entry.message_id] = self.current_offset
         self.pending[entry_key(self.tenant, entry.message_id)] = json.dumps(
-            entry.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+            {"offset": self.current_offset, "entry": entry.to_dict()}, separators=(",", ":"),
+            ensure_ascii=False).encode()
 
     def delete(self, message_id: str) -> None:
+        self.source_offsets.pop(message_id, None)
         self.pending[entry_key(self.tenant, message_id)] = None
 
     def entries(self) -> Iterator[IndexedMail]:
-        for key, value in list(self.table.items()):
-            if key.startswith(self._prefix) and value is not None and key not in self.pending:
-                yield IndexedMail.from_dict(json.loads(value))
-        for value in self.pending.values():
-            if value is not None:
-                yield IndexedMail.from_dict(json.loads(value))
+        stored = [value for key, value in list(self.table.items())
+                  if key.startswith(self._prefix) and value is not None and key not in self.pending]
+        for value in [*stored, *(v for v in self.pending.values() if v is not None)]:
+            data = json.loads(value)
+            entry = IndexedMail.from_dict(data["entry"])
+            self.source_offsets[entry.message_id] = data["offset"]
+            yield entry
 
     def take_pending(self) -> dict[str, bytes | None]:
         pending, self.pending = self.pending, {}
@@ -226,7 +235,15 @@ class MailProcessor:
         tenant = record["tenant"]
         mail = parse_mail(record["raw"], direction=record["direction"], tenant=tenant, mailbox=record["mailbox"],
                           received_at=record["received_at"], xheader_name=self.settings.correlation.xheader_name)
-        correlation = self._correlator(tenant, item.partition).correlate(mail)
+        correlator = self._correlator(tenant, item.partition)
+        store = self._stores[tenant]
+        if store.source_offsets.get(mail.message_id) == item.offset:
+            # Indexed from this very record before a crash that lost the batch's offset marker
+            # but not the entry: its outputs went out before the entry was written.
+            result.skipped_redeliveries += 1
+            return
+        store.current_offset = item.offset
+        correlation = correlator.correlate(mail)
         key = tenant.encode()
         if correlation.untracked_reason:
             result.outputs.append(Output("mail.untracked", key, self.codec.encode(
