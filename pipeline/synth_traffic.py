@@ -23,7 +23,7 @@ from pipeline.avro import AvroCodec
 from pipeline.settings import Settings, TrackingSettings
 from pipeline.streams.ingest import IngestReport, RecordProducer
 from pipeline.streams.records import mail_raw_record
-from pipeline.tracking.tokens import Keyring, TokenPayload, click_url, open_url, sign_token
+from pipeline.tracking.tokens import Keyring, TokenPayload, click_url, open_url, sign_token, unsubscribe_url
 
 START = datetime(2026, 2, 2, 9, 0, tzinfo=timezone.utc)
 LINKS = ("https://shop.example/spring-offer", "https://shop.example/catalogue")
@@ -104,8 +104,9 @@ class CampaignTraffic:
             links = [click_url(self.base_url, token("click", link)) for link in LINKS]
             body = (f"Dear customer,\n\nour spring offer is here: {LINKS[0]}\nFull catalogue: {LINKS[1]}\n\n"
                     f"Kind regards,\nThe shop team\n\n[pixel {pixel}]\n[links {' '.join(links)}]")
-            yield TrafficRecord("mail.raw", tenant, when, _mail(message_id, self.sender, recipient, subject, when, body),
-                                direction="out")
+            unsubscribe = f"\r\nList-Unsubscribe: <{unsubscribe_url(self.base_url, token('unsubscribe'))}>"
+            yield TrafficRecord("mail.raw", tenant, when, _mail(message_id, self.sender, recipient, subject, when, body,
+                                                                extra=unsubscribe), direction="out")
             if rng.random() < 0.03:  # a bad address: the mailer daemon answers within a minute
                 bounce_at = when + timedelta(seconds=rng.randint(5, 60))
                 yield TrafficRecord("mail.raw", tenant, bounce_at, _mail(

@@ -146,7 +146,8 @@ WITH
     stats AS (
         SELECT campaign_id, uniqExactMerge(human_opens) AS human_opens, uniqExactMerge(machine_opens) AS machine_opens,
                uniqExactMerge(unique_human_openers) AS unique_openers, uniqExactMerge(human_clicks) AS human_clicks,
-               uniqExactMerge(machine_clicks) AS machine_clicks
+               uniqExactMerge(machine_clicks) AS machine_clicks, uniqExactMerge(hard_bounces) AS hard_bounces,
+               uniqExactMerge(soft_bounces) AS soft_bounces
         FROM threadline.campaign_daily
         WHERE tenant = '${tenant}' AND day >= toDate($__fromTime) AND day <= toDate($__toTime)
         GROUP BY campaign_id),
@@ -162,6 +163,7 @@ WITH
         GROUP BY campaign_id)
 SELECT c.campaign_id AS campaign, c.name AS name, s.unique_openers AS unique_openers, s.human_opens AS human_opens,
        s.machine_opens AS machine_opens, s.human_clicks AS human_clicks, s.machine_clicks AS machine_clicks,
+       s.hard_bounces AS hard_bounces, s.soft_bounces AS soft_bounces,
        ifNull(v.conversions, 0) AS conversions, round(ifNull(v.revenue, 0), 2) AS revenue, round(c.cost, 2) AS cost,
        round((ifNull(v.revenue, 0) - c.cost) / nullIf(c.cost, 0), 3) AS roi
 FROM costs AS c

@@ -251,6 +251,7 @@ class Correlator:
             xref=mail.xref,
             series_head=f"{mail.from_addr}|{series[1]}|{series[0]}" if series and series[0] <= 1 else None,
             references=tuple(ref for _, ref in named_ids[:MAX_REFERENCES]),
+            campaign_id=mail.campaign_id,
         ))
         return self._result(
             mail, event_dt, method,

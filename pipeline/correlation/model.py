@@ -69,6 +69,7 @@ class IndexedMail:
     # Ids the mail names in In-Reply-To / References (nearest first, at most MAX_REFERENCES):
     # two mails naming the same id we never saw are in one thread.
     references: tuple[str, ...] = ()
+    campaign_id: str | None = None  # so that a bounce of this mail counts for its campaign
 
     def to_dict(self) -> dict[str, Any]:
         # Flat fields only: a direct read is ~10x faster than dataclasses.asdict's deep copy,

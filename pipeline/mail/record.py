@@ -70,6 +70,10 @@ class MailRecord:
     mailbox: str = ""
     received_at: datetime | None = None
 
+    # The campaign of a campaign mail, from its signed List-Unsubscribe token (set by the stream
+    # processor, which holds the tracking keys); None for other mail.
+    campaign_id: str | None = None
+
     size: int = 0  # bytes of the raw message
     defects: tuple[str, ...] = field(default=())  # non-fatal problems noticed while parsing
 

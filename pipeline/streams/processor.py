@@ -15,7 +15,9 @@ by the entry's own source offset.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, MutableMapping
@@ -23,15 +25,18 @@ from typing import Callable, Iterator, MutableMapping
 from pipeline.avro import AvroCodec, AvroDecodeError
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.index import CorrelationIndex
-from pipeline.correlation.model import IndexedMail
+from pipeline.correlation.model import IndexedMail, stable_event_id
+from pipeline.mail.bounce import parse_bounce
 from pipeline.mail.parse import parse_mail
-from pipeline.mail.record import MailParseError
+from pipeline.mail.record import MailParseError, MailRecord
 from pipeline.settings import Settings
 from pipeline.streams.records import (
     SourcePosition, correlated_record, deadletter_record, response_record, untracked_record,
 )
+from pipeline.tracking.tokens import TokenError, verify_unsubscribe
 
 AGENT = "correlator"
+_UNSUBSCRIBE_TOKEN = re.compile(rb"^List-Unsubscribe:[^\r\n]*?/u/([A-Za-z0-9_-]+)", re.IGNORECASE | re.MULTILINE)
 _SEPARATOR = "\x1f"
 _OFFSET_MARKER = "\x00offset" + _SEPARATOR
 
@@ -192,6 +197,39 @@ class MailProcessor:
         entry = correlator.index.get(message_id) if correlator is not None else None
         return entry.from_addr or None if entry is not None and entry.direction == "out" else None
 
+    def _with_campaign(self, mail: MailRecord, raw: bytes) -> MailRecord:
+        """Campaign mail carries a signed unsubscribe token naming its campaign; keep it with the
+        mail so that a later bounce of it counts for the campaign."""
+        match = _UNSUBSCRIBE_TOKEN.search(raw, 0, raw.find(b"\r\n\r\n") if b"\r\n\r\n" in raw else len(raw))
+        if match is None:
+            return mail
+        try:
+            payload = verify_unsubscribe(match.group(1).decode("ascii"), self.settings.tracking)
+        except TokenError:
+            return mail
+        return dataclasses.replace(mail, campaign_id=payload.campaign_id) if payload.campaign_id else mail
+
+    def _bounce_events(self, raw: bytes, correlator: Correlator, mail: MailRecord, result: BatchResult) -> None:
+        """A delivery failure becomes one ``tracking.events`` record (kind bounce) per failed
+        recipient of the original mail, with the original's campaign when it is one."""
+        bounce = parse_bounce(raw)
+        if bounce is None or not bounce.original_message_id:
+            return
+        original = correlator.index.get(bounce.original_message_id)
+        campaign_id = original.campaign_id if original is not None else None
+        for recipient in bounce.recipients:
+            event = {
+                "event_id": stable_event_id("bounce", mail.tenant, bounce.original_message_id, recipient.address),
+                "tenant": mail.tenant, "kind": "bounce", "message_id": bounce.original_message_id,
+                "recipient": recipient.address, "campaign_id": campaign_id, "link_url": None,
+                "event_time": mail.event_time, "ip": None, "reverse_dns": None, "user_agent_family": None,
+                "is_machine": False, "machine_reason": None, "nth_open": 0, "first_open_time": None,
+                "probably_forwarded": False, "bounce_kind": recipient.kind, "bounce_reason": recipient.reason,
+            }
+            result.outputs.append(Output("tracking.events", mail.tenant.encode(),
+                                         self.codec.encode("tracking.events", event)))
+            result.count(f"bounce:{recipient.kind}")
+
     def _correlator(self, tenant: str, partition: int) -> Correlator:
         correlator = self._correlators.get(tenant)
         if correlator is None:
@@ -235,6 +273,8 @@ class MailProcessor:
         tenant = record["tenant"]
         mail = parse_mail(record["raw"], direction=record["direction"], tenant=tenant, mailbox=record["mailbox"],
                           received_at=record["received_at"], xheader_name=self.settings.correlation.xheader_name)
+        if mail.direction == "out":
+            mail = self._with_campaign(mail, record["raw"])
         correlator = self._correlator(tenant, item.partition)
         store = self._stores[tenant]
         if store.source_offsets.get(mail.message_id) == item.offset:
@@ -245,6 +285,8 @@ class MailProcessor:
         store.current_offset = item.offset
         correlation = correlator.correlate(mail)
         key = tenant.encode()
+        if mail.is_bounce:
+            self._bounce_events(record["raw"], correlator, mail, result)
         if correlation.untracked_reason:
             result.outputs.append(Output("mail.untracked", key, self.codec.encode(
                 "mail.untracked", untracked_record(correlation, mail.mailbox))))

@@ -118,7 +118,7 @@ class TrackingProcessor:
                 "ip": verdict.ip, "reverse_dns": ptr, "user_agent_family": verdict.user_agent_family,
                 "is_machine": verdict.is_machine, "machine_reason": verdict.machine_reason,
                 "nth_open": verdict.nth_open, "first_open_time": verdict.first_open_time,
-                "probably_forwarded": verdict.probably_forwarded,
+                "probably_forwarded": verdict.probably_forwarded, "bounce_kind": None, "bounce_reason": None,
             }
             result.outputs.append(Output("tracking.events", payload.tenant.encode(),
                                          self.codec.encode("tracking.events", event)))
