@@ -58,6 +58,13 @@ def check_settings(settings: Settings) -> list[Check]:
             checks.append(Check("custom_rule", True, f"{settings.correlation.custom_rule} loads"))
         except ValueError as exc:
             checks.append(Check("custom_rule", False, str(exc), "fix correlation.custom_rule (module:function)"))
+    if settings.tracking.uses_development_key():
+        production = bool(settings.kafka.bootstrap)
+        checks.append(Check("tracking keys", not production,
+                            "the built-in development key signs tracking tokens"
+                            + (" on a real cluster: anyone can forge opens and clicks" if production
+                               else " (fine for the embedded demo)"),
+                            "set tracking.keys to a long random secret and tracking.current_key_id to its id"))
     if settings.untracked.excluded_domains and set(settings.untracked.excluded_domains) & set(settings.untracked.own_domains):
         checks.append(Check("excluded_domains", False, "an own domain is also excluded: internal mail is never tracked",
                             "remove own domains from untracked.excluded_domains"))

@@ -83,5 +83,19 @@ def test_unreachable_broker_fails_with_a_fix(monkeypatch):
 
 def test_run_checks_on_defaults_all_pass():
     checks = run_checks(Settings())
-    assert {c.name for c in checks} == {"hash_filter_keywords", "schemas", "broker", "clickhouse"}
+    assert {c.name for c in checks} == {"hash_filter_keywords", "tracking keys", "schemas", "broker", "clickhouse"}
     assert [c.format() for c in checks if not c.ok] == []
+
+
+def test_development_tracking_key_fails_only_on_a_real_cluster():
+    from pipeline.doctor import check_settings
+    from pipeline.settings import load_settings
+
+    embedded = {c.name: c for c in check_settings(load_settings(None, environ={}))}
+    assert embedded["tracking keys"].ok
+    real = {c.name: c for c in check_settings(load_settings(None, environ={"THREADLINE_KAFKA_BOOTSTRAP": "kafka:9092"}))}
+    assert not real["tracking keys"].ok and "tracking.keys" in real["tracking keys"].fix
+    keyed = load_settings(None, environ={"THREADLINE_KAFKA_BOOTSTRAP": "kafka:9092",
+                                         "THREADLINE_TRACKING_KEYS": '{"k1": "a-long-random-production-secret-0123456789"}',
+                                         "THREADLINE_TRACKING_CURRENT_KEY_ID": "k1"})
+    assert "tracking keys" not in {c.name for c in check_settings(keyed)}
