@@ -77,3 +77,16 @@ def test_settings_reference_in_docs_is_current():
     docs = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
     assert docs.read_text(encoding="utf-8") == settings_reference_markdown(), \
         "docs/settings.md is stale: run `threadline settings --reference > docs/settings.md`"
+
+
+def test_secrets_can_come_from_files(tmp_path):
+    secret = tmp_path / "sasl_password"
+    secret.write_text("s3cret\n")
+    settings = load_settings(None, environ={"THREADLINE_KAFKA_SASL_PASSWORD_FILE": str(secret)})
+    assert settings.kafka.sasl_password == "s3cret"
+    assert "s3cret" not in repr(settings)
+    # The variable itself wins over its file; a missing file is a clear error.
+    assert load_settings(None, environ={"THREADLINE_KAFKA_SASL_PASSWORD": "direct",
+                                        "THREADLINE_KAFKA_SASL_PASSWORD_FILE": str(secret)}).kafka.sasl_password == "direct"
+    with pytest.raises(SettingsError, match="THREADLINE_KAFKA_SASL_PASSWORD_FILE"):
+        load_settings(None, environ={"THREADLINE_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "missing")})
