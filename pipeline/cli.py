@@ -628,6 +628,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    from pipeline.erase import EraseError, erase_from_clickhouse, erase_from_topics, validate_address
+
+    settings = _settings(args)
+    bootstrap = _bootstrap(settings)
+    try:
+        address = validate_address(args.address)
+    except EraseError as exc:
+        raise UserError(str(exc)) from exc
+    if not args.yes:
+        raise UserError(f"this rewrites every topic that mentions {address} and deletes its ClickHouse rows; stop "
+                        "the workers, sink and notifier first, then run again with --yes (see docs/operations.md)")
+    try:
+        report = erase_from_topics(settings, bootstrap, address, progress=lambda m: print(m, file=sys.stderr))
+    except EraseError as exc:
+        raise UserError(str(exc)) from exc
+    rows = erase_from_clickhouse(_store(settings), address)
+    print(json.dumps({"address": address, "records_removed": report.records_removed,
+                      "topics_rewritten": report.topics_rewritten,
+                      "clickhouse_rows_deleted": {t: n for t, n in rows.items() if n}}, indent=2))
+    print("next: start the next generation on the rewritten topics (threadline replay --settings ...) and retire "
+          "the old workers; the sink re-reads the rewritten output topics (idempotent)", file=sys.stderr)
+    return 0
+
+
 def cmd_escalations(args: argparse.Namespace) -> int:
     store = _store(_settings(args))
     rows = store.query("""
@@ -829,6 +854,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the organisation's domain campaign mail is sent from")
 
     command("notify", cmd_notify, "Deliver alerts by e-mail (notifications.smtp_host) and to webhooks.")
+
+    erase = command("erase", cmd_erase, "Remove one person's data from every topic and from ClickHouse.")
+    erase.add_argument("--address", required=True)
+    erase.add_argument("--yes", action="store_true", help="really do it (the pipeline must be stopped)")
 
     escalations = command("escalations", cmd_escalations, "List unanswered mail by escalation state (open ones by default).")
     escalations.add_argument("--state", choices=("OPEN", "WARNED", "ESCALATED", "RESOLVED"))

@@ -1,0 +1,157 @@
+"""``threadline erase --address X``: remove one person's data from the topics and ClickHouse.
+
+Kafka cannot delete single records, so every topic holding a record that mentions the address
+(the raw mail, the outputs, the tracking hits, and the workers' changelog topics) is rewritten:
+read to its end, deleted, created again with the same partition count, and every other record
+produced back to its partition, in order, with its key.  A record "mentions" the address when
+its bytes contain it, case-insensitively (headers and Avro strings hold addresses as plain
+UTF-8).  Offsets change in a rewritten topic, and the workers' tables (and their offset markers)
+describe the old ones, so the procedure is: stop the pipeline, erase, then start the next
+generation (``threadline replay``: new consumer groups and tables, reading the rewritten
+``mail.raw`` from the start) and retire the old one; the sink re-reads the rewritten output
+topics, which its idempotent inserts allow.  In ClickHouse every row with the
+address in an address column is deleted (synchronously).  Rollups keep only hashes of
+recipients (``uniqExact`` states), which are not personal data by themselves.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pipeline.broker import client_config, producer_config
+from pipeline.settings import Settings
+
+# Columns that hold addresses, per ClickHouse table (arrays are matched element-wise).
+ADDRESS_COLUMNS = {
+    "mail_correlated": ("from_addr", "to", "cc", "bcc"),
+    "mail_correlated_current": ("from_addr", "to", "cc", "bcc"),
+    "mail_untracked": ("from_addr", "to"),
+    "mail_untracked_current": ("from_addr", "to"),
+    "mail_responses": ("responder",),
+    "mail_responses_current": ("responder",),
+    "tracking_events": ("recipient",),
+    "conversions": ("recipient",),
+    "escalations": ("owner",),
+    "alerts": ("user", "record_owner"),
+    "crm_entities": ("email",),
+}
+_ADDRESS = re.compile(r"^[^@\s]{1,200}@[^@\s]{1,200}$")
+
+
+class EraseError(RuntimeError):
+    pass
+
+
+@dataclass
+class EraseReport:
+    records_removed: dict[str, int] = field(default_factory=dict)
+    topics_rewritten: list[str] = field(default_factory=list)
+    rows_deleted: dict[str, int] = field(default_factory=dict)
+
+
+def _where(columns: tuple[str, ...]) -> str:
+    parts = []
+    for column in columns:
+        parts.append(f"has(arrayMap(x -> lower(x), `{column}`), {{address:String}})" if column in ("to", "cc", "bcc")
+                     else f"lower(ifNull(`{column}`, '')) = {{address:String}}")
+    return " OR ".join(parts)
+
+
+def erase_from_clickhouse(store, address: str) -> dict[str, int]:
+    deleted = {}
+    existing = {row[0] for row in store.query("SELECT name FROM system.tables WHERE database = {db:String}",
+                                              parameters={"db": store.database}).result_rows}
+    for table, columns in ADDRESS_COLUMNS.items():
+        if table not in existing:
+            continue
+        condition = _where(columns)
+        count = store.query(f"SELECT count() FROM {{db}}.{table} WHERE {condition}",
+                            parameters={"address": address}).result_rows[0][0]
+        if count:
+            store.client.command(store.sql(f"ALTER TABLE {{db}}.{table} DELETE WHERE {condition} "
+                                           "SETTINGS mutations_sync = 2"), parameters={"address": address})
+        deleted[table] = count
+    return deleted
+
+
+def _read_all(settings: Settings, bootstrap: str, topic: str, partitions: int) -> dict[int, list]:
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer({**client_config(settings.kafka, bootstrap), "group.id": f"threadline-erase-{uuid.uuid4()}",
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    records: dict[int, list] = {p: [] for p in range(partitions)}
+    pending = set(range(partitions))
+    try:
+        while pending:
+            message = consumer.poll(5.0)
+            if message is None:
+                raise EraseError(f"{topic}: no end of partition reached within 5 s (is the broker up?)")
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard(message.partition())
+                    continue
+                raise EraseError(f"{topic}: {message.error()}")
+            records[message.partition()].append((message.offset(), message.key(), message.value(), message.headers()))
+    finally:
+        consumer.close()
+    return records
+
+
+def erase_from_topics(settings: Settings, bootstrap: str, address: str,
+                      progress: Callable[[str], None] = lambda _m: None) -> EraseReport:
+    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    needle = address.lower().encode()
+    admin = AdminClient(client_config(settings.kafka, bootstrap))
+    metadata = admin.list_topics(timeout=10)
+    prefix = settings.kafka.topic_prefix
+    topics = sorted(name for name in metadata.topics
+                    if not name.startswith("__") and (not prefix or name.startswith(prefix) or "-changelog" in name))
+    report = EraseReport()
+    for topic in topics:
+        partitions = len(metadata.topics[topic].partitions)
+        records = _read_all(settings, bootstrap, topic, partitions)
+        kept = {p: [r for r in items if needle not in (r[2] or b"").lower() and needle not in (r[1] or b"").lower()]
+                for p, items in records.items()}
+        removed = sum(len(records[p]) - len(kept[p]) for p in records)
+        if not removed:
+            continue
+        progress(f"{topic}: removing {removed} records, keeping {sum(map(len, kept.values()))}")
+        for future in admin.delete_topics([topic], operation_timeout=30).values():
+            future.result(30)
+        for attempt in range(50):  # the deletion takes a moment to settle
+            try:
+                for future in admin.create_topics([NewTopic(topic, num_partitions=partitions,
+                                                            replication_factor=settings.kafka.replication_factor)]).values():
+                    future.result(30)
+                break
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS" or attempt == 49:
+                    raise EraseError(f"cannot create {topic} again: {exc}") from exc
+                time.sleep(0.2)
+        producer = Producer({**producer_config(settings.kafka, bootstrap), "enable.idempotence": True})
+        errors: list[str] = []
+        for partition, items in kept.items():
+            for _, key, value, headers in items:
+                producer.produce(topic, value, key, partition=partition, headers=headers,
+                                 on_delivery=lambda err, _m: err and errors.append(str(err)))
+                producer.poll(0)
+        if producer.flush(60) or errors:
+            raise EraseError(f"{topic}: rewriting failed ({errors[:3]}); the removed records are gone, "
+                             "the kept ones may be incomplete: stop and check before restarting workers")
+        report.records_removed[topic] = removed
+        report.topics_rewritten.append(topic)
+    return report
+
+
+def validate_address(address: str) -> str:
+    address = address.strip().lower()
+    if not _ADDRESS.match(address):
+        raise EraseError(f"{address!r} is not an e-mail address")
+    return address

@@ -1,0 +1,85 @@
+"""`threadline erase`: one person's mail disappears from every topic (changelogs included) and from
+ClickHouse, and everything else stays."""
+
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from pipeline.broker import client_config
+from pipeline.erase import erase_from_clickhouse, erase_from_topics
+from pipeline.sinks.clickhouse import ClickHouseSink, sink_until
+from pipeline.sinks.tables import SINK_TOPICS
+from pipeline.streams.ingest import ingest
+from pipeline.streams.runner import count_records, wait_for_outputs
+from pipeline.synth import MailGenerator, render_rfc5322
+
+pytestmark = pytest.mark.integration
+
+PERSON = "erase.me@customer.test"
+
+
+def _person_mail(n: int, reply_to: str | None = None) -> bytes:
+    headers = (f"Message-ID: <p{n}@customer.test>\r\nFrom: Erase Me <{PERSON}>\r\nTo: desk@acme.test\r\n"
+               f"Subject: my order {n}\r\nDate: Mon, 05 Jan 2026 1{n}:00:00 +0000\r\n")
+    if reply_to:
+        headers += f"In-Reply-To: {reply_to}\r\n"
+    return (headers + "\r\nPlease call me back.\r\n").encode()
+
+
+def _all_topic_bytes(settings, bootstrap) -> dict[str, list[bytes]]:
+    admin = AdminClient(client_config(settings.kafka, bootstrap))
+    found = {}
+    for name, topic in admin.list_topics(timeout=10).topics.items():
+        if name.startswith("__"):
+            continue
+        consumer = Consumer({**client_config(settings.kafka, bootstrap), "group.id": "erase-check",
+                             "enable.auto.commit": False, "enable.partition.eof": True})
+        consumer.assign([TopicPartition(name, p, 0) for p in topic.partitions])
+        pending, values = set(topic.partitions), []
+        while pending:
+            message = consumer.poll(5)
+            assert message is not None, name
+            if message.error():
+                pending.discard(message.partition())
+                continue
+            values.append((message.key() or b"") + (message.value() or b""))
+        consumer.close()
+        found[name] = values
+    return found
+
+
+def test_erase_removes_one_person_everywhere_and_keeps_the_rest(sandbox, clickhouse_factory):
+    settings = sandbox.settings()
+    others = [(f"s#{n}", render_rfc5322(item.mail)) for n, item in enumerate(MailGenerator(4, customers=40).mails(200))]
+    person = [("p#1", _person_mail(1)), ("p#2", _person_mail(2, reply_to="<p1@customer.test>"))]
+    report = ingest(others[:100] + person + others[100:], settings, sandbox.codec, sandbox.bootstrap)
+    worker = sandbox.start_worker()
+    wait_for_outputs(settings.kafka, sandbox.bootstrap, sandbox.codec, 0, report.delivered, workers=[worker])
+    worker.stop()  # the pipeline is stopped, caught up, with its offsets committed
+
+    store = clickhouse_factory()
+    sink_settings = settings.model_copy(update={"clickhouse": settings.clickhouse.model_copy(
+        update={"database": store.database})})
+    sink = ClickHouseSink(sink_settings, sandbox.bootstrap, store, sandbox.codec, group_id=f"{sandbox.app_id}-sink")
+    records = sum(count_records(settings.kafka, sandbox.bootstrap, topic) for topic in SINK_TOPICS)
+    sink_until(sink, lambda: sum(sink.inserted.values()) >= records)
+    sink.close()
+    before_rows = store.query("SELECT count() FROM {db}.mail_correlated").result_rows[0][0]
+    before = _all_topic_bytes(settings, sandbox.bootstrap)
+    assert any(PERSON.encode() in v.lower() for values in before.values() for v in values)
+
+    result = erase_from_topics(settings, sandbox.bootstrap, PERSON)
+    rows = erase_from_clickhouse(store, PERSON)
+
+    after = _all_topic_bytes(settings, sandbox.bootstrap)
+    assert not any(PERSON.encode() in v.lower() for values in after.values() for v in values)
+    for topic, values in before.items():
+        kept = [v for v in values if PERSON.encode() not in v.lower()]
+        assert sorted(after.get(topic, [])) == sorted(kept), topic  # everything else is still there
+    raw_topic = f"{sandbox.prefix}mail.raw"
+    assert result.records_removed[raw_topic] == 2
+    assert any(name.endswith("-changelog") for name in result.topics_rewritten)  # the index entries too
+    assert rows["mail_correlated"] == 2
+    assert store.query("SELECT count() FROM {db}.mail_correlated").result_rows[0][0] == before_rows - 2
