@@ -41,6 +41,8 @@ def client_config(settings: KafkaSettings, bootstrap: str | None = None) -> dict
     config = {"bootstrap.servers": bootstrap or settings.bootstrap}
     if settings.security_protocol != "PLAINTEXT":
         config["security.protocol"] = settings.security_protocol
+    if settings.ssl_ca_location:
+        config["ssl.ca.location"] = settings.ssl_ca_location
     if settings.sasl_mechanism:
         config["sasl.mechanism"] = settings.sasl_mechanism
         config["sasl.username"] = settings.sasl_username or ""

@@ -138,6 +138,7 @@ class KafkaSettings(_Section):
     sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
     sasl_username: str | None = Field(None, description="SASL user name.")
     sasl_password: str | None = Field(None, repr=False, description="SASL password (never logged).")
+    ssl_ca_location: str | None = Field(None, description="CA certificate file for SSL / SASL_SSL; unset: the system's CAs.")
     topic_prefix: str = Field("", description="Prepended to every topic name (several installations, one cluster).")
 
 

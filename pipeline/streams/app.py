@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import sys
 import time
 import weakref
@@ -128,21 +129,27 @@ async def _handle_batches(stream, processor, table, source_topic: str, outputs: 
                  f", {result.skipped_redeliveries} redelivered records skipped" if result.skipped_redeliveries else "")
 
 
+def faust_credentials(settings: Settings):
+    """The Kafka security settings for Faust (aiokafka), matching what the confluent clients get
+    from :func:`pipeline.broker.client_config`."""
+    kafka = settings.kafka
+    tls = ssl.create_default_context(cafile=kafka.ssl_ca_location) if kafka.security_protocol in ("SSL", "SASL_SSL") else None
+    if kafka.sasl_mechanism:
+        return faust.SASLCredentials(username=kafka.sasl_username or "", password=kafka.sasl_password or "",
+                                     mechanism=kafka.sasl_mechanism, ssl_context=tls)
+    return faust.SSLCredentials(tls) if tls is not None else None
+
+
 def build_app(settings: Settings) -> faust.App:
     if not settings.kafka.bootstrap:
         raise SystemExit("threadline worker needs kafka.bootstrap (THREADLINE_KAFKA_BOOTSTRAP); "
                          "`threadline up` starts an embedded broker and sets it")
     data_dir = settings.worker.data_dir.resolve()
     (data_dir / "faust").mkdir(parents=True, exist_ok=True)
-    broker_credentials = None
-    if settings.kafka.sasl_mechanism:
-        broker_credentials = faust.SASLCredentials(
-            username=settings.kafka.sasl_username or "", password=settings.kafka.sasl_password or "",
-            mechanism=settings.kafka.sasl_mechanism)
     app = faust.App(
         app_id(settings),
         broker=",".join(f"kafka://{host}" for host in settings.kafka.bootstrap.split(",")),
-        broker_credentials=broker_credentials,
+        broker_credentials=faust_credentials(settings),
         store="rocksdb://",
         # Local tables are named by table, not by app: each app id (generation) needs its own
         # folder, or a new generation would start from another one's index and offsets.
