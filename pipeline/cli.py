@@ -378,11 +378,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     report = ingest(iter_mail_sources(args.mailbox), settings, codec, bootstrap, tenant=args.tenant,
                     direction=args.direction, mailbox=args.mailbox_name,
                     on_progress=_bar_factory(not args.no_progress)("ingest mail.raw", None))
-    print(f"{report.delivered} of {report.produced} mails delivered to mail.raw ({report.bytes / 2**20:.1f} MB)",
-          file=sys.stderr)
-    for error in report.errors[:10]:
-        print(f"  delivery error: {error}", file=sys.stderr)
-    return 1 if report.errors else 0
+    return _delivery_summary(report, f"mails delivered to mail.raw ({report.bytes / 2**20:.1f} MB)")
 
 
 def cmd_imap(args: argparse.Namespace) -> int:
@@ -417,6 +413,14 @@ def cmd_imap(args: argparse.Namespace) -> int:
         poller.close()
         print(poller.report.format(), file=sys.stderr)
     return 0
+
+
+def _delivery_summary(report, what: str) -> int:
+    """Print how many records the broker acknowledged and the first delivery errors; exit code."""
+    print(f"{report.delivered} of {report.produced} {what}", file=sys.stderr)
+    for error in report.errors[:10]:
+        print(f"  delivery error: {error}", file=sys.stderr)
+    return 1 if report.errors else 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -622,10 +626,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     for record in traffic:
         counts[record.topic] = counts.get(record.topic, 0) + 1
-    print(f"{report.delivered} of {report.produced} records delivered: {counts}", file=sys.stderr)
-    for error in report.errors[:10]:
-        print(f"  delivery error: {error}", file=sys.stderr)
-    return 1 if report.errors else 0
+    return _delivery_summary(report, f"records delivered: {counts}")
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
