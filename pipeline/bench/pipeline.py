@@ -21,7 +21,7 @@ from typing import Callable
 
 from pipeline.avro import AvroCodec, registry_from_settings
 from pipeline.bench.common import machine_facts
-from pipeline.broker import client_config, create_topics, kafka_bootstrap, producer_config, topic_name
+from pipeline.broker import client_config, create_topics, kafka_bootstrap, produce_when_room, producer_config, topic_name
 from pipeline.settings import Settings
 from pipeline.streams.ingest import ingest
 from pipeline.streams.runner import OUTPUT_TOPICS, WorkerProcess
@@ -83,12 +83,7 @@ def _baseline(settings: Settings, bootstrap: str, values: list[bytes]) -> float:
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     started = time.perf_counter()
     for value in values:
-        while True:
-            try:
-                producer.produce(topic, value, b"default")
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_when_room(producer, topic, value, b"default")
     producer.flush(120)
     received = 0
     while received < len(values):

@@ -19,19 +19,16 @@ class _MailRawProducer:
     """Hands every sent mail to ``mail.raw`` (direction out), so the pipeline correlates replies."""
 
     def __init__(self, settings: Settings, tenant: str, campaign_id: str) -> None:
-        from confluent_kafka import Producer
-
         from pipeline.avro import AvroCodec, registry_from_settings
-        from pipeline.broker import create_topics, producer_config, topic_name
+        from pipeline.broker import create_topics
+        from pipeline.streams.ingest import RecordProducer
 
         if not settings.kafka.bootstrap:
             raise CampaignError("--to-mail-raw needs a broker: set THREADLINE_KAFKA_BOOTSTRAP or kafka.bootstrap")
         create_topics(settings.kafka, settings.kafka.bootstrap, timeout_s=10)
         self.codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
-        self.producer = Producer(producer_config(settings.kafka, settings.kafka.bootstrap))
-        self.topic = topic_name(settings.kafka, "mail.raw")
+        self.records = RecordProducer(settings, settings.kafka.bootstrap)
         self.tenant, self.campaign_id = tenant, campaign_id
-        self.errors: list[str] = []
 
     def __call__(self, mail: SentMail) -> None:
         from pipeline.streams.records import mail_raw_record
@@ -39,22 +36,16 @@ class _MailRawProducer:
         record = mail_raw_record(tenant=self.tenant, mailbox=f"campaign:{self.campaign_id}", direction="out",
                                  source=f"campaign:{self.campaign_id}#{mail.row}", raw=mail.data,
                                  received_at=datetime.now(timezone.utc))
-        while True:
-            try:
-                self.producer.produce(self.topic, self.codec.encode("mail.raw", record), self.tenant.encode(),
-                                      on_delivery=self._delivered)
-                break
-            except BufferError:
-                self.producer.poll(0.1)
-        self.producer.poll(0)
+        self.records.produce("mail.raw", self.tenant.encode(), self.codec.encode("mail.raw", record))
 
-    def _delivered(self, error, _message) -> None:
-        if error is not None and len(self.errors) < 100:
-            self.errors.append(str(error))
+    @property
+    def errors(self) -> list[str]:
+        return self.records.report.errors
 
     def close(self) -> int:
         """Undelivered records after 60 s (0 when all arrived)."""
-        return self.producer.flush(60)
+        report = self.records.finish(60)
+        return report.produced - report.delivered
 
 
 def run_send(settings: Settings, *, campaign_id: str, template: str, recipients: str, tenant: str = "default",

@@ -28,7 +28,7 @@ import mode
 from faust.streams import _current_event  # see event_context()
 
 from pipeline.avro import AvroCodec, registry_from_settings
-from pipeline.broker import free_port, producer_config, topic_name
+from pipeline.broker import free_port, produce_when_room, producer_config, topic_name
 from pipeline.settings import Settings, load_settings
 from pipeline.streams.crm import CrmProcessor
 from pipeline.streams.escalation import EscalationProcessor
@@ -72,15 +72,9 @@ class OutputProducer:
             self._errors.append(f"{message.topic()}: {error}")
 
     def send_all(self, result: BatchResult) -> None:
-        produce = self.producer.produce
         for output in result.outputs:
-            while True:
-                try:
-                    produce(topic_name(self.settings.kafka, output.topic), output.value, output.key,
-                            on_delivery=self._delivered)
-                    break
-                except BufferError:  # local queue full: let deliveries drain, then retry
-                    self.producer.poll(0.1)
+            produce_when_room(self.producer, topic_name(self.settings.kafka, output.topic), output.value, output.key,
+                              on_delivery=self._delivered)
         remaining = self.producer.flush(60)
         if remaining or self._errors:
             errors, self._errors = self._errors, []

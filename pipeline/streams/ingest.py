@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from pipeline.avro import AvroCodec
-from pipeline.broker import producer_config, topic_name
+from pipeline.broker import produce_when_room, producer_config, topic_name
 from pipeline.settings import Settings
 from pipeline.streams.records import mail_raw_record
 
@@ -57,12 +57,7 @@ class RecordProducer:
             self.report.errors.append(str(error))
 
     def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
-        while True:
-            try:
-                self.producer.produce(topic_name(self.kafka, topic), value, key, on_delivery=self._delivered)
-                break
-            except BufferError:
-                self.producer.poll(0.1)
+        produce_when_room(self.producer, topic_name(self.kafka, topic), value, key, on_delivery=self._delivered)
         self.producer.poll(0)
         self.report.produced += 1
 

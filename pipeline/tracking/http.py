@@ -32,7 +32,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pipeline.avro import AvroCodec
-from pipeline.broker import producer_config, topic_name
+from pipeline.broker import produce_when_room, producer_config, topic_name
 from pipeline.settings import Settings
 from pipeline.tracking.tokens import TokenError, token_from_path, verify_unsubscribe, verify_with_settings
 
@@ -81,12 +81,7 @@ class HitSpool:
         return len(lines)
 
     def _produce(self, key: bytes | None, value: bytes) -> None:
-        while True:
-            try:
-                self.producer.produce(self.topic, value, key, on_delivery=self._on_delivery)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
+        produce_when_room(self.producer, self.topic, value, key, on_delivery=self._on_delivery)
 
     def add(self, record: dict, tenant: str | None) -> None:
         self._produce(tenant.encode() if tenant else None, self.codec.encode("tracking.raw", record))
