@@ -874,39 +874,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = command("bench", lambda a: bench.print_help() or 2, "Benchmarks; results as JSON.")
     bench_commands = bench.add_subparsers(dest="bench", required=True)
-    bench_correlate = bench_commands.add_parser("correlate", help="mails/s of the pure engine at growing index sizes")
-    bench_correlate.set_defaults(handler=cmd_bench_correlate)
+    def bench_command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str,
+                      out: str) -> argparse.ArgumentParser:
+        sub = bench_commands.add_parser(name, help=help_text)
+        sub.set_defaults(handler=handler)
+        sub.add_argument("-o", "--out", default=out)
+        progress_flag(sub)
+        return sub
+
+    bench_correlate = bench_command("correlate", cmd_bench_correlate, "mails/s of the pure engine at growing index "
+                                    "sizes", "bench-results/correlate.json")
     bench_correlate.add_argument("--sizes", default="10000,100000,1000000", help="indexed mails, comma separated")
     bench_correlate.add_argument("--measure", type=int, default=20_000, help="mails timed at each size")
     bench_correlate.add_argument("--seed", type=int, default=7)
     bench_correlate.add_argument("--corpus", metavar="MBOX", help="also time parsing this real mbox")
-    bench_correlate.add_argument("-o", "--out", default="bench-results/correlate.json")
-    progress_flag(bench_correlate)
-    bench_pipeline = bench_commands.add_parser("pipeline", help="mails/s end to end per worker vs raw confluent-kafka")
-    bench_pipeline.set_defaults(handler=cmd_bench_pipeline)
+    bench_pipeline = bench_command("pipeline", cmd_bench_pipeline, "mails/s end to end per worker vs raw "
+                                   "confluent-kafka", "bench-results/pipeline.json")
     bench_pipeline.add_argument("--mails", type=int, default=20_000)
     bench_pipeline.add_argument("--seed", type=int, default=7)
-    bench_pipeline.add_argument("-o", "--out", default="bench-results/pipeline.json")
-    progress_flag(bench_pipeline)
-    bench_clickhouse = bench_commands.add_parser("clickhouse", help="sink insert rate and dashboard query latency")
-    bench_clickhouse.set_defaults(handler=cmd_bench_clickhouse)
+    bench_clickhouse = bench_command("clickhouse", cmd_bench_clickhouse, "sink insert rate and dashboard query "
+                                     "latency", "bench-results/clickhouse.json")
     bench_clickhouse.add_argument("--mails", type=int, default=10_000_000, help="correlated mails in the tables")
     bench_clickhouse.add_argument("--insert-mails", type=int, default=20_000, help="seeded mails for the insert rate")
     bench_clickhouse.add_argument("--repeat", type=int, default=5)
-    bench_clickhouse.add_argument("-o", "--out", default="bench-results/clickhouse.json")
-    progress_flag(bench_clickhouse)
-    bench_all = bench_commands.add_parser("all", help="every benchmark; updates docs/benchmarks.md and its plots")
-    bench_all.set_defaults(handler=cmd_bench_all)
+    bench_all = bench_command("all", cmd_bench_all, "every benchmark; updates docs/benchmarks.md and its plots",
+                              "bench-results/all-summary.json")
     bench_all.add_argument("--quick", action="store_true", help="smaller sizes (minutes instead of ~15)")
     bench_all.add_argument("--docs", default="docs/benchmarks.md")
-    bench_all.add_argument("-o", "--out", default="bench-results/all-summary.json")
-    progress_flag(bench_all)
-    bench_tracking = bench_commands.add_parser("tracking", help="pixel requests/s and latency under load")
-    bench_tracking.set_defaults(handler=cmd_bench_tracking)
+    bench_tracking = bench_command("tracking", cmd_bench_tracking, "pixel requests/s and latency under load",
+                                   "bench-results/tracking.json")
     bench_tracking.add_argument("--seconds", type=float, default=10.0)
     bench_tracking.add_argument("--concurrency", type=int, default=32)
-    bench_tracking.add_argument("-o", "--out", default="bench-results/tracking.json")
-    progress_flag(bench_tracking)
     return parser
 
 
