@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pipeline.broker import client_config, producer_config
+from pipeline.broker import client_config, produce_when_room, producer_config
 from pipeline.settings import Settings
+from pipeline.streams.reader import read_messages
 
 # Columns that hold addresses, per ClickHouse table (arrays are matched element-wise).
 ADDRESS_COLUMNS = {
@@ -79,26 +79,15 @@ def erase_from_clickhouse(store, address: str) -> dict[str, int]:
 
 
 def _read_all(settings: Settings, bootstrap: str, topic: str, partitions: int) -> dict[int, list]:
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    """(offset, key, value, headers) of every record of ``topic``, per partition."""
+    from confluent_kafka import KafkaException
 
-    consumer = Consumer({**client_config(settings.kafka, bootstrap), "group.id": f"threadline-erase-{uuid.uuid4()}",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     records: dict[int, list] = {p: [] for p in range(partitions)}
-    pending = set(range(partitions))
     try:
-        while pending:
-            message = consumer.poll(5.0)
-            if message is None:
-                raise EraseError(f"{topic}: no end of partition reached within 5 s (is the broker up?)")
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(message.partition())
-                    continue
-                raise EraseError(f"{topic}: {message.error()}")
+        for message in read_messages(settings.kafka, bootstrap, topic):
             records[message.partition()].append((message.offset(), message.key(), message.value(), message.headers()))
-    finally:
-        consumer.close()
+    except (TimeoutError, KafkaException) as exc:
+        raise EraseError(f"{topic}: {exc}") from exc
     return records
 
 
@@ -139,8 +128,8 @@ def erase_from_topics(settings: Settings, bootstrap: str, address: str,
         errors: list[str] = []
         for partition, items in kept.items():
             for _, key, value, headers in items:
-                producer.produce(topic, value, key, partition=partition, headers=headers,
-                                 on_delivery=lambda err, _m: err and errors.append(str(err)))
+                produce_when_room(producer, topic, value, key, partition=partition, headers=headers,
+                                  on_delivery=lambda err, _m: err and errors.append(str(err)))
                 producer.poll(0)
         if producer.flush(60) or errors:
             raise EraseError(f"{topic}: rewriting failed ({errors[:3]}); the removed records are gone, "

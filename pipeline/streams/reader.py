@@ -19,9 +19,16 @@ def read_topic(kafka: KafkaSettings, bootstrap: str, topic: str, codec: AvroCode
                timeout_s: float = 30.0) -> Iterator[tuple[int, int, bytes | None, dict | bytes]]:
     """(partition, offset, key, value) of every record now in ``topic``; values decoded when a
     codec is given.  No consumer group is joined and no offset committed."""
+    for message in read_messages(kafka, bootstrap, topic_name(kafka, topic), timeout_s):
+        value = message.value()
+        yield message.partition(), message.offset(), message.key(), codec.decode(topic, value) if codec else value
+
+
+def read_messages(kafka: KafkaSettings, bootstrap: str, name: str, timeout_s: float = 30.0) -> Iterator:
+    """Every confluent-kafka message now in the topic called ``name`` (no prefix added), in
+    partition order within each partition; nothing when the topic does not exist."""
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-    name = topic_name(kafka, topic)
     consumer = Consumer({**client_config(kafka, bootstrap), "group.id": f"threadline-reader-{uuid.uuid4()}",
                          "enable.auto.commit": False, "enable.partition.eof": True,
                          "auto.offset.reset": "earliest"})
@@ -44,7 +51,6 @@ def read_topic(kafka: KafkaSettings, bootstrap: str, topic: str, codec: AvroCode
                     pending.discard(message.partition())
                     continue
                 raise KafkaException(message.error())
-            value = message.value()
-            yield message.partition(), message.offset(), message.key(), codec.decode(topic, value) if codec else value
+            yield message
     finally:
         consumer.close()

@@ -4,7 +4,6 @@ ClickHouse, and everything else stays."""
 from __future__ import annotations
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from pipeline.broker import client_config
@@ -12,6 +11,7 @@ from pipeline.erase import erase_from_clickhouse, erase_from_topics
 from pipeline.sinks.clickhouse import ClickHouseSink, sink_until
 from pipeline.sinks.tables import SINK_TOPICS
 from pipeline.streams.ingest import ingest
+from pipeline.streams.reader import read_messages
 from pipeline.streams.runner import count_records, wait_for_outputs
 from pipeline.synth import MailGenerator, render_rfc5322
 
@@ -30,24 +30,8 @@ def _person_mail(n: int, reply_to: str | None = None) -> bytes:
 
 def _all_topic_bytes(settings, bootstrap) -> dict[str, list[bytes]]:
     admin = AdminClient(client_config(settings.kafka, bootstrap))
-    found = {}
-    for name, topic in admin.list_topics(timeout=10).topics.items():
-        if name.startswith("__"):
-            continue
-        consumer = Consumer({**client_config(settings.kafka, bootstrap), "group.id": "erase-check",
-                             "enable.auto.commit": False, "enable.partition.eof": True})
-        consumer.assign([TopicPartition(name, p, 0) for p in topic.partitions])
-        pending, values = set(topic.partitions), []
-        while pending:
-            message = consumer.poll(5)
-            assert message is not None, name
-            if message.error():
-                pending.discard(message.partition())
-                continue
-            values.append((message.key() or b"") + (message.value() or b""))
-        consumer.close()
-        found[name] = values
-    return found
+    return {name: [(m.key() or b"") + (m.value() or b"") for m in read_messages(settings.kafka, bootstrap, name)]
+            for name in admin.list_topics(timeout=10).topics if not name.startswith("__")}
 
 
 def test_erase_removes_one_person_everywhere_and_keeps_the_rest(sandbox, clickhouse_factory):
