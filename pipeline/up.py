@@ -50,6 +50,10 @@ def write_sample_mbox(path: Path, count: int = SAMPLE_SIZE, seed: int = 7) -> Pa
     return path
 
 
+def _interrupt(*_args) -> None:
+    raise KeyboardInterrupt
+
+
 def _stop_process(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -97,6 +101,9 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
            say: Callable[[str], None] = print) -> int:
     data_dir = settings.worker.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    # SIGTERM stops like Ctrl-C at any point, so that the broker and the workers started below are
+    # always stopped too (the default SIGTERM ends Python without unwinding and leaves them running).
+    signal.signal(signal.SIGTERM, _interrupt)
     codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
     generation = settings.worker.generation
     with ExitStack() as stack:
@@ -196,10 +203,8 @@ Look further, in another shell:
   threadline replay --settings NEW.toml              # recompute every correlation as generation {generation + 1}
   kcat -b {bootstrap} -t mail.correlated -C -e       # the raw output topic (Avro, Confluent wire format)""")
         say("\nrunning (new mail on mail.raw is correlated and lands in ClickHouse); Ctrl-C stops everything")
-        stop = {"now": False}
-        signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
         try:
-            while not stop["now"]:
+            while True:
                 dead = [w for w in started if not w.alive]
                 if dead:
                     say(f"a worker exited (code {dead[0].process.returncode}):\n{dead[0].log_tail()}")
