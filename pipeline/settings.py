@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 ENV_PREFIX = "THREADLINE_"
 DEFAULT_SETTINGS_FILE = "threadline.toml"
@@ -140,6 +140,24 @@ class KafkaSettings(_Section):
     sasl_password: str | None = Field(None, repr=False, description="SASL password (never logged).")
     ssl_ca_location: str | None = Field(None, description="CA certificate file for SSL / SASL_SSL; unset: the system's CAs.")
     topic_prefix: str = Field("", description="Prepended to every topic name (several installations, one cluster).")
+
+
+class MailSettings(_Section):
+    """Limits of one mail and where big mail is kept (docs/pipeline.md, "Big mail")."""
+
+    max_message_bytes: int = Field(
+        50 * 2**20, ge=1024, le=1024 * 2**20, description="Largest mail taken in, bytes; a larger one becomes a "
+        "dead letter (reason too_large) at the door, from files, the SMTP relay and IMAP."
+    )
+    inline_max_bytes: int = Field(
+        512 * 1024, ge=1024, le=900 * 1024, description="Mail up to this size travels inside its mail.raw record; "
+        "a larger one is kept in the blob store and mail.raw carries its SHA-256 (claim check). At most 900 KiB, "
+        "so that every record fits the default record limit of Kafka clients and brokers (1 MB)."
+    )
+    blob_dir: Path | None = Field(
+        None, description="Content-addressed folder of big mail (shared by every ingest, relay, IMAP and worker "
+        "process: a network file system when they run on several hosts); unset: worker.data_dir/blobs."
+    )
 
 
 class SchemaRegistrySettings(_Section):
@@ -591,8 +609,9 @@ class RelaySettings(_Section):
                                     "after every failed attempt.")
     retry_max_interval_s: float = Field(3600.0, gt=0, le=86_400, description="Longest wait between two attempts "
                                         "for queued mail.")
-    max_message_size: int = Field(10 * 2**20, ge=1024, le=200 * 2**20, description="Largest mail accepted, bytes "
-                                  "(the broker's message.max.bytes must take it).")
+    max_message_size: int | None = Field(None, ge=1024, le=1024 * 2**20, description="Largest mail accepted, "
+                                         "bytes (advertised as SIZE); unset: mail.max_message_bytes, which it "
+                                         "must not exceed.")
     kafka_timeout_s: float = Field(30.0, gt=0, le=600, description="Longest wait for the broker to acknowledge "
                                    "a mail.raw record; then the client gets 451 (try again later).")
 
@@ -634,6 +653,7 @@ class Settings(_Section):
     correlation: CorrelationSettings = CorrelationSettings()
     untracked: UntrackedSettings = UntrackedSettings()
     kafka: KafkaSettings = KafkaSettings()
+    mail: MailSettings = Field(MailSettings(), description="Limits of one mail; the blob store of big mail.")
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     worker: WorkerSettings = WorkerSettings()
@@ -655,6 +675,19 @@ class Settings(_Section):
     imap: ImapSettings = Field(
         ImapSettings(), description="IMAP poller: folders whose new mail goes to mail.raw (docs/imap.md)."
     )
+
+    @model_validator(mode="after")
+    def _mail_limits(self) -> "Settings":
+        if self.relay.max_message_size is not None and self.relay.max_message_size > self.mail.max_message_bytes:
+            raise ValueError(f"relay.max_message_size ({self.relay.max_message_size}) is over "
+                             f"mail.max_message_bytes ({self.mail.max_message_bytes}): the relay would accept mail "
+                             "that the pipeline refuses")
+        return self
+
+    @property
+    def blob_dir(self) -> Path:
+        """The blob store folder, absolute: every process that a command starts gets this path."""
+        return (self.mail.blob_dir or self.worker.data_dir / "blobs").resolve()
 
 
 def _read_secret_file(variable: str, path: str) -> str:

@@ -22,7 +22,7 @@ from pipeline.correlation.model import stable_event_id
 from pipeline.avro import AvroCodec
 from pipeline.settings import Settings, TrackingSettings
 from pipeline.streams.ingest import IngestReport, RecordProducer
-from pipeline.streams.records import mail_raw_record
+from pipeline.streams.records import MailRawCodec, mail_raw_record
 from pipeline.tracking.tokens import Keyring, TokenPayload, click_url, open_url, sign_token, unsubscribe_url
 
 START = datetime(2026, 2, 2, 9, 0, tzinfo=timezone.utc)
@@ -159,13 +159,12 @@ class CampaignTraffic:
 def produce_traffic(records: list[TrafficRecord], settings: Settings, codec: AvroCodec, bootstrap: str) -> IngestReport:
     """Write generated traffic to its topics (mail as ``mail.raw`` records); returns the report."""
     producer = RecordProducer(settings, bootstrap)
+    mail_raw = MailRawCodec(settings, codec)
     for record in records:
-        key = record.tenant.encode()
         if record.topic == "mail.raw":
-            value = mail_raw_record(tenant=record.tenant, mailbox="campaigns" if record.direction == "out" else "inbox",
-                                    direction=record.direction, source="threadline-generate", raw=record.value,
-                                    received_at=record.at)
-            producer.produce("mail.raw", key, codec.encode("mail.raw", value))
+            producer.produce_mail(mail_raw, mail_raw_record(
+                tenant=record.tenant, mailbox="campaigns" if record.direction == "out" else "inbox",
+                direction=record.direction, source="threadline-generate", raw=record.value, received_at=record.at))
         else:
-            producer.produce(record.topic, key, codec.encode(record.topic, record.value))
+            producer.produce(record.topic, record.tenant.encode(), codec.encode(record.topic, record.value))
     return producer.finish()

@@ -22,12 +22,14 @@ class _MailRawProducer:
         from pipeline.avro import AvroCodec, registry_from_settings
         from pipeline.broker import create_topics
         from pipeline.streams.ingest import RecordProducer
+        from pipeline.streams.records import MailRawCodec
 
         if not settings.kafka.bootstrap:
             raise CampaignError("--to-mail-raw needs a broker: set THREADLINE_KAFKA_BOOTSTRAP or kafka.bootstrap")
         create_topics(settings.kafka, settings.kafka.bootstrap, timeout_s=10)
         self.codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
         self.records = RecordProducer(settings, settings.kafka.bootstrap)
+        self.mail_raw = MailRawCodec(settings, self.codec)
         self.tenant, self.campaign_id = tenant, campaign_id
 
     def __call__(self, mail: SentMail) -> None:
@@ -36,7 +38,7 @@ class _MailRawProducer:
         record = mail_raw_record(tenant=self.tenant, mailbox=f"campaign:{self.campaign_id}", direction="out",
                                  source=f"campaign:{self.campaign_id}#{mail.row}", raw=mail.data,
                                  received_at=datetime.now(timezone.utc))
-        self.records.produce("mail.raw", self.tenant.encode(), self.codec.encode("mail.raw", record))
+        self.records.produce_mail(self.mail_raw, record, agent="campaign")
 
     @property
     def errors(self) -> list[str]:

@@ -295,6 +295,7 @@ class ImapPoller:
     def __init__(self, settings: Settings, bootstrap: str, codec: AvroCodec, *,
                  connect: Callable[[ImapSettings], imaplib.IMAP4] | None = None) -> None:
         from pipeline.streams.ingest import RecordProducer
+        from pipeline.streams.records import MailRawCodec
 
         self.settings = settings
         self.imap = settings.imap
@@ -312,6 +313,7 @@ class ImapPoller:
         self.account = f"{self.imap.username}@{self.imap.host}:{self.imap.effective_port()}"
         self.state = ImapState(settings.worker.data_dir / self.imap.state_file, self.account)
         self.producer = RecordProducer(settings, bootstrap)
+        self.mail_raw = MailRawCodec(settings, codec)
         self.report = PollReport(per_folder={f["name"]: 0 for f in self.imap.folders})
 
     # connection
@@ -404,7 +406,6 @@ class ImapPoller:
             log.info("%s: %d of %d messages were gone when fetched", name, len(uids) - len(messages), len(uids))
         report = self.producer.report
         delivered_before, errors_before = report.delivered, len(report.errors)
-        key = self.imap.tenant.encode()
         now = datetime.now(timezone.utc)
         for message in messages:
             record = mail_raw_record(tenant=self.imap.tenant, mailbox=name,
@@ -412,8 +413,8 @@ class ImapPoller:
                                      source=f"imap:{self.imap.host}/{name}/{message.uid}", raw=message.raw,
                                      received_at=message.internal_date or now)
             try:
-                self.producer.produce("mail.raw", key, self.codec.encode("mail.raw", record))
-            except Exception as exc:  # KafkaException, e.g. a mail over the producer's message.max.bytes
+                self.producer.produce_mail(self.mail_raw, record, agent="imap")
+            except Exception as exc:  # KafkaException, or the blob store cannot be written
                 raise DeliveryError(f"{name}: UID {message.uid} ({len(message.raw)} bytes) cannot be produced: "
                                     f"{exc}; the state stays before it") from exc
             report.bytes += len(message.raw)

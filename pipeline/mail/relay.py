@@ -64,7 +64,7 @@ from pipeline.correlation.engine import format_xref
 from pipeline.correlation.tokens import TokenCounter, find_token
 from pipeline.mail.parse import _message_ids
 from pipeline.settings import RelaySettings, Settings, TrackingTokenSettings
-from pipeline.streams.records import mail_raw_record
+from pipeline.streams.records import MailRawCodec, MailTooLarge, mail_raw_record
 from pipeline.tracking.mark import mark_message
 
 log = logging.getLogger("threadline.smtp")
@@ -476,10 +476,11 @@ class RawRecordWriter:
         self.codec = codec
         self.topic = topic_name(settings.kafka, "mail.raw")
         timeout_ms = int(settings.relay.kafka_timeout_s * 1000)
+        # Big mail goes to the blob store, so every record stays under the clients' 1 MB default.
+        self.mail_raw = MailRawCodec(settings, codec)
         self.config = {**producer_config(settings.kafka, bootstrap),
                        "message.timeout.ms": timeout_ms,
-                       "request.timeout.ms": min(30_000, timeout_ms),
-                       "message.max.bytes": max(1_000_000, settings.relay.max_message_size * 2 + 65_536)}
+                       "request.timeout.ms": min(30_000, timeout_ms)}
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._producer = self._new_producer()
@@ -512,7 +513,14 @@ class RawRecordWriter:
             future.set_exception(RecordWriteError(f"mail.raw: {error.str()}",
                                                   permanent=error.name() in _TOO_LARGE))
 
-        value = self.codec.encode("mail.raw", record)
+        try:
+            value = self.mail_raw.encode(record)
+        except MailTooLarge as exc:  # the relay's own header fields can push a mail at the limit over it
+            future.set_exception(RecordWriteError(f"mail.raw: {exc}", permanent=True))
+            return future
+        except OSError as exc:
+            future.set_exception(RecordWriteError(f"mail.raw: the blob store cannot be written ({exc})"))
+            return future
         try:
             with self._lock:
                 self._producer.produce(self.topic, value, tenant.encode(), on_delivery=delivered)
@@ -620,7 +628,8 @@ class SmtpRelay:
             auth = bool(self.relay.auth_username)
             self._controller = Controller(
                 _Handler(self), hostname=self.host, port=self.port, server_hostname=self.hostname,
-                ident="threadline relay", data_size_limit=self.relay.max_message_size, enable_SMTPUTF8=True,
+                ident="threadline relay", enable_SMTPUTF8=True,
+                data_size_limit=self.relay.max_message_size or self.settings.mail.max_message_bytes,
                 decode_data=False, tls_context=tls,
                 # RFC 3207: an MX must not require TLS from the MTAs that deliver to it
                 require_starttls=tls is not None and not self.inbound,
@@ -705,7 +714,8 @@ class SmtpRelay:
         mailbox = INBOUND_MAILBOX if self.inbound else OUTBOUND_MAILBOX
         received_at = datetime.now(timezone.utc)
         try:
-            futures = [self._writer.write(self.relay.tenant, mail_raw_record(
+            # Off the event loop: a big mail is written (and fsynced) to the blob store first.
+            futures = [await loop.run_in_executor(None, self._writer.write, self.relay.tenant, mail_raw_record(
                 tenant=self.relay.tenant, mailbox=mailbox, direction=direction, source=SOURCE, raw=data,
                 received_at=received_at)) for _, data in finals]
             await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)),

@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import sys
 import time
+import traceback
 import weakref
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from types import SimpleNamespace
 from typing import Iterator
 
 import faust
 import mode
-from faust.streams import _current_event  # see event_context()
+from faust.streams import _current_event  # see partition_context()
 
 from pipeline.avro import AvroCodec, registry_from_settings
 from pipeline.broker import free_port, produce_when_room, producer_config, topic_name
@@ -36,6 +39,7 @@ from pipeline.streams.processor import BatchResult, MailProcessor, RawItem
 from pipeline.streams.tracking import TrackingProcessor
 
 log = logging.getLogger("threadline.worker")
+EXIT_BATCH_FAILED = 70  # EX_SOFTWARE: a batch could not be made durable (see exit_without_commit)
 
 
 def app_id(settings: Settings) -> str:
@@ -43,17 +47,53 @@ def app_id(settings: Settings) -> str:
     return f"{settings.worker.app_id}-g{settings.worker.generation}"
 
 
+class _PartitionEvent:
+    """What Faust's tables read of the current event: its message's topic and partition."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = SimpleNamespace(topic=topic, partition=partition)
+
+
 @contextmanager
-def event_context(event) -> Iterator[None]:
-    """Faust writes a table entry to the changelog partition of the *current* event and refuses
-    writes outside stream iteration; a batch from ``take_events`` has no current event, so each
-    partition's writes are made in the context of one of that partition's events.  This is the
-    one place that touches Faust's private context variable."""
-    token = _current_event.set(weakref.ref(event))
+def partition_context(topic: str, partition: int) -> Iterator[None]:
+    """Faust writes a table entry to the changelog partition (and the RocksDB) of the *current*
+    event, and refuses writes outside stream iteration.  A batch from ``take_events`` has no
+    current event, and an escalation tick has no event at all, so writes are made in the context
+    of a stand-in event naming the partition: a write never depends on which records a batch
+    holds.  This is the one place that touches Faust's private context variable."""
+    token = _current_event.set(weakref.ref(_PartitionEvent(topic, partition)))
     try:
         yield
     finally:
         _current_event.reset(token)
+
+
+def apply_writes(table, source_topic: str, writes: dict[int, dict[str, bytes | None]]) -> None:
+    """A batch's (or a tick's) table writes, each in its partition's context."""
+    for partition, entries in writes.items():
+        with partition_context(source_topic, partition):
+            for key, value in entries.items():
+                if value is None:
+                    if key in table:
+                        del table[key]
+                else:
+                    table[key] = value
+
+
+def exit_without_commit(what: str, exc: BaseException) -> None:
+    """End the worker at once, acknowledging nothing.  Leaving ``take_events`` by an exception
+    (or a crash of the app) makes Faust acknowledge, and then commit, the whole batch in its
+    ``finally``, though its outputs or table writes are not durable: the records behind it
+    would never be read again.  A process that ends here is restarted (``threadline up``, a
+    supervisor) and reads the batch again; the table's offset markers make what was already
+    applied a no-op."""
+    log.critical("%s failed, the worker stops without committing: %s", what,
+                 "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(EXIT_BATCH_FAILED)
 
 
 class OutputProducer:
@@ -101,26 +141,34 @@ def _bytes_table(app: faust.App, name: str, settings: Settings):
 
 
 async def _handle_batches(stream, processor, table, source_topic: str, outputs: _LazyOutputs, settings: Settings,
-                          on_batch=None) -> None:
-    """Per batch: process, produce and await every output, then write the table (see module doc)."""
+                          lock: asyncio.Lock, on_batch=None) -> None:
+    """Per batch: process, produce and await every output, then write the table (see module doc).
+    ``lock`` keeps a batch and a tick of the same processor from interleaving."""
     loop = asyncio.get_running_loop()
-    async for events in stream.take_events(settings.worker.batch_size, within=settings.worker.batch_window_s):
-        items = [RawItem(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
-        result = processor.process(items, source_topic=source_topic)
-        await loop.run_in_executor(None, outputs.get().send_all, result)
-        last_event = {e.message.partition: e for e in events}
-        for partition, writes in result.writes.items():
-            with event_context(last_event[partition]):
-                for key, value in writes.items():
-                    if value is None:
-                        if key in table:
-                            del table[key]
-                    else:
-                        table[key] = value
+
+    async def one_batch(events) -> None:
+        async with lock:
+            items = [RawItem(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
+            result = processor.process(items, source_topic=source_topic)
+            await loop.run_in_executor(None, outputs.get().send_all, result)
+            apply_writes(table, source_topic, result.writes)
         if on_batch is not None:
             on_batch()
         log.info("%s: batch of %d: %s%s", source_topic, len(items), result.counts,
                  f", {result.skipped_redeliveries} redelivered records skipped" if result.skipped_redeliveries else "")
+
+    async for events in stream.take_events(settings.worker.batch_size, within=settings.worker.batch_window_s):
+        batch = asyncio.ensure_future(one_batch(events))
+        try:
+            await asyncio.shield(batch)
+        except asyncio.CancelledError:
+            # Stopping mid-batch: take_events acknowledges the batch as we leave, so finish it first.
+            await asyncio.wait({batch})
+            if not batch.cancelled() and batch.exception() is not None:
+                exit_without_commit(f"{source_topic}: a batch", batch.exception())
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the batch is not durable
+            exit_without_commit(f"{source_topic}: a batch", exc)
 
 
 def faust_credentials(settings: Settings):
@@ -184,6 +232,7 @@ def build_app(settings: Settings) -> faust.App:
     tracking = TrackingProcessor(settings, codec, hits_table, owner_of=processor.sender_of)
     outputs = _LazyOutputs(settings)
     last_escalation_batch = {"at": time.monotonic()}
+    escalation_lock = asyncio.Lock()
 
     @app.on_partitions_revoked.connect
     async def _revoked(app, revoked, **kwargs) -> None:  # noqa: ARG001 - Faust signal signature
@@ -196,20 +245,20 @@ def build_app(settings: Settings) -> faust.App:
     # already applied the batch in memory, and its records would not be delivered again.
     @app.agent(raw_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def correlate(stream):
-        await _handle_batches(stream, processor, index_table, raw_topic.get_topic_name(), outputs, settings)
+        await _handle_batches(stream, processor, index_table, raw_topic.get_topic_name(), outputs, settings, asyncio.Lock())
 
     @app.agent(correlated_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def escalate(stream):
         await _handle_batches(stream, escalation, escalation_table, correlated_topic.get_topic_name(), outputs,
-                              settings, on_batch=lambda: last_escalation_batch.update(at=time.monotonic()))
+                              settings, escalation_lock, on_batch=lambda: last_escalation_batch.update(at=time.monotonic()))
 
     @app.agent(tracking_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def classify_hits(stream):
-        await _handle_batches(stream, tracking, hits_table, tracking_topic.get_topic_name(), outputs, settings)
+        await _handle_batches(stream, tracking, hits_table, tracking_topic.get_topic_name(), outputs, settings, asyncio.Lock())
 
     @app.agent(crm_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def directory(stream):
-        await _handle_batches(stream, crm, crm_table, crm_topic.get_topic_name(), outputs, settings)
+        await _handle_batches(stream, crm, crm_table, crm_topic.get_topic_name(), outputs, settings, asyncio.Lock())
 
     @app.timer(interval=settings.escalation.tick_interval_s)
     async def escalation_tick() -> None:
@@ -218,9 +267,15 @@ def build_app(settings: Settings) -> faust.App:
         # agent has been idle for a whole interval.
         if time.monotonic() - last_escalation_batch["at"] < settings.escalation.tick_interval_s:
             return
-        result = escalation.tick(datetime.now(timezone.utc))
+        try:
+            async with escalation_lock:
+                result = escalation.tick(datetime.now(timezone.utc))
+                if result.outputs:
+                    await asyncio.get_running_loop().run_in_executor(None, outputs.get().send_all, result)
+                    apply_writes(escalation_table, correlated_topic.get_topic_name(), result.writes)
+        except Exception as exc:  # noqa: BLE001 - the trackers moved on in memory; only a restart re-fires them
+            exit_without_commit("an escalation tick", exc)
         if result.outputs:
-            await asyncio.get_running_loop().run_in_executor(None, outputs.get().send_all, result)
             log.info("escalation tick: %s", result.counts)
 
     app.threadline_processor = processor  # for tests and diagnostics

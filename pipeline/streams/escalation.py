@@ -9,8 +9,9 @@ per-partition offset marker.
 
 Time: each mail first advances its tenant's tracker to the mail's event time (replay-safe).
 Wall-clock ticks (:meth:`EscalationProcessor.tick`) are applied only by a caught-up agent (see
-``pipeline.streams.app``); their state changes are written with the next batch, and until then a
-restart fires them again with the same event ids, which consumers treat as duplicates.
+``pipeline.streams.app``); their outputs and state writes are made durable like a batch's, in the
+partitions of the tenants they touched (a crash in between fires them again with the same event
+ids, which consumers treat as duplicates).
 """
 
 from __future__ import annotations
@@ -104,10 +105,12 @@ class EscalationProcessor:
         return default_owner(record["direction"], record["to"] + record["cc"], self._own_domains)
 
     def tick(self, now: datetime) -> BatchResult:
-        """Fire deadlines up to ``now`` for every tenant; state writes wait for the next batch."""
+        """Fire deadlines up to ``now`` for every tenant; the result holds the outputs and the state
+        writes of every tenant it touched, applied by the caller like a batch's."""
         result = BatchResult()
         for tracker in self._trackers.values():
             self._emit(tracker.advance(now), result)
+        self._collect_writes(result)
         return result
 
     def _collect_writes(self, result: BatchResult) -> None:

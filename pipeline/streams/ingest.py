@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 from pipeline.avro import AvroCodec
 from pipeline.broker import produce_when_room, producer_config, topic_name
 from pipeline.settings import Settings
-from pipeline.streams.records import mail_raw_record
+from pipeline.streams.records import MailRawCodec, MailTooLarge, SourcePosition, deadletter_record, mail_raw_record
 
 _FROM_DOMAIN = re.compile(rb"^From:[^\r\n]*@([A-Za-z0-9.-]+)", re.IGNORECASE | re.MULTILINE)
 
@@ -36,6 +36,7 @@ def mail_direction(raw: bytes, direction: str, own_domains: frozenset[str]) -> s
 class IngestReport:
     produced: int = 0
     delivered: int = 0
+    dead_lettered: int = 0  # mail refused at the door (over mail.max_message_bytes), as dead letters
     errors: list[str] = field(default_factory=list)
     bytes: int = 0
 
@@ -61,6 +62,21 @@ class RecordProducer:
         self.producer.poll(0)
         self.report.produced += 1
 
+    def produce_mail(self, mail_raw: MailRawCodec, record: dict, agent: str = "ingest") -> bool:
+        """One mail to ``mail.raw`` (big mail through the blob store), or, when it is over the
+        limit, a dead letter naming where it came from. True when it went to ``mail.raw``."""
+        key = record["tenant"].encode()
+        try:
+            value = mail_raw.encode(record)
+        except MailTooLarge as exc:
+            letter = deadletter_record(SourcePosition("mail.raw", -1, -1), key, record["raw"], reason=exc.reason,
+                                       error=str(exc), agent=agent, source_ref=record["source"])
+            self.produce("deadletter", key, mail_raw.codec.encode("deadletter", letter))
+            self.report.dead_lettered += 1
+            return False
+        self.produce("mail.raw", key, value)
+        return True
+
     def finish(self, timeout_s: float = 120.0) -> IngestReport:
         remaining = self.producer.flush(timeout_s)
         if remaining:
@@ -71,18 +87,18 @@ class RecordProducer:
 def ingest(messages: Iterable[tuple[str, bytes]], settings: Settings, codec: AvroCodec, bootstrap: str, *,
            tenant: str = "default", direction: str = "in", mailbox: str | None = None,
            on_progress: Callable[[int], None] | None = None) -> IngestReport:
-    """Produce every ``(source_ref, raw bytes)`` to ``mail.raw``; returns after all are acknowledged.
-    ``on_progress`` gets the number produced so far."""
+    """Produce every ``(source_ref, raw bytes)`` to ``mail.raw`` (a mail over the limit as a dead
+    letter instead); returns after all are acknowledged. ``on_progress`` gets the number produced so far."""
     own_domains = frozenset(d.lower() for d in settings.untracked.own_domains)
     if direction == "auto" and not own_domains:
         raise ValueError("direction 'auto' needs untracked.own_domains (the organisation's mail domains)")
     producer = RecordProducer(settings, bootstrap)
-    key = tenant.encode()
+    mail_raw = MailRawCodec(settings, codec)
     for source_ref, raw in messages:
         record = mail_raw_record(tenant=tenant, mailbox=mailbox or source_ref.partition("#")[0],
                                  direction=mail_direction(raw, direction, own_domains), source=source_ref, raw=raw,
                                  received_at=datetime.now(timezone.utc))
-        producer.produce("mail.raw", key, codec.encode("mail.raw", record))
+        producer.produce_mail(mail_raw, record)
         producer.report.bytes += len(raw)
         if on_progress is not None:
             on_progress(producer.report.produced)

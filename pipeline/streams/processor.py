@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, MutableMapping
 
 from pipeline.avro import AvroCodec, AvroDecodeError
+from pipeline.blobs import BlobError
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.index import CorrelationIndex
 from pipeline.correlation.model import IndexedMail, stable_event_id
@@ -31,7 +32,7 @@ from pipeline.mail.parse import parse_mail
 from pipeline.mail.record import MailParseError, MailRecord
 from pipeline.settings import Settings
 from pipeline.streams.records import (
-    SourcePosition, correlated_record, deadletter_record, response_record, untracked_record,
+    MailRawCodec, SourcePosition, correlated_record, deadletter_record, response_record, untracked_record,
 )
 from pipeline.tracking.tokens import TokenError, verify_unsubscribe
 
@@ -184,6 +185,7 @@ class MailProcessor:
         self._correlators: dict[str, Correlator] = {}
         self._stores: dict[str, TableIndexStore] = {}
         self.markers = OffsetMarkers(table)
+        self.mail_raw = MailRawCodec(settings, codec)
 
     def reset(self) -> None:
         """Forget derived state (after a rebalance): indexes are rebuilt from the table on demand."""
@@ -255,8 +257,12 @@ class MailProcessor:
             position = SourcePosition(source_topic, item.partition, item.offset)
             try:
                 self._process_one(item, position, result)
-            except (AvroDecodeError, MailParseError) as exc:
+            except (AvroDecodeError, MailParseError, BlobError) as exc:
                 add_dead_letter(self.codec, item, position, exc.reason, str(exc), AGENT, result)
+            except OSError:
+                # The blob store is unreachable (an unmounted network folder): not the mail's fault.
+                # Stop the batch before anything is acknowledged; it is read again after a restart.
+                raise
             except Exception as exc:  # a bug must not stop the partition: park the record, go on
                 detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
                 add_dead_letter(self.codec, item, position, "internal_error", detail, AGENT, result)
@@ -271,10 +277,12 @@ class MailProcessor:
     def _process_one(self, item: RawItem, position: SourcePosition, result: BatchResult) -> None:
         record = self.codec.decode("mail.raw", item.value)
         tenant = record["tenant"]
-        mail = parse_mail(record["raw"], direction=record["direction"], tenant=tenant, mailbox=record["mailbox"],
-                          received_at=record["received_at"], xheader_name=self.settings.correlation.xheader_name)
+        raw = self.mail_raw.raw_of(record)
+        mail = parse_mail(raw, direction=record["direction"], tenant=tenant, mailbox=record["mailbox"],
+                          received_at=record["received_at"], xheader_name=self.settings.correlation.xheader_name,
+                          max_size=self.settings.mail.max_message_bytes)
         if mail.direction == "out":
-            mail = self._with_campaign(mail, record["raw"])
+            mail = self._with_campaign(mail, raw)
         correlator = self._correlator(tenant, item.partition)
         store = self._stores[tenant]
         if store.source_offsets.get(mail.message_id) == item.offset:
@@ -286,7 +294,7 @@ class MailProcessor:
         correlation = correlator.correlate(mail)
         key = tenant.encode()
         if mail.is_bounce:
-            self._bounce_events(record["raw"], correlator, mail, result)
+            self._bounce_events(raw, correlator, mail, result)
         if correlation.untracked_reason:
             result.outputs.append(Output("mail.untracked", key, self.codec.encode(
                 "mail.untracked", untracked_record(correlation, mail.mailbox))))

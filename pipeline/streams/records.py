@@ -10,7 +10,15 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from pipeline.blobs import BlobRef, FolderBlobStore
 from pipeline.correlation.model import Correlation, stable_event_id
+from pipeline.settings import Settings
+
+# A dead letter keeps the start of what failed and a pointer to the whole record (its topic,
+# partition and offset, and digest): a record that failed for being big must not fail again as
+# its own dead letter.
+DEADLETTER_EXCERPT_BYTES = 64 * 1024
+_DEADLETTER_KEY_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +43,37 @@ def mail_raw_record(*, tenant: str, mailbox: str, direction: str, source: str, r
         "source": source,
         "received_at": received_at or datetime.now(timezone.utc),
         "raw": raw,
+        "raw_blob": None,
     }
+
+
+class MailTooLarge(ValueError):
+    reason = "too_large"
+
+
+class MailRawCodec:
+    """``mail.raw`` values with the claim check: mail over ``mail.inline_max_bytes`` is put in the
+    blob store first and the record carries its digest; mail over ``mail.max_message_bytes`` is
+    refused (:class:`MailTooLarge`), for the caller to dead-letter."""
+
+    def __init__(self, settings: Settings, codec) -> None:
+        self.codec = codec
+        self.limits = settings.mail
+        self.blobs = FolderBlobStore(settings.blob_dir)
+
+    def encode(self, record: dict) -> bytes:
+        raw = record["raw"]
+        if len(raw) > self.limits.max_message_bytes:
+            raise MailTooLarge(f"{len(raw)} bytes is over mail.max_message_bytes ({self.limits.max_message_bytes})")
+        if len(raw) > self.limits.inline_max_bytes:
+            record = {**record, "raw": b"", "raw_blob": self.blobs.put(raw).to_record()}
+        return self.codec.encode("mail.raw", record)
+
+    def raw_of(self, record: dict) -> bytes:
+        """The message bytes of a decoded record, from the blob store when it names a blob
+        (:class:`~pipeline.blobs.BlobError` when that blob is gone or damaged)."""
+        blob = record.get("raw_blob")
+        return self.blobs.get(BlobRef.from_record(blob)) if blob else record["raw"]
 
 
 def correlated_record(correlation: Correlation, mailbox: str, position: SourcePosition) -> dict:
@@ -106,14 +144,21 @@ def response_record(correlation: Correlation, mailbox: str) -> dict:
 
 
 def deadletter_record(position: SourcePosition, key: bytes | None, value: bytes, *, reason: str, error: str,
-                      agent: str, failed_at: datetime | None = None) -> dict:
+                      agent: str, failed_at: datetime | None = None, source_ref: str = "") -> dict:
+    """``source_ref``: where a record that never reached ``position.topic`` came from (the
+    position's partition and offset are -1 then)."""
+    digest = hashlib.sha256(value).hexdigest()
+    where = (source_ref, digest) if source_ref else (str(position.partition), str(position.offset))
     return {
-        "event_id": stable_event_id("deadletter", position.topic, str(position.partition), str(position.offset)),
+        "event_id": stable_event_id("deadletter", position.topic, *where),
         "source_topic": position.topic,
         "source_partition": position.partition,
         "source_offset": position.offset,
-        "key": key,
-        "value": value,
+        "key": key[:_DEADLETTER_KEY_BYTES] if key is not None else None,
+        "value": value[:DEADLETTER_EXCERPT_BYTES],
+        "value_size": len(value),
+        "value_sha256": digest,
+        "source_ref": source_ref[:2000],
         "reason": reason,
         "error": error[:2000],
         "agent": agent,

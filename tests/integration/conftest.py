@@ -40,6 +40,9 @@ class PipelineSandbox:
 topic_prefix = "{self.prefix}"
 partitions = 4
 
+[mail]
+blob_dir = "{self.root / 'blobs'}"
+
 [worker]
 app_id = "{self.app_id}"
 batch_size = 500

@@ -1,0 +1,108 @@
+"""The blob store of big mail: a content-addressed folder (claim check, docs/pipeline.md).
+
+A mail larger than ``mail.inline_max_bytes`` is written here under its SHA-256 before its
+``mail.raw`` record (which then carries only the digest and size) is produced, so a record
+never points at a blob that is not durable yet.  Blobs are immutable and named by content:
+writing the same mail twice is a no-op, several processes may write concurrently (each writes
+a private temporary file and renames it into place), and a reader verifies the digest, so a
+truncated or altered file is detected instead of being correlated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class BlobError(Exception):
+    """A blob that cannot be returned as stored; ``reason`` is the dead-letter reason code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    sha256: str  # 64 lower-case hex digits
+    size: int
+
+    def to_record(self) -> dict:
+        return {"sha256": self.sha256, "size": self.size}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "BlobRef":
+        return cls(record["sha256"], record["size"])
+
+
+def _is_digest(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+class FolderBlobStore:
+    """Blobs as files ``ROOT/sha256/ab/abcdef…``; the folder is made on first write."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path_of(self, sha256: str) -> Path:
+        if not _is_digest(sha256):  # a record's digest names a file: never let it walk the tree
+            raise BlobError("blob_ref_invalid", f"not a SHA-256 digest: {sha256[:80]!r}")
+        return self.root / "sha256" / sha256[:2] / sha256
+
+    def put(self, data: bytes) -> BlobRef:
+        ref = BlobRef(hashlib.sha256(data).hexdigest(), len(data))
+        path = self.path_of(ref.sha256)
+        if path.is_file() and path.stat().st_size == ref.size:
+            return ref
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())  # durable before any record names it
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a crash
+        finally:
+            os.close(directory)
+        return ref
+
+    def get(self, ref: BlobRef) -> bytes:
+        """The blob's bytes; :class:`BlobError` when it is missing or not what the digest says.
+        Other I/O errors (a network file system away) propagate: they are not the mail's fault."""
+        path = self.path_of(ref.sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise BlobError("blob_missing", f"no blob {ref.sha256} in {self.root}") from exc
+        if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise BlobError("blob_corrupt", f"blob {ref.sha256} has {len(data)} bytes that do not match its digest")
+        return data
+
+    def delete(self, sha256: str) -> bool:
+        """Remove a blob (erasure); True when there was one."""
+        try:
+            self.path_of(sha256).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def check_writable(self) -> str | None:
+        """None when blobs can be written here, else why not (for ``threadline doctor``)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".doctor-"):
+                pass
+        except OSError as exc:
+            return f"{self.root}: {exc.strerror or exc}"
+        return None
