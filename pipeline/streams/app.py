@@ -63,7 +63,8 @@ def partition_context(topic: str, partition: int) -> Iterator[None]:
     current event, and an escalation tick has no event at all, so writes are made in the context
     of a stand-in event naming the partition: a write never depends on which records a batch
     holds.  This is the one place that touches Faust's private context variable."""
-    token = _current_event.set(weakref.ref(_PartitionEvent(topic, partition)))
+    event = _PartitionEvent(topic, partition)  # Faust keeps only a weak reference: this one holds it
+    token = _current_event.set(weakref.ref(event))
     try:
         yield
     finally:

@@ -15,6 +15,7 @@ from confluent_kafka import Producer
 
 from pipeline.broker import producer_config, topic_name
 from pipeline.correlation.engine import Correlator
+from pipeline.mail.hostile import big_mail
 from pipeline.mail.parse import parse_mail
 from pipeline.mail.record import MailParseError
 from pipeline.mail.sources import iter_mbox
@@ -186,3 +187,53 @@ hash_filter_keywords = '^[\\s]*([\\w]+\\s?:[\\s]*)+|\\w{7,}'
     diff = diff_generations(settings.kafka, sandbox.bootstrap, sandbox.codec, 0, 1)
     assert sorted(diff.changed_ids) == expected_changed
     assert diff.mails == len(after)
+
+
+def poison_mail(seed: int) -> bytes:
+    """The issue's poison record: ~1 MB whose 270 KB folded header makes it a dead letter."""
+    folded = b"X-Filler: " + b"\r\n ".join([b"%070d" % (seed + n) for n in range(3800)]) + b"\r\n"
+    raw = big_mail(720_000, seed)
+    cut = raw.index(b"\r\n") + 2
+    raw = raw[:cut] + folded + raw[cut:]
+    return raw + b" " * (999_800 - len(raw))
+
+
+def test_poison_and_big_mail_of_two_tenants_survive_a_kill_and_restart_with_every_input_accounted(sandbox):
+    settings = sandbox.settings()
+    mail: dict[str, list[tuple[str, bytes]]] = {}
+    for n, tenant in enumerate(("acme", "beta")):
+        messages = synthetic(tenant, 400, seed=40 + n)
+        big = [big_mail(2 * 2**20, seed=n), big_mail(10 * 2**20, seed=n, kind="html")]
+        # the poison first and the good mail right behind it: that is what used to vanish
+        messages[150:150] = [(f"poison:{tenant}", poison_mail(n))] + [(f"big:{tenant}#{i}", b) for i, b in
+                                                                      enumerate(big)]
+        mail[tenant] = messages
+    total = ingest_all(sandbox, settings, mail)
+    assert total == sum(len(m) for m in mail.values())
+    raw = [(p, o, v) for p, o, _, v in read_topic(settings.kafka, sandbox.bootstrap, "mail.raw", sandbox.codec)]
+    assert sum(v["raw_blob"] is not None for _, _, v in raw) == 6  # every mail over 512 KiB went by digest
+    poison_at = {(p, o) for p, o, v in raw if v["source"].startswith("poison:")}
+
+    data_dir = sandbox.root / "worker-data"
+    first = sandbox.start_worker(data_dir=data_dir, name="first")
+    deadline = time.monotonic() + 180
+    while sum(count_outputs(settings.kafka, sandbox.bootstrap, sandbox.codec, 0).values()) < total // 2:
+        assert first.alive, first.log_tail()
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.3)
+    first.kill()
+    last = sandbox.start_worker(data_dir=data_dir, name="last")
+    wait_for_outputs(settings.kafka, sandbox.bootstrap, sandbox.codec, 0, total, workers=[last], timeout_s=300)
+    assert last.alive, last.log_tail()
+
+    assert pipeline_decisions(sandbox, settings, 0) == engine_decisions(settings, mail)
+    letters = [v for _, _, _, v in read_topic(settings.kafka, sandbox.bootstrap, "deadletter", sandbox.codec)]
+    assert {(v["source_partition"], v["source_offset"]) for v in letters} == poison_at
+    assert {v["reason"] for v in letters} == {"header_too_large"}
+    # The poison went by digest, so its dead letter holds the whole (small) record naming the blob.
+    assert [sandbox.codec.decode("mail.raw", v["value"])["raw_blob"]["size"] for v in letters] == [999_800] * 2
+    decided = pipeline_decisions(sandbox, settings, 0)
+    for tenant, messages in mail.items():
+        for source, raw_mail in messages:
+            if source.startswith("big:"):
+                assert (tenant, parse_mail(raw_mail).message_id) in decided, source
