@@ -51,6 +51,7 @@ class EraseReport:
     records_removed: dict[str, int] = field(default_factory=dict)
     topics_rewritten: list[str] = field(default_factory=list)
     rows_deleted: dict[str, int] = field(default_factory=dict)
+    blobs_deleted: int = 0
 
 
 def _where(columns: tuple[str, ...]) -> str:
@@ -103,10 +104,13 @@ def erase_from_topics(settings: Settings, bootstrap: str, address: str,
     topics = sorted(name for name in metadata.topics
                     if not name.startswith("__") and (not prefix or name.startswith(prefix) or "-changelog" in name))
     report = EraseReport()
+    big_mail = _BigMail(settings)
     for topic in topics:
         partitions = len(metadata.topics[topic].partitions)
         records = _read_all(settings, bootstrap, topic, partitions)
-        kept = {p: [r for r in items if needle not in (r[2] or b"").lower() and needle not in (r[1] or b"").lower()]
+        in_blobs = topic == prefix + "mail.raw"
+        kept = {p: [r for r in items if needle not in (r[2] or b"").lower() and needle not in (r[1] or b"").lower()
+                    and not (in_blobs and big_mail.mentions(r[2], needle))]
                 for p, items in records.items()}
         removed = sum(len(records[p]) - len(kept[p]) for p in records)
         if not removed:
@@ -136,7 +140,41 @@ def erase_from_topics(settings: Settings, bootstrap: str, address: str,
                              "the kept ones may be incomplete: stop and check before restarting workers")
         report.records_removed[topic] = removed
         report.topics_rewritten.append(topic)
+    report.blobs_deleted = big_mail.delete_matched()
     return report
+
+
+class _BigMail:
+    """Mail over ``mail.inline_max_bytes`` is in the blob store, not in its ``mail.raw`` record:
+    such a record mentions the address when its blob does, and that blob is deleted with it."""
+
+    def __init__(self, settings: Settings) -> None:
+        from pipeline.avro import AvroCodec, AvroDecodeError, registry_from_settings
+        from pipeline.streams.records import MailRawCodec
+
+        self.mail_raw = MailRawCodec(settings, AvroCodec(registry_from_settings(settings.schema_registry.url)))
+        self.decode_error = AvroDecodeError
+        self.matched: set[str] = set()
+
+    def mentions(self, value: bytes | None, needle: bytes) -> bool:
+        from pipeline.blobs import BlobError
+
+        try:
+            record = self.mail_raw.codec.decode("mail.raw", value or b"")
+        except self.decode_error:
+            return False
+        if not record.get("raw_blob"):
+            return False
+        try:
+            found = needle in self.mail_raw.raw_of(record).lower()
+        except BlobError:
+            return False  # already gone: nothing of it left to erase
+        if found:
+            self.matched.add(record["raw_blob"]["sha256"])
+        return found
+
+    def delete_matched(self) -> int:
+        return sum(self.mail_raw.blobs.delete(digest) for digest in self.matched)
 
 
 def validate_address(address: str) -> str:
