@@ -17,7 +17,7 @@ DESIGN_TOPICS = {"mail.raw", "mail.correlated", "mail.untracked", "mail.response
 
 def _raw_record():
     return {"event_id": "e1", "tenant": "acme", "mailbox": "support", "direction": "in", "source": "test",
-            "received_at": datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=timezone.utc), "raw": b"Subject: x\r\n\r\nhi"}
+            "received_at": datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=timezone.utc), "raw": b"Subject: x\r\n\r\nhi", "raw_blob": None}
 
 
 def test_every_design_topic_has_a_schema():
@@ -89,7 +89,8 @@ def test_release_gates_breaking_changes_and_numbers_new_versions(tmp_path):
     old_id = EmbeddedRegistry(SCHEMA_DIR).id_for("mail.raw")
     registered = json.loads((SCHEMA_DIR / "registry.json").read_text())["subjects"]
     next_id = 1 + max(version["id"] for versions in registered.values() for version in versions)
-    assert release_schemas(schema_dir) == [f"mail.raw-value v2 id {next_id}"]
+    next_version = 1 + len(registered["mail.raw-value"])
+    assert release_schemas(schema_dir) == [f"mail.raw-value v{next_version} id {next_id}"]
     registry = EmbeddedRegistry(schema_dir)
     assert registry.id_for("mail.raw") == next_id
     # Data written before the change is still read, resolved to the new schema.

@@ -19,7 +19,9 @@ from pipeline.correlation.model import stable_event_id
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseStore, rows_for
 from pipeline.sinks.tables import table_name
-from pipeline.streams.records import SourcePosition, correlated_record, response_record, untracked_record
+from pipeline.streams.records import (
+    SourcePosition, correlated_record, deadletter_record, response_record, untracked_record,
+)
 from pipeline.synth import MailGenerator
 
 _USER_AGENTS = ("Apple Mail", "Outlook", "Gmail", "Thunderbird", "Chrome", "Firefox")
@@ -118,11 +120,9 @@ def seed_records(settings: Settings, *, tenants: int = 2, mails_per_tenant: int 
             yield topic, record
         yield from _escalation_records(tenant, responses, rng)
         yield from _campaign_records(tenant, rng, start, campaigns, recipients)
-        yield "deadletter", {
-            "event_id": stable_event_id("deadletter-seed", tenant), "source_topic": "mail.raw", "source_partition": 0,
-            "source_offset": number, "key": tenant.encode(), "value": b"not a mail", "reason": "not_a_mail",
-            "error": "not_a_mail: no header block", "agent": "correlator", "failed_at": start + timedelta(days=1),
-        }
+        yield "deadletter", deadletter_record(SourcePosition("mail.raw", 0, number), tenant.encode(), b"not a mail",
+                                              reason="not_a_mail", error="not_a_mail: no header block",
+                                              agent="correlator", failed_at=start + timedelta(days=1))
 
 
 def load_records(store: ClickHouseStore, records: Iterator[tuple[str, dict]], *, batch: int = 50_000,
