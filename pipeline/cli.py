@@ -418,6 +418,9 @@ def cmd_imap(args: argparse.Namespace) -> int:
 def _delivery_summary(report, what: str) -> int:
     """Print how many records the broker acknowledged and the first delivery errors; exit code."""
     print(f"{report.delivered} of {report.produced} {what}", file=sys.stderr)
+    if report.dead_lettered:
+        print(f"  {report.dead_lettered} mails over mail.max_message_bytes went to deadletter (reason too_large)",
+              file=sys.stderr)
     for error in report.errors[:10]:
         print(f"  delivery error: {error}", file=sys.stderr)
     return 1 if report.errors else 0
@@ -647,7 +650,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     rows = erase_from_clickhouse(_store(settings), address)
     print(json.dumps({"address": address, "records_removed": report.records_removed,
-                      "topics_rewritten": report.topics_rewritten,
+                      "topics_rewritten": report.topics_rewritten, "blobs_deleted": report.blobs_deleted,
                       "clickhouse_rows_deleted": {t: n for t, n in rows.items() if n}}, indent=2))
     print("next: start the next generation on the rewritten topics (threadline replay --settings ...) and retire "
           "the old workers; the sink re-reads the rewritten output topics (idempotent)", file=sys.stderr)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.avro import AvroCodec
-from pipeline.settings import KafkaSettings
+from pipeline.settings import KafkaSettings, load_settings
 from pipeline.streams.reader import read_topic
 
 OUTPUT_TOPICS = ("mail.correlated", "mail.untracked", "deadletter")
@@ -33,6 +33,10 @@ class WorkerProcess:
     def start(cls, *, bootstrap: str, data_dir: Path, generation: int, log_path: Path,
               settings_file: Path | None = None, extra_env: dict[str, str] | None = None) -> "WorkerProcess":
         env = dict(os.environ)
+        if "THREADLINE_MAIL_BLOB_DIR" not in env:
+            # Each worker has its own data_dir, but big mail is in the blob store of the process
+            # that ingested it: the starter's.
+            env["THREADLINE_MAIL_BLOB_DIR"] = str(load_settings(settings_file).blob_dir)
         env.update({
             "THREADLINE_KAFKA_BOOTSTRAP": bootstrap,
             "THREADLINE_WORKER_DATA_DIR": str(data_dir),
