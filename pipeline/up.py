@@ -175,6 +175,9 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
                                   on_progress=progress("correlate", expected_mail))
         deadline = time.monotonic() + 120
         while hits and count_records(settings.kafka, bootstrap, "tracking.events") < hits:
+            dead = [w for w in started if not w.alive]
+            if dead:
+                raise RuntimeError(dead[0].exit_report())
             if time.monotonic() > deadline:
                 raise TimeoutError("the tracking agent did not classify every generated hit within 120 s")
             time.sleep(1)
@@ -192,6 +195,10 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
         report_path.write_text(render_report(store), encoding="utf-8")
         say(f"\n{sum(sink.inserted.values())} rows in ClickHouse ({store.location}); "
             f"dashboards as one page: {report_path}")
+        dead = [w for w in started if not w.alive]
+        if dead:  # everything was handled, but a worker crashed meanwhile (e.g. an agent up does not wait for)
+            say(dead[0].exit_report())
+            return 1
         if exit_when_done:
             say("\ndone; the embedded broker stops now (run `threadline up` without --exit-when-done to keep it)")
             return 0
@@ -200,14 +207,14 @@ Look further, in another shell:
   export THREADLINE_KAFKA_BOOTSTRAP={bootstrap}
   threadline doctor                                  # broker, topics, schemas, settings
   open {report_path}          # response times, campaigns, correlation quality
-  threadline replay --settings NEW.toml              # recompute every correlation as generation {generation + 1}
+  threadline replay --settings NEW.toml              # recompute every correlation as a new generation
   kcat -b {bootstrap} -t mail.correlated -C -e       # the raw output topic (Avro, Confluent wire format)""")
         say("\nrunning (new mail on mail.raw is correlated and lands in ClickHouse); Ctrl-C stops everything")
         try:
             while True:
                 dead = [w for w in started if not w.alive]
                 if dead:
-                    say(f"a worker exited (code {dead[0].process.returncode}):\n{dead[0].log_tail()}")
+                    say(dead[0].exit_report())
                     return 1
                 sink.poll_once(timeout_s=1.0)
         except KeyboardInterrupt:

@@ -8,6 +8,7 @@ it sees exactly what a user-started worker would.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -76,6 +77,85 @@ class WorkerProcess:
         except OSError:
             return ""
 
+    def exit_report(self) -> str:
+        """Why the worker ended: the first crash in its log (agent, exception, traceback), not the
+        cancellations of the other agents that follow it; the log's tail when none is found."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            text = ""
+        head = f"a worker exited (code {self.process.returncode})"
+        cause = first_crash(text)
+        if cause is None:
+            return f"{head}; no crash found in its log ({self.log_path}), which ends:\n{self.log_tail()}"
+        return f"{head}: {cause.summary()}\nfirst crash in {self.log_path}:\n{cause.details()}"
+
+
+@dataclass(frozen=True)
+class CrashCause:
+    agent: str | None  # the Faust agent that crashed, when the log names one
+    reason: str  # e.g. "KeyError(3)", or the exception line of the traceback
+    header: str  # the log entry that reported it, e.g. "[ERROR] [^----Agent*: ...escalate]: Crashed reason=..."
+    traceback: str  # "" when the crash was logged without one
+
+    def summary(self) -> str:
+        if self.agent:
+            return f"agent {self.agent} crashed: {self.reason}"
+        message = re.sub(r"^\[[A-Z]+\] ", "", self.header)
+        return message if self.reason in message else f"{message} {self.reason}".strip()
+
+    def details(self, max_lines: int = 60) -> str:
+        lines = [self.header, *self.traceback.splitlines()]
+        if len(lines) > max_lines:  # the innermost frames, at the end, say most
+            lines = [*lines[:2], f"  ... {len(lines) - max_lines + 1} lines left out ...", *lines[-(max_lines - 3):]]
+        return "\n".join(lines)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# Faust/mode: "[2026-12-02 11:38:09,159] [6228] [ERROR] message"; logging.basicConfig of the app:
+# "2026-12-02 11:38:09,159 ERROR logger: message".
+_ENTRY = re.compile(r"^\[?\d{4}-\d\d-\d\d[ T][\d:,.]+\]?\s+(?:\[\d+\]\s+)?\[?(?P<level>[A-Z]+)\]?\s(?P<message>.*)$")
+_TRACEBACK = "Traceback (most recent call last):"
+_AGENT = re.compile(r"Agent\*?:.*?(\w+)\]:")
+_CRASHED = re.compile(r"Crashed reason=(.+?)\s*$")
+_CONSEQUENCE = "CancelledError"
+
+
+def first_crash(log: str) -> CrashCause | None:
+    """The first crash a worker log reports: a Faust agent's ``Crashed reason=...`` with its
+    traceback, an ERROR/CRITICAL entry, or a bare traceback.  Cancellations (what the other
+    agents log when a crash stops the worker) count only when nothing else is there."""
+    entries: list[tuple[str, str, list[str]]] = []  # level, message, lines after it
+    for line in _ANSI.sub("", log).splitlines():
+        match = _ENTRY.match(line)
+        if match:
+            entries.append((match["level"], match["message"].rstrip(), []))
+        elif line.startswith(_TRACEBACK) or entries:
+            if not entries:
+                entries.append(("", "", []))
+            entries[-1][2].append(line)
+    causes = []
+    for level, message, body in entries:
+        text = [message, *body]
+        start = next((n for n, line in enumerate(text) if _TRACEBACK in line), None)
+        if start is None and level not in ("ERROR", "CRITICAL") and not _CRASHED.search(message):
+            continue
+        if start is None:
+            traceback, exception = "", ""
+        else:
+            tb_lines = [_TRACEBACK, *text[start + 1:]]
+            traceback = "\n".join(tb_lines).rstrip()
+            exception = next((line.strip() for line in reversed(tb_lines[1:])
+                              if line.strip() and not line.startswith((" ", "\t"))), "")
+        crashed = _CRASHED.search(message)
+        reason = crashed[1] if crashed else exception or message
+        agent = _AGENT.search(message)
+        header = message.split(_TRACEBACK)[0].rstrip() if start == 0 else message
+        causes.append(CrashCause(agent[1] if agent else None, reason,
+                                 f"[{level}] {header}" if level else header, traceback))
+    real = [cause for cause in causes if _CONSEQUENCE not in cause.reason]
+    return (real or causes or [None])[0]
+
 
 def count_outputs(kafka: KafkaSettings, bootstrap: str, codec: AvroCodec, generation: int) -> Counter:
     """Distinct mails handled by ``generation``: correlated, untracked and dead-lettered."""
@@ -104,7 +184,7 @@ def wait_for_outputs(kafka: KafkaSettings, bootstrap: str, codec: AvroCodec, gen
             return counts
         dead = [w for w in workers if not w.alive]
         if dead:
-            raise RuntimeError(f"a worker exited (code {dead[0].process.returncode}); its log ends:\n{dead[0].log_tail()}")
+            raise RuntimeError(dead[0].exit_report())
         if time.monotonic() > deadline:
             raise TimeoutError(f"{done} of {expected} mails handled after {timeout_s:.0f} s")
         time.sleep(1.0)

@@ -1,0 +1,77 @@
+"""Finding why a worker ended in its log (``first_crash``), on logs captured from real workers.
+
+fixtures/worker_crash_faust_agent.log: a worker whose escalation agent read a table entry that is
+not JSON (Faust logs ``Crashed reason=...`` for it, then a CancelledError for every other agent and
+re-raises one of those).  fixtures/worker_crash_batch_failed.log: a worker that logged a failed
+batch as CRITICAL with its traceback and exited.  Paths in both are shortened to /venv, /app, /usr.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from pipeline.streams.runner import WorkerProcess, first_crash
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_the_crashed_agent_is_found_not_the_cancellations_after_it():
+    log = (FIXTURES / "worker_crash_faust_agent.log").read_text()
+    cause = first_crash(log)
+    assert cause.agent == "escalate"
+    assert cause.reason == "JSONDecodeError('Expecting value: line 1 column 1 (char 0)')"
+    assert cause.summary() == "agent escalate crashed: JSONDecodeError('Expecting value: line 1 column 1 (char 0)')"
+    details = cause.details()
+    assert details.startswith("[ERROR] [^----Agent*: __main__.build_app.<l[.]escalate]: Crashed reason=JSONDecodeError")
+    assert 'pipeline/streams/escalation.py", line 68, in _tracker' in details
+    assert details.endswith("json.decoder.JSONDecodeError: Expecting value: line 1 column 1 (char 0)")
+    assert "CancelledError" not in details and "directory" not in details
+    # What `up` used to print, the log's last lines, names none of it.
+    tail = "\n".join(log.splitlines()[-30:])
+    assert "escalate" not in tail and "JSONDecodeError" not in tail and "CancelledError" in tail
+
+
+def test_a_critical_entry_with_its_traceback_on_the_same_line():
+    cause = first_crash((FIXTURES / "worker_crash_batch_failed.log").read_text())
+    assert cause.agent is None
+    assert cause.reason == "TypeError: Cannot modify table key from outside of stream iteration"
+    assert cause.summary() == ("x.mail.raw: a batch failed, the worker stops without committing: "
+                               "TypeError: Cannot modify table key from outside of stream iteration")
+    assert cause.details().splitlines()[:2] == [
+        "[CRITICAL] x.mail.raw: a batch failed, the worker stops without committing:",
+        "Traceback (most recent call last):"]
+
+
+def test_cancellations_alone_are_reported_and_a_clean_log_has_no_crash():
+    log = (FIXTURES / "worker_crash_faust_agent.log").read_text()
+    start = log.index("[2026-12-02 11:38:10,178]")  # from the first CancelledError on
+    only_cancelled = first_crash(log[start:])
+    assert only_cancelled.agent == "directory" and only_cancelled.reason == "CancelledError()"
+    assert first_crash("[2026-12-02 11:30:48,676] [4941] [WARNING] Error in recovery Expecting value\n OK ^\n") is None
+    assert first_crash("") is None
+
+
+def test_a_bare_traceback_and_long_tracebacks_are_shortened_in_the_middle():
+    frames = "".join(f'  File "/app/m.py", line {n}, in f{n}\n    f{n + 1}()\n' for n in range(100))
+    cause = first_crash(f"starting\nTraceback (most recent call last):\n{frames}KeyError: 3\n")
+    assert cause.reason == "KeyError: 3" and cause.agent is None
+    lines = cause.details(max_lines=20).splitlines()
+    assert len(lines) == 20
+    assert lines[1] == "Traceback (most recent call last):" and "lines left out" in lines[2]
+    assert lines[-1] == "KeyError: 3" and lines[-2] == "    f100()"
+
+
+def test_exit_report_names_the_log_and_falls_back_to_its_tail(tmp_path):
+    process = subprocess.Popen(["true"])
+    process.wait()
+    crashed = tmp_path / "w0.log"
+    crashed.write_text((FIXTURES / "worker_crash_faust_agent.log").read_text())
+    report = WorkerProcess(process, crashed).exit_report()
+    assert report.splitlines()[0] == ("a worker exited (code 0): agent escalate crashed: "
+                                      "JSONDecodeError('Expecting value: line 1 column 1 (char 0)')")
+    assert f"first crash in {crashed}:" in report
+    quiet = tmp_path / "w1.log"
+    quiet.write_text("line one\nline two\n")
+    report = WorkerProcess(process, quiet).exit_report()
+    assert "no crash found" in report and report.endswith("line one\nline two")
