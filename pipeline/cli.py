@@ -442,7 +442,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from pipeline.avro import AvroCodec, registry_from_settings
     from pipeline.settings import load_settings
-    from pipeline.streams.replay import diff_generations
+    from pipeline.streams.replay import ReplayRefused, diff_generations, known_generations, plan_generations
     from pipeline.streams.runner import WorkerProcess, count_records, wait_for_outputs
 
     current = _settings(args)
@@ -451,28 +451,47 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         raise UserError(str(exc)) from exc
     bootstrap = _bootstrap(current if current.kafka.bootstrap else new)
-    old_generation = current.worker.generation if args.from_generation is None else args.from_generation
-    generation = args.generation if args.generation is not None else old_generation + 1
-    if generation == old_generation:
-        raise UserError(f"the new generation must differ from {old_generation}")
     codec = AvroCodec(registry_from_settings(new.schema_registry.url))
     total = count_records(new.kafka, bootstrap, "mail.raw")
-    print(f"replaying {total} mails of mail.raw as generation {generation} "
-          f"(settings {new.correlation.fingerprint()}, was {current.correlation.fingerprint()})", file=sys.stderr)
-    data_dir = new.worker.data_dir.resolve()
-    workers = [WorkerProcess.start(bootstrap=bootstrap, data_dir=data_dir / f"replay-g{generation}-{n}",
-                                   generation=generation, log_path=data_dir / f"replay-g{generation}-{n}.log",
-                                   settings_file=Path(args.new_settings).resolve())
-               for n in range(args.workers)]
+    if not total:
+        raise UserError(f"{new.kafka.topic_prefix}mail.raw on {bootstrap} holds no mail: nothing to replay "
+                        "(nothing was started)")
+    # The settings name only the live generation: the ones a replay already made are found on the cluster.
+    known = known_generations(new.kafka, bootstrap, codec, {current.worker.app_id, new.worker.app_id})
     try:
-        wait_for_outputs(new.kafka, bootstrap, codec, generation, total, workers=workers,
-                         timeout_s=max(600.0, total / 100), on_progress=_bar_factory(not args.no_progress)("replay", total))
+        old_generation, generation = plan_generations(known, current.worker.generation, args.generation,
+                                                      args.from_generation)
+    except ReplayRefused as exc:
+        raise UserError(f"{exc} (nothing was started)") from exc
+    print(f"replaying {total} mails of mail.raw as the new generation {generation}, to compare with generation "
+          f"{old_generation} (new settings {new.correlation.fingerprint()}, current settings "
+          f"{current.correlation.fingerprint()})",
+          file=sys.stderr)
+    if old_generation not in known.with_outputs:
+        print(f"note: generation {old_generation} has no correlations on the cluster: every mail will count as "
+              "changed", file=sys.stderr)
+    data_dir = new.worker.data_dir.resolve()
+    workers = []
+    for n in range(args.workers):
+        log_path = data_dir / f"replay-g{generation}-{n}.log"
+        log_path.unlink(missing_ok=True)  # a crash reported from it must be this run's
+        workers.append(WorkerProcess.start(bootstrap=bootstrap, data_dir=data_dir / f"replay-g{generation}-{n}",
+                                           generation=generation, log_path=log_path,
+                                           settings_file=Path(args.new_settings).resolve()))
+    try:
+        counts = wait_for_outputs(new.kafka, bootstrap, codec, generation, total, workers=workers,
+                                  timeout_s=max(600.0, total / 100),
+                                  on_progress=_bar_factory(not args.no_progress)("replay", total))
     except (TimeoutError, RuntimeError) as exc:
-        raise UserError(str(exc)) from exc
+        raise UserError(f"the replay as generation {generation} failed: {exc}") from exc
     finally:
         if not args.keep_running:
             for worker in workers:
                 worker.stop()
+    if not counts["mail.correlated"] + counts["mail.untracked"]:
+        raise UserError(f"the replay failed: generation {generation} produced no correlation for the {total} mails "
+                        f"of mail.raw ({counts['deadletter']} dead letters); worker logs: "
+                        f"{data_dir}/replay-g{generation}-*.log")
     diff = diff_generations(new.kafka, bootstrap, codec, old_generation, generation)
     print(diff.format())
     if args.keep_running:
@@ -819,8 +838,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = command("replay", cmd_replay, "Recompute every correlation with new settings as a new generation.")
     replay.add_argument("--settings", dest="new_settings", required=True, metavar="NEW.toml")
-    replay.add_argument("--from-generation", type=int, help="generation to compare with (default: the current one)")
-    replay.add_argument("--generation", type=int, help="number of the new generation (default: current + 1)")
+    replay.add_argument("--from-generation", type=int, metavar="N",
+                        help="generation to compare with (default: the newest one with correlations)")
+    replay.add_argument("--generation", type=int, metavar="N", help="number of the new generation (default: one above "
+                        "every generation on the cluster; an existing or lower one is refused)")
     replay.add_argument("--workers", type=int, default=1, choices=range(1, 9), metavar="N")
     replay.add_argument("--keep-running", action="store_true", help="leave the new generation's workers running")
     progress_flag(replay)

@@ -6,7 +6,10 @@ the pipeline must decide exactly as the engine does, whatever happens to its wor
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -187,6 +190,33 @@ hash_filter_keywords = '^[\\s]*([\\w]+\\s?:[\\s]*)+|\\w{7,}'
     diff = diff_generations(settings.kafka, sandbox.bootstrap, sandbox.codec, 0, 1)
     assert sorted(diff.changed_ids) == expected_changed
     assert diff.mails == len(after)
+
+    # `threadline replay` twice in a row, with the settings still saying generation 0: each run
+    # finds the generations on the cluster, makes the next one and says what it compared with.
+    # Back to the first settings, generation 2 undoes exactly what generation 1 changed; the
+    # filter again, generation 3 redoes it.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("THREADLINE_")}
+    env["THREADLINE_KAFKA_BOOTSTRAP"] = sandbox.bootstrap
+
+    def replay(new_settings: Path, *options: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", "--settings", str(sandbox.settings_file()),
+                               "replay", "--settings", str(new_settings), "--no-progress", *options],
+                              cwd=sandbox.root, env=env, capture_output=True, text=True, timeout=600)
+
+    for generation, new_settings, mails in ((2, sandbox.settings_file(), len(before)), (3, new_file, len(after))):
+        result = replay(new_settings)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"as the new generation {generation}, to compare with generation {generation - 1}" in result.stderr
+        assert result.stdout.splitlines()[0] == (f"new generation {generation} compared with generation "
+                                                 f"{generation - 1}: {mails} mails, {len(expected_changed)} "
+                                                 "correlations changed")
+    assert pipeline_decisions(sandbox, settings, 3) == pipeline_decisions(sandbox, settings, 1)
+
+    refused = replay(new_file, "--generation", "1")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "generation 1 already exists (generations on the cluster: 0, 1, 2, 3)" in refused.stderr
+    assert "nothing was started" in refused.stderr and refused.stdout == ""
+    assert not (sandbox.root / "data" / "replay-g1-0.log").exists()
 
 
 def poison_mail(seed: int) -> bytes:
