@@ -32,7 +32,7 @@ import pytest
 
 from pipeline.broker import free_port
 from pipeline.cli import main
-from pipeline.mail.imap import DeliveryError, ImapError, ImapPoller, quoted_folder
+from pipeline.mail.imap import ImapError, ImapPoller, quoted_folder
 from pipeline.streams.reader import read_topic
 
 pytestmark = pytest.mark.integration
@@ -370,20 +370,26 @@ def test_wrong_password_and_missing_folder_say_what_is_wrong(sandbox, dovecot):
         poller.close()
 
 
-def test_a_mail_kafka_refuses_stops_the_poller_before_it_without_skipping(sandbox, dovecot):
+def test_big_mail_goes_by_digest_and_mail_over_the_limit_becomes_a_dead_letter(sandbox, dovecot):
     user = f"u{uuid.uuid4().hex[:8]}"
     client = dovecot.client(user)
-    small, huge = _mail(1, "big"), _mail(2, "big").replace(b"Body of", b"x" * 2_000_000)  # over librdkafka's 1 MB
-    for raw in (small, huge, _mail(3, "big")):
+    small, big = _mail(1, "big"), _mail(2, "big").replace(b"Body of", b"x" * 2_000_000)  # over librdkafka's 1 MB
+    over, last = _mail(3, "big").replace(b"Body of", b"y" * 4_000_000), _mail(4, "big")
+    for raw in (small, big, over, last):
         assert client.append("INBOX", None, None, raw)[0] == "OK"
     settings = sandbox.settings(_settings_file(sandbox, dovecot, user, '[{name = "INBOX", direction = "in"}]',
                                                batch_size=1))
+    settings = settings.model_copy(update={"mail": settings.mail.model_copy(update={"max_message_bytes": 3 * 2**20})})
     poller = ImapPoller(settings, sandbox.bootstrap, sandbox.codec)
     try:
-        with pytest.raises(DeliveryError, match="UID 2"):
-            poller.run(once=True)
-        assert poller.state.get("INBOX").last_uid == 1  # UID 2 and 3 are fetched again next time
+        poller.run(once=True)
+        assert poller.state.get("INBOX").last_uid == 4
     finally:
         poller.close()
-    assert [r["raw"] for r in _raw_records(sandbox, settings)] == [small]
+    records = _raw_records(sandbox, settings)
+    assert [r["raw_blob"] is not None for r in records] == [False, True, False]
+    assert [r["raw"] for r in records][::2] == [small, last]
+    (letter,) = [v for _, _, _, v in read_topic(settings.kafka, sandbox.bootstrap, "deadletter", sandbox.codec)]
+    assert (letter["reason"], letter["agent"], letter["value_size"]) == ("too_large", "imap", len(over))
+    assert letter["source_ref"].endswith("/INBOX/3")
     client.logout()
