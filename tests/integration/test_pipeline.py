@@ -7,6 +7,7 @@ the pipeline must decide exactly as the engine does, whatever happens to its wor
 from __future__ import annotations
 
 import os
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -114,9 +115,9 @@ def test_corpus_end_to_end_equals_engine_and_hostile_input_is_dead_lettered(sand
     counts = wait_for_outputs(settings.kafka, sandbox.bootstrap, sandbox.codec, 0, len(corpus) + len(hostile),
                               workers=[worker], timeout_s=240)
     assert counts["deadletter"] == len(hostile)
-    dead = {value["value"]: value for _, _, _, value in
+    dead = {value["value_sha256"]: value for _, _, _, value in
             read_topic(settings.kafka, sandbox.bootstrap, "deadletter", sandbox.codec)}
-    assert {value: dead[value]["reason"] for value in hostile} == hostile
+    assert {value: dead[hashlib.sha256(value).hexdigest()]["reason"] for value in hostile} == hostile
     assert all(record["source_topic"] == raw_topic and record["error"] for record in dead.values())
 
     expected = engine_decisions(settings, {"default": [(f"x#{n}", raw) for n, (_, raw) in enumerate(corpus)]})
