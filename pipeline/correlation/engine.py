@@ -6,6 +6,10 @@ the benchmarks all drive this class; only the index's store differs between them
 Order, first hit wins: XHeader (2), InReplyTo (3), TrackingToken (4), ConversationIndex (5),
 SmartMatching (6), Custom (7), else None (0); Skipped (1) when correlation is off or the mail is
 untracked.  Every decision carries its evidence.
+
+A mail is known by its Message-ID, but the sender chooses that id: a second mail with a known id
+is a *duplicate* when its content is the known mail's (``identity.content_digest``), else a
+*collision*, correlated like any mail under a derived id and flagged ``message_id_collision``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Callable, Iterable
 
 from pipeline.correlation import subject as subjects
 from pipeline.correlation import thread_index, tokens
+from pipeline.correlation.identity import COLLISION_FLAG, content_digest, derived_ids
 from pipeline.correlation.index import CorrelationIndex
 from pipeline.correlation.model import Correlation, IndexedMail, Method, Response, stable_event_id
 from pipeline.mail.content import normalize_line
@@ -127,6 +132,12 @@ def _recency(entry: IndexedMail) -> tuple[float, str]:
     return entry.event_time, entry.message_id
 
 
+def _same_content(entry: IndexedMail, digest: str) -> bool:
+    """An entry without a digest (indexed before digests existed) cannot be told apart: it counts
+    as the same mail, as before, and the duplicate says ``content_unverified``."""
+    return not entry.content_digest or entry.content_digest == digest
+
+
 def _domain(address: str) -> str:
     return address.rpartition("@")[2]
 
@@ -166,6 +177,7 @@ class Correlator:
         self._excluded_domains = frozenset(d.lower() for d in self.untracked.excluded_domains)
         self._excluded_mailboxes = frozenset(self.untracked.excluded_mailboxes)
         self._subject_cache: dict[str, _SubjectFacts] = {}
+        self._last_digest: tuple[MailRecord | None, str] = (None, "")
 
     # -- public ----------------------------------------------------------------------------
     def correlate(self, mail: MailRecord) -> Correlation:
@@ -185,9 +197,10 @@ class Correlator:
         if reason is not None:
             return self._result(mail, event_dt, Method.SKIPPED, untracked_reason=reason)
 
-        known = index.get(mail.message_id)
+        digest = self._content_digest(mail)
+        message_id, known, collision = self._identity(mail, digest)
         if known is not None:
-            return self._repeat(mail, event_dt, known)
+            return self._repeat(mail, event_dt, known, message_id)
 
         facts = self._subject_facts(mail.subject)
         words = facts.words
@@ -208,7 +221,7 @@ class Correlator:
         if match is None:
             parent = None
             method = Method.NONE
-            conversation_id = "c-" + stable_event_id("conversation", self.tenant, mail.message_id)[:16]
+            conversation_id = "c-" + stable_event_id("conversation", self.tenant, message_id)[:16]
             regarding = self._regarding_without_parent(mail)
             candidate_count = 0
         else:
@@ -221,6 +234,9 @@ class Correlator:
             if mail_type == "new":
                 mail_type = "reply"  # linked by its headers or content though its subject has no prefix
 
+        if collision is not None:
+            evidence = {**evidence, COLLISION_FLAG: collision}
+
         response = None
         if parent is not None and mail.direction == "out" and parent.direction == "in":
             response = Response(
@@ -232,7 +248,7 @@ class Correlator:
 
         series = facts.series
         index.add(IndexedMail(
-            message_id=mail.message_id,
+            message_id=message_id,
             conversation_id=conversation_id,
             event_time=ts,
             direction=mail.direction,
@@ -252,9 +268,11 @@ class Correlator:
             series_head=f"{mail.from_addr}|{series[1]}|{series[0]}" if series and series[0] <= 1 else None,
             references=tuple(ref for _, ref in named_ids[:MAX_REFERENCES]),
             campaign_id=mail.campaign_id,
+            content_digest=digest,
         ))
         return self._result(
             mail, event_dt, method,
+            message_id=message_id,
             conversation_id=conversation_id,
             parent_message_id=parent.message_id if parent else None,
             regarding=regarding,
@@ -263,7 +281,14 @@ class Correlator:
             evidence=evidence,
             mail_type=mail_type,
             response=response,
+            flags=(COLLISION_FLAG,) if collision is not None else (),
         )
+
+    def indexed_id(self, mail: MailRecord) -> str:
+        """The id ``mail`` is indexed under, or would be if it were correlated now: its Message-ID,
+        or for a mail reusing another mail's Message-ID the derived id (a stream processor that
+        asks "did I index this very record already?" must look it up under this id)."""
+        return self._identity(mail, self._content_digest(mail))[0]
 
     def correlate_all(self, mails: Iterable[MailRecord]) -> Iterable[Correlation]:
         for mail in mails:
@@ -314,21 +339,63 @@ class Correlator:
                 return "excluded_recipient"
         return None
 
-    def _repeat(self, mail: MailRecord, event_dt: datetime, known: IndexedMail) -> Correlation:
-        """The same Message-ID again: our own mail coming back (loop) or a duplicate delivery
-        (the same mail in two mailboxes, or a redelivery). Either way the first decision stands
-        and this one is reported as untracked, so it never overwrites the first one downstream."""
+    def _content_digest(self, mail: MailRecord) -> str:
+        """``identity.content_digest``, remembered for the last mail (``indexed_id`` and then
+        ``correlate`` of one mail hash its body once)."""
+        last, digest = self._last_digest
+        if last is not mail:
+            digest = content_digest(mail)
+            self._last_digest = (mail, digest)
+        return digest
+
+    def _identity(self, mail: MailRecord, digest: str) -> tuple[str, IndexedMail | None, dict | None]:
+        """(the id to track ``mail`` under, the indexed mail it repeats or None, the collision
+        evidence or None).
+
+        A known Message-ID with the same content is a repeat of that mail; so is our own mail
+        coming back inbound (a loop: the outbound entry is ours, whatever the echo carries).
+        With other content it is another mail: it takes the first derived id that is free or
+        already holds this very content (then it is a repeat of that colliding mail)."""
+        index = self.index
+        known = index.get(mail.message_id)
+        if known is None:
+            return mail.message_id, None, None
+        if (known.direction == "out" and mail.direction == "in") or _same_content(known, digest):
+            return mail.message_id, known, None
+        for candidate in derived_ids(mail.message_id, digest):
+            entry = index.get(candidate)
+            if entry is None:
+                return candidate, None, {
+                    "message_id": mail.message_id,
+                    "content_digest": digest,
+                    "known_content_digest": known.content_digest,
+                }
+            if _same_content(entry, digest):
+                return candidate, entry, None
+        raise AssertionError("unreachable: derived_ids never ends")
+
+    def _repeat(self, mail: MailRecord, event_dt: datetime, known: IndexedMail, message_id: str) -> Correlation:
+        """The same mail again: our own mail coming back (loop) or a duplicate delivery (the same
+        mail in two mailboxes, a redelivery, the inbound and the outbound copy). Either way the
+        first decision stands and this one is reported as untracked, so it never overwrites the
+        first one downstream. ``message_id`` is the id the first one was tracked under."""
         if known.direction == "out" and mail.direction == "in":
-            return self._result(mail, event_dt, Method.SKIPPED, untracked_reason="loop",
+            return self._result(mail, event_dt, Method.SKIPPED, untracked_reason="loop", message_id=message_id,
                                 conversation_id=known.conversation_id, loop=True,
                                 evidence={"loop_of": known.message_id})
+        evidence: dict = {"duplicate_of": known.message_id}
+        if not known.content_digest:
+            evidence["content_unverified"] = True  # indexed before content digests existed
+        if message_id != mail.message_id:
+            evidence["original_message_id"] = mail.message_id
         return self._result(
             mail, event_dt, Method(known.method), untracked_reason="duplicate",
+            message_id=message_id,
             conversation_id=known.conversation_id,
             parent_message_id=known.parent_message_id,
             regarding=known.regarding,
             tracking_token=known.tracking_token,
-            evidence={"duplicate_of": known.message_id},
+            evidence=evidence,
             mail_type=known.mail_type,  # type: ignore[arg-type]
         )
 
@@ -566,15 +633,16 @@ class Correlator:
 
     # -- output ----------------------------------------------------------------------------
     def _result(self, mail: MailRecord, event_dt: datetime, method: Method, *,
-                conversation_id: str | None = None, parent_message_id: str | None = None,
+                message_id: str | None = None, conversation_id: str | None = None, parent_message_id: str | None = None,
                 regarding: str | None = None, tracking_token: str | None = None,
                 candidate_count: int = 0, evidence: dict | None = None, mail_type: str | None = None,
                 untracked_reason: str | None = None, loop: bool = False,
-                response: Response | None = None) -> Correlation:
+                response: Response | None = None, flags: tuple[str, ...] = ()) -> Correlation:
+        message_id = message_id or mail.message_id
         return Correlation(
             tenant=self.tenant,
-            message_id=mail.message_id,
-            conversation_id=conversation_id or "c-" + stable_event_id("conversation", self.tenant, mail.message_id)[:16],
+            message_id=message_id,
+            conversation_id=conversation_id or "c-" + stable_event_id("conversation", self.tenant, message_id)[:16],
             method=method,
             mail_type=mail_type or subjects.mail_type_from_subject(mail.subject),  # type: ignore[arg-type]
             direction=mail.direction,
@@ -594,4 +662,5 @@ class Correlator:
             untracked_reason=untracked_reason,
             loop=loop,
             response=response,
+            flags=flags,
         )

@@ -10,7 +10,7 @@ _UNTRACKED = {
     "internal": "every participant is in one of our own domains (internal mail)",
     "excluded_recipient": "tracking is disabled for every external party of this mail",
     "loop": "it is a mail we sent coming back to us (loop)",
-    "duplicate": "the same Message-ID was correlated before; the first decision stands",
+    "duplicate": "the same mail (same Message-ID, same content) was correlated before; the first decision stands",
 }
 
 
@@ -57,8 +57,18 @@ def describe(correlation: dict[str, Any]) -> str:
     method = correlation.get("method_name", "None")
     evidence = correlation.get("evidence") or {}
     reason = correlation.get("untracked_reason")
+    collision = evidence.get("message_id_collision")
+    if collision:
+        lines.append(f"  collision:    its Message-ID {collision.get('message_id')} belongs to another mail with "
+                     f"different content; tracked under this derived id (content {collision.get('content_digest')})")
     if reason:
         lines.append(f"  not tracked:  {_UNTRACKED.get(reason, reason)}")
+        if reason == "duplicate" and evidence.get("original_message_id"):
+            lines.append(f"  repeats:      {evidence.get('duplicate_of')}, a mail that reused the Message-ID "
+                         f"{evidence['original_message_id']}")
+        if reason == "duplicate" and evidence.get("content_unverified"):
+            lines.append("  caution:      the first mail was indexed without a content digest, so only the "
+                         "Message-ID was compared")
     elif correlation.get("parent_message_id"):
         lines.append(f"  linked to:    {correlation['parent_message_id']}  by {method} "
                      f"({correlation.get('method')}), {correlation.get('candidate_count', 0)} candidate(s)")

@@ -70,6 +70,9 @@ class IndexedMail:
     # two mails naming the same id we never saw are in one thread.
     references: tuple[str, ...] = ()
     campaign_id: str | None = None  # so that a bounce of this mail counts for its campaign
+    # identity.content_digest of the mail: tells a duplicate delivery from another mail reusing
+    # the Message-ID. "" = unknown (entries written before the digest existed).
+    content_digest: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         # Flat fields only: a direct read is ~10x faster than dataclasses.asdict's deep copy,
@@ -123,6 +126,9 @@ class Correlation:
     untracked_reason: str | None = None
     loop: bool = False
     response: Response | None = None
+    # Findings a consumer may count, e.g. "message_id_collision" (the mail reused another mail's
+    # Message-ID and is tracked under a derived one; the evidence says which).
+    flags: tuple[str, ...] = ()
 
     @property
     def event_id(self) -> str:
