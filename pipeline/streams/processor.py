@@ -285,13 +285,15 @@ class MailProcessor:
             mail = self._with_campaign(mail, raw)
         correlator = self._correlator(tenant, item.partition)
         store = self._stores[tenant]
-        if store.source_offsets.get(mail.message_id) == item.offset:
+        if store.source_offsets.get(correlator.indexed_id(mail)) == item.offset:
             # Indexed from this very record before a crash that lost the batch's offset marker
             # but not the entry: its outputs went out before the entry was written.
             result.skipped_redeliveries += 1
             return
         store.current_offset = item.offset
         correlation = correlator.correlate(mail)
+        for flag in correlation.flags:  # e.g. message_id_collision: counted beside the method
+            result.count(f"flag:{flag}")
         key = tenant.encode()
         if mail.is_bounce:
             self._bounce_events(raw, correlator, mail, result)
