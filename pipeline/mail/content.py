@@ -13,8 +13,11 @@ from __future__ import annotations
 import hashlib
 import re
 
+from pipeline.mail.record import BODY_TEXT_LIMIT
+
 MIN_LINE_CHARS = 24  # shorter lines ("Thanks,", "Hi all") say nothing about which mail is quoted
 MAX_LINE_HASHES = 48  # per kind; replies quote the start of the parent, so the first lines suffice
+MAX_TEXT_CHARS = BODY_TEXT_LIMIT  # what parse_mail keeps of a body; more would only cost time
 
 _SPACE = re.compile(r"\s+")
 _NON_WORD = re.compile(r"[^\w@.]+")
@@ -26,13 +29,84 @@ _ORIGINAL_MESSAGE = re.compile(
     r"weitergeleitete nachricht|message transféré)\s*-{2,}\s*$",
     re.IGNORECASE,
 )
-_ATTRIBUTION = re.compile(
-    r"^\s*(?:on\s.{0,120}?,\s*|am\s.{0,120}?\s|le\s.{0,120}?,\s*|el\s.{0,120}?,\s*|op\s.{0,120}?\s)?"
-    r"(?P<who>[^,<>\n]{1,80}?(?:\s*<[^>\n]{3,120}>)?|\"[^\"\n]{1,80}\"\s*<[^>\n]{3,120}>)\s*"
-    r"(?:wrote|writes|schrieb|a écrit|escribió|ha scritto|schreef|skrev)\s*:\s*$",
-    re.IGNORECASE,
-)
-_OUTLOOK_FROM = re.compile(r"^\s*(?:from|von|de|van|da)\s*:\s*(?P<who>.{1,160})$", re.IGNORECASE)
+# Attribution lines: "[On <date>,] <who> wrote:" in several languages.  They are read by the
+# functions below rather than by one regular expression: the expression that says the same
+# ("on\s.{0,120}?," then "[^,<>]{1,80}?" then "\s*wrote") backtracks through every split of a
+# line between its parts, and took half a second on one line of "Am" and 500 spaces.
+_ATTRIBUTION_VERBS = ("wrote", "writes", "schrieb", "a écrit", "escribió", "ha scritto", "schreef", "skrev")
+# The word that opens a date in each language, and whether a comma ends the date (else, in
+# German and Dutch "Am <date> schrieb <who>" / "Op <date> schreef <who>", any white space).
+_DATE_OPENINGS = {"on": True, "le": True, "el": True, "am": False, "op": False}
+_MAX_DATE_CHARS = 120
+_MAX_NAME_CHARS = 80
+_OUTLOOK_FROM = re.compile(r"(?:from|von|de|van|da)\s*:", re.IGNORECASE)
+_MAX_OUTLOOK_WHO_CHARS = 160
+
+
+def _is_who(text: str) -> bool:
+    """``Ann Smith``, ``Ann Smith <ann@x.org>`` or ``"Smith, Ann" <ann@x.org>``, then only white
+    space.  White space alone counts too, as it did for the expression ("Am <date> schrieb:")."""
+    core = text.rstrip()
+    if not core:
+        return bool(text)
+    if core.startswith('"'):
+        close = core.find('"', 1)
+        if 2 <= close <= _MAX_NAME_CHARS + 1:
+            address = core[close + 1:].lstrip()
+            if address.startswith("<") and _is_address(address):
+                return True
+    bracket = core.find("<")
+    name = core if bracket < 0 else core[:bracket]
+    if not name or len(name.rstrip()) > _MAX_NAME_CHARS or "," in name or ">" in name:
+        return False
+    return bracket < 0 or _is_address(core[bracket:])
+
+
+def _is_address(text: str) -> bool:
+    """``<...>`` of 3 to 120 characters with no ">" inside."""
+    return text.endswith(">") and 3 <= len(text) - 2 <= 120 and ">" not in text[1:-1]
+
+
+def _attribution(content: str) -> str | None:
+    """The <who> of an attribution line, or None.  ``content`` has no leading white space."""
+    tail = content.rstrip()
+    if not tail.endswith(":"):
+        return None
+    before = tail[:-1].rstrip()
+    ending = before[-12:].lower()
+    verb = next((verb for verb in _ATTRIBUTION_VERBS if ending.endswith(verb)), None)
+    if verb is None:
+        return None
+    head = before[:len(before) - len(verb)]
+    by_comma = _DATE_OPENINGS.get(head[:2].lower())
+    if by_comma is not None and head[2:3].isspace():
+        # The shortest date after which the rest of the line is a who, as the expression did.
+        for index in range(3, min(len(head), 3 + _MAX_DATE_CHARS + 1)):
+            char = head[index]
+            if by_comma and char == ",":
+                rest = head[index + 1:]
+                stripped = rest.lstrip()
+                # The white space after the comma goes to the who if the who needs it.
+                for who in (stripped, rest[len(rest) - len(stripped) - 1:]) if stripped != rest else (rest,):
+                    if who and _is_who(who):
+                        return who
+            elif not by_comma and char.isspace():
+                rest = head[index + 1:]
+                if rest and _is_who(rest):
+                    return rest
+    return head if head and _is_who(head) else None
+
+
+def _outlook_from(content: str) -> str | None:
+    """The sender of an Outlook reply header's "From: ..." line, or None."""
+    match = _OUTLOOK_FROM.match(content)
+    if match is None:
+        return None
+    rest = content[match.end():]
+    who = rest.lstrip() or rest[-1:]
+    return who if 1 <= len(who) <= _MAX_OUTLOOK_WHO_CHARS else None
+
+
 _SIGNATURE = "-- "
 
 
@@ -63,6 +137,9 @@ def fingerprint_body(text: str) -> tuple[tuple[int, ...], tuple[int, ...], str]:
     one '>' mark, or unmarked text after the first "Original Message" separator (up to the
     next one).  Hashes keep first-seen order and are unique.
     """
+    if len(text) > MAX_TEXT_CHARS:
+        cut = text.rfind("\n", 0, MAX_TEXT_CHARS)
+        text = text[:cut if cut > 0 else MAX_TEXT_CHARS]  # no half line: it would hash as a line nobody wrote
     own: dict[int, None] = {}
     quoted: dict[int, None] = {}
     attribution = ""
@@ -78,11 +155,11 @@ def fingerprint_body(text: str) -> tuple[tuple[int, ...], tuple[int, ...], str]:
             continue
         depth += original_depth
         if not attribution:
-            match = _ATTRIBUTION.match(content) if depth == 0 else None
-            if match is None and original_depth == 1:
-                match = _OUTLOOK_FROM.match(content)
-            if match is not None:
-                attribution = normalize_line(match.group("who"))
+            who = _attribution(content) if depth == 0 else None
+            if who is None and original_depth == 1:
+                who = _outlook_from(content)
+            if who is not None:
+                attribution = normalize_line(who)
                 continue
         if depth > 1:
             continue  # the grandparent's text: evidence for the parent's parent, not ours

@@ -25,11 +25,14 @@ def _words(rng: random.Random, count: int) -> str:
 
 
 def _mail(rng: random.Random, tag: str, extra: list[bytes], body: bytes, *, message_id: bool = True) -> bytes:
-    """A plausible header block around ``extra`` fields, so the parser reaches the hostile part."""
-    lines = [b"From: Ann Example <ann@example.org>", b"To: support@example.com",
-             b"Subject: " + _words(rng, 4).encode(), b"Date: Tue, 05 Mar 2024 10:15:00 +0100"]
+    """A plausible header block around ``extra`` fields, so the parser reaches the hostile part;
+    a field in ``extra`` replaces the plausible one of that name (the parser reads the first)."""
+    plausible = [b"From: Ann Example <ann@example.org>", b"To: support@example.com",
+                 b"Subject: " + _words(rng, 4).encode(), b"Date: Tue, 05 Mar 2024 10:15:00 +0100"]
     if message_id:
-        lines.insert(0, b"Message-ID: " + _id(rng, tag))
+        plausible.insert(0, b"Message-ID: " + _id(rng, tag))
+    given = {field.split(b":", 1)[0].lower() for field in extra}
+    lines = [field for field in plausible if field.split(b":", 1)[0].lower() not in given]
     return b"\r\n".join(lines + extra) + b"\r\n\r\n" + body
 
 
@@ -53,7 +56,8 @@ def _broken_boundary(rng: random.Random) -> bytes:
         boundary = b"=_" + bytes(rng.randrange(33, 127) for _ in range(rng.randrange(200, 2000)))
         boundary = boundary.replace(b'"', b"x").replace(b";", b"x")
         return _mail(rng, "bnd", [b'Content-Type: multipart/mixed; boundary="' + boundary + b'"'],
-                     b"--" + boundary + b"\r\nContent-Type: text/plain\r\n\r\n" + text + b"\r\n--" + boundary[:-1] + b"--\r\n")
+                     b"--" + boundary + b"\r\nContent-Type: text/plain\r\n\r\n" + text
+                     + b"\r\n--" + boundary[:-1] + b"--\r\n")  # closed with a near miss
     # a part whose transfer encoding lies about its content
     encoding = rng.choice([b"base64", b"quoted-printable", b"x-uuencode", b"uuencode", b"x-unknown", b"7bit"])
     junk = bytes(rng.randrange(256) for _ in range(rng.randrange(10, 400)))
@@ -63,6 +67,10 @@ def _broken_boundary(rng: random.Random) -> bytes:
 
 
 def _deep_nesting(rng: random.Random, depth: int = 1_000) -> bytes:
+    if rng.random() < 0.25:  # mail forwarded inside mail: nesting without a single boundary
+        chain = b"Content-Type: message/rfc822\r\n\r\n" * depth
+        return _mail(rng, "deep", [b"MIME-Version: 1.0", b"Content-Type: message/rfc822"],
+                     chain + b"From: inner@example.org\r\n\r\n" + _words(rng, 8).encode() + b"\r\n")
     opening = b"".join(b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (level, level + 1)
                        for level in range(depth))
     leaf = b"--b%d\r\nContent-Type: text/plain\r\n\r\n" % depth + _words(rng, 8).encode() + b"\r\n"
@@ -163,8 +171,8 @@ def _crlf_injection(rng: random.Random) -> bytes:
     elif variant == 4:  # the header block never ends
         return b"Message-ID: " + _id(rng, "crlf") + b"\r\nFrom: ann@example.org\r\nSubject: no body" + b"\r" * 50
     else:  # header and body separated by every odd line ending
-        return _mail(rng, "crlf", [b"Subject: mixed"], b"") .replace(b"\r\n\r\n", rng.choice(
-            [b"\n\r\n", b"\r\r", b"\r\n \r\n", b"\n\n\r"])) + b"body\r\n"
+        separator = rng.choice([b"\n\r\n", b"\r\r", b"\r\n \r\n", b"\n\n\r"])
+        return _mail(rng, "crlf", [b"Subject: mixed"], b"").replace(b"\r\n\r\n", separator) + b"body\r\n"
     return _mail(rng, "crlf", fields, b"body\r\n")
 
 

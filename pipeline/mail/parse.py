@@ -7,12 +7,20 @@ and parsing goes on, because a real mailbox holds all of that.
 
 The stdlib ``compat32`` policy is used: it is several times faster than the modern policy and
 never raises on malformed headers; headers are decoded here explicitly.
+
+Work per mail is bounded, whatever its size: the body text comes from at most
+``TEXT_PART_BYTES`` of a text part or ``HTML_PART_BYTES`` of an HTML part (noted as
+``body_truncated``), HTML is converted by a linear scanner, and a MIME structure that would make
+the stdlib parser compare millions of lines against its open boundaries (deep nesting) is read
+for its header only (``mime_too_deep``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import codecs
+import copy
 import hashlib
 import html
 import re
@@ -20,9 +28,10 @@ from datetime import datetime, timezone
 from email import message_from_bytes
 from email.header import decode_header
 from email.message import Message
+from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses, parseaddr, parsedate_to_datetime
-from html.parser import HTMLParser
+from typing import Iterator
 
 from pipeline.mail.content import fingerprint_body
 from pipeline.mail.record import BODY_TEXT_LIMIT, Direction, MailParseError, MailRecord
@@ -30,6 +39,16 @@ from pipeline.mail.record import BODY_TEXT_LIMIT, Direction, MailParseError, Mai
 MAX_HEADER_BYTES = 256 * 1024
 MAX_MESSAGE_BYTES = 50 * 1024 * 1024
 _MAX_PARTS = 200  # a MIME bomb of thousands of parts is walked no further
+# Decoded bytes read from the chosen body part.  A character takes at most 4 bytes in the
+# charsets mail uses, so a text part's first 4 * BODY_TEXT_LIMIT bytes fill the body text;
+# HTML spends most of its bytes on markup, so it gets more, but not the 10 MB some mail has.
+TEXT_PART_BYTES = 4 * BODY_TEXT_LIMIT
+HTML_PART_BYTES = 512 * 1024
+# The stdlib parser compares every line with every open multipart boundary, and recurses once
+# per level: these bound the nesting it is handed and that comparison count.
+_MAX_MIME_DEPTH = 64
+_MAX_BOUNDARY_CHECKS = 4_000_000
+_MAX_DELIMITER_LINES = 100_000  # "--" lines the estimate looks at, one by one
 
 _ID = re.compile(r"<([^<>\s]{1,998})>")
 _BARE_ID = re.compile(r"^\s*([^<>\s@]{1,900}@[^<>\s]{1,900})\s*$")
@@ -42,6 +61,34 @@ _KNOWN_FIELDS = (b"from:", b"date:", b"message-id:", b"subject:", b"to:", b"rece
 def _header_block(raw: bytes) -> bytes:
     end = _HEADER_END.search(raw)
     return raw if end is None else raw[: end.start()]
+
+
+# Codecs Python has that no mail charset is: they turn escapes into text (and warn about bad
+# ones), convert domain labels, or always fail.  A mail naming one gets latin-1, like an unknown.
+_NOT_MAIL_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape", "idna", "punycode", "undefined"})
+
+
+def _decode(data: bytes, charset: str, errors: str, defects: list[str]) -> str:
+    """``data`` in ``charset``; an unknown or unusable charset, or bytes it refuses, give latin-1
+    and ``bad_encoding``."""
+    try:
+        if codecs.lookup(charset).name not in _NOT_MAIL_CHARSETS:
+            return data.decode(charset, errors)
+    # LookupError: unknown name or a bytes-to-bytes codec (hex, zlib); ValueError (UnicodeError
+    # included): bytes the codec refuses, an error handler it lacks, a NUL in the name.
+    except (LookupError, ValueError):
+        pass
+    defects.append("bad_encoding")
+    return data.decode("latin-1")
+
+
+def _param(message: Message, name: str) -> str:
+    """A Content-Type parameter as plain text; the RFC 2231 form (``name*=utf-8''v``) is read
+    for its value only, because the stdlib's own decoding of it raises on a NUL charset."""
+    value = message.get_param(name)
+    if isinstance(value, tuple):
+        value = value[2]
+    return value if isinstance(value, str) else ""
 
 
 def _decode_header(value: str | None, defects: list[str]) -> str:
@@ -57,13 +104,8 @@ def _decode_header(value: str | None, defects: list[str]) -> str:
     for chunk, charset in parts:
         if isinstance(chunk, str):
             text.append(chunk)
-            continue
-        try:
-            text.append(chunk.decode(charset or "ascii"))
-        except (LookupError, UnicodeDecodeError):
-            if "bad_encoding" not in defects:
-                defects.append("bad_encoding")
-            text.append(chunk.decode("latin-1"))
+        else:  # "utf-8*en": RFC 2231 lets an encoded word name its language after the charset
+            text.append(_decode(chunk, (charset or "ascii").partition("*")[0], "strict", defects))
     # decode_header drops the white space between an encoded and a plain word.
     return _SPACE.sub(" ", "".join(text) if len(parts) > 1 else text[0]).strip()
 
@@ -148,47 +190,147 @@ def _date(value: str | None, defects: list[str]) -> datetime | None:
         return None
 
 
-class _TextFromHtml(HTMLParser):
-    """Visible text of an HTML part with line breaks where blocks end."""
-
-    _BREAKS = {"br", "p", "div", "tr", "li", "blockquote", "h1", "h2", "h3", "h4", "pre", "table"}
-    _HIDDEN = {"script", "style", "head", "title"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._hidden = 0
-
-    def handle_starttag(self, tag, attrs):
-        if tag in self._HIDDEN:
-            self._hidden += 1
-        elif tag in self._BREAKS:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag):
-        if tag in self._HIDDEN and self._hidden:
-            self._hidden -= 1
-        elif tag in self._BREAKS:
-            self.parts.append("\n")
-
-    def handle_data(self, data):
-        if not self._hidden:
-            self.parts.append(data)
+_BLOCK_TAGS = frozenset({"br", "p", "div", "tr", "li", "blockquote", "h1", "h2", "h3", "h4", "pre", "table"})
+_HIDDEN_TAGS = frozenset({"script", "style", "head", "title"})
+_RAW_TEXT_END = {"script": re.compile(r"</script(?=[\s/>]|\Z)", re.IGNORECASE),
+                 "style": re.compile(r"</style(?=[\s/>]|\Z)", re.IGNORECASE)}
+_TAG_NAME = re.compile(r"[a-zA-Z][^\s/>\x00]*")
+_QUOTED_VALUE = re.compile(r"=\s*([\"'])")
+# Most tags hold no quote and no "<": one match reads them (a third of the time per tag).
+_PLAIN_TAG = re.compile(r"<(/?)([a-zA-Z][^\s/>\x00<\"']*)([^<>\"']*)>")
 
 
-def html_to_text(markup: str) -> str:
-    parser = _TextFromHtml()
-    try:
-        parser.feed(markup)
-        parser.close()
-    except Exception:  # html.parser is lenient; this guards against the unforeseen
-        return html.unescape(re.sub(r"<[^>]*>", " ", markup))
-    return "".join(parser.parts)
+def html_to_text(markup: str, max_chars: int | None = None) -> str:
+    """Visible text of an HTML part, with line breaks where blocks end; at most ``max_chars``.
+
+    A single forward scan, so the work is linear in the markup whatever it holds (html.parser
+    takes minutes on 512 KiB of ``<x<x<x``: it rescans to the end for every unfinished tag).
+    Every search for a terminator starts where the scan is and the scan then moves past what it
+    found, so no byte is searched twice.  Like a browser, a tag, comment or quoted attribute
+    left open at the end swallows the rest of the document.
+    """
+    parts: list[str] = []
+    size = 0
+    hidden = 0  # open script/style/head/title elements
+    pos = 0
+    length = len(markup)
+    next_gt = -1  # the first ">" at or after the last search start; valid while it is ahead of pos
+    while pos < length:
+        lt = markup.find("<", pos)
+        text = markup[pos:] if lt < 0 else markup[pos:lt]
+        if text and not hidden:
+            text = html.unescape(text) if "&" in text else text
+            parts.append(text)
+            size += len(text)
+            if max_chars is not None and size >= max_chars:
+                break
+        if lt < 0:
+            break
+        plain = _PLAIN_TAG.match(markup, lt)
+        if plain is not None:
+            closing, name = plain.group(1) == "/", plain.group(2).lower()
+            self_closing = not closing and plain.group(3).endswith("/")
+            pos = plain.end()
+        else:
+            after = markup[lt + 1:lt + 2]
+            if markup.startswith("<!--", lt):
+                close = markup.find("-->", lt + 4)
+                if close < 0:
+                    break
+                pos = close + 3
+                continue
+            closing = after == "/"
+            name_match = _TAG_NAME.match(markup, lt + 2 if closing else lt + 1)
+            if name_match is None and not closing and after not in ("!", "?"):
+                if not hidden:  # "a < b": a literal "<"
+                    parts.append("<")
+                    size += 1
+                pos = lt + 1
+                continue
+            if closing and markup.startswith("</>", lt):
+                pos = lt + 3
+                continue
+            if next_gt <= lt:
+                next_gt = markup.find(">", lt + 1)
+                if next_gt < 0:
+                    break
+            gt = next_gt
+            if name_match is None:  # <!DOCTYPE>, <?xml ?>, </ 3>: nothing visible up to ">"
+                pos = gt + 1
+                continue
+            name = name_match.group().lower()
+            if not closing:
+                # A quoted attribute value may hold ">": the tag ends at the first ">" after it.
+                scan = name_match.end()
+                while (quote := _QUOTED_VALUE.search(markup, scan, gt)) is not None:
+                    end_quote = markup.find(quote.group(1), quote.end())
+                    if end_quote < 0:
+                        return "".join(parts)[:max_chars]
+                    scan = end_quote + 1
+                    if scan > gt:
+                        gt = next_gt = markup.find(">", scan)
+                        if gt < 0:
+                            return "".join(parts)[:max_chars]
+            pos = gt + 1
+            self_closing = not closing and markup[gt - 1] == "/" and gt - 1 >= name_match.end()
+        if name in _HIDDEN_TAGS:
+            if closing:
+                hidden = max(0, hidden - 1)
+            elif not self_closing:
+                hidden += 1
+                if name in _RAW_TEXT_END:  # script and style hold no tags, only text up to their end tag
+                    end_tag = _RAW_TEXT_END[name].search(markup, pos)
+                    if end_tag is None:
+                        break
+                    pos = end_tag.start()
+        elif name in _BLOCK_TAGS:  # also while hidden, as html.parser did: breaks alone show nothing
+            parts.append("\n\n" if self_closing else "\n")
+            size += 2 if self_closing else 1
+    return "".join(parts)[:max_chars]
 
 
-def _part_text(part: Message, defects: list[str]) -> str:
-    try:
+def _walk(message: Message) -> Iterator[Message]:
+    """Message.walk() in the same order, without a generator per nesting level."""
+    stack = [message]
+    while stack:
+        part = stack.pop()
+        yield part
+        if part.is_multipart():
+            stack.extend(reversed(part.get_payload()))
+
+
+def _decoded_payload(part: Message, limit: int) -> tuple[bytes | None, bool]:
+    """The part's payload, transfer-decoded, and whether it was cut to ``limit`` bytes.
+
+    Only about as much of the encoded payload as ``limit`` needs is decoded, on a shallow copy
+    of the part, so a 40 MB base64 part costs what a 1 MB one does.  The copy shares the part's
+    ``defects``, so decoding problems are still noted on it.
+    """
+    # Not get_payload(): without decode=True it re-decodes an 8-bit payload with the part's own
+    # charset, and raises for one such as idna.
+    encoded = part._payload
+    # Quoted-printable spends up to 3 characters on a byte; base64 4 on 3.
+    if not isinstance(encoded, str) or len(encoded) <= 3 * limit:
         payload = part.get_payload(decode=True)
+        if payload is not None and len(payload) > limit:
+            return payload[:limit], True
+        return payload, False
+    head = encoded[:3 * limit]
+    line_end = head.rfind("\n")
+    if line_end > 0:  # whole lines: no "=XX" escape or base64 quantum is split
+        head = head[:line_end + 1]
+    if str(part.get("content-transfer-encoding", "")).lower() == "base64":  # as Message.get_payload reads it
+        compact = "".join(head.split())
+        head = compact[:len(compact) // 4 * 4]
+    prefix = copy.copy(part)
+    prefix.set_payload(head)
+    payload = prefix.get_payload(decode=True)
+    return (payload[:limit] if payload is not None else None), True
+
+
+def _part_text(part: Message, limit: int, defects: list[str]) -> str:
+    try:
+        payload, truncated = _decoded_payload(part, limit)
     except Exception:
         defects.append("broken_mime")
         return ""
@@ -196,17 +338,17 @@ def _part_text(part: Message, defects: list[str]) -> str:
         defects.append("broken_mime")
     if payload is None:
         return ""
-    charset = part.get_content_charset() or "us-ascii"
-    try:
-        return payload.decode(charset, errors="replace")
-    except (LookupError, ValueError):  # unknown charset, or a codec such as idna that cannot "replace"
-        defects.append("bad_encoding")
-        return payload.decode("latin-1")
+    if truncated:
+        defects.append("body_truncated")
+    text = _decode(payload, _param(part, "charset").strip() or "us-ascii", "replace", defects)
+    if truncated and text.endswith("\ufffd"):  # the cut split the last character
+        text = text[:-1]
+    return text
 
 
 def _body_text(message: Message, defects: list[str]) -> str:
     html_part = None
-    for count, part in enumerate(message.walk()):
+    for count, part in enumerate(_walk(message)):
         if count >= _MAX_PARTS:
             defects.append("too_many_parts")
             break
@@ -218,10 +360,58 @@ def _body_text(message: Message, defects: list[str]) -> str:
         if part.get_content_disposition() == "attachment":
             continue
         if content_type == "text/plain":
-            return _part_text(part, defects)
+            return _part_text(part, TEXT_PART_BYTES, defects)
         if content_type == "text/html" and html_part is None:
             html_part = part
-    return html_to_text(_part_text(html_part, defects)) if html_part is not None else ""
+    if html_part is None:
+        return ""
+    # One character more than the body keeps, so that parse_mail notes the truncation.
+    return html_to_text(_part_text(html_part, HTML_PART_BYTES, defects), max_chars=BODY_TEXT_LIMIT + 1)
+
+
+_BOUNDARY_PARAM = re.compile(rb"boundary\s*=\s*(?:\"([^\"\r\n]{1,200})\"|([^\"\s;]{1,200}))")
+_DELIMITER = re.compile(rb"\n--([^\r\n]{0,200})")
+
+
+def _mime_too_deep(raw: bytes) -> bool:
+    """Whether the stdlib parser would nest deeper than ``_MAX_MIME_DEPTH`` or compare more than
+    ``_MAX_BOUNDARY_CHECKS`` lines with open boundaries.
+
+    An estimate from a scan of the bytes: boundaries open where a ``boundary=`` parameter is
+    declared and close at their delimiter lines (a sibling's delimiter closes the parts nested
+    before it).  Case is ignored on both sides; an over-estimate only costs the body text.
+    """
+    lowered = raw.lower()
+    declared = [(match.start(), True, match.group(1) or match.group(2)) for match in _BOUNDARY_PARAM.finditer(lowered)]
+    lines = raw.count(b"\n")
+    if len(declared) <= 1 or (len(declared) <= _MAX_MIME_DEPTH and len(declared) * lines <= _MAX_BOUNDARY_CHECKS):
+        return False
+    if lowered.count(b"\n--") > _MAX_DELIMITER_LINES:
+        return True
+    names = {name for _, _, name in declared}
+    events = declared + [(match.start(), False, match.group(1).rstrip()) for match in _DELIMITER.finditer(lowered)
+                         if match.group(1).rstrip().removesuffix(b"--") in names or match.group(1).rstrip() in names]
+    events.sort()
+    stack: list[bytes] = []
+    checks = 0
+    last = 0
+    for position, is_declaration, name in events:
+        checks += len(stack) * raw.count(b"\n", last, position)
+        last = position
+        if is_declaration:
+            stack.append(name)
+            if len(stack) > _MAX_MIME_DEPTH:
+                return True
+            continue
+        is_close = name.endswith(b"--") and name[:-2] in stack
+        name = name[:-2] if is_close else name
+        if name in stack:
+            innermost = len(stack) - 1 - stack[::-1].index(name)
+            del stack[innermost if is_close else innermost + 1:]
+        if checks > _MAX_BOUNDARY_CHECKS:
+            return True
+    checks += len(stack) * raw.count(b"\n", last)
+    return checks > _MAX_BOUNDARY_CHECKS
 
 
 def _thread_index(value: str | None, defects: list[str]) -> bytes | None:
@@ -239,9 +429,7 @@ def _thread_index(value: str | None, defects: list[str]) -> bytes | None:
 
 
 def _is_bounce(message: Message, from_addr: str) -> bool:
-    if message.get_content_type() == "multipart/report" and (
-        (message.get_param("report-type") or "").lower() == "delivery-status"
-    ):
+    if message.get_content_type() == "multipart/report" and _param(message, "report-type").lower() == "delivery-status":
         return True
     local = from_addr.partition("@")[0]
     return local in ("mailer-daemon", "postmaster")
@@ -250,7 +438,30 @@ def _is_bounce(message: Message, from_addr: str) -> bool:
 def parse_mail(raw: bytes, *, direction: Direction = "in", tenant: str = "default", mailbox: str = "",
                received_at: datetime | None = None, xheader_name: str = "X-Threadline-Ref",
                max_header_bytes: int = MAX_HEADER_BYTES, max_size: int = MAX_MESSAGE_BYTES) -> MailRecord:
-    if not raw or not raw.strip():
+    try:
+        return _parse_mail(raw, direction=direction, tenant=tenant, mailbox=mailbox, received_at=received_at,
+                           xheader_name=xheader_name, max_header_bytes=max_header_bytes, max_size=max_size)
+    except MailParseError:
+        raise
+    except Exception as exc:  # the last guard of the contract: callers dead-letter a mail, they never crash on one
+        raise MailParseError("unparsable", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _message(raw: bytes, header: bytes, defects: list[str]) -> tuple[Message, bool]:
+    """The parsed message, and whether its body was parsed (else only its header block)."""
+    if not _mime_too_deep(raw):
+        try:
+            return message_from_bytes(raw, policy=compat32), True
+        except RecursionError:  # message/rfc822 nested past the interpreter's limit: no boundary shows it
+            pass
+    defects.append("mime_too_deep")
+    # Header only: the ids, addresses and subject still correlate the mail; its body text is lost.
+    return BytesHeaderParser(policy=compat32).parsebytes(header + b"\n\n"), False
+
+
+def _parse_mail(raw: bytes, *, direction: Direction, tenant: str, mailbox: str, received_at: datetime | None,
+                xheader_name: str, max_header_bytes: int, max_size: int) -> MailRecord:
+    if not raw or raw.isspace():
         raise MailParseError("empty", "the message has no bytes")
     if len(raw) > max_size:
         raise MailParseError("too_large", f"{len(raw)} bytes is over the limit of {max_size}")
@@ -260,12 +471,8 @@ def parse_mail(raw: bytes, *, direction: Direction = "in", tenant: str = "defaul
     lowered = header.lower()
     if not _FIELD_LINE.search(header) or not any(field in lowered for field in _KNOWN_FIELDS):
         raise MailParseError("not_a_mail", "no header block with From, Date, Message-ID, Subject or To")
-    try:
-        message = message_from_bytes(raw, policy=compat32)
-    except Exception as exc:  # the compat32 parser is lenient; this guards against the unforeseen
-        raise MailParseError("unparsable", f"{type(exc).__name__}: {exc}") from exc
-
     defects: list[str] = []
+    message, has_body = _message(raw, header, defects)
     if message.defects:
         defects.append("broken_mime")
     # One pass over the header fields: Message.get() scans and lower-cases every field per call.
@@ -295,7 +502,7 @@ def parse_mail(raw: bytes, *, direction: Direction = "in", tenant: str = "defaul
     if from_header:
         name, address = parseaddr(from_header)
         from_name, from_addr = name.strip(), address.strip().lower()
-    body = _body_text(message, defects)
+    body = _body_text(message, defects) if has_body else ""
     if len(body) > BODY_TEXT_LIMIT:
         body = body[:BODY_TEXT_LIMIT]
         defects.append("body_truncated")
