@@ -312,6 +312,14 @@ def cmd_bench_clickhouse(args: argparse.Namespace) -> int:
         settings, mails=args.mails, repeat=args.repeat, insert_mails=args.insert_mails, **kw))
 
 
+def cmd_bench_parse(args: argparse.Namespace) -> int:
+    from pipeline.bench.parse import run_parse_bench
+
+    if args.repeat < 1:
+        raise UserError("--repeat must be positive")
+    return _write_bench(run_parse_bench(seed=args.seed, repeat=args.repeat, progress=not args.no_progress), args.out)
+
+
 # -- pipeline ---------------------------------------------------------------------------------
 def _bar_factory(enabled: bool):
     """progress(desc, total) -> update(count_so_far): a progress bar on stderr per phase."""
@@ -929,6 +937,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "bench-results/tracking.json")
     bench_tracking.add_argument("--seconds", type=float, default=10.0)
     bench_tracking.add_argument("--concurrency", type=int, default=32)
+    bench_parse = bench_command("parse", cmd_bench_parse, "seconds to parse huge and hostile mail",
+                                "bench-results/parse.json")
+    bench_parse.add_argument("--repeat", type=int, default=3, help="parses per huge mail; the best is kept")
+    bench_parse.add_argument("--seed", type=int, default=7)
     return parser
 
 
