@@ -26,16 +26,16 @@ from typing import Any, Protocol
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.utils import generate_many
 
+from pipeline.errors import RejectedInput
+
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 REGISTRY_FILE = "registry.json"
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
 
 
-class AvroDecodeError(ValueError):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
+class AvroDecodeError(RejectedInput):
+    """A value that is not a record of its topic."""
 
 
 class SchemaError(RuntimeError):

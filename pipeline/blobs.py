@@ -16,14 +16,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import RejectedInput
 
-class BlobError(Exception):
+
+class BlobError(RejectedInput):
     """A blob that cannot be returned as stored; ``reason`` is the dead-letter reason code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

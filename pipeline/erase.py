@@ -21,9 +21,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from pipeline.avro import AvroCodec, AvroDecodeError, registry_from_settings
+from pipeline.blobs import BlobError
 from pipeline.broker import client_config, produce_when_room, producer_config
 from pipeline.settings import Settings
 from pipeline.streams.reader import read_messages
+from pipeline.streams.records import MailRawCodec
 
 # Columns that hold addresses, per ClickHouse table (arrays are matched element-wise).
 ADDRESS_COLUMNS = {
@@ -149,19 +152,13 @@ class _BigMail:
     such a record mentions the address when its blob does, and that blob is deleted with it."""
 
     def __init__(self, settings: Settings) -> None:
-        from pipeline.avro import AvroCodec, AvroDecodeError, registry_from_settings
-        from pipeline.streams.records import MailRawCodec
-
         self.mail_raw = MailRawCodec(settings, AvroCodec(registry_from_settings(settings.schema_registry.url)))
-        self.decode_error = AvroDecodeError
         self.matched: set[str] = set()
 
     def mentions(self, value: bytes | None, needle: bytes) -> bool:
-        from pipeline.blobs import BlobError
-
         try:
             record = self.mail_raw.codec.decode("mail.raw", value or b"")
-        except self.decode_error:
+        except AvroDecodeError:
             return False
         if not record.get("raw_blob"):
             return False

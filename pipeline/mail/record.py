@@ -10,16 +10,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from pipeline.errors import RejectedInput
+
 Direction = Literal["in", "out"]
 
 
-class MailParseError(ValueError):
+class MailParseError(RejectedInput):
     """Input that is not a usable mail. ``reason`` is a short stable code for the dead-letter topic."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

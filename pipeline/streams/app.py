@@ -142,10 +142,11 @@ def _bytes_table(app: faust.App, name: str, settings: Settings):
 
 
 async def _handle_batches(stream, processor, table, source_topic: str, outputs: _LazyOutputs, settings: Settings,
-                          lock: asyncio.Lock, on_batch=None) -> None:
+                          lock: asyncio.Lock | None = None, on_batch=None) -> None:
     """Per batch: process, produce and await every output, then write the table (see module doc).
-    ``lock`` keeps a batch and a tick of the same processor from interleaving."""
+    ``lock``, shared with a tick of the same processor, keeps the two from interleaving."""
     loop = asyncio.get_running_loop()
+    lock = lock or asyncio.Lock()
 
     async def one_batch(events) -> None:
         async with lock:
@@ -246,20 +247,21 @@ def build_app(settings: Settings) -> faust.App:
     # already applied the batch in memory, and its records would not be delivered again.
     @app.agent(raw_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def correlate(stream):
-        await _handle_batches(stream, processor, index_table, raw_topic.get_topic_name(), outputs, settings, asyncio.Lock())
+        await _handle_batches(stream, processor, index_table, raw_topic.get_topic_name(), outputs, settings)
 
     @app.agent(correlated_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def escalate(stream):
         await _handle_batches(stream, escalation, escalation_table, correlated_topic.get_topic_name(), outputs,
-                              settings, escalation_lock, on_batch=lambda: last_escalation_batch.update(at=time.monotonic()))
+                              settings, escalation_lock,
+                              on_batch=lambda: last_escalation_batch.update(at=time.monotonic()))
 
     @app.agent(tracking_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def classify_hits(stream):
-        await _handle_batches(stream, tracking, hits_table, tracking_topic.get_topic_name(), outputs, settings, asyncio.Lock())
+        await _handle_batches(stream, tracking, hits_table, tracking_topic.get_topic_name(), outputs, settings)
 
     @app.agent(crm_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def directory(stream):
-        await _handle_batches(stream, crm, crm_table, crm_topic.get_topic_name(), outputs, settings, asyncio.Lock())
+        await _handle_batches(stream, crm, crm_table, crm_topic.get_topic_name(), outputs, settings)
 
     @app.timer(interval=settings.escalation.tick_interval_s)
     async def escalation_tick() -> None:

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, MutableMapping
 
 from pipeline.avro import AvroCodec, AvroDecodeError
-from pipeline.blobs import BlobError
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.index import CorrelationIndex
 from pipeline.correlation.model import IndexedMail, stable_event_id
+from pipeline.errors import RejectedInput
 from pipeline.mail.bounce import parse_bounce
 from pipeline.mail.parse import parse_mail
-from pipeline.mail.record import MailParseError, MailRecord
+from pipeline.mail.record import MailRecord
 from pipeline.settings import Settings
 from pipeline.streams.records import (
     MailRawCodec, SourcePosition, correlated_record, deadletter_record, response_record, untracked_record,
@@ -257,7 +257,7 @@ class MailProcessor:
             position = SourcePosition(source_topic, item.partition, item.offset)
             try:
                 self._process_one(item, position, result)
-            except (AvroDecodeError, MailParseError, BlobError) as exc:
+            except RejectedInput as exc:
                 add_dead_letter(self.codec, item, position, exc.reason, str(exc), AGENT, result)
             except OSError:
                 # The blob store is unreachable (an unmounted network folder): not the mail's fault.

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 from pipeline.blobs import BlobRef, FolderBlobStore
 from pipeline.correlation.model import Correlation, stable_event_id
+from pipeline.errors import RejectedInput
 from pipeline.settings import Settings
 
 # A dead letter keeps the start of what failed and a pointer to the whole record (its topic,
@@ -47,8 +48,9 @@ def mail_raw_record(*, tenant: str, mailbox: str, direction: str, source: str, r
     }
 
 
-class MailTooLarge(ValueError):
-    reason = "too_large"
+class MailTooLarge(RejectedInput):
+    def __init__(self, message: str) -> None:
+        super().__init__("too_large", message)
 
 
 class MailRawCodec:
