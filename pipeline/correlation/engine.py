@@ -72,6 +72,21 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _clock_time(mail: MailRecord) -> float | None:
+    """What ``mail`` tells the index's clock: its Date, no later than a day after its arrival
+    (a sender cannot date mail into the future); None without a Date."""
+    if mail.date is None:
+        return None
+    dated = _as_utc(mail.date).timestamp()
+    if mail.received_at is None:
+        return dated
+    return min(dated, _as_utc(mail.received_at).timestamp() + FUTURE_SLACK_S)
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
 def load_custom_rule(spec: str) -> CustomRule:
     """Import ``module:function``; a clear error when it cannot be loaded."""
     module_name, _, function_name = spec.partition(":")
@@ -181,14 +196,13 @@ class Correlator:
 
     # -- public ----------------------------------------------------------------------------
     def correlate(self, mail: MailRecord) -> Correlation:
-        event_dt = mail.event_time or self.clock()
-        if event_dt.tzinfo is None:
-            event_dt = event_dt.replace(tzinfo=timezone.utc)
+        event_dt = _as_utc(mail.event_time or self.clock())
         ts = event_dt.timestamp()
         index = self.index
-        # Evict against the newest event time seen, not this mail's: a late, old mail must not
-        # evict what newer mail still needs, and the index stays a function of its input.
-        index.evict_older_than(max(index.newest_event_time, ts) - self.window_s)
+        # Evict against the index's clock, not this mail's time: a late, old mail must not evict
+        # what newer mail still needs, a future-dated or undated one must not evict everything,
+        # and the index stays a function of its input (see CorrelationIndex.clock_time).
+        index.evict_older_than(index.clock_time - self.window_s)
 
         if not self.settings.enabled:
             return self._result(mail, event_dt, Method.SKIPPED, untracked_reason="correlation_disabled")
@@ -269,6 +283,7 @@ class Correlator:
             references=tuple(ref for _, ref in named_ids[:MAX_REFERENCES]),
             campaign_id=mail.campaign_id,
             content_digest=digest,
+            clock_time=_clock_time(mail),
         ))
         return self._result(
             mail, event_dt, method,

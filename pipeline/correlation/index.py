@@ -10,6 +10,7 @@ One index holds one tenant: mail of different tenants never correlates.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from typing import Iterable, Iterator, Protocol
 
@@ -18,6 +19,11 @@ from pipeline.correlation.model import IndexedMail
 # A line found in the own text of more live mails than this is boilerplate (list footers,
 # disclaimers, signatures) and is no evidence.
 COMMON_LINE_MAILS = 6
+
+# The index's clock shows the CLOCK_QUORUM-th newest clock time among its entries, not the newest:
+# one mail's Date is chosen by its sender, and a few mails dated in the future (or wrongly dated)
+# must not move the clock ahead and evict every entry that newer mail may still answer.
+CLOCK_QUORUM = 32
 
 
 class MailStore(Protocol):
@@ -157,7 +163,8 @@ class CorrelationIndex:
         self._by_series_head = Postings()
         self._by_reference = Postings()
         self._by_time: list[tuple[float, str]] = []  # min-heap for eviction
-        self.newest_event_time = float("-inf")
+        # The CLOCK_QUORUM newest (clock_time, message_id) of live entries, ascending.
+        self._clock_top: list[tuple[float, str]] = []
         self.rebuild()
 
     # -- maintenance ---------------------------------------------------------------------
@@ -168,7 +175,7 @@ class CorrelationIndex:
                          self._by_word, self._by_line, self._by_series_head, self._by_reference):
             postings.clear()
         self._by_time.clear()
-        self.newest_event_time = float("-inf")
+        self._clock_top.clear()
         for entry in sorted(self.store.entries(), key=lambda e: (e.event_time, e.message_id)):
             self._derive(entry)
         return len(self._live)
@@ -180,6 +187,16 @@ class CorrelationIndex:
             self._underive(old)
         self.store.put(entry)
         self._derive(entry)
+
+    @property
+    def clock_time(self) -> float:
+        """The time the index's clock shows (epoch seconds; -inf until CLOCK_QUORUM dated entries).
+
+        A function of the live entries only, so a rebuilt index shows the same time.  Eviction
+        against it never drops an entry of the quorum: their event time is at least their clock
+        time, which is at least the clock's."""
+        top = self._clock_top
+        return top[0][0] if len(top) >= CLOCK_QUORUM else float("-inf")
 
     def evict_older_than(self, cutoff: float) -> int:
         """Drop every entry whose event time is before ``cutoff`` (epoch seconds)."""
@@ -199,8 +216,14 @@ class CorrelationIndex:
         message_id = entry.message_id
         self._live[message_id] = entry
         heapq.heappush(self._by_time, (entry.event_time, message_id))
-        if entry.event_time > self.newest_event_time:
-            self.newest_event_time = entry.event_time
+        if entry.clock_time is not None:
+            top = self._clock_top
+            item = (entry.clock_time, message_id)
+            if len(top) < CLOCK_QUORUM:
+                bisect.insort(top, item)
+            elif item > top[0]:
+                bisect.insort(top, item)
+                del top[0]
         if entry.tracking_token:
             self._by_token.add(entry.tracking_token, message_id)
         if entry.conversation_key:
@@ -222,6 +245,12 @@ class CorrelationIndex:
         message_id = entry.message_id
         live = self._live
         del live[message_id]
+        top = self._clock_top
+        if entry.clock_time is not None and top and entry.clock_time >= top[0][0] \
+                and (entry.clock_time, message_id) in top:
+            # Only a replaced entry gets here (eviction spares the quorum): find the new quorum.
+            self._clock_top = sorted(heapq.nlargest(
+                CLOCK_QUORUM, ((e.clock_time, e.message_id) for e in live.values() if e.clock_time is not None)))
         if entry.tracking_token:
             self._by_token.remove(entry.tracking_token, message_id, live)
         if entry.conversation_key:

@@ -73,6 +73,10 @@ class IndexedMail:
     # identity.content_digest of the mail: tells a duplicate delivery from another mail reusing
     # the Message-ID. "" = unknown (entries written before the digest existed).
     content_digest: str = ""
+    # What this mail tells the index's clock (index.CorrelationIndex.clock_time): its Date, no
+    # later than its arrival; None for mail without a Date, whose arrival time (an ingest of an old
+    # mailbox: today) says nothing about when it was written.
+    clock_time: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # Flat fields only: a direct read is ~10x faster than dataclasses.asdict's deep copy,

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.correlation import thread_index
 from pipeline.correlation.engine import Correlator, format_xref
+from pipeline.correlation.index import CLOCK_QUORUM
 from pipeline.correlation.model import Method
 from pipeline.mail.content import fingerprint_body
 from pipeline.mail.record import MailRecord
@@ -22,9 +23,10 @@ def mail(message_id: str, subject: str = "Quarterly numbers", *, minutes: float 
          to: tuple[str, ...] = ("desk@ours.example",), cc: tuple[str, ...] = (), body: str = "",
          direction: str = "in", **fields) -> MailRecord:
     own, quoted, attribution = fingerprint_body(body)
+    fields.setdefault("date", T0 + timedelta(minutes=minutes))
     return MailRecord(message_id=f"<{message_id}@test>", subject=subject, from_addr=sender, to=to, cc=cc,
-                      date=T0 + timedelta(minutes=minutes), direction=direction, own_line_hashes=own,
-                      quoted_line_hashes=quoted, attribution=attribution, **fields)
+                      direction=direction, own_line_hashes=own, quoted_line_hashes=quoted,
+                      attribution=attribution, **fields)
 
 
 def correlator(**overrides) -> Correlator:
@@ -231,8 +233,42 @@ def test_time_window_excludes_and_evicts_old_mail():
     engine.correlate(mail("a", subject="Old thing"))
     late = engine.correlate(mail("b", subject="Re: Old thing", minutes=11 * 24 * 60, in_reply_to=("<a@test>",)))
     assert late.method is Method.NONE
+    assert "<a@test>" in engine.index  # the clock moves only once CLOCK_QUORUM mails show the new time
+    for n in range(CLOCK_QUORUM):
+        engine.correlate(mail(f"later{n}", subject=f"Topic {n}", minutes=11 * 24 * 60 + n))
     assert "<a@test>" not in engine.index
-    assert len(engine.index) == 1
+    assert len(engine.index) == CLOCK_QUORUM + 1
+
+
+def dated_run(engine: Correlator, count: int, *, start_minutes: float = 0) -> None:
+    for n in range(count):
+        engine.correlate(mail(f"m{n}", subject=f"Question {n}", minutes=start_minutes + n,
+                              received_at=T0 + timedelta(minutes=start_minutes + n + 5)))
+
+
+def test_mail_dated_in_the_future_does_not_move_the_clock():
+    # A sender chooses the Date: a few mails dated years ahead must not evict the tenant's index.
+    engine = correlator(window_days=10)
+    dated_run(engine, 50)
+    for n in range(CLOCK_QUORUM - 1):  # no arrival time known: only the quorum protects
+        engine.correlate(mail(f"future{n}", subject=f"Spam {n}", minutes=60 + 5 * 365 * 24 * 60))
+    for n in range(CLOCK_QUORUM * 3):  # arrived now: their Date counts no later than a day after arrival
+        engine.correlate(mail(f"forged{n}", subject=f"Forged {n}", minutes=60 + 5 * 365 * 24 * 60,
+                              received_at=T0 + timedelta(minutes=70)))
+    reply = engine.correlate(mail("r", subject="Re: Question 0", minutes=120, in_reply_to=("<m0@test>",)))
+    assert (reply.method, reply.parent_message_id) == (Method.IN_REPLY_TO, "<m0@test>")
+    assert "<m0@test>" in engine.index
+
+
+def test_undated_mail_does_not_move_the_clock():
+    # An old mailbox ingested today: mail without a Date gets today's arrival time as its event
+    # time, which says nothing about when it was written, so it must not evict the dated mail.
+    engine = correlator(window_days=10)
+    dated_run(engine, 50)
+    for n in range(CLOCK_QUORUM * 3):
+        engine.correlate(mail(f"undated{n}", subject=f"No date {n}", date=None, received_at=NOW))
+    reply = engine.correlate(mail("r", subject="Re: Question 0", minutes=120, in_reply_to=("<m0@test>",)))
+    assert (reply.method, reply.parent_message_id) == (Method.IN_REPLY_TO, "<m0@test>")
 
 
 def test_forwards_can_start_a_new_conversation():

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 
-from pipeline.correlation.index import COMMON_LINE_MAILS, CorrelationIndex, InMemoryStore, Postings
+from pipeline.correlation.index import CLOCK_QUORUM, COMMON_LINE_MAILS, CorrelationIndex, InMemoryStore, Postings
 from pipeline.correlation.model import IndexedMail
 
 
-def entry(n: int, *, t: float | None = None, subject_key: str = "s", lines: tuple[int, ...] = (), token=None) -> IndexedMail:
+def entry(n: int, *, t: float | None = None, subject_key: str = "s", lines: tuple[int, ...] = (), token=None,
+          clock: float | None = None) -> IndexedMail:
     return IndexedMail(message_id=f"<{n}@x>", conversation_id=f"c{n}", event_time=float(n if t is None else t),
-                       subject_key=subject_key, own_line_hashes=lines, tracking_token=token)
+                       subject_key=subject_key, own_line_hashes=lines, tracking_token=token, clock_time=clock)
 
 
 def lookups(index: CorrelationIndex, keys) -> dict:
@@ -77,11 +78,27 @@ def test_rebuilt_index_answers_exactly_like_the_live_one():
     index = CorrelationIndex(store, word_postings=True)
     keys = [f"k{i}" for i in range(5)]
     for n in range(3000):
-        index.add(entry(n, subject_key=rng.choice(keys), lines=tuple(rng.randrange(40) for _ in range(3))))
+        index.add(entry(n, subject_key=rng.choice(keys), lines=tuple(rng.randrange(40) for _ in range(3)),
+                        clock=None if n % 7 == 0 else float(n - rng.randrange(30))))
         if n % 250 == 0:
-            index.evict_older_than(n - 400)
+            index.evict_older_than(index.clock_time - 400)
     rebuilt = CorrelationIndex(store, word_postings=True)
     assert len(rebuilt) == len(index)
     assert lookups(rebuilt, keys) == lookups(index, keys)
     assert {h: rebuilt.by_line_hash(h) for h in range(40)} == {h: index.by_line_hash(h) for h in range(40)}
-    assert rebuilt.newest_event_time == index.newest_event_time
+    assert rebuilt.clock_time == index.clock_time > 2500
+    assert len(index) < 1000  # eviction did run
+
+
+def test_clock_shows_the_quorum_th_newest_clock_time():
+    index = CorrelationIndex()
+    for n in range(CLOCK_QUORUM - 1):
+        index.add(entry(n, clock=float(n)))
+    index.add(entry(999, clock=None))  # undated: no say
+    assert index.clock_time == float("-inf")
+    index.add(entry(100, clock=1e12))  # far future, one mail
+    assert index.clock_time == 0.0
+    index.add(entry(101, clock=50.0))
+    assert index.clock_time == 1.0
+    index.add(entry(100, clock=None))  # the future one replaced: the quorum is recomputed
+    assert index.clock_time == 0.0
