@@ -195,6 +195,9 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
         report_path.write_text(render_report(store), encoding="utf-8")
         say(f"\n{sum(sink.inserted.values())} rows in ClickHouse ({store.location}); "
             f"dashboards as one page: {report_path}")
+        peaks = [w.peak_rss_bytes for w in started if w.alive]
+        if peaks and None not in peaks:
+            say("worker peak memory: " + ", ".join(f"{peak / 2**20:.0f} MB" for peak in peaks))
         dead = [w for w in started if not w.alive]
         if dead:  # everything was handled, but a worker crashed meanwhile (e.g. an agent up does not wait for)
             say(dead[0].exit_report())
