@@ -132,5 +132,20 @@ def check_clickhouse(settings: Settings) -> list[Check]:
     return [Check("clickhouse", True, "no server configured; embedded chDB is available")]
 
 
+def check_blob_store(settings: Settings) -> list[Check]:
+    """Mail over mail.inline_max_bytes lives in the blob store: it must take writes here."""
+    from pipeline.blobs import FolderBlobStore
+
+    problem = FolderBlobStore(settings.blob_dir).check_writable()
+    if problem is not None:
+        return [Check("blob store", False, f"cannot write big mail there: {problem}",
+                      "set mail.blob_dir (THREADLINE_MAIL_BLOB_DIR) to a writable folder")]
+    detail = f"{settings.blob_dir} takes writes (mail over {settings.mail.inline_max_bytes} bytes is kept there)"
+    if settings.kafka.bootstrap:
+        detail += "; every ingesting process and every worker must see this one folder"
+    return [Check("blob store", True, detail)]
+
+
 def run_checks(settings: Settings) -> list[Check]:
-    return [*check_settings(settings), *check_schemas(), *check_broker(settings), *check_clickhouse(settings)]
+    return [*check_settings(settings), *check_blob_store(settings), *check_schemas(), *check_broker(settings),
+            *check_clickhouse(settings)]

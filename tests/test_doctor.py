@@ -81,9 +81,11 @@ def test_unreachable_broker_fails_with_a_fix(monkeypatch):
     assert "THREADLINE_KAFKA_BOOTSTRAP" in check.fix
 
 
-def test_run_checks_on_defaults_all_pass():
+def test_run_checks_on_defaults_all_pass(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default blob store is data/blobs under the current folder
     checks = run_checks(Settings())
-    assert {c.name for c in checks} == {"hash_filter_keywords", "tracking keys", "schemas", "broker", "clickhouse"}
+    assert {c.name for c in checks} == {"hash_filter_keywords", "tracking keys", "blob store", "schemas", "broker",
+                                        "clickhouse"}
     assert [c.format() for c in checks if not c.ok] == []
 
 
@@ -99,3 +101,15 @@ def test_development_tracking_key_fails_only_on_a_real_cluster():
                                          "THREADLINE_TRACKING_KEYS": '{"k1": "a-long-random-production-secret-0123456789"}',
                                          "THREADLINE_TRACKING_CURRENT_KEY_ID": "k1"})
     assert "tracking keys" not in {c.name for c in check_settings(keyed)}
+
+
+def test_blob_store_that_cannot_take_writes_fails_with_a_fix(tmp_path):
+    from pipeline.doctor import check_blob_store
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    settings = load_settings(None, environ={"THREADLINE_MAIL_BLOB_DIR": str(blocker / "blobs")})
+    [check] = check_blob_store(settings)
+    assert not check.ok and "blobs" in check.detail and "THREADLINE_MAIL_BLOB_DIR" in check.fix
+    [good] = check_blob_store(load_settings(None, environ={"THREADLINE_MAIL_BLOB_DIR": str(tmp_path / "blobs")}))
+    assert good.ok and (tmp_path / "blobs").is_dir() and not any((tmp_path / "blobs").iterdir())
