@@ -90,7 +90,10 @@ class _HeaderBlock:
     def __init__(self, raw: bytes) -> None:
         first_end = raw.find(b"\n")
         self.linesep = b"\r\n" if first_end > 0 and raw[first_end - 1:first_end] == b"\r" else b"\n"
-        self.fields: list[tuple[str, bytes]] = []   # (lower-case name or "" for junk, raw field)
+        # A field's lines are collected and joined once: appending every continuation line to
+        # the field's bytes so far is quadratic, and a folded header of a few MB (the mail limit
+        # allows tens) would then hold the relay for minutes.
+        collected: list[tuple[str, list[bytes]]] = []
         pos, length = 0, len(raw)
         self.separator, self.body = b"", b""
         while pos < length:
@@ -100,13 +103,14 @@ class _HeaderBlock:
             if line in (b"\r\n", b"\n"):
                 self.separator, self.body = line, raw[end:]
                 break
-            if line[:1] in (b" ", b"\t") and self.fields:
-                name, previous = self.fields[-1]
-                self.fields[-1] = (name, previous + line)
+            if line[:1] in (b" ", b"\t") and collected:
+                collected[-1][1].append(line)
             else:
                 name, colon, _ = line.partition(b":")
-                self.fields.append((name.strip().decode("latin-1").lower() if colon else "", line))
+                collected.append((name.strip().decode("latin-1").lower() if colon else "", [line]))
             pos = end
+        # (lower-case name or "" for junk, raw field)
+        self.fields: list[tuple[str, bytes]] = [(name, b"".join(lines)) for name, lines in collected]
         if self.fields and not self.fields[-1][1].endswith(b"\n"):
             name, last = self.fields[-1]
             self.fields[-1] = (name, last + self.linesep)
@@ -699,11 +703,13 @@ class SmtpRelay:
 
     async def handle(self, session, envelope) -> str:
         loop = asyncio.get_running_loop()
-        raw = to_crlf(envelope.original_content or b"")
-        if hop_count(raw) >= MAX_HOPS:
+        # Work in proportion to the mail's size runs off the event loop: a big mail must not
+        # hold every other session of the relay.
+        raw = await loop.run_in_executor(None, to_crlf, envelope.original_content or b"")
+        if await loop.run_in_executor(None, hop_count, raw) >= MAX_HOPS:
             return "554 5.4.6 Too many hops: a mail loop?"
         try:
-            copies = self._prepare(raw, envelope)
+            copies = await loop.run_in_executor(None, self._prepare, raw, envelope)
         except Exception:
             log.exception("could not prepare a mail")
             return "451 4.3.0 Temporary failure while preparing the mail; try again later"
