@@ -36,6 +36,29 @@ class BlobRef:
         return cls(record["sha256"], record["size"])
 
 
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(directory: Path) -> None:
+    """``mkdir -p`` whose new folders survive a crash: each one's entry in its parent is
+    fsynced too (else a blob fsynced in a new ``sha256/ab`` folder could still vanish)."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:  # another writer made it meanwhile
+            pass
+        _fsync_dir(folder.parent)
+
+
 def _is_digest(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
@@ -55,8 +78,9 @@ class FolderBlobStore:
         ref = BlobRef(hashlib.sha256(data).hexdigest(), len(data))
         path = self.path_of(ref.sha256)
         if path.is_file() and path.stat().st_size == ref.size:
+            _fsync_dir(path.parent)  # its writer may have died before it made the rename durable
             return ref
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_dirs(path.parent)
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -67,11 +91,7 @@ class FolderBlobStore:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself survives a crash
-        finally:
-            os.close(directory)
+        _fsync_dir(path.parent)  # the rename itself survives a crash
         return ref
 
     def get(self, ref: BlobRef) -> bytes:
