@@ -61,6 +61,7 @@ def producer_config(settings: KafkaSettings, bootstrap: str | None = None) -> di
         "linger.ms": 5,
         # No compression: Faust's aiokafka reads lz4/snappy/zstd only with extra libraries, and
         # mail.raw is read by Faust. (gzip would work but costs more CPU than loopback saves.)
+        **settings.producer_options,  # e.g. message.max.bytes; the keys above are refused there
     }
 
 

@@ -128,6 +128,13 @@ class UntrackedSettings(_Section):
     excluded_mailboxes: tuple[str, ...] = Field((), description="Mailboxes whose mail is never tracked.")
 
 
+# librdkafka producer settings that kafka.producer_options may not change (see its description).
+_PRODUCER_OPTIONS_OF_THE_PROJECT = frozenset({
+    "bootstrap.servers", "metadata.broker.list", "acks", "request.required.acks", "enable.idempotence",
+    "partitioner", "compression.type", "compression.codec", "transactional.id",
+})
+
+
 class KafkaSettings(_Section):
     bootstrap: str | None = Field(
         None, description="host:port list of a real cluster; unset: the embedded broker is started."
@@ -140,6 +147,36 @@ class KafkaSettings(_Section):
     sasl_password: str | None = Field(None, repr=False, description="SASL password (never logged).")
     ssl_ca_location: str | None = Field(None, description="CA certificate file for SSL / SASL_SSL; unset: the system's CAs.")
     topic_prefix: str = Field("", description="Prepended to every topic name (several installations, one cluster).")
+    producer_options: dict[str, str | int | float | bool] = Field(
+        {}, description="More librdkafka settings for every Kafka producer of the project (ingest, the workers' "
+        "outputs, SMTP relay, IMAP, tracking endpoint, dead letters of sink and notify), e.g. "
+        "`{\"message.max.bytes\": 8000000}` for a cluster that takes bigger records (the broker must allow them "
+        "too), or `message.timeout.ms`: a TOML table, a JSON object in the variable. Not Faust's own producers "
+        "(table changelogs). Refused here: the connection and security settings (the fields above, which Faust "
+        "gets too) and what the pipeline relies on (acks, enable.idempotence, partitioner, compression)."
+    )
+
+    @field_validator("producer_options", mode="before")
+    @classmethod
+    def _options_from_json(cls, value: Any) -> Any:
+        if isinstance(value, str):  # THREADLINE_KAFKA_PRODUCER_OPTIONS='{"message.max.bytes": 8000000}'
+            try:
+                return json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"producer_options is not a JSON object: {exc}") from exc
+        return value
+
+    @field_validator("producer_options")
+    @classmethod
+    def _options_left_to_the_project(cls, value: dict[str, Any]) -> dict[str, Any]:
+        refused = sorted(key for key in value if key in _PRODUCER_OPTIONS_OF_THE_PROJECT
+                         or key.startswith(("security.", "sasl.", "ssl.")))
+        if refused:
+            raise ValueError(f"producer_options cannot set {', '.join(refused)}: connection and security settings "
+                             "are the kafka.* fields (Faust needs them too); acks, idempotence, the partitioner "
+                             "(tenants' records and table entries must share a partition) and compression (Faust "
+                             "reads only some codecs) are the project's")
+        return value
 
 
 class MailSettings(_Section):

@@ -90,3 +90,20 @@ def test_secrets_can_come_from_files(tmp_path):
                                         "THREADLINE_KAFKA_SASL_PASSWORD_FILE": str(secret)}).kafka.sasl_password == "direct"
     with pytest.raises(SettingsError, match="THREADLINE_KAFKA_SASL_PASSWORD_FILE"):
         load_settings(None, environ={"THREADLINE_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "missing")})
+
+
+def test_producer_options_reach_the_producers_but_not_what_the_pipeline_relies_on(tmp_path):
+    from pipeline.broker import producer_config
+
+    path = tmp_path / "t.toml"
+    path.write_text('[kafka.producer_options]\n"message.max.bytes" = 8000000\n"linger.ms" = 20\n')
+    config = producer_config(load_settings(path, environ={}).kafka, "b:9092")
+    assert (config["message.max.bytes"], config["linger.ms"]) == (8000000, 20)
+    assert (config["acks"], config["enable.idempotence"], config["partitioner"]) == ("all", True, "murmur2_random")
+    from_env = load_settings(environ={"THREADLINE_KAFKA_PRODUCER_OPTIONS": '{"message.timeout.ms": 5000}'})
+    assert producer_config(from_env.kafka, "b:9092")["message.timeout.ms"] == 5000
+    for value, message in (('{"partitioner": "random"}', "cannot set partitioner"),
+                           ('{"sasl.password": "x", "acks": 1}', "cannot set acks, sasl.password"),
+                           ('{"message.max.bytes": ', "not a JSON object")):
+        with pytest.raises(SettingsError, match=message):
+            load_settings(environ={"THREADLINE_KAFKA_PRODUCER_OPTIONS": value})

@@ -113,9 +113,21 @@ class OutputProducer:
             self._errors.append(f"{message.topic()}: {error}")
 
     def send_all(self, result: BatchResult) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
         for output in result.outputs:
-            produce_when_room(self.producer, topic_name(self.settings.kafka, output.topic), output.value, output.key,
-                              on_delivery=self._delivered)
+            topic = topic_name(self.settings.kafka, output.topic)
+            try:
+                produce_when_room(self.producer, topic, output.value, output.key, on_delivery=self._delivered)
+            except KafkaException as exc:  # refused before it left: librdkafka says "Broker: ..." even then
+                error = exc.args[0]
+                hint = ""
+                if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    limit = self.settings.kafka.producer_options.get("message.max.bytes", 1_000_000)
+                    hint = (f" (over this producer's message.max.bytes, {limit}: kafka.producer_options raises it; "
+                            "the broker's record limit must allow it too)")
+                raise RuntimeError(f"cannot produce a record of {len(output.value)} bytes to {topic}: "
+                                   f"{error.name()}, {error.str()}{hint}") from exc
         remaining = self.producer.flush(60)
         if remaining or self._errors:
             errors, self._errors = self._errors, []
