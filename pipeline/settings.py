@@ -419,6 +419,18 @@ class TrackingSettings(_Section):
     access_log_personal_data: bool = Field(
         False, description="True: the endpoint's access log shows addresses, user agents and tokens."
     )
+    spool_max_bytes: int = Field(
+        1 << 30, ge=0,
+        description="Largest size of the endpoint's spool file (tracking-spool.jsonl in worker.data_dir), which "
+                    "holds the hits the broker cannot take yet and drains into it once it is back. At the cap "
+                    "further hits are dropped and counted (dropped_at_cap in /health); 0: no spool. The default "
+                    "(1 GiB) holds about 1.7 million browser hits of ~630 bytes: 28 minutes at 1,000 hits/s.",
+    )
+    producer_queue_max_messages: int = Field(
+        50_000, ge=1, le=10_000_000,
+        description="Hits the endpoint keeps in memory (the Kafka producer's queue, also capped at 64 MiB) "
+                    "before further hits go to the spool; bounds the endpoint's memory while the broker is down.",
+    )
 
     @field_validator("keys", mode="before")
     @classmethod
