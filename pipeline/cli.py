@@ -280,13 +280,25 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     return _run_bench(args, lambda settings, **kw: run_pipeline_bench(settings, mails=args.mails, seed=args.seed, **kw))
 
 
-def cmd_bench_tracking(args: argparse.Namespace) -> int:
-    from pipeline.bench.tracking import run_tracking_bench
+TRACKING_BENCH_OUT = "bench-results/tracking.json"
 
-    if args.seconds <= 0 or args.concurrency < 1:
+
+def cmd_bench_tracking(args: argparse.Namespace) -> int:
+    from pipeline.bench.tracking import run_tracking_bench, run_tracking_outage_bench
+
+    concurrency = args.concurrency if args.concurrency is not None else (32 if args.broker_down is None else 64)
+    if args.seconds <= 0 or concurrency < 1:
         raise UserError("--seconds and --concurrency must be positive")
-    return _run_bench(args, lambda settings, **kw: run_tracking_bench(
-        settings, seconds=args.seconds, concurrency=args.concurrency, **kw))
+    if args.broker_down is None:
+        return _run_bench(args, lambda settings, **kw: run_tracking_bench(
+            settings, seconds=args.seconds, concurrency=concurrency, **kw))
+    if args.broker_down <= 0 or args.rate <= 0 or args.recovery_s < 0:
+        raise UserError("--broker-down and --rate must be positive, --recovery-s not negative")
+    if args.out == TRACKING_BENCH_OUT:
+        args.out = "bench-results/tracking-broker-down.json"
+    return _run_bench(args, lambda settings, **kw: run_tracking_outage_bench(
+        settings, outage_s=args.broker_down, rate=args.rate, recovery_s=args.recovery_s,
+        concurrency=concurrency, **kw))
 
 
 def cmd_bench_all(args: argparse.Namespace) -> int:
@@ -933,10 +945,18 @@ def build_parser() -> argparse.ArgumentParser:
                               "bench-results/all-summary.json")
     bench_all.add_argument("--quick", action="store_true", help="smaller sizes (minutes instead of ~15)")
     bench_all.add_argument("--docs", default="docs/benchmarks.md")
-    bench_tracking = bench_command("tracking", cmd_bench_tracking, "pixel requests/s and latency under load",
-                                   "bench-results/tracking.json")
+    bench_tracking = bench_command("tracking", cmd_bench_tracking, "pixel requests/s and latency under load; "
+                                   "with --broker-down: latency, memory and spool while the broker is down",
+                                   TRACKING_BENCH_OUT)
     bench_tracking.add_argument("--seconds", type=float, default=10.0)
-    bench_tracking.add_argument("--concurrency", type=int, default=32)
+    bench_tracking.add_argument("--concurrency", type=int, default=None,
+                                help="client connections (default 32; 64 with --broker-down)")
+    bench_tracking.add_argument("--broker-down", type=float, metavar="SECONDS",
+                                help="kill the broker for SECONDS under a paced load, bring it back, check every "
+                                     "hit reaches tracking.raw (default JSON: bench-results/tracking-broker-down.json)")
+    bench_tracking.add_argument("--rate", type=float, default=1000.0, help="with --broker-down: requests/s")
+    bench_tracking.add_argument("--recovery-s", type=float, default=60.0,
+                                help="with --broker-down: seconds of load after the broker is back")
     bench_parse = bench_command("parse", cmd_bench_parse, "seconds to parse huge and hostile mail",
                                 "bench-results/parse.json")
     bench_parse.add_argument("--repeat", type=int, default=3, help="parses per huge mail; the best is kept")
