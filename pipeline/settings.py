@@ -183,8 +183,9 @@ class MailSettings(_Section):
     """Limits of one mail and where big mail is kept (docs/pipeline.md, "Big mail")."""
 
     max_message_bytes: int = Field(
-        50 * 2**20, ge=1024, le=1024 * 2**20, description="Largest mail taken in, bytes; a larger one becomes a "
-        "dead letter (reason too_large) at the door, from files, the SMTP relay and IMAP."
+        50 * 2**20, ge=1024, le=1024 * 2**20, description="Largest mail taken in, bytes. From files and IMAP a "
+        "larger one becomes a dead letter (reason too_large) at the door; the SMTP relay refuses it with 552, "
+        "so the sender still holds it."
     )
     inline_max_bytes: int = Field(
         512 * 1024, ge=1024, le=900 * 1024, description="Mail up to this size travels inside its mail.raw record; "
