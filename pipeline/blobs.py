@@ -36,7 +36,8 @@ class BlobRef:
         return cls(record["sha256"], record["size"])
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new entry in ``directory`` survive a crash."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -56,7 +57,7 @@ def _make_dirs(directory: Path) -> None:
             folder.mkdir()
         except FileExistsError:  # another writer made it meanwhile
             pass
-        _fsync_dir(folder.parent)
+        fsync_dir(folder.parent)
 
 
 def _is_digest(text: str) -> bool:
@@ -78,7 +79,7 @@ class FolderBlobStore:
         ref = BlobRef(hashlib.sha256(data).hexdigest(), len(data))
         path = self.path_of(ref.sha256)
         if path.is_file() and path.stat().st_size == ref.size:
-            _fsync_dir(path.parent)  # its writer may have died before it made the rename durable
+            fsync_dir(path.parent)  # its writer may have died before it made the rename durable
             return ref
         _make_dirs(path.parent)
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
@@ -91,7 +92,7 @@ class FolderBlobStore:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)  # the rename itself survives a crash
+        fsync_dir(path.parent)  # the rename itself survives a crash
         return ref
 
     def get(self, ref: BlobRef) -> bytes:

@@ -25,6 +25,19 @@ ENV_PREFIX = "THREADLINE_"
 DEFAULT_SETTINGS_FILE = "threadline.toml"
 
 
+
+def _json_from_variable(value: Any, name: str, *, when_blank: Any = ...) -> Any:
+    """A setting given as JSON text in its environment variable, decoded; other values unchanged.
+    ``when_blank`` is what blank text means (by default it is decoded too, and fails)."""
+    if not isinstance(value, str):
+        return value
+    if when_blank is not ... and not value.strip():
+        return when_blank
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name} is not a JSON object: {exc}") from exc
+
 class SettingsError(ValueError):
     """A settings file or variable is missing, unreadable or invalid; the message says which."""
 
@@ -159,12 +172,8 @@ class KafkaSettings(_Section):
     @field_validator("producer_options", mode="before")
     @classmethod
     def _options_from_json(cls, value: Any) -> Any:
-        if isinstance(value, str):  # THREADLINE_KAFKA_PRODUCER_OPTIONS='{"message.max.bytes": 8000000}'
-            try:
-                return json.loads(value) if value.strip() else {}
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"producer_options is not a JSON object: {exc}") from exc
-        return value
+        # THREADLINE_KAFKA_PRODUCER_OPTIONS='{"message.max.bytes": 8000000}'
+        return _json_from_variable(value, "producer_options", when_blank={})
 
     @field_validator("producer_options")
     @classmethod
@@ -311,12 +320,7 @@ class EscalationPolicy(_Section):
     @field_validator("business_hours", mode="before")
     @classmethod
     def _business_hours_from_json(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return json.loads(value) if value.strip() else None
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"business_hours is not a JSON object: {exc}") from exc
-        return value
+        return _json_from_variable(value, "business_hours", when_blank=None)
 
     @field_validator("holidays", mode="before")
     @classmethod
@@ -436,12 +440,7 @@ class TrackingSettings(_Section):
     @field_validator("keys", mode="before")
     @classmethod
     def _keys_from_json(cls, value: Any) -> Any:
-        if isinstance(value, str):  # THREADLINE_TRACKING_KEYS='{"2026a": "..."}'
-            try:
-                return json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"keys is not a JSON object: {exc}") from exc
-        return value
+        return _json_from_variable(value, "keys")  # THREADLINE_TRACKING_KEYS='{"2026a": "..."}'
 
     @field_validator("keys")
     @classmethod
@@ -668,12 +667,8 @@ class RelaySettings(_Section):
     @field_validator("sender_user_numbers", mode="before")
     @classmethod
     def _numbers_from_json(cls, value: Any) -> Any:
-        if isinstance(value, str):  # THREADLINE_RELAY_SENDER_USER_NUMBERS='{"ann@acme.test": 7}'
-            try:
-                return json.loads(value) if value.strip() else {}
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"sender_user_numbers is not a JSON object: {exc}") from exc
-        return value
+        # THREADLINE_RELAY_SENDER_USER_NUMBERS='{"ann@acme.test": 7}'
+        return _json_from_variable(value, "sender_user_numbers", when_blank={})
 
     @field_validator("sender_user_numbers")
     @classmethod

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from pipeline.avro import AvroCodec
+from pipeline.blobs import fsync_dir
 from pipeline.broker import producer_config, topic_name
 from pipeline.correlation.engine import format_xref
 from pipeline.correlation.tokens import TokenCounter, find_token
@@ -286,15 +287,7 @@ def _write_durably(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def save_counter(path: Path, counter: TokenCounter) -> None:
@@ -384,7 +377,7 @@ class RelayQueue:
 
     def remove(self, name: str) -> None:
         (self.directory / name).unlink(missing_ok=True)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def fail(self, item: QueuedMail, refused: dict[str, str]) -> None:
         """Keep a copy for the recipients the upstream refused for good, with the reasons."""
