@@ -1,5 +1,5 @@
 """One-click unsubscribe: the token kind, the suppression store, and the endpoint's /u/ routes
-(aiohttp in process, a fake hit spool)."""
+(aiohttp in process; a real hit spool with no broker behind it)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import asyncio
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from pipeline.avro import AvroCodec, registry_from_settings
+from pipeline.broker import free_port
 from pipeline.campaigns.suppression import JsonlSuppressionStore, MemorySuppressionStore
 from pipeline.settings import Settings, TrackingSettings, WorkerSettings
-from pipeline.tracking.http import build_app
+from pipeline.tracking.http import HitSpool, build_app
 from pipeline.tracking.tokens import (
     Keyring, TokenError, TokenPayload, click_url, sign_token, token_from_path, unsubscribe_url, verify_token,
     verify_unsubscribe,
@@ -62,28 +64,12 @@ def test_jsonl_store_is_per_tenant_case_insensitive_and_shared(tmp_path):
     assert memory.add("acme", "A@b.example") and memory.is_suppressed("acme", "a@B.example")
 
 
-class FakeSpool:
-    pending = delivered = spooled = 0
-
-    class producer:
-        @staticmethod
-        def poll(_timeout):
-            return 0
-
-    def __init__(self):
-        self.hits = []
-
-    def add(self, record, tenant):
-        self.hits.append(record)
-
-    def close(self):
-        pass
-
-
 def test_endpoint_get_confirms_post_unsubscribes_forged_is_404(tmp_path):
     settings = Settings(tracking=TRACKING, worker=WorkerSettings(data_dir=tmp_path))
     token = sign_token(UNSUB, KEYS)
-    spool = FakeSpool()
+    # A real spool whose broker port is closed: unsubscribes must never reach it.
+    spool = HitSpool(settings, f"127.0.0.1:{free_port()}", AvroCodec(registry_from_settings(None)),
+                     tmp_path / "spool.jsonl")
 
     async def scenario():
         async with TestClient(TestServer(build_app(settings, spool))) as client:
@@ -112,4 +98,5 @@ def test_endpoint_get_confirms_post_unsubscribes_forged_is_404(tmp_path):
 
     store = asyncio.run(scenario())
     assert len(store.path.read_text().splitlines()) == 1
-    assert spool.hits == []  # unsubscribes are not tracking hits
+    status = spool.status()  # unsubscribes are not tracking hits
+    assert (status["pending_hits"], status["spooled"], status["delivered"]) == (0, 0, 0)
