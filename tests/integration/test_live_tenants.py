@@ -25,16 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.correlation.engine import Correlator
 from pipeline.escalation.model import MailEvent
 from pipeline.escalation.policy import default_owner
 from pipeline.escalation.tracker import EscalationTracker
-from pipeline.mail.parse import parse_mail
-from pipeline.mail.record import MailParseError
 from pipeline.mail.sources import iter_mbox
 from pipeline.streams.reader import read_messages, read_topic
 from pipeline.streams.runner import count_outputs, first_crash
-from test_pipeline import engine_decisions, pipeline_decisions
+from test_pipeline import engine_decisions, engine_run, pipeline_decisions
 
 pytestmark = pytest.mark.integration
 
@@ -75,15 +72,9 @@ def mbox_slice(source: Path, start: int, stop: int, target: Path) -> Path:
 def expected_escalations(settings, tenant: str, messages, now: datetime):
     """A run of this tenant alone: the engine, then the tracker on event time, then one tick at
     ``now``.  Returns (transitions by event id, the tick's event ids, final state by table key)."""
-    correlator = Correlator(settings.correlation, tenant=tenant, untracked=settings.untracked)
     tracker = EscalationTracker(settings, clock=lambda: now)
     transitions, conversations = {}, set()
-    for source, raw in messages:
-        try:
-            mail = parse_mail(raw, tenant=tenant, mailbox=source.partition("#")[0])
-        except MailParseError:
-            continue
-        correlation = correlator.correlate(mail)
+    for mail, correlation in engine_run(settings, tenant, messages):
         if correlation.untracked_reason:
             continue
         owner = default_owner(mail.direction, mail.to + mail.cc, frozenset())

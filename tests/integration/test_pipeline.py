@@ -41,17 +41,22 @@ def synthetic(tenant: str, count: int, seed: int) -> list[tuple[str, bytes]]:
     return [(f"synth:{tenant}#{n}", render_rfc5322(item.mail)) for n, item in enumerate(generator.mails(count))]
 
 
+def engine_run(settings: Settings, tenant: str, messages: list[tuple[str, bytes]]):
+    """(mail, correlation) of each mail that parses, from one pure engine of this tenant alone, in order."""
+    correlator = Correlator(settings.correlation, tenant=tenant, untracked=settings.untracked)
+    for source, raw in messages:
+        try:
+            mail = parse_mail(raw, tenant=tenant, mailbox=source.partition("#")[0])
+        except MailParseError:
+            continue
+        yield mail, correlator.correlate(mail)
+
+
 def engine_decisions(settings: Settings, mail_by_tenant: dict[str, list[tuple[str, bytes]]]) -> dict:
     """(tenant, message id) -> decision, from the pure engine in this process."""
     decisions = {}
     for tenant, messages in mail_by_tenant.items():
-        correlator = Correlator(settings.correlation, tenant=tenant, untracked=settings.untracked)
-        for source, raw in messages:
-            try:
-                mail = parse_mail(raw, tenant=tenant, mailbox=source.partition("#")[0])
-            except MailParseError:
-                continue
-            result = correlator.correlate(mail)
+        for mail, result in engine_run(settings, tenant, messages):
             if result.untracked_reason:
                 if result.untracked_reason != "duplicate":
                     decisions[(tenant, mail.message_id)] = ("untracked", result.untracked_reason)
