@@ -135,8 +135,10 @@ def cmd_settings(args: argparse.Namespace) -> int:
     if args.reference:
         print(settings_reference_markdown(), end="")
         return 0
+    from pipeline.redact import SHOW_SECRETS
+
     settings = _settings(args)
-    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    print(json.dumps(settings.model_dump(mode="json", context={SHOW_SECRETS: args.show_secrets}), indent=2))
     print(f"correlation settings fingerprint: {settings.correlation.fingerprint()}", file=sys.stderr)
     return 0
 
@@ -784,6 +786,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     settings_command = command("settings", cmd_settings, "Print the effective settings (or the reference of every setting).")
     settings_command.add_argument("--reference", action="store_true", help="Markdown table of every setting")
+    settings_command.add_argument("--show-secrets", action="store_true",
+                                  help="print passwords and keys instead of ******** (e.g. to copy a configuration)")
 
     mark = command("mark", cmd_mark, "Mark an outbound mail for open and click tracking (pixel, signed links).")
     mark.add_argument("message", metavar="IN.eml")

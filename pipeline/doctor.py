@@ -98,7 +98,10 @@ def check_broker(settings: Settings) -> list[Check]:
     try:
         partitions = topic_partitions(settings.kafka, settings.kafka.bootstrap, timeout_s=10)
     except Exception as exc:  # librdkafka raises KafkaException with transport details
-        return [Check("broker", False, f"cannot reach {settings.kafka.bootstrap}: {exc}",
+        from pipeline.redact import scrub, settings_secrets
+
+        return [Check("broker", False, f"cannot reach {settings.kafka.bootstrap}: "
+                      f"{scrub(str(exc), settings_secrets(settings))}",
                       "check THREADLINE_KAFKA_BOOTSTRAP, the network and the SASL/TLS settings")]
     checks = [Check("broker", True, f"{settings.kafka.bootstrap} answers, {len(partitions)} topics")]
     for topic in TOPICS:
@@ -123,7 +126,11 @@ def check_clickhouse(settings: Settings) -> list[Check]:
             client = clickhouse_connect.get_client(dsn=settings.clickhouse.url)
             return [Check("clickhouse", True, f"server {client.server_version} answers")]
         except Exception as exc:  # connection errors come in several types
-            return [Check("clickhouse", False, f"cannot reach the configured server: {exc}",
+            from pipeline.redact import scrub, settings_secrets
+
+            # a driver's message may quote the URL it was given, password and all
+            return [Check("clickhouse", False, f"cannot reach the configured server: "
+                          f"{scrub(str(exc), settings_secrets(settings))}",
                           "check THREADLINE_CLICKHOUSE_URL (http(s)://user:pass@host:port/db)")]
     try:
         import chdb  # noqa: F401 - import is the check

@@ -22,6 +22,7 @@ from typing import Callable
 
 from pipeline.avro import AvroCodec, AvroDecodeError
 from pipeline.broker import client_config, producer_config, topic_name
+from pipeline.redact import redact_url
 from pipeline.settings import NotificationSettings, Settings
 from pipeline.streams.records import SourcePosition, deadletter_record
 
@@ -94,14 +95,15 @@ class Notifier:
             "Content-Type": "application/json", "Idempotency-Key": alert["event_id"]})
         with urllib.request.urlopen(request, timeout=self.settings.timeout_s) as response:
             if not 200 <= response.status < 300:
-                raise DeliveryError(f"{url} answered {response.status}")
+                raise DeliveryError(f"{redact_url(url)} answered {response.status}")
 
     def deliver(self, alert: dict) -> None:
         if self.settings.smtp_host and "@" in alert["user"]:
             self._retry(f"mail to {alert['user']}", lambda: self._send_mail(alert))
             self.mails_sent += 1
         for url in self.settings.webhook_urls:
-            self._retry(f"webhook {url}", lambda url=url: self._post(url, alert))
+            # logged on every failed attempt: a password in the URL stays out of the log
+            self._retry(f"webhook {redact_url(url)}", lambda url=url: self._post(url, alert))
             self.webhooks_sent += 1
 
     def poll_once(self, timeout_s: float = 1.0) -> int:

@@ -19,7 +19,11 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler,
+                      ValidationError, ValidationInfo, field_validator, model_serializer, model_validator)
+
+from pipeline.redact import SHOW_SECRETS, is_secret, mask_section, masked, redact_strings, secret_values, \
+    validation_message
 
 ENV_PREFIX = "THREADLINE_"
 DEFAULT_SETTINGS_FILE = "threadline.toml"
@@ -44,6 +48,19 @@ class SettingsError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # Secrets (fields with repr=False, URL passwords: pipeline/redact.py) are masked in every dump,
+    # so that no printed or logged dump shows them; model_dump(context={SHOW_SECRETS: True}) keeps them.
+    @model_serializer(mode="wrap")
+    def _masked(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if info.context and info.context.get(SHOW_SECRETS):
+            return data
+        return mask_section(type(self), data)
+
+    def __repr_args__(self):
+        # pydantic leaves repr=False fields out; the password inside a URL field needs redacting too.
+        return [(name, redact_strings(value)) for name, value in super().__repr_args__()]
 
 
 class TrackingTokenSettings(_Section):
@@ -127,7 +144,9 @@ class CorrelationSettings(_Section):
 
     def fingerprint(self) -> str:
         """Stable 12-hex-digit digest of these settings: equal settings, equal fingerprint."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # Unmasked: the fingerprint is of the settings themselves, not of what is shown of them.
+        canonical = json.dumps(self.model_dump(mode="json", context={SHOW_SECRETS: True}), sort_keys=True,
+                               separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
@@ -214,6 +233,24 @@ class SchemaRegistrySettings(_Section):
 class ClickHouseSettings(_Section):
     url: str | None = Field(None, description="http(s)://user:pass@host:port/db of a real server; unset: embedded chDB.")
     database: str = Field("threadline", description="Database that holds every Threadline table.")
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_http(cls, value: str | None) -> str | None:
+        # The message never repeats the value: it usually holds the password.
+        from urllib.parse import urlsplit
+
+        if value is None:
+            return value
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("url must be http(s)://[user:password@]host[:port][/database] (not repeated here: "
+                             "it may hold a password)")
+        return value
 
 
 class WorkerSettings(_Section):
@@ -796,7 +833,9 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     try:
         return Settings.model_validate(values)
     except ValidationError as exc:
-        raise SettingsError(f"invalid settings: {exc}") from exc
+        # Not pydantic's text, which repeats each rejected input value (a password, a key), and
+        # "from None": a traceback would print the chained ValidationError with those values.
+        raise SettingsError("invalid settings:\n" + validation_message(exc, secret_values(Settings, values))) from None
 
 
 def settings_reference(model: type[BaseModel] = Settings, section: str = "") -> list[str]:
@@ -811,7 +850,8 @@ def settings_reference(model: type[BaseModel] = Settings, section: str = "") -> 
         if not section:
             continue
         variable = ENV_PREFIX + path.replace(".", "_").upper()
-        default = json.dumps(field.default if not isinstance(field.default, Path) else str(field.default))
+        default = field.default if not isinstance(field.default, Path) else str(field.default)
+        default = json.dumps(masked(default) if is_secret(field) else redact_strings(default))
         description = (field.description or "").replace("|", "\\|")
         rows.append(f"| `{path}` | `{variable}` | `{default}` | {description} |")
     return rows

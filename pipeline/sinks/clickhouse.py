@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 from pipeline.avro import AvroCodec, AvroDecodeError
 from pipeline.broker import client_config, producer_config, topic_name
+from pipeline.redact import redact_url
 from pipeline.settings import Settings
 from pipeline.sinks.tables import META_COLUMNS, SINK_TOPICS, expected_columns, table_name
 from pipeline.streams.records import SourcePosition, deadletter_record
@@ -61,7 +62,7 @@ class ClickHouseStore:
             raise SinkError(f"clickhouse.database {self.database!r} is not a plain identifier")
         if settings.clickhouse.url:
             self.client = clickhouse_connect.get_client(dsn=settings.clickhouse.url)
-            self.location = settings.clickhouse.url.split("@")[-1]  # never print credentials
+            self.location = redact_url(settings.clickhouse.url)  # printed and logged: never the password
         else:
             path = chdb_path or settings.worker.data_dir.resolve() / "clickhouse"
             path.mkdir(parents=True, exist_ok=True)
