@@ -473,6 +473,13 @@ class TrackingSettings(_Section):
         description="Hits the endpoint keeps in memory (the Kafka producer's queue, also capped at 64 MiB) "
                     "before further hits go to the spool; bounds the endpoint's memory while the broker is down.",
     )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=300,
+        description="Time a client of the endpoint has to send a complete request line and headers, counted "
+                    "from connecting and, on a kept-alive connection, from the end of the previous response; "
+                    "then it is disconnected (slow clients, slowloris). So it is also how long an idle "
+                    "keep-alive connection stays open. An unsubscribe request body gets the same time.",
+    )
 
     @field_validator("keys", mode="before")
     @classmethod

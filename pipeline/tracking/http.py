@@ -486,7 +486,11 @@ def build_app(settings: Settings, spool: HitSpool, suppressions=None) -> web.App
         access(request, "unsubscribe", payload is not None, 200 if payload else 404)
         if payload is None:
             return not_valid()
-        await request.read()  # RFC 8058 body "List-Unsubscribe=One-Click"; the signed token decides
+        try:  # the keep-alive timer does not cover a body: a client dribbling one is dropped here
+            async with asyncio.timeout(tracking.header_timeout_s):
+                await request.read()  # RFC 8058 body "List-Unsubscribe=One-Click"; the signed token decides
+        except TimeoutError:
+            raise web.HTTPRequestTimeout(headers={"Connection": "close"}) from None
         await asyncio.to_thread(suppressions.add, payload.tenant, payload.recipient,
                                 campaign_id=payload.campaign_id, message_id=payload.message_id)
         return _page("Unsubscribed", f"<p>{html.escape(payload.recipient)} gets no more campaign mail from us.</p>")
@@ -514,4 +518,15 @@ def build_app(settings: Settings, spool: HitSpool, suppressions=None) -> web.App
 def serve(settings: Settings, bootstrap: str, codec: AvroCodec, *, host: str, port: int, spool_path: Path) -> None:
     spool = HitSpool(settings, bootstrap, codec, spool_path)
     web.run_app(build_app(settings, spool), host=host, port=port, access_log=None, print=None,
-                handle_signals=True)
+                handle_signals=True, **server_options(settings))
+
+
+def server_options(settings: Settings) -> dict:
+    """Keyword arguments of ``web.run_app`` / ``web.AppRunner`` that drop slow clients (slowloris).
+    aiohttp's keep-alive timer starts when a connection opens and again after each response, and
+    closes the connection if no complete request head has arrived by then: so it is the header
+    timeout and the idle keep-alive timeout at once (its default, 75 s, let 800 sockets that sent
+    one header line every 5 s hold the endpoint). After a response to a request whose body has not
+    all arrived, aiohttp reads on for lingering_time (default 10 s): bounded by the same setting."""
+    timeout = settings.tracking.header_timeout_s
+    return {"keepalive_timeout": timeout, "lingering_time": timeout}
