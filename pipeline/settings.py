@@ -432,8 +432,24 @@ class TrackingSettings(_Section):
         ),
     )
     current_key_id: str = Field("dev", description="Key id (from keys) that signs new tokens.")
-    token_max_age_days: int = Field(
-        0, ge=0, le=36500, description="Tokens older than this are rejected (reason expired); 0: never expire."
+    pixel_max_age_days: int = Field(
+        180, ge=0, le=36500,
+        description="Open-pixel tokens older than this are rejected (reason expired): the pixel is still "
+                    "served, the open is dead-lettered, not counted. Genuine opens come within weeks of "
+                    "sending; half a year bounds how long a copied pixel URL can add opens. 0: never expire.",
+    )
+    click_max_age_days: int = Field(
+        365, ge=0, le=36500,
+        description="Click tokens older than this no longer redirect: a 'link expired' page (410) instead, "
+                    "the click is dead-lettered. A year keeps links in kept mail and newsletters working "
+                    "while bounding how long a leaked link redirects. 0: never expire.",
+    )
+    unsubscribe_max_age_days: int = Field(
+        730, ge=0, le=36500,
+        description="Unsubscribe tokens older than this show a 'link expired' page (410) and unsubscribe "
+                    "nobody. Longest of the three: people unsubscribe from old mail, and turning an opt-out "
+                    "away is worse than honouring an old one (CAN-SPAM wants it working for at least 30 "
+                    "days); two years still stops a leaked link from working forever. 0: never expire.",
     )
     anonymize_ip: bool = Field(
         True, description="Store client addresses with the last IPv4 octet / last 80 IPv6 bits zeroed."
@@ -526,6 +542,15 @@ class TrackingSettings(_Section):
     def uses_development_key(self) -> bool:
         """True while a key is the public development default (anyone can forge tokens with it)."""
         return any(secret.startswith("INSECURE-development-key") for secret in self.keys.values())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_max_age_days_is_gone(cls, data: Any) -> Any:
+        # Replaced by per-kind ages; an old file saying 0 (never) must not silently get the defaults.
+        if isinstance(data, Mapping) and "token_max_age_days" in data:
+            raise ValueError("tracking.token_max_age_days was replaced by pixel_max_age_days, click_max_age_days "
+                             "and unsubscribe_max_age_days (0 still means never); set those instead")
+        return data
 
 
 class NotificationSettings(_Section):
@@ -826,6 +851,10 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     """Defaults, then the TOML file (``path``, else ``$THREADLINE_SETTINGS``, else ./threadline.toml
     when present), then environment variables. Raises :class:`SettingsError` with the reason."""
     environ = os.environ if environ is None else environ
+    for gone in ("THREADLINE_TRACKING_TOKEN_MAX_AGE_DAYS", "THREADLINE_TRACKING_TOKEN_MAX_AGE_DAYS_FILE"):
+        if gone in environ:  # unknown variables are ignored, but this one used to mean something
+            raise SettingsError(f"{gone} was replaced by THREADLINE_TRACKING_PIXEL_MAX_AGE_DAYS, "
+                                "..._CLICK_MAX_AGE_DAYS and ..._UNSUBSCRIBE_MAX_AGE_DAYS (0 still means never)")
     explicit = path or environ.get(ENV_PREFIX + "SETTINGS")
     file_values: dict[str, Any] = {}
     if explicit or Path(DEFAULT_SETTINGS_FILE).is_file():

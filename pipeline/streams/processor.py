@@ -34,7 +34,7 @@ from pipeline.settings import Settings
 from pipeline.streams.records import (
     MailRawCodec, SourcePosition, correlated_record, deadletter_record, response_record, untracked_record,
 )
-from pipeline.tracking.tokens import TokenError, verify_unsubscribe
+from pipeline.tracking.tokens import Keyring, TokenError, verify_token
 
 AGENT = "correlator"
 _UNSUBSCRIBE_TOKEN = re.compile(rb"^List-Unsubscribe:[^\r\n]*?/u/([A-Za-z0-9_-]+)", re.IGNORECASE | re.MULTILINE)
@@ -206,7 +206,11 @@ class MailProcessor:
         if match is None:
             return mail
         try:
-            payload = verify_unsubscribe(match.group(1).decode("ascii"), self.settings.tracking)
+            # Signature only, no unsubscribe_max_age_days: this attributes our own sent mail to its
+            # campaign and acts on nothing, and with an expiry a Sent folder ingested late (or a
+            # replay) would lose its campaigns depending on when it is read.
+            payload = verify_token(match.group(1).decode("ascii"), Keyring.from_settings(self.settings.tracking),
+                                   expect_kind="unsubscribe")
         except TokenError:
             return mail
         return dataclasses.replace(mail, campaign_id=payload.campaign_id) if payload.campaign_id else mail

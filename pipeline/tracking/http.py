@@ -3,10 +3,12 @@
 * ``GET|HEAD /o/<token>.gif`` answers at once with a 1x1 transparent GIF and no-cache headers,
   whatever the token and whether or not the broker is up.
 * ``GET|HEAD /c/<token>`` redirects (302) only to the URL inside a genuine click token; anything
-  else gets a 404 page, never a redirect (no open redirect).
+  else gets a 404 page, never a redirect (no open redirect).  A genuine token older than
+  ``tracking.click_max_age_days`` gets a 410 "link expired" page, without its URL.
 * ``POST /u/<token>`` is the one-click unsubscribe of campaign mail (RFC 8058): a genuine
   unsubscribe token adds its recipient to the tenant's suppression store (``campaigns.suppression_file``
-  in ``worker.data_dir``) and answers 200; anything else gets a 404.  ``GET|HEAD /u/<token>`` only
+  in ``worker.data_dir``) and answers 200; anything else gets a 404, and one older than
+  ``tracking.unsubscribe_max_age_days`` a 410 "link expired" page (both unsubscribe nobody).  ``GET|HEAD /u/<token>`` only
   shows a confirmation page with a POST button: link scanners and prefetchers GET every link, so a
   GET must never unsubscribe.  Unsubscribes are not tracking hits (nothing goes to ``tracking.raw``).
 * ``GET /health`` says whether the broker takes hits (``status`` ``ok`` or ``degraded``) with the
@@ -42,7 +44,7 @@ from confluent_kafka import KafkaException, Producer
 from pipeline.avro import AvroCodec
 from pipeline.broker import producer_config, topic_name
 from pipeline.settings import Settings
-from pipeline.tracking.tokens import TokenError, token_from_path, verify_unsubscribe, verify_with_settings
+from pipeline.tracking.tokens import EXPIRED, TokenError, TokenPayload, token_from_path, verify_with_settings
 
 log = logging.getLogger("threadline.tracking")
 access_log = logging.getLogger("threadline.tracking.access")
@@ -435,16 +437,22 @@ def build_app(settings: Settings, spool: HitSpool, suppressions=None) -> web.App
         else:
             access_log.info("%s %s valid=%s %d", request.method, kind, valid, status)
 
-    def tenant_of(token: str, kind: str):
+    def verified(token: str, kind: str) -> tuple[TokenPayload | None, str | None]:
+        """The payload of a genuine token within its kind's maximum age, else None and why not."""
         try:
-            return verify_with_settings(token, tracking, expect_kind=kind)
-        except TokenError:
-            return None
+            return verify_with_settings(token, tracking, expect_kind=kind), None
+        except TokenError as exc:
+            return None, exc.reason
+
+    def expired_page(link: str, days: int) -> web.Response:
+        # Genuine but too old: say so, so the reader knows a newer mail will work; never the URL.
+        return _page("This link has expired", f"<p>This {link} is more than {days} days old and no longer "
+                     "works. A more recent mail from us has one that does.</p>", status=410)
 
     async def pixel(request: web.Request) -> web.Response:
         parsed = token_from_path(request.path)
         token = parsed[1] if parsed else request.match_info.get("token", "")
-        payload = tenant_of(token, "open") if parsed else None
+        payload, _ = verified(token, "open") if parsed else (None, None)
         spool.add(record(request, "open", token), payload.tenant if payload else None)
         access(request, "open", payload is not None, 200)
         return web.Response(body=PIXEL, content_type="image/gif", headers=NO_CACHE)
@@ -452,40 +460,44 @@ def build_app(settings: Settings, spool: HitSpool, suppressions=None) -> web.App
     async def click(request: web.Request) -> web.Response:
         parsed = token_from_path(request.path)
         token = parsed[1] if parsed else request.match_info.get("token", "")
-        payload = tenant_of(token, "click") if parsed else None
+        payload, reason = verified(token, "click") if parsed else (None, None)
         spool.add(record(request, "click", token), payload.tenant if payload else None)
         valid = payload is not None and bool(payload.link_url) and payload.link_url.startswith(("http://", "https://"))
-        access(request, "click", valid, 302 if valid else 404)
+        access(request, "click", valid, 302 if valid else 410 if reason == EXPIRED else 404)
+        if reason == EXPIRED:
+            return expired_page("link", tracking.click_max_age_days)
         if payload is None or not payload.link_url or not payload.link_url.startswith(("http://", "https://")):
             return web.Response(status=404, text="This link is not valid.", headers=NO_CACHE)
         raise web.HTTPFound(payload.link_url, headers=NO_CACHE)
 
-    def unsubscribe_payload(request: web.Request):
+    def unsubscribe_payload(request: web.Request) -> tuple[TokenPayload | None, str | None]:
         parsed = token_from_path(request.path)
         if parsed is None or parsed[0] != "unsubscribe":
-            return None
-        try:
-            return verify_unsubscribe(parsed[1], tracking)
-        except TokenError:
-            return None
+            return None, None
+        return verified(parsed[1], "unsubscribe")
 
-    def not_valid() -> web.Response:
+    def not_valid(reason: str | None) -> web.Response:
+        if reason == EXPIRED:
+            return expired_page("unsubscribe link", tracking.unsubscribe_max_age_days)
         return _page("This link is not valid", "<p>This unsubscribe link is not valid.</p>", status=404)
 
+    def refused_status(reason: str | None) -> int:
+        return 410 if reason == EXPIRED else 404
+
     async def unsubscribe_form(request: web.Request) -> web.Response:
-        payload = unsubscribe_payload(request)
-        access(request, "unsubscribe-form", payload is not None, 200 if payload else 404)
+        payload, reason = unsubscribe_payload(request)
+        access(request, "unsubscribe-form", payload is not None, 200 if payload else refused_status(reason))
         if payload is None:
-            return not_valid()
+            return not_valid(reason)
         return _page("Unsubscribe", f"<p>Stop sending campaign mail to <strong>{html.escape(payload.recipient)}"
                      "</strong>?</p>\n<form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" "
                      "value=\"One-Click\"><button type=\"submit\">Unsubscribe</button></form>")
 
     async def unsubscribe(request: web.Request) -> web.Response:
-        payload = unsubscribe_payload(request)
-        access(request, "unsubscribe", payload is not None, 200 if payload else 404)
+        payload, reason = unsubscribe_payload(request)
+        access(request, "unsubscribe", payload is not None, 200 if payload else refused_status(reason))
         if payload is None:
-            return not_valid()
+            return not_valid(reason)
         try:  # the keep-alive timer does not cover a body: a client dribbling one is dropped here
             async with asyncio.timeout(tracking.header_timeout_s):
                 await request.read()  # RFC 8058 body "List-Unsubscribe=One-Click"; the signed token decides

@@ -22,7 +22,8 @@ Verification checks, in this order, and raises :class:`TokenError` with a stable
 ``unknown_key`` (key id not in the keyring: retired or forged), ``bad_signature``,
 ``wrong_kind`` (a token of another kind than the path's, e.g. an open token on the click path,
 when the caller says which),
-``expired`` (older than ``max_age_s``, when given).
+``expired`` (older than ``max_age_s``, when given; with the settings: the kind's
+``tracking.pixel_max_age_days``, ``click_max_age_days`` or ``unsubscribe_max_age_days``).
 """
 
 from __future__ import annotations
@@ -273,25 +274,37 @@ def verify_token(token: str, keyring: Keyring | Mapping[str, str | bytes], *, ma
         raise TokenError(MALFORMED, str(exc)) from exc
     if expect_kind is not None and payload.kind != expect_kind:
         raise TokenError(WRONG_KIND, f"{payload.kind} token where {expect_kind} was expected")
+    _check_age(payload, max_age_s, now)
+    return payload
+
+
+def _check_age(payload: TokenPayload, max_age_s: float | None, now: float | None) -> None:
     if max_age_s:
-        age = (time.time() if now is None else now) - issued_at
+        age = (time.time() if now is None else now) - payload.issued_at
         if age > max_age_s:
             raise TokenError(EXPIRED, f"issued {age:.0f} s ago, limit {max_age_s:.0f} s")
-    return payload
+
+
+def max_age_seconds(settings: TrackingSettings, kind: Kind) -> int:
+    """Seconds a token of ``kind`` is valid under the settings; 0: forever."""
+    days = {"open": settings.pixel_max_age_days, "click": settings.click_max_age_days,
+            "unsubscribe": settings.unsubscribe_max_age_days}[kind]
+    return days * 86400
 
 
 def verify_with_settings(token: str, settings: TrackingSettings, *, now: float | None = None,
                          expect_kind: Kind | None = None) -> TokenPayload:
-    """:func:`verify_token` with the keyring and ``token_max_age_days`` of the settings."""
-    return verify_token(token, Keyring.from_settings(settings), max_age_s=settings.token_max_age_days * 86400,
-                        now=now, expect_kind=expect_kind)
+    """:func:`verify_token` with the keyring of the settings and the maximum age of the token's
+    kind (known only once the token is read, when ``expect_kind`` is None)."""
+    payload = verify_token(token, Keyring.from_settings(settings), now=now, expect_kind=expect_kind)
+    _check_age(payload, max_age_seconds(settings, payload.kind), now)
+    return payload
 
 
-def verify_unsubscribe(token: str, settings: TrackingSettings) -> TokenPayload:
-    """An unsubscribe token, verified with the keyring of the settings but **without** expiry:
-    an opt-out must keep working for as long as its key is listed (turning an old one away would be
-    worse than honouring it).  Any other kind is ``wrong_kind``."""
-    return verify_token(token, Keyring.from_settings(settings), expect_kind="unsubscribe")
+def verify_unsubscribe(token: str, settings: TrackingSettings, *, now: float | None = None) -> TokenPayload:
+    """An unsubscribe token under the settings (``unsubscribe_max_age_days``, the longest default:
+    an opt-out must keep working long after the mail was sent).  Any other kind is ``wrong_kind``."""
+    return verify_with_settings(token, settings, now=now, expect_kind="unsubscribe")
 
 
 # -- URLs -------------------------------------------------------------------------------------

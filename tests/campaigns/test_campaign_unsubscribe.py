@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -18,7 +20,8 @@ from pipeline.tracking.tokens import (
     verify_unsubscribe,
 )
 
-TRACKING = TrackingSettings(keys={"k1": "a-test-secret-0123456789"}, current_key_id="k1", token_max_age_days=1)
+TRACKING = TrackingSettings(keys={"k1": "a-test-secret-0123456789"}, current_key_id="k1", pixel_max_age_days=1,
+                            click_max_age_days=1)
 KEYS = Keyring.from_settings(TRACKING)
 T = 1_772_442_000
 UNSUB = TokenPayload("unsubscribe", "acme", "<m1@ours.example>", "Ann@Customer.example", "spring-26", issued_at=T)
@@ -32,7 +35,11 @@ def forged(token: str) -> str:
 def test_unsubscribe_token_kind():
     token = sign_token(UNSUB, KEYS)
     assert verify_token(token, KEYS) == UNSUB
-    assert verify_unsubscribe(token, TRACKING) == UNSUB  # never expires, although tokens are limited to a day here
+    # Its own maximum age (730 days by default), although opens and clicks are limited to a day here.
+    assert verify_unsubscribe(token, TRACKING, now=T + 729 * 86400) == UNSUB
+    with pytest.raises(TokenError) as caught:
+        verify_unsubscribe(token, TRACKING, now=T + 731 * 86400)
+    assert caught.value.reason == "expired"
     with pytest.raises(TokenError) as caught:
         verify_token(token, KEYS, expect_kind="click")
     assert caught.value.reason == "wrong_kind"
@@ -66,7 +73,7 @@ def test_jsonl_store_is_per_tenant_case_insensitive_and_shared(tmp_path):
 
 def test_endpoint_get_confirms_post_unsubscribes_forged_is_404(tmp_path):
     settings = Settings(tracking=TRACKING, worker=WorkerSettings(data_dir=tmp_path))
-    token = sign_token(UNSUB, KEYS)
+    token = sign_token(dataclasses.replace(UNSUB, issued_at=int(time.time()) - 86400 * 2), KEYS)  # older than a day
     # A real spool whose broker port is closed: unsubscribes must never reach it.
     spool = HitSpool(settings, f"127.0.0.1:{free_port()}", AvroCodec(registry_from_settings(None)),
                      tmp_path / "spool.jsonl")

@@ -83,3 +83,22 @@ def test_reverse_dns_names_are_used_when_enabled():
     events = _decoded(result, "tracking.events")
     assert events[0]["reverse_dns"] == names["52.1.2.3"] and events[0]["is_machine"]
     assert events[1]["reverse_dns"] is None and not events[1]["is_machine"]
+
+
+def test_each_kind_expires_after_its_own_maximum_age_counted_from_when_the_hit_arrived():
+    settings = _settings()  # defaults: opens 180 days, clicks 365
+    keys = Keyring.from_settings(settings.tracking)
+    click = sign_token(TokenPayload("click", "acme", "<m1@acme.test>", "bob@customer.test", "cmp-1",
+                                    link_url="https://shop.example/", issued_at=int(SENT.timestamp())), keys)
+
+    def click_hit(offset, days):
+        record = {"event_id": f"click-{offset}", "kind": "click", "token": click, "method": "GET", "ip": "81.2.3.4",
+                  "received_at": SENT + timedelta(days=days), "user_agent": OUTLOOK, "headers": {}}
+        return RawItem(0, offset, b"acme", CODEC.encode("tracking.raw", record))
+
+    day = 24 * 60
+    result = TrackingProcessor(settings, CODEC, {}).process([
+        _hit(settings, 0, 179 * day), _hit(settings, 1, 181 * day), click_hit(2, 181), click_hit(3, 366)])
+    assert [(e["kind"], e["event_time"]) for e in _decoded(result, "tracking.events")] == [
+        ("open", SENT + timedelta(days=179)), ("click", SENT + timedelta(days=181))]
+    assert [d["reason"] for d in _decoded(result, "deadletter")] == ["token_expired", "token_expired"]

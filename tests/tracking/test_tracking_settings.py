@@ -13,7 +13,10 @@ def test_defaults(tmp_path, monkeypatch):
     assert tracking.base_url == "http://127.0.0.1:8080"
     assert tracking.current_key_id in tracking.keys
     assert tracking.uses_development_key()  # the default key is public: doctor-worthy
-    assert (tracking.token_max_age_days, tracking.anonymize_ip, tracking.reverse_dns) == (0, True, False)
+    assert (tracking.anonymize_ip, tracking.reverse_dns) == (True, False)
+    # Tokens expire by default, unsubscribe links last longest (they must work long after sending).
+    assert (tracking.pixel_max_age_days, tracking.click_max_age_days, tracking.unsubscribe_max_age_days) == (
+        180, 365, 730)
     assert tracking.scanner_window_s == 10
     assert tracking.apple_proxy_networks == ("17.0.0.0/8",)
     assert tracking.datacenter_networks == ()
@@ -25,13 +28,13 @@ def test_toml_and_environment(tmp_path):
     path.write_text('[tracking]\nbase_url = "https://t.example/track/"\ncurrent_key_id = "2026a"\n'
                     'datacenter_networks = ["203.0.113.7/24"]\n'
                     '[tracking.keys]\n"2026a" = "a-long-enough-secret"\n')
-    tracking = load_settings(path, environ={"THREADLINE_TRACKING_TOKEN_MAX_AGE_DAYS": "365",
+    tracking = load_settings(path, environ={"THREADLINE_TRACKING_CLICK_MAX_AGE_DAYS": "0",
                                             "THREADLINE_TRACKING_APPLE_PROXY_NETWORKS": '["17.0.0.0/8", "2620:149::/32"]'
                                             }).tracking
     assert tracking.base_url == "https://t.example/track"  # trailing slash dropped
     assert tracking.keys == {"2026a": "a-long-enough-secret"} and not tracking.uses_development_key()
     assert tracking.datacenter_networks == ("203.0.113.0/24",)  # normalised
-    assert tracking.token_max_age_days == 365
+    assert (tracking.pixel_max_age_days, tracking.click_max_age_days) == (180, 0)  # 0: clicks never expire
     assert tracking.apple_proxy_networks == ("17.0.0.0/8", "2620:149::/32")
 
 
@@ -51,12 +54,22 @@ def test_keys_from_a_json_variable():
     ({"THREADLINE_TRACKING_BASE_URL": "t.example/track"}, "base_url"),
     ({"THREADLINE_TRACKING_BASE_URL": "https://t.example/?q=1"}, "base_url"),
     ({"THREADLINE_TRACKING_DATACENTER_NETWORKS": '["10.0.0.0/33"]'}, "not a CIDR network"),
-    ({"THREADLINE_TRACKING_TOKEN_MAX_AGE_DAYS": "-1"}, "token_max_age_days"),
+    ({"THREADLINE_TRACKING_PIXEL_MAX_AGE_DAYS": "-1"}, "pixel_max_age_days"),
+    ({"THREADLINE_TRACKING_UNSUBSCRIBE_MAX_AGE_DAYS": "36501"}, "unsubscribe_max_age_days"),
+    # The replaced setting is an error, not silently ignored: "0" (never) would become the defaults.
+    ({"THREADLINE_TRACKING_TOKEN_MAX_AGE_DAYS": "0"}, "replaced by THREADLINE_TRACKING_PIXEL_MAX_AGE_DAYS"),
     ({"THREADLINE_TRACKING_SCANNER_WINDOW_S": "-1"}, "scanner_window_s"),
 ])
 def test_bad_tracking_settings_say_what_is_wrong(environ, message):
     with pytest.raises(SettingsError, match=message):
         load_settings(environ=environ)
+
+
+def test_token_max_age_days_in_a_file_names_its_replacements(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text("[tracking]\ntoken_max_age_days = 0\n")
+    with pytest.raises(SettingsError, match="token_max_age_days was replaced by pixel_max_age_days, click_max_age_days"):
+        load_settings(path, environ={})
 
 
 def test_secrets_stay_out_of_repr():

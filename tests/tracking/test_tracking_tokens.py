@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import struct
 
 import pytest
@@ -189,12 +190,25 @@ def test_expiry_is_optional_and_exact():
     assert verify_token(token, KEYS, now=T + 100 * 365 * day) == OPEN
 
 
-def test_settings_supply_keys_and_max_age():
-    settings_ = TrackingSettings(keys={"k1": "first-secret-0123456789"}, current_key_id="k1", token_max_age_days=30)
-    token = sign_token(OPEN, Keyring.from_settings(settings_))
-    assert verify_with_settings(token, settings_, now=T + 30 * 86400) == OPEN
-    with pytest.raises(TokenError, match="expired"):
-        verify_with_settings(token, settings_, now=T + 30 * 86400 + 1)
+def test_settings_supply_keys_and_the_max_age_of_each_kind():
+    settings_ = TrackingSettings(keys={"k1": "first-secret-0123456789"}, current_key_id="k1", pixel_max_age_days=30,
+                                 click_max_age_days=60, unsubscribe_max_age_days=0)
+    keys = Keyring.from_settings(settings_)
+    day = 86400
+    unsubscribe = TokenPayload("unsubscribe", "acme", "<x@y>", "bob@customer.example", "c1", issued_at=T)
+    for payload, limit in ((OPEN, 30), (CLICK, 60)):
+        token = sign_token(payload, keys)
+        for expect_kind in (payload.kind, None):  # without expect_kind the token's own kind decides
+            assert verify_with_settings(token, settings_, now=T + limit * day, expect_kind=expect_kind) == payload
+            with pytest.raises(TokenError, match="expired"):
+                verify_with_settings(token, settings_, now=T + limit * day + 1, expect_kind=expect_kind)
+    token = sign_token(unsubscribe, keys)  # 0: never
+    assert verify_with_settings(token, settings_, now=T + 100 * 365 * day) == unsubscribe
+    defaults = TrackingSettings(keys={"k1": "first-secret-0123456789"}, current_key_id="k1")
+    for kind, days in (("open", 180), ("click", 365), ("unsubscribe", 730)):
+        assert tokens.max_age_seconds(defaults, kind) == days * day
+    with pytest.raises(TokenError, match="expired"):  # a token dated 1970 no longer works by default
+        verify_with_settings(sign_token(dataclasses.replace(CLICK, issued_at=0), keys), defaults)
 
 
 def test_wrong_kind_when_the_path_says_otherwise():
