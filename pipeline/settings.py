@@ -260,6 +260,9 @@ class WorkerSettings(_Section):
     batch_window_s: float = Field(0.2, gt=0, le=60, description="Longest wait to fill a batch.")
     generation: int = Field(0, ge=0, description="Settings generation this worker computes; `threadline replay` "
                             "starts the next one (new consumer group and table names).")
+    web_port: int | None = Field(None, ge=1, le=65535, description="Open Faust's web server (its /table/ and "
+                                 "/router/ pages show index entries, addresses and subjects, without "
+                                 "authentication) on 127.0.0.1:PORT, for debugging one worker; unset: no web server.")
 
 
 class BusinessHours(_Section):

@@ -31,7 +31,7 @@ import mode
 from faust.streams import _current_event  # see partition_context()
 
 from pipeline.avro import AvroCodec, registry_from_settings
-from pipeline.broker import free_port, produce_when_room, producer_config, topic_name
+from pipeline.broker import produce_when_room, producer_config, topic_name
 from pipeline.settings import Settings, load_settings
 from pipeline.streams.crm import CrmProcessor
 from pipeline.streams.escalation import EscalationProcessor
@@ -222,7 +222,11 @@ def build_app(settings: Settings) -> faust.App:
         # batch a restarted worker silently misses the newest index entries (seen in the SIGKILL
         # test). One record per changelog batch keeps the ends exact (INFRA.md §2-3).
         producer_max_batch_size=1,
+        # The worker command overrides web_enabled (its --with-web flag defaults to on, see
+        # main()); if a web server is opened anyway, Faust would bind it to 0.0.0.0 by default.
         web_enabled=False,
+        web_bind="127.0.0.1",
+        web_host="127.0.0.1",
         key_serializer="raw",
         value_serializer="raw",
     )
@@ -297,14 +301,28 @@ def build_app(settings: Settings) -> faust.App:
     return app
 
 
+def worker_web_args(settings: Settings) -> list[str]:
+    """Faust worker options for its web server: none unless ``worker.web_port`` asks for one.
+
+    ``faust worker`` sets ``web_enabled`` from its own ``--with-web/--without-web`` flag, which
+    defaults to on, so ``web_enabled=False`` in the App alone still opened a web server, and
+    ``--web-host`` only names the host in URLs: the socket was bound to ``web_bind``
+    (0.0.0.0). Its pages serve table contents without authentication, hence off by default
+    and loopback only when on.
+    """
+    if settings.worker.web_port is None:
+        return ["--without-web"]
+    return ["--with-web", "--web-bind", "127.0.0.1", "--web-host", "127.0.0.1",
+            "--web-port", str(settings.worker.web_port)]
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = build_app(load_settings())
+    settings = load_settings()
+    app = build_app(settings)
     args = list(argv if argv is not None else sys.argv[1:])
-    if "--web-port" not in args:
-        # Faust's worker always opens its web port (default 6066): several workers on one
-        # machine each need their own.
-        args += ["--web-host", "127.0.0.1", "--web-port", str(free_port())]
+    if "worker" in args and not {"--with-web", "--without-web"} & set(args):
+        args += worker_web_args(settings)
     sys.argv = [sys.argv[0], *args]
     app.main()
 

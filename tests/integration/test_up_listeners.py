@@ -1,0 +1,248 @@
+"""Issue 13, "safe by default": a running `threadline up` and every process it starts listen on
+loopback only, and no worker serves Faust's web pages (table contents without authentication).
+
+One `up` run (module-scoped fixture) serves every test in this module, so further checks of the
+same run (e.g. that no configured secret shows up in any output or log) are added as test
+functions here instead of paying for another `up`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+READY_LINE = "running (new mail on mail.raw"  # printed by `up` once every mail is handled and sunk
+
+# The settings file of the `up` run. Checks that need configured values (secrets to look for in
+# the outputs, say) add them here; keep it something `up` accepts on the embedded broker.
+SETTINGS_TOML = """
+[worker]
+batch_window_s = 0.1
+"""
+
+
+@dataclass(frozen=True)
+class Listener:
+    pid: int
+    process: str  # the command line, for messages
+    proto: str    # tcp, tcp6, udp, udp6
+    address: str
+    port: int
+
+    @property
+    def loopback(self) -> bool:
+        address = ipaddress.ip_address(self.address)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return address.is_loopback
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it, by parent pid; children started in their own
+    session (the broker, the workers) are still children."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # comm may hold spaces and parentheses: the fields after its last ')' are fixed
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # ended meanwhile
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += [child for child, parent in parents.items() if parent == pid]
+    return tree
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    except OSError:
+        pass
+    return inodes
+
+
+def _address(hex_address: str) -> str:
+    # /proc/net/tcp{,6} print addresses as 32-bit words in host byte order (little-endian here)
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, words)
+
+
+def listeners(pids: list[int]) -> list[Listener]:
+    """Every listening TCP socket and every unconnected bound UDP socket of these processes,
+    read from /proc (each process's network namespace table, matched by socket inode)."""
+    found = []
+    for pid in pids:
+        inodes = _socket_inodes(pid)
+        if not inodes:
+            continue
+        try:
+            process = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        for proto in ("tcp", "tcp6", "udp", "udp6"):
+            try:
+                lines = Path(f"/proc/{pid}/net/{proto}").read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+                if inode not in inodes:
+                    continue
+                remote_port = int(remote.rsplit(":", 1)[1], 16)
+                # TCP: state 0A is LISTEN. UDP: a socket with no peer receives from anyone.
+                if (proto.startswith("tcp") and state == "0A") or (proto.startswith("udp") and remote_port == 0):
+                    address, port = local.rsplit(":", 1)
+                    found.append(Listener(pid, process, proto, _address(address), int(port, 16)))
+    return found
+
+
+def test_worker_web_port_opens_faust_web_on_loopback_only(sandbox):
+    """The opt-in: worker.web_port opens Faust's pages on 127.0.0.1:PORT and nowhere else.
+    (First in the module: it does not need the `up` run below, which would run meanwhile.)"""
+    from pipeline.broker import free_port
+
+    port = free_port()
+    worker = sandbox.start_worker(settings_file=sandbox.settings_file(extra=f"web_port = {port}"))
+    deadline = time.monotonic() + 90
+    while not (found := listeners(descendants(worker.process.pid))):
+        assert worker.alive, worker.log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, "the worker opened no web port within 90 s"
+        time.sleep(0.5)
+    assert [(l.proto, l.address, l.port) for l in found] == [("tcp", "127.0.0.1", port)]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/router/", timeout=10) as response:
+        # Faust's router map (empty until partitions are assigned): the page is really served
+        assert response.status == 200 and isinstance(json.loads(response.read()), dict)
+    worker.stop()
+
+
+@dataclass
+class UpRun:
+    """A `threadline up` running in ``root``; stdout/stderr and every log it names are files."""
+
+    process: subprocess.Popen
+    root: Path
+    settings_file: Path
+    stdout_path: Path
+    stderr_path: Path
+    seen_pids: set[int] = field(default_factory=set)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def log_paths(self) -> list[Path]:
+        """The broker's, the tracking endpoint's and every worker's log."""
+        return [self.data_dir / "broker.log", self.data_dir / "tracking.log",
+                *sorted((self.data_dir / "workers").glob("*.log"))]
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """Stop `up` (SIGTERM: it stops what it started); idempotent. Checks that need the
+        complete outputs call this first, so tests of the running processes go first."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def up_run(tmp_path_factory):
+    """`threadline up` on the embedded defaults (its own broker) with a 20-mail mailbox, kept
+    running (not --exit-when-done) until the module's tests are done. Shared on purpose: add
+    further assertions on this run (its outputs, its logs, its processes) as separate tests
+    here rather than starting another `up`."""
+    from pipeline.up import write_sample_mbox
+
+    root = tmp_path_factory.mktemp("up_listeners")
+    settings_file = root / "threadline.toml"
+    settings_file.write_text(SETTINGS_TOML)
+    mailbox = write_sample_mbox(root / "small.mbox", count=20)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("THREADLINE_", "FAUST_", "F_"))}
+    env["PYTHONUNBUFFERED"] = "1"  # stdout is a file: see the ready line as soon as it is printed
+    stdout_path, stderr_path = root / "up.stdout", root / "up.stderr"
+    with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "--settings", str(settings_file), "up", str(mailbox),
+             "--direction", "in", "--no-progress"],
+            cwd=root, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
+    run = UpRun(process, root, settings_file, stdout_path, stderr_path)
+    try:
+        deadline = time.monotonic() + 240
+        while READY_LINE not in run.stdout():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"up is not running (exit code {process.poll()}):\n{run.stdout()[-3000:]}\n"
+                            f"{stderr_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.5)
+        yield run
+    finally:
+        run.seen_pids.update(descendants(process.pid) if process.poll() is None else ())
+        run.stop()
+        for pid in run.seen_pids - {process.pid}:  # a child `up` failed to stop; ours, by pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_everything_up_starts_listens_on_loopback_only(up_run):
+    pids = descendants(up_run.process.pid)
+    up_run.seen_pids.update(pids)
+    found = listeners(pids)
+    by_kind = {kind: [l for l in found if kind in l.process] for kind in ("tansu", "pipeline.streams.app", "tracking")}
+    # The scan must see the children's sockets: the broker and the tracking endpoint listen.
+    assert any(l.proto.startswith("tcp") for l in by_kind["tansu"]), found
+    assert any(l.proto.startswith("tcp") for l in by_kind["tracking"]), found
+    workers = [pid for pid in pids if "pipeline.streams.app" in Path(f"/proc/{pid}/cmdline").read_bytes().decode()]
+    assert len(workers) == 1, pids
+    assert [l for l in found if not l.loopback] == [], found
+    # Faust's web server is off: a worker needs no listening socket at all.
+    assert by_kind["pipeline.streams.app"] == [], found
+
+
+def test_no_process_of_up_serves_faust_web_pages(up_run):
+    pids = descendants(up_run.process.pid)
+    http_ports = {l.port for l in listeners(pids) if l.proto.startswith("tcp") and "tansu" not in l.process}
+    assert http_ports  # the tracking endpoint, at least
+    for port in http_ports:
+        for path in ("/router/", "/table/correlation-index/default/"):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                    body = response.read()
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 404, (port, path, exc.code)
+            else:
+                pytest.fail(f"port {port} answered {path}: {body[:200]!r}")
+
