@@ -36,6 +36,15 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise UserError(str(exc)) from exc
 
 
+def _refuse_unsafe_keys(settings: Settings, command: str, listen_host: str | None = None) -> None:
+    """Stop before anything starts when the tracking keys are unsafe outside the loopback demo."""
+    from pipeline.tracking.safety import key_refusal
+
+    refused = key_refusal(settings, command, listen_host=listen_host)
+    if refused:
+        raise UserError(refused)
+
+
 def _require_paths(paths: Sequence[str]) -> None:
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
@@ -367,6 +376,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from pipeline.up import run_up
 
     settings = _settings(args)
+    # Its endpoint and workers would refuse one by one; say it once, before the broker starts.
+    _refuse_unsafe_keys(settings, "threadline up")
     if args.mailbox:
         _require_paths(args.mailbox)
     try:
@@ -453,6 +464,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _bootstrap(settings)
+    _refuse_unsafe_keys(settings, "threadline worker")  # build_app checks too; this is before Faust loads
     if args.settings:
         os.environ["THREADLINE_SETTINGS"] = str(Path(args.settings).resolve())
     from pipeline.streams.app import main as worker_main
@@ -596,11 +608,9 @@ def cmd_tracking(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     bootstrap = _bootstrap(settings)
+    _refuse_unsafe_keys(settings, "threadline tracking", listen_host=args.host)  # serve() checks too
     logging.basicConfig(level=logging.INFO if args.access_log else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.tracking.uses_development_key():
-        print("threadline: tracking uses the built-in development key; set tracking.keys for production",
-              file=sys.stderr)
     try:
         create_topics(settings.kafka, bootstrap, timeout_s=5)
     except Exception as exc:  # the endpoint serves pixels even while the broker is down

@@ -58,17 +58,27 @@ def check_settings(settings: Settings) -> list[Check]:
             checks.append(Check("custom_rule", True, f"{settings.correlation.custom_rule} loads"))
         except ValueError as exc:
             checks.append(Check("custom_rule", False, str(exc), "fix correlation.custom_rule (module:function)"))
-    if settings.tracking.uses_development_key():
-        production = bool(settings.kafka.bootstrap)
-        checks.append(Check("tracking keys", not production,
-                            "the built-in development key signs tracking tokens"
-                            + (" on a real cluster: anyone can forge opens and clicks" if production
-                               else " (fine for the embedded demo)"),
-                            "set tracking.keys to a long random secret and tracking.current_key_id to its id"))
+    checks.append(check_tracking_keys(settings))
     if settings.untracked.excluded_domains and set(settings.untracked.excluded_domains) & set(settings.untracked.own_domains):
         checks.append(Check("excluded_domains", False, "an own domain is also excluded: internal mail is never tracked",
                             "remove own domains from untracked.excluded_domains"))
     return checks
+
+
+def check_tracking_keys(settings: Settings) -> Check:
+    """The rule the endpoint, campaign send and the workers enforce (pipeline/tracking/safety.py):
+    an unsafe key fails outside the loopback demo and is only noted in it."""
+    from pipeline.tracking.safety import demo_note, fix_text, key_problems, refusal_reason
+
+    keys = settings.tracking.keys
+    if not key_problems(keys):
+        return Check("tracking keys", True, f"{len(keys)} key(s), none public or weak; "
+                     f"{settings.tracking.current_key_id!r} signs")
+    refused = refusal_reason(settings)
+    if refused is None:
+        return Check("tracking keys", True, demo_note(settings))
+    return Check("tracking keys", False, f"{refused}: the endpoint, campaign send and the workers refuse to run",
+                 fix_text())
 
 
 def check_schemas() -> list[Check]:

@@ -413,6 +413,11 @@ class EscalationSettings(_Section):
         return value
 
 
+# The default tracking key: public (it is in this file), so anyone can forge tokens with it.
+# pipeline/tracking/safety.py refuses it outside the loopback demo.
+DEVELOPMENT_TRACKING_KEY = "INSECURE-development-key-do-not-use-in-production"
+
+
 class TrackingSettings(_Section):
     """Open and click tracking (DESIGN.md §5): signed tokens, machine-hit classification, marking.
 
@@ -424,14 +429,17 @@ class TrackingSettings(_Section):
         description="Public http(s) address of the tracking endpoint; pixel and click URLs start with it.",
     )
     keys: dict[str, str] = Field(
-        {"dev": "INSECURE-development-key-do-not-use-in-production"},
+        {"dev": DEVELOPMENT_TRACKING_KEY},
         repr=False,
         description=(
             "SECRET, never logged: HMAC keys as {key id: secret} (key id: 1-16 of A-Z a-z 0-9 . _ -; "
-            "secret: at least 16 characters). Tokens are signed with current_key_id and verified with "
+            "secret: at least 16 characters to load, at least 32 with 8 different characters to be used "
+            "outside the loopback demo). Generate one with `python -c \"import secrets; "
+            "print(secrets.token_urlsafe(32))\"`. Tokens are signed with current_key_id and verified with "
             "any listed key, so rotate by adding a key, switching current_key_id, and removing the old "
-            "key once its links may die. In a variable: a JSON object. WARNING: the default is a public "
-            "development key; anyone can forge tokens with it, replace it before real use."
+            "key after the longest *_max_age_days (docs/tracking.md, \"Keys\"). In a variable: a JSON object. "
+            "The default is a public development key: the endpoint, campaign send and the workers refuse it "
+            "(and documented example keys, and weak ones) unless the run is the loopback demo."
         ),
     )
     current_key_id: str = Field("dev", description="Key id (from keys) that signs new tokens.")

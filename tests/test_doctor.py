@@ -89,18 +89,30 @@ def test_run_checks_on_defaults_all_pass(tmp_path, monkeypatch):
     assert [c.format() for c in checks if not c.ok] == []
 
 
-def test_development_tracking_key_fails_only_on_a_real_cluster():
+def test_development_tracking_key_fails_only_outside_the_loopback_demo():
     from pipeline.doctor import check_settings
     from pipeline.settings import load_settings
 
-    embedded = {c.name: c for c in check_settings(load_settings(None, environ={}))}
-    assert embedded["tracking keys"].ok
-    real = {c.name: c for c in check_settings(load_settings(None, environ={"THREADLINE_KAFKA_BOOTSTRAP": "kafka:9092"}))}
-    assert not real["tracking keys"].ok and "tracking.keys" in real["tracking keys"].fix
-    keyed = load_settings(None, environ={"THREADLINE_KAFKA_BOOTSTRAP": "kafka:9092",
-                                         "THREADLINE_TRACKING_KEYS": '{"k1": "a-long-random-production-secret-0123456789"}',
-                                         "THREADLINE_TRACKING_CURRENT_KEY_ID": "k1"})
-    assert "tracking keys" not in {c.name for c in check_settings(keyed)}
+    def keys_check(**environ):
+        return by_name(check_settings(load_settings(None, environ=environ)), "tracking keys")
+
+    embedded = keys_check()
+    assert embedded.ok and "development key" in embedded.detail and "loopback demo" in embedded.detail
+    # Issue 17: the embedded broker's address exported as THREADLINE_KAFKA_BOOTSTRAP is still the demo.
+    assert keys_check(THREADLINE_KAFKA_BOOTSTRAP="127.0.0.1:45123").ok
+    real = keys_check(THREADLINE_KAFKA_BOOTSTRAP="kafka:9092")
+    assert not real.ok and "kafka.bootstrap names kafka" in real.detail
+    assert "THREADLINE_TRACKING_KEYS" in real.fix and "secrets.token_urlsafe(32)" in real.fix
+    public_links = keys_check(THREADLINE_TRACKING_BASE_URL="https://track.example.com")
+    assert not public_links.ok and "tracking.base_url https://track.example.com" in public_links.detail
+    example = keys_check(THREADLINE_KAFKA_BOOTSTRAP="kafka:9092",
+                         THREADLINE_TRACKING_KEYS='{"k1": "replace-with-a-long-random-secret"}',
+                         THREADLINE_TRACKING_CURRENT_KEY_ID="k1")
+    assert not example.ok and "example secret" in example.detail
+    keyed = keys_check(THREADLINE_KAFKA_BOOTSTRAP="kafka:9092",
+                       THREADLINE_TRACKING_KEYS='{"k1": "a-long-random-production-secret-0123456789"}',
+                       THREADLINE_TRACKING_CURRENT_KEY_ID="k1")
+    assert keyed.ok and "none public or weak" in keyed.detail and "a-long-random" not in keyed.format()
 
 
 def test_blob_store_that_cannot_take_writes_fails_with_a_fix(tmp_path):

@@ -55,6 +55,11 @@ def run_send(settings: Settings, *, campaign_id: str, template: str, recipients:
              report_path: str | None = None) -> int:
     """Send and print the report (stderr); 0 ok, 1 interrupted or mail.raw delivery errors.
     User errors raise one of :data:`USER_ERRORS`."""
+    from pipeline.tracking.safety import key_refusal
+
+    refused = key_refusal(settings, "threadline campaign send")  # send_campaign checks too; before any topic
+    if refused:
+        raise CampaignError(refused)
     producer = _MailRawProducer(settings, tenant, campaign_id) if to_mail_raw and not dry_run else None
     code = 0
     try:

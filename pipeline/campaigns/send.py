@@ -53,6 +53,7 @@ from pipeline.campaigns.suppression import UNSUBSCRIBED, JsonlSuppressionStore, 
 from pipeline.campaigns.template import CampaignTemplate, RenderedMail
 from pipeline.settings import Settings
 from pipeline.tracking.mark import mark_message
+from pipeline.tracking.safety import key_refusal
 from pipeline.tracking.tokens import Keyring, TokenPayload, sign_token, unsubscribe_url
 
 SENT, WOULD_SEND, ALREADY_SENT, REFUSED, DEFERRED = "sent", "would_send", "already_sent", "refused", "deferred"
@@ -361,6 +362,11 @@ def send_campaign(settings: Settings, campaign_id: str, template: CampaignTempla
     skips the SMTP probe (default: on when ``campaigns.smtp_probe``)."""
     if not isinstance(campaign_id, str) or not _CAMPAIGN_ID.fullmatch(campaign_id):
         raise CampaignError("the campaign id must be 1-200 characters without spaces or control characters")
+    # Every mail carries signed click and unsubscribe links: with a public or weak key anyone could
+    # forge them, so outside the loopback demo this refuses (a dry run too: it says the send would).
+    refused = key_refusal(settings, "threadline campaign send")
+    if refused:
+        raise CampaignError(refused)
     options = settings.campaigns
     sender = sender_of(settings)
     if smtp is None and not dry_run:

@@ -37,6 +37,7 @@ from pipeline.streams.crm import CrmProcessor
 from pipeline.streams.escalation import EscalationProcessor
 from pipeline.streams.processor import BatchResult, MailProcessor, RawItem
 from pipeline.streams.tracking import TrackingProcessor
+from pipeline.tracking.safety import key_refusal
 
 log = logging.getLogger("threadline.worker")
 EXIT_BATCH_FAILED = 70  # EX_SOFTWARE: a batch could not be made durable (see exit_without_commit)
@@ -200,6 +201,11 @@ def build_app(settings: Settings) -> faust.App:
     if not settings.kafka.bootstrap:
         raise SystemExit("threadline worker needs kafka.bootstrap (THREADLINE_KAFKA_BOOTSTRAP); "
                          "`threadline up` starts an embedded broker and sets it")
+    # The tracking agent verifies tokens and the processor attributes campaign mail with these keys:
+    # on a real cluster a public or weak key would let anyone's forged hits count.
+    refused = key_refusal(settings, "threadline worker")
+    if refused:
+        raise SystemExit(refused)
     data_dir = settings.worker.data_dir.resolve()
     (data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(

@@ -44,6 +44,7 @@ from confluent_kafka import KafkaException, Producer
 from pipeline.avro import AvroCodec
 from pipeline.broker import producer_config, topic_name
 from pipeline.settings import Settings
+from pipeline.tracking.safety import key_refusal
 from pipeline.tracking.tokens import EXPIRED, TokenError, TokenPayload, token_from_path, verify_with_settings
 
 log = logging.getLogger("threadline.tracking")
@@ -527,7 +528,16 @@ def build_app(settings: Settings, spool: HitSpool, suppressions=None) -> web.App
     return app
 
 
+class UnsafeTrackingKeys(RuntimeError):
+    """The endpoint will not serve with these keys here (the message says why and how to fix it)."""
+
+
 def serve(settings: Settings, bootstrap: str, codec: AvroCodec, *, host: str, port: int, spool_path: Path) -> None:
+    """Run the endpoint until a signal; :class:`UnsafeTrackingKeys` before binding anything when
+    the keys are unsafe outside the loopback demo (pipeline/tracking/safety.py)."""
+    refused = key_refusal(settings, "threadline tracking", listen_host=host)
+    if refused:
+        raise UnsafeTrackingKeys(refused)
     spool = HitSpool(settings, bootstrap, codec, spool_path)
     web.run_app(build_app(settings, spool), host=host, port=port, access_log=None, print=None,
                 handle_signals=True, **server_options(settings))

@@ -74,11 +74,14 @@ class _Connection:
         pass
 
 
+# Passes pipeline/tracking/safety.py: these settings send links to a public host.
+STRONG_KEY = "vD3kQ9-xLm2RtZ8wYp5Nc7Hs1Jf4Gb6A"
+
+
 def settings_for(tmp_path, **campaigns) -> Settings:
     return Settings(
         worker=WorkerSettings(data_dir=tmp_path / "data"),
-        tracking=TrackingSettings(base_url="https://t.example/track", keys={"k1": "a-test-secret-0123456789"},
-                                  current_key_id="k1"),
+        tracking=TrackingSettings(base_url="https://t.example/track", keys={"k1": STRONG_KEY}, current_key_id="k1"),
         campaigns=CampaignSettings(**{"sender": "news@ours.example", "sender_name": "ACME News",
                                       "smtp_host": "smtp.test", "rate_per_s": 1000.0, **campaigns}))
 
@@ -275,6 +278,12 @@ def test_start_errors(tmp_path):
         send_campaign(settings_for(tmp_path, smtp_host=None), "c", TEMPLATE, csv, resolver=None)
     with pytest.raises(CampaignError, match="campaign id"):
         send_campaign(settings_for(tmp_path), "has space", TEMPLATE, csv, resolver=None)
+    # Public links signed with the public development key: refused before any check or mail, dry run too.
+    public_dev_key = settings_for(tmp_path).model_copy(
+        update={"tracking": TrackingSettings(base_url="https://t.example/track")})
+    with pytest.raises(CampaignError, match="threadline campaign send refuses to run: tracking key 'dev' is the "
+                       "built-in development key.*secrets.token_urlsafe"):
+        send_campaign(public_dev_key, "c", TEMPLATE, csv, resolver=None, dry_run=True)
     # Without campaigns.smtp_host, the notifications SMTP server is used.
     fallback = settings_for(tmp_path, smtp_host=None).model_copy(update={"notifications": Settings().notifications.model_copy(
         update={"smtp_host": "alerts.test", "smtp_port": 2525})})
