@@ -743,6 +743,53 @@ class RelaySettings(_Section):
                                          "must not exceed.")
     kafka_timeout_s: float = Field(30.0, gt=0, le=600, description="Longest wait for the broker to acknowledge "
                                    "a mail.raw record; then the client gets 451 (try again later).")
+    # Who may use the relay, and how much (docs/smtp.md "Who may send"; pipeline/mail/relay_policy.py).
+    own_domains: tuple[str, ...] = Field(
+        (), description="The organisation's mail domains (exact, no subdomains); empty: untracked.own_domains. "
+        "Outbound: the envelope sender must be in one (else 553 5.7.1); inbound: every recipient must be "
+        "(else 550 5.7.1). Neither set: the relay does not start."
+    )
+    client_networks: tuple[str, ...] = Field(
+        ("127.0.0.0/8", "::1/128"), description="Outbound: clients from these networks (CIDR) may send without "
+        "AUTH; others must log in (530) or are refused (550 5.7.1). [] : everyone must log in."
+    )
+    trust_client_networks: bool = Field(False, description="Confirms that every host of client_networks beyond "
+                                        "loopback may send as the organisation; needed to listen off loopback "
+                                        "with such networks.")
+    max_recipients_per_message: int = Field(100, ge=1, le=100_000, description="RCPTs accepted per mail; more "
+                                            "get 452 4.5.3 (RFC 5321 asks for at least 100).")
+    rate_window_s: float = Field(3600.0, gt=0, le=86_400, description="Window of the per-client limits (a token "
+                                 "bucket per client address, IPv6 per /64, refilled over this time).")
+    max_messages_per_client: int = Field(500, ge=1, description="Mails one client may start per rate_window_s; "
+                                         "more get 451 4.7.1 at MAIL.")
+    max_recipients_per_client: int = Field(2000, ge=1, description="Recipients one client may name per "
+                                           "rate_window_s; more get 451 4.7.1 at RCPT.")
+    max_connections: int = Field(100, ge=1, le=100_000, description="Open SMTP connections in all; more are "
+                                 "answered 421 and closed.")
+    max_connections_per_client: int = Field(10, ge=1, le=100_000, description="Open SMTP connections per client "
+                                            "address; more are answered 421 and closed.")
+    command_timeout_s: float = Field(300.0, gt=0, le=3600, description="A client silent this long is dropped; "
+                                     "also the time for a whole DATA transfer (RFC 5321: at least 5 minutes).")
+    session_timeout_s: float = Field(1800.0, gt=0, le=86_400, description="Longest SMTP session: then 421 and "
+                                     "the connection is closed, however busy the client keeps it.")
+
+    @field_validator("own_domains")
+    @classmethod
+    def _domains_plain(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for domain in value:
+            if not domain.strip() or "@" in domain or any(ch.isspace() for ch in domain.strip()):
+                raise ValueError(f"own_domains: {domain!r} is not a domain name")
+        return tuple(domain.strip().rstrip(".").lower() for domain in value)
+
+    @field_validator("client_networks")
+    @classmethod
+    def _networks_parse(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        try:
+            return tuple(str(ipaddress.ip_network(network.strip(), strict=False)) for network in value)
+        except ValueError as exc:
+            raise ValueError(f"client_networks: {exc} (CIDR like 192.0.2.0/24 or 2001:db8::/32)") from exc
 
     @field_validator("sender_user_numbers", mode="before")
     @classmethod

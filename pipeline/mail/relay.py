@@ -16,6 +16,12 @@ Outbound (default; the organisation's clients submit here)::
   as duplicates of the first).
 * Inbound (``--inbound``, an MX-side filter): nothing is stamped or marked; direction ``in``.
 
+Closed by default (:mod:`pipeline.mail.relay_policy`): outbound, only a client that logged in or
+is in ``relay.client_networks`` (loopback) may send, and only as a sender of the own domains;
+inbound, only recipients of the own domains are accepted.  Recipients per mail, messages and
+recipients per client and time, connections and session time are limited; a configuration that
+is unsafe for the listening address does not start.
+
 Every mail gets a ``Received`` trace header (RFC 5321 §4.4) and CRLF line ends; those final
 bytes are what ``mail.raw`` holds and what the next hop receives.
 
@@ -39,7 +45,6 @@ import asyncio
 import concurrent.futures
 import fcntl
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -63,6 +68,7 @@ from pipeline.blobs import fsync_dir
 from pipeline.broker import producer_config, topic_name
 from pipeline.correlation.engine import format_xref
 from pipeline.correlation.tokens import TokenCounter, find_token
+from pipeline.mail import relay_policy as policy
 from pipeline.mail.parse import _message_ids
 from pipeline.settings import RelaySettings, Settings, TrackingTokenSettings
 from pipeline.streams.records import MailRawCodec, MailTooLarge, mail_raw_record
@@ -546,15 +552,6 @@ def _tls_context(relay: RelaySettings) -> ssl.SSLContext | None:
     return context
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _helo_text(value: str | None) -> str:
     return re.sub(r"[^\w.:\[\]-]", "", value or "")[:100] or "unknown"
 
@@ -587,29 +584,21 @@ class SmtpRelay:
         self._backoff: dict[str, tuple[int, float]] = {}   # queue name -> (failed attempts, next try)
         self._backoff_lock = threading.Lock()
         self.hostname = socket.gethostname()
+        self.own_domains = policy.own_domains(settings)
+        self.client_networks = policy.parse_networks(self.relay.client_networks)
+        self.limits = policy.ClientLimits(self.relay)
 
     # -- lifecycle --
     def check(self) -> None:
-        relay = self.relay
-        if not relay.upstream_host:
-            raise RelayError("relay.upstream_host is not set: the relay needs a smarthost / next hop to hand mail to")
-        if relay.auth_username and relay.auth_allow_plaintext and not relay.tls_cert_file and not _is_loopback(self.host):
-            raise RelayError("relay.auth_allow_plaintext is for loopback testing only: configure relay.tls_cert_file "
-                             f"and relay.tls_key_file to offer AUTH on {self.host}")
-        if relay.auth_username and not relay.tls_cert_file and not relay.auth_allow_plaintext:
-            raise RelayError("AUTH needs STARTTLS: set relay.tls_cert_file and relay.tls_key_file "
-                             "(or relay.auth_allow_plaintext for a loopback test)")
-        digits = self.settings.correlation.tracking_token.user_digits
-        too_big = sorted(a for a, n in relay.sender_user_numbers.items() if n >= 10 ** digits)
-        if too_big:
-            raise RelayError(f"relay.sender_user_numbers: the numbers of {', '.join(too_big)} do not fit "
-                             f"correlation.tracking_token.user_digits ({digits})")
-        if not self.inbound and not relay.auth_username and not _is_loopback(self.host):
-            log.warning("outbound relay on %s without AUTH: anyone who reaches port %d can send through it",
-                        self.host, self.port)
+        """Refuse to start when the configuration is unsafe or incomplete in this mode on this
+        address (the same judgement as ``threadline doctor``'s)."""
+        problems = policy.relay_config_problems(self.settings, inbound=self.inbound, host=self.host)
+        if problems:
+            raise RelayError(f"the {self.mode} relay on {self.host} does not start: "
+                             + "; ".join(str(p) for p in problems))
 
     def start(self) -> "SmtpRelay":
-        from aiosmtpd.controller import Controller
+        from pipeline.mail.relay_server import RelayController
 
         self.check()
         # aiosmtpd logs every command, sender and recipient at INFO (personal data): keep its own
@@ -623,15 +612,21 @@ class SmtpRelay:
             if self._writer is None:
                 self._writer = RawRecordWriter(self.settings, self.bootstrap, self.codec)
             auth = bool(self.relay.auth_username)
-            self._controller = Controller(
-                _Handler(self), hostname=self.host, port=self.port, server_hostname=self.hostname,
+            self._controller = RelayController(
+                _Handler(self), self.limits, self.relay.session_timeout_s,
+                hostname=self.host, port=self.port, server_hostname=self.hostname,
                 ident="threadline relay", enable_SMTPUTF8=True,
                 data_size_limit=self.relay.max_message_size or self.settings.mail.max_message_bytes,
                 decode_data=False, tls_context=tls,
                 # RFC 3207: an MX must not require TLS from the MTAs that deliver to it
                 require_starttls=tls is not None and not self.inbound,
-                authenticator=self._authenticate if auth else None, auth_required=auth and not self.inbound,
+                # Not aiosmtpd's auth_required: a client of relay.client_networks may send without
+                # a login, so handle_MAIL decides (see may_send).
+                authenticator=self._authenticate if auth else None, auth_required=False,
                 auth_require_tls=not (auth and self.relay.auth_allow_plaintext and tls is None),
+                # Reset by every command but not by DATA lines: it also bounds a whole DATA transfer,
+                # so a client dribbling its data is cut off too.
+                timeout=self.relay.command_timeout_s,
             )
             self._controller.start()
         except BaseException:
@@ -673,6 +668,41 @@ class SmtpRelay:
         if not (user_ok and password_ok):
             log.warning("AUTH %s failed from %s", mechanism, session.peer[0] if session.peer else "?")
         return AuthResult(success=user_ok and password_ok, handled=False)
+
+    # -- the envelope: who may send, to whom, how much --
+    def may_send(self, session, address: str) -> str | None:
+        """MAIL FROM: the refusal reply, or ``None`` when the client may start this mail."""
+        key = policy.client_key(session.peer)
+        if not self.inbound:
+            if not session.authenticated and not policy.in_networks(policy.client_ip(session.peer),
+                                                                    self.client_networks):
+                log.warning("MAIL refused: %s is neither logged in nor in relay.client_networks", key)
+                return policy.AUTH_REQUIRED if self.relay.auth_username else policy.CLIENT_NOT_ALLOWED
+            # The null sender (<>) is refused too: bounces come from MTAs, not from submitting clients.
+            if policy.address_domain(address) not in self.own_domains:
+                log.warning("MAIL refused from %s: the sender's domain is not in relay.own_domains", key)
+                return policy.SENDER_NOT_OURS
+        if not self.limits.take_message(key):
+            log.warning("MAIL refused from %s: over relay.max_messages_per_client", key)
+            return policy.MESSAGE_RATE
+        return None
+
+    def may_receive(self, session, envelope, address: str) -> str | None:
+        """RCPT TO: the refusal reply, or ``None`` when this recipient is accepted."""
+        key = policy.client_key(session.peer)
+        if self.inbound and policy.address_domain(address) not in self.own_domains:
+            return policy.RECIPIENT_NOT_OURS
+        if len(envelope.rcpt_tos) >= self.relay.max_recipients_per_message:
+            refusal, limit = policy.TOO_MANY_RECIPIENTS, "relay.max_recipients_per_message"
+        elif not self.limits.take_recipient(key):
+            refusal, limit = policy.RECIPIENT_RATE, "relay.max_recipients_per_client"
+        else:
+            return None
+        # One log line per mail, not one per refused RCPT (thousands of them are the attack).
+        if not getattr(envelope, "threadline_over_limit", False):
+            envelope.threadline_over_limit = True
+            log.warning("RCPT refused from %s: over %s (%d accepted in this mail)", key, limit, len(envelope.rcpt_tos))
+        return refusal
 
     # -- one mail --
     def _received(self, session, queue_id: str) -> bytes:
@@ -844,8 +874,27 @@ class _Handler:
     def __init__(self, relay: SmtpRelay) -> None:
         self.relay = relay
 
+    async def handle_MAIL(self, server, session, envelope, address, mail_options) -> str:  # aiosmtpd hook
+        refusal = self.relay.may_send(session, address)
+        if refusal:
+            return refusal
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:  # aiosmtpd hook
+        refusal = self.relay.may_receive(session, envelope, address)
+        if refusal:
+            return refusal
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
     async def handle_DATA(self, server, session, envelope) -> str:  # aiosmtpd hook
-        return await self.relay.handle(session, envelope)
+        # Shielded: a client dropped by a timeout (or gone) while the mail is being recorded and
+        # queued must not cut that work in half (recorded but never queued); the mail goes on,
+        # and the client, who heard no 250, sends it again (at-least-once, docs/smtp.md).
+        return await asyncio.shield(self.relay.handle(session, envelope))
 
 
 def run_relay(settings: Settings, bootstrap: str, codec: AvroCodec, *, inbound: bool | None = None,
@@ -855,11 +904,12 @@ def run_relay(settings: Settings, bootstrap: str, codec: AvroCodec, *, inbound: 
 
     from pipeline.broker import create_topics
 
+    relay = SmtpRelay(settings, bootstrap, codec, inbound=inbound, host=host, port=port)
+    relay.check()  # an unsafe configuration is refused before anything else is tried
     try:
         create_topics(settings.kafka, bootstrap, timeout_s=5)
     except Exception as exc:  # the relay answers 451 until the broker is back
         print(f"threadline: broker not reachable yet ({exc}); mail is refused with 451 until it is", file=sys.stderr)
-    relay = SmtpRelay(settings, bootstrap, codec, inbound=inbound, host=host, port=port)
     stopped = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stopped.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -76,6 +76,7 @@ retry_interval_s = 0.2
 retry_max_interval_s = 1
 subject_tokens = {str(subject_tokens).lower()}
 sender_user_numbers = {{ "ann@acme.test" = 7 }}
+own_domains = ["acme.test", "customer.test", "beta.test"]
 {extra}
 """)
     env = {**os.environ, "THREADLINE_SETTINGS": str(settings_file), "THREADLINE_KAFKA_BOOTSTRAP": bootstrap,

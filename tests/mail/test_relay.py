@@ -1,20 +1,25 @@
 """The SMTP relay without a broker: stamping and marking (pure), the queue, upstream outcomes,
-and the relay's replies with a fake mail.raw writer."""
+the relay's replies with a fake mail.raw writer, and who may send how much (closed by default)."""
 
 from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import email
 import email.policy
 import logging
 import re
+import select
 import shutil
 import smtplib
+import socket
 import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -22,6 +27,7 @@ from aiosmtpd.controller import Controller
 from pipeline.broker import free_port
 from pipeline.correlation.engine import parse_xref
 from pipeline.correlation.tokens import TokenCounter
+from pipeline.mail import relay_policy as policy
 from pipeline.mail.parse import parse_mail
 from pipeline.mail.relay import (
     RecordWriteError, RelayError, RelayQueue, SmtpRelay, deliver_upstream, hop_count, load_counter,
@@ -314,6 +320,7 @@ class FakeWriter:
 
 
 def relay_settings(tmp_path: Path, upstream_port: int, **relay) -> Settings:
+    relay.setdefault("own_domains", ["acme.test"])  # the senders of mail()
     return Settings(tracking=TRACKING, worker={"data_dir": tmp_path / "data"},
                     relay=RelaySettings(upstream_host="127.0.0.1", upstream_port=upstream_port, upstream_timeout_s=5,
                                         retry_interval_s=0.1, retry_max_interval_s=0.2, **relay))
@@ -366,7 +373,8 @@ def test_inbound_relay_changes_nothing_but_the_trace_header(tmp_path):
     port = free_port()
     writer = FakeWriter()
     raw = mail(message_id=None, subject="#track me")
-    with Upstream(port=port) as up, SmtpRelay(relay_settings(tmp_path, port, subject_tokens=True), "unused:9092",
+    with Upstream(port=port) as up, SmtpRelay(relay_settings(tmp_path, port, subject_tokens=True,
+                                                             own_domains=["customer.test"]), "unused:9092",
                                               None, inbound=True, host="127.0.0.1", port=free_port(),
                                               writer=writer) as relay:
         send(relay.port, raw)
@@ -394,7 +402,7 @@ def test_refused_for_good_during_the_session_goes_back_to_the_client(tmp_path):
 
 def test_relay_refuses_unsafe_or_incomplete_configurations(tmp_path):
     with pytest.raises(RelayError, match="upstream_host"):
-        SmtpRelay(Settings(), "x:1", None).check()
+        SmtpRelay(Settings(relay={"own_domains": ["acme.test"]}), "x:1", None).check()
     with pytest.raises(RelayError, match="STARTTLS"):
         SmtpRelay(relay_settings(tmp_path, 25, auth_username="u", auth_password="p"), "x:1", None).check()
     with pytest.raises(RelayError, match="loopback"):
@@ -409,13 +417,16 @@ def test_plaintext_auth_on_loopback_and_credentials_stay_out_of_the_log(tmp_path
     caplog.set_level(logging.DEBUG)
     port = free_port()
     secret = "s3cret-Password"
+    # No client network: loopback clients must log in too, as a remote one would.
     with Upstream(port=port) as up, SmtpRelay(
-            relay_settings(tmp_path, port, auth_username="desk", auth_password=secret, auth_allow_plaintext=True),
+            relay_settings(tmp_path, port, auth_username="desk", auth_password=secret, auth_allow_plaintext=True,
+                           client_networks=[]),
             "unused:9092", None, host="127.0.0.1", port=free_port(), writer=FakeWriter()) as relay:
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
             with pytest.raises(smtplib.SMTPSenderRefused) as refused:  # no login, no relaying
                 client.sendmail("ann@acme.test", ["bob@customer.test"], mail())
             assert refused.value.smtp_code == 530
+        assert up.messages == []
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
             with pytest.raises(smtplib.SMTPAuthenticationError):
                 client.login("desk", "wrong-password")
@@ -443,7 +454,7 @@ def test_starttls_is_required_before_mail_and_auth(tmp_path):
     context.check_hostname = False
     with Upstream(port=port) as up, SmtpRelay(
             relay_settings(tmp_path, port, tls_cert_file=cert, tls_key_file=key, auth_username="desk",
-                           auth_password="s3cret-Password"),
+                           auth_password="s3cret-Password", client_networks=[]),
             "unused:9092", None, host="127.0.0.1", port=free_port(), writer=FakeWriter()) as relay:
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
             client.ehlo()
@@ -455,6 +466,262 @@ def test_starttls_is_required_before_mail_and_auth(tmp_path):
             client.starttls(context=context)
             client.ehlo()
             assert "PLAIN" in client.esmtp_features["auth"] and "LOGIN" in client.esmtp_features["auth"]
+            with pytest.raises(smtplib.SMTPSenderRefused) as not_logged_in:  # TLS alone is no licence
+                client.sendmail("ann@acme.test", ["bob@customer.test"], mail())
+            assert not_logged_in.value.smtp_code == 530
+            client.rset()
             client.login("desk", "s3cret-Password")
             client.sendmail("ann@acme.test", ["bob@customer.test"], mail())
+        # STARTTLS set the connection up a second time: it was still counted once, and freed.
+        wait_for(lambda: relay.limits.open_connections == 0)
     assert len(up.messages) == 1 and b"with ESMTPSA id" in up.messages[0][2]
+
+
+# -- closed by default: who may send, to whom, how much ----------------------------------------
+def judged(inbound: bool = False, host: str = "127.0.0.1", **relay) -> list[str]:
+    settings = Settings(relay={"upstream_host": "smtp.acme.test", **relay})
+    return [str(p) for p in policy.relay_config_problems(settings, inbound=inbound, host=host)]
+
+
+def test_the_configuration_is_judged_per_mode_and_listening_address():
+    for inbound in (False, True):  # no own domains: neither mode starts, even on loopback
+        [problem] = judged(inbound)
+        assert "no own domains" in problem and "relay.own_domains" in problem
+    ours = {"own_domains": ["acme.test"]}
+    assert judged(**ours) == [] and judged(True, **ours) == []
+    fallback = Settings(relay={"upstream_host": "x"}, untracked={"own_domains": ["acme.test"]})
+    assert policy.relay_config_problems(fallback, inbound=False, host="127.0.0.1") == []
+    assert policy.own_domains(fallback) == {"acme.test"}
+    # Off loopback an outbound relay needs AUTH over TLS ...
+    for host in ("0.0.0.0", "::", "192.0.2.10", "mail.acme.test"):
+        [problem] = judged(host=host, **ours)
+        assert "needs AUTH over TLS" in problem and "relay.tls_cert_file" in problem and "127.0.0.1" in problem
+    tls_auth = {**ours, "tls_cert_file": "/etc/relay/cert.pem", "tls_key_file": "/etc/relay/key.pem",
+                "auth_username": "desk", "auth_password": "pw"}
+    assert judged(host="0.0.0.0", **tls_auth) == []
+    # ... and a client network beyond loopback (sending without a login) is confirmed explicitly.
+    lan = {**tls_auth, "client_networks": ["127.0.0.0/8", "10.1.0.0/16"]}
+    [problem] = judged(host="0.0.0.0", **lan)
+    assert "10.1.0.0/16" in problem and "relay.trust_client_networks" in problem
+    assert judged(host="0.0.0.0", trust_client_networks=True, **lan) == []
+    assert judged(**{**ours, "client_networks": ["10.1.0.0/16"]}) == []  # on loopback nobody else gets in
+    # Inbound off loopback needs only the own domains: anyone may deliver to an MX.
+    assert judged(True, host="0.0.0.0", **ours) == []
+    # Plaintext AUTH stays a loopback test convenience.
+    plain = {**ours, "auth_username": "desk", "auth_password": "pw", "auth_allow_plaintext": True}
+    assert judged(**plain) == []
+    assert any("loopback testing only" in p for p in judged(True, host="0.0.0.0", **plain))
+    assert all(policy.is_loopback_host(h) for h in ("localhost", "::1", "127.0.0.2", "[::1]"))
+    # Settings refuse what cannot be judged.
+    for bad in ({"client_networks": ["10.1.0.0/33"]}, {"client_networks": ["lan"]}, {"own_domains": ["ann@acme.test"]}):
+        with pytest.raises(ValueError):
+            RelaySettings(**bad)
+    assert RelaySettings(own_domains=["ACME.test."], client_networks=["10.1.2.3/16"]).model_dump(
+        include={"own_domains", "client_networks"}) == {"own_domains": ("acme.test",), "client_networks": ("10.1.0.0/16",)}
+
+
+def test_client_limits_are_token_buckets_per_client_and_connection_counts(monkeypatch):
+    now = [1000.0]
+    limits = policy.ClientLimits(RelaySettings(max_messages_per_client=3, max_recipients_per_client=5,
+                                               rate_window_s=30, max_connections=3, max_connections_per_client=2),
+                                 clock=lambda: now[0])
+    assert [limits.take_message("a") for _ in range(4)] == [True, True, True, False]
+    assert limits.take_message("b")  # another client has its own bucket
+    now[0] += 10  # a third of the window gives one message back ...
+    assert [limits.take_message("a") for _ in range(2)] == [True, False]
+    now[0] += 3600  # ... and a long pause no more than the bucket holds
+    assert [limits.take_message("a") for _ in range(4)] == [True, True, True, False]
+    assert sum(limits.take_recipient("a") for _ in range(10)) == 5
+    assert [limits.connect(k) for k in ("a", "a", "a", "b", "c")] == [
+        None, None, policy.CONNECTIONS_PER_CLIENT, None, policy.CONNECTIONS_TOTAL]
+    limits.disconnect("a")
+    limits.disconnect("never-connected")
+    assert limits.connect("c") is None and limits.open_connections == 3
+    # Forgetting idle clients keeps the table bounded (an IPv6 attacker has many addresses).
+    monkeypatch.setattr(policy, "_TRACKED_CLIENTS", 3)
+    rate = policy.RateLimit(2, 10, lambda: now[0])
+    for key in ("x", "y", "z"):
+        rate.take(key)
+    now[0] += 10
+    rate.take("new")
+    assert list(rate._buckets) == ["new"]
+    # What is counted per client, and how addresses compare.
+    assert policy.client_key(("127.0.0.1", 5000)) == "127.0.0.1"
+    assert policy.client_key(("::ffff:192.0.2.7", 1, 0, 0)) == "192.0.2.7"
+    assert policy.client_key(("2001:db8:1:2:aaaa::1", 1, 0, 0)) == policy.client_key(
+        ("2001:db8:1:2:bbbb::9", 2, 0, 0)) == "2001:db8:1:2::/64"
+    assert policy.in_networks(policy.client_ip(("::ffff:127.0.0.1", 1, 0, 0)), policy.parse_networks(["127.0.0.0/8"]))
+    assert policy.address_domain("Ann@ACME.test.") == "acme.test" and policy.address_domain("<>") is None
+    assert policy.address_domain('"a@evil.test"@acme.test') == "acme.test"
+    assert policy.address_domain("ann@bücher.test") == "xn--bcher-kva.test"
+
+
+@contextlib.contextmanager
+def running(tmp_path: Path, *, inbound: bool = False, **relay):
+    """A real upstream and the relay in this process on free loopback ports."""
+    port = free_port()
+    writer = FakeWriter()
+    with Upstream(port=port) as up, SmtpRelay(relay_settings(tmp_path, port, **relay), "unused:9092", None,
+                                              inbound=inbound, host="127.0.0.1", port=free_port(),
+                                              writer=writer) as relay_server:
+        yield up, relay_server, writer
+
+
+def test_a_client_outside_client_networks_may_not_send(tmp_path):
+    # Tests connect from loopback only: networks without it stand for a client from anywhere else.
+    with running(tmp_path, client_networks=["192.0.2.0/24"]) as (up, relay, writer):
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+                client.sendmail("ann@acme.test", ["bob@customer.test"], mail())
+        assert refused.value.smtp_code == 550 and refused.value.smtp_error.startswith(b"5.7.1 Relaying denied")
+    assert up.messages == [] and writer.records == []
+
+
+def test_a_forged_sender_is_refused_from_an_allowed_client_and_nothing_leaves(tmp_path):
+    with running(tmp_path) as (up, relay, writer):
+        # A foreign domain, look-alikes of ours, a subdomain (not listed) and the null sender.
+        for sender in ("ceo@bank.test", "ann@acme.test.evil.test", "ann@evilacme.test", "ann@mail.acme.test", ""):
+            with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+                with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+                    client.sendmail(sender, ["bob@customer.test"], mail())
+            assert refused.value.smtp_code == 553 and refused.value.smtp_error.startswith(b"5.7.1"), sender
+        assert up.messages == [] and writer.records == []
+        send_as = smtplib.SMTP("127.0.0.1", relay.port, timeout=10)
+        with send_as as client:  # the same client with the organisation's own sender is relayed
+            client.sendmail("Ann@ACME.test", ["bob@customer.test"], mail())
+    assert len(up.messages) == 1 and up.messages[0][0] == "Ann@ACME.test" and len(writer.records) == 1
+
+
+def test_five_thousand_recipients_in_97_domains_get_the_limit_and_452_for_the_rest(tmp_path):
+    rcpts = [f"user{n}@domain{n % 97}.test" for n in range(5000)]
+    with running(tmp_path) as (up, relay, writer):
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=30) as client:
+            refused = client.sendmail("ann@acme.test", rcpts, mail())
+    limit = RelaySettings().max_recipients_per_message
+    assert limit == 100
+    assert list(refused) == rcpts[limit:]
+    assert {(code, text[:5]) for code, text in refused.values()} == {(452, b"4.5.3")}
+    assert len(up.messages) == 1 and up.messages[0][1] == rcpts[:limit] and len(writer.records) == 1
+
+
+def test_inbound_takes_mail_from_anyone_for_the_own_domains_only(tmp_path):
+    # No client network at all: inbound, any MTA may deliver; the recipients decide.
+    with running(tmp_path, inbound=True, own_domains=["customer.test"], client_networks=[]) as (up, relay, writer):
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            refused = client.sendmail("news@sender.test", ["bob@customer.test", "eve@other.test",
+                                                           "bob@customer.test.other.test"], mail())
+        assert set(refused) == {"eve@other.test", "bob@customer.test.other.test"}
+        assert {(code, text[:5]) for code, text in refused.values()} == {(550, b"5.7.1")}
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            with pytest.raises(smtplib.SMTPRecipientsRefused):
+                client.sendmail("spam@sender.test", ["victim@elsewhere.test"], mail())
+            client.sendmail("", ["bob@customer.test"], mail())  # a bounce (null sender) is delivered
+    assert [(m[0], m[1]) for m in up.messages] == [("news@sender.test", ["bob@customer.test"]),
+                                                   ("<>", ["bob@customer.test"])]
+
+
+def test_per_client_rates_of_messages_and_recipients(tmp_path):
+    with running(tmp_path, max_messages_per_client=3, max_recipients_per_client=4) as (up, relay, writer):
+        send(relay.port, mail(), rcpts=["a@customer.test", "b@customer.test"])
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            refused = client.sendmail("ann@acme.test", ["c@x.test", "d@x.test", "e@x.test"], mail())
+            assert list(refused) == ["e@x.test"] and refused["e@x.test"][0] == 451
+            with pytest.raises(smtplib.SMTPRecipientsRefused) as no_recipient_left:
+                client.sendmail("ann@acme.test", ["f@x.test"], mail())
+            assert no_recipient_left.value.recipients["f@x.test"][0] == 451
+            with pytest.raises(smtplib.SMTPSenderRefused) as no_message_left:
+                client.sendmail("ann@acme.test", ["g@x.test"], mail())
+            assert no_message_left.value.smtp_code == 451 and no_message_left.value.smtp_error.startswith(b"4.7.1")
+    assert [m[1] for m in up.messages] == [["a@customer.test", "b@customer.test"], ["c@x.test", "d@x.test"]]
+
+
+def test_connections_per_client_are_capped(tmp_path):
+    with running(tmp_path, max_connections_per_client=2) as (up, relay, writer):
+        wait_for(lambda: relay.limits.open_connections == 0)  # the controller's own start-up probe
+        first = smtplib.SMTP("127.0.0.1", relay.port, timeout=10)
+        second = smtplib.SMTP("127.0.0.1", relay.port, timeout=10)
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP("127.0.0.1", relay.port, timeout=10)
+        assert refused.value.smtp_code == 421
+        first.quit()
+        wait_for(lambda: relay.limits.open_connections == 1)
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as again:  # a freed place can be taken
+            again.sendmail("ann@acme.test", ["bob@customer.test"], mail())
+        second.quit()
+    assert len(up.messages) == 1
+
+
+def _reply(reader) -> bytes:
+    line = reader.readline()
+    while line[3:4] == b"-":
+        line = reader.readline()
+    return line
+
+
+def _closed_within(sock: socket.socket, seconds: float, keep_busy: Callable[[], None]) -> float | None:
+    """Keep the client busy until the server closes the connection; how long that took."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        try:
+            keep_busy()
+            readable, _, _ = select.select([sock], [], [], 0.1)
+            if readable and sock.recv(4096) == b"":
+                return time.monotonic() - started
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - started
+    return None
+
+
+def test_slow_clients_are_dropped_idle_dribbling_data_or_too_long(tmp_path):
+    with running(tmp_path, command_timeout_s=0.5, session_timeout_s=1.5) as (up, relay, writer):
+        # Silent after the greeting.
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as sock:
+            assert _reply(sock.makefile("rb")).startswith(b"220")
+            idle = _closed_within(sock, 5, lambda: None)
+        assert idle is not None and idle < 1.2
+        # DATA dribbled a line every 0.1 s: lines are no commands, so the timer set at DATA runs out.
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as sock:
+            reader = sock.makefile("rb")
+            _reply(reader)
+            for command, expected in ((b"HELO slow.test", b"250"), (b"MAIL FROM:<ann@acme.test>", b"250"),
+                                      (b"RCPT TO:<bob@customer.test>", b"250"), (b"DATA", b"354")):
+                sock.sendall(command + b"\r\n")
+                assert _reply(reader).startswith(expected)
+            dribbling = _closed_within(sock, 5, lambda: sock.sendall(b"Subject: still typing\r\n"))
+        assert dribbling is not None and dribbling < 1.2
+        # Busy with NOOPs: each resets the idle timer, the session limit ends it with 421.
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as sock:
+            reader = sock.makefile("rb")
+            started = time.monotonic()
+            _reply(reader)
+            replies = []
+            while (not replies or replies[-1].startswith(b"250")) and time.monotonic() - started < 5:
+                sock.sendall(b"NOOP\r\n")
+                replies.append(_reply(reader))
+                time.sleep(0.2)
+            lasted = time.monotonic() - started
+        assert replies[-1].startswith(b"421 4.4.2") and 1.4 < lasted < 3, (replies[-1], lasted)
+        assert len(replies) > 3  # the NOOPs did keep it alive past the idle timeout
+        assert up.messages == [] and writer.records == []
+        send(relay.port, mail())  # a prompt client is served
+    assert len(up.messages) == 1
+
+
+def test_listening_off_loopback_needs_a_safe_configuration(tmp_path):
+    port = free_port()
+    relay = SmtpRelay(relay_settings(tmp_path, 25), "x:1", None, host="0.0.0.0", port=port)
+    with pytest.raises(RelayError, match="needs AUTH over TLS") as refused:
+        relay.start()
+    assert "relay.auth_username" in str(refused.value) and "listen on 127.0.0.1" in str(refused.value)
+    with pytest.raises(OSError):  # nothing listens
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    # The command says so and exits 2 before it tries the broker (none listens on port 1).
+    env = {"PATH": "/usr/bin:/bin", "THREADLINE_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+           "THREADLINE_RELAY_UPSTREAM_HOST": "127.0.0.1", "THREADLINE_RELAY_OWN_DOMAINS": '["acme.test"]',
+           "THREADLINE_WORKER_DATA_DIR": str(tmp_path / "data")}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "smtp", "--host", "0.0.0.0", "--port", str(port)],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "needs AUTH over TLS" in result.stderr and "broker" not in result.stderr
+    assert time.monotonic() - started < 20
