@@ -163,6 +163,24 @@ def check_blob_store(settings: Settings) -> list[Check]:
     return [Check("blob store", True, detail)]
 
 
+def check_relay(settings: Settings) -> list[Check]:
+    """`threadline smtp` as configured (relay.mode on relay.host): the judgement the relay itself
+    makes before it starts (pipeline/mail/relay_policy.py), one check per problem."""
+    from pipeline.mail.relay_policy import own_domains, relay_config_problems
+
+    relay = settings.relay
+    if not relay.upstream_host:
+        return [Check("smtp relay", True, "not configured (relay.upstream_host unset)")]
+    name = f"smtp relay ({relay.mode} on {relay.host})"
+    problems = relay_config_problems(settings, inbound=relay.mode == "inbound", host=relay.host)
+    if problems:
+        return [Check(name, False, p.problem + ": it does not start", p.fix) for p in problems]
+    who = ("recipients of" if relay.mode == "inbound" else "clients that log in or are in "
+           f"{', '.join(relay.client_networks) or 'no network'}, as senders of")
+    return [Check(name, True, f"closed: {who} {', '.join(sorted(own_domains(settings)))}; "
+                  f"--host / --inbound on the command line are judged again at start")]
+
+
 def run_checks(settings: Settings) -> list[Check]:
     return [*check_settings(settings), *check_blob_store(settings), *check_schemas(), *check_broker(settings),
-            *check_clickhouse(settings)]
+            *check_clickhouse(settings), *check_relay(settings)]

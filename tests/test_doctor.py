@@ -85,7 +85,7 @@ def test_run_checks_on_defaults_all_pass(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default blob store is data/blobs under the current folder
     checks = run_checks(Settings())
     assert {c.name for c in checks} == {"hash_filter_keywords", "tracking keys", "blob store", "schemas", "broker",
-                                        "clickhouse"}
+                                        "clickhouse", "smtp relay"}
     assert [c.format() for c in checks if not c.ok] == []
 
 
@@ -125,3 +125,25 @@ def test_blob_store_that_cannot_take_writes_fails_with_a_fix(tmp_path):
     assert not check.ok and "blobs" in check.detail and "THREADLINE_MAIL_BLOB_DIR" in check.fix
     [good] = check_blob_store(load_settings(None, environ={"THREADLINE_MAIL_BLOB_DIR": str(tmp_path / "blobs")}))
     assert good.ok and (tmp_path / "blobs").is_dir() and not any((tmp_path / "blobs").iterdir())
+
+
+def test_relay_is_judged_as_the_relay_judges_itself_before_it_starts():
+    from pipeline.doctor import check_relay
+
+    def relay_checks(**variables):
+        return check_relay(load_settings(None, environ={"THREADLINE_SETTINGS": "/dev/null", **variables}))
+
+    [unused] = relay_checks()
+    assert unused.ok and "not configured" in unused.detail
+    upstream = {"THREADLINE_RELAY_UPSTREAM_HOST": "smtp.acme.test"}
+    [no_domains] = relay_checks(**upstream)
+    assert not no_domains.ok and "does not start" in no_domains.detail and "relay.own_domains" in no_domains.fix
+    ours = {**upstream, "THREADLINE_RELAY_OWN_DOMAINS": '["acme.test"]'}
+    [closed] = relay_checks(**ours)
+    assert closed.ok and "acme.test" in closed.detail and "127.0.0.0/8" in closed.detail
+    failing = relay_checks(**ours, THREADLINE_RELAY_HOST="0.0.0.0",
+                           THREADLINE_RELAY_CLIENT_NETWORKS='["10.0.0.0/8"]')
+    assert [c.ok for c in failing] == [False, False]
+    assert "AUTH over TLS" in failing[0].detail and "relay.trust_client_networks" in failing[1].fix
+    [mx] = relay_checks(**ours, THREADLINE_RELAY_HOST="0.0.0.0", THREADLINE_RELAY_MODE="inbound")
+    assert mx.ok and "inbound on 0.0.0.0" in mx.name
