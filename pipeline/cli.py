@@ -222,13 +222,15 @@ def cmd_campaign_list(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from pipeline.analytics.dashboards import CAMPAIGN_ROI
-    from pipeline.analytics.panels import panel_sql
+    from pipeline.analytics.panels import panel_query
 
     store = _store(_settings(args))
     panel = next(p for p in CAMPAIGN_ROI.panels if p.title == "Campaigns")
-    sql = panel_sql(panel, database=store.database, time_from=datetime(1970, 1, 2, tzinfo=timezone.utc),
-                    time_to=datetime.now(timezone.utc), variables={"tenant": args.tenant, "campaign": "All"})
-    result = store.client.query(sql)
+    # The tenant goes as a server-side parameter, never into the SQL text.
+    sql, parameters = panel_query(panel.sql, database=store.database,
+                                  time_from=datetime(1970, 1, 2, tzinfo=timezone.utc), time_to=datetime.now(timezone.utc),
+                                  variables={"tenant": args.tenant, "campaign": "All"})
+    result = store.client.query(sql, parameters=parameters)
     print("\t".join(result.column_names))
     for row in result.result_rows:
         print("\t".join("" if value is None else str(value) for value in row))
@@ -573,10 +575,27 @@ def _store(settings: Settings):
     return store
 
 
+def _sql_parameters(pairs: Sequence[str]) -> dict[str, str]:
+    parameters = {}
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        if not equals or not name.isidentifier():
+            raise UserError(f"--param {pair!r}: write NAME=VALUE and use {{NAME:String}} (or another type) in the query")
+        parameters[name] = value
+    return parameters
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
+    parameters = _sql_parameters(args.param)
+    unused = [name for name in parameters if f"{{{name}:" not in args.query]
+    if unused:
+        # Without a {name:Type} placeholder clickhouse-connect would format the value into the
+        # text on the client instead of binding it.
+        raise UserError(f"--param {unused[0]} is not used as {{{unused[0]}:Type}} in the query")
     store = _store(_settings(args))
     try:
-        result = store.query(args.query)
+        # Values given with --param are bound by ClickHouse ({name:Type}), not pasted into the text.
+        result = store.query(args.query, parameters=parameters or None)
     except Exception as exc:  # ClickHouse reports syntax and type errors as exceptions
         raise UserError(str(exc).splitlines()[0]) from exc
     print("\t".join(result.column_names))
@@ -714,10 +733,11 @@ def cmd_escalations(args: argparse.Namespace) -> int:
 SELECT tenant, message_id, argMax(state, event_time) AS state, max(event_time) AS since,
        argMax(owner, event_time) AS owner, argMax(mailbox, event_time) AS mailbox, argMax(policy, event_time) AS policy
 FROM {db}.escalations FINAL
+WHERE {tenant:String} = '' OR tenant = {tenant:String}
 GROUP BY tenant, message_id
 HAVING (state = {state:String} OR ({state:String} = '' AND state != 'RESOLVED'))
    AND ({owner:String} = '' OR owner = {owner:String})
-ORDER BY since""", parameters={"state": args.state or "", "owner": args.owner or ""}).result_rows
+ORDER BY since""", parameters={"state": args.state or "", "owner": args.owner or "", "tenant": args.tenant or ""}).result_rows
     print("tenant\tmessage_id\tstate\tsince\towner\tmailbox\tpolicy")
     for row in rows:
         print("\t".join("" if v is None else str(v) for v in row))
@@ -884,6 +904,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sql = command("sql", cmd_sql, "Run a query on the ClickHouse store ({db} stands for the database).")
     sql.add_argument("query")
+    sql.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="a value for {NAME:String} (or another type) in the query, bound by ClickHouse; repeatable")
 
     report = command("report", cmd_report, "Render every dashboard panel into one self-contained HTML page.")
     report.add_argument("--out", default="data/report.html")
@@ -921,6 +943,7 @@ def build_parser() -> argparse.ArgumentParser:
     escalations = command("escalations", cmd_escalations, "List unanswered mail by escalation state (open ones by default).")
     escalations.add_argument("--state", choices=("OPEN", "WARNED", "ESCALATED", "RESOLVED"))
     escalations.add_argument("--owner")
+    escalations.add_argument("--tenant", help="only this tenant (default: every tenant)")
 
     dashboards = command("dashboards", cmd_dashboards, "Build the Grafana dashboard JSON, or check it is current.")
     dashboards.add_argument("action", choices=("build", "check"))

@@ -13,7 +13,11 @@ from pipeline.sinks.clickhouse import ClickHouseStore
 
 @pytest.fixture(scope="session")
 def chdb_path(tmp_path_factory):
-    return tmp_path_factory.mktemp("chdb")
+    # Laid out like a data folder's store (<worker.data_dir>/clickhouse), so that a CLI command
+    # run in-process with worker.data_dir set to its parent opens this same embedded engine.
+    path = tmp_path_factory.mktemp("data") / "clickhouse"
+    path.mkdir()
+    return path
 
 
 @pytest.fixture

@@ -5,6 +5,13 @@
 SQL targets the ``grafana-clickhouse-datasource`` plugin and the database ``threadline`` (the
 default of ``clickhouse.database``).  Counting queries read FINAL tables or the ``*_latest``
 views, so redeliveries and replays never double count.
+
+Every template variable is written ``decodeURLComponent('${name:percentencode}')`` (numbers are
+parsed from that with ``toUInt16OrZero``): Grafana percent-encodes the value, so nothing typed
+into a variable can change a query's shape (see :mod:`pipeline.analytics.macros`, which refuses
+any other form).  Every panel and variable query filters by the tenant variable; dead letters
+carry their tenant as the record key (every topic is keyed by tenant).  The read-only users of
+``deploy/clickhouse/grafana-reader.sql`` are held to their tenant by row policies as well.
 """
 
 from __future__ import annotations
@@ -15,7 +22,6 @@ from pathlib import Path
 
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent.parent / "dashboards"
 DATASOURCE = {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}
-TENANT = "tenant = '${tenant}'"
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,8 @@ RESPONSE_TIMES = Dashboard(
     variables=(
         TENANT_VARIABLE,
         Variable("responder", "Owner", "SELECT DISTINCT responder FROM threadline.mail_responses "
-                 "WHERE tenant = '${tenant}' ORDER BY responder", default="All", include_all=True),
+                 "WHERE tenant = decodeURLComponent('${tenant:percentencode}') ORDER BY responder",
+                 default="All", include_all=True),
         Variable("unanswered_hours", "Unanswered after (hours)", default="24"),
     ),
     panels=(
@@ -73,7 +80,9 @@ SELECT $__timeInterval(first_response_time) AS time, count() AS first_responses
 FROM (
     SELECT answers_message_id, min(response_time) AS first_response_time
     FROM threadline.mail_responses_latest
-    WHERE tenant = '${tenant}' AND ('${responder}' = 'All' OR responder = '${responder}')
+    WHERE tenant = decodeURLComponent('${tenant:percentencode}')
+      AND (decodeURLComponent('${responder:percentencode}') = 'All'
+           OR responder = decodeURLComponent('${responder:percentencode}'))
     GROUP BY answers_message_id
 )
 WHERE $__timeFilter(first_response_time)
@@ -87,10 +96,11 @@ FROM (
     SELECT answers_message_id, argMin(responder, response_time) AS responder, min(seconds) AS seconds,
            min(response_time) AS first_response_time
     FROM threadline.mail_responses_latest
-    WHERE tenant = '${tenant}'
+    WHERE tenant = decodeURLComponent('${tenant:percentencode}')
     GROUP BY answers_message_id
 )
-WHERE $__timeFilter(first_response_time) AND ('${responder}' = 'All' OR responder = '${responder}')
+WHERE $__timeFilter(first_response_time)
+  AND (decodeURLComponent('${responder:percentencode}') = 'All' OR responder = decodeURLComponent('${responder:percentencode}'))
 GROUP BY owner ORDER BY p50_h""", description="The first reply to each inbound mail; percentiles in hours."),
         Panel("First response time per mailbox (hours)", """
 SELECT mailbox, count() AS answered,
@@ -101,7 +111,7 @@ FROM (
     SELECT answers_message_id, any(mailbox) AS mailbox, min(seconds) AS seconds,
            min(response_time) AS first_response_time
     FROM threadline.mail_responses_latest
-    WHERE tenant = '${tenant}'
+    WHERE tenant = decodeURLComponent('${tenant:percentencode}')
     GROUP BY answers_message_id
 )
 WHERE $__timeFilter(first_response_time)
@@ -109,24 +119,26 @@ GROUP BY mailbox ORDER BY mailbox"""),
         Panel("Unanswered inbound mail", """
 SELECT count() AS unanswered
 FROM threadline.mail_correlated_latest AS m
-WHERE m.tenant = '${tenant}' AND m.direction = 'in' AND $__timeFilter(m.event_time)
-  AND m.event_time < $__toTime - INTERVAL ${unanswered_hours} HOUR
+WHERE m.tenant = decodeURLComponent('${tenant:percentencode}') AND m.direction = 'in' AND $__timeFilter(m.event_time)
+  AND m.event_time < $__toTime - INTERVAL toUInt16OrZero(decodeURLComponent('${unanswered_hours:percentencode}')) HOUR
   AND cityHash64(m.message_id) NOT IN (
-      SELECT cityHash64(answers_message_id) FROM threadline.mail_responses_latest WHERE tenant = '${tenant}')""",
+      SELECT cityHash64(answers_message_id) FROM threadline.mail_responses_latest
+      WHERE tenant = decodeURLComponent('${tenant:percentencode}'))""",
               kind="stat", width=6, description="Inbound mail with no correlated reply, older than the threshold."),
         Panel("Escalations by state", """
 SELECT state, count() AS mails
 FROM threadline.escalations FINAL
-WHERE tenant = '${tenant}' AND $__timeFilter(event_time)
+WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND $__timeFilter(event_time)
 GROUP BY state ORDER BY state""", kind="barchart", width=6),
         Panel("Oldest unanswered inbound mail", """
 SELECT m.event_time AS received, m.from_addr AS sender, m.subject, m.mailbox,
        dateDiff('hour', m.event_time, $__toTime) AS waiting_h
 FROM threadline.mail_correlated_latest AS m
-WHERE m.tenant = '${tenant}' AND m.direction = 'in' AND $__timeFilter(m.event_time)
-  AND m.event_time < $__toTime - INTERVAL ${unanswered_hours} HOUR
+WHERE m.tenant = decodeURLComponent('${tenant:percentencode}') AND m.direction = 'in' AND $__timeFilter(m.event_time)
+  AND m.event_time < $__toTime - INTERVAL toUInt16OrZero(decodeURLComponent('${unanswered_hours:percentencode}')) HOUR
   AND cityHash64(m.message_id) NOT IN (
-      SELECT cityHash64(answers_message_id) FROM threadline.mail_responses_latest WHERE tenant = '${tenant}')
+      SELECT cityHash64(answers_message_id) FROM threadline.mail_responses_latest
+      WHERE tenant = decodeURLComponent('${tenant:percentencode}'))
 ORDER BY m.event_time LIMIT 50""", width=24),
     ),
 )
@@ -138,7 +150,8 @@ CAMPAIGN_ROI = Dashboard(
     variables=(
         TENANT_VARIABLE,
         Variable("campaign", "Campaign", "SELECT DISTINCT campaign_id FROM threadline.campaigns "
-                 "WHERE tenant = '${tenant}' ORDER BY campaign_id", default="All", include_all=True),
+                 "WHERE tenant = decodeURLComponent('${tenant:percentencode}') ORDER BY campaign_id",
+                 default="All", include_all=True),
     ),
     panels=(
         Panel("Campaigns", """
@@ -149,17 +162,18 @@ WITH
                uniqExactMerge(machine_clicks) AS machine_clicks, uniqExactMerge(hard_bounces) AS hard_bounces,
                uniqExactMerge(soft_bounces) AS soft_bounces
         FROM threadline.campaign_daily
-        WHERE tenant = '${tenant}' AND day >= toDate($__fromTime) AND day <= toDate($__toTime)
+        WHERE tenant = decodeURLComponent('${tenant:percentencode}')
+          AND day >= toDate($__fromTime) AND day <= toDate($__toTime)
         GROUP BY campaign_id),
     sales AS (
         SELECT campaign_id, count() AS conversions, sum(revenue) AS revenue
         FROM threadline.conversions FINAL
-        WHERE tenant = '${tenant}' AND $__timeFilter(event_time)
+        WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND $__timeFilter(event_time)
         GROUP BY campaign_id),
     costs AS (
         SELECT campaign_id, argMax(name, updated_at) AS name, argMax(cost, updated_at) AS cost
         FROM threadline.campaigns FINAL
-        WHERE tenant = '${tenant}'
+        WHERE tenant = decodeURLComponent('${tenant:percentencode}')
         GROUP BY campaign_id)
 SELECT c.campaign_id AS campaign, c.name AS name, s.unique_openers AS unique_openers, s.human_opens AS human_opens,
        s.machine_opens AS machine_opens, s.human_clicks AS human_clicks, s.machine_clicks AS machine_clicks,
@@ -169,25 +183,30 @@ SELECT c.campaign_id AS campaign, c.name AS name, s.unique_openers AS unique_ope
 FROM costs AS c
 LEFT JOIN stats AS s ON s.campaign_id = c.campaign_id
 LEFT JOIN sales AS v ON v.campaign_id = c.campaign_id
-WHERE '${campaign}' = 'All' OR c.campaign_id = '${campaign}'
+WHERE decodeURLComponent('${campaign:percentencode}') = 'All'
+   OR c.campaign_id = decodeURLComponent('${campaign:percentencode}')
 ORDER BY c.campaign_id""", width=24, description="ROI = (revenue - cost) / cost. Opens and clicks are distinct events."),
         Panel("Opens per day: humans and machines", """
 SELECT toDateTime64(day, 3, 'UTC') AS time, uniqExactMerge(human_opens) AS human_opens,
        uniqExactMerge(machine_opens) AS machine_opens
 FROM threadline.campaign_daily
-WHERE tenant = '${tenant}' AND ('${campaign}' = 'All' OR campaign_id = '${campaign}')
+WHERE tenant = decodeURLComponent('${tenant:percentencode}')
+  AND (decodeURLComponent('${campaign:percentencode}') = 'All' OR campaign_id = decodeURLComponent('${campaign:percentencode}'))
   AND day >= toDate($__fromTime) AND day <= toDate($__toTime)
 GROUP BY time ORDER BY time""", kind="timeseries"),
         Panel("Machine opens and clicks by reason", """
 SELECT ifNull(machine_reason, 'unknown') AS reason, count() AS events
 FROM threadline.tracking_events FINAL
-WHERE tenant = '${tenant}' AND is_machine AND ('${campaign}' = 'All' OR campaign_id = '${campaign}')
+WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND is_machine
+  AND (decodeURLComponent('${campaign:percentencode}') = 'All' OR campaign_id = decodeURLComponent('${campaign:percentencode}'))
   AND $__timeFilter(event_time)
 GROUP BY reason ORDER BY events DESC""", kind="piechart"),
         Panel("Revenue per day", """
 SELECT toStartOfDay(event_time) AS time, round(sum(revenue), 2) AS revenue
 FROM threadline.conversions FINAL
-WHERE tenant = '${tenant}' AND ('${campaign}' = 'All' OR campaign_id = '${campaign}') AND $__timeFilter(event_time)
+WHERE tenant = decodeURLComponent('${tenant:percentencode}')
+  AND (decodeURLComponent('${campaign:percentencode}') = 'All' OR campaign_id = decodeURLComponent('${campaign:percentencode}'))
+  AND $__timeFilter(event_time)
 GROUP BY time ORDER BY time""", kind="timeseries", width=24),
     ),
 )
@@ -201,28 +220,28 @@ CORRELATION_QUALITY = Dashboard(
         Panel("Method mix", """
 SELECT method_name AS method, count() AS mails
 FROM threadline.mail_correlated_latest
-WHERE tenant = '${tenant}' AND $__timeFilter(event_time)
+WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND $__timeFilter(event_time)
 GROUP BY method ORDER BY mails DESC""", kind="piechart", width=8),
         Panel("Linked share per day", """
 SELECT $__timeInterval(event_time) AS time, round(countIf(method NOT IN (0, 1)) / count(), 4) AS linked_share
 FROM threadline.mail_correlated_latest
-WHERE tenant = '${tenant}' AND $__timeFilter(event_time)
+WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND $__timeFilter(event_time)
 GROUP BY time ORDER BY time""", kind="timeseries", width=16),
         Panel("Untracked mail by reason", """
 SELECT reason, count() AS mails
 FROM threadline.mail_untracked_latest
-WHERE tenant = '${tenant}' AND $__timeFilter(event_time)
+WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND $__timeFilter(event_time)
 GROUP BY reason ORDER BY mails DESC""", kind="barchart", width=8),
         Panel("Dead letters by reason", """
 SELECT source_topic, agent, reason, count() AS records, max(failed_at) AS last_seen
 FROM threadline.deadletter FINAL
-WHERE $__timeFilter(failed_at)
+WHERE key = decodeURLComponent('${tenant:percentencode}') AND $__timeFilter(failed_at)
 GROUP BY source_topic, agent, reason ORDER BY records DESC""", width=16),
         Panel("Generations", """
 SELECT generation, any(settings_fingerprint) AS settings, count() AS mails,
        countIf(method NOT IN (0, 1)) AS linked
 FROM threadline.mail_correlated FINAL
-WHERE tenant = '${tenant}'
+WHERE tenant = decodeURLComponent('${tenant:percentencode}')
 GROUP BY generation ORDER BY generation""", width=24,
               description="Every replay is a generation; the newest decision per mail is what the other panels show."),
     ),

@@ -17,21 +17,8 @@ from pipeline.analytics.report import render_report
 from pipeline.analytics.seed import load_records, seed_records
 from pipeline.settings import Settings
 
+# As the `seeded` fixture of conftest.py, for the stores this module loads itself.
 SEED = {"tenants": 2, "mails_per_tenant": 1500, "campaigns": 3, "recipients": 300}
-
-
-@pytest.fixture(scope="module")
-def seeded(chdb_path):
-    from pipeline.sinks.clickhouse import ClickHouseStore
-
-    settings = Settings()
-    settings = settings.model_copy(update={"clickhouse": settings.clickhouse.model_copy(update={"database": "seeded"})})
-    store = ClickHouseStore(settings, chdb_path=chdb_path)
-    store.client.command("DROP DATABASE IF EXISTS seeded")
-    store.migrate()
-    load_records(store, seed_records(settings, **SEED))
-    yield store
-    store.client.command("DROP DATABASE IF EXISTS seeded")
 
 
 def _results(store, tenant: str):
@@ -114,12 +101,15 @@ def test_redelivery_and_two_replays_change_no_count(clickhouse_factory):
 
 def test_macros_expand_time_filters_and_refuse_unknown_variables():
     start, end = datetime(2026, 1, 1), datetime(2026, 2, 1)
-    sql = expand("SELECT 1 WHERE $__timeFilter(t) AND x = '${tenant}' AND $__timeInterval(t) > $__fromTime",
+    sql = expand("SELECT 1 WHERE $__timeFilter(t) AND x = decodeURLComponent('${tenant:percentencode}') "
+                 "AND $__timeInterval(t) > $__fromTime",
                  time_from=start, time_to=end, variables={"tenant": "acme"}, interval_s=3600)
     assert "t >= toDateTime64('2026-01-01 00:00:00', 3, 'UTC') AND t <= toDateTime64('2026-02-01 00:00:00'" in sql
-    assert "x = 'acme'" in sql and "toStartOfInterval(t, INTERVAL 3600 second)" in sql
-    with pytest.raises(MacroError):
-        expand("SELECT $campaign", time_from=start, time_to=end, variables={})
+    assert "x = decodeURLComponent('acme')" in sql and "toStartOfInterval(t, INTERVAL 3600 second)" in sql
+    with pytest.raises(MacroError, match="no value"):
+        expand("SELECT decodeURLComponent('${campaign:percentencode}')", time_from=start, time_to=end, variables={})
+    with pytest.raises(MacroError, match="unknown macro"):
+        expand("SELECT 1 WHERE $__timeFilter_ms(t)", time_from=start, time_to=end, variables={})
 
 
 def test_report_renders_every_panel_and_writes_chart_pngs(seeded, tmp_path):
