@@ -129,9 +129,11 @@ def test_dockerfile_is_pinned_non_root_and_copies_what_exists():
 
 
 def test_reader_sql_grants_only_select():
+    # Privileges go to the reader role (SELECT only); users get nothing but that role.
+    # tests/deploy/test_reader_policies.py checks the row policies.
     sql = (DEPLOY / "clickhouse" / "grafana-reader.sql").read_text()
     grants = re.findall(r"^GRANT (\w+)", sql, re.MULTILINE)
-    assert grants and set(grants) == {"SELECT"}
+    assert grants and set(grants) == {"SELECT", "threadline_tenant_reader"}
     assert "readonly = 1" in sql
 
 
