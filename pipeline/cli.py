@@ -649,6 +649,8 @@ def cmd_smtp(args: argparse.Namespace) -> int:
     from pipeline.mail.relay import RelayError, run_relay
 
     settings = _settings(args)
+    if not args.inbound and settings.relay.mode == "outbound":  # outbound mail gets signed tracking links
+        _refuse_unsafe_keys(settings, "threadline smtp", listen_host=args.host or settings.relay.host)
     bootstrap = _bootstrap(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -204,6 +204,17 @@ def test_tracking_worker_and_up_refuse_the_development_key_outside_the_demo(envi
     assert not (Path.cwd() / "data").exists()
 
 
+def test_outbound_relay_refuses_the_development_key_outside_the_demo_inbound_marks_nothing(environment, capsys):
+    # The outbound relay signs tracking links into mail that leaves; an inbound relay signs nothing.
+    environment.setenv("THREADLINE_TRACKING_BASE_URL", "https://track.example.com")
+    environment.setenv("THREADLINE_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nothing listens; never reached
+    assert main(["smtp", "--port", "1"]) == 2
+    assert "threadline: threadline smtp refuses to run: tracking key 'dev'" in capsys.readouterr().err
+    assert main(["smtp", "--inbound", "--port", "1"]) == 2  # refused for its missing upstream, not the key
+    err = capsys.readouterr().err
+    assert "refuses to run: tracking key" not in err and "upstream" in err
+
+
 def test_worker_app_refuses_on_a_real_cluster():
     from pipeline.streams.app import build_app
 
