@@ -11,8 +11,8 @@
 -- Every table and view has a policy, because a table without one is readable in full by anyone
 -- with SELECT on it. tests/deploy/test_reader_policies.py lists the tables of a migrated
 -- database and fails when one has no policy here, so a migration that adds a table must add
--- its policy too. Apply this file as an admin after changing the password; row policies
--- may be created before the sink has created the tables.
+-- its policy too. Apply this file as an admin; row policies may be created before the sink has
+-- created the tables. It creates no user: a shipped password would be public.
 
 CREATE ROLE IF NOT EXISTS threadline_tenant_reader;
 GRANT SELECT ON threadline.* TO threadline_tenant_reader;
@@ -78,9 +78,9 @@ CREATE ROW POLICY IF NOT EXISTS tenant_reader ON threadline.response_daily_mv FO
 CREATE ROW POLICY IF NOT EXISTS tenant_reader ON threadline.schema_migrations FOR SELECT
     USING 0 TO threadline_tenant_reader;
 
--- One user per tenant. This one reads tenant 'default' (the tenant every command uses when none
--- is given; docker-compose's Grafana logs in as it). Another tenant, e.g. support:
---   CREATE USER IF NOT EXISTS reader_support IDENTIFIED WITH sha256_password BY '...' SETTINGS readonly = 1;
+-- One user per tenant, holding nothing but the role, each with its own long random password.
+-- docker-compose creates reader_default (tenant 'default', the one every command uses when none
+-- is given; its Grafana logs in as it) with deploy/clickhouse/reader-users.sh, from
+-- GRAFANA_READER_PASSWORD. Another tenant, e.g. support:
+--   CREATE USER IF NOT EXISTS reader_support IDENTIFIED WITH sha256_password BY '<a long random password>' SETTINGS readonly = 1;
 --   GRANT threadline_tenant_reader TO reader_support;
-CREATE USER IF NOT EXISTS reader_default IDENTIFIED WITH sha256_password BY 'change-me' SETTINGS readonly = 1;
-GRANT threadline_tenant_reader TO reader_default;

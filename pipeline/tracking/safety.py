@@ -52,7 +52,7 @@ MIN_DISTINCT_CHARS = 8
 EXAMPLE_SECRETS: tuple[str, ...] = (
     DEVELOPMENT_TRACKING_KEY,
     "replace-with-a-long-random-secret",  # deploy/compose/threadline.env.example
-    "change-me",  # deploy/clickhouse/grafana-reader.sql (a password, but people copy placeholders)
+    "change-me",  # grafana-reader.sql's reader password until issue 13 (a password, but people copy placeholders)
 )
 
 GENERATE_KEY = "python -c \"import secrets; print(secrets.token_urlsafe(32))\""

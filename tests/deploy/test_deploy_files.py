@@ -133,8 +133,31 @@ def test_reader_sql_grants_only_select():
     # tests/deploy/test_reader_policies.py checks the row policies.
     sql = (DEPLOY / "clickhouse" / "grafana-reader.sql").read_text()
     grants = re.findall(r"^GRANT (\w+)", sql, re.MULTILINE)
-    assert grants and set(grants) == {"SELECT", "threadline_tenant_reader"}
-    assert "readonly = 1" in sql
+    assert grants == ["SELECT"]
+    # No user with a password: the shipped one would be public (issue 13). Only a commented example.
+    assert not re.search(r"^\s*CREATE USER", sql, re.MULTILINE | re.IGNORECASE)
+    assert "IDENTIFIED" not in "".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    # compose's reader comes from reader-users.sh: read-only and granted that role, nothing else.
+    # tests/deploy/test_reader_users.py runs it.
+    script = (DEPLOY / "clickhouse" / "reader-users.sh").read_text()
+    assert re.findall(r"^GRANT .*$", script, re.MULTILINE) == ["GRANT threadline_tenant_reader TO reader_default;\""]
+    assert "SETTINGS readonly = 1;" in script
+
+
+def test_compose_creates_the_reader_after_its_role_with_the_operators_password():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    clickhouse, grafana = services["clickhouse"], services["grafana"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in clickhouse["volumes"] if ":/docker-entrypoint-initdb.d/" in m}
+    # The entrypoint runs /docker-entrypoint-initdb.d/* in name order: the role before the user granted it.
+    assert sorted(mounts) == ["/docker-entrypoint-initdb.d/10-reader-policies.sql",
+                              "/docker-entrypoint-initdb.d/20-reader-users.sh"]
+    assert mounts["/docker-entrypoint-initdb.d/10-reader-policies.sql"] == "../clickhouse/grafana-reader.sql"
+    assert mounts["/docker-entrypoint-initdb.d/20-reader-users.sh"] == "../clickhouse/reader-users.sh"
+    # Required (compose stops at ${X:?}), and the very value Grafana logs in with.
+    required = "${GRAFANA_READER_PASSWORD:?set GRAFANA_READER_PASSWORD}"
+    assert clickhouse["environment"]["GRAFANA_READER_PASSWORD"] == required
+    assert grafana["environment"]["THREADLINE_CLICKHOUSE_USER"] == "reader_default"
+    assert grafana["environment"]["THREADLINE_CLICKHOUSE_PASSWORD"] == required
 
 
 KUBERNETES_VERSION = "1.30"
