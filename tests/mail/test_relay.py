@@ -10,6 +10,7 @@ import email
 import email.policy
 import logging
 import re
+import secrets
 import select
 import shutil
 import smtplib
@@ -718,7 +719,10 @@ def test_listening_off_loopback_needs_a_safe_configuration(tmp_path):
     # The command says so and exits 2 before it tries the broker (none listens on port 1).
     env = {"PATH": "/usr/bin:/bin", "THREADLINE_KAFKA_BOOTSTRAP": "127.0.0.1:1",
            "THREADLINE_RELAY_UPSTREAM_HOST": "127.0.0.1", "THREADLINE_RELAY_OWN_DOMAINS": '["acme.test"]',
-           "THREADLINE_WORKER_DATA_DIR": str(tmp_path / "data")}
+           "THREADLINE_WORKER_DATA_DIR": str(tmp_path / "data"),
+           # A strong tracking key: the development key off loopback is refused first, for its own reason.
+           "THREADLINE_TRACKING_KEYS": '{"k1": "' + secrets.token_urlsafe(32) + '"}',
+           "THREADLINE_TRACKING_CURRENT_KEY_ID": "k1"}
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", "smtp", "--host", "0.0.0.0", "--port", str(port)],
                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
