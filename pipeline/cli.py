@@ -156,6 +156,7 @@ def cmd_mark(args: argparse.Namespace) -> int:
     from pipeline.tracking.mark import MarkError, mark_message
 
     settings = _settings(args)
+    _refuse_unsafe_keys(settings, "threadline mark")  # the links it writes are signed with the keys
     source = Path(args.message)
     if not source.is_file():
         raise UserError(f"no such message: {source}")
@@ -691,6 +692,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from pipeline.synth_traffic import CampaignTraffic, produce_traffic
 
     settings = _settings(args)
+    _refuse_unsafe_keys(settings, "threadline generate")  # its tokens are signed with the keys
     bootstrap = _bootstrap(settings)
     if args.campaigns < 1 or args.recipients < 1:
         raise UserError("--campaigns and --recipients must be positive")

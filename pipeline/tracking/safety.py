@@ -11,7 +11,8 @@ unsafe key unless the run is the loopback demo, and ``threadline doctor`` report
   public because it is in the source;
 * ``example``: contains a secret shipped as an example in docs/, deploy/ or README.md
   (:data:`EXAMPLE_SECRETS`, the one list; a test scans those folders so a new example cannot
-  slip past), case-insensitively, since a copied example is as public with a suffix;
+  slip past), ignoring case and everything but letters and digits, since a copied example is as
+  public with a suffix or other separators;
 * ``short``: fewer than :data:`MIN_SECRET_CHARS` (32) characters;
 * ``repetitive``: fewer than :data:`MIN_DISTINCT_CHARS` (8) different characters, or one shorter
   piece repeated (``abcd`` * 8).
@@ -74,11 +75,15 @@ class KeyProblem:
         }[self.reason]
 
 
+def _letters_and_digits(text: str) -> str:
+    # A copied example stays public with other case or separators: replace_with_a_long_random_secret.
+    return "".join(char for char in text.casefold() if char.isalnum())
+
+
 def _problem(secret: str) -> Reason | None:
     if secret.startswith("INSECURE-development-key"):
         return "development"
-    folded = secret.casefold()
-    if any(example.casefold() in folded for example in EXAMPLE_SECRETS):
+    if any(_letters_and_digits(example) in _letters_and_digits(secret) for example in EXAMPLE_SECRETS):
         return "example"
     if len(secret) < MIN_SECRET_CHARS:
         return "short"

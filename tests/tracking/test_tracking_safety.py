@@ -31,6 +31,8 @@ def reasons(*secrets_: str) -> list[str]:
     ("replace-with-a-long-random-secret", "example"),
     ("prefix-REPLACE-WITH-A-LONG-RANDOM-SECRET-2", "example"),  # a copied example stays public with edits
     ("change-me-0123456789abcdefghijklmnopq", "example"),
+    ("replace_with_a_long_random_secret", "example"),  # other separators: as public
+    ("Replace With A Long Random Secret, 2027!", "example"),
     ("a-test-secret-0123456789", "short"),
     ("x" * 31 + "", "short"),
     ("a" * 40, "repetitive"),
@@ -213,6 +215,23 @@ def test_outbound_relay_refuses_the_development_key_outside_the_demo_inbound_mar
     assert main(["smtp", "--inbound", "--port", "1"]) == 2  # refused for its missing upstream, not the key
     err = capsys.readouterr().err
     assert "refuses to run: tracking key" not in err and "upstream" in err
+
+
+def test_mark_and_generate_refuse_the_development_key_outside_the_demo(environment, capsys, tmp_path):
+    # Both sign tokens: links written into a mail, and generated tracking traffic.
+    message = tmp_path / "in.eml"
+    message.write_bytes(b"From: a@acme.test\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nhttps://shop.example.com/\r\n")
+    environment.setenv("THREADLINE_TRACKING_BASE_URL", "https://track.example.com")
+    environment.setenv("THREADLINE_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nothing listens; never reached
+    for argv, command in ((["mark", str(message), "--campaign", "c1"], "threadline mark"),
+                          (["generate"], "threadline generate")):
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        assert f"threadline: {command} refuses to run: tracking key 'dev'" in captured.err
+        assert captured.out == ""  # no signed link was written
+    environment.delenv("THREADLINE_TRACKING_BASE_URL")  # the loopback demo: marking works
+    assert main(["mark", str(message), "--campaign", "c1"]) == 0
+    assert "https://shop.example.com/" not in capsys.readouterr().out  # the link now goes through the endpoint
 
 
 def test_worker_app_refuses_on_a_real_cluster():
