@@ -29,10 +29,11 @@ SHOW_SECRETS = "show_secrets"
 # and a secret that short is guessed faster than it is read from a log anyway.
 _MIN_SCRUBBED_LENGTH = 4
 
-# scheme://user:password@ — the password runs to the last "@" before the path, so an unencoded "@"
-# inside it is still covered.
-_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*):(?P<password>[^\s/?#]*)@")
-_QUERY_SECRET = re.compile(r"(?P<head>[?&][^=&#\s]*(?:pass|pwd|secret|token|key|auth|sig)[^=&#\s]*=)"
+# scheme://user:password@ — the password runs to the last "@" of the URL, so an unencoded "@" or "/"
+# inside it is still covered (a path holding "@" is then masked too: too much rather than too little).
+_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*):(?P<password>\S*)@")
+# "code": Azure Functions and similar webhooks carry their key as ?code=.
+_QUERY_SECRET = re.compile(r"(?P<head>[?&][^=&#\s]*(?:pass|pwd|secret|token|key|auth|sig|code)[^=&#\s]*=)"
                            r"(?P<value>[^&#\s]*)", re.IGNORECASE)
 
 

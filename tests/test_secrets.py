@@ -138,6 +138,8 @@ def test_a_misspelled_secret_field_is_not_echoed(tmp_path):
     ("https://h/hook?a=1&api_key=abc&b=2", f"https://h/hook?a=1&api_key={MASK}&b=2"),
     ("cannot reach http://a:b1@h1, http://c:d2@h2", f"cannot reach http://a:{MASK}@h1, http://c:{MASK}@h2"),
     ("https://h:8443/db", "https://h:8443/db"),
+    ("http://u:REG/SLASH-x@h:8081", f"http://u:{MASK}@h:8081"),  # an unencoded / in the password
+    ("https://fn.example/api/hook?code=AZ-SECRET", f"https://fn.example/api/hook?code={MASK}"),  # Azure-style key
 ])
 def test_redact_url(text, shown):
     assert redact_url(text) == shown
