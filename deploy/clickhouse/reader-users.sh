@@ -11,8 +11,9 @@
 # uses the entrypoint's `clickhouseclient` array; run, it builds the same command. Either way a
 # refusal below stops the entrypoint, so the container does not start without a reader.
 #
-# There is no default password: one that is missing, shorter than 16 characters, a placeholder
-# or an example value shipped in this repository (they are public) is refused. Generate one:
+# There is no default password: one that is missing, shorter than 16 characters, made of fewer
+# than 8 different characters, a placeholder or an example value shipped in this repository (they
+# are public) is refused. Generate one:
 #   python -c "import secrets; print(secrets.token_urlsafe(32))"
 # The password never reaches a query text (query_log, system.processes) or a process's command
 # line (ps): only its SHA-256 in hex is spliced into the statement (sha256_hash, checked to be
@@ -36,6 +37,11 @@ threadline_reader_users() {
     fi
     if [ "${#password}" -lt 16 ]; then
         echo >&2 "$refuse GRAFANA_READER_PASSWORD is shorter than 16 characters; $fix"
+        exit 1
+    fi
+    # Fewer than 8 different characters: aaaaaaaaaaaaaaaa, 1234512345123451 (the tracking-key rule).
+    if [ "$(printf '%s' "$password" | fold -w1 | sort -u | wc -l)" -lt 8 ]; then
+        echo >&2 "$refuse GRAFANA_READER_PASSWORD has fewer than 8 different characters; $fix"
         exit 1
     fi
     folded="${password,,}"
