@@ -2,8 +2,9 @@
 
 Whoever knows a tracking key can forge opens, clicks that redirect anywhere through our domain,
 and unsubscribes of any address.  So every command that signs or verifies tokens for real (the
-endpoint ``threadline tracking``, ``threadline campaign send``, ``threadline worker``) refuses an
-unsafe key unless the run is the loopback demo, and ``threadline doctor`` reports it.
+endpoint ``threadline tracking``, ``campaign send``, ``worker``, ``up``, the outbound ``smtp``,
+``mark``, ``generate``) refuses an unsafe key unless the run is the loopback demo, and
+``threadline doctor`` reports it.
 
 **Unsafe key** (:func:`key_problems`, every listed key counts, since every listed key verifies):
 
