@@ -723,9 +723,10 @@ class RelaySettings(_Section):
                                        "STARTTLS is offered and required before MAIL.")
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
     auth_username: str | None = Field(None, description="User clients log in as (AUTH PLAIN / LOGIN, after "
-                                      "STARTTLS); set: outbound mail needs a login. Unset: no AUTH.")
+                                      "STARTTLS); set: outbound mail needs a login. Unset: no AUTH. Not empty.")
     auth_password: str | None = Field(None, repr=False, description="SECRET, never logged: password of "
-                                      "auth_username.")
+                                      "auth_username; not empty, and off loopback at least 16 characters, 8 of "
+                                      "them different, no example secret.")
     auth_allow_plaintext: bool = Field(False, description="Offer AUTH without TLS; only when no TLS is configured "
                                        "and the relay listens on loopback (tests).")
     subject_tokens: bool = Field(False, description="Outbound: add a tracking token (correlation.tracking_token "
@@ -772,6 +773,14 @@ class RelaySettings(_Section):
                                      "also the time for a whole DATA transfer (RFC 5321: at least 5 minutes).")
     session_timeout_s: float = Field(1800.0, gt=0, le=86_400, description="Longest SMTP session: then 421 and "
                                      "the connection is closed, however busy the client keeps it.")
+    max_auth_failures_per_connection: int = Field(3, ge=1, le=100, description="Failed logins one connection may "
+                                                  "make; its next AUTH is answered 421 4.7.0 and it is closed.")
+    max_auth_failures_per_client: int = Field(10, ge=1, le=1000, description="Failed logins one client address "
+                                              "(IPv6: its /64) may make within auth_failure_window_s; then its "
+                                              "every AUTH, even with the right password, gets 454 4.7.0 until "
+                                              "its failures fall out of the window.")
+    auth_failure_window_s: float = Field(900.0, gt=0, le=86_400, description="Window of "
+                                         "max_auth_failures_per_client.")
 
     @field_validator("own_domains")
     @classmethod
@@ -811,9 +820,21 @@ class RelaySettings(_Section):
             raise ValueError("tls_cert_file and tls_key_file are set together (or neither)")
         return value
 
+    @field_validator("auth_username")
+    @classmethod
+    def _auth_username_not_empty(cls, value: str | None) -> str | None:
+        # THREADLINE_RELAY_AUTH_USERNAME= is a value, not "unset": refused rather than guessed at.
+        if value is not None and not value.strip():
+            raise ValueError("auth_username is empty: unset it (no AUTH) or name the user clients log in as")
+        return value
+
     @field_validator("auth_password")
     @classmethod
     def _auth_pair(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # An empty password (THREADLINE_RELAY_AUTH_PASSWORD=, an empty _FILE) would let anyone log in.
+        if value is not None and not value.strip():
+            raise ValueError("auth_password is empty: set the password clients log in with (or unset "
+                             "auth_username and auth_password for no AUTH)")
         if "auth_username" in info.data and (value is None) != (info.data["auth_username"] is None):
             raise ValueError("auth_username and auth_password are set together (or neither)")
         return value

@@ -147,3 +147,11 @@ def test_relay_is_judged_as_the_relay_judges_itself_before_it_starts():
     assert "AUTH over TLS" in failing[0].detail and "relay.trust_client_networks" in failing[1].fix
     [mx] = relay_checks(**ours, THREADLINE_RELAY_HOST="0.0.0.0", THREADLINE_RELAY_MODE="inbound")
     assert mx.ok and "inbound on 0.0.0.0" in mx.name
+    # Off loopback a guessable AUTH password is a refusal, as the relay itself refuses it.
+    tls_auth = {**ours, "THREADLINE_RELAY_HOST": "0.0.0.0", "THREADLINE_RELAY_TLS_CERT_FILE": "/etc/r/cert.pem",
+                "THREADLINE_RELAY_TLS_KEY_FILE": "/etc/r/key.pem", "THREADLINE_RELAY_AUTH_USERNAME": "threadline"}
+    [weak] = relay_checks(**tls_auth, THREADLINE_RELAY_AUTH_PASSWORD="change-me")
+    assert not weak.ok and "relay.auth_password" in weak.detail and "example secret" in weak.detail
+    assert "change-me" not in weak.detail + weak.fix and "16 characters" in weak.fix
+    [strong] = relay_checks(**tls_auth, THREADLINE_RELAY_AUTH_PASSWORD="v7-Kq2pXw9Lm4Rt8")
+    assert strong.ok and "closed" in strong.detail

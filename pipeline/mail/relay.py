@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import fcntl
-import hmac
 import json
 import logging
 import os
@@ -620,9 +619,10 @@ class SmtpRelay:
                 decode_data=False, tls_context=tls,
                 # RFC 3207: an MX must not require TLS from the MTAs that deliver to it
                 require_starttls=tls is not None and not self.inbound,
-                # Not aiosmtpd's auth_required: a client of relay.client_networks may send without
-                # a login, so handle_MAIL decides (see may_send).
-                authenticator=self._authenticate if auth else None, auth_required=False,
+                # AUTH is checked and limited by the server class (relay_server.LimitedSMTP).  Not
+                # aiosmtpd's auth_required: a client of relay.client_networks may send without a
+                # login, so handle_MAIL decides (see may_send).
+                auth=auth, auth_required=False,
                 auth_require_tls=not (auth and self.relay.auth_allow_plaintext and tls is None),
                 # Reset by every command but not by DATA lines: it also bounds a whole DATA transfer,
                 # so a client dribbling its data is cut off too.
@@ -656,18 +656,6 @@ class SmtpRelay:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-    # -- AUTH --
-    def _authenticate(self, server, session, envelope, mechanism, auth_data):
-        from aiosmtpd.smtp import AuthResult, LoginPassword
-
-        if not isinstance(auth_data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        user_ok = hmac.compare_digest(auth_data.login, (self.relay.auth_username or "").encode())
-        password_ok = hmac.compare_digest(auth_data.password, (self.relay.auth_password or "").encode())
-        if not (user_ok and password_ok):
-            log.warning("AUTH %s failed from %s", mechanism, session.peer[0] if session.peer else "?")
-        return AuthResult(success=user_ok and password_ok, handled=False)
 
     # -- the envelope: who may send, to whom, how much --
     def may_send(self, session, address: str) -> str | None:

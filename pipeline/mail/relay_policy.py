@@ -6,17 +6,24 @@ the judgement of its configuration, without I/O (the relay and ``threadline doct
 * Inbound (MX side): anyone may connect, but only recipients in the own domains are accepted.
 * Both: ``relay.max_recipients_per_message``, per-client token buckets for messages and
   recipients, connection caps and session time limits (docs/smtp.md "Who may send").
+* AUTH: an empty password never logs anyone in; failed logins are limited per connection and
+  per client address over a window; off loopback the password must not be weak
+  (docs/smtp.md "STARTTLS and AUTH").
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from pipeline.settings import RelaySettings, Settings
+from pipeline.tracking.safety import MIN_DISTINCT_CHARS, MIN_PASSWORD_CHARS, password_problem
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -32,6 +39,10 @@ RECIPIENT_RATE = "451 4.7.1 Too many recipients from your address; try again lat
 CONNECTIONS_PER_CLIENT = "421 4.7.0 Too many connections from your address; try again later"
 CONNECTIONS_TOTAL = "421 4.7.0 Too many connections; try again later"
 SESSION_TOO_LONG = "421 4.4.2 Session time limit reached; closing connection"
+AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+# RFC 4954: 454 4.7.0 is a temporary authentication failure; the client may try again later.
+AUTH_CLIENT_LOCKED = "454 4.7.0 Too many failed logins from your address; try again later"
+AUTH_CONNECTION_CLOSED = "421 4.7.0 Too many failed logins; closing connection"
 
 # A limiter that remembers every address it ever saw is itself a memory leak an attacker can
 # drive (IPv6 gives them plenty): past this many, clients whose buckets are full are forgotten.
@@ -103,6 +114,32 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+# -- AUTH -------------------------------------------------------------------------------------
+def credentials_match(relay: RelaySettings, login: bytes, password: bytes) -> bool:
+    """Whether ``login`` / ``password`` are ``relay.auth_username`` / ``relay.auth_password``.
+    An empty password never matches, whatever the settings say (they refuse one too)."""
+    user, secret = relay.auth_username, relay.auth_password
+    if not user or not secret or not secret.strip() or not password:
+        return False
+    # Compared as digests: compare_digest on the values themselves returns early on a length
+    # mismatch, which would tell a guesser the password's length.
+    def digest(value: bytes) -> bytes:
+        return hashlib.sha256(value).digest()
+
+    user_ok = hmac.compare_digest(digest(login), digest(user.encode()))
+    password_ok = hmac.compare_digest(digest(password), digest(secret.encode()))
+    return user_ok and password_ok
+
+
+def _weak_password_text(reason: str) -> str:
+    return {
+        "development": "is the built-in development tracking key, which is public",
+        "example": "is (or contains) an example secret from the documentation, which is public",
+        "short": f"is shorter than {MIN_PASSWORD_CHARS} characters",
+        "repetitive": f"has fewer than {MIN_DISTINCT_CHARS} different characters or repeats one piece",
+    }[reason]
+
+
 # -- the configuration ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ConfigProblem:
@@ -133,6 +170,16 @@ def relay_config_problems(settings: Settings, *, inbound: bool, host: str) -> li
     if relay.auth_username and not tls and not relay.auth_allow_plaintext:
         problems.append(ConfigProblem("AUTH needs STARTTLS", "set relay.tls_cert_file and relay.tls_key_file "
                                       "(or relay.auth_allow_plaintext for a loopback test)"))
+    if relay.auth_username and not loopback:
+        # Anyone who can reach the port may guess it; the failure limits slow guessing, they do
+        # not make "change-me" safe.  (An empty password is refused by the settings already.)
+        reason = password_problem(relay.auth_password or "")
+        if reason is not None:
+            problems.append(ConfigProblem(
+                f"relay.auth_password {_weak_password_text(reason)}, and the relay listens on {host}",
+                f"set a password of at least {MIN_PASSWORD_CHARS} characters, {MIN_DISTINCT_CHARS} of them different, "
+                "e.g. python -c \"import secrets; print(secrets.token_urlsafe(18))\", in "
+                "THREADLINE_RELAY_AUTH_PASSWORD(_FILE)"))
     if not inbound and not loopback:
         if not (relay.auth_username and tls):
             problems.append(ConfigProblem(
@@ -200,6 +247,47 @@ class RateLimit:
                 del self._buckets[key]
 
 
+class FailureWindow:
+    """Failures per client key within the last ``window_s``; a key with ``budget`` of them is
+    locked until enough of them are older than the window.
+
+    Not a token bucket: a bucket gives a token back every ``window_s / budget`` seconds, so a
+    locked-out guesser would get its next guess after 90 s (the defaults) instead of after the window."""
+
+    def __init__(self, budget: int, window_s: float, clock: Callable[[], float]) -> None:
+        self.budget = budget
+        self.window_s = window_s
+        self.clock = clock
+        self._failures: dict[str, deque[float]] = {}   # key -> times of its recent failures, oldest first
+
+    def _recent(self, key: str, now: float) -> deque[float] | None:
+        times = self._failures.get(key)
+        if times is None:
+            return None
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        if not times:
+            del self._failures[key]
+            return None
+        return times
+
+    def locked(self, key: str) -> bool:
+        times = self._recent(key, self.clock())
+        return times is not None and len(times) >= self.budget
+
+    def fail(self, key: str) -> bool:
+        """Count a failure; True when it is the one that locks the key."""
+        now = self.clock()
+        times = self._recent(key, now)
+        if times is None:
+            if len(self._failures) >= _TRACKED_CLIENTS:
+                for other in list(self._failures):  # forget keys whose failures all expired
+                    self._recent(other, now)
+            times = self._failures[key] = deque(maxlen=self.budget)
+        times.append(now)
+        return len(times) == self.budget
+
+
 class ClientLimits:
     """Per-client rates and connection counts of one relay (shared by all its sessions)."""
 
@@ -207,6 +295,7 @@ class ClientLimits:
         self.relay = relay
         self.messages = RateLimit(relay.max_messages_per_client, relay.rate_window_s, clock)
         self.recipients = RateLimit(relay.max_recipients_per_client, relay.rate_window_s, clock)
+        self.logins = FailureWindow(relay.max_auth_failures_per_client, relay.auth_failure_window_s, clock)
         self.connections: dict[str, int] = {}
         self.open_connections = 0
         self._lock = threading.Lock()
@@ -240,3 +329,13 @@ class ClientLimits:
     def take_recipient(self, key: str) -> bool:
         with self._lock:
             return self.recipients.take(key)
+
+    def login_locked(self, key: str) -> bool:
+        """Whether this client used up ``relay.max_auth_failures_per_client`` for now."""
+        with self._lock:
+            return self.logins.locked(key)
+
+    def login_failed(self, key: str) -> bool:
+        """Count a failed login; True when it locks the client out (log it once, then)."""
+        with self._lock:
+            return self.logins.fail(key)

@@ -48,6 +48,7 @@ from pipeline.settings import DEVELOPMENT_TRACKING_KEY, Settings
 
 MIN_SECRET_CHARS = 32
 MIN_DISTINCT_CHARS = 8
+MIN_PASSWORD_CHARS = 16  # password_problem: typed by people, guesses limited by the relay
 
 # Every secret shipped as an example (docs/, deploy/, README.md), here and nowhere else.
 # tests/tracking/test_tracking_safety.py fails when a doc assigns a tracking key these rules accept.
@@ -81,17 +82,24 @@ def _letters_and_digits(text: str) -> str:
     return "".join(char for char in text.casefold() if char.isalnum())
 
 
-def _problem(secret: str) -> Reason | None:
+def _problem(secret: str, min_chars: int = MIN_SECRET_CHARS) -> Reason | None:
     if secret.startswith("INSECURE-development-key"):
         return "development"
     if any(_letters_and_digits(example) in _letters_and_digits(secret) for example in EXAMPLE_SECRETS):
         return "example"
-    if len(secret) < MIN_SECRET_CHARS:
+    if len(secret) < min_chars:
         return "short"
     # s is a repetition of a shorter piece exactly when it occurs inside (s + s) without its ends.
     if len(set(secret)) < MIN_DISTINCT_CHARS or secret in (secret + secret)[1:-1]:
         return "repetitive"
     return None
+
+
+def password_problem(password: str) -> Reason | None:
+    """The key rules for a password a person types (the SMTP relay's ``relay.auth_password``):
+    the same development / example / repetitive checks, but :data:`MIN_PASSWORD_CHARS` (16)
+    characters suffice, since a client's configuration holds it and the relay limits guesses."""
+    return _problem(password, MIN_PASSWORD_CHARS)
 
 
 def key_problems(keys: Mapping[str, str]) -> list[KeyProblem]:

@@ -40,6 +40,7 @@ from pipeline.tracking.tokens import Keyring, verify_token
 NOW = 1_772_442_000
 TRACKING = TrackingSettings(base_url="https://t.example/track", keys={"k1": "a-test-secret-0123456789"},
                             current_key_id="k1")
+STRONG_PASSWORD = "v7-Kq2pXw9Lm4Rt8"  # 16 characters, 15 different: what the off-loopback rule asks for
 PIXEL = re.compile(r'<img src="https://t\.example/track/o/([A-Za-z0-9_-]+)\.gif"')
 
 
@@ -478,6 +479,146 @@ def test_starttls_is_required_before_mail_and_auth(tmp_path):
     assert len(up.messages) == 1 and b"with ESMTPSA id" in up.messages[0][2]
 
 
+# -- AUTH: no empty or weak password, limited guessing -----------------------------------------
+def test_an_empty_auth_password_or_username_is_a_settings_error(tmp_path):
+    empty_file = tmp_path / "empty"
+    empty_file.write_text("\n")  # what `echo > secret` leaves: the newline is dropped, nothing remains
+    user = {"THREADLINE_RELAY_AUTH_USERNAME": "threadline"}
+    for environ in ({**user, "THREADLINE_RELAY_AUTH_PASSWORD": ""}, {**user, "THREADLINE_RELAY_AUTH_PASSWORD": "  "},
+                    {**user, "THREADLINE_RELAY_AUTH_PASSWORD_FILE": str(empty_file)}):
+        with pytest.raises(SettingsError, match="auth_password is empty"):
+            load_settings(environ=environ)
+    with pytest.raises(SettingsError, match="auth_username is empty"):
+        load_settings(environ={"THREADLINE_RELAY_AUTH_USERNAME": "", "THREADLINE_RELAY_AUTH_PASSWORD": STRONG_PASSWORD})
+    with pytest.raises(ValueError, match="auth_password is empty"):
+        RelaySettings(auth_username="threadline", auth_password="")
+    # Even settings that skipped validation never let an empty password in.
+    bypassed = RelaySettings().model_copy(update={"auth_username": "threadline", "auth_password": ""})
+    assert not policy.credentials_match(bypassed, b"threadline", b"")
+    good = RelaySettings(auth_username="threadline", auth_password=STRONG_PASSWORD)
+    assert policy.credentials_match(good, b"threadline", STRONG_PASSWORD.encode())
+    for login, password in ((b"threadline", b""), (b"threadline", STRONG_PASSWORD.encode()[:-1]),
+                            (b"Threadline", STRONG_PASSWORD.encode()), (b"", b"")):
+        assert not policy.credentials_match(good, login, password)
+
+
+def auth_plain(client: smtplib.SMTP, user: str, password: str) -> tuple[int, bytes]:
+    """One AUTH PLAIN try, exactly as sent (smtplib's login() tries every mechanism in turn)."""
+    return client.docmd("AUTH", "PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()).decode())
+
+
+def test_auth_with_an_empty_password_never_succeeds(tmp_path):
+    # The attack of the re-test: AUTH PLAIN \0threadline\0 against a relay whose password is empty
+    # (here past the settings' validation, which refuses it).
+    base = relay_settings(tmp_path, 25, auth_username="threadline", auth_password=STRONG_PASSWORD,
+                          auth_allow_plaintext=True, client_networks=[])
+    empty = base.model_copy(update={"relay": base.relay.model_copy(update={"auth_password": ""})})
+    with Upstream(port=base.relay.upstream_port) as up, SmtpRelay(empty, "unused:9092", None, host="127.0.0.1",
+                                                                   port=free_port(), writer=FakeWriter()) as relay:
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            client.ehlo()
+            assert auth_plain(client, "threadline", "")[0] == 535
+            with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+                client.sendmail("ann@acme.test", ["bob@customer.test"], mail())
+            assert refused.value.smtp_code == 530
+    assert up.messages == []
+
+
+def test_a_weak_auth_password_is_refused_off_loopback(tmp_path):
+    tls = {"tls_cert_file": tmp_path / "cert.pem", "tls_key_file": tmp_path / "key.pem", "auth_username": "threadline"}
+    weak = {"1": "shorter than 16", "change-me": "example secret", "Change_Me-2025-for-real": "example secret",
+            "abcdabcdabcdabcdabcd": "fewer than 8 different", "15-chars-Strong": "shorter than 16"}
+    for password, why in weak.items():
+        relay = SmtpRelay(relay_settings(tmp_path, 25, auth_password=password, **tls), "x:1", None,
+                          host="0.0.0.0", port=free_port())
+        with pytest.raises(RelayError, match="relay.auth_password") as refused:
+            relay.start()
+        # The reason, never the password ("1" is too short to look for: it is in "16").
+        assert why in str(refused.value) and (len(password) < 4 or password not in str(refused.value)), password
+        # Inbound too (a login there means nothing more, but the password is the same guessable one).
+        assert any("relay.auth_password" in p for p in judged(True, host="0.0.0.0", own_domains=["acme.test"],
+                                                                auth_password=password, **tls))
+        # On loopback nobody else can try it.
+        assert judged(own_domains=["acme.test"], auth_password=password, **tls) == []
+    assert judged(host="0.0.0.0", own_domains=["acme.test"], auth_password=STRONG_PASSWORD, **tls) == []
+
+
+def test_failed_logins_lock_a_client_out_for_the_window():
+    now = [1000.0]
+    limits = policy.ClientLimits(RelaySettings(max_auth_failures_per_client=3, auth_failure_window_s=60),
+                                 clock=lambda: now[0])
+    assert [limits.login_failed("a") for _ in range(3)] == [False, False, True]  # the third locks
+    assert limits.login_locked("a") and not limits.login_locked("b")
+    now[0] += 59.9
+    assert limits.login_locked("a")  # the whole window, not one try back after window / budget
+    now[0] += 0.2
+    assert not limits.login_locked("a")
+    assert limits.login_failed("a") is False and not limits.login_locked("a")  # one failure in the window
+
+
+@contextlib.contextmanager
+def auth_relay(tmp_path: Path, **relay):
+    """A relay on loopback where everyone must log in (plaintext AUTH, the loopback test mode)."""
+    with running(tmp_path, auth_username="desk", auth_password=STRONG_PASSWORD, auth_allow_plaintext=True,
+                 client_networks=[], **relay) as started:
+        yield started
+
+
+def test_three_failed_logins_on_a_connection_then_421_and_closed(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="threadline.smtp")
+    with auth_relay(tmp_path) as (up, relay, writer):
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            client.ehlo()
+            assert [auth_plain(client, "desk", f"guess-{n}")[0] for n in range(2)] == [535, 535]
+            with pytest.raises(smtplib.SMTPAuthenticationError) as by_login:  # AUTH LOGIN counts the same
+                client.user, client.password = "desk", "guess-2"
+                client.auth("LOGIN", client.auth_login, initial_response_ok=False)
+            assert by_login.value.smtp_code == 535
+            # The 4th try is not even checked, whatever it holds: 421, and the connection is gone.
+            code, text = auth_plain(client, "desk", STRONG_PASSWORD)
+            assert (code, text[:5]) == (421, b"4.7.0")
+            with pytest.raises(smtplib.SMTPServerDisconnected):
+                client.noop()
+        wait_for(lambda: relay.limits.open_connections == 0)
+        # One log line for the connection, not one per try; no password in it.
+        lines = [r.getMessage() for r in caplog.records if "AUTH from" in r.getMessage()]
+        assert lines == ["AUTH from 127.0.0.1: 3 failed login(s), 0 refused (locked out) on this connection"]
+        assert "guess-" not in caplog.text and STRONG_PASSWORD not in caplog.text
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:  # a new connection may log in
+            client.login("desk", STRONG_PASSWORD)
+            client.sendmail("ann@acme.test", ["bob@customer.test"], mail())
+    assert len(up.messages) == 1
+
+
+def test_after_the_per_client_budget_even_the_right_password_is_refused_until_the_window_passes(tmp_path, caplog):
+    window = 1.5
+    with auth_relay(tmp_path, max_auth_failures_per_client=4, auth_failure_window_s=window) as (up, relay, writer):
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:  # before: the right password works
+            client.ehlo()
+            assert auth_plain(client, "desk", STRONG_PASSWORD)[0] == 235
+        started = time.monotonic()
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            client.ehlo()
+            assert [auth_plain(client, "desk", "wrong")[0] for _ in range(3)] == [535, 535, 535]
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            client.ehlo()
+            assert auth_plain(client, "desk", "wrong")[0] == 535  # the 4th of this client: locked from now
+            code, text = auth_plain(client, "desk", STRONG_PASSWORD)
+            assert (code, text[:5]) == (454, b"4.7.0")
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:  # a new connection changes nothing
+            client.ehlo()
+            assert auth_plain(client, "desk", STRONG_PASSWORD)[0] == 454
+            with pytest.raises(smtplib.SMTPSenderRefused):
+                client.sendmail("ann@acme.test", ["bob@customer.test"], mail())
+        assert time.monotonic() - started < window, "too slow to test the window"
+        assert sum("locked out for relay.auth_failure_window_s" in r.getMessage() for r in caplog.records) == 1
+        time.sleep(max(0.0, started + window + 0.1 - time.monotonic()))
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:  # the window passed
+            client.login("desk", STRONG_PASSWORD)
+            client.sendmail("ann@acme.test", ["bob@customer.test"], mail())
+    assert len(up.messages) == 1
+
+
 # -- closed by default: who may send, to whom, how much ----------------------------------------
 def judged(inbound: bool = False, host: str = "127.0.0.1", **relay) -> list[str]:
     settings = Settings(relay={"upstream_host": "smtp.acme.test", **relay})
@@ -498,7 +639,7 @@ def test_the_configuration_is_judged_per_mode_and_listening_address():
         [problem] = judged(host=host, **ours)
         assert "needs AUTH over TLS" in problem and "relay.tls_cert_file" in problem and "127.0.0.1" in problem
     tls_auth = {**ours, "tls_cert_file": "/etc/relay/cert.pem", "tls_key_file": "/etc/relay/key.pem",
-                "auth_username": "desk", "auth_password": "pw"}
+                "auth_username": "desk", "auth_password": STRONG_PASSWORD}
     assert judged(host="0.0.0.0", **tls_auth) == []
     # ... and a client network beyond loopback (sending without a login) is confirmed explicitly.
     lan = {**tls_auth, "client_networks": ["127.0.0.0/8", "10.1.0.0/16"]}
