@@ -15,7 +15,7 @@ from pipeline.tracking.mark import MarkError, mark_message
 from pipeline.tracking.tokens import Keyring, verify_token
 
 NOW = 1_772_442_000
-SETTINGS = TrackingSettings(base_url="https://t.example/track", keys={"k1": "a-test-secret-0123456789"},
+SETTINGS = TrackingSettings(base_url="https://t.example/track", keys={"k1": "a-test-secret-0123456789-abcdefghij"},
                             current_key_id="k1")
 KEYS = Keyring.from_settings(SETTINGS)
 CLICK = re.compile(r"https://t\.example/track/c/([A-Za-z0-9_-]+)")
@@ -257,7 +257,7 @@ def settings_file(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     path = tmp_path / "t.toml"
     path.write_text('[tracking]\nbase_url = "https://t.example/track"\ncurrent_key_id = "k1"\n'
-                    '[tracking.keys]\nk1 = "a-test-secret-0123456789"\n')
+                    '[tracking.keys]\nk1 = "a-test-secret-0123456789-abcdefghij"\n')
     return path
 
 
