@@ -550,10 +550,6 @@ class TrackingSettings(_Section):
         except ValueError as exc:
             raise ValueError(f"not a CIDR network: {exc}") from exc
 
-    def uses_development_key(self) -> bool:
-        """True while a key is the public development default (anyone can forge tokens with it)."""
-        return any(secret.startswith("INSECURE-development-key") for secret in self.keys.values())
-
     @model_validator(mode="before")
     @classmethod
     def _token_max_age_days_is_gone(cls, data: Any) -> Any:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.settings import Settings, SettingsError, TrackingSettings, load_settings, settings_reference_markdown
+from pipeline.settings import (DEVELOPMENT_TRACKING_KEY, Settings, SettingsError, TrackingSettings, load_settings,
+                               settings_reference_markdown)
 
 
 def test_defaults(tmp_path, monkeypatch):
@@ -12,7 +13,7 @@ def test_defaults(tmp_path, monkeypatch):
     tracking = load_settings(environ={}).tracking
     assert tracking.base_url == "http://127.0.0.1:8080"
     assert tracking.current_key_id in tracking.keys
-    assert tracking.uses_development_key()  # the default key is public: doctor-worthy
+    assert tracking.keys == {"dev": DEVELOPMENT_TRACKING_KEY}  # public: refused outside the loopback demo
     assert (tracking.anonymize_ip, tracking.reverse_dns) == (True, False)
     # Tokens expire by default, unsubscribe links last longest (they must work long after sending).
     assert (tracking.pixel_max_age_days, tracking.click_max_age_days, tracking.unsubscribe_max_age_days) == (
@@ -32,7 +33,7 @@ def test_toml_and_environment(tmp_path):
                                             "THREADLINE_TRACKING_APPLE_PROXY_NETWORKS": '["17.0.0.0/8", "2620:149::/32"]'
                                             }).tracking
     assert tracking.base_url == "https://t.example/track"  # trailing slash dropped
-    assert tracking.keys == {"2026a": "a-long-enough-secret"} and not tracking.uses_development_key()
+    assert tracking.keys == {"2026a": "a-long-enough-secret"}
     assert tracking.datacenter_networks == ("203.0.113.0/24",)  # normalised
     assert (tracking.pixel_max_age_days, tracking.click_max_age_days) == (180, 0)  # 0: clicks never expire
     assert tracking.apple_proxy_networks == ("17.0.0.0/8", "2620:149::/32")
