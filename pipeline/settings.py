@@ -12,6 +12,7 @@ Every field of a section is reachable from the environment as ``THREADLINE_<SECT
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -41,6 +42,14 @@ def _json_from_variable(value: Any, name: str, *, when_blank: Any = ...) -> Any:
         return json.loads(value)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{name} is not a JSON object: {exc}") from exc
+
+
+def _cidr_networks(value: tuple[str, ...], name: str) -> tuple[str, ...]:
+    """CIDR networks in their normal form (host bits dropped: 10.1.2.3/8 is 10.0.0.0/8)."""
+    try:
+        return tuple(str(ipaddress.ip_network(item.strip(), strict=False)) for item in value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: not a CIDR network: {exc} (CIDR like 192.0.2.0/24 or 2001:db8::/32)") from exc
 
 class SettingsError(ValueError):
     """A settings file or variable is missing, unreadable or invalid; the message says which."""
@@ -438,7 +447,7 @@ class TrackingSettings(_Section):
             "print(secrets.token_urlsafe(32))\"`. Tokens are signed with current_key_id and verified with "
             "any listed key, so rotate by adding a key, switching current_key_id, and removing the old "
             "key after the longest *_max_age_days (docs/tracking.md, \"Keys\"). In a variable: a JSON object. "
-            "The default is a public development key: the endpoint, campaign send and the workers refuse it "
+            "The default is a public development key: every command that signs or verifies tokens refuses it "
             "(and documented example keys, and weak ones) unless the run is the loopback demo."
         ),
     )
@@ -542,13 +551,8 @@ class TrackingSettings(_Section):
 
     @field_validator("apple_proxy_networks", "google_proxy_networks", "datacenter_networks")
     @classmethod
-    def _networks_parse(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        import ipaddress
-
-        try:
-            return tuple(str(ipaddress.ip_network(item.strip(), strict=False)) for item in value)
-        except ValueError as exc:
-            raise ValueError(f"not a CIDR network: {exc}") from exc
+    def _networks_parse(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        return _cidr_networks(value, info.field_name)
 
     @model_validator(mode="before")
     @classmethod
@@ -789,12 +793,7 @@ class RelaySettings(_Section):
     @field_validator("client_networks")
     @classmethod
     def _networks_parse(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        import ipaddress
-
-        try:
-            return tuple(str(ipaddress.ip_network(network.strip(), strict=False)) for network in value)
-        except ValueError as exc:
-            raise ValueError(f"client_networks: {exc} (CIDR like 192.0.2.0/24 or 2001:db8::/32)") from exc
+        return _cidr_networks(value, "client_networks")
 
     @field_validator("sender_user_numbers", mode="before")
     @classmethod
