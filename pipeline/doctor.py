@@ -66,7 +66,7 @@ def check_settings(settings: Settings) -> list[Check]:
 
 
 def check_tracking_keys(settings: Settings) -> Check:
-    """The rule the endpoint, campaign send and the workers enforce (pipeline/tracking/safety.py):
+    """The rule every command that signs or verifies tokens enforces (pipeline/tracking/safety.py):
     an unsafe key fails outside the loopback demo and is only noted in it."""
     from pipeline.tracking.safety import demo_note, fix_text, key_problems, refusal_reason
 
@@ -77,7 +77,7 @@ def check_tracking_keys(settings: Settings) -> Check:
     refused = refusal_reason(settings)
     if refused is None:
         return Check("tracking keys", True, demo_note(settings))
-    return Check("tracking keys", False, f"{refused}: the endpoint, campaign send and the workers refuse to run",
+    return Check("tracking keys", False, f"{refused}: every command that signs or verifies tokens refuses to run",
                  fix_text())
 
 

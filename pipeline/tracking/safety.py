@@ -186,4 +186,4 @@ def demo_note(settings: Settings) -> str:
     """For the doctor: what an unsafe key in the loopback demo means."""
     problems = key_problems(settings.tracking.keys)
     return (f"tracking {'; '.join(p.describe() for p in problems)}: fine for the loopback demo (broker and links "
-            "on this machine); the endpoint, campaign send and workers refuse it anywhere else")
+            "on this machine); every command that signs or verifies tokens refuses it anywhere else")
