@@ -186,6 +186,7 @@ class MailProcessor:
         self._stores: dict[str, TableIndexStore] = {}
         self.markers = OffsetMarkers(table)
         self.mail_raw = MailRawCodec(settings, codec)
+        self.keyring = Keyring.from_settings(settings.tracking)  # once, not per campaign mail
 
     def reset(self) -> None:
         """Forget derived state (after a rebalance): indexes are rebuilt from the table on demand."""
@@ -209,8 +210,7 @@ class MailProcessor:
             # Signature only, no unsubscribe_max_age_days: this attributes our own sent mail to its
             # campaign and acts on nothing, and with an expiry a Sent folder ingested late (or a
             # replay) would lose its campaigns depending on when it is read.
-            payload = verify_token(match.group(1).decode("ascii"), Keyring.from_settings(self.settings.tracking),
-                                   expect_kind="unsubscribe")
+            payload = verify_token(match.group(1).decode("ascii"), self.keyring, expect_kind="unsubscribe")
         except TokenError:
             return mail
         return dataclasses.replace(mail, campaign_id=payload.campaign_id) if payload.campaign_id else mail

@@ -301,12 +301,6 @@ def verify_with_settings(token: str, settings: TrackingSettings, *, now: float |
     return payload
 
 
-def verify_unsubscribe(token: str, settings: TrackingSettings, *, now: float | None = None) -> TokenPayload:
-    """An unsubscribe token under the settings (``unsubscribe_max_age_days``, the longest default:
-    an opt-out must keep working long after the mail was sent).  Any other kind is ``wrong_kind``."""
-    return verify_with_settings(token, settings, now=now, expect_kind="unsubscribe")
-
-
 # -- URLs -------------------------------------------------------------------------------------
 
 def open_url(base_url: str, token: str) -> str:

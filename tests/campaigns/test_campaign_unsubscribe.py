@@ -17,7 +17,7 @@ from pipeline.settings import Settings, TrackingSettings, WorkerSettings
 from pipeline.tracking.http import HitSpool, build_app
 from pipeline.tracking.tokens import (
     Keyring, TokenError, TokenPayload, click_url, sign_token, token_from_path, unsubscribe_url, verify_token,
-    verify_unsubscribe,
+    verify_with_settings,
 )
 
 TRACKING = TrackingSettings(keys={"k1": "a-test-secret-0123456789"}, current_key_id="k1", pixel_max_age_days=1,
@@ -36,9 +36,9 @@ def test_unsubscribe_token_kind():
     token = sign_token(UNSUB, KEYS)
     assert verify_token(token, KEYS) == UNSUB
     # Its own maximum age (730 days by default), although opens and clicks are limited to a day here.
-    assert verify_unsubscribe(token, TRACKING, now=T + 729 * 86400) == UNSUB
+    assert verify_with_settings(token, TRACKING, now=T + 729 * 86400, expect_kind="unsubscribe") == UNSUB
     with pytest.raises(TokenError) as caught:
-        verify_unsubscribe(token, TRACKING, now=T + 731 * 86400)
+        verify_with_settings(token, TRACKING, now=T + 731 * 86400, expect_kind="unsubscribe")
     assert caught.value.reason == "expired"
     with pytest.raises(TokenError) as caught:
         verify_token(token, KEYS, expect_kind="click")
@@ -46,7 +46,7 @@ def test_unsubscribe_token_kind():
     click = sign_token(TokenPayload("click", "acme", "<m1@ours.example>", "a@b.example", link_url="https://x.example/"),
                        KEYS)
     with pytest.raises(TokenError) as caught:
-        verify_unsubscribe(click, TRACKING)
+        verify_with_settings(click, TRACKING, expect_kind="unsubscribe")
     assert caught.value.reason == "wrong_kind"
     with pytest.raises(ValueError, match="needs link_url"):
         TokenPayload("unsubscribe", "acme", "m", "r", link_url="https://x.example/")
