@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from pipeline.settings import RelaySettings, Settings
-from pipeline.tracking.safety import MIN_DISTINCT_CHARS, MIN_PASSWORD_CHARS, password_problem
+from pipeline.tracking.safety import MIN_DISTINCT_CHARS, MIN_PASSWORD_CHARS, is_loopback_host, password_problem
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -101,17 +101,6 @@ def client_key(peer) -> str:
 
 def in_networks(ip: IPAddress | None, networks: Iterable[IPNetwork]) -> bool:
     return ip is not None and any(ip.version == net.version and ip in net for net in networks)
-
-
-def is_loopback_host(host: str) -> bool:
-    """Only what surely listens on loopback counts: ``localhost`` or a loopback address; any
-    other name might resolve to anything."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 # -- AUTH -------------------------------------------------------------------------------------
