@@ -422,7 +422,7 @@ def cmd_imap(args: argparse.Namespace) -> int:
 
     from pipeline.avro import AvroCodec, registry_from_settings
     from pipeline.broker import create_topics
-    from pipeline.mail.imap import DeliveryError, ImapError, ImapPoller
+    from pipeline.gateways.imap import DeliveryError, ImapError, ImapPoller
 
     settings = _settings(args)
     bootstrap = _bootstrap(settings)
@@ -624,7 +624,7 @@ def cmd_tracking(args: argparse.Namespace) -> int:
 
     from pipeline.avro import AvroCodec, registry_from_settings
     from pipeline.broker import create_topics
-    from pipeline.tracking.http import serve
+    from pipeline.gateways.tracking_http import serve
 
     settings = _settings(args)
     bootstrap = _bootstrap(settings)
@@ -647,7 +647,7 @@ def cmd_smtp(args: argparse.Namespace) -> int:
     import logging
 
     from pipeline.avro import AvroCodec, registry_from_settings
-    from pipeline.mail.relay import RelayError, run_relay
+    from pipeline.gateways.smtp.relay import RelayError, run_relay
 
     settings = _settings(args)
     if not args.inbound and settings.relay.mode == "outbound":  # outbound mail gets signed tracking links
@@ -665,7 +665,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
     import logging
 
     from pipeline.avro import AvroCodec, registry_from_settings
-    from pipeline.notify import DeliveryError, Notifier
+    from pipeline.gateways.notify import DeliveryError, Notifier
 
     settings = _settings(args)
     bootstrap = _bootstrap(settings)

@@ -14,7 +14,7 @@ from pipeline.avro import AvroCodec, registry_from_settings
 from pipeline.broker import free_port
 from pipeline.campaigns.suppression import JsonlSuppressionStore, MemorySuppressionStore
 from pipeline.settings import Settings, TrackingSettings, WorkerSettings
-from pipeline.tracking.http import HitSpool, build_app
+from pipeline.gateways.tracking_http import HitSpool, build_app
 from pipeline.tracking.tokens import (
     Keyring, TokenError, TokenPayload, click_url, sign_token, token_from_path, unsubscribe_url, verify_token,
     verify_with_settings,

@@ -32,7 +32,7 @@ import pytest
 
 from pipeline.broker import free_port
 from pipeline.cli import main
-from pipeline.mail.imap import ImapError, ImapPoller, quoted_folder
+from pipeline.gateways.imap import ImapError, ImapPoller, quoted_folder
 from pipeline.streams.reader import read_topic
 
 pytestmark = pytest.mark.integration

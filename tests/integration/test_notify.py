@@ -13,7 +13,7 @@ from aiosmtpd.controller import Controller
 from confluent_kafka import Producer
 
 from pipeline.broker import free_port, producer_config, topic_name
-from pipeline.notify import DeliveryError, Notifier
+from pipeline.gateways.notify import DeliveryError, Notifier
 from pipeline.streams.reader import read_topic
 
 pytestmark = pytest.mark.integration

@@ -358,7 +358,7 @@ def test_health_says_ok_again_when_the_broker_returns_without_any_hit(sandbox, t
 def test_a_spool_stopped_in_the_middle_of_draining_is_delivered_by_the_next_run(sandbox, tmp_path):
     """The endpoint's HitSpool in this process, with a real broker: hits queued, spooled, partly
     drained, then a clean stop; the next run delivers exactly the rest."""
-    from pipeline.tracking.http import HitSpool
+    from pipeline.gateways.tracking_http import HitSpool
 
     settings = sandbox.settings(sandbox.settings_file("tracking.toml",
                                                       extra="[tracking]\nproducer_queue_max_messages = 10\n"))

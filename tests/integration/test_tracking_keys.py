@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pipeline.broker import free_port
 from pipeline.campaigns.suppression import JsonlSuppressionStore
 from pipeline.settings import DEVELOPMENT_TRACKING_KEY, TrackingSettings
-from pipeline.tracking.http import HitSpool, UnsafeTrackingKeys, build_app, serve
+from pipeline.gateways.tracking_http import HitSpool, UnsafeTrackingKeys, build_app, serve
 from pipeline.tracking.mark import mark_message
 from pipeline.tracking.tokens import Keyring, TokenError, TokenPayload, sign_token, verify_token
 

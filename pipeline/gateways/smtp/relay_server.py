@@ -6,7 +6,7 @@ documented ``factory()`` extension point.  AUTH stays aiosmtpd's (mechanisms, ch
 replies): the subclass is its ``authenticator`` callback, which checks the credentials and
 counts failures, and wraps ``smtp_AUTH`` only to close a connection that failed too often.
 Everything else (idle / DATA timeout, STARTTLS) is aiosmtpd's own.  Imported by
-:meth:`pipeline.mail.relay.SmtpRelay.start` only, so importing the relay module stays cheap.
+:meth:`pipeline.gateways.smtp.relay.SmtpRelay.start` only, so importing the relay module stays cheap.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 
-from pipeline.mail import relay_policy as policy
+from pipeline.gateways.smtp import relay_policy as policy
 
 log = logging.getLogger("threadline.smtp")
 

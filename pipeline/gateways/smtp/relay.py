@@ -16,7 +16,7 @@ Outbound (default; the organisation's clients submit here)::
   as duplicates of the first).
 * Inbound (``--inbound``, an MX-side filter): nothing is stamped or marked; direction ``in``.
 
-Closed by default (:mod:`pipeline.mail.relay_policy`): outbound, only a client that logged in or
+Closed by default (:mod:`pipeline.gateways.smtp.relay_policy`): outbound, only a client that logged in or
 is in ``relay.client_networks`` (loopback) may send, and only as a sender of the own domains;
 inbound, only recipients of the own domains are accepted.  Recipients per mail, messages and
 recipients per client and time, connections and session time are limited; a configuration that
@@ -67,7 +67,7 @@ from pipeline.blobs import fsync_dir
 from pipeline.broker import producer_config, topic_name
 from pipeline.correlation.engine import format_xref
 from pipeline.correlation.tokens import TokenCounter, find_token
-from pipeline.mail import relay_policy as policy
+from pipeline.gateways.smtp import relay_policy as policy
 from pipeline.mail.parse import _message_ids
 from pipeline.settings import RelaySettings, Settings, TrackingTokenSettings
 from pipeline.streams.records import MailRawCodec, MailTooLarge, mail_raw_record
@@ -597,7 +597,7 @@ class SmtpRelay:
                              + "; ".join(str(p) for p in problems))
 
     def start(self) -> "SmtpRelay":
-        from pipeline.mail.relay_server import RelayController
+        from pipeline.gateways.smtp.relay_server import RelayController
 
         self.check()
         # aiosmtpd logs every command, sender and recipient at INFO (personal data): keep its own

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from pipeline.mail.imap import (FolderState, ImapError, ImapState, imap_utf7, parse_fetch, quoted_folder, uid_set,
+from pipeline.gateways.imap import (FolderState, ImapError, ImapState, imap_utf7, parse_fetch, quoted_folder, uid_set,
                                 write_atomically)
 from pipeline.settings import SettingsError, load_settings
 

@@ -28,9 +28,9 @@ from aiosmtpd.controller import Controller
 from pipeline.broker import free_port
 from pipeline.correlation.engine import parse_xref
 from pipeline.correlation.tokens import TokenCounter
-from pipeline.mail import relay_policy as policy
+from pipeline.gateways.smtp import relay_policy as policy
 from pipeline.mail.parse import parse_mail
-from pipeline.mail.relay import (
+from pipeline.gateways.smtp.relay import (
     RecordWriteError, RelayError, RelayQueue, SmtpRelay, deliver_upstream, hop_count, load_counter,
     outbound_copies, prepare_outbound, save_counter, to_crlf,
 )
