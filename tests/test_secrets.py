@@ -8,7 +8,7 @@ import traceback
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.redact import MASK, is_secret, redact_url, scrub, settings_secrets
 from pipeline.settings import Settings, SettingsError, load_settings, settings_reference_markdown
 

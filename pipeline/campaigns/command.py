@@ -1,4 +1,4 @@
-"""``threadline campaign send``: the command behind the CLI (pipeline/cli.py only parses arguments)."""
+"""``threadline campaign send``: the command behind the CLI (pipeline/cli/campaigns.py only parses arguments)."""
 
 from __future__ import annotations
 

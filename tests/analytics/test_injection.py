@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.analytics.dashboards import DASHBOARDS
 from pipeline.analytics.panels import data_time_range, run_dashboard
-from pipeline.cli import main
+from pipeline.cli.main import main
 
 PAYLOADS = [
     "' OR '1'='1",

@@ -18,7 +18,7 @@ from pipeline.campaigns.send import (
 )
 from pipeline.campaigns.suppression import JsonlSuppressionStore
 from pipeline.campaigns.template import CampaignTemplate, TemplateRenderError
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.settings import CampaignSettings, Settings, TrackingSettings, WorkerSettings
 from pipeline.tracking.tokens import Keyring, verify_token
 

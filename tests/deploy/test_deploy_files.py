@@ -18,7 +18,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from pipeline.cli import build_parser
+from pipeline.cli.main import build_parser
 from pipeline.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.streams.reader import read_topic
 
 pytestmark = pytest.mark.integration

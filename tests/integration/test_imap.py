@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.broker import free_port
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.gateways.imap import ImapError, ImapPoller, quoted_folder
 from pipeline.streams.reader import read_topic
 

@@ -9,7 +9,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.settings import TrackingSettings
 from pipeline.tracking.mark import MarkError, mark_message
 from pipeline.tracking.tokens import Keyring, verify_token

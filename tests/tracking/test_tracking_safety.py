@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.settings import DEVELOPMENT_TRACKING_KEY, load_settings
 from pipeline.tracking.safety import (
     EXAMPLE_SECRETS, bootstrap_hosts, is_loopback_demo, is_loopback_host, key_problems, key_refusal,

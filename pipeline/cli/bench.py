@@ -1,0 +1,153 @@
+"""``threadline bench``: the benchmarks, each writing its results as JSON and printing its summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from pipeline.cli.common import CommandFactory, Handler, UserError, add_progress_flag, settings_from
+
+TRACKING_BENCH_OUT = "bench-results/tracking.json"
+
+
+def _run_bench(args: argparse.Namespace, run: Callable[..., dict]) -> int:
+    """Run ``run(settings, data_dir=..., progress=...)``, write its JSON, print its summary."""
+    settings = settings_from(args)
+    data_dir = settings.worker.data_dir.resolve() / "bench"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    progress = (lambda _message: None) if args.no_progress else (lambda message: print(message, file=sys.stderr))
+    return _write_bench(run(settings, data_dir=data_dir, progress=progress), args.out)
+
+
+def _write_bench(result: dict, out_path: str) -> int:
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(json.dumps(result["summary"], indent=2))
+    print(f"written to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench_correlate(args: argparse.Namespace) -> int:
+    from pipeline.bench.correlate import run_correlate_bench
+
+    corpus = Path(args.corpus) if args.corpus else None
+    if corpus is not None and not corpus.is_file():
+        raise UserError(f"no such mbox: {corpus}")
+    try:
+        sizes = [int(size) for size in args.sizes.split(",")]
+    except ValueError:
+        raise UserError("--sizes takes comma-separated whole numbers") from None
+    if any(size < 1 for size in sizes) or args.measure < 1:
+        raise UserError("--sizes and --measure must be positive")
+    result = run_correlate_bench(sizes, seed=args.seed, measure=args.measure, progress=not args.no_progress,
+                                 corpus_mbox=corpus)
+    return _write_bench(result, args.out)
+
+
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    from pipeline.bench.pipeline import run_pipeline_bench
+
+    if args.mails < 1:
+        raise UserError("--mails must be positive")
+    return _run_bench(args, lambda settings, **kw: run_pipeline_bench(settings, mails=args.mails, seed=args.seed, **kw))
+
+
+def cmd_bench_tracking(args: argparse.Namespace) -> int:
+    from pipeline.bench.tracking import run_tracking_bench, run_tracking_outage_bench
+
+    concurrency = args.concurrency if args.concurrency is not None else (32 if args.broker_down is None else 64)
+    if args.seconds <= 0 or concurrency < 1:
+        raise UserError("--seconds and --concurrency must be positive")
+    if args.broker_down is None:
+        return _run_bench(args, lambda settings, **kw: run_tracking_bench(
+            settings, seconds=args.seconds, concurrency=concurrency, **kw))
+    if args.broker_down <= 0 or args.rate <= 0 or args.recovery_s < 0:
+        raise UserError("--broker-down and --rate must be positive, --recovery-s not negative")
+    if args.out == TRACKING_BENCH_OUT:
+        args.out = "bench-results/tracking-broker-down.json"
+    return _run_bench(args, lambda settings, **kw: run_tracking_outage_bench(
+        settings, outage_s=args.broker_down, rate=args.rate, recovery_s=args.recovery_s,
+        concurrency=concurrency, **kw))
+
+
+def cmd_bench_all(args: argparse.Namespace) -> int:
+    from pipeline.bench.all import run_all
+
+    def run(settings, **kw):
+        results = run_all(settings, data_dir=kw["data_dir"], results_dir=Path(args.out).parent,
+                          docs_path=Path(args.docs), quick=args.quick, progress=kw["progress"])
+        return {"summary": {name: result["summary"] for name, result in results.items() if isinstance(result, dict)}
+                | {"pipeline": [run["summary"] for run in results["pipeline"]]}, "results": results}
+
+    code = _run_bench(args, run)
+    print(f"{args.docs} updated", file=sys.stderr)
+    return code
+
+
+def cmd_bench_clickhouse(args: argparse.Namespace) -> int:
+    from pipeline.bench.clickhouse import run_clickhouse_bench
+
+    if args.mails < 1000 or args.repeat < 1:
+        raise UserError("--mails must be at least 1000 and --repeat positive")
+    return _run_bench(args, lambda settings, **kw: run_clickhouse_bench(
+        settings, mails=args.mails, repeat=args.repeat, insert_mails=args.insert_mails, **kw))
+
+
+def cmd_bench_parse(args: argparse.Namespace) -> int:
+    from pipeline.bench.parse import run_parse_bench
+
+    if args.repeat < 1:
+        raise UserError("--repeat must be positive")
+    return _write_bench(run_parse_bench(seed=args.seed, repeat=args.repeat, progress=not args.no_progress), args.out)
+
+
+def add_bench(command: CommandFactory) -> None:
+    bench = command("bench", lambda a: bench.print_help() or 2, "Benchmarks; results as JSON.")
+    bench_commands = bench.add_subparsers(dest="bench", required=True)
+
+    def bench_command(name: str, handler: Handler, help_text: str, out: str) -> argparse.ArgumentParser:
+        sub = bench_commands.add_parser(name, help=help_text)
+        sub.set_defaults(handler=handler)
+        sub.add_argument("-o", "--out", default=out)
+        add_progress_flag(sub)
+        return sub
+
+    bench_correlate = bench_command("correlate", cmd_bench_correlate, "mails/s of the pure engine at growing index "
+                                    "sizes", "bench-results/correlate.json")
+    bench_correlate.add_argument("--sizes", default="10000,100000,1000000", help="indexed mails, comma separated")
+    bench_correlate.add_argument("--measure", type=int, default=20_000, help="mails timed at each size")
+    bench_correlate.add_argument("--seed", type=int, default=7)
+    bench_correlate.add_argument("--corpus", metavar="MBOX", help="also time parsing this real mbox")
+    bench_pipeline = bench_command("pipeline", cmd_bench_pipeline, "mails/s end to end per worker vs raw "
+                                   "confluent-kafka", "bench-results/pipeline.json")
+    bench_pipeline.add_argument("--mails", type=int, default=20_000)
+    bench_pipeline.add_argument("--seed", type=int, default=7)
+    bench_clickhouse = bench_command("clickhouse", cmd_bench_clickhouse, "sink insert rate and dashboard query "
+                                     "latency", "bench-results/clickhouse.json")
+    bench_clickhouse.add_argument("--mails", type=int, default=10_000_000, help="correlated mails in the tables")
+    bench_clickhouse.add_argument("--insert-mails", type=int, default=20_000, help="seeded mails for the insert rate")
+    bench_clickhouse.add_argument("--repeat", type=int, default=5)
+    bench_all = bench_command("all", cmd_bench_all, "every benchmark; updates docs/benchmarks.md and its plots",
+                              "bench-results/all-summary.json")
+    bench_all.add_argument("--quick", action="store_true", help="smaller sizes (minutes instead of ~15)")
+    bench_all.add_argument("--docs", default="docs/benchmarks.md")
+    bench_tracking = bench_command("tracking", cmd_bench_tracking, "pixel requests/s and latency under load; "
+                                   "with --broker-down: latency, memory and spool while the broker is down",
+                                   TRACKING_BENCH_OUT)
+    bench_tracking.add_argument("--seconds", type=float, default=10.0)
+    bench_tracking.add_argument("--concurrency", type=int, default=None,
+                                help="client connections (default 32; 64 with --broker-down)")
+    bench_tracking.add_argument("--broker-down", type=float, metavar="SECONDS",
+                                help="kill the broker for SECONDS under a paced load, bring it back, check every "
+                                     "hit reaches tracking.raw (default JSON: bench-results/tracking-broker-down.json)")
+    bench_tracking.add_argument("--rate", type=float, default=1000.0, help="with --broker-down: requests/s")
+    bench_tracking.add_argument("--recovery-s", type=float, default=60.0,
+                                help="with --broker-down: seconds of load after the broker is back")
+    bench_parse = bench_command("parse", cmd_bench_parse, "seconds to parse huge and hostile mail",
+                                "bench-results/parse.json")
+    bench_parse.add_argument("--repeat", type=int, default=3, help="parses per huge mail; the best is kept")
+    bench_parse.add_argument("--seed", type=int, default=7)

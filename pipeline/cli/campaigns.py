@@ -1,0 +1,185 @@
+"""Campaigns and tracked mail: mark one mail for tracking, create, list and send campaigns, record
+conversions, and generate seeded campaign traffic."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.cli.common import (CommandFactory, UserError, add_tenant, avro_codec, broker_bootstrap,
+                                 delivery_summary, open_store, print_table, refuse_unsafe_keys, settings_from)
+from pipeline.settings import Settings
+
+
+def cmd_mark(args: argparse.Namespace) -> int:
+    from pipeline.tracking.mark import MarkError, mark_message
+
+    settings = settings_from(args)
+    refuse_unsafe_keys(settings, "threadline mark")  # the links it writes are signed with the keys
+    source = Path(args.message)
+    if not source.is_file():
+        raise UserError(f"no such message: {source}")
+    try:
+        result = mark_message(source.read_bytes(), settings.tracking, tenant=args.tenant, recipient=args.recipient,
+                              campaign_id=args.campaign)
+    except MarkError as exc:
+        raise UserError(str(exc)) from exc
+    if args.out:
+        Path(args.out).write_bytes(result.data)
+    else:
+        sys.stdout.buffer.write(result.data)
+        sys.stdout.flush()
+    print(result.summary.format(), file=sys.stderr)
+    return 0
+
+
+def add_mark(command: CommandFactory) -> None:
+    mark = command("mark", cmd_mark, "Mark an outbound mail for open and click tracking (pixel, signed links).")
+    mark.add_argument("message", metavar="IN.eml")
+    mark.add_argument("-o", "--out", metavar="OUT.eml", help="write here (default: stdout)")
+    mark.add_argument("--campaign", metavar="ID", help="campaign mail: always tracked")
+    add_tenant(mark)
+    mark.add_argument("--recipient", metavar="ADDR", help="recipient the tokens name (default: the only one)")
+
+
+def _produce_one(settings: Settings, topic: str, tenant: str, record: dict) -> None:
+    from pipeline.broker import create_topics
+    from pipeline.streams.ingest import RecordProducer
+
+    bootstrap = broker_bootstrap(settings)
+    create_topics(settings.kafka, bootstrap)
+    producer = RecordProducer(settings, bootstrap)
+    producer.produce(topic, tenant.encode(), avro_codec(settings).encode(topic, record))
+    report = producer.finish(30)
+    if report.errors:
+        raise UserError(f"not delivered to {topic}: {report.errors[0]}")
+
+
+def cmd_campaign_create(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from pipeline.correlation.model import stable_event_id
+
+    if args.cost < 0:
+        raise UserError("--cost cannot be negative")
+    now = datetime.now(timezone.utc)
+    _produce_one(settings_from(args), "campaigns", args.tenant, {
+        # A new event id per update: the newest version (by updated_at) wins in ClickHouse.
+        "event_id": stable_event_id("campaign", args.tenant, args.campaign, now.isoformat()), "tenant": args.tenant,
+        "campaign_id": args.campaign, "name": args.name, "cost": args.cost, "currency": args.currency,
+        "started_at": now, "updated_at": now})
+    print(f"campaign {args.campaign} recorded", file=sys.stderr)
+    return 0
+
+
+def cmd_campaign_list(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from pipeline.analytics.dashboards import CAMPAIGN_ROI
+    from pipeline.analytics.panels import panel_query
+
+    store = open_store(settings_from(args))
+    panel = next(p for p in CAMPAIGN_ROI.panels if p.title == "Campaigns")
+    # The tenant goes as a server-side parameter, never into the SQL text.
+    sql, parameters = panel_query(panel.sql, database=store.database,
+                                  time_from=datetime(1970, 1, 2, tzinfo=timezone.utc), time_to=datetime.now(timezone.utc),
+                                  variables={"tenant": args.tenant, "campaign": "All"})
+    print_table(store.client.query(sql, parameters=parameters))
+    return 0
+
+
+def cmd_campaign_send(args: argparse.Namespace) -> int:
+    from pipeline.campaigns.command import USER_ERRORS, run_send
+
+    settings = settings_from(args)
+    try:
+        return run_send(settings, campaign_id=args.campaign, template=args.template, recipients=args.recipients,
+                        tenant=args.tenant, rate=args.rate, dry_run=args.dry_run, state=args.state,
+                        to_mail_raw=args.to_mail_raw, report_path=args.report)
+    except USER_ERRORS as exc:
+        raise UserError(str(exc)) from exc
+
+
+def add_campaign(command: CommandFactory) -> None:
+    campaign = command("campaign", lambda a: campaign.print_help() or 2, "Campaign mail: personalised, tracked, "
+                       "rate limited, resumable, with one-click unsubscribe.")
+    campaign_commands = campaign.add_subparsers(dest="campaign_command", required=True)
+    campaign_create = campaign_commands.add_parser("create", help="record a campaign and its cost (topic campaigns)")
+    campaign_create.set_defaults(handler=cmd_campaign_create)
+    campaign_create.add_argument("--campaign", required=True, metavar="ID")
+    campaign_create.add_argument("--name", required=True)
+    campaign_create.add_argument("--cost", type=float, default=0.0, help="total cost (updates replace it)")
+    campaign_create.add_argument("--currency", default="EUR")
+    add_tenant(campaign_create)
+    campaign_list = campaign_commands.add_parser("list", help="campaigns with opens, clicks, conversions and ROI")
+    campaign_list.set_defaults(handler=cmd_campaign_list)
+    add_tenant(campaign_list)
+    campaign_send = campaign_commands.add_parser(
+        "send", help="send a template to a CSV recipient list through the configured SMTP server")
+    campaign_send.set_defaults(handler=cmd_campaign_send)
+    campaign_send.add_argument("--campaign", required=True, metavar="ID", help="campaign id (in every token)")
+    campaign_send.add_argument("--template", required=True, metavar="T.toml|DIR",
+                               help="TOML with subject/text/html, or a folder with subject.txt, body.txt, body.html")
+    campaign_send.add_argument("--recipients", required=True, metavar="R.csv", help="CSV with a header and an email column")
+    add_tenant(campaign_send)
+    campaign_send.add_argument("--rate", type=float, metavar="N", help="mails per second (default: campaigns.rate_per_s)")
+    campaign_send.add_argument("--dry-run", action="store_true", help="check and render every mail, send nothing")
+    campaign_send.add_argument("--state", metavar="FILE", help="resume state (default: in worker.data_dir/campaigns)")
+    campaign_send.add_argument("--to-mail-raw", action="store_true", help="also produce every sent mail to mail.raw "
+                               "(direction out) on kafka.bootstrap")
+    campaign_send.add_argument("--report", metavar="FILE", help="write the report, every skipped row included, as JSON")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import uuid
+    from datetime import datetime, timezone
+
+    if args.revenue < 0:
+        raise UserError("--revenue cannot be negative")
+    _produce_one(settings_from(args), "conversions", args.tenant, {
+        "event_id": uuid.uuid4().hex, "tenant": args.tenant, "campaign_id": args.campaign,
+        "recipient": args.recipient, "message_id": args.message_id, "revenue": args.revenue,
+        "currency": args.currency, "event_time": datetime.now(timezone.utc)})
+    print(f"conversion of {args.revenue:.2f} {args.currency} recorded for {args.campaign}", file=sys.stderr)
+    return 0
+
+
+def add_convert(command: CommandFactory) -> None:
+    convert = command("convert", cmd_convert, "Record a conversion (revenue) for a campaign (topic conversions).")
+    convert.add_argument("--campaign", required=True, metavar="ID")
+    convert.add_argument("--revenue", type=float, required=True)
+    convert.add_argument("--currency", default="EUR")
+    convert.add_argument("--recipient", metavar="ADDR")
+    convert.add_argument("--message-id", metavar="ID", help="the mail that led to it")
+    add_tenant(convert)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipeline.broker import create_topics
+    from pipeline.synth_traffic import CampaignTraffic, produce_traffic
+
+    settings = settings_from(args)
+    refuse_unsafe_keys(settings, "threadline generate")  # its tokens are signed with the keys
+    bootstrap = broker_bootstrap(settings)
+    if args.campaigns < 1 or args.recipients < 1:
+        raise UserError("--campaigns and --recipients must be positive")
+    create_topics(settings.kafka, bootstrap)
+    traffic = CampaignTraffic(settings.tracking, seed=args.seed, tenant=args.tenant,
+                              sender_domain=args.sender_domain).records(args.campaigns, args.recipients)
+    report = produce_traffic(traffic, settings, avro_codec(settings), bootstrap)
+    counts: dict[str, int] = {}
+    for record in traffic:
+        counts[record.topic] = counts.get(record.topic, 0) + 1
+    return delivery_summary(report, f"records delivered: {counts}")
+
+
+def add_generate(command: CommandFactory) -> None:
+    generate = command("generate", cmd_generate, "Produce seeded campaign traffic: sends, opens, clicks, replies, "
+                       "bounces, conversions.")
+    generate.add_argument("--campaigns", type=int, default=3)
+    generate.add_argument("--recipients", type=int, default=300, help="per campaign")
+    generate.add_argument("--seed", type=int, default=7)
+    add_tenant(generate)
+    generate.add_argument("--sender-domain", default="support.threadline.test",
+                          help="the organisation's domain campaign mail is sent from")

@@ -1,0 +1,92 @@
+"""What the command areas share: the user error, settings and broker lookup, the ClickHouse store,
+the codec, delivery summaries, table printing and the options several commands take."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from pipeline.settings import Settings, SettingsError, load_settings
+
+Handler = Callable[[argparse.Namespace], int]
+# command(name, handler, help_text) -> the subparser to add arguments to (built by pipeline.cli.main).
+CommandFactory = Callable[[str, Handler, str], argparse.ArgumentParser]
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    try:
+        return load_settings(args.settings)
+    except SettingsError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def refuse_unsafe_keys(settings: Settings, command: str, listen_host: str | None = None) -> None:
+    """Stop before anything starts when the tracking keys are unsafe outside the loopback demo."""
+    from pipeline.tracking.safety import key_refusal
+
+    refused = key_refusal(settings, command, listen_host=listen_host)
+    if refused:
+        raise UserError(refused)
+
+
+def require_paths(paths: Sequence[str]) -> None:
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise UserError(f"no such mailbox: {', '.join(missing)}")
+
+
+def broker_bootstrap(settings: Settings) -> str:
+    if not settings.kafka.bootstrap:
+        raise UserError("no broker configured: set THREADLINE_KAFKA_BOOTSTRAP (printed by `threadline up`) "
+                        "or kafka.bootstrap in the settings file")
+    return settings.kafka.bootstrap
+
+
+def avro_codec(settings: Settings):
+    from pipeline.avro import AvroCodec, registry_from_settings
+
+    return AvroCodec(registry_from_settings(settings.schema_registry.url))
+
+
+def open_store(settings: Settings):
+    from pipeline.sinks.clickhouse import ClickHouseStore
+
+    try:
+        store = ClickHouseStore(settings)
+    except Exception as exc:  # chDB refuses a folder another process holds; servers refuse logins
+        raise UserError(f"cannot open ClickHouse: {exc} (is `threadline up` running on the same data folder? "
+                        "chDB allows one process per folder; set THREADLINE_CLICKHOUSE_URL to share a server)") from exc
+    store.migrate()
+    return store
+
+
+def print_table(result) -> None:
+    """A ClickHouse query result as tab-separated lines on stdout, the column names first."""
+    print("\t".join(result.column_names))
+    for row in result.result_rows:
+        print("\t".join("" if value is None else str(value) for value in row))
+
+
+def delivery_summary(report, what: str) -> int:
+    """Print how many records the broker acknowledged and the first delivery errors; exit code."""
+    print(f"{report.delivered} of {report.produced} {what}", file=sys.stderr)
+    if report.dead_lettered:
+        print(f"  {report.dead_lettered} mails over mail.max_message_bytes went to deadletter (reason too_large)",
+              file=sys.stderr)
+    for error in report.errors[:10]:
+        print(f"  delivery error: {error}", file=sys.stderr)
+    return 1 if report.errors else 0
+
+
+def add_progress_flag(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def add_tenant(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--tenant", default="default")

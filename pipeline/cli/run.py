@@ -1,0 +1,207 @@
+"""Running the pipeline: everything at once on the embedded defaults (up), mailboxes into mail.raw
+(ingest), one correlator worker, a replay as a new generation, and the ClickHouse sink."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.cli.common import (CommandFactory, UserError, add_progress_flag, add_tenant, avro_codec,
+                                 broker_bootstrap, delivery_summary, open_store, refuse_unsafe_keys, require_paths,
+                                 settings_from)
+from pipeline.settings import SettingsError
+
+
+def _bar_factory(enabled: bool):
+    """progress(desc, total) -> update(count_so_far): a progress bar on stderr per phase."""
+    def progress(desc: str, total: int | None):
+        if not enabled:
+            return lambda _count: None
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="mail", file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+
+        def update(count: int) -> None:
+            bar.update(count - bar.n)
+            if total is not None and count >= total:
+                bar.close()
+        return update
+    return progress
+
+
+def _settings_file(args: argparse.Namespace) -> Path | None:
+    import os
+
+    path = args.settings or os.environ.get("THREADLINE_SETTINGS")
+    if path:
+        return Path(path).resolve()
+    return Path("threadline.toml").resolve() if Path("threadline.toml").is_file() else None
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from pipeline.broker import BrokerError
+    from pipeline.up import run_up
+
+    settings = settings_from(args)
+    # Its endpoint and workers would refuse one by one; say it once, before the broker starts.
+    refuse_unsafe_keys(settings, "threadline up")
+    if args.mailbox:
+        require_paths(args.mailbox)
+    try:
+        return run_up(settings, mailboxes=args.mailbox, tenant=args.tenant, direction=args.direction,
+                      workers=args.workers, exit_when_done=args.exit_when_done, settings_file=_settings_file(args),
+                      progress=_bar_factory(not args.no_progress))
+    except (BrokerError, TimeoutError, RuntimeError) as exc:
+        raise UserError(str(exc)) from exc
+
+
+def add_up(command: CommandFactory) -> None:
+    up = command("up", cmd_up, "Run the pipeline on the embedded defaults: broker, workers, a sample mailbox.")
+    up.add_argument("mailbox", nargs="*", help="mailboxes to ingest (default: a generated sample)")
+    add_tenant(up)
+    up.add_argument("--direction", choices=("in", "out", "auto"), default="auto",
+                    help="auto: out when the sender is in untracked.own_domains (default)")
+    up.add_argument("--workers", type=int, default=1, choices=range(1, 9), metavar="N")
+    up.add_argument("--exit-when-done", action="store_true", help="stop once the mailbox is handled")
+    add_progress_flag(up)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from pipeline.broker import create_topics
+    from pipeline.mail.sources import iter_mail_sources
+    from pipeline.streams.ingest import ingest
+
+    settings = settings_from(args)
+    bootstrap = broker_bootstrap(settings)
+    require_paths(args.mailbox)
+    create_topics(settings.kafka, bootstrap)
+    codec = avro_codec(settings)
+    if args.direction == "auto" and not settings.untracked.own_domains:
+        raise UserError("--direction auto needs untracked.own_domains in the settings")
+    report = ingest(iter_mail_sources(args.mailbox), settings, codec, bootstrap, tenant=args.tenant,
+                    direction=args.direction, mailbox=args.mailbox_name,
+                    on_progress=_bar_factory(not args.no_progress)("ingest mail.raw", None))
+    return delivery_summary(report, f"mails delivered to mail.raw ({report.bytes / 2**20:.1f} MB)")
+
+
+def add_ingest(command: CommandFactory) -> None:
+    ingest = command("ingest", cmd_ingest, "Produce mailboxes to mail.raw.")
+    ingest.add_argument("mailbox", nargs="+")
+    add_tenant(ingest)
+    ingest.add_argument("--direction", choices=("in", "out", "auto"), default="in",
+                        help="auto: out when the sender is in untracked.own_domains")
+    ingest.add_argument("--mailbox-name", help="mailbox name recorded with every mail (default: the path)")
+    add_progress_flag(ingest)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import os
+
+    settings = settings_from(args)
+    broker_bootstrap(settings)
+    refuse_unsafe_keys(settings, "threadline worker")  # build_app checks too; this is before Faust loads
+    if args.settings:
+        os.environ["THREADLINE_SETTINGS"] = str(Path(args.settings).resolve())
+    from pipeline.streams.app import main as worker_main
+
+    worker_main(["worker", "-l", args.log_level])
+    return 0
+
+
+def add_worker(command: CommandFactory) -> None:
+    worker = command("worker", cmd_worker, "Run one correlator worker (Faust) against kafka.bootstrap.")
+    worker.add_argument("-l", "--log-level", default="info", choices=("crit", "error", "warn", "info", "debug"))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from pipeline.settings import load_settings
+    from pipeline.streams.replay import ReplayRefused, diff_generations, known_generations, plan_generations
+    from pipeline.streams.runner import WorkerProcess, count_records, wait_for_outputs
+
+    current = settings_from(args)
+    try:
+        new = load_settings(args.new_settings)
+    except SettingsError as exc:
+        raise UserError(str(exc)) from exc
+    bootstrap = broker_bootstrap(current if current.kafka.bootstrap else new)
+    codec = avro_codec(new)
+    total = count_records(new.kafka, bootstrap, "mail.raw")
+    if not total:
+        raise UserError(f"{new.kafka.topic_prefix}mail.raw on {bootstrap} holds no mail: nothing to replay "
+                        "(nothing was started)")
+    # The settings name only the live generation: the ones a replay already made are found on the cluster.
+    known = known_generations(new.kafka, bootstrap, codec, {current.worker.app_id, new.worker.app_id})
+    try:
+        old_generation, generation = plan_generations(known, current.worker.generation, args.generation,
+                                                      args.from_generation)
+    except ReplayRefused as exc:
+        raise UserError(f"{exc} (nothing was started)") from exc
+    print(f"replaying {total} mails of mail.raw as the new generation {generation}, to compare with generation "
+          f"{old_generation} (new settings {new.correlation.fingerprint()}, current settings "
+          f"{current.correlation.fingerprint()})",
+          file=sys.stderr)
+    if old_generation not in known.with_outputs:
+        print(f"note: generation {old_generation} has no correlations on the cluster: every mail will count as "
+              "changed", file=sys.stderr)
+    data_dir = new.worker.data_dir.resolve()
+    workers = []
+    for n in range(args.workers):
+        log_path = data_dir / f"replay-g{generation}-{n}.log"
+        log_path.unlink(missing_ok=True)  # a crash reported from it must be this run's
+        workers.append(WorkerProcess.start(bootstrap=bootstrap, data_dir=data_dir / f"replay-g{generation}-{n}",
+                                           generation=generation, log_path=log_path,
+                                           settings_file=Path(args.new_settings).resolve()))
+    try:
+        counts = wait_for_outputs(new.kafka, bootstrap, codec, generation, total, workers=workers,
+                                  timeout_s=max(600.0, total / 100),
+                                  on_progress=_bar_factory(not args.no_progress)("replay", total))
+    except (TimeoutError, RuntimeError) as exc:
+        raise UserError(f"the replay as generation {generation} failed: {exc}") from exc
+    finally:
+        if not args.keep_running:
+            for worker in workers:
+                worker.stop()
+    if not counts["mail.correlated"] + counts["mail.untracked"]:
+        raise UserError(f"the replay failed: generation {generation} produced no correlation for the {total} mails "
+                        f"of mail.raw ({counts['deadletter']} dead letters); worker logs: "
+                        f"{data_dir}/replay-g{generation}-*.log")
+    diff = diff_generations(new.kafka, bootstrap, codec, old_generation, generation)
+    print(diff.format())
+    if args.keep_running:
+        print(f"generation {generation} workers keep running (pids {[w.process.pid for w in workers]})", file=sys.stderr)
+    return 0
+
+
+def add_replay(command: CommandFactory) -> None:
+    replay = command("replay", cmd_replay, "Recompute every correlation with new settings as a new generation.")
+    replay.add_argument("--settings", dest="new_settings", required=True, metavar="NEW.toml")
+    replay.add_argument("--from-generation", type=int, metavar="N",
+                        help="generation to compare with (default: the newest one with correlations)")
+    replay.add_argument("--generation", type=int, metavar="N", help="number of the new generation (default: one above "
+                        "every generation on the cluster; an existing or lower one is refused)")
+    replay.add_argument("--workers", type=int, default=1, choices=range(1, 9), metavar="N")
+    replay.add_argument("--keep-running", action="store_true", help="leave the new generation's workers running")
+    add_progress_flag(replay)
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    from pipeline.sinks.clickhouse import ClickHouseSink
+
+    settings = settings_from(args)
+    bootstrap = broker_bootstrap(settings)
+    store = open_store(settings)
+    sink = ClickHouseSink(settings, bootstrap, store, avro_codec(settings))
+    print(f"sinking output topics into {store.location}; Ctrl-C stops", file=sys.stderr)
+    try:
+        sink.run(lambda: False, on_batch=lambda n: print(f"{n} records inserted; totals {dict(sink.inserted)}",
+                                                         file=sys.stderr))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sink.close()
+    return 0
+
+
+def add_sink(command: CommandFactory) -> None:
+    command("sink", cmd_sink, "Insert the output topics into ClickHouse (commit after insert).")
