@@ -82,7 +82,7 @@ def check_tracking_keys(settings: Settings) -> Check:
 
 
 def check_schemas() -> list[Check]:
-    from pipeline.avro import EmbeddedRegistry, SchemaError, check_schemas as schema_problems
+    from pipeline.contracts.avro import EmbeddedRegistry, SchemaError, check_schemas as schema_problems
 
     problems = {topic: p for topic, p in schema_problems().items() if p}
     if problems:

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pipeline.avro import AvroCodec, AvroDecodeError, registry_from_settings
+from pipeline.contracts.avro import AvroCodec, AvroDecodeError, registry_from_settings
 from pipeline.blobs import BlobError
 from pipeline.broker import client_config, produce_when_room, producer_config
 from pipeline.settings import Settings

@@ -19,7 +19,7 @@ from email.utils import format_datetime
 from typing import Iterator
 
 from pipeline.correlation.model import stable_event_id
-from pipeline.avro import AvroCodec
+from pipeline.contracts.avro import AvroCodec
 from pipeline.settings import Settings, TrackingSettings
 from pipeline.streams.ingest import IngestReport, RecordProducer
 from pipeline.streams.records import MailRawCodec, mail_raw_record

@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
-from pipeline.avro import AvroCodec, registry_from_settings
+from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.broker import EmbeddedBroker, create_topics, free_port
 from pipeline.correlation.explain import describe
 from pipeline.mail.sources import iter_mail_sources

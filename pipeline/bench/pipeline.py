@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from pipeline.avro import AvroCodec, registry_from_settings
+from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.bench.common import machine_facts
 from pipeline.broker import client_config, create_topics, kafka_bootstrap, produce_when_room, producer_config, topic_name
 from pipeline.settings import Settings

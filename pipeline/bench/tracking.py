@@ -285,7 +285,7 @@ def _stop_process(process: subprocess.Popen | None, sig: int = signal.SIGTERM, t
 def run_tracking_outage_bench(settings: Settings, *, outage_s: float, rate: float, data_dir: Path,
                               recovery_s: float = 60.0, concurrency: int = 64, drain_timeout_s: float = 600.0,
                               progress: Callable[[str], None] = lambda _m: None) -> dict:
-    from pipeline.avro import AvroCodec, registry_from_settings
+    from pipeline.contracts.avro import AvroCodec, registry_from_settings
     from pipeline.streams.reader import read_topic
 
     if settings.kafka.bootstrap:

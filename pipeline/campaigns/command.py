@@ -19,7 +19,7 @@ class _MailRawProducer:
     """Hands every sent mail to ``mail.raw`` (direction out), so the pipeline correlates replies."""
 
     def __init__(self, settings: Settings, tenant: str, campaign_id: str) -> None:
-        from pipeline.avro import AvroCodec, registry_from_settings
+        from pipeline.contracts.avro import AvroCodec, registry_from_settings
         from pipeline.broker import create_topics
         from pipeline.streams.ingest import RecordProducer
         from pipeline.streams.records import MailRawCodec

@@ -49,7 +49,7 @@ def broker_bootstrap(settings: Settings) -> str:
 
 
 def avro_codec(settings: Settings):
-    from pipeline.avro import AvroCodec, registry_from_settings
+    from pipeline.contracts.avro import AvroCodec, registry_from_settings
 
     return AvroCodec(registry_from_settings(settings.schema_registry.url))
 

@@ -47,7 +47,7 @@ def add_doctor(command: CommandFactory) -> None:
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
-    from pipeline.avro import SchemaError, check_schemas, release_schemas
+    from pipeline.contracts.avro import SchemaError, check_schemas, release_schemas
 
     if args.action == "check":
         report = check_schemas()

@@ -20,7 +20,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Callable
 
-from pipeline.avro import AvroCodec, AvroDecodeError
+from pipeline.contracts.avro import AvroCodec, AvroDecodeError
 from pipeline.broker import client_config, producer_config, topic_name
 from pipeline.redact import redact_url
 from pipeline.settings import NotificationSettings, Settings

@@ -41,7 +41,7 @@ from pathlib import Path
 from aiohttp import web
 from confluent_kafka import KafkaException, Producer
 
-from pipeline.avro import AvroCodec
+from pipeline.contracts.avro import AvroCodec
 from pipeline.broker import producer_config, topic_name
 from pipeline.settings import Settings
 from pipeline.tracking.safety import key_refusal

@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline.avro import AvroCodec, AvroDecodeError
+from pipeline.contracts.avro import AvroCodec, AvroDecodeError
 from pipeline.broker import client_config, producer_config, topic_name
 from pipeline.redact import redact_url
 from pipeline.settings import Settings

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline.avro import SCHEMA_DIR, schema_text
+from pipeline.contracts.avro import SCHEMA_DIR, schema_text
 
 # Output and reference topics kept in ClickHouse (mail.raw stays in Kafka: it is the source of
 # truth and holds whole messages; tracking.raw is unverified input).

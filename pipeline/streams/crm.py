@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import MutableMapping
 
-from pipeline.avro import AvroCodec
+from pipeline.contracts.avro import AvroCodec
 from pipeline.crm import CrmDirectory
 from pipeline.streams.processor import BatchResult, OffsetMarkers, RawItem, decoded_records
 

@@ -20,7 +20,7 @@ import json
 from datetime import datetime
 from typing import Callable, MutableMapping
 
-from pipeline.avro import AvroCodec
+from pipeline.contracts.avro import AvroCodec
 from pipeline.escalation.model import ConversationState, MailEvent, Transition
 from pipeline.escalation.policy import default_owner
 from pipeline.escalation.tracker import EscalationTracker

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
-from pipeline.avro import AvroCodec
+from pipeline.contracts.avro import AvroCodec
 from pipeline.broker import produce_when_room, producer_config, topic_name
 from pipeline.settings import Settings
 from pipeline.streams.records import MailRawCodec, MailTooLarge, SourcePosition, deadletter_record, mail_raw_record

@@ -22,7 +22,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, MutableMapping
 
-from pipeline.avro import AvroCodec, AvroDecodeError
+from pipeline.contracts.avro import AvroCodec, AvroDecodeError
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.index import CorrelationIndex
 from pipeline.correlation.model import IndexedMail, stable_event_id

@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Iterator
 
-from pipeline.avro import AvroCodec
+from pipeline.contracts.avro import AvroCodec
 from pipeline.broker import client_config, topic_name
 from pipeline.settings import KafkaSettings
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.avro import AvroCodec
+from pipeline.contracts.avro import AvroCodec
 from pipeline.settings import KafkaSettings, load_settings
 from pipeline.streams.reader import read_topic
 

@@ -16,7 +16,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime, timezone
 from typing import Callable, MutableMapping
 
-from pipeline.avro import AvroCodec
+from pipeline.contracts.avro import AvroCodec
 from pipeline.correlation.model import stable_event_id
 from pipeline.settings import Settings
 from pipeline.streams.processor import BatchResult, OffsetMarkers, Output, RawItem, add_dead_letter, decoded_records

@@ -10,7 +10,7 @@ import time
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from pipeline.avro import AvroCodec, registry_from_settings
+from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.broker import free_port
 from pipeline.campaigns.suppression import JsonlSuppressionStore, MemorySuppressionStore
 from pipeline.settings import Settings, TrackingSettings, WorkerSettings

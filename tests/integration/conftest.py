@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.avro import AvroCodec, EmbeddedRegistry
+from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.broker import EmbeddedBroker, create_topics
 from pipeline.settings import Settings, load_settings
 from pipeline.streams.runner import WorkerProcess

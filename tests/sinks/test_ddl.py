@@ -27,7 +27,7 @@ def test_a_schema_field_without_a_column_is_detected(clickhouse_factory, tmp_pat
     import json
     import shutil
 
-    from pipeline.avro import SCHEMA_DIR
+    from pipeline.contracts.avro import SCHEMA_DIR
 
     schema_dir = tmp_path / "schemas"
     shutil.copytree(SCHEMA_DIR, schema_dir)

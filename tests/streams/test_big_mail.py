@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from pipeline.avro import AvroCodec, EmbeddedRegistry
+from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.settings import MailSettings, Settings
 from pipeline.streams.processor import MailProcessor, RawItem
 from pipeline.streams.records import DEADLETTER_EXCERPT_BYTES, MailRawCodec, MailTooLarge, mail_raw_record

@@ -2,7 +2,7 @@
 
 from datetime import datetime, timezone
 
-from pipeline.avro import AvroCodec, EmbeddedRegistry
+from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.settings import Settings
 from pipeline.streams.processor import MailProcessor, RawItem
 from pipeline.streams.records import mail_raw_record

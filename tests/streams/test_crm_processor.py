@@ -2,7 +2,7 @@
 
 from datetime import datetime, timezone
 
-from pipeline.avro import AvroCodec, EmbeddedRegistry
+from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.settings import Settings
 from pipeline.streams.crm import CrmProcessor
 from pipeline.streams.processor import MailProcessor, RawItem

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from pipeline.avro import AvroCodec, EmbeddedRegistry
+from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.settings import Settings
 from pipeline.streams.escalation import EscalationProcessor, state_key
 from pipeline.streams.processor import RawItem, offset_key

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.avro import AvroCodec, EmbeddedRegistry
+from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.batch import ParseFailure, correlate_sources
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.index import CLOCK_QUORUM

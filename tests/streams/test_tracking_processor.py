@@ -3,7 +3,7 @@ the first human open only, forged tokens are dead-lettered, PTR names are used w
 
 from datetime import datetime, timedelta, timezone
 
-from pipeline.avro import AvroCodec, EmbeddedRegistry
+from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.settings import Settings
 from pipeline.streams.processor import RawItem
 from pipeline.streams.tracking import TrackingProcessor

@@ -62,7 +62,7 @@ from email.utils import formatdate, getaddresses
 from pathlib import Path
 from typing import Callable, Sequence
 
-from pipeline.avro import AvroCodec
+from pipeline.contracts.avro import AvroCodec
 from pipeline.blobs import fsync_dir
 from pipeline.broker import producer_config, topic_name
 from pipeline.correlation.engine import format_xref

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,7 +29,9 @@ from fastavro.utils import generate_many
 
 from pipeline.errors import RejectedInput
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# The schemas are package data (an installed wheel carries them). A real directory is needed, not
+# just a Traversable: ``release_schemas`` writes new versions into it and the tests copy it.
+SCHEMA_DIR = Path(str(resources.files(__package__) / "schemas"))
 REGISTRY_FILE = "registry.json"
 MAGIC = 0
 _HEADER = struct.Struct(">bI")

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from pipeline.avro import (
+from pipeline.contracts.avro import (
     SCHEMA_DIR, AvroCodec, AvroDecodeError, EmbeddedRegistry, SchemaError, backward_problems, check_schemas,
     release_schemas, topics_with_schemas,
 )
