@@ -21,11 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.contracts.topics import TOPIC_NAMES
 from pipeline.settings import KafkaSettings, Settings
 
-# Output topics of the correlator (DESIGN.md §2) and the inputs; all keyed by tenant.
-TOPICS = ("mail.raw", "mail.correlated", "mail.untracked", "mail.responses", "tracking.raw", "tracking.events",
-          "escalations", "alerts", "crm.entities", "campaigns", "conversions", "deadletter")
 
 
 class BrokerError(RuntimeError):
@@ -151,7 +149,7 @@ class EmbeddedBroker:
         self.stop()
 
 
-def create_topics(kafka: KafkaSettings, bootstrap: str, topics: Iterator[str] | tuple[str, ...] = TOPICS,
+def create_topics(kafka: KafkaSettings, bootstrap: str, topics: Iterator[str] | tuple[str, ...] = TOPIC_NAMES,
                   partitions: int | None = None, timeout_s: float = 30.0) -> list[str]:
     """Create the topics that do not exist yet, with their final partition count (Tansu cannot
     add partitions later). Returns the names created."""

@@ -98,7 +98,9 @@ def check_schemas() -> list[Check]:
 
 
 def check_broker(settings: Settings) -> list[Check]:
-    from pipeline.broker import TOPICS, BrokerError, tansu_binary, topic_name, topic_partitions
+    from pipeline.broker import BrokerError, tansu_binary, topic_name, topic_partitions
+
+    from pipeline.contracts.topics import TOPIC_NAMES
 
     if not settings.kafka.bootstrap:
         try:
@@ -114,7 +116,7 @@ def check_broker(settings: Settings) -> list[Check]:
                       f"{scrub(str(exc), settings_secrets(settings))}",
                       "check THREADLINE_KAFKA_BOOTSTRAP, the network and the SASL/TLS settings")]
     checks = [Check("broker", True, f"{settings.kafka.bootstrap} answers, {len(partitions)} topics")]
-    for topic in TOPICS:
+    for topic in TOPIC_NAMES:
         name = topic_name(settings.kafka, topic)
         if name not in partitions:
             checks.append(Check(f"topic {name}", False, "missing",
@@ -124,7 +126,7 @@ def check_broker(settings: Settings) -> list[Check]:
                                 f"{partitions[name]} partitions, settings say {settings.kafka.partitions}",
                                 "set kafka.partitions to the topic's count: tenants are placed by partition"))
     if all(c.ok for c in checks[1:]):
-        checks.append(Check("topics", True, f"all {len(TOPICS)} present with {settings.kafka.partitions} partitions"))
+        checks.append(Check("topics", True, f"all {len(TOPIC_NAMES)} present with {settings.kafka.partitions} partitions"))
     return checks
 
 

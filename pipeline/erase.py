@@ -21,27 +21,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pipeline.contracts.avro import AvroCodec, AvroDecodeError, registry_from_settings
 from pipeline.blobs import BlobError
 from pipeline.broker import client_config, produce_when_room, producer_config
+from pipeline.contracts.avro import AvroCodec, AvroDecodeError, registry_from_settings
+from pipeline.contracts.records import MailRawCodec
+from pipeline.contracts.topics import ADDRESS_COLUMNS
 from pipeline.settings import Settings
 from pipeline.streams.reader import read_messages
-from pipeline.streams.records import MailRawCodec
 
-# Columns that hold addresses, per ClickHouse table (arrays are matched element-wise).
-ADDRESS_COLUMNS = {
-    "mail_correlated": ("from_addr", "to", "cc", "bcc"),
-    "mail_correlated_current": ("from_addr", "to", "cc", "bcc"),
-    "mail_untracked": ("from_addr", "to"),
-    "mail_untracked_current": ("from_addr", "to"),
-    "mail_responses": ("responder",),
-    "mail_responses_current": ("responder",),
-    "tracking_events": ("recipient",),
-    "conversions": ("recipient",),
-    "escalations": ("owner",),
-    "alerts": ("user", "record_owner"),
-    "crm_entities": ("email",),
-}
 _ADDRESS = re.compile(r"^[^@\s]{1,200}@[^@\s]{1,200}$")
 
 

@@ -19,16 +19,16 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
-from pipeline.contracts.avro import AvroCodec, registry_from_settings
+from pipeline.analytics.report import render_report
 from pipeline.broker import EmbeddedBroker, create_topics, free_port
+from pipeline.contracts.avro import AvroCodec, registry_from_settings
+from pipeline.contracts.topics import SINK_TOPICS
 from pipeline.correlation.explain import describe
 from pipeline.mail.sources import iter_mail_sources
 from pipeline.settings import Settings
+from pipeline.sinks.clickhouse import ClickHouseSink, ClickHouseStore, sink_until
 from pipeline.streams.ingest import ingest
 from pipeline.streams.reader import read_topic
-from pipeline.analytics.report import render_report
-from pipeline.sinks.clickhouse import ClickHouseSink, ClickHouseStore, sink_until
-from pipeline.sinks.tables import SINK_TOPICS
 from pipeline.streams.runner import WorkerProcess, count_records, wait_for_outputs
 from pipeline.synth import MailGenerator, render_rfc5322
 from pipeline.synth_traffic import CampaignTraffic, produce_traffic

@@ -19,7 +19,7 @@ from pipeline.correlation.model import stable_event_id
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseStore, rows_for
 from pipeline.sinks.tables import table_name
-from pipeline.streams.records import (
+from pipeline.contracts.records import (
     SourcePosition, correlated_record, deadletter_record, response_record, untracked_record,
 )
 from pipeline.synth import MailGenerator

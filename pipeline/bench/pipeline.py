@@ -19,9 +19,9 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.bench.common import machine_facts
 from pipeline.broker import client_config, create_topics, kafka_bootstrap, produce_when_room, producer_config, topic_name
+from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.settings import Settings
 from pipeline.streams.ingest import ingest
 from pipeline.streams.runner import OUTPUT_TOPICS, WorkerProcess
@@ -106,7 +106,7 @@ def run_pipeline_bench(settings: Settings, *, mails: int, seed: int, data_dir: P
     warm, timed = messages[:WARM_UP], messages[WARM_UP:]
     with kafka_bootstrap(settings, data_dir / "bench-broker.log") as bootstrap:
         create_topics(settings.kafka, bootstrap)
-        from pipeline.streams.records import mail_raw_record
+        from pipeline.contracts.records import mail_raw_record
 
         progress("baseline: raw confluent-kafka produce + consume")
         baseline_values = [codec.encode("mail.raw", mail_raw_record(tenant="default", mailbox="synth", direction="in",

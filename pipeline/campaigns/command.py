@@ -19,10 +19,10 @@ class _MailRawProducer:
     """Hands every sent mail to ``mail.raw`` (direction out), so the pipeline correlates replies."""
 
     def __init__(self, settings: Settings, tenant: str, campaign_id: str) -> None:
-        from pipeline.contracts.avro import AvroCodec, registry_from_settings
         from pipeline.broker import create_topics
+        from pipeline.contracts.avro import AvroCodec, registry_from_settings
+        from pipeline.contracts.records import MailRawCodec
         from pipeline.streams.ingest import RecordProducer
-        from pipeline.streams.records import MailRawCodec
 
         if not settings.kafka.bootstrap:
             raise CampaignError("--to-mail-raw needs a broker: set THREADLINE_KAFKA_BOOTSTRAP or kafka.bootstrap")
@@ -33,7 +33,7 @@ class _MailRawProducer:
         self.tenant, self.campaign_id = tenant, campaign_id
 
     def __call__(self, mail: SentMail) -> None:
-        from pipeline.streams.records import mail_raw_record
+        from pipeline.contracts.records import mail_raw_record
 
         record = mail_raw_record(tenant=self.tenant, mailbox=f"campaign:{self.campaign_id}", direction="out",
                                  source=f"campaign:{self.campaign_id}#{mail.row}", raw=mail.data,

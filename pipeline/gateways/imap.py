@@ -294,8 +294,8 @@ class ImapPoller:
 
     def __init__(self, settings: Settings, bootstrap: str, codec: AvroCodec, *,
                  connect: Callable[[ImapSettings], imaplib.IMAP4] | None = None) -> None:
+        from pipeline.contracts.records import MailRawCodec
         from pipeline.streams.ingest import RecordProducer
-        from pipeline.streams.records import MailRawCodec
 
         self.settings = settings
         self.imap = settings.imap
@@ -394,8 +394,8 @@ class ImapPoller:
         return produced
 
     def _ingest_batch(self, name: str, direction: str, uidvalidity: int, uids: list[int]) -> int:
+        from pipeline.contracts.records import mail_raw_record
         from pipeline.streams.ingest import mail_direction
-        from pipeline.streams.records import mail_raw_record
 
         typ, data = self.conn.uid("FETCH", uid_set(uids), "(UID INTERNALDATE BODY.PEEK[])")
         if typ != "OK":

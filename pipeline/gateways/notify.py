@@ -20,11 +20,11 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Callable
 
-from pipeline.contracts.avro import AvroCodec, AvroDecodeError
 from pipeline.broker import client_config, producer_config, topic_name
+from pipeline.contracts.avro import AvroCodec, AvroDecodeError
+from pipeline.contracts.records import SourcePosition, deadletter_record
 from pipeline.redact import redact_url
 from pipeline.settings import NotificationSettings, Settings
-from pipeline.streams.records import SourcePosition, deadletter_record
 
 log = logging.getLogger("threadline.notify")
 

@@ -41,8 +41,8 @@ from pathlib import Path
 from aiohttp import web
 from confluent_kafka import KafkaException, Producer
 
-from pipeline.contracts.avro import AvroCodec
 from pipeline.broker import producer_config, topic_name
+from pipeline.contracts.avro import AvroCodec
 from pipeline.settings import Settings
 from pipeline.tracking.safety import key_refusal
 from pipeline.tracking.tokens import EXPIRED, TokenError, TokenPayload, token_from_path, verify_with_settings

@@ -22,12 +22,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline.contracts.avro import AvroCodec, AvroDecodeError
 from pipeline.broker import client_config, producer_config, topic_name
+from pipeline.contracts.avro import AvroCodec, AvroDecodeError
+from pipeline.contracts.records import SourcePosition, deadletter_record
+from pipeline.contracts.topics import SINK_TOPICS
 from pipeline.redact import redact_url
 from pipeline.settings import Settings
-from pipeline.sinks.tables import META_COLUMNS, SINK_TOPICS, expected_columns, table_name
-from pipeline.streams.records import SourcePosition, deadletter_record
+from pipeline.sinks.tables import META_COLUMNS, expected_columns, table_name
 
 log = logging.getLogger("threadline.sink")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[\w]+\.sql$")

@@ -11,11 +11,6 @@ import json
 
 from pipeline.contracts.avro import SCHEMA_DIR, schema_text
 
-# Output and reference topics kept in ClickHouse (mail.raw stays in Kafka: it is the source of
-# truth and holds whole messages; tracking.raw is unverified input).
-SINK_TOPICS = ("mail.correlated", "mail.untracked", "mail.responses", "tracking.events", "escalations", "alerts",
-               "crm.entities", "campaigns", "conversions", "deadletter")
-
 # Columns the sink adds to every table, after the schema's fields.
 META_COLUMNS = {
     "_topic_partition": "Int32",

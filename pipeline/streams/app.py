@@ -30,8 +30,8 @@ import faust
 import mode
 from faust.streams import _current_event  # see partition_context()
 
-from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.broker import produce_when_room, producer_config, topic_name
+from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.settings import Settings, load_settings
 from pipeline.streams.crm import CrmProcessor
 from pipeline.streams.escalation import EscalationProcessor

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
-from pipeline.contracts.avro import AvroCodec
 from pipeline.broker import produce_when_room, producer_config, topic_name
+from pipeline.contracts.avro import AvroCodec
+from pipeline.contracts.records import MailRawCodec, MailTooLarge, SourcePosition, deadletter_record, mail_raw_record
 from pipeline.settings import Settings
-from pipeline.streams.records import MailRawCodec, MailTooLarge, SourcePosition, deadletter_record, mail_raw_record
 
 _FROM_DOMAIN = re.compile(rb"^From:[^\r\n]*@([A-Za-z0-9.-]+)", re.IGNORECASE | re.MULTILINE)
 

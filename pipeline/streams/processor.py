@@ -23,17 +23,18 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, MutableMapping
 
 from pipeline.contracts.avro import AvroCodec, AvroDecodeError
+from pipeline.contracts.records import (
+    MailRawCodec, SourcePosition, bounce_event_record, correlated_record, deadletter_record, response_record,
+    untracked_record,
+)
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.index import CorrelationIndex
-from pipeline.correlation.model import IndexedMail, stable_event_id
+from pipeline.correlation.model import IndexedMail
 from pipeline.errors import RejectedInput
 from pipeline.mail.bounce import parse_bounce
 from pipeline.mail.parse import parse_mail
 from pipeline.mail.record import MailRecord
 from pipeline.settings import Settings
-from pipeline.streams.records import (
-    MailRawCodec, SourcePosition, correlated_record, deadletter_record, response_record, untracked_record,
-)
 from pipeline.tracking.tokens import Keyring, TokenError, verify_token
 
 AGENT = "correlator"
@@ -224,14 +225,8 @@ class MailProcessor:
         original = correlator.index.get(bounce.original_message_id)
         campaign_id = original.campaign_id if original is not None else None
         for recipient in bounce.recipients:
-            event = {
-                "event_id": stable_event_id("bounce", mail.tenant, bounce.original_message_id, recipient.address),
-                "tenant": mail.tenant, "kind": "bounce", "message_id": bounce.original_message_id,
-                "recipient": recipient.address, "campaign_id": campaign_id, "link_url": None,
-                "event_time": mail.event_time, "ip": None, "reverse_dns": None, "user_agent_family": None,
-                "is_machine": False, "machine_reason": None, "nth_open": 0, "first_open_time": None,
-                "probably_forwarded": False, "bounce_kind": recipient.kind, "bounce_reason": recipient.reason,
-            }
+            event = bounce_event_record(mail.tenant, bounce.original_message_id, recipient, campaign_id,
+                                        mail.event_time)
             result.outputs.append(Output("tracking.events", mail.tenant.encode(),
                                          self.codec.encode("tracking.events", event)))
             result.count(f"bounce:{recipient.kind}")

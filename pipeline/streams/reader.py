@@ -10,8 +10,8 @@ import time
 import uuid
 from typing import Iterator
 
-from pipeline.contracts.avro import AvroCodec
 from pipeline.broker import client_config, topic_name
+from pipeline.contracts.avro import AvroCodec
 from pipeline.settings import KafkaSettings
 
 

@@ -18,8 +18,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from pipeline.contracts.avro import AvroCodec
 from pipeline.broker import client_config
+from pipeline.contracts.avro import AvroCodec
 from pipeline.settings import KafkaSettings
 from pipeline.streams.reader import read_topic
 

@@ -17,10 +17,9 @@ from datetime import datetime, timezone
 from typing import Callable, MutableMapping
 
 from pipeline.contracts.avro import AvroCodec
-from pipeline.correlation.model import stable_event_id
+from pipeline.contracts.records import SourcePosition, hit_event_record, open_alert_record
 from pipeline.settings import Settings
 from pipeline.streams.processor import BatchResult, OffsetMarkers, Output, RawItem, add_dead_letter, decoded_records
-from pipeline.streams.records import SourcePosition
 from pipeline.tracking.classify import Hit, MailFacts, PreviousHit, classify_hit
 from pipeline.tracking.tokens import TokenError, verify_with_settings
 
@@ -111,15 +110,7 @@ class TrackingProcessor:
             facts = MailFacts(sent_at=datetime.fromtimestamp(payload.issued_at, timezone.utc))
             verdict = classify_hit(hit, facts, previous, self.settings.tracking)
             remembered[slot] = [*previous, verdict.remember(hit)][-MAX_REMEMBERED_HITS:]
-            event = {
-                "event_id": stable_event_id("tracking", record["event_id"]), "tenant": payload.tenant,
-                "kind": payload.kind, "message_id": payload.message_id, "recipient": payload.recipient,
-                "campaign_id": payload.campaign_id, "link_url": payload.link_url, "event_time": record["received_at"],
-                "ip": verdict.ip, "reverse_dns": ptr, "user_agent_family": verdict.user_agent_family,
-                "is_machine": verdict.is_machine, "machine_reason": verdict.machine_reason,
-                "nth_open": verdict.nth_open, "first_open_time": verdict.first_open_time,
-                "probably_forwarded": verdict.probably_forwarded, "bounce_kind": None, "bounce_reason": None,
-            }
+            event = hit_event_record(record["event_id"], payload, verdict, record["received_at"], ptr)
             result.outputs.append(Output("tracking.events", payload.tenant.encode(),
                                          self.codec.encode("tracking.events", event)))
             result.count(f"{payload.kind}:{'machine' if verdict.is_machine else 'human'}")
@@ -135,13 +126,7 @@ class TrackingProcessor:
         owner = self.owner_of(event["tenant"], event["message_id"]) if self.owner_of is not None else None
         if not owner or not self.settings.tracking.open_alerts:
             return
-        alert = {
-            "event_id": stable_event_id("open-alert", event["event_id"]), "tenant": event["tenant"],
-            "event_type": "mail_opened", "user": owner, "event_time": event["event_time"],
-            "source_record_id": event["event_id"], "assigned_on": None, "record_owner": owner,
-            "message": f"{event['recipient']} opened {event['message_id']}"
-                       + (f" (campaign {event['campaign_id']})" if event["campaign_id"] else ""),
-        }
+        alert = open_alert_record(event, owner)
         result.outputs.append(Output("alerts", event["tenant"].encode(), self.codec.encode("alerts", alert)))
         result.count("alert:mail_opened")
 

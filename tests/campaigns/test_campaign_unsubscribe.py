@@ -10,9 +10,9 @@ import time
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.broker import free_port
 from pipeline.campaigns.suppression import JsonlSuppressionStore, MemorySuppressionStore
+from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.settings import Settings, TrackingSettings, WorkerSettings
 from pipeline.gateways.tracking_http import HitSpool, build_app
 from pipeline.tracking.tokens import (

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.broker import EmbeddedBroker, create_topics
+from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.settings import Settings, load_settings
 from pipeline.streams.runner import WorkerProcess
 

@@ -7,9 +7,9 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from pipeline.broker import client_config
+from pipeline.contracts.topics import SINK_TOPICS
 from pipeline.erase import erase_from_clickhouse, erase_from_topics
 from pipeline.sinks.clickhouse import ClickHouseSink, sink_until
-from pipeline.sinks.tables import SINK_TOPICS
 from pipeline.streams.ingest import ingest
 from pipeline.streams.reader import read_messages
 from pipeline.streams.runner import count_records, wait_for_outputs

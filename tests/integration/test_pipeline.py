@@ -18,6 +18,7 @@ import pytest
 from confluent_kafka import Producer
 
 from pipeline.broker import producer_config, topic_name
+from pipeline.contracts.records import mail_raw_record
 from pipeline.correlation.engine import Correlator
 from pipeline.mail.hostile import big_mail
 from pipeline.mail.parse import parse_mail
@@ -26,7 +27,6 @@ from pipeline.mail.sources import iter_mbox
 from pipeline.settings import Settings
 from pipeline.streams.ingest import ingest
 from pipeline.streams.reader import read_topic
-from pipeline.streams.records import mail_raw_record
 from pipeline.streams.replay import diff_generations
 from pipeline.streams.runner import count_outputs, wait_for_outputs
 from pipeline.synth import MailGenerator, render_rfc5322

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.contracts.topics import SINK_TOPICS
 from pipeline.sinks.clickhouse import ClickHouseSink, SinkError, sink_until
-from pipeline.sinks.tables import SINK_TOPICS
 from pipeline.streams.ingest import ingest
 from pipeline.streams.reader import read_topic
 from pipeline.streams.runner import count_records, wait_for_outputs

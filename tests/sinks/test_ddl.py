@@ -1,7 +1,8 @@
 """The ClickHouse tables follow the Avro schemas, and migrations are versioned and idempotent."""
 
+from pipeline.contracts.topics import SINK_TOPICS
 from pipeline.sinks.clickhouse import migrations
-from pipeline.sinks.tables import SINK_TOPICS, expected_columns, table_name
+from pipeline.sinks.tables import expected_columns, table_name
 
 
 def test_every_table_has_the_columns_its_schema_implies(clickhouse_factory):

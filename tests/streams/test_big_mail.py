@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 import pytest
 
 from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
+from pipeline.contracts.records import DEADLETTER_EXCERPT_BYTES, MailRawCodec, MailTooLarge, mail_raw_record
 from pipeline.settings import MailSettings, Settings
 from pipeline.streams.processor import MailProcessor, RawItem
-from pipeline.streams.records import DEADLETTER_EXCERPT_BYTES, MailRawCodec, MailTooLarge, mail_raw_record
 
 CODEC = AvroCodec(EmbeddedRegistry())
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)

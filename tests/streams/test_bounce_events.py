@@ -3,9 +3,9 @@
 from datetime import datetime, timezone
 
 from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
+from pipeline.contracts.records import mail_raw_record
 from pipeline.settings import Settings
 from pipeline.streams.processor import MailProcessor, RawItem
-from pipeline.streams.records import mail_raw_record
 from pipeline.tracking.tokens import Keyring, TokenPayload, sign_token, unsubscribe_url
 
 CODEC = AvroCodec(EmbeddedRegistry())

@@ -3,10 +3,10 @@
 from datetime import datetime, timezone
 
 from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
+from pipeline.contracts.records import mail_raw_record
 from pipeline.settings import Settings
 from pipeline.streams.crm import CrmProcessor
 from pipeline.streams.processor import MailProcessor, RawItem
-from pipeline.streams.records import mail_raw_record
 
 CODEC = AvroCodec(EmbeddedRegistry())
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)

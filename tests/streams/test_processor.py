@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.batch import ParseFailure, correlate_sources
+from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.index import CLOCK_QUORUM
 from pipeline.correlation.model import Method
@@ -22,7 +22,7 @@ from pipeline.settings import Settings
 from pipeline.streams.processor import (
     AGENT, BatchResult, MailProcessor, Output, RawItem, entry_key, offset_key,
 )
-from pipeline.streams.records import (
+from pipeline.contracts.records import (
     DEADLETTER_EXCERPT_BYTES, MailRawCodec, SourcePosition, correlated_record, mail_raw_record,
 )
 from pipeline.synth import MailGenerator, render_rfc5322

@@ -62,15 +62,15 @@ from email.utils import formatdate, getaddresses
 from pathlib import Path
 from typing import Callable, Sequence
 
-from pipeline.contracts.avro import AvroCodec
 from pipeline.blobs import fsync_dir
 from pipeline.broker import producer_config, topic_name
+from pipeline.contracts.avro import AvroCodec
+from pipeline.contracts.records import MailRawCodec, MailTooLarge, mail_raw_record
 from pipeline.correlation.engine import format_xref
 from pipeline.correlation.tokens import TokenCounter, find_token
 from pipeline.gateways.smtp import relay_policy as policy
 from pipeline.mail.parse import _message_ids
 from pipeline.settings import RelaySettings, Settings, TrackingTokenSettings
-from pipeline.streams.records import MailRawCodec, MailTooLarge, mail_raw_record
 from pipeline.tracking.mark import mark_message
 
 log = logging.getLogger("threadline.smtp")

@@ -1,4 +1,4 @@
-"""Domain objects <-> the Avro records of the topics (schemas/*.avsc).
+"""Domain objects <-> the Avro records of the topics (schemas/*.avsc): every record builder.
 
 The only place that knows both the engine's types and the topics' field names.
 """
@@ -9,11 +9,17 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from pipeline.blobs import BlobRef, FolderBlobStore
 from pipeline.correlation.model import Correlation, stable_event_id
 from pipeline.errors import RejectedInput
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from pipeline.mail.bounce import BouncedRecipient
+    from pipeline.tracking.classify import Classification
+    from pipeline.tracking.tokens import TokenPayload
 
 # A dead letter keeps the start of what failed and a pointer to the whole record (its topic,
 # partition and offset, and digest): a record that failed for being big must not fail again as
@@ -165,4 +171,50 @@ def deadletter_record(position: SourcePosition, key: bytes | None, value: bytes,
         "error": error[:2000],
         "agent": agent,
         "failed_at": failed_at or datetime.now(timezone.utc),
+    }
+
+
+# The fields a tracking.events record of one kind does not use.
+_NO_TRACKING_DETAILS = {
+    "campaign_id": None, "link_url": None, "ip": None, "reverse_dns": None, "user_agent_family": None,
+    "is_machine": False, "machine_reason": None, "nth_open": 0, "first_open_time": None,
+    "probably_forwarded": False, "bounce_kind": None, "bounce_reason": None,
+}
+
+
+def hit_event_record(raw_event_id: str, payload: TokenPayload, verdict: Classification, event_time: datetime,
+                     reverse_dns: str | None) -> dict:
+    """The ``tracking.events`` record of one verified and classified ``tracking.raw`` hit."""
+    return {
+        **_NO_TRACKING_DETAILS,
+        "event_id": stable_event_id("tracking", raw_event_id), "tenant": payload.tenant,
+        "kind": payload.kind, "message_id": payload.message_id, "recipient": payload.recipient,
+        "campaign_id": payload.campaign_id, "link_url": payload.link_url, "event_time": event_time,
+        "ip": verdict.ip, "reverse_dns": reverse_dns, "user_agent_family": verdict.user_agent_family,
+        "is_machine": verdict.is_machine, "machine_reason": verdict.machine_reason,
+        "nth_open": verdict.nth_open, "first_open_time": verdict.first_open_time,
+        "probably_forwarded": verdict.probably_forwarded,
+    }
+
+
+def bounce_event_record(tenant: str, original_message_id: str, recipient: BouncedRecipient,
+                        campaign_id: str | None, event_time: datetime) -> dict:
+    """The ``tracking.events`` record (kind bounce) of one failed recipient of a sent mail."""
+    return {
+        **_NO_TRACKING_DETAILS,
+        "event_id": stable_event_id("bounce", tenant, original_message_id, recipient.address),
+        "tenant": tenant, "kind": "bounce", "message_id": original_message_id,
+        "recipient": recipient.address, "campaign_id": campaign_id, "event_time": event_time,
+        "bounce_kind": recipient.kind, "bounce_reason": recipient.reason,
+    }
+
+
+def open_alert_record(event: dict, owner: str) -> dict:
+    """The ``alerts`` record telling the sender of a mail of its first human open (``event``)."""
+    return {
+        "event_id": stable_event_id("open-alert", event["event_id"]), "tenant": event["tenant"],
+        "event_type": "mail_opened", "user": owner, "event_time": event["event_time"],
+        "source_record_id": event["event_id"], "assigned_on": None, "record_owner": owner,
+        "message": f"{event['recipient']} opened {event['message_id']}"
+                   + (f" (campaign {event['campaign_id']})" if event["campaign_id"] else ""),
     }
