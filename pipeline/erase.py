@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pipeline.blobs import BlobError
-from pipeline.broker import client_config, produce_when_room, producer_config
+from pipeline.runtime.kafka import new_admin, new_producer, produce_when_room
 from pipeline.contracts.avro import AvroCodec, AvroDecodeError, registry_from_settings
 from pipeline.contracts.records import MailRawCodec
 from pipeline.contracts.topics import ADDRESS_COLUMNS
@@ -84,11 +84,11 @@ def _read_all(settings: Settings, bootstrap: str, topic: str, partitions: int) -
 
 def erase_from_topics(settings: Settings, bootstrap: str, address: str,
                       progress: Callable[[str], None] = lambda _m: None) -> EraseReport:
-    from confluent_kafka import KafkaException, Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import NewTopic
 
     needle = address.lower().encode()
-    admin = AdminClient(client_config(settings.kafka, bootstrap))
+    admin = new_admin(settings.kafka, bootstrap)
     metadata = admin.list_topics(timeout=10)
     prefix = settings.kafka.topic_prefix
     topics = sorted(name for name in metadata.topics
@@ -118,7 +118,7 @@ def erase_from_topics(settings: Settings, bootstrap: str, address: str,
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS" or attempt == 49:
                     raise EraseError(f"cannot create {topic} again: {exc}") from exc
                 time.sleep(0.2)
-        producer = Producer({**producer_config(settings.kafka, bootstrap), "enable.idempotence": True})
+        producer = new_producer(settings.kafka, bootstrap)
         errors: list[str] = []
         for partition, items in kept.items():
             for _, key, value, headers in items:

@@ -93,7 +93,7 @@ def test_secrets_can_come_from_files(tmp_path):
 
 
 def test_producer_options_reach_the_producers_but_not_what_the_pipeline_relies_on(tmp_path):
-    from pipeline.broker import producer_config
+    from pipeline.runtime.kafka import producer_config
 
     path = tmp_path / "t.toml"
     path.write_text('[kafka.producer_options]\n"message.max.bytes" = 8000000\n"linger.ms" = 20\n')

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.bench.common import machine_facts
-from pipeline.broker import client_config, create_topics, kafka_bootstrap, produce_when_room, producer_config, topic_name
+from pipeline.broker import create_topics, kafka_bootstrap, topic_name
+from pipeline.runtime.kafka import new_producer, new_reader, produce_when_room
 from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.settings import Settings
 from pipeline.streams.ingest import ingest
@@ -36,12 +37,11 @@ class OutputCounter:
     """Counts records arriving on the output topics, in a background thread."""
 
     def __init__(self, settings: Settings, bootstrap: str) -> None:
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import TopicPartition
 
         self.count = 0
         self._stop = threading.Event()
-        self._consumer = Consumer({**client_config(settings.kafka, bootstrap), "group.id": f"bench-{uuid.uuid4()}",
-                                   "enable.auto.commit": False})
+        self._consumer = new_reader(settings.kafka, bootstrap, "bench")
         names = [topic_name(settings.kafka, t) for t in OUTPUT_TOPICS]
         metadata = self._consumer.list_topics(timeout=10)
         self._consumer.assign([TopicPartition(n, p, 0) for n in names for p in metadata.topics[n].partitions])
@@ -72,13 +72,12 @@ class OutputCounter:
 
 def _baseline(settings: Settings, bootstrap: str, values: list[bytes]) -> float:
     """Mails/s of producing the records with confluent-kafka and consuming them back."""
-    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka import TopicPartition
 
     topic = topic_name(settings.kafka, "bench.baseline")
     create_topics(settings.kafka, bootstrap, topics=("bench.baseline",))
-    producer = Producer(producer_config(settings.kafka, bootstrap))
-    consumer = Consumer({**client_config(settings.kafka, bootstrap), "group.id": f"bench-{uuid.uuid4()}",
-                         "enable.auto.commit": False})
+    producer = new_producer(settings.kafka, bootstrap)
+    consumer = new_reader(settings.kafka, bootstrap, "bench")
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     started = time.perf_counter()

@@ -20,7 +20,8 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Callable
 
-from pipeline.broker import client_config, producer_config, topic_name
+from pipeline.broker import topic_name
+from pipeline.runtime.kafka import new_group_consumer, new_producer
 from pipeline.contracts.avro import AvroCodec, AvroDecodeError
 from pipeline.contracts.records import SourcePosition, deadletter_record
 from pipeline.redact import redact_url
@@ -54,16 +55,11 @@ def _json_default(value):
 
 class Notifier:
     def __init__(self, settings: Settings, bootstrap: str, codec: AvroCodec, *, group_id: str | None = None) -> None:
-        from confluent_kafka import Consumer, Producer
-
         self.kafka = settings.kafka
-        self._deadletters = Producer(producer_config(settings.kafka, bootstrap))
+        self._deadletters = new_producer(settings.kafka, bootstrap)
         self.settings: NotificationSettings = settings.notifications
         self.codec = codec
-        self.consumer = Consumer({**client_config(settings.kafka, bootstrap),
-                                  "group.id": group_id or f"{settings.worker.app_id}-notifier",
-                                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                                  "session.timeout.ms": 6000})
+        self.consumer = new_group_consumer(settings.kafka, bootstrap, group_id or f"{settings.worker.app_id}-notifier")
         self.consumer.subscribe([topic_name(settings.kafka, "alerts")])
         self.mails_sent = 0
         self.webhooks_sent = 0

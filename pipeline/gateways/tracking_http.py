@@ -39,9 +39,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from aiohttp import web
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaException
 
-from pipeline.broker import producer_config, topic_name
+from pipeline.broker import topic_name
+from pipeline.runtime.kafka import new_producer
 from pipeline.contracts.avro import AvroCodec
 from pipeline.settings import Settings
 from pipeline.tracking.safety import key_refusal
@@ -103,8 +104,7 @@ class HitSpool:
         self.spool_path = spool_path
         self.spool_max_bytes = tracking.spool_max_bytes
         self.queue_max = tracking.producer_queue_max_messages
-        self.producer = Producer({
-            **producer_config(settings.kafka, bootstrap),
+        self.producer = new_producer(settings.kafka, bootstrap, {
             # Not idempotent: a broker that lost its producer state (a restarted embedded broker)
             # answers UNKNOWN_PRODUCER_ID to every retry and nothing is delivered again (seen with
             # librdkafka 2.16 on Tansu).  A retried hit may then be written twice; both copies carry

@@ -22,7 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline.broker import client_config, producer_config, topic_name
+from pipeline.broker import topic_name
+from pipeline.runtime.kafka import new_group_consumer, new_producer
 from pipeline.contracts.avro import AvroCodec, AvroDecodeError
 from pipeline.contracts.records import SourcePosition, deadletter_record
 from pipeline.contracts.topics import SINK_TOPICS
@@ -115,23 +116,16 @@ class ClickHouseSink:
 
     def __init__(self, settings: Settings, bootstrap: str, store: ClickHouseStore, codec: AvroCodec, *,
                  group_id: str | None = None, max_attempts: int = 8, backoff_s: float = 0.5) -> None:
-        from confluent_kafka import Consumer, Producer
-
         self.settings = settings
         self.store = store
         self.codec = codec
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
-        self.consumer = Consumer({
-            **client_config(settings.kafka, bootstrap),
-            "group.id": group_id or f"{settings.worker.app_id}-clickhouse-sink",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000,
-        })
+        self.consumer = new_group_consumer(settings.kafka, bootstrap,
+                                           group_id or f"{settings.worker.app_id}-clickhouse-sink")
         self._topics = {topic_name(settings.kafka, t): t for t in SINK_TOPICS}
         self.consumer.subscribe(list(self._topics))
-        self._deadletters = Producer(producer_config(settings.kafka, bootstrap))
+        self._deadletters = new_producer(settings.kafka, bootstrap)
         self.inserted: Counter = Counter()
 
     def _insert_with_retry(self, table: str, columns: list[str], rows: list[list]) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import ssl
 import sys
 import time
 import traceback
@@ -30,7 +29,8 @@ import faust
 import mode
 from faust.streams import _current_event  # see partition_context()
 
-from pipeline.broker import produce_when_room, producer_config, topic_name
+from pipeline.broker import topic_name
+from pipeline.runtime.kafka import faust_credentials, new_producer, produce_when_room
 from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.settings import Settings, load_settings
 from pipeline.streams.crm import CrmProcessor
@@ -103,10 +103,8 @@ class OutputProducer:
     acknowledged by the broker, or raises."""
 
     def __init__(self, settings: Settings) -> None:
-        from confluent_kafka import Producer
-
         self.settings = settings
-        self.producer = Producer(producer_config(settings.kafka))
+        self.producer = new_producer(settings.kafka)
         self._errors: list[str] = []
 
     def _delivered(self, error, message) -> None:
@@ -186,17 +184,6 @@ async def _handle_batches(stream, processor, table, source_topic: str, outputs: 
             exit_without_commit(f"{source_topic}: a batch", exc)
 
 
-def faust_credentials(settings: Settings):
-    """The Kafka security settings for Faust (aiokafka), matching what the confluent clients get
-    from :func:`pipeline.broker.client_config`."""
-    kafka = settings.kafka
-    tls = ssl.create_default_context(cafile=kafka.ssl_ca_location) if kafka.security_protocol in ("SSL", "SASL_SSL") else None
-    if kafka.sasl_mechanism:
-        return faust.SASLCredentials(username=kafka.sasl_username or "", password=kafka.sasl_password or "",
-                                     mechanism=kafka.sasl_mechanism, ssl_context=tls)
-    return faust.SSLCredentials(tls) if tls is not None else None
-
-
 def build_app(settings: Settings) -> faust.App:
     if not settings.kafka.bootstrap:
         raise SystemExit("threadline worker needs kafka.bootstrap (THREADLINE_KAFKA_BOOTSTRAP); "
@@ -211,7 +198,7 @@ def build_app(settings: Settings) -> faust.App:
     app = faust.App(
         app_id(settings),
         broker=",".join(f"kafka://{host}" for host in settings.kafka.bootstrap.split(",")),
-        broker_credentials=faust_credentials(settings),
+        broker_credentials=faust_credentials(settings.kafka),
         store="rocksdb://",
         # Local tables are named by table, not by app: each app id (generation) needs its own
         # folder, or a new generation would start from another one's index and offsets.

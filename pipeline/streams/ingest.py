@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
-from pipeline.broker import produce_when_room, producer_config, topic_name
+from pipeline.broker import topic_name
+from pipeline.runtime.kafka import new_producer, produce_when_room
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.records import MailRawCodec, MailTooLarge, SourcePosition, deadletter_record, mail_raw_record
 from pipeline.settings import Settings
@@ -45,10 +46,8 @@ class RecordProducer:
     """An idempotent producer that counts deliveries and keeps the first delivery errors."""
 
     def __init__(self, settings: Settings, bootstrap: str) -> None:
-        from confluent_kafka import Producer
-
         self.kafka = settings.kafka
-        self.producer = Producer(producer_config(settings.kafka, bootstrap))
+        self.producer = new_producer(settings.kafka, bootstrap)
         self.report = IngestReport()
 
     def _delivered(self, error, _message) -> None:

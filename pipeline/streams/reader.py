@@ -7,10 +7,10 @@ partition is found by consuming to EOF (``enable.partition.eof``), never from wa
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Iterator
 
-from pipeline.broker import client_config, topic_name
+from pipeline.broker import topic_name
+from pipeline.runtime.kafka import new_reader
 from pipeline.contracts.avro import AvroCodec
 from pipeline.settings import KafkaSettings
 
@@ -27,11 +27,10 @@ def read_topic(kafka: KafkaSettings, bootstrap: str, topic: str, codec: AvroCode
 def read_messages(kafka: KafkaSettings, bootstrap: str, name: str, timeout_s: float = 30.0) -> Iterator:
     """Every confluent-kafka message now in the topic called ``name`` (no prefix added), in
     partition order within each partition; nothing when the topic does not exist."""
-    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-    consumer = Consumer({**client_config(kafka, bootstrap), "group.id": f"threadline-reader-{uuid.uuid4()}",
-                         "enable.auto.commit": False, "enable.partition.eof": True,
-                         "auto.offset.reset": "earliest"})
+    consumer = new_reader(kafka, bootstrap, "threadline-reader",
+                          {"enable.partition.eof": True, "auto.offset.reset": "earliest"})
     try:
         metadata = consumer.list_topics(name, timeout=timeout_s)
         if name not in metadata.topics or metadata.topics[name].error is not None:

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from pipeline.broker import client_config
+from pipeline.runtime.kafka import new_admin
 from pipeline.contracts.avro import AvroCodec
 from pipeline.settings import KafkaSettings
 from pipeline.streams.reader import read_topic
@@ -48,11 +48,9 @@ def known_generations(kafka: KafkaSettings, bootstrap: str, codec: AvroCodec, ap
                       timeout_s: float = 30.0) -> KnownGenerations:
     """The generations that exist on the cluster: in the output topics, as consumer groups of
     ``app_ids``, or as their Faust table topics (a generation that started but emitted nothing)."""
-    from confluent_kafka.admin import AdminClient
-
     outputs = {record["generation"] for topic in ("mail.correlated", "mail.untracked")
                for _, _, _, record in read_topic(kafka, bootstrap, topic, codec)}
-    admin = AdminClient(client_config(kafka, bootstrap))
+    admin = new_admin(kafka, bootstrap)
     groups = admin.list_consumer_groups(request_timeout=timeout_s).result(timeout=timeout_s)
     names = [group.group_id for group in groups.valid] + list(admin.list_topics(timeout=timeout_s).topics)
     return KnownGenerations(frozenset(outputs), frozenset(generations_named(names, app_ids)))

@@ -4,9 +4,8 @@ ClickHouse, and everything else stays."""
 from __future__ import annotations
 
 import pytest
-from confluent_kafka.admin import AdminClient
 
-from pipeline.broker import client_config
+from pipeline.runtime.kafka import new_admin
 from pipeline.contracts.topics import SINK_TOPICS
 from pipeline.erase import erase_from_clickhouse, erase_from_topics
 from pipeline.sinks.clickhouse import ClickHouseSink, sink_until
@@ -29,7 +28,7 @@ def _person_mail(n: int, reply_to: str | None = None) -> bytes:
 
 
 def _all_topic_bytes(settings, bootstrap) -> dict[str, list[bytes]]:
-    admin = AdminClient(client_config(settings.kafka, bootstrap))
+    admin = new_admin(settings.kafka, bootstrap)
     return {name: [(m.key() or b"") + (m.value() or b"") for m in read_messages(settings.kafka, bootstrap, name)]
             for name in admin.list_topics(timeout=10).topics if not name.startswith("__")}
 

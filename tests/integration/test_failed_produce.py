@@ -19,9 +19,10 @@ import subprocess
 import time
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.broker import client_config, producer_config, topic_name
+from pipeline.broker import topic_name
+from pipeline.runtime.kafka import client_config, new_producer
 from pipeline.mail.parse import parse_mail
 from pipeline.streams.reader import read_topic
 from pipeline.streams.runner import WorkerProcess, first_crash, wait_for_outputs
@@ -68,7 +69,7 @@ def test_a_failed_produce_exits_70_without_committing_and_the_restarted_worker_l
     sandbox.workers.append(first)
 
     # First the mail that fits, and a record that is no mail at all: handled and committed.
-    producer = Producer(producer_config(settings.kafka, sandbox.bootstrap))
+    producer = new_producer(settings.kafka, sandbox.bootstrap)
     producer.produce(topic_name(settings.kafka, "mail.raw"), b"not avro at all", b"acme")
     assert producer.flush(10) == 0
     assert ingest_all(sandbox, settings, {"acme": before}) == len(before)

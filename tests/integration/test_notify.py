@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from aiosmtpd.controller import Controller
-from confluent_kafka import Producer
 
-from pipeline.broker import free_port, producer_config, topic_name
+from pipeline.broker import free_port, topic_name
+from pipeline.runtime.kafka import new_producer
 from pipeline.gateways.notify import DeliveryError, Notifier
 from pipeline.streams.reader import read_topic
 
@@ -70,7 +70,7 @@ backoff_s = 0.01
 max_attempts = 3
 """)
         settings = sandbox.settings(settings_file)
-        producer = Producer(producer_config(settings.kafka, sandbox.bootstrap))
+        producer = new_producer(settings.kafka, sandbox.bootstrap)
         users = ["anna@acme.test", "ben@acme.test", "owner-without-address"]
         for n, user in enumerate(users):
             producer.produce(topic_name(settings.kafka, "alerts"), sandbox.codec.encode("alerts", _alert(n, user)), b"acme")

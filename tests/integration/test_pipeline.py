@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
 
-from pipeline.broker import producer_config, topic_name
+from pipeline.broker import topic_name
+from pipeline.runtime.kafka import new_producer
 from pipeline.contracts.records import mail_raw_record
 from pipeline.correlation.engine import Correlator
 from pipeline.mail.hostile import big_mail
@@ -98,7 +98,7 @@ def ingest_all(sandbox, settings: Settings, mail_by_tenant: dict) -> int:
 def test_corpus_end_to_end_equals_engine_and_hostile_input_is_dead_lettered(sandbox):
     settings = sandbox.settings()
     corpus = list(iter_mbox(CORPUS))
-    producer = Producer(producer_config(settings.kafka, sandbox.bootstrap))
+    producer = new_producer(settings.kafka, sandbox.bootstrap)
     raw_topic = topic_name(settings.kafka, "mail.raw")
 
     def encoded(raw: bytes) -> bytes:

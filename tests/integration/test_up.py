@@ -33,7 +33,8 @@ def test_up_reports_the_agent_crash_that_stopped_a_worker_not_the_cancellations_
     its traceback, and exit non-zero."""
     from confluent_kafka import Producer
 
-    from pipeline.broker import client_config, create_topics
+    from pipeline.broker import create_topics
+    from pipeline.runtime.kafka import client_config
     from pipeline.up import write_sample_mbox
 
     settings = sandbox.settings()

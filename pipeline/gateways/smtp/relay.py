@@ -63,7 +63,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from pipeline.blobs import fsync_dir
-from pipeline.broker import producer_config, topic_name
+from pipeline.broker import topic_name
+from pipeline.runtime.kafka import new_producer
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.records import MailRawCodec, MailTooLarge, mail_raw_record
 from pipeline.correlation.engine import format_xref
@@ -480,8 +481,8 @@ class RawRecordWriter:
         timeout_ms = int(settings.relay.kafka_timeout_s * 1000)
         # Big mail goes to the blob store, so every record stays under the clients' 1 MB default.
         self.mail_raw = MailRawCodec(settings, codec)
-        self.config = {**producer_config(settings.kafka, bootstrap),
-                       "message.timeout.ms": timeout_ms,
+        self.bootstrap = bootstrap
+        self.options = {"message.timeout.ms": timeout_ms,
                        "request.timeout.ms": min(30_000, timeout_ms)}
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -490,9 +491,7 @@ class RawRecordWriter:
         self._poller.start()
 
     def _new_producer(self):
-        from confluent_kafka import Producer
-
-        return Producer(self.config)
+        return new_producer(self.settings.kafka, self.bootstrap, self.options)
 
     def _poll(self) -> None:
         while not self._stop.is_set():

@@ -4,9 +4,8 @@ import ssl
 
 import faust
 
-from pipeline.broker import client_config, producer_config
 from pipeline.settings import load_settings
-from pipeline.streams.app import faust_credentials
+from pipeline.runtime.kafka import client_config, faust_credentials, producer_config
 
 
 def _settings(**environ):
@@ -16,7 +15,7 @@ def _settings(**environ):
 def test_plaintext_by_default():
     settings = _settings()
     assert "security.protocol" not in client_config(settings.kafka, "b:9092")
-    assert faust_credentials(settings) is None
+    assert faust_credentials(settings.kafka) is None
 
 
 def test_sasl_ssl_reaches_confluent_clients_and_faust():
@@ -25,7 +24,7 @@ def test_sasl_ssl_reaches_confluent_clients_and_faust():
     for config in (client_config(settings.kafka, "b:9092"), producer_config(settings.kafka, "b:9092")):
         assert (config["security.protocol"], config["sasl.mechanism"], config["sasl.username"],
                 config["sasl.password"]) == ("SASL_SSL", "SCRAM-SHA-512", "svc", "pw")
-    credentials = faust_credentials(settings)
+    credentials = faust_credentials(settings.kafka)
     assert isinstance(credentials, faust.SASLCredentials)
     assert credentials.username == "svc" and credentials.password == "pw"
     assert isinstance(credentials.ssl_context, ssl.SSLContext)
@@ -33,4 +32,4 @@ def test_sasl_ssl_reaches_confluent_clients_and_faust():
 
 def test_ssl_only_gives_faust_an_ssl_context():
     settings = _settings(security_protocol="SSL")
-    assert isinstance(faust_credentials(settings), faust.SSLCredentials)
+    assert isinstance(faust_credentials(settings.kafka), faust.SSLCredentials)
