@@ -11,11 +11,11 @@ truncated or altered file is detected instead of being correlated.
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.durable import fsync_dir, write_atomically
 from pipeline.errors import RejectedInput
 
 
@@ -34,15 +34,6 @@ class BlobRef:
     @classmethod
     def from_record(cls, record: dict) -> "BlobRef":
         return cls(record["sha256"], record["size"])
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or a new entry in ``directory`` survive a crash."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _make_dirs(directory: Path) -> None:
@@ -82,17 +73,7 @@ class FolderBlobStore:
             fsync_dir(path.parent)  # its writer may have died before it made the rename durable
             return ref
         _make_dirs(path.parent)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())  # durable before any record names it
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        fsync_dir(path.parent)  # the rename itself survives a crash
+        write_atomically(path, data)  # durable, rename included, before any record names it
         return ref
 
     def get(self, ref: BlobRef) -> bytes:

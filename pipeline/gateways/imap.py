@@ -39,7 +39,6 @@ import fcntl
 import imaplib
 import json
 import logging
-import os
 import re
 import select
 import ssl
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from pipeline.contracts.avro import AvroCodec
+from pipeline.durable import write_atomically
 from pipeline.settings import ImapSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -203,20 +203,6 @@ class ImapState:
             self._lock.close()
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write, fsync, rename over ``path``, fsync the folder: after a crash ``path`` holds either the
-    old or the new content, never a mix."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 # -- IDLE ----------------------------------------------------------------------------------------

@@ -8,8 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from pipeline.gateways.imap import (FolderState, ImapError, ImapState, imap_utf7, parse_fetch, quoted_folder, uid_set,
-                                write_atomically)
+from pipeline.gateways.imap import (FolderState, ImapError, ImapState, imap_utf7, parse_fetch, quoted_folder, uid_set)
 from pipeline.settings import SettingsError, load_settings
 
 
@@ -84,14 +83,6 @@ def test_an_unreadable_state_file_stops_instead_of_reading_everything_again(tmp_
     path.write_text(content)
     with pytest.raises(ImapError, match=str(path)):
         ImapState(path, "a@h:1")
-
-
-def test_write_atomically_replaces_the_whole_file(tmp_path):
-    path = tmp_path / "f.json"
-    write_atomically(path, b"old")
-    write_atomically(path, b"new")
-    assert path.read_bytes() == b"new"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
 def test_imap_settings_defaults_and_environment():

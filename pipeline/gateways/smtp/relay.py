@@ -62,7 +62,7 @@ from email.utils import formatdate, getaddresses
 from pathlib import Path
 from typing import Callable, Sequence
 
-from pipeline.blobs import fsync_dir
+from pipeline.durable import fsync_dir, write_atomically
 from pipeline.broker import topic_name
 from pipeline.runtime.kafka import new_producer
 from pipeline.contracts.avro import AvroCodec
@@ -286,19 +286,9 @@ def load_counter(path: Path, settings: TrackingTokenSettings) -> TokenCounter:
         raise RelayError(f"{path} is not a token counter file ({exc}); fix or remove it") from exc
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def save_counter(path: Path, counter: TokenCounter) -> None:
     state = {str(user): value for user, value in sorted(counter.state().items())}
-    _write_durably(path, json.dumps({"format": 1, "next": state}, indent=1).encode())
+    write_atomically(path, json.dumps({"format": 1, "next": state}, indent=1).encode())
 
 
 # -- the queue --------------------------------------------------------------------------------
@@ -367,7 +357,7 @@ class RelayQueue:
             message_id: str | None = None) -> None:
         envelope = {"mail_from": mail_from, "rcpt_tos": list(rcpt_tos), "mail_options": list(mail_options),
                     "queued_at": time.time(), "message_id": message_id}
-        _write_durably(self.directory / name, json.dumps(envelope).encode() + b"\n" + data)
+        write_atomically(self.directory / name, json.dumps(envelope).encode() + b"\n" + data)
 
     def load(self, name: str) -> QueuedMail:
         content = (self.directory / name).read_bytes()
@@ -392,7 +382,7 @@ class RelayQueue:
         envelope = {"mail_from": item.mail_from, "rcpt_tos": sorted(refused), "mail_options": list(item.mail_options),
                     "queued_at": item.queued_at, "message_id": item.message_id, "refused": refused,
                     "failed_at": time.time()}
-        _write_durably(target, json.dumps(envelope).encode() + b"\n" + item.data)
+        write_atomically(target, json.dumps(envelope).encode() + b"\n" + item.data)
 
 
 # -- the upstream -----------------------------------------------------------------------------
