@@ -3,7 +3,9 @@
 Sources, lowest priority first: the defaults below, a TOML file, environment variables.
 Every field of a section is reachable from the environment as ``THREADLINE_<SECTION>_<FIELD>``
 (upper case), so ``kafka.bootstrap`` is ``THREADLINE_KAFKA_BOOTSTRAP`` and ``clickhouse.url`` is
-``THREADLINE_CLICKHOUSE_URL``.  List values are given as JSON (``'["a.com", "b.com"]'``).
+``THREADLINE_CLICKHOUSE_URL``.  Lists and tables are given as JSON (``'["a.com", "b.com"]'``), which
+pydantic-settings decodes (``_EnvironmentSource``); a field's own validators then see the same
+values as from the TOML file.
 
 ``CorrelationSettings`` is everything that shapes hashes and matching; its fingerprint names a
 *generation* (DESIGN.md §3): a replay with a different fingerprint recomputes every correlation.
@@ -22,6 +24,8 @@ from typing import Any, Literal, Mapping
 
 from pydantic import (BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler,
                       ValidationError, ValidationInfo, field_validator, model_serializer, model_validator)
+from pydantic.fields import FieldInfo
+from pydantic_settings import EnvSettingsSource
 
 from pipeline.redact import SHOW_SECRETS, is_secret, mask_section, masked, redact_strings, secret_values, \
     validation_message
@@ -29,19 +33,6 @@ from pipeline.redact import SHOW_SECRETS, is_secret, mask_section, masked, redac
 ENV_PREFIX = "THREADLINE_"
 DEFAULT_SETTINGS_FILE = "threadline.toml"
 
-
-
-def _json_from_variable(value: Any, name: str, *, when_blank: Any = ...) -> Any:
-    """A setting given as JSON text in its environment variable, decoded; other values unchanged.
-    ``when_blank`` is what blank text means (by default it is decoded too, and fails)."""
-    if not isinstance(value, str):
-        return value
-    if when_blank is not ... and not value.strip():
-        return when_blank
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{name} is not a JSON object: {exc}") from exc
 
 
 def _cidr_networks(value: tuple[str, ...], name: str) -> tuple[str, ...]:
@@ -196,12 +187,6 @@ class KafkaSettings(_Section):
         "(table changelogs). Refused here: the connection and security settings (the fields above, which Faust "
         "gets too) and what the pipeline relies on (acks, enable.idempotence, partitioner, compression)."
     )
-
-    @field_validator("producer_options", mode="before")
-    @classmethod
-    def _options_from_json(cls, value: Any) -> Any:
-        # THREADLINE_KAFKA_PRODUCER_OPTIONS='{"message.max.bytes": 8000000}'
-        return _json_from_variable(value, "producer_options", when_blank={})
 
     @field_validator("producer_options")
     @classmethod
@@ -366,11 +351,6 @@ class EscalationPolicy(_Section):
             raise ValueError(f"escalate_after ({value}) must be greater than warn_after ({info.data['warn_after']})")
         return value
 
-    @field_validator("business_hours", mode="before")
-    @classmethod
-    def _business_hours_from_json(cls, value: Any) -> Any:
-        return _json_from_variable(value, "business_hours", when_blank=None)
-
     @field_validator("holidays", mode="before")
     @classmethod
     def _holidays_are_dates(cls, value: Any) -> Any:
@@ -517,11 +497,6 @@ class TrackingSettings(_Section):
                     "keep-alive connection stays open. An unsubscribe request body gets the same time.",
     )
 
-    @field_validator("keys", mode="before")
-    @classmethod
-    def _keys_from_json(cls, value: Any) -> Any:
-        return _json_from_variable(value, "keys")  # THREADLINE_TRACKING_KEYS='{"2026a": "..."}'
-
     @field_validator("keys")
     @classmethod
     def _keys_are_usable(cls, value: dict[str, str]) -> dict[str, str]:
@@ -656,16 +631,6 @@ class ImapSettings(_Section):
     state_file: str = Field("imap-state.json", description="UIDVALIDITY and last UID per folder (JSON) in "
                             "worker.data_dir; restarts continue from it.")
 
-    @field_validator("folders", mode="before")
-    @classmethod
-    def _folders_from_json(cls, value: Any) -> Any:
-        if isinstance(value, str):  # THREADLINE_IMAP_FOLDERS='[{"name": "INBOX", "direction": "in"}]'
-            try:
-                return json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"folders is not a JSON list: {exc}") from exc
-        return value
-
     @field_validator("folders")
     @classmethod
     def _folders_are_named(cls, value: tuple[dict[str, str], ...]) -> tuple[dict[str, str], ...]:
@@ -795,12 +760,6 @@ class RelaySettings(_Section):
     def _networks_parse(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _cidr_networks(value, "client_networks")
 
-    @field_validator("sender_user_numbers", mode="before")
-    @classmethod
-    def _numbers_from_json(cls, value: Any) -> Any:
-        # THREADLINE_RELAY_SENDER_USER_NUMBERS='{"ann@acme.test": 7}'
-        return _json_from_variable(value, "sender_user_numbers", when_blank={})
-
     @field_validator("sender_user_numbers")
     @classmethod
     def _numbers_casefolded(cls, value: dict[str, int]) -> dict[str, int]:
@@ -878,37 +837,55 @@ class Settings(_Section):
         return (self.mail.blob_dir or self.worker.data_dir / "blobs").resolve()
 
 
-def _read_secret_file(variable: str, path: str) -> str:
-    """``THREADLINE_X_FILE=/run/secrets/x``: the value of ``THREADLINE_X`` is that file's content
-    (the Docker and Kubernetes secrets convention); a trailing newline is dropped."""
-    try:
-        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise SettingsError(f"{variable}: cannot read {path}: {exc.strerror}") from exc
+class _EnvironmentSource(EnvSettingsSource):
+    """The environment overlay: ``THREADLINE_<SECTION>_<FIELD>`` for every field of every section,
+    nested sections joined the same way (``THREADLINE_CORRELATION_TRACKING_TOKEN_ENABLED``).
 
+    Section and field names hold underscores themselves, so a variable cannot be split at a
+    delimiter (pydantic-settings' ``env_nested_delimiter``): the names are built from the model
+    instead. pydantic-settings decides which fields are complex (lists, dicts, models) and decodes
+    their JSON; ``THREADLINE_X_FILE=/run/secrets/x`` gives the value of ``THREADLINE_X`` as that
+    file's content (the Docker and Kubernetes secrets convention).
+    """
 
-def _env_overrides(model: type[BaseModel], environ: Mapping[str, str], prefix: str) -> dict[str, Any]:
-    """Collect ``PREFIX_FIELD`` variables (or ``PREFIX_FIELD_FILE``, a file holding the value) for
-    every field of ``model``, recursing into sections."""
-    found: dict[str, Any] = {}
-    for name, field in model.model_fields.items():
-        var = f"{prefix}{name}".upper()
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            nested = _env_overrides(annotation, environ, var + "_")
-            if nested:
-                found[name] = nested
-        elif var in environ or f"{var}_FILE" in environ:
-            raw = environ[var] if var in environ else _read_secret_file(f"{var}_FILE", environ[f"{var}_FILE"])
-            # Lists and tuples come as JSON; scalars stay strings and pydantic coerces them.
-            if raw.lstrip().startswith("["):
-                try:
-                    found[name] = json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    raise SettingsError(f"{var} is not a JSON list: {exc}") from exc
-            else:
-                found[name] = raw
-    return found
+    def __init__(self, environ: Mapping[str, str]):
+        self._environ = environ
+        super().__init__(Settings, case_sensitive=True, env_prefix=ENV_PREFIX)
+
+    def _load_env_vars(self) -> Mapping[str, str]:
+        return self._environ
+
+    def __call__(self) -> dict[str, Any]:
+        return self._section_values(Settings, ENV_PREFIX)
+
+    def _section_values(self, model: type[BaseModel], prefix: str) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name, field in model.model_fields.items():
+            variable = f"{prefix}{name}".upper()
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                if nested := self._section_values(field.annotation, variable + "_"):
+                    found[name] = nested
+            elif (raw := self._raw_value(variable)) is not None:
+                found[name] = self._decoded(name, field, variable, raw) if self._field_is_complex(field)[0] else raw
+        return found
+
+    def _raw_value(self, variable: str) -> str | None:
+        if variable in self.env_vars or f"{variable}_FILE" not in self.env_vars:
+            return self.env_vars.get(variable)
+        path = self.env_vars[f"{variable}_FILE"]
+        try:
+            return Path(path).read_text(encoding="utf-8").rstrip("\r\n")  # a trailing newline is not the value's
+        except OSError as exc:
+            raise SettingsError(f"{variable}_FILE: cannot read {path}: {exc.strerror}") from exc
+
+    def _decoded(self, name: str, field: FieldInfo, variable: str, raw: str) -> Any:
+        kind = "list" if isinstance(field.default, tuple) else "object"
+        if kind == "object" and not raw.strip():  # VAR= : no entries, or unset for an optional section
+            return None if field.default is None else {}
+        try:
+            return self.decode_complex_value(name, field, raw)
+        except ValueError as exc:
+            raise SettingsError(f"{variable} is not a JSON {kind}: {exc}") from None
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -939,7 +916,7 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
             raise SettingsError(f"settings file {settings_path} does not exist") from exc
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"settings file {settings_path} is not valid TOML: {exc}") from exc
-    values = _deep_merge(file_values, _env_overrides(Settings, environ, ENV_PREFIX))
+    values = _deep_merge(file_values, _EnvironmentSource(environ)())
     try:
         return Settings.model_validate(values)
     except ValidationError as exc:

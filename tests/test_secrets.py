@@ -103,7 +103,7 @@ def test_reference_masks_secret_defaults():
     ({"THREADLINE_CLICKHOUSE_URL": "https://u:CH-MARKER-7731@host:notaport/db"}, "clickhouse.url"),
     ({"THREADLINE_CLICKHOUSE_URL": "ftp://u:CH-MARKER-7731@host/db"}, "clickhouse.url"),
     # pydantic's own text would print the rejected value of any field, secret or not
-    ({"THREADLINE_KAFKA_SASL_PASSWORD": '["LIST-MARKER-1"]'}, "kafka.sasl_password"),
+    ({"THREADLINE_TRACKING_KEYS": '{"k": ["LIST-MARKER-1"]}'}, "tracking.keys"),
     ({"THREADLINE_TRACKING_BASE_URL": "https://u:BASE-MARKER-9@t.example/?q=1"}, "tracking.base_url"),
 ])
 def test_settings_errors_name_the_field_but_never_echo_the_value(environ, location, monkeypatch, capsys):

@@ -48,7 +48,7 @@ def test_keys_from_a_json_variable():
 
 @pytest.mark.parametrize("environ, message", [
     ({"THREADLINE_TRACKING_CURRENT_KEY_ID": "nope"}, "current_key_id 'nope' is not one of keys"),
-    ({"THREADLINE_TRACKING_KEYS": '{"k": "short"}', "THREADLINE_TRACKING_CURRENT_KEY_ID": "k"}, "shorter than 16"),
+    ({"THREADLINE_TRACKING_KEYS": '{"k": "tiny-key"}', "THREADLINE_TRACKING_CURRENT_KEY_ID": "k"}, "shorter than 16"),
     ({"THREADLINE_TRACKING_KEYS": '{"bad id": "0123456789abcdef"}'}, "key id 'bad id'"),
     ({"THREADLINE_TRACKING_KEYS": "{}"}, "at least one key"),
     ({"THREADLINE_TRACKING_KEYS": "{not json"}, "not a JSON object"),
