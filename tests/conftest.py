@@ -1,14 +1,50 @@
-"""Shared fixtures. chDB allows one data folder per process, so every test that needs ClickHouse
-gets the session's folder and a database of its own."""
+"""Shared fixtures and the unit/integration boundary.
+
+chDB allows one data folder per process, so every test that needs ClickHouse gets the session's
+folder and a database of its own.  A test that starts chDB (it needs ``chdb_path``) or opens a
+network socket is an integration test: the first kind is marked here, the second fails unless it
+is marked, so ``-m "not integration"`` runs only tests that touch neither."""
 
 from __future__ import annotations
 
+import socket
+import sys
 import uuid
 
 import pytest
 
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseStore
+
+
+_NETWORK_FAMILIES = {socket.AF_INET, socket.AF_INET6}
+_unit_test_running = False
+
+
+def _refuse_network_in_unit_tests(event: str, args: tuple) -> None:
+    # An audit hook sees every bind and connect, including those of libraries and servers.
+    if _unit_test_running and event in ("socket.bind", "socket.connect") and args[0].family in _NETWORK_FAMILIES:
+        raise RuntimeError(f"a test not marked integration opened a network socket ({event} {args[1]!r}): "
+                           "mark it @pytest.mark.integration or move it to tests/integration/")
+
+
+sys.addaudithook(_refuse_network_in_unit_tests)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "chdb_path" in item.fixturenames:  # starts (or shares) the session's chDB
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    global _unit_test_running
+    _unit_test_running = item.get_closest_marker("integration") is None
+    try:
+        return (yield)
+    finally:
+        _unit_test_running = False
 
 
 @pytest.fixture(scope="session")

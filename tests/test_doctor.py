@@ -66,6 +66,7 @@ def test_schemas_of_the_repository_pass():
     assert check.detail.startswith("12 topics")
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_unreachable_broker_fails_with_a_fix(monkeypatch):
     real = pipeline.broker.topic_partitions
     # The doctor waits 10 s for metadata (measured: 10.0 s against a closed port); 1 s is enough here.

@@ -71,6 +71,7 @@ def test_jsonl_store_is_per_tenant_case_insensitive_and_shared(tmp_path):
     assert memory.add("acme", "A@b.example") and memory.is_suppressed("acme", "a@B.example")
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_endpoint_get_confirms_post_unsubscribes_forged_is_404(tmp_path):
     settings = Settings(tracking=TRACKING, worker=WorkerSettings(data_dir=tmp_path))
     token = sign_token(dataclasses.replace(UNSUB, issued_at=int(time.time()) - 86400 * 2), KEYS)  # older than a day

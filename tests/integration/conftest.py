@@ -14,7 +14,15 @@ from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.settings import Settings, load_settings
 from pipeline.streams.runner import WorkerProcess
 
-pytestmark = pytest.mark.integration
+INTEGRATION_DIR = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items):
+    # A pytestmark in a conftest marks nothing; mark this folder's tests here so that
+    # -m "not integration" really leaves out everything that starts a broker or chDB.
+    for item in items:
+        if INTEGRATION_DIR in item.path.parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

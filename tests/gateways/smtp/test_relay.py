@@ -290,6 +290,7 @@ class Upstream:
         self.stop()
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_upstream_outcomes_per_recipient():
     with Upstream(answers={"gone@x.test": "550 5.1.1 no such user", "busy@x.test": "451 4.2.0 try later"}) as up:
         relay = RelaySettings(upstream_host="127.0.0.1", upstream_port=up.port, upstream_timeout_s=5)
@@ -340,6 +341,7 @@ def wait_for(predicate, timeout_s: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_relay_records_then_relays_queues_while_the_upstream_is_down_and_refuses_when_not_recorded(tmp_path):
     port = free_port()
     writer = FakeWriter()
@@ -371,6 +373,7 @@ def test_relay_records_then_relays_queues_while_the_upstream_is_down_and_refuses
         assert b"Subject: while down" in up.messages[1][2] and up.messages[1][2] == writer.records[1]["raw"]
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_inbound_relay_changes_nothing_but_the_trace_header(tmp_path):
     port = free_port()
     writer = FakeWriter()
@@ -388,6 +391,7 @@ def test_inbound_relay_changes_nothing_but_the_trace_header(tmp_path):
     assert relay.queue.directory.name == "inbound"
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_refused_for_good_during_the_session_goes_back_to_the_client(tmp_path):
     port = free_port()
     with Upstream(port=port, answers={"gone@customer.test": "550 5.1.1 no such user"}) as up, \
@@ -414,6 +418,7 @@ def test_relay_refuses_unsafe_or_incomplete_configurations(tmp_path):
         SmtpRelay(relay_settings(tmp_path, 25, sender_user_numbers={"a@b.c": 1000}), "x:1", None).check()
 
 
+@pytest.mark.integration  # opens sockets on loopback
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 def test_plaintext_auth_on_loopback_and_credentials_stay_out_of_the_log(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
@@ -445,6 +450,7 @@ def test_plaintext_auth_on_loopback_and_credentials_stay_out_of_the_log(tmp_path
         assert text not in caplog.text and base64.b64encode(text.encode()).decode()[:12] not in caplog.text
 
 
+@pytest.mark.integration  # opens sockets on loopback
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 def test_starttls_is_required_before_mail_and_auth(tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -507,6 +513,7 @@ def auth_plain(client: smtplib.SMTP, user: str, password: str) -> tuple[int, byt
     return client.docmd("AUTH", "PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()).decode())
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_auth_with_an_empty_password_never_succeeds(tmp_path):
     # The attack of the re-test: AUTH PLAIN \0threadline\0 against a relay whose password is empty
     # (here past the settings' validation, which refuses it).
@@ -524,6 +531,7 @@ def test_auth_with_an_empty_password_never_succeeds(tmp_path):
     assert up.messages == []
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_a_weak_auth_password_is_refused_off_loopback(tmp_path):
     tls = {"tls_cert_file": tmp_path / "cert.pem", "tls_key_file": tmp_path / "key.pem", "auth_username": "threadline"}
     weak = {"1": "shorter than 16", "change-me": "example secret", "Change_Me-2025-for-real": "example secret",
@@ -564,6 +572,7 @@ def auth_relay(tmp_path: Path, **relay):
         yield started
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_three_failed_logins_on_a_connection_then_421_and_closed(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="threadline.smtp")
     with auth_relay(tmp_path) as (up, relay, writer):
@@ -590,6 +599,7 @@ def test_three_failed_logins_on_a_connection_then_421_and_closed(tmp_path, caplo
     assert len(up.messages) == 1
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_after_the_per_client_budget_even_the_right_password_is_refused_until_the_window_passes(tmp_path, caplog):
     window = 1.5
     with auth_relay(tmp_path, max_auth_failures_per_client=4, auth_failure_window_s=window) as (up, relay, writer):
@@ -709,6 +719,7 @@ def running(tmp_path: Path, *, inbound: bool = False, **relay):
         yield up, relay_server, writer
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_a_client_outside_client_networks_may_not_send(tmp_path):
     # Tests connect from loopback only: networks without it stand for a client from anywhere else.
     with running(tmp_path, client_networks=["192.0.2.0/24"]) as (up, relay, writer):
@@ -719,6 +730,7 @@ def test_a_client_outside_client_networks_may_not_send(tmp_path):
     assert up.messages == [] and writer.records == []
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_a_forged_sender_is_refused_from_an_allowed_client_and_nothing_leaves(tmp_path):
     with running(tmp_path) as (up, relay, writer):
         # A foreign domain, look-alikes of ours, a subdomain (not listed) and the null sender.
@@ -734,6 +746,7 @@ def test_a_forged_sender_is_refused_from_an_allowed_client_and_nothing_leaves(tm
     assert len(up.messages) == 1 and up.messages[0][0] == "Ann@ACME.test" and len(writer.records) == 1
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_five_thousand_recipients_in_97_domains_get_the_limit_and_452_for_the_rest(tmp_path):
     rcpts = [f"user{n}@domain{n % 97}.test" for n in range(5000)]
     with running(tmp_path) as (up, relay, writer):
@@ -746,6 +759,7 @@ def test_five_thousand_recipients_in_97_domains_get_the_limit_and_452_for_the_re
     assert len(up.messages) == 1 and up.messages[0][1] == rcpts[:limit] and len(writer.records) == 1
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_inbound_takes_mail_from_anyone_for_the_own_domains_only(tmp_path):
     # No client network at all: inbound, any MTA may deliver; the recipients decide.
     with running(tmp_path, inbound=True, own_domains=["customer.test"], client_networks=[]) as (up, relay, writer):
@@ -762,6 +776,7 @@ def test_inbound_takes_mail_from_anyone_for_the_own_domains_only(tmp_path):
                                                    ("<>", ["bob@customer.test"])]
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_per_client_rates_of_messages_and_recipients(tmp_path):
     with running(tmp_path, max_messages_per_client=3, max_recipients_per_client=4) as (up, relay, writer):
         send(relay.port, mail(), rcpts=["a@customer.test", "b@customer.test"])
@@ -777,6 +792,7 @@ def test_per_client_rates_of_messages_and_recipients(tmp_path):
     assert [m[1] for m in up.messages] == [["a@customer.test", "b@customer.test"], ["c@x.test", "d@x.test"]]
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_connections_per_client_are_capped(tmp_path):
     with running(tmp_path, max_connections_per_client=2) as (up, relay, writer):
         wait_for(lambda: relay.limits.open_connections == 0)  # the controller's own start-up probe
@@ -814,6 +830,7 @@ def _closed_within(sock: socket.socket, seconds: float, keep_busy: Callable[[], 
     return None
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_slow_clients_are_dropped_idle_dribbling_data_or_too_long(tmp_path):
     with running(tmp_path, command_timeout_s=0.5, session_timeout_s=1.5) as (up, relay, writer):
         # Silent after the greeting.
@@ -849,6 +866,7 @@ def test_slow_clients_are_dropped_idle_dribbling_data_or_too_long(tmp_path):
     assert len(up.messages) == 1
 
 
+@pytest.mark.integration  # opens sockets on loopback
 def test_listening_off_loopback_needs_a_safe_configuration(tmp_path):
     port = free_port()
     relay = SmtpRelay(relay_settings(tmp_path, 25), "x:1", None, host="0.0.0.0", port=port)
