@@ -32,7 +32,7 @@ def run_demo(corpus: Path, out_dir: Path, settings: Settings, *, progress) -> No
         if strip:
             shown = set()
             for prediction in predictions:
-                reason = prediction.evidence.get("quoted_lines") and "quoted" or prediction.method.label
+                reason = prediction.evidence.get("quoted_lines") and "quoted" or prediction.method_name
                 if prediction.parent_message_id and reason not in shown:
                     shown.add(reason)
                     print("\n" + describe(prediction.to_dict()))

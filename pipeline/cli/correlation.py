@@ -38,7 +38,7 @@ def cmd_correlate(args: argparse.Namespace) -> int:
                 failures += 1
                 errors.write(json.dumps(item.to_dict()) + "\n")
                 continue
-            counts[item.method.label] = counts.get(item.method.label, 0) + 1
+            counts[item.method_name] = counts.get(item.method_name, 0) + 1
             out.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
     total = sum(counts.values())
     print(f"{total} mails correlated -> {out_path}", file=sys.stderr)

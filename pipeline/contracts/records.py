@@ -95,7 +95,7 @@ def correlated_record(correlation: Correlation, mailbox: str, position: SourcePo
         "parent_message_id": correlation.parent_message_id,
         "regarding": correlation.regarding,
         "method": int(correlation.method),
-        "method_name": correlation.method.label,
+        "method_name": correlation.method_name,
         "mail_type": correlation.mail_type,
         "direction": correlation.direction,
         "event_time": correlation.event_time,

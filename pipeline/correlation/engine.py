@@ -3,7 +3,8 @@
 Pure Python: no Kafka, Faust or ClickHouse.  The Faust correlator, the CLI, the evaluation and
 the benchmarks all drive this class; only the index's store differs between them.
 
-Order, first hit wins: XHeader (2), InReplyTo (3), TrackingToken (4), ConversationIndex (5),
+The methods are the strategies registered in ``pipeline/correlation/methods/``, tried in order,
+first hit wins: XHeader (2), InReplyTo (3), TrackingToken (4), ConversationIndex (5),
 SmartMatching (6), Custom (7), else None (0); Skipped (1) when correlation is off or the mail is
 untracked.  Every decision carries its evidence.
 
@@ -24,7 +25,9 @@ from pipeline.correlation import subject as subjects
 from pipeline.correlation import thread_index, tokens
 from pipeline.correlation.identity import COLLISION_FLAG, content_digest, derived_ids
 from pipeline.correlation.index import CorrelationIndex
-from pipeline.correlation.model import Correlation, IndexedMail, Method, Response, stable_event_id
+from pipeline.correlation.methods.base import FUTURE_SLACK_S, STRATEGIES, MailFacts, Method, canonical_code, method_label, recency
+from pipeline.correlation.methods.xheader import parse_xref
+from pipeline.correlation.model import Correlation, IndexedMail, Response, stable_event_id
 from pipeline.mail.content import normalize_line
 from pipeline.mail.record import MailRecord
 from pipeline.settings import CorrelationSettings, UntrackedSettings
@@ -33,22 +36,12 @@ Clock = Callable[[], datetime]
 CustomRule = Callable[[MailRecord, CorrelationIndex], "str | None"]
 RegardingResolver = Callable[[MailRecord], "str | None"]
 
-# Candidates dated more than this after the mail are not its parent (clocks are skewed, but a
-# parent written a day after its reply is another conversation).
-FUTURE_SLACK_S = 86_400.0
 # Referenced ids kept per mail: the nearest ancestors say which thread it is in.
 MAX_REFERENCES = 5
-# Weights of the evidence strategy's ranking; quoted text is the strongest sign of a parent.
-_QUOTED_LINE_WEIGHT = 4
-_MAX_QUOTED_LINES_SCORED = 5
-_ATTRIBUTION_WEIGHT = 3
-_SAME_SUBJECT_WEIGHT = 2
-_PARTICIPANT_WEIGHT = 1
 # Patch series and multi-part announcements ("[PATCH v2 3/7]", "[2/2] repo git commit: ..."):
 # git send-email and commit mailers thread every part to the cover letter ([0/N]) or, without
 # one, to the first part; the parts of one series leave one sender within minutes.
 _SERIES_TAG = re.compile(r"\[(?:[^\]\[]{0,40}?\s)?(\d{1,3})/(\d{1,3})\]")
-SERIES_WINDOW_S = 3_600.0
 _BRACKET_TAG = re.compile(r"\[[^\]]*\]")
 _WORD = re.compile(r"\w+")
 
@@ -101,23 +94,8 @@ def load_custom_rule(spec: str) -> CustomRule:
     return rule
 
 
-def parse_xref(value: str) -> dict[str, str]:
-    """``X-Threadline-Ref: instance=threadline; ref=<id@host>; regarding=SUPP-1`` -> fields."""
-    fields: dict[str, str] = {}
-    for part in value.split(";"):
-        key, sep, item = part.partition("=")
-        if sep and key.strip():
-            fields[key.strip().lower()] = item.strip()
-    return fields
-
-
-def format_xref(instance_id: str, ref: str, regarding: str | None = None) -> str:
-    value = f"instance={instance_id}; ref={ref}"
-    return f"{value}; regarding={regarding}" if regarding else value
-
-
 @dataclass(frozen=True, slots=True)
-class _SubjectFacts:
+class SubjectFacts:
     """Everything the engine derives from a subject line alone.  Replies repeat their thread's
     subject, so these are cached per subject (see ``Correlator._subject_facts``)."""
 
@@ -131,20 +109,6 @@ class _SubjectFacts:
 # Distinct subjects remembered by one correlator; the cache is dropped whole when full (it is
 # a pure function of the subject, so dropping it changes speed, never a decision).
 _SUBJECT_CACHE_SIZE = 100_000
-
-
-@dataclass(frozen=True, slots=True)
-class _Match:
-    method: Method
-    parent: IndexedMail
-    candidate_count: int
-    evidence: dict
-
-
-def _recency(entry: IndexedMail) -> tuple[float, str]:
-    """Newest wins; equal times are broken by Message-ID so that the choice never depends on
-    arrival or iteration order (a rebuilt index must decide exactly like the live one)."""
-    return entry.event_time, entry.message_id
 
 
 def _same_content(entry: IndexedMail, digest: str) -> bool:
@@ -191,7 +155,7 @@ class Correlator:
         self._excluded_addresses = frozenset(a.lower() for a in self.untracked.excluded_addresses)
         self._excluded_domains = frozenset(d.lower() for d in self.untracked.excluded_domains)
         self._excluded_mailboxes = frozenset(self.untracked.excluded_mailboxes)
-        self._subject_cache: dict[str, _SubjectFacts] = {}
+        self._subject_cache: dict[str, SubjectFacts] = {}
         self._last_digest: tuple[MailRecord | None, str] = (None, "")
 
     # -- public ----------------------------------------------------------------------------
@@ -225,11 +189,16 @@ class Correlator:
         mail_type = facts.mail_type
         named_ids = self._named_ids(mail) if self.settings.use_in_reply_to else []
 
-        match = self._match(mail, ts, facts, addresses, token, conversation_key, named_ids)
+        mail_facts = MailFacts(mail, ts, facts, addresses, token, conversation_key, named_ids)
+        match = None
+        for strategy in STRATEGIES:
+            match = strategy.match(self, mail_facts)
+            if match is not None:
+                break
         evidence: dict = {}
         if match is not None and mail_type == "forward" and not self.settings.forwards_as_replies:
             evidence = {"forward_not_reply": True, "would_match": match.parent.message_id,
-                        "would_method": match.method.label}
+                        "would_method": method_label(match.method)}
             match = None
 
         if match is None:
@@ -310,7 +279,7 @@ class Correlator:
             yield self.correlate(mail)
 
     # -- decisions -------------------------------------------------------------------------
-    def _subject_facts(self, subject: str) -> _SubjectFacts:
+    def _subject_facts(self, subject: str) -> SubjectFacts:
         facts = self._subject_cache.get(subject)
         if facts is not None:
             return facts
@@ -322,7 +291,7 @@ class Correlator:
             # [VOTE] x" is not "[VOTE] x". The configured filter still applies after that.
             hashed = subjects.strip_reply_prefixes(subject)
         words = subjects.subject_hashes(hashed, smart)
-        facts = _SubjectFacts(
+        facts = SubjectFacts(
             words=words,
             subject_key=" ".join(sorted(words)),
             mail_type=subjects.mail_type_from_subject(subject),
@@ -404,7 +373,7 @@ class Correlator:
         if message_id != mail.message_id:
             evidence["original_message_id"] = mail.message_id
         return self._result(
-            mail, event_dt, Method(known.method), untracked_reason="duplicate",
+            mail, event_dt, canonical_code(known.method), untracked_reason="duplicate",
             message_id=message_id,
             conversation_id=known.conversation_id,
             parent_message_id=known.parent_message_id,
@@ -421,72 +390,21 @@ class Correlator:
                 return regarding
         return self.regarding_resolver(mail) if self.regarding_resolver else None
 
-    def _in_window(self, entry: IndexedMail, ts: float) -> bool:
+    def in_window(self, entry: IndexedMail, ts: float) -> bool:
         return ts - self.window_s <= entry.event_time <= ts + FUTURE_SLACK_S
 
-    def _most_recent(self, ids: list[str], ts: float) -> tuple[IndexedMail | None, int]:
+    def most_recent(self, ids: list[str], ts: float) -> tuple[IndexedMail | None, int]:
         """The newest in-window entry of ``ids`` and the count of in-window entries."""
         best = None
         count = 0
         for message_id in ids:
             entry = self.index.get(message_id)
-            if entry is None or not self._in_window(entry, ts):
+            if entry is None or not self.in_window(entry, ts):
                 continue
             count += 1
-            if best is None or _recency(entry) > _recency(best):
+            if best is None or recency(entry) > recency(best):
                 best = entry
         return best, count
-
-    def _match(self, mail, ts, facts: _SubjectFacts, addresses, token, conversation_key, named_ids) -> _Match | None:
-        words, subject_key = facts.words, facts.subject_key
-        settings = self.settings
-        index = self.index
-        if settings.use_xheader and mail.xref:
-            xref = parse_xref(mail.xref)
-            ref = xref.get("ref")
-            if xref.get("instance") == settings.instance_id and ref and ref != mail.message_id:
-                parent = index.get(ref)
-                if parent is not None and self._in_window(parent, ts):
-                    return _Match(Method.XHEADER, parent, 1, {"header": settings.xheader_name, "ref": ref})
-
-        if named_ids:
-            named = named_ids
-            for header, ref in named:
-                parent = index.get(ref)
-                if parent is not None and self._in_window(parent, ts):
-                    return _Match(Method.IN_REPLY_TO, parent, 1, {"header": header, "ref": ref})
-            # The parent never reached us, but another mail names it too: a sibling in the
-            # same thread (the nearest shared ancestor decides).
-            for header, ref in named:
-                sibling, count = self._most_recent(index.by_reference(ref), ts)
-                if sibling is not None:
-                    return _Match(Method.IN_REPLY_TO, sibling, count,
-                                  {"header": header, "ref": ref, "shared_reference": True})
-
-        if token is not None:
-            match = self._match_token(mail, ts, token, subject_key, addresses)
-            if match is not None:
-                return match
-
-        if settings.use_conversation_index and conversation_key:
-            parent, count = self._most_recent(index.by_conversation_key(conversation_key), ts)
-            if parent is not None:
-                return _Match(Method.CONVERSATION_INDEX, parent, count, {"conversation_key": conversation_key})
-
-        if settings.smart_matching.enabled and words:
-            if settings.smart_matching.strategy == "dynamics":
-                match = self._match_dynamics(ts, words, subject_key, addresses)
-            else:
-                match = self._match_evidence(mail, ts, facts, addresses)
-            if match is not None:
-                return match
-
-        if self.custom_rule is not None:
-            ref = self.custom_rule(mail, index)
-            parent = index.get(ref) if ref else None
-            if parent is not None:
-                return _Match(Method.CUSTOM, parent, 1, {"rule": settings.custom_rule or "injected", "ref": ref})
-        return None
 
     @staticmethod
     def _named_ids(mail: MailRecord) -> list[tuple[str, str]]:
@@ -495,159 +413,8 @@ class Correlator:
         named += [("References", ref) for ref in reversed(mail.references) if ref not in mail.in_reply_to]
         return named
 
-    def _match_token(self, mail, ts, token, subject_key, addresses) -> _Match | None:
-        """The most recent mail with the token; in "confirms" mode the most recent one whose
-        subject is unchanged or that shares an address (the token alone does not decide)."""
-        candidates = [e for e in map(self.index.get, self.index.by_token(token))
-                      if e is not None and self._in_window(e, ts)]
-        candidates.sort(key=_recency, reverse=True)
-        confirm = self.settings.tracking_token.mode == "confirms"
-        for parent in candidates:
-            evidence: dict = {"token": token}
-            if confirm and parent.subject_key != subject_key:
-                common = sorted(set(addresses).intersection(parent.addresses))
-                if not common:
-                    continue
-                evidence.update(subject_changed=True, matched_addresses=common)
-            return _Match(Method.TRACKING_TOKEN, parent, len(candidates), evidence)
-        return None
-
-    def _subject_candidates(self, ts, words, subject_key) -> list[IndexedMail]:
-        """Mails whose subject hashes agree within ``hash_delta_subject_count``."""
-        smart = self.settings.smart_matching
-        index = self.index
-        delta = smart.hash_delta_subject_count
-        if delta == 0:
-            ids = index.by_subject_key(subject_key)
-        else:
-            # A candidate missing at most ``delta`` of our words has at least one of any
-            # delta + 1 of them: the postings of the rarest delta + 1 words find them all.
-            rarest = sorted(words, key=index.word_count)[: delta + 1]
-            ids = list(dict.fromkeys(m for word in rarest for m in index.by_word(word)))
-        word_set = set(words)
-        candidates = []
-        for message_id in ids:
-            entry = index.get(message_id)
-            if entry is None or not self._in_window(entry, ts):
-                continue
-            if delta:
-                common = len(word_set.intersection(entry.subject_words))
-                if len(words) - common > delta or len(entry.subject_words) - common > delta:
-                    continue
-            candidates.append(entry)
-        return candidates
-
-    def _match_dynamics(self, ts, words, subject_key, addresses) -> _Match | None:
-        """CRM 4.0: subject hashes agree and at least ``hash_min_address_count`` addresses match;
-        the most recent candidate wins."""
-        need = self.settings.smart_matching.hash_min_address_count
-        address_set = set(addresses)
-        best = None
-        best_common: list[str] = []
-        count = 0
-        for entry in self._subject_candidates(ts, words, subject_key):
-            common = address_set.intersection(entry.addresses)
-            if len(common) < need:
-                continue
-            count += 1
-            if best is None or _recency(entry) > _recency(best):
-                best, best_common = entry, sorted(common)
-        if best is None:
-            return None
-        return _Match(Method.SMART_MATCHING, best, count, {
-            "strategy": "dynamics", "subject_hashes": list(words), "matched_addresses": best_common,
-        })
-
-    def _match_evidence(self, mail, ts, facts: _SubjectFacts, addresses) -> _Match | None:
-        """CRM 4.0 candidates, plus mail that continues a subject with a reply signal, or quotes an
-        indexed mail's own text; ranked by quoted lines, attribution, subject and participants."""
-        index = self.index
-        smart = self.settings.smart_matching
-        words, subject_key, series = facts.words, facts.subject_key, facts.series
-        if series is not None and series[0] >= 1:
-            match = self._match_series(mail, ts, *series)
-            if match is not None:
-                return match
-        same_subject = {entry.message_id: entry for entry in self._subject_candidates(ts, words, subject_key)}
-        quoted_hits: dict[str, int] = {}
-        own_lines = set(mail.own_line_hashes)
-        for line_hash in mail.quoted_line_hashes:
-            # A line the mail also carries unquoted (a list footer, a disclaimer) is boilerplate
-            # appended to every mail, not text quoted from one parent.
-            if line_hash in own_lines:
-                continue
-            for message_id in index.by_line_hash(line_hash):
-                quoted_hits[message_id] = quoted_hits.get(message_id, 0) + 1
-        if not same_subject and not quoted_hits:
-            return None
-
-        has_prefix = facts.mail_type != "new"
-        address_set = set(addresses)
-        word_set = set(words)
-        topic_words = word_set - facts.tag_words if quoted_hits else word_set
-        attribution = mail.attribution
-        best = None
-        best_key = None
-        best_evidence: dict = {}
-        accepted = 0
-        for message_id in same_subject.keys() | quoted_hits.keys():
-            entry = same_subject.get(message_id) or index.get(message_id)
-            if entry is None or not self._in_window(entry, ts):
-                continue
-            quoted = quoted_hits.get(message_id, 0)
-            subject_match = message_id in same_subject
-            attributed = bool(attribution) and (
-                (entry.from_name and entry.from_name in attribution)
-                or (entry.from_addr and entry.from_addr in attribution)
-            )
-            common_addresses = address_set.intersection(entry.addresses)
-            related = mail.from_addr in entry.addresses or entry.from_addr in address_set
-            dynamics_rule = subject_match and len(common_addresses) >= smart.hash_min_address_count
-            continues_subject = subject_match and (has_prefix or quoted > 0 or attributed)
-            # Quoted text alone can be a footer or a pasted error message seen in another
-            # thread: it needs the subject to share words with the parent, or the attribution.
-            quotes_it = quoted > 0 and (bool(topic_words.intersection(entry.subject_words)) or attributed)
-            if not (dynamics_rule or continues_subject or quotes_it):
-                continue
-            accepted += 1
-            score = (_QUOTED_LINE_WEIGHT * min(quoted, _MAX_QUOTED_LINES_SCORED)
-                     + _ATTRIBUTION_WEIGHT * attributed + _SAME_SUBJECT_WEIGHT * subject_match
-                     + _PARTICIPANT_WEIGHT * related)
-            key = (score, *_recency(entry))
-            if best_key is None or key > best_key:
-                best, best_key = entry, key
-                best_evidence = {
-                    "strategy": "evidence",
-                    "subject_hashes": list(words) if subject_match else sorted(word_set.intersection(entry.subject_words)),
-                    "same_subject": subject_match,
-                    "reply_prefix": has_prefix,
-                    "quoted_lines": quoted,
-                    "attribution": attribution if attributed else None,
-                    "matched_addresses": sorted(common_addresses),
-                    "score": score,
-                }
-        if best is None:
-            return None
-        return _Match(Method.SMART_MATCHING, best, accepted, best_evidence)
-
-    def _match_series(self, mail: MailRecord, ts: float, part: int, total: int) -> _Match | None:
-        """Part k of a series joins its cover letter [0/N], else its first part [1/N], sent by the
-        same sender shortly before."""
-        heads = (0,) if part == 1 else (0, 1)
-        for head in heads:
-            ids = self.index.by_series_head(f"{mail.from_addr}|{total}|{head}")
-            candidates = [e for e in map(self.index.get, ids)
-                          if e is not None and ts - SERIES_WINDOW_S <= e.event_time <= ts + FUTURE_SLACK_S]
-            if candidates:
-                parent = max(candidates, key=_recency)
-                return _Match(Method.SMART_MATCHING, parent, len(candidates), {
-                    "strategy": "evidence", "series": f"{part}/{total}", "series_head": f"{head}/{total}",
-                    "matched_addresses": [mail.from_addr],
-                })
-        return None
-
     # -- output ----------------------------------------------------------------------------
-    def _result(self, mail: MailRecord, event_dt: datetime, method: Method, *,
+    def _result(self, mail: MailRecord, event_dt: datetime, method: int, *,
                 message_id: str | None = None, conversation_id: str | None = None, parent_message_id: str | None = None,
                 regarding: str | None = None, tracking_token: str | None = None,
                 candidate_count: int = 0, evidence: dict | None = None, mail_type: str | None = None,

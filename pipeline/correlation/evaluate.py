@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pipeline.correlation.model import Correlation, Method
+from pipeline.correlation.methods.base import Method
+from pipeline.correlation.model import Correlation
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +112,7 @@ def evaluate(truth: Iterable[TruthRow], predictions: Iterable[Correlation]) -> E
         parent = prediction.parent_message_id
         if parent is None or prediction.method in (Method.NONE, Method.SKIPPED):
             continue
-        score = result.methods.setdefault(prediction.method.label, MethodScore())
+        score = result.methods.setdefault(prediction.method_name, MethodScore())
         correct = thread_of.get(parent) == true_thread
         for target in (score, result.overall):
             target.links += 1

@@ -1,8 +1,11 @@
-"""Say in words why a mail was correlated the way it was (``threadline explain``)."""
+"""Say in words why a mail was correlated the way it was (``threadline explain``); the reason
+for a link comes from its method's strategy (``MethodStrategy.explain``)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from pipeline.correlation.methods.base import strategy_labelled
 
 _UNTRACKED = {
     "correlation_disabled": "correlation is switched off in the settings",
@@ -15,35 +18,8 @@ _UNTRACKED = {
 
 
 def _because(method: str, evidence: dict[str, Any]) -> str:
-    if method == "XHeader":
-        return f"our own header {evidence.get('header')} names {evidence.get('ref')}"
-    if method == "InReplyTo":
-        return f"its {evidence.get('header')} header names {evidence.get('ref')}, a mail we know"
-    if method == "TrackingToken":
-        text = f"its subject carries the tracking token {evidence.get('token')}"
-        if evidence.get("subject_changed"):
-            text += f"; the subject changed, confirmed by common addresses {', '.join(evidence['matched_addresses'])}"
-        return text
-    if method == "ConversationIndex":
-        return f"its Outlook Thread-Index names conversation {evidence.get('conversation_key')}"
-    if method == "SmartMatching":
-        parts = []
-        if evidence.get("same_subject", evidence.get("strategy") == "dynamics"):
-            parts.append(f"the subject hashes agree ({', '.join(evidence.get('subject_hashes', []))})")
-        elif evidence.get("subject_hashes"):
-            parts.append(f"subject words in common ({', '.join(evidence['subject_hashes'])})")
-        if evidence.get("reply_prefix"):
-            parts.append("the subject is marked as a reply or forward")
-        if evidence.get("quoted_lines"):
-            parts.append(f"it quotes {evidence['quoted_lines']} line(s) of the parent's own text")
-        if evidence.get("attribution"):
-            parts.append(f"its attribution line names the parent's author ({evidence['attribution']})")
-        if evidence.get("matched_addresses"):
-            parts.append(f"addresses in common: {', '.join(evidence['matched_addresses'])}")
-        return "; ".join(parts) + f" [{evidence.get('strategy')} strategy]"
-    if method == "Custom":
-        return f"the custom rule {evidence.get('rule')} chose {evidence.get('ref')}"
-    return "no rule matched"
+    strategy = strategy_labelled(method)
+    return strategy.explain(evidence) if strategy is not None else "no rule matched"
 
 
 def describe(correlation: dict[str, Any]) -> str:

@@ -1,43 +1,15 @@
-"""Value types of correlation: method codes, the per-mail index entry and the decision."""
+"""Value types of correlation: the per-mail index entry and the decision."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
-from enum import IntEnum
 from typing import Any, Literal
 
+from pipeline.correlation.methods.base import method_label
+
 MailType = Literal["new", "reply", "forward"]
-
-
-class Method(IntEnum):
-    """Codes as in Dataverse ``correlationmethod`` (DESIGN.md §3)."""
-
-    NONE = 0
-    SKIPPED = 1
-    XHEADER = 2
-    IN_REPLY_TO = 3
-    TRACKING_TOKEN = 4
-    CONVERSATION_INDEX = 5
-    SMART_MATCHING = 6
-    CUSTOM = 7
-
-    @property
-    def label(self) -> str:
-        return _LABELS[self]
-
-
-_LABELS = {
-    Method.NONE: "None",
-    Method.SKIPPED: "Skipped",
-    Method.XHEADER: "XHeader",
-    Method.IN_REPLY_TO: "InReplyTo",
-    Method.TRACKING_TOKEN: "TrackingToken",
-    Method.CONVERSATION_INDEX: "ConversationIndex",
-    Method.SMART_MATCHING: "SmartMatching",
-    Method.CUSTOM: "Custom",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +83,7 @@ class Correlation:
     tenant: str
     message_id: str
     conversation_id: str
-    method: Method
+    method: int  # a code of methods.base.Method or of another registered strategy
     mail_type: MailType
     direction: str
     event_time: datetime
@@ -135,6 +107,10 @@ class Correlation:
     flags: tuple[str, ...] = ()
 
     @property
+    def method_name(self) -> str:
+        return method_label(self.method)
+
+    @property
     def event_id(self) -> str:
         """Stable id: the same mail in the same generation always gets the same id; an untracked
         record (loop, duplicate, excluded) gets its own, so it never replaces the tracked one."""
@@ -144,7 +120,7 @@ class Correlation:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["method"] = int(self.method)
-        data["method_name"] = self.method.label
+        data["method_name"] = self.method_name
         data["event_id"] = self.event_id
         data["event_time"] = self.event_time.isoformat()
         if self.response is not None:

@@ -303,7 +303,7 @@ class MailProcessor:
             return
         result.outputs.append(Output("mail.correlated", key, self.codec.encode(
             "mail.correlated", correlated_record(correlation, mail.mailbox, position))))
-        result.count(correlation.method.label)
+        result.count(correlation.method_name)
         if correlation.response is not None:
             result.outputs.append(Output("mail.responses", key, self.codec.encode(
                 "mail.responses", response_record(correlation, mail.mailbox))))

@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.batch import ParseFailure, correlate_sources, parse_sources
 from pipeline.correlation.evaluate import evaluate, read_truth
-from pipeline.correlation.model import Method
+from pipeline.correlation.methods.base import Method
 from pipeline.settings import CorrelationSettings, Settings, SmartMatchingSettings
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "ponymail"

@@ -8,9 +8,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from pipeline.correlation import thread_index
-from pipeline.correlation.engine import Correlator, format_xref
+from pipeline.correlation.engine import Correlator
 from pipeline.correlation.index import CLOCK_QUORUM
-from pipeline.correlation.model import Method
+from pipeline.correlation.methods.base import Method
+from pipeline.correlation.methods.xheader import format_xref
 from pipeline.mail.content import fingerprint_body
 from pipeline.mail.record import MailRecord
 from pipeline.settings import CorrelationSettings, SmartMatchingSettings, TrackingTokenSettings, UntrackedSettings

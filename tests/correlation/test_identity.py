@@ -12,7 +12,8 @@ import pytest
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.explain import describe
 from pipeline.correlation.identity import COLLISION_FLAG, content_digest, derived_id
-from pipeline.correlation.model import IndexedMail, Method
+from pipeline.correlation.methods.base import Method
+from pipeline.correlation.model import IndexedMail
 from pipeline.mail.parse import parse_mail
 from pipeline.settings import CorrelationSettings
 

@@ -11,7 +11,8 @@ import pytest
 from fastavro import parse_schema
 from fastavro.validation import validate
 
-from pipeline.correlation.model import Correlation, Method
+from pipeline.correlation.methods.base import Method
+from pipeline.correlation.model import Correlation
 from pipeline.escalation import EscalationTracker, MailEvent, State, Transition, transition_event_id
 from pipeline.settings import BusinessHours, EscalationPolicy, EscalationSettings, Settings
 

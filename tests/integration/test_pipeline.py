@@ -61,7 +61,7 @@ def engine_decisions(settings: Settings, mail_by_tenant: dict[str, list[tuple[st
                 if result.untracked_reason != "duplicate":
                     decisions[(tenant, mail.message_id)] = ("untracked", result.untracked_reason)
             else:
-                decisions[(tenant, mail.message_id)] = (result.method.label, result.parent_message_id,
+                decisions[(tenant, mail.message_id)] = (result.method_name, result.parent_message_id,
                                                        result.conversation_id)
     return decisions
 

@@ -24,7 +24,7 @@ from aiosmtpd.controller import Controller
 
 from pipeline.broker import free_port, topic_name
 from pipeline.contracts.records import MailRawCodec
-from pipeline.correlation.engine import parse_xref
+from pipeline.correlation.methods.xheader import parse_xref
 from pipeline.mail.hostile import big_mail
 from pipeline.mail.parse import parse_mail
 from pipeline.streams.reader import read_topic

@@ -16,7 +16,7 @@ from pipeline.batch import ParseFailure, correlate_sources
 from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.index import CLOCK_QUORUM
-from pipeline.correlation.model import Method
+from pipeline.correlation.methods.base import Method
 from pipeline.mail.sources import iter_mbox
 from pipeline.settings import Settings
 from pipeline.streams.processor import (

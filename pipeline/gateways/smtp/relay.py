@@ -67,7 +67,7 @@ from pipeline.broker import topic_name
 from pipeline.runtime.kafka import new_producer
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.records import MailRawCodec, MailTooLarge, mail_raw_record
-from pipeline.correlation.engine import format_xref
+from pipeline.correlation.methods.xheader import format_xref
 from pipeline.correlation.tokens import TokenCounter, find_token
 from pipeline.gateways.smtp import relay_policy as policy
 from pipeline.mail.parse import _message_ids

@@ -26,7 +26,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from pipeline.broker import free_port
-from pipeline.correlation.engine import parse_xref
+from pipeline.correlation.methods.xheader import parse_xref
 from pipeline.correlation.tokens import TokenCounter
 from pipeline.gateways.smtp import relay_policy as policy
 from pipeline.mail.parse import parse_mail

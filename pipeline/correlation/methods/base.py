@@ -1,0 +1,111 @@
+"""The correlation-method strategy and its registry (DESIGN.md §3).
+
+A method is a ``MethodStrategy``: its code (as in Dataverse ``correlationmethod``), its label,
+``match`` (find the parent of a mail, or None) and ``explain`` (its evidence in words).  The
+engine tries the registered strategies in registration order, first hit wins; ``threadline
+explain`` and every ``method_name`` are rendered from the registry.  A new method is one module
+in this package and one line in ``__init__.BUILT_IN`` (or one ``register`` call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.correlation.engine import Correlator, SubjectFacts
+    from pipeline.correlation.model import IndexedMail
+    from pipeline.mail.record import MailRecord
+
+# Candidates dated more than this after the mail are not its parent (clocks are skewed, but a
+# parent written a day after its reply is another conversation).
+FUTURE_SLACK_S = 86_400.0
+
+
+class Method(IntEnum):
+    """The codes of Dataverse ``correlationmethod``; NONE and SKIPPED are outcomes, not strategies."""
+
+    NONE = 0
+    SKIPPED = 1
+    XHEADER = 2
+    IN_REPLY_TO = 3
+    TRACKING_TOKEN = 4
+    CONVERSATION_INDEX = 5
+    SMART_MATCHING = 6
+    CUSTOM = 7
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    method: int
+    parent: IndexedMail
+    candidate_count: int
+    evidence: dict
+
+
+@dataclass(slots=True)
+class MailFacts:
+    """What the engine derived from one mail before matching; every strategy reads from it."""
+
+    mail: MailRecord
+    ts: float
+    subject: SubjectFacts
+    addresses: tuple[str, ...]
+    token: str | None
+    conversation_key: str | None
+    named_ids: list[tuple[str, str]]  # (header, id), nearest ancestor first; [] when use_in_reply_to is off
+
+
+class MethodStrategy:
+    """One correlation method.  Subclasses set ``code`` and ``label`` and implement both methods."""
+
+    code: int
+    label: str
+
+    def match(self, correlator: Correlator, facts: MailFacts) -> Match | None:
+        raise NotImplementedError
+
+    def explain(self, evidence: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+
+def recency(entry: IndexedMail) -> tuple[float, str]:
+    """Newest wins; equal times are broken by Message-ID so that the choice never depends on
+    arrival or iteration order (a rebuilt index must decide exactly like the live one)."""
+    return entry.event_time, entry.message_id
+
+
+# In match order.  Codes map back to the canonical code object, so a duplicate delivery reports
+# ``Method.IN_REPLY_TO`` again, not the bare int read from the index.
+STRATEGIES: list[MethodStrategy] = []
+_BY_CODE: dict[int, MethodStrategy] = {}
+_BY_LABEL: dict[str, MethodStrategy] = {}
+_OUTCOME_LABELS = {Method.NONE: "None", Method.SKIPPED: "Skipped"}
+
+
+def register(strategy: MethodStrategy) -> None:
+    if strategy.code in _BY_CODE or strategy.code in _OUTCOME_LABELS or strategy.label in _BY_LABEL:
+        raise ValueError(f"correlation method {strategy.code} {strategy.label} is registered already")
+    STRATEGIES.append(strategy)
+    _BY_CODE[strategy.code] = strategy
+    _BY_LABEL[strategy.label] = strategy
+
+
+def unregister(strategy: MethodStrategy) -> None:
+    STRATEGIES.remove(strategy)
+    del _BY_CODE[strategy.code], _BY_LABEL[strategy.label]
+
+
+def method_label(code: int) -> str:
+    strategy = _BY_CODE.get(code)
+    return strategy.label if strategy is not None else _OUTCOME_LABELS[code]
+
+
+def canonical_code(code: int) -> int:
+    strategy = _BY_CODE.get(code)
+    return strategy.code if strategy is not None else Method(code)
+
+
+def strategy_labelled(label: str) -> MethodStrategy | None:
+    return _BY_LABEL.get(label)
