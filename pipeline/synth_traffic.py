@@ -22,7 +22,7 @@ from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.records import MailRawCodec, mail_raw_record
 from pipeline.correlation.model import stable_event_id
 from pipeline.settings import Settings, TrackingSettings
-from pipeline.streams.ingest import IngestReport, RecordProducer
+from pipeline.runtime.producer import IngestReport, RecordProducer
 from pipeline.tracking.tokens import Keyring, TokenPayload, click_url, open_url, sign_token, unsubscribe_url
 
 START = datetime(2026, 2, 2, 9, 0, tzinfo=timezone.utc)

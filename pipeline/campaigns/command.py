@@ -22,7 +22,7 @@ class _MailRawProducer:
         from pipeline.broker import create_topics
         from pipeline.contracts.avro import AvroCodec, registry_from_settings
         from pipeline.contracts.records import MailRawCodec
-        from pipeline.streams.ingest import RecordProducer
+        from pipeline.runtime.producer import RecordProducer
 
         if not settings.kafka.bootstrap:
             raise CampaignError("--to-mail-raw needs a broker: set THREADLINE_KAFKA_BOOTSTRAP or kafka.bootstrap")

@@ -45,7 +45,7 @@ def add_mark(command: CommandFactory) -> None:
 
 def _produce_one(settings: Settings, topic: str, tenant: str, record: dict) -> None:
     from pipeline.broker import create_topics
-    from pipeline.streams.ingest import RecordProducer
+    from pipeline.runtime.producer import RecordProducer
 
     bootstrap = broker_bootstrap(settings)
     create_topics(settings.kafka, bootstrap)

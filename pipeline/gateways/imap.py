@@ -281,7 +281,7 @@ class ImapPoller:
     def __init__(self, settings: Settings, bootstrap: str, codec: AvroCodec, *,
                  connect: Callable[[ImapSettings], imaplib.IMAP4] | None = None) -> None:
         from pipeline.contracts.records import MailRawCodec
-        from pipeline.streams.ingest import RecordProducer
+        from pipeline.runtime.producer import RecordProducer
 
         self.settings = settings
         self.imap = settings.imap
@@ -381,7 +381,7 @@ class ImapPoller:
 
     def _ingest_batch(self, name: str, direction: str, uidvalidity: int, uids: list[int]) -> int:
         from pipeline.contracts.records import mail_raw_record
-        from pipeline.streams.ingest import mail_direction
+        from pipeline.mail.parse import mail_direction
 
         typ, data = self.conn.uid("FETCH", uid_set(uids), "(UID INTERNALDATE BODY.PEEK[])")
         if typ != "OK":

@@ -537,3 +537,18 @@ def _parse_mail(raw: bytes, *, direction: Direction, tenant: str, mailbox: str, 
         size=len(raw),
         defects=tuple(dict.fromkeys(defects)),
     )
+
+
+_FROM_DOMAIN = re.compile(rb"^From:[^\r\n]*@([A-Za-z0-9.-]+)", re.IGNORECASE | re.MULTILINE)
+
+
+def mail_direction(raw: bytes, direction: str, own_domains: frozenset[str]) -> str:
+    """``in``/``out`` as given; ``auto``: ``out`` when the From address is in one of our own
+    domains (the organisation sent it), else ``in``."""
+    if direction != "auto":
+        return direction
+    header_end = raw.find(b"\r\n\r\n")
+    if header_end < 0:
+        header_end = raw.find(b"\n\n")
+    match = _FROM_DOMAIN.search(raw, 0, header_end if header_end >= 0 else len(raw))
+    return "out" if match and match.group(1).decode("ascii").lower().rstrip(".") in own_domains else "in"

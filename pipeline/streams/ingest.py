@@ -7,80 +7,14 @@ copy as a duplicate.  Delivery errors are counted and reported, never dropped si
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
-from pipeline.broker import topic_name
-from pipeline.runtime.kafka import new_producer, produce_when_room
 from pipeline.contracts.avro import AvroCodec
-from pipeline.contracts.records import MailRawCodec, MailTooLarge, SourcePosition, deadletter_record, mail_raw_record
+from pipeline.contracts.records import MailRawCodec, mail_raw_record
+from pipeline.mail.parse import mail_direction
+from pipeline.runtime.producer import IngestReport, RecordProducer
 from pipeline.settings import Settings
-
-_FROM_DOMAIN = re.compile(rb"^From:[^\r\n]*@([A-Za-z0-9.-]+)", re.IGNORECASE | re.MULTILINE)
-
-
-def mail_direction(raw: bytes, direction: str, own_domains: frozenset[str]) -> str:
-    """``in``/``out`` as given; ``auto``: ``out`` when the From address is in one of our own
-    domains (the organisation sent it), else ``in``."""
-    if direction != "auto":
-        return direction
-    header_end = raw.find(b"\r\n\r\n")
-    if header_end < 0:
-        header_end = raw.find(b"\n\n")
-    match = _FROM_DOMAIN.search(raw, 0, header_end if header_end >= 0 else len(raw))
-    return "out" if match and match.group(1).decode("ascii").lower().rstrip(".") in own_domains else "in"
-
-
-@dataclass
-class IngestReport:
-    produced: int = 0
-    delivered: int = 0
-    dead_lettered: int = 0  # mail refused at the door (over mail.max_message_bytes), as dead letters
-    errors: list[str] = field(default_factory=list)
-    bytes: int = 0
-
-
-class RecordProducer:
-    """An idempotent producer that counts deliveries and keeps the first delivery errors."""
-
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
-        self.kafka = settings.kafka
-        self.producer = new_producer(settings.kafka, bootstrap)
-        self.report = IngestReport()
-
-    def _delivered(self, error, _message) -> None:
-        if error is None:
-            self.report.delivered += 1
-        elif len(self.report.errors) < 100:
-            self.report.errors.append(str(error))
-
-    def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
-        produce_when_room(self.producer, topic_name(self.kafka, topic), value, key, on_delivery=self._delivered)
-        self.producer.poll(0)
-        self.report.produced += 1
-
-    def produce_mail(self, mail_raw: MailRawCodec, record: dict, agent: str = "ingest") -> bool:
-        """One mail to ``mail.raw`` (big mail through the blob store), or, when it is over the
-        limit, a dead letter naming where it came from. True when it went to ``mail.raw``."""
-        key = record["tenant"].encode()
-        try:
-            value = mail_raw.encode(record)
-        except MailTooLarge as exc:
-            letter = deadletter_record(SourcePosition("mail.raw", -1, -1), key, record["raw"], reason=exc.reason,
-                                       error=str(exc), agent=agent, source_ref=record["source"])
-            self.produce("deadletter", key, mail_raw.codec.encode("deadletter", letter))
-            self.report.dead_lettered += 1
-            return False
-        self.produce("mail.raw", key, value)
-        return True
-
-    def finish(self, timeout_s: float = 120.0) -> IngestReport:
-        remaining = self.producer.flush(timeout_s)
-        if remaining:
-            self.report.errors.append(f"{remaining} records still undelivered after {timeout_s:.0f} s")
-        return self.report
 
 
 def ingest(messages: Iterable[tuple[str, bytes]], settings: Settings, codec: AvroCodec, bootstrap: str, *,

@@ -10,7 +10,8 @@ from pipeline.escalation.model import MailEvent
 from pipeline.escalation.policy import default_owner
 from pipeline.escalation.tracker import EscalationTracker
 from pipeline.mail.parse import parse_mail
-from pipeline.streams.ingest import ingest, mail_direction
+from pipeline.mail.parse import mail_direction
+from pipeline.streams.ingest import ingest
 from pipeline.streams.reader import read_topic
 from pipeline.streams.runner import wait_for_outputs
 from pipeline.synth import MailGenerator, render_rfc5322
