@@ -22,6 +22,7 @@ import traceback
 import weakref
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from functools import partial
 from types import SimpleNamespace
 from typing import Iterator
 
@@ -35,7 +36,8 @@ from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.settings import Settings, load_settings
 from pipeline.streams.crm import CrmProcessor
 from pipeline.streams.escalation import EscalationProcessor
-from pipeline.streams.processor import BatchResult, MailProcessor, RawItem
+from pipeline.runtime.batch import BatchResult, BatchStep, RawItem
+from pipeline.streams.processor import MailProcessor
 from pipeline.streams.tracking import TrackingProcessor
 from pipeline.tracking.safety import key_refusal
 
@@ -70,18 +72,6 @@ def partition_context(topic: str, partition: int) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
-
-
-def apply_writes(table, source_topic: str, writes: dict[int, dict[str, bytes | None]]) -> None:
-    """A batch's (or a tick's) table writes, each in its partition's context."""
-    for partition, entries in writes.items():
-        with partition_context(source_topic, partition):
-            for key, value in entries.items():
-                if value is None:
-                    if key in table:
-                        del table[key]
-                else:
-                    table[key] = value
 
 
 def exit_without_commit(what: str, exc: BaseException) -> None:
@@ -152,7 +142,7 @@ def _bytes_table(app: faust.App, name: str, settings: Settings):
     return app.Table(name, default=None, partitions=settings.kafka.partitions, key_type=str, value_type=bytes)
 
 
-async def _handle_batches(stream, processor, table, source_topic: str, outputs: _LazyOutputs, settings: Settings,
+async def _handle_batches(stream, processor: BatchStep, table, source_topic: str, outputs: _LazyOutputs, settings: Settings,
                           lock: asyncio.Lock | None = None, on_batch=None) -> None:
     """Per batch: process, produce and await every output, then write the table (see module doc).
     ``lock``, shared with a tick of the same processor, keeps the two from interleaving."""
@@ -164,7 +154,7 @@ async def _handle_batches(stream, processor, table, source_topic: str, outputs: 
             items = [RawItem(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
             result = processor.process(items, source_topic=source_topic)
             await loop.run_in_executor(None, outputs.get().send_all, result)
-            apply_writes(table, source_topic, result.writes)
+            result.apply_to(table, partial(partition_context, source_topic))
         if on_batch is not None:
             on_batch()
         log.info("%s: batch of %d: %s%s", source_topic, len(items), result.counts,
@@ -284,7 +274,7 @@ def build_app(settings: Settings) -> faust.App:
                 result = escalation.tick(datetime.now(timezone.utc))
                 if result.outputs:
                     await asyncio.get_running_loop().run_in_executor(None, outputs.get().send_all, result)
-                    apply_writes(escalation_table, correlated_topic.get_topic_name(), result.writes)
+                    result.apply_to(escalation_table, partial(partition_context, correlated_topic.get_topic_name()))
         except Exception as exc:  # noqa: BLE001 - the trackers moved on in memory; only a restart re-fires them
             exit_without_commit("an escalation tick", exc)
         if result.outputs:

@@ -13,7 +13,7 @@ from typing import MutableMapping
 
 from pipeline.contracts.avro import AvroCodec
 from pipeline.crm import CrmDirectory
-from pipeline.streams.processor import BatchResult, OffsetMarkers, RawItem, decoded_records
+from pipeline.runtime.batch import BatchResult, OffsetMarkers, RawItem, decoded_records
 
 AGENT = "crm"
 

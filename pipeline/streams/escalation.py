@@ -25,7 +25,7 @@ from pipeline.escalation.model import ConversationState, MailEvent, Transition
 from pipeline.escalation.policy import default_owner
 from pipeline.escalation.tracker import EscalationTracker
 from pipeline.settings import Settings
-from pipeline.streams.processor import BatchResult, OffsetMarkers, Output, RawItem, decoded_records
+from pipeline.runtime.batch import BatchResult, OffsetMarkers, Output, RawItem, decoded_records
 
 AGENT = "escalation"
 _SEPARATOR = "\x1f"

@@ -19,13 +19,11 @@ import dataclasses
 import json
 import re
 import traceback
-from dataclasses import dataclass, field
 from typing import Callable, Iterator, MutableMapping
 
-from pipeline.contracts.avro import AvroCodec, AvroDecodeError
+from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.records import (
-    MailRawCodec, SourcePosition, bounce_event_record, correlated_record, deadletter_record, response_record,
-    untracked_record,
+    MailRawCodec, SourcePosition, bounce_event_record, correlated_record, response_record, untracked_record,
 )
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.index import CorrelationIndex
@@ -34,103 +32,17 @@ from pipeline.errors import RejectedInput
 from pipeline.mail.bounce import parse_bounce
 from pipeline.mail.parse import parse_mail
 from pipeline.mail.record import MailRecord
+from pipeline.runtime.batch import BatchResult, OffsetMarkers, Output, RawItem, add_dead_letter
 from pipeline.settings import Settings
 from pipeline.tracking.tokens import Keyring, TokenError, verify_token
 
 AGENT = "correlator"
 _UNSUBSCRIBE_TOKEN = re.compile(rb"^List-Unsubscribe:[^\r\n]*?/u/([A-Za-z0-9_-]+)", re.IGNORECASE | re.MULTILINE)
 _SEPARATOR = "\x1f"
-_OFFSET_MARKER = "\x00offset" + _SEPARATOR
 
 
 def entry_key(tenant: str, message_id: str) -> str:
     return f"{tenant}{_SEPARATOR}{message_id}"
-
-
-def offset_key(partition: int) -> str:
-    return f"{_OFFSET_MARKER}{partition}"
-
-
-@dataclass(frozen=True, slots=True)
-class RawItem:
-    """One consumed record of ``mail.raw``."""
-
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    topic: str  # logical topic name, without the installation's prefix
-    key: bytes
-    value: bytes
-
-
-@dataclass
-class BatchResult:
-    outputs: list[Output] = field(default_factory=list)
-    # partition -> {table key: encoded entry, or None to delete}; applied after the outputs.
-    writes: dict[int, dict[str, bytes | None]] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    skipped_redeliveries: int = 0
-
-    def count(self, name: str) -> None:
-        self.counts[name] = self.counts.get(name, 0) + 1
-
-
-class OffsetMarkers:
-    """The last applied source offset per partition: read from the table once, then kept here;
-    written back with every batch so that redelivered records are recognised after a restart."""
-
-    def __init__(self, table: MutableMapping[str, bytes]) -> None:
-        self.table = table
-        self._offsets: dict[int, int] = {}
-
-    def last(self, partition: int) -> int:
-        if partition not in self._offsets:
-            marker = self.table.get(offset_key(partition))
-            self._offsets[partition] = int(marker) if marker is not None else -1
-        return self._offsets[partition]
-
-    def is_redelivery(self, item: RawItem) -> bool:
-        return item.offset <= self.last(item.partition)
-
-    def advance(self, item: RawItem) -> None:
-        self._offsets[item.partition] = item.offset
-
-    def add_writes(self, items: list[RawItem], result: BatchResult) -> None:
-        for partition in {item.partition for item in items}:
-            result.writes.setdefault(partition, {})[offset_key(partition)] = str(self.last(partition)).encode()
-
-    def clear(self) -> None:
-        self._offsets.clear()
-
-
-def decoded_records(items: list[RawItem], markers: OffsetMarkers, codec: AvroCodec, topic: str, source_topic: str,
-                    agent: str, result: BatchResult) -> Iterator[tuple[RawItem, dict]]:
-    """The new records of a batch, decoded: redeliveries are skipped (and counted), undecodable
-    records go to ``deadletter`` with the reason; the markers advance past every record."""
-    for item in items:
-        if markers.is_redelivery(item):
-            result.skipped_redeliveries += 1
-            continue
-        markers.advance(item)
-        try:
-            record = codec.decode(topic, item.value)
-        except AvroDecodeError as exc:
-            add_dead_letter(codec, item, SourcePosition(source_topic, item.partition, item.offset), exc.reason,
-                            str(exc), agent, result)
-            continue
-        yield item, record
-
-
-def add_dead_letter(codec: AvroCodec, item: RawItem, position: SourcePosition, reason: str, error: str, agent: str,
-                    result: BatchResult) -> None:
-    record = deadletter_record(position, item.key, item.value, reason=reason, error=error, agent=agent)
-    result.outputs.append(Output("deadletter", item.key or b"", codec.encode("deadletter", record)))
-    result.count(f"deadletter:{reason}")
 
 
 class TableIndexStore:

@@ -19,7 +19,7 @@ from typing import Callable, MutableMapping
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.records import SourcePosition, hit_event_record, open_alert_record
 from pipeline.settings import Settings
-from pipeline.streams.processor import BatchResult, OffsetMarkers, Output, RawItem, add_dead_letter, decoded_records
+from pipeline.runtime.batch import BatchResult, OffsetMarkers, Output, RawItem, add_dead_letter, decoded_records
 from pipeline.tracking.classify import Hit, MailFacts, PreviousHit, classify_hit
 from pipeline.tracking.tokens import TokenError, verify_with_settings
 

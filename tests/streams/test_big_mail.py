@@ -11,7 +11,8 @@ import pytest
 from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.contracts.records import DEADLETTER_EXCERPT_BYTES, MailRawCodec, MailTooLarge, mail_raw_record
 from pipeline.settings import MailSettings, Settings
-from pipeline.streams.processor import MailProcessor, RawItem
+from pipeline.runtime.batch import RawItem
+from pipeline.streams.processor import MailProcessor
 
 CODEC = AvroCodec(EmbeddedRegistry())
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)

@@ -5,7 +5,8 @@ from datetime import datetime, timezone
 from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.contracts.records import mail_raw_record
 from pipeline.settings import Settings
-from pipeline.streams.processor import MailProcessor, RawItem
+from pipeline.runtime.batch import RawItem
+from pipeline.streams.processor import MailProcessor
 from pipeline.tracking.tokens import Keyring, TokenPayload, sign_token, unsubscribe_url
 
 CODEC = AvroCodec(EmbeddedRegistry())

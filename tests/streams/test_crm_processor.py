@@ -6,7 +6,8 @@ from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.contracts.records import mail_raw_record
 from pipeline.settings import Settings
 from pipeline.streams.crm import CrmProcessor
-from pipeline.streams.processor import MailProcessor, RawItem
+from pipeline.runtime.batch import RawItem
+from pipeline.streams.processor import MailProcessor
 
 CODEC = AvroCodec(EmbeddedRegistry())
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
@@ -30,12 +31,6 @@ def _mail(offset, message_id, sender, direction="in", in_reply_to=None):
     return RawItem(0, offset, b"acme", CODEC.encode("mail.raw", record))
 
 
-def _apply(table, result):
-    for writes in result.writes.values():
-        for key, value in writes.items():
-            table.pop(key, None) if value is None else table.__setitem__(key, value)
-
-
 def _regarding(result):
     return [CODEC.decode("mail.correlated", o.value)["regarding"] for o in result.outputs if o.topic == "mail.correlated"]
 
@@ -43,9 +38,9 @@ def _regarding(result):
 def test_unmatched_inbound_mail_takes_the_senders_open_record_and_replies_inherit_it():
     crm_table, index_table = {}, {}
     crm = CrmProcessor(CODEC, crm_table)
-    _apply(crm_table, crm.process([
+    crm.process([
         _entity(0, "contact", "c1", email="bob@customer.test", company_id="co1"),
-        _entity(1, "record", "CASE-7", company_id="co1", status="open", owner="anna@acme.test")]))
+        _entity(1, "record", "CASE-7", company_id="co1", status="open", owner="anna@acme.test")]).apply_to(crm_table)
     mails = MailProcessor(Settings(), CODEC, index_table, regarding_for=crm.regarding_for)
     result = mails.process([_mail(0, "<m1@customer.test>", "bob@customer.test"),
                             _mail(1, "<m2@acme.test>", "anna@acme.test", direction="out", in_reply_to="<m1@customer.test>"),

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.settings import Settings
 from pipeline.streams.escalation import EscalationProcessor, state_key
-from pipeline.streams.processor import RawItem, offset_key
+from pipeline.runtime.batch import RawItem, offset_key
 
 CODEC = AvroCodec(EmbeddedRegistry())
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
@@ -23,22 +23,13 @@ def correlated(tenant: str, message_id: str, when: datetime) -> bytes:
         "bcc": [], "mailbox": "support", "source_partition": 0, "source_offset": 0})
 
 
-def apply(table: dict, writes: dict) -> None:
-    for entries in writes.values():
-        for key, value in entries.items():
-            if value is None:
-                table.pop(key, None)
-            else:
-                table[key] = value
-
-
 def test_a_tick_writes_the_state_of_every_tenant_it_moved_in_that_tenants_partition():
     table: dict = {}
     processor = EscalationProcessor(Settings(), CODEC, table, clock=lambda: T0)
     # acme on partition 0, beta on partition 3: each opens a clock.
     for partition, tenant in ((0, "acme"), (3, "beta")):
         batch = processor.process([RawItem(partition, 0, tenant.encode(), correlated(tenant, "<m1@x>", T0))])
-        apply(table, batch.writes)
+        batch.apply_to(table)
 
     tick = processor.tick(T0 + timedelta(days=3))
     states = {CODEC.decode("escalations", o.value)["tenant"] for o in tick.outputs if o.topic == "escalations"}
@@ -57,10 +48,10 @@ def test_a_tick_writes_the_state_of_every_tenant_it_moved_in_that_tenants_partit
 def test_a_tick_after_a_restart_fires_nothing_twice_once_its_writes_are_applied():
     table: dict = {}
     processor = EscalationProcessor(Settings(), CODEC, table, clock=lambda: T0)
-    apply(table, processor.process([RawItem(2, 0, b"acme", correlated("acme", "<m1@x>", T0))]).writes)
+    processor.process([RawItem(2, 0, b"acme", correlated("acme", "<m1@x>", T0))]).apply_to(table)
     first = processor.tick(T0 + timedelta(days=3))
     assert first.outputs
-    apply(table, first.writes)
+    first.apply_to(table)
 
     restarted = EscalationProcessor(Settings(), CODEC, table, clock=lambda: T0)
     restarted.process([RawItem(2, 0, b"acme", correlated("acme", "<m1@x>", T0))])  # a redelivery: skipped

@@ -19,9 +19,8 @@ from pipeline.correlation.index import CLOCK_QUORUM
 from pipeline.correlation.methods.base import Method
 from pipeline.mail.sources import iter_mbox
 from pipeline.settings import Settings
-from pipeline.streams.processor import (
-    AGENT, BatchResult, MailProcessor, Output, RawItem, entry_key, offset_key,
-)
+from pipeline.runtime.batch import Output, RawItem, offset_key
+from pipeline.streams.processor import AGENT, MailProcessor, entry_key
 from pipeline.contracts.records import (
     DEADLETTER_EXCERPT_BYTES, MailRawCodec, SourcePosition, correlated_record, mail_raw_record,
 )
@@ -43,22 +42,12 @@ def items(values: list[bytes], *, partition: int = 0, start: int = 0, key: bytes
     return [RawItem(partition, start + i, key, value) for i, value in enumerate(values)]
 
 
-def apply(table: dict, result: BatchResult) -> None:
-    """What the agent does once the outputs are acknowledged: None deletes, anything else is set."""
-    for writes in result.writes.values():
-        for key, value in writes.items():
-            if value is None:
-                table.pop(key, None)
-            else:
-                table[key] = value
-
-
 def run(processor: MailProcessor, table: dict, stream: list[RawItem], batch_size: int) -> list[Output]:
     outputs: list[Output] = []
     for start in range(0, len(stream), batch_size):
         result = processor.process(stream[start:start + batch_size])
         outputs += result.outputs
-        apply(table, result)
+        result.apply_to(table)
     return outputs
 
 
@@ -125,7 +114,7 @@ def test_corpus_in_batches_decides_like_the_pure_engine():
         result = processor.process(stream[start:start + 100])
         outputs += result.outputs
         deletes += sum(value is None for writes in result.writes.values() for value in writes.values())
-        apply(table, result)
+        result.apply_to(table)
 
     engine = Correlator(settings.correlation, tenant="default", untracked=settings.untracked)
     expected = list(correlate_sources([mailbox], settings, tenant="default", direction="in", correlator=engine))
@@ -166,13 +155,13 @@ def test_redelivered_batch_is_skipped_without_outputs(synthetic):
     stream = items(synthetic[:200])
     first = processor.process(stream[:100])
     assert len(first.outputs) >= 100 and first.skipped_redeliveries == 0
-    apply(table, first)
+    first.apply_to(table)
     snapshot = dict(table)
 
     again = processor.process(stream[:100])
     assert again.outputs == [] and again.counts == {}
     assert again.skipped_redeliveries == 100
-    apply(table, again)
+    again.apply_to(table)
     assert table == snapshot
 
     # After a restart the table's offset marker does the same; an overlapping batch is handled
@@ -261,7 +250,7 @@ def test_offset_markers_and_writes_are_per_partition():
         1: {offset_key(1), "acme2\x1f<b0@x>", "acme2\x1f<b1@x>"},
     }
     assert (result.writes[0][offset_key(0)], result.writes[1][offset_key(1)]) == (b"11", b"6")
-    apply(table, result)
+    result.apply_to(table)
     # Partition 1 is redelivered from offset 5 while partition 0 moves on: skipping is per partition.
     fresh = MailProcessor(Settings(), CODEC, table)
     result = fresh.process([RawItem(1, 5, b"acme2", b[0]), RawItem(1, 6, b"acme2", b[1]),
@@ -306,7 +295,7 @@ def test_hostile_records_are_dead_lettered_and_the_batch_goes_on():
         "<r1@example.com>", "InReplyTo", "<p1@example.com>")
     assert linked["source_offset"] == 45
     assert len(decoded(result.outputs, "mail.responses")) == 1
-    apply(table, result)
+    result.apply_to(table)
     assert set(table) == {offset_key(3), entry_key("default", "<p1@example.com>"), entry_key("default", "<r1@example.com>")}
     assert table[offset_key(3)] == b"45"
 
@@ -345,7 +334,7 @@ def test_tenants_have_separate_indexes_and_prefixed_keys():
     assert (b_reply["tenant"], b_reply["method_name"], b_reply["parent_message_id"]) == ("acme2", "None", None)
     assert (a_reply["tenant"], a_reply["method_name"], a_reply["parent_message_id"]) == ("acme", "InReplyTo", "<p@a.example>")
     assert [o.key for o in result.outputs if o.topic == "mail.correlated"] == [b"acme", b"acme2", b"acme"]
-    apply(table, result)
+    result.apply_to(table)
     assert set(table) == {offset_key(0), "acme\x1f<p@a.example>", "acme\x1f<r@b.example>", "acme2\x1f<r@b.example>"}
 
     # Rebuilt from the table after a restart, each tenant still sees only its own entries.
@@ -381,7 +370,7 @@ def test_window_evicts_old_entries_with_delete_writes():
         result = processor.process(items([raw_value(m, received_at=T0 + 3 * day) for m in batch], start=offset))
         offset += len(batch)
         results.append(result)
-        apply(table, result)
+        result.apply_to(table)
 
     def deleted(result):
         return {key for writes in result.writes.values() for key, value in writes.items() if value is None}
@@ -401,7 +390,7 @@ def test_entries_written_without_their_offset_marker_are_not_correlated_twice(sy
     # did: the restarted worker must skip the records it already indexed, not call them duplicates.
     table: dict = {}
     stream = items(synthetic[:200])
-    apply(table, MailProcessor(Settings(), CODEC, table).process(stream[:100]))
+    MailProcessor(Settings(), CODEC, table).process(stream[:100]).apply_to(table)
     marker = table.pop(offset_key(0))
     assert marker == b"99"
     restarted = MailProcessor(Settings(), CODEC, table)

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.settings import Settings
-from pipeline.streams.processor import RawItem
+from pipeline.runtime.batch import RawItem
 from pipeline.streams.tracking import TrackingProcessor
 from pipeline.tracking.tokens import Keyring, TokenPayload, sign_token
 
@@ -27,14 +27,6 @@ def _hit(settings, offset, minutes, *, ua=OUTLOOK, ip="81.2.3.4", method="GET", 
     return RawItem(0, offset, b"acme", CODEC.encode("tracking.raw", record))
 
 
-def _apply(table, result):
-    """What the agent does after the outputs are out: write the batch's table entries."""
-    for writes in result.writes.values():
-        for key, value in writes.items():
-            table.pop(key, None) if value is None else table.__setitem__(key, value)
-    return result
-
-
 def _decoded(result, topic):
     return [CODEC.decode(topic, o.value) for o in result.outputs if o.topic == topic]
 
@@ -44,8 +36,9 @@ def test_first_human_open_alerts_the_sender_once():
     owners = {("acme", "<m1@acme.test>"): "anna@acme.test"}
     table = {}
     processor = TrackingProcessor(settings, CODEC, table, owner_of=lambda t, m: owners.get((t, m)))
-    result = _apply(table, processor.process([_hit(settings, 0, 0.2, ua="Mozilla/5.0", ip="17.1.2.3"),  # Apple proxy on delivery
-                                _hit(settings, 1, 90), _hit(settings, 2, 300)]))
+    result = processor.process([_hit(settings, 0, 0.2, ua="Mozilla/5.0", ip="17.1.2.3"),  # Apple proxy on delivery
+                                _hit(settings, 1, 90), _hit(settings, 2, 300)])
+    result.apply_to(table)
     events = _decoded(result, "tracking.events")
     assert [(e["is_machine"], e["nth_open"]) for e in events] == [(True, 0), (False, 1), (False, 2)]
     alerts = _decoded(result, "alerts")

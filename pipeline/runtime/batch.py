@@ -1,0 +1,128 @@
+"""The batch-step contract between the stream agents and their Faust-free steps.
+
+A step (the correlator, escalation, tracking and CRM steps in ``pipeline/streams``) takes a batch
+of consumed records (:class:`RawItem`) and returns a :class:`BatchResult`: the encoded outputs and
+the table writes.  The agent produces the outputs, waits until they are acknowledged, then applies
+the writes (:meth:`BatchResult.apply_to`) and only then commits, so a crash anywhere redelivers
+the batch.  :class:`OffsetMarkers` keep the last applied source offset per partition in the table,
+so that :func:`decoded_records` skips what was already applied when a batch comes again.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Iterator, MutableMapping, Protocol
+
+from pipeline.contracts.avro import AvroCodec, AvroDecodeError
+from pipeline.contracts.records import SourcePosition, deadletter_record
+
+_OFFSET_MARKER = "\x00offset\x1f"
+
+
+def offset_key(partition: int) -> str:
+    return f"{_OFFSET_MARKER}{partition}"
+
+
+@dataclass(frozen=True, slots=True)
+class RawItem:
+    """One consumed record of the step's source topic."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    topic: str  # logical topic name, without the installation's prefix
+    key: bytes
+    value: bytes
+
+
+@dataclass
+class BatchResult:
+    outputs: list[Output] = field(default_factory=list)
+    # partition -> {table key: encoded entry, or None to delete}; applied after the outputs.
+    writes: dict[int, dict[str, bytes | None]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    skipped_redeliveries: int = 0
+
+    def count(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def apply_to(self, table: MutableMapping[str, bytes], in_partition: Callable[[int], ContextManager] | None = None) -> None:
+        """Write :attr:`writes` to ``table`` (None deletes), only once the outputs are durable;
+        ``in_partition`` gives the context a partition's writes happen in (the Faust agent's event)."""
+        for partition, entries in self.writes.items():
+            with in_partition(partition) if in_partition is not None else nullcontext():
+                for key, value in entries.items():
+                    if value is None:
+                        if key in table:
+                            del table[key]
+                    else:
+                        table[key] = value
+
+
+class OffsetMarkers:
+    """The last applied source offset per partition: read from the table once, then kept here;
+    written back with every batch so that redelivered records are recognised after a restart."""
+
+    def __init__(self, table: MutableMapping[str, bytes]) -> None:
+        self.table = table
+        self._offsets: dict[int, int] = {}
+
+    def last(self, partition: int) -> int:
+        if partition not in self._offsets:
+            marker = self.table.get(offset_key(partition))
+            self._offsets[partition] = int(marker) if marker is not None else -1
+        return self._offsets[partition]
+
+    def is_redelivery(self, item: RawItem) -> bool:
+        return item.offset <= self.last(item.partition)
+
+    def advance(self, item: RawItem) -> None:
+        self._offsets[item.partition] = item.offset
+
+    def add_writes(self, items: list[RawItem], result: BatchResult) -> None:
+        for partition in {item.partition for item in items}:
+            result.writes.setdefault(partition, {})[offset_key(partition)] = str(self.last(partition)).encode()
+
+    def clear(self) -> None:
+        self._offsets.clear()
+
+
+def decoded_records(items: list[RawItem], markers: OffsetMarkers, codec: AvroCodec, topic: str, source_topic: str,
+                    agent: str, result: BatchResult) -> Iterator[tuple[RawItem, dict]]:
+    """The new records of a batch, decoded: redeliveries are skipped (and counted), undecodable
+    records go to ``deadletter`` with the reason; the markers advance past every record."""
+    for item in items:
+        if markers.is_redelivery(item):
+            result.skipped_redeliveries += 1
+            continue
+        markers.advance(item)
+        try:
+            record = codec.decode(topic, item.value)
+        except AvroDecodeError as exc:
+            add_dead_letter(codec, item, SourcePosition(source_topic, item.partition, item.offset), exc.reason,
+                            str(exc), agent, result)
+            continue
+        yield item, record
+
+
+def add_dead_letter(codec: AvroCodec, item: RawItem, position: SourcePosition, reason: str, error: str, agent: str,
+                    result: BatchResult) -> None:
+    record = deadletter_record(position, item.key, item.value, reason=reason, error=error, agent=agent)
+    result.outputs.append(Output("deadletter", item.key or b"", codec.encode("deadletter", record)))
+    result.count(f"deadletter:{reason}")
+
+
+class BatchStep(Protocol):
+    """What an agent drives: ``process`` one batch, ``reset`` the step's caches when the worker's
+    partitions are reassigned (the table is the truth).  The escalation step also has a
+    ``tick(now)`` giving a result of the same kind for its timers."""
+
+    def process(self, items: list[RawItem], source_topic: str = ...) -> BatchResult: ...
+
+    def reset(self) -> None: ...
