@@ -1,11 +1,9 @@
 """The batch-step contract between the stream agents and their Faust-free steps.
 
-A step (the correlator, escalation, tracking and CRM steps in ``pipeline/streams``) takes a batch
-of consumed records (:class:`RawItem`) and returns a :class:`BatchResult`: the encoded outputs and
-the table writes.  The agent produces the outputs, waits until they are acknowledged, then applies
-the writes (:meth:`BatchResult.apply_to`) and only then commits, so a crash anywhere redelivers
-the batch.  :class:`OffsetMarkers` keep the last applied source offset per partition in the table,
-so that :func:`decoded_records` skips what was already applied when a batch comes again.
+A step takes consumed records (:class:`RawItem`) and returns a :class:`BatchResult`; the agent
+produces its outputs, waits for every acknowledgement, then applies its table writes
+(:meth:`BatchResult.apply_to`) and only then commits, so a crash anywhere redelivers the batch.
+:class:`OffsetMarkers` make a redelivered, already applied record a no-op.
 """
 
 from __future__ import annotations
@@ -119,9 +117,7 @@ def add_dead_letter(codec: AvroCodec, item: RawItem, position: SourcePosition, r
 
 
 class BatchStep(Protocol):
-    """What an agent drives: ``process`` one batch, ``reset`` the step's caches when the worker's
-    partitions are reassigned (the table is the truth).  The escalation step also has a
-    ``tick(now)`` giving a result of the same kind for its timers."""
+    """What an agent drives; ``reset`` drops caches on reassignment. (Escalation also has ``tick(now)``.)"""
 
     def process(self, items: list[RawItem], source_topic: str = ...) -> BatchResult: ...
 

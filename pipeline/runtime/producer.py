@@ -1,7 +1,7 @@
-"""The one producer for records written from outside the agents' batches (ingest, IMAP, the
+"""The one producer of the package's records (the agents' batch outputs, ingest, IMAP, the
 campaign command, synthetic traffic): idempotent, counting every delivery and keeping the first
-delivery errors, so that a caller can tell after :meth:`RecordProducer.finish` (a flush) whether
-everything it produced is durable before it acknowledges its own source.
+delivery errors, so that a caller knows whether everything it produced is durable before it
+commits or moves its own position (:meth:`RecordProducer.send_all` raises, ``finish`` reports).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ class RecordProducer:
         self.producer = new_producer(settings.kafka, bootstrap)
         self.report = IngestReport()
 
-    def _delivered(self, error, _message) -> None:
+    def _delivered(self, error, message) -> None:
         if error is None:
             self.report.delivered += 1
         elif len(self.report.errors) < 100:
-            self.report.errors.append(str(error))
+            self.report.errors.append(f"{message.topic()}: {error}")
 
     def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         produce_when_room(self.producer, topic_name(self.kafka, topic), value, key, on_delivery=self._delivered)
@@ -56,6 +56,27 @@ class RecordProducer:
             return False
         self.produce("mail.raw", key, value)
         return True
+
+    def send_all(self, outputs: list) -> None:
+        """An agent's batch outputs (:class:`~pipeline.runtime.batch.Output`); returns once every
+        one is acknowledged by the broker, else raises, so that the batch is not committed."""
+        from confluent_kafka import KafkaError, KafkaException
+
+        delivered_before, errors_before = self.report.delivered, len(self.report.errors)
+        for output in outputs:
+            try:
+                self.produce(output.topic, output.key, output.value)
+            except KafkaException as exc:  # refused before it left: librdkafka says "Broker: ..." even then
+                error, hint = exc.args[0], ""
+                if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    limit = self.kafka.producer_options.get("message.max.bytes", 1_000_000)
+                    hint = (f" (over this producer's message.max.bytes, {limit}: kafka.producer_options raises it; "
+                            "the broker's record limit must allow it too)")
+                raise RuntimeError(f"cannot produce a record of {len(output.value)} bytes to "
+                                   f"{topic_name(self.kafka, output.topic)}: {error.name()}, {error.str()}{hint}") from exc
+        remaining = self.producer.flush(60)
+        if remaining or self.report.delivered - delivered_before != len(outputs):
+            raise RuntimeError(f"{remaining} outputs undelivered, errors: {self.report.errors[errors_before:][:5]}")
 
     def finish(self, timeout_s: float = 120.0) -> IngestReport:
         remaining = self.producer.flush(timeout_s)

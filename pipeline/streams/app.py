@@ -31,12 +31,13 @@ import mode
 from faust.streams import _current_event  # see partition_context()
 
 from pipeline.broker import topic_name
-from pipeline.runtime.kafka import faust_credentials, new_producer, produce_when_room
+from pipeline.runtime.kafka import faust_credentials
 from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.settings import Settings, load_settings
 from pipeline.streams.crm import CrmProcessor
 from pipeline.streams.escalation import EscalationProcessor
-from pipeline.runtime.batch import BatchResult, BatchStep, RawItem
+from pipeline.runtime.batch import BatchStep, RawItem
+from pipeline.runtime.producer import RecordProducer
 from pipeline.streams.processor import MailProcessor
 from pipeline.streams.tracking import TrackingProcessor
 from pipeline.tracking.safety import key_refusal
@@ -88,51 +89,16 @@ def exit_without_commit(what: str, exc: BaseException) -> None:
     os._exit(EXIT_BATCH_FAILED)
 
 
-class OutputProducer:
-    """confluent-kafka producer for the agent's outputs; ``send_all`` returns once every record is
-    acknowledged by the broker, or raises."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.producer = new_producer(settings.kafka)
-        self._errors: list[str] = []
-
-    def _delivered(self, error, message) -> None:
-        if error is not None:
-            self._errors.append(f"{message.topic()}: {error}")
-
-    def send_all(self, result: BatchResult) -> None:
-        from confluent_kafka import KafkaError, KafkaException
-
-        for output in result.outputs:
-            topic = topic_name(self.settings.kafka, output.topic)
-            try:
-                produce_when_room(self.producer, topic, output.value, output.key, on_delivery=self._delivered)
-            except KafkaException as exc:  # refused before it left: librdkafka says "Broker: ..." even then
-                error = exc.args[0]
-                hint = ""
-                if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                    limit = self.settings.kafka.producer_options.get("message.max.bytes", 1_000_000)
-                    hint = (f" (over this producer's message.max.bytes, {limit}: kafka.producer_options raises it; "
-                            "the broker's record limit must allow it too)")
-                raise RuntimeError(f"cannot produce a record of {len(output.value)} bytes to {topic}: "
-                                   f"{error.name()}, {error.str()}{hint}") from exc
-        remaining = self.producer.flush(60)
-        if remaining or self._errors:
-            errors, self._errors = self._errors, []
-            raise RuntimeError(f"{remaining} outputs undelivered, errors: {errors[:5]}")
-
-
 class _LazyOutputs:
     """One output producer per worker process, made on first use (inside the worker)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._producer: OutputProducer | None = None
+        self._producer: RecordProducer | None = None
 
-    def get(self) -> OutputProducer:
+    def get(self) -> RecordProducer:
         if self._producer is None:
-            self._producer = OutputProducer(self.settings)
+            self._producer = RecordProducer(self.settings, self.settings.kafka.bootstrap)
         return self._producer
 
 
@@ -153,7 +119,7 @@ async def _handle_batches(stream, processor: BatchStep, table, source_topic: str
         async with lock:
             items = [RawItem(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
             result = processor.process(items, source_topic=source_topic)
-            await loop.run_in_executor(None, outputs.get().send_all, result)
+            await loop.run_in_executor(None, outputs.get().send_all, result.outputs)
             result.apply_to(table, partial(partition_context, source_topic))
         if on_batch is not None:
             on_batch()
@@ -273,7 +239,7 @@ def build_app(settings: Settings) -> faust.App:
             async with escalation_lock:
                 result = escalation.tick(datetime.now(timezone.utc))
                 if result.outputs:
-                    await asyncio.get_running_loop().run_in_executor(None, outputs.get().send_all, result)
+                    await asyncio.get_running_loop().run_in_executor(None, outputs.get().send_all, result.outputs)
                     result.apply_to(escalation_table, partial(partition_context, correlated_topic.get_topic_name()))
         except Exception as exc:  # noqa: BLE001 - the trackers moved on in memory; only a restart re-fires them
             exit_without_commit("an escalation tick", exc)

@@ -1,10 +1,8 @@
 """The correlator's batch step, free of Faust so that it is tested and benchmarked directly.
 
-One batch of ``mail.raw`` records in; out come the encoded output records (``mail.correlated``,
-``mail.untracked``, ``mail.responses``, ``deadletter``) and the table writes that make the index
-durable.  The agent (``pipeline.streams.app``) produces the outputs, waits until they are
-acknowledged, and only then applies the table writes and lets Faust commit the batch: a crash
-at any point redelivers the batch against an index that has not seen it yet.
+One batch of ``mail.raw`` records in; out come ``mail.correlated``, ``mail.untracked``,
+``mail.responses`` and ``deadletter`` records and the index's table writes (the batch-step
+contract of :mod:`pipeline.runtime.batch`: a crash redelivers against an index that has not seen it).
 
 Each partition's table holds one entry per indexed mail (key ``tenant \\x1f message id``, value:
 the entry and the ``mail.raw`` offset it came from) and one marker with the last applied source
