@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
@@ -56,3 +57,103 @@ def test_a_tick_after_a_restart_fires_nothing_twice_once_its_writes_are_applied(
     restarted = EscalationProcessor(Settings(), CODEC, table, clock=lambda: T0)
     restarted.process([RawItem(2, 0, b"acme", correlated("acme", "<m1@x>", T0))])  # a redelivery: skipped
     assert restarted.tick(T0 + timedelta(days=3)).outputs == []
+
+
+def mail(tenant: str, message_id: str, when: datetime, *, conversation: str = "c1", direction: str = "in",
+         generation: int = 0, regarding: str | None = None) -> bytes:
+    record = CODEC.decode("mail.correlated", correlated(tenant, message_id, when))
+    record.update(conversation_id=conversation, direction=direction, generation=generation, regarding=regarding,
+                  event_id=f"{tenant}-{message_id}-{direction}")
+    if direction == "out":
+        record.update(from_addr="agent@support.example", to=["customer@example.com"])
+    return CODEC.encode("mail.correlated", record)
+
+
+def escalations(result) -> list[tuple[str, str, str]]:
+    return [(r["tenant"], r["conversation_id"], r["state"])
+            for r in (CODEC.decode("escalations", o.value) for o in result.outputs if o.topic == "escalations")]
+
+
+def test_an_inbound_mail_opens_a_clock_and_our_reply_resolves_it_and_clears_the_state():
+    table: dict = {}
+    processor = EscalationProcessor(Settings(), CODEC, table, clock=lambda: T0)
+    opened = processor.process([RawItem(0, 0, b"acme", mail("acme", "<q@x>", T0))])
+    assert escalations(opened) == [("acme", "c1", "OPEN")]
+    assert json.loads(opened.writes[0][state_key("acme", "c1")])  # the running clock is state
+    opened.apply_to(table)
+
+    replied = processor.process([RawItem(0, 1, b"acme", mail("acme", "<a@x>", T0 + timedelta(hours=1),
+                                                              direction="out"))])
+    assert escalations(replied) == [("acme", "c1", "RESOLVED")]
+    replied.apply_to(table)
+    # Resolved in time: the deadlines never fire.
+    assert escalations(processor.tick(T0 + timedelta(days=5))) == []
+
+
+def test_the_deadlines_warn_then_escalate_once_each():
+    table: dict = {}
+    processor = EscalationProcessor(Settings(), CODEC, table, clock=lambda: T0)
+    processor.process([RawItem(0, 0, b"acme", mail("acme", "<q@x>", T0))]).apply_to(table)
+    warned = processor.tick(T0 + timedelta(hours=5))  # default policy: WARNED after 4 h, ESCALATED after 8 h
+    assert escalations(warned) == [("acme", "c1", "WARNED")]
+    warned.apply_to(table)
+    escalated = processor.tick(T0 + timedelta(hours=9))
+    assert escalations(escalated) == [("acme", "c1", "ESCALATED")]
+    escalated.apply_to(table)
+    assert escalations(processor.tick(T0 + timedelta(days=30))) == []
+
+
+def test_two_tenants_with_the_same_conversation_id_keep_separate_clocks():
+    table: dict = {}
+    processor = EscalationProcessor(Settings(), CODEC, table, clock=lambda: T0)
+    batch = processor.process([RawItem(1, 0, b"acme", mail("acme", "<q@x>", T0)),
+                               RawItem(1, 1, b"beta", mail("beta", "<q@x>", T0))])
+    assert sorted(escalations(batch)) == [("acme", "c1", "OPEN"), ("beta", "c1", "OPEN")]
+    batch.apply_to(table)
+    # acme's reply resolves acme's clock only.
+    reply = processor.process([RawItem(1, 2, b"acme", mail("acme", "<a@x>", T0 + timedelta(hours=1),
+                                                            direction="out"))])
+    assert escalations(reply) == [("acme", "c1", "RESOLVED")]
+    reply.apply_to(table)
+    assert escalations(processor.tick(T0 + timedelta(hours=5))) == [("beta", "c1", "WARNED")]
+
+
+def test_another_generations_mail_and_a_bad_record_are_skipped_without_stopping_the_batch():
+    table: dict = {}
+    processor = EscalationProcessor(Settings(), CODEC, table, clock=lambda: T0)
+    batch = processor.process([RawItem(0, 0, b"acme", mail("acme", "<old@x>", T0, generation=7)),
+                               RawItem(0, 1, b"acme", b"\x00\x00\x00\x00\x07not avro"),
+                               RawItem(0, 2, b"acme", mail("acme", "<q@x>", T0))])
+    assert escalations(batch) == [("acme", "c1", "OPEN")]  # only the current generation's mail
+    dead = [CODEC.decode("deadletter", o.value) for o in batch.outputs if o.topic == "deadletter"]
+    assert [(d["source_offset"], d["agent"]) for d in dead] == [(1, "escalation")]
+    assert offset_key(0) in batch.writes[0]  # the marker moved past all three
+
+
+def test_after_a_reset_the_state_is_rebuilt_from_the_table_and_decides_like_before():
+    table: dict = {}
+    processor = EscalationProcessor(Settings(), CODEC, table, clock=lambda: T0)
+    processor.process([RawItem(0, 0, b"acme", mail("acme", "<q@x>", T0)),
+                       RawItem(0, 1, b"beta", mail("beta", "<q@x>", T0, conversation="c2"))]).apply_to(table)
+    processor.reset()  # a rebalance: caches gone, only the table remains
+    rebuilt = processor.process([RawItem(0, 2, b"acme", mail("acme", "<a@x>", T0 + timedelta(hours=1),
+                                                              direction="out"))])
+    assert escalations(rebuilt) == [("acme", "c1", "RESOLVED")]
+    rebuilt.apply_to(table)
+    processor.process([RawItem(0, 3, b"beta", mail("beta", "<n@x>", T0 + timedelta(hours=1), conversation="c3"))])
+    # beta's first clock came back from the table too and fires at its deadline.
+    fired = sorted(escalations(processor.tick(T0 + timedelta(hours=5))))
+    assert ("beta", "c2", "WARNED") in fired and not any(t == "acme" for t, _, _ in fired)
+
+
+def test_a_mail_about_a_record_belongs_to_the_records_owner():
+    table: dict = {}
+    owners = {("acme", "case-9"): "owner@support.example"}
+    settings = Settings(untracked={"own_domains": ["support.example"]})  # whose addresses are agents
+    processor = EscalationProcessor(settings, CODEC, table, clock=lambda: T0,
+                                    record_owner=lambda tenant, record: owners.get((tenant, record)))
+    batch = processor.process([RawItem(0, 0, b"acme", mail("acme", "<q@x>", T0, regarding="case-9")),
+                               RawItem(0, 1, b"acme", mail("acme", "<r@x>", T0, conversation="c2"))])
+    owner_of = {r["conversation_id"]: r["owner"]
+                for r in (CODEC.decode("escalations", o.value) for o in batch.outputs if o.topic == "escalations")}
+    assert owner_of == {"c1": "owner@support.example", "c2": "agent@support.example"}
