@@ -69,9 +69,12 @@ def mail(tenant: str, message_id: str, when: datetime, *, conversation: str = "c
     return CODEC.encode("mail.correlated", record)
 
 
+def escalation_records(result) -> list[dict]:
+    return [CODEC.decode("escalations", o.value) for o in result.outputs if o.topic == "escalations"]
+
+
 def escalations(result) -> list[tuple[str, str, str]]:
-    return [(r["tenant"], r["conversation_id"], r["state"])
-            for r in (CODEC.decode("escalations", o.value) for o in result.outputs if o.topic == "escalations")]
+    return [(r["tenant"], r["conversation_id"], r["state"]) for r in escalation_records(result)]
 
 
 def test_an_inbound_mail_opens_a_clock_and_our_reply_resolves_it_and_clears_the_state():
@@ -154,6 +157,5 @@ def test_a_mail_about_a_record_belongs_to_the_records_owner():
                                     record_owner=lambda tenant, record: owners.get((tenant, record)))
     batch = processor.process([RawItem(0, 0, b"acme", mail("acme", "<q@x>", T0, regarding="case-9")),
                                RawItem(0, 1, b"acme", mail("acme", "<r@x>", T0, conversation="c2"))])
-    owner_of = {r["conversation_id"]: r["owner"]
-                for r in (CODEC.decode("escalations", o.value) for o in batch.outputs if o.topic == "escalations")}
+    owner_of = {r["conversation_id"]: r["owner"] for r in escalation_records(batch)}
     assert owner_of == {"c1": "owner@support.example", "c2": "agent@support.example"}
