@@ -167,8 +167,8 @@ def check_blob_store(settings: Settings) -> list[Check]:
 
 def check_relay(settings: Settings) -> list[Check]:
     """`threadline smtp` as configured (relay.mode on relay.host): the judgement the relay itself
-    makes before it starts (pipeline/gateways/smtp/relay_policy.py), one check per problem."""
-    from pipeline.gateways.smtp.relay_policy import own_domains, relay_config_problems
+    makes before it starts (pipeline/gateways/smtp/policy.py), one check per problem."""
+    from pipeline.gateways.smtp.policy import own_domains, relay_config_problems
 
     relay = settings.relay
     if not relay.upstream_host:

@@ -709,7 +709,7 @@ class RelaySettings(_Section):
                                          "must not exceed.")
     kafka_timeout_s: float = Field(30.0, gt=0, le=600, description="Longest wait for the broker to acknowledge "
                                    "a mail.raw record; then the client gets 451 (try again later).")
-    # Who may use the relay, and how much (docs/smtp.md "Who may send"; pipeline/gateways/smtp/relay_policy.py).
+    # Who may use the relay, and how much (docs/smtp.md "Who may send"; pipeline/gateways/smtp/policy.py).
     own_domains: tuple[str, ...] = Field(
         (), description="The organisation's mail domains (exact, no subdomains); empty: untracked.own_domains. "
         "Outbound: the envelope sender must be in one (else 553 5.7.1); inbound: every recipient must be "

@@ -80,7 +80,8 @@ def add_tracking(command: CommandFactory) -> None:
 
 
 def cmd_smtp(args: argparse.Namespace) -> int:
-    from pipeline.gateways.smtp.relay import RelayError, run_relay
+    from pipeline.gateways.smtp.policy import RelayError
+    from pipeline.gateways.smtp.server import run_relay
 
     settings = settings_from(args)
     if not args.inbound and settings.relay.mode == "outbound":  # outbound mail gets signed tracking links

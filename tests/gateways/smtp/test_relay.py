@@ -28,12 +28,13 @@ from aiosmtpd.controller import Controller
 from pipeline.broker import free_port
 from pipeline.correlation.methods.xheader import parse_xref
 from pipeline.correlation.tokens import TokenCounter
-from pipeline.gateways.smtp import relay_policy as policy
+from pipeline.gateways.smtp import policy
+from pipeline.gateways.smtp.policy import RelayError
+from pipeline.gateways.smtp.server import RecordWriteError, SmtpRelay
+from pipeline.gateways.smtp.spool import RelayQueue, load_counter, save_counter
+from pipeline.gateways.smtp.stamp import hop_count, outbound_copies, prepare_outbound, to_crlf
+from pipeline.gateways.smtp.upstream import deliver_upstream
 from pipeline.mail.parse import parse_mail
-from pipeline.gateways.smtp.relay import (
-    RecordWriteError, RelayError, RelayQueue, SmtpRelay, deliver_upstream, hop_count, load_counter,
-    outbound_copies, prepare_outbound, save_counter, to_crlf,
-)
 from pipeline.settings import RelaySettings, Settings, SettingsError, TrackingSettings, load_settings
 from pipeline.tracking.tokens import Keyring, verify_token
 

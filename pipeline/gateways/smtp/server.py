@@ -5,18 +5,12 @@ Outbound (default; the organisation's clients submit here)::
     client --SMTP--> relay: prepare_outbound --> mail.raw (wait for the broker's ack)
                                             --> queue file (fsync) --> upstream smarthost --> 250
 
-* :func:`prepare_outbound` (pure, no I/O) stamps what is missing: ``Message-ID``
-  (``<GUID@instance_id>``), ``Date``, and our ``X-Threadline-Ref`` header (``instance``, ``ref`` =
-  the mail's own Message-ID, ``regarding`` from a client's ``X-Threadline-Regarding`` header,
-  which never leaves); a subject tracking token when ``relay.subject_tokens`` is on (the
-  subject's own token is kept); and the open pixel / signed links when the mail opts in to
-  tracking (``#track`` in the subject, ``%track%`` in the body).  A token names one recipient,
-  so a tracked mail to several recipients leaves as one marked copy per recipient (same
-  Message-ID; each copy is its own ``mail.raw`` record: the correlator reports the later ones
-  as duplicates of the first).
+* :func:`~pipeline.gateways.smtp.stamp.prepare_outbound` (pure, no I/O) stamps what is missing
+  (Message-ID, Date, our reference header, a subject token) and adds the tracking marks when the
+  mail opts in, one marked copy per recipient.
 * Inbound (``--inbound``, an MX-side filter): nothing is stamped or marked; direction ``in``.
 
-Closed by default (:mod:`pipeline.gateways.smtp.relay_policy`): outbound, only a client that logged in or
+Closed by default (:mod:`pipeline.gateways.smtp.policy`): outbound, only a client that logged in or
 is in ``relay.client_networks`` (loopback) may send, and only as a sender of the own domains;
 inbound, only recipients of the own domains are accepted.  Recipients per mail, messages and
 recipients per client and time, connections and session time are limited; a configuration that
@@ -28,12 +22,21 @@ bytes are what ``mail.raw`` holds and what the next hop receives.
 Replies: the broker did not acknowledge the record -> ``451`` (temporary: the client retries,
 nothing is relayed, nothing lost).  Recorded -> the final bytes go to a queue file (one per
 message, fsync'd, ``worker.data_dir/relay-queue/<mode>/``) and are handed to the upstream;
-accepted -> the file is removed and the client gets ``250``.  Upstream down or answering 4xx ->
+accepted -> the file is removed and the client gets ``250`` (:mod:`pipeline.gateways.smtp.spool`,
+:mod:`pipeline.gateways.smtp.upstream`).  Upstream down or answering 4xx ->
 the file stays, the client still gets ``250``, and a background thread retries the queue with
 back-off (also right after a restart); a file is removed only once the upstream accepted it.
 The upstream refusing the mail for good (5xx for every recipient) during the session -> that
 5xx goes back to the client (the ``mail.raw`` record stays: it says what was attempted); later
 permanent refusals of queued mail move the file to ``failed/`` with the reason, for an operator.
+
+aiosmtpd has hooks for every command but none for a new connection or for the length of a whole
+session, so the connection caps, the session time limit and the AUTH limits live in a small
+``SMTP`` subclass (:class:`LimitedSMTP`), created by the controller's documented ``factory()``
+extension point.  AUTH stays aiosmtpd's (mechanisms, challenges, replies): the subclass is its
+``authenticator`` callback, which checks the credentials and counts failures, and wraps
+``smtp_AUTH`` only to close a connection that failed too often.  Everything else (idle / DATA
+timeout, STARTTLS) is aiosmtpd's own.
 
 Credentials (AUTH passwords, the upstream password) are never logged; the log names queue ids,
 Message-IDs, sizes and recipient counts, not addresses.
@@ -43,412 +46,143 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import fcntl
-import json
 import logging
 import os
 import re
 import signal
-import smtplib
 import socket
 import ssl
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from email.header import decode_header, make_header
-from email.utils import formatdate, getaddresses
-from pathlib import Path
-from typing import Callable, Sequence
+from email.utils import formatdate
+from typing import Callable
 
-from pipeline.durable import fsync_dir, write_atomically
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
+
 from pipeline.broker import topic_name
 from pipeline.runtime.kafka import new_producer
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.records import MailRawCodec, MailTooLarge, mail_raw_record
-from pipeline.correlation.methods.xheader import format_xref
-from pipeline.correlation.tokens import TokenCounter, find_token
-from pipeline.gateways.smtp import relay_policy as policy
-from pipeline.mail.parse import _message_ids
-from pipeline.settings import RelaySettings, Settings, TrackingTokenSettings
-from pipeline.tracking.mark import mark_message
+from pipeline.correlation.tokens import TokenCounter
+from pipeline.gateways.smtp import policy
+from pipeline.gateways.smtp.policy import RelayError
+from pipeline.gateways.smtp.spool import COUNTER_FILE, QueuedMail, RelayQueue, load_counter, save_counter
+from pipeline.gateways.smtp.stamp import hop_count, message_id_of, outbound_copies, to_crlf
+from pipeline.gateways.smtp.upstream import DeliveryResult, deliver_upstream
+from pipeline.settings import RelaySettings, Settings
 
 log = logging.getLogger("threadline.smtp")
 
-REGARDING_HEADER = "X-Threadline-Regarding"
 OUTBOUND_MAILBOX = "smtp-relay"
 INBOUND_MAILBOX = "smtp-inbound"
 SOURCE = "smtp"
 MAX_HOPS = 50                      # Received headers; more means a mail loop (RFC 5321 §6.3)
-COUNTER_FILE = "relay-token-counters.json"
-PASSED_MAIL_OPTIONS = ("SMTPUTF8", "BODY=8BITMIME")
 
 
-class RelayError(RuntimeError):
-    """The relay cannot start as configured; the message says what to fix."""
+# -- the aiosmtpd connection ------------------------------------------------------------------
+class LimitedSMTP(SMTP):
+    """One client connection: counted against ``relay.max_connections[_per_client]``, closed
+    with 421 after ``relay.session_timeout_s``, and, with ``auth``, logins checked against
+    ``relay.auth_username`` / ``relay.auth_password`` and limited per connection and client."""
+
+    def __init__(self, limits: policy.ClientLimits, session_timeout_s: float, handler, *, auth: bool = False,
+                 **kwargs) -> None:
+        if auth:
+            kwargs["authenticator"] = self.check_login
+        super().__init__(handler, **kwargs)
+        self._limits = limits
+        self._session_timeout_s = session_timeout_s
+        self._client: str | None = None          # the counted client key while connected
+        self._refused = False
+        self._session_timer: asyncio.TimerHandle | None = None
+        # Per connection, not per aiosmtpd session: STARTTLS starts a new session but must not
+        # give a guesser a fresh allowance.
+        self._auth_failed = 0                    # wrong credentials
+        self._auth_locked = 0                    # AUTH refused because the client is locked out
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # STARTTLS calls this again with the TLS transport: the connection is counted once.
+        if self._client is None:
+            key = policy.client_key(transport.get_extra_info("peername"))
+            refusal = self._limits.connect(key)
+            if refusal is not None:
+                # Answered before aiosmtpd sees the connection: no greeting, no session.
+                self._refused = True
+                log.warning("connection from %s refused: %s", key, refusal[4:])
+                transport.write(refusal.encode() + b"\r\n")
+                transport.close()
+                return
+            self._client = key
+            self._session_timer = self.loop.call_later(self._session_timeout_s, self._session_expired)
+        super().connection_made(transport)
+
+    def _session_expired(self) -> None:
+        if self.transport is not None:
+            log.warning("session of %s closed after relay.session_timeout_s", self._client)
+            self.transport.write(policy.SESSION_TOO_LONG.encode() + b"\r\n")
+            self.transport.close()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:  # aiosmtpd never set this connection up: nothing of its to tear down
+            return
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+            self._session_timer = None
+        if self._auth_failed or self._auth_locked:
+            # One line per connection, not per try: thousands of tries are the attack, and a
+            # line each would flood the log.  The credentials are never logged.
+            log.warning("AUTH from %s: %d failed login(s), %d refused (locked out) on this connection",
+                        self._client, self._auth_failed, self._auth_locked)
+        if self._client is not None:
+            self._limits.disconnect(self._client)
+            self._client = None
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        return super().eof_received()
+
+    # -- AUTH --
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        if self._auth_failed + self._auth_locked >= self._limits.relay.max_auth_failures_per_connection:
+            # As aiosmtpd ends a session over its own limits: the reply, then the connection.
+            await self.push(policy.AUTH_CONNECTION_CLOSED)
+            self.transport.close()
+            return
+        await super().smtp_AUTH(arg)
+
+    def check_login(self, server, session, envelope, mechanism: str, auth_data) -> AuthResult:
+        """aiosmtpd's ``authenticator`` callback, called once the client sent its credentials."""
+        key = self._client or policy.client_key(session.peer)
+        if self._limits.login_locked(key):
+            # Even the right password: otherwise the lock-out would only stop those who guess wrong.
+            self._auth_locked += 1
+            return AuthResult(success=False, handled=False, message=policy.AUTH_CLIENT_LOCKED)
+        relay = self._limits.relay
+        if isinstance(auth_data, LoginPassword) and policy.credentials_match(relay, auth_data.login,
+                                                                             auth_data.password):
+            return AuthResult(success=True, handled=False)
+        self._auth_failed += 1
+        if self._limits.login_failed(key):
+            log.warning("AUTH from %s locked out for relay.auth_failure_window_s (%.0f s): %d failed logins",
+                        key, relay.auth_failure_window_s, relay.max_auth_failures_per_client)
+        return AuthResult(success=False, handled=False, message=policy.AUTH_FAILED)
 
 
-# -- header block, byte for byte --------------------------------------------------------------
-class _HeaderBlock:
-    """The header fields of a message as raw bytes: fields can be read, removed and added while
-    every other byte (other fields, their folding, the body) stays exactly as it was."""
+class RelayController(Controller):
+    def __init__(self, handler, limits: policy.ClientLimits, session_timeout_s: float, *, auth: bool = False,
+                 **kwargs) -> None:
+        super().__init__(handler, **kwargs)
+        self.limits = limits
+        self.session_timeout_s = session_timeout_s
+        self.auth = auth
 
-    def __init__(self, raw: bytes) -> None:
-        first_end = raw.find(b"\n")
-        self.linesep = b"\r\n" if first_end > 0 and raw[first_end - 1:first_end] == b"\r" else b"\n"
-        # A field's lines are collected and joined once: appending every continuation line to
-        # the field's bytes so far is quadratic, and a folded header of a few MB (the mail limit
-        # allows tens) would then hold the relay for minutes.
-        collected: list[tuple[str, list[bytes]]] = []
-        pos, length = 0, len(raw)
-        self.separator, self.body = b"", b""
-        while pos < length:
-            end = raw.find(b"\n", pos)
-            end = length if end < 0 else end + 1
-            line = raw[pos:end]
-            if line in (b"\r\n", b"\n"):
-                self.separator, self.body = line, raw[end:]
-                break
-            if line[:1] in (b" ", b"\t") and collected:
-                collected[-1][1].append(line)
-            else:
-                name, colon, _ = line.partition(b":")
-                collected.append((name.strip().decode("latin-1").lower() if colon else "", [line]))
-            pos = end
-        # (lower-case name or "" for junk, raw field)
-        self.fields: list[tuple[str, bytes]] = [(name, b"".join(lines)) for name, lines in collected]
-        if self.fields and not self.fields[-1][1].endswith(b"\n"):
-            name, last = self.fields[-1]
-            self.fields[-1] = (name, last + self.linesep)
-        if not self.separator and self.body == b"":
-            self.separator = self.linesep  # a message of headers only: end the header block
-
-    def values(self, name: str) -> list[str]:
-        """Unfolded values of every field called ``name`` (bytes read as UTF-8, else latin-1)."""
-        wanted = name.lower()
-        found = []
-        for field_name, data in self.fields:
-            if field_name == wanted:
-                value = data.partition(b":")[2]
-                value = re.sub(rb"\r?\n", b"", value).strip()
-                try:
-                    found.append(value.decode("utf-8"))
-                except UnicodeDecodeError:
-                    found.append(value.decode("latin-1"))
-        return found
-
-    def first(self, name: str) -> str | None:
-        values = self.values(name)
-        return values[0] if values else None
-
-    def index(self, name: str) -> int | None:
-        wanted = name.lower()
-        return next((i for i, (field_name, _) in enumerate(self.fields) if field_name == wanted), None)
-
-    def remove(self, name: str) -> None:
-        wanted = name.lower()
-        self.fields = [(n, data) for n, data in self.fields if n != wanted]
-
-    def add(self, name: str, value: str) -> None:
-        self.fields.append((name.lower(), f"{name}: {value}".encode() + self.linesep))
-
-    def append_to(self, index: int, text: str) -> None:
-        """Append ``text`` at the end of the (last line of the) field at ``index``."""
-        name, data = self.fields[index]
-        stripped = data.rstrip(b"\r\n")
-        self.fields[index] = (name, stripped + text.encode() + data[len(stripped):])
-
-    def to_bytes(self) -> bytes:
-        return b"".join(data for _, data in self.fields) + self.separator + self.body
-
-
-def _decoded(value: str) -> str:
-    try:
-        return str(make_header(decode_header(value)))
-    except (LookupError, UnicodeError, ValueError):
-        return value
-
-
-def _id_domain(instance_id: str) -> str:
-    domain = re.sub(r"[^A-Za-z0-9.-]+", "-", instance_id).strip(".-")
-    return domain or "threadline"
-
-
-def _clean_regarding(value: str) -> str | None:
-    """A record id for ``regarding=``: ASCII, one line, no ``;`` (the field separator)."""
-    text = " ".join(_decoded(value).replace(";", " ").split())
-    if not text:
-        return None
-    if not text.isascii():
-        log.warning("%s is not ASCII: the mail's reference header names no regarding record", REGARDING_HEADER)
-        return None
-    return text
-
-
-def user_number(relay: RelaySettings, sender: str | None, from_header: str | None) -> int:
-    """The sending user's number for tracking tokens: the envelope sender, else the From
-    address, looked up in ``relay.sender_user_numbers``; 0 when neither is listed."""
-    numbers = relay.sender_user_numbers
-    candidates = [sender or ""] + [address for _, address in getaddresses([from_header or ""])]
-    for address in candidates:
-        number = numbers.get(address.strip().casefold())
-        if number is not None:
-            return number
-    return 0
-
-
-def stamp_outbound(raw: bytes, settings: Settings, counter: TokenCounter | None, *, sender: str | None = None,
-                   now: float | None = None, make_id: Callable[[], str] | None = None) -> bytes:
-    """Message-ID, Date and X-Threadline-Ref where absent, the regarding header folded into our
-    header, and a subject token when ``relay.subject_tokens`` is on (needs ``counter``).  Every
-    other byte of ``raw`` is kept."""
-    headers = _HeaderBlock(raw)
-    correlation = settings.correlation
-    ids = _message_ids(headers.first("Message-ID"))
-    if ids:
-        message_id = ids[0]
-    else:  # absent, or nothing usable in it
-        headers.remove("Message-ID")
-        message_id = f"<{make_id() if make_id else uuid.uuid4()}@{_id_domain(correlation.instance_id)}>"
-        headers.add("Message-ID", message_id)
-    if headers.index("Date") is None:
-        headers.add("Date", formatdate(time.time() if now is None else now, usegmt=True))
-
-    regarding = next((cleaned for value in headers.values(REGARDING_HEADER)
-                      if (cleaned := _clean_regarding(value))), None)
-    headers.remove(REGARDING_HEADER)
-    if not any(value.strip() for value in headers.values(correlation.xheader_name)):
-        headers.remove(correlation.xheader_name)
-        headers.add(correlation.xheader_name, format_xref(correlation.instance_id, message_id, regarding))
-
-    token_settings: TrackingTokenSettings = correlation.tracking_token
-    if settings.relay.subject_tokens and token_settings.enabled and counter is not None:
-        at = headers.index("Subject")
-        subject = _decoded(headers.values("Subject")[0]) if at is not None else ""
-        if find_token(token_settings, subject) is None:  # a reply keeps its conversation's token
-            token = counter.next_token(user_number(settings.relay, sender, headers.first("From")))
-            if at is None:
-                headers.add("Subject", token)
-            else:
-                headers.append_to(at, (" " if subject.strip() else "") + token)
-    return headers.to_bytes()
-
-
-def outbound_copies(raw: bytes, settings: Settings, counter: TokenCounter | None, *, sender: str | None,
-                    recipients: Sequence[str], tenant: str = "default", now: float | None = None,
-                    make_id: Callable[[], str] | None = None) -> list[tuple[tuple[str, ...], bytes]]:
-    """``(recipients, final bytes)`` for every copy that leaves: one copy, or, for a mail that
-    opts in to tracking and has several recipients, one marked copy per recipient."""
-    stamped = stamp_outbound(raw, settings, counter, sender=sender, now=now, make_id=make_id)
-    recipients = tuple(recipients)
-    copies = []
-    for recipient in recipients or (None,):
-        try:
-            marked = mark_message(stamped, settings.tracking, tenant=tenant, recipient=recipient, now=now)
-        except Exception as exc:  # a mail that cannot be marked still goes out, unmarked
-            log.warning("tracking marks could not be added (%s): sent unmarked", type(exc).__name__)
-            return [(recipients, stamped)]
-        if not marked.summary.tracked:
-            return [(recipients, stamped)]
-        copies.append(((recipient,) if recipient else recipients, marked.data))
-    return copies
-
-
-def prepare_outbound(raw: bytes, settings: Settings, counter: TokenCounter | None, *, sender: str | None = None,
-                     recipient: str | None = None, tenant: str = "default", now: float | None = None,
-                     make_id: Callable[[], str] | None = None) -> bytes:
-    """The final bytes of an outbound mail to one recipient (``recipient``; default the single
-    To/Cc/Bcc address): :func:`stamp_outbound`, then tracking marks when the mail opts in."""
-    copies = outbound_copies(raw, settings, counter, sender=sender, recipients=(recipient,) if recipient else (),
-                             tenant=tenant, now=now, make_id=make_id)
-    return copies[0][1]
-
-
-def to_crlf(raw: bytes) -> bytes:
-    """SMTP line ends: every bare LF becomes CRLF."""
-    return re.sub(rb"(?<!\r)\n", b"\r\n", raw)
-
-
-def hop_count(raw: bytes) -> int:
-    return sum(1 for name, _ in _HeaderBlock(raw).fields if name == "received")
-
-
-# -- token counters ---------------------------------------------------------------------------
-def load_counter(path: Path, settings: TrackingTokenSettings) -> TokenCounter:
-    """The persisted per-user counters (a fresh counter when the file does not exist)."""
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))["next"]
-        return TokenCounter(settings, {int(user): int(value) for user, value in state.items()})
-    except FileNotFoundError:
-        return TokenCounter(settings)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RelayError(f"{path} is not a token counter file ({exc}); fix or remove it") from exc
-
-
-def save_counter(path: Path, counter: TokenCounter) -> None:
-    state = {str(user): value for user, value in sorted(counter.state().items())}
-    write_atomically(path, json.dumps({"format": 1, "next": state}, indent=1).encode())
-
-
-# -- the queue --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class QueuedMail:
-    name: str
-    mail_from: str
-    rcpt_tos: tuple[str, ...]
-    mail_options: tuple[str, ...]
-    data: bytes
-    queued_at: float
-    message_id: str | None = None
-
-
-class RelayQueue:
-    """Durable spool: one file per message (a JSON envelope line, then the final bytes)."""
-
-    SUFFIX = ".msg"
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.failed_dir = directory / "failed"
-        self._claimed: set[str] = set()
-        self._mutex = threading.Lock()
-        self._lock_handle = None
-
-    def open(self) -> None:
-        """Create the folders, take the folder's lock (one relay per queue) and drop the
-        half-written files of a crash (their clients never got a 250)."""
-        self.failed_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.directory / ".lock", "w")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise RelayError(f"another relay uses the queue {self.directory}: give each relay its own "
-                             "worker.data_dir (or mode)") from None
-        self._lock_handle = handle
-        for leftover in self.directory.glob(".*.tmp"):
-            leftover.unlink()
-
-    def close(self) -> None:
-        if self._lock_handle is not None:
-            self._lock_handle.close()
-            self._lock_handle = None
-
-    @staticmethod
-    def new_name() -> str:
-        return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}{RelayQueue.SUFFIX}"
-
-    def pending(self) -> list[str]:
-        return sorted(path.name for path in self.directory.glob("*" + self.SUFFIX))
-
-    def claim(self, name: str) -> bool:
-        with self._mutex:
-            if name in self._claimed:
-                return False
-            self._claimed.add(name)
-            return True
-
-    def release(self, name: str) -> None:
-        with self._mutex:
-            self._claimed.discard(name)
-
-    def put(self, name: str, mail_from: str, rcpt_tos: Sequence[str], mail_options: Sequence[str], data: bytes,
-            message_id: str | None = None) -> None:
-        envelope = {"mail_from": mail_from, "rcpt_tos": list(rcpt_tos), "mail_options": list(mail_options),
-                    "queued_at": time.time(), "message_id": message_id}
-        write_atomically(self.directory / name, json.dumps(envelope).encode() + b"\n" + data)
-
-    def load(self, name: str) -> QueuedMail:
-        content = (self.directory / name).read_bytes()
-        line, _, data = content.partition(b"\n")
-        envelope = json.loads(line)
-        return QueuedMail(name, envelope["mail_from"], tuple(envelope["rcpt_tos"]), tuple(envelope["mail_options"]),
-                          data, float(envelope["queued_at"]), envelope.get("message_id"))
-
-    def keep_for(self, item: QueuedMail, rcpt_tos: Sequence[str]) -> None:
-        """Only ``rcpt_tos`` still wait (the others were delivered or refused for good)."""
-        if tuple(rcpt_tos) != item.rcpt_tos:
-            self.put(item.name, item.mail_from, rcpt_tos, item.mail_options, item.data, item.message_id)
-
-    def remove(self, name: str) -> None:
-        (self.directory / name).unlink(missing_ok=True)
-        fsync_dir(self.directory)
-
-    def fail(self, item: QueuedMail, refused: dict[str, str]) -> None:
-        """Keep a copy for the recipients the upstream refused for good, with the reasons."""
-        target = self.failed_dir / item.name
-        self.failed_dir.mkdir(parents=True, exist_ok=True)
-        envelope = {"mail_from": item.mail_from, "rcpt_tos": sorted(refused), "mail_options": list(item.mail_options),
-                    "queued_at": item.queued_at, "message_id": item.message_id, "refused": refused,
-                    "failed_at": time.time()}
-        write_atomically(target, json.dumps(envelope).encode() + b"\n" + item.data)
-
-
-# -- the upstream -----------------------------------------------------------------------------
-@dataclass
-class DeliveryResult:
-    delivered: tuple[str, ...] = ()
-    temporary: dict[str, str] = field(default_factory=dict)   # recipient -> reason (4xx, connection)
-    permanent: dict[str, str] = field(default_factory=dict)   # recipient -> reason (5xx)
-    unreachable: bool = False                                 # no session with the upstream at all
-
-    @property
-    def first_permanent(self) -> str:
-        return next(iter(self.permanent.values()), "")
-
-
-def _reply(code: int, message: bytes | str) -> str:
-    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
-    return f"{code} {' '.join(text.split())}"[:300]
-
-
-def deliver_upstream(relay: RelaySettings, mail_from: str, rcpt_tos: Sequence[str], data: bytes,
-                     mail_options: Sequence[str] = (), smtp_factory: Callable[..., smtplib.SMTP] = smtplib.SMTP
-                     ) -> DeliveryResult:
-    """Hand one message to ``relay.upstream_host``; say, per recipient, what became of it."""
-    rcpts = tuple(rcpt_tos)
-    options = [o for o in mail_options if o.upper() in PASSED_MAIL_OPTIONS]
-
-    def everyone(reason: str, *, permanent: bool, unreachable: bool = False) -> DeliveryResult:
-        reasons = {r: reason for r in rcpts}
-        return DeliveryResult(permanent=reasons if permanent else {}, temporary={} if permanent else reasons,
-                              unreachable=unreachable)
-
-    try:
-        smtp = smtp_factory(relay.upstream_host, relay.upstream_port, timeout=relay.upstream_timeout_s)
-    except (OSError, smtplib.SMTPException) as exc:
-        return everyone(f"upstream unreachable: {type(exc).__name__}: {exc}", permanent=False, unreachable=True)
-    try:
-        try:
-            smtp.ehlo()
-            if relay.upstream_starttls:
-                smtp.starttls(context=ssl.create_default_context())
-                smtp.ehlo()
-            if relay.upstream_username:
-                smtp.login(relay.upstream_username, relay.upstream_password or "")
-        except smtplib.SMTPAuthenticationError as exc:  # our configuration: keep the mail, say so
-            return everyone(f"upstream refused relay.upstream_username's login: {_reply(exc.smtp_code, exc.smtp_error)}",
-                            permanent=False, unreachable=True)
-        except (OSError, smtplib.SMTPException) as exc:
-            return everyone(f"upstream session failed: {type(exc).__name__}: {exc}", permanent=False, unreachable=True)
-        try:
-            refused = smtp.sendmail(mail_from, list(rcpts), data, mail_options=options)
-        except smtplib.SMTPRecipientsRefused as exc:
-            refused = exc.recipients
-        except smtplib.SMTPResponseException as exc:  # MAIL FROM or DATA refused: the same for everyone
-            return everyone(_reply(exc.smtp_code, exc.smtp_error), permanent=exc.smtp_code >= 500)
-        except (OSError, smtplib.SMTPException) as exc:
-            return everyone(f"upstream session failed: {type(exc).__name__}: {exc}", permanent=False)
-    finally:
-        try:
-            smtp.quit()
-        except (OSError, smtplib.SMTPException):
-            smtp.close()
-    result = DeliveryResult(delivered=tuple(r for r in rcpts if r not in refused))
-    for rcpt, (code, message) in refused.items():
-        (result.permanent if code >= 500 else result.temporary)[rcpt] = _reply(code, message)
-    return result
+    def factory(self) -> SMTP:
+        return LimitedSMTP(self.limits, self.session_timeout_s, self.handler, auth=self.auth, **self.SMTP_kwargs)
 
 
 # -- mail.raw ---------------------------------------------------------------------------------
@@ -528,6 +262,7 @@ class RawRecordWriter:
         self._producer.flush(timeout_s)
 
 
+
 # -- the server -------------------------------------------------------------------------------
 def _tls_context(relay: RelaySettings) -> ssl.SSLContext | None:
     if not relay.tls_cert_file:
@@ -586,8 +321,6 @@ class SmtpRelay:
                              + "; ".join(str(p) for p in problems))
 
     def start(self) -> "SmtpRelay":
-        from pipeline.gateways.smtp.relay_server import RelayController
-
         self.check()
         # aiosmtpd logs every command, sender and recipient at INFO (personal data): keep its own
         # log to warnings; ours names queue ids and Message-IDs, never addresses or credentials.
@@ -608,7 +341,7 @@ class SmtpRelay:
                 decode_data=False, tls_context=tls,
                 # RFC 3207: an MX must not require TLS from the MTAs that deliver to it
                 require_starttls=tls is not None and not self.inbound,
-                # AUTH is checked and limited by the server class (relay_server.LimitedSMTP).  Not
+                # AUTH is checked and limited by the server class (LimitedSMTP).  Not
                 # aiosmtpd's auth_required: a client of relay.client_networks may send without a
                 # login, so handle_MAIL decides (see may_send).
                 auth=auth, auth_required=False,
@@ -740,7 +473,7 @@ class SmtpRelay:
 
         items, results = [], []
         for name, (rcpts, data) in zip(names, finals):
-            message_id = next(iter(_message_ids(_HeaderBlock(data).first("Message-ID"))), None)
+            message_id = message_id_of(data)
             self.queue.claim(name)
             try:
                 await loop.run_in_executor(None, self.queue.put, name, envelope.mail_from, rcpts,

@@ -28,6 +28,10 @@ from pipeline.tracking.safety import MIN_DISTINCT_CHARS, MIN_PASSWORD_CHARS, is_
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+class RelayError(RuntimeError):
+    """The relay cannot start as configured; the message says what to fix."""
+
+
 # SMTP replies of the access rules and limits (RFC 5321 reply codes, RFC 3463 enhanced codes).
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 CLIENT_NOT_ALLOWED = "550 5.7.1 Relaying denied: this client may not send mail through this relay"
