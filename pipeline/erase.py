@@ -25,7 +25,7 @@ from pipeline.blobs import BlobError
 from pipeline.runtime.kafka import new_admin, new_producer, produce_when_room
 from pipeline.contracts.avro import AvroCodec, AvroDecodeError, registry_from_settings
 from pipeline.contracts.records import MailRawCodec
-from pipeline.contracts.topics import ADDRESS_COLUMNS
+from pipeline.contracts.topics import ADDRESS_COLUMNS, MAIL_RAW
 from pipeline.settings import Settings
 from pipeline.streams.reader import read_messages
 
@@ -98,7 +98,7 @@ def erase_from_topics(settings: Settings, bootstrap: str, address: str,
     for topic in topics:
         partitions = len(metadata.topics[topic].partitions)
         records = _read_all(settings, bootstrap, topic, partitions)
-        in_blobs = topic == prefix + "mail.raw"
+        in_blobs = topic == prefix + MAIL_RAW
         kept = {p: [r for r in items if needle not in (r[2] or b"").lower() and needle not in (r[1] or b"").lower()
                     and not (in_blobs and big_mail.mentions(r[2], needle))]
                 for p, items in records.items()}
@@ -144,7 +144,7 @@ class _BigMail:
 
     def mentions(self, value: bytes | None, needle: bytes) -> bool:
         try:
-            record = self.mail_raw.codec.decode("mail.raw", value or b"")
+            record = self.mail_raw.codec.decode(MAIL_RAW, value or b"")
         except AvroDecodeError:
             return False
         if not record.get("raw_blob"):

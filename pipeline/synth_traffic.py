@@ -20,6 +20,7 @@ from typing import Iterator
 
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.records import MailRawCodec, mail_raw_record
+from pipeline.contracts.topics import CAMPAIGNS, CONVERSIONS, MAIL_RAW, TRACKING_RAW
 from pipeline.correlation.model import stable_event_id
 from pipeline.settings import Settings, TrackingSettings
 from pipeline.runtime.producer import IngestReport, RecordProducer
@@ -86,7 +87,7 @@ class CampaignTraffic:
         campaign_id = f"cmp-{number:03d}"
         sent_at = START + timedelta(days=7 * (number - 1))
         subject = f"Spring offer {number}: up to {rng.choice((10, 15, 20, 25))}% off"
-        yield TrafficRecord("campaigns", tenant, sent_at, {
+        yield TrafficRecord(CAMPAIGNS, tenant, sent_at, {
             "event_id": stable_event_id("campaign", tenant, campaign_id), "tenant": tenant,
             "campaign_id": campaign_id, "name": subject, "cost": float(rng.randrange(300, 3000)), "currency": "EUR",
             "started_at": sent_at, "updated_at": sent_at})
@@ -105,11 +106,11 @@ class CampaignTraffic:
             body = (f"Dear customer,\n\nour spring offer is here: {LINKS[0]}\nFull catalogue: {LINKS[1]}\n\n"
                     f"Kind regards,\nThe shop team\n\n[pixel {pixel}]\n[links {' '.join(links)}]")
             unsubscribe = f"\r\nList-Unsubscribe: <{unsubscribe_url(self.base_url, token('unsubscribe'))}>"
-            yield TrafficRecord("mail.raw", tenant, when, _mail(message_id, self.sender, recipient, subject, when, body,
+            yield TrafficRecord(MAIL_RAW, tenant, when, _mail(message_id, self.sender, recipient, subject, when, body,
                                                                 extra=unsubscribe), direction="out")
             if rng.random() < 0.03:  # a bad address: the mailer daemon answers within a minute
                 bounce_at = when + timedelta(seconds=rng.randint(5, 60))
-                yield TrafficRecord("mail.raw", tenant, bounce_at, _mail(
+                yield TrafficRecord(MAIL_RAW, tenant, bounce_at, _mail(
                     f"<bounce.{campaign_id}.{n}@mx.client{n % 37}.example>", f"MAILER-DAEMON@mx.client{n % 37}.example",
                     self.sender, "Undelivered Mail Returned to Sender", bounce_at,
                     f"Delivery to {recipient} failed permanently.", in_reply_to=message_id))
@@ -135,20 +136,20 @@ class CampaignTraffic:
                     yield self._tracking(link.rsplit("/", 1)[1], "click", click_at, _BROWSER, ip)
                     if rng.random() < 0.25:
                         converted_at = click_at + timedelta(minutes=rng.randint(2, 90))
-                        yield TrafficRecord("conversions", tenant, converted_at, {
+                        yield TrafficRecord(CONVERSIONS, tenant, converted_at, {
                             "event_id": stable_event_id("conversion", tenant, message_id), "tenant": tenant,
                             "campaign_id": campaign_id, "recipient": recipient, "message_id": message_id,
                             "revenue": round(rng.uniform(25, 350), 2), "currency": "EUR", "event_time": converted_at})
                 if rng.random() < 0.05:
                     reply_at = first + timedelta(minutes=rng.randint(5, 240))
-                    yield TrafficRecord("mail.raw", tenant, reply_at, _mail(
+                    yield TrafficRecord(MAIL_RAW, tenant, reply_at, _mail(
                         f"<reply.{campaign_id}.{n}@client{n % 37}.example>", recipient, self.sender,
                         f"Re: {subject}", reply_at, "Is the offer valid for orders abroad?\n\n> Dear customer,",
                         in_reply_to=message_id))
 
     def _tracking(self, token: str, kind: str, at: datetime, user_agent: str | None, ip: str,
                   method: str = "GET") -> TrafficRecord:
-        return TrafficRecord("tracking.raw", self.tenant, at, _hit(kind, token, at, user_agent, ip, method))
+        return TrafficRecord(TRACKING_RAW, self.tenant, at, _hit(kind, token, at, user_agent, ip, method))
 
     def records(self, campaigns: int, recipients: int) -> list[TrafficRecord]:
         """Every record of every campaign, in time order (as a live system would see them)."""
@@ -161,7 +162,7 @@ def produce_traffic(records: list[TrafficRecord], settings: Settings, codec: Avr
     producer = RecordProducer(settings, bootstrap)
     mail_raw = MailRawCodec(settings, codec)
     for record in records:
-        if record.topic == "mail.raw":
+        if record.topic == MAIL_RAW:
             producer.produce_mail(mail_raw, mail_raw_record(
                 tenant=record.tenant, mailbox="campaigns" if record.direction == "out" else "inbox",
                 direction=record.direction, source="threadline-generate", raw=record.value, received_at=record.at))

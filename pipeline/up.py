@@ -22,7 +22,8 @@ from typing import Callable
 from pipeline.analytics.report import render_report
 from pipeline.broker import EmbeddedBroker, create_topics, free_port
 from pipeline.contracts.avro import AvroCodec, registry_from_settings
-from pipeline.contracts.topics import SINK_TOPICS
+from pipeline.contracts.topics import (DEADLETTER, ESCALATIONS, MAIL_CORRELATED, MAIL_RAW, MAIL_UNTRACKED,
+                                       SINK_TOPICS, TRACKING_EVENTS, TRACKING_RAW)
 from pipeline.correlation.explain import describe
 from pipeline.mail.sources import iter_mail_sources
 from pipeline.settings import Settings
@@ -66,16 +67,16 @@ def _stop_process(process: subprocess.Popen) -> None:
 def summarize(settings: Settings, bootstrap: str, codec: AvroCodec, generation: int, examples: int = 3) -> str:
     methods: Counter = Counter()
     explained: dict[str, str] = {}
-    for _, _, _, record in read_topic(settings.kafka, bootstrap, "mail.correlated", codec):
+    for _, _, _, record in read_topic(settings.kafka, bootstrap, MAIL_CORRELATED, codec):
         if record["generation"] != generation:
             continue
         methods[record["method_name"]] += 1
         if record["parent_message_id"] and record["method_name"] not in explained and len(explained) < examples:
             explained[record["method_name"]] = describe(_as_correlation_dict(record))
-    untracked = Counter(r["reason"] for _, _, _, r in read_topic(settings.kafka, bootstrap, "mail.untracked", codec)
+    untracked = Counter(r["reason"] for _, _, _, r in read_topic(settings.kafka, bootstrap, MAIL_UNTRACKED, codec)
                         if r["generation"] == generation)
-    dead = Counter(r["reason"] for _, _, _, r in read_topic(settings.kafka, bootstrap, "deadletter", codec))
-    escalations = Counter(r["state"] for _, _, _, r in read_topic(settings.kafka, bootstrap, "escalations", codec))
+    dead = Counter(r["reason"] for _, _, _, r in read_topic(settings.kafka, bootstrap, DEADLETTER, codec))
+    escalations = Counter(r["state"] for _, _, _, r in read_topic(settings.kafka, bootstrap, ESCALATIONS, codec))
     lines = ["correlated by method:"]
     lines += [f"  {name:<18}{count:>8}" for name, count in methods.most_common()]
     if untracked:
@@ -165,8 +166,8 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
             traffic = CampaignTraffic(settings.tracking, tenant=tenant, sender_domain=SAMPLE_OWN_DOMAIN).records(
                 SAMPLE_CAMPAIGNS, SAMPLE_RECIPIENTS)
             produce_traffic(traffic, settings, codec, bootstrap)
-            expected_mail += sum(record.topic == "mail.raw" for record in traffic)
-            hits = sum(record.topic == "tracking.raw" for record in traffic)
+            expected_mail += sum(record.topic == MAIL_RAW for record in traffic)
+            hits = sum(record.topic == TRACKING_RAW for record in traffic)
             say(f"generated {SAMPLE_CAMPAIGNS} campaigns to {SAMPLE_RECIPIENTS} recipients each: "
                 f"{len(traffic)} records (sends, bounces, replies, {hits} pixel and click hits, conversions)")
 
@@ -174,7 +175,7 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
                                   timeout_s=max(300.0, expected_mail / 50),
                                   on_progress=progress("correlate", expected_mail))
         deadline = time.monotonic() + 120
-        while hits and count_records(settings.kafka, bootstrap, "tracking.events") < hits:
+        while hits and count_records(settings.kafka, bootstrap, TRACKING_EVENTS) < hits:
             dead = [w for w in started if not w.alive]
             if dead:
                 raise RuntimeError(dead[0].exit_report())

@@ -14,6 +14,8 @@ import random
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator
 
+from pipeline.contracts.topics import (CAMPAIGNS, CONVERSIONS, DEADLETTER, ESCALATIONS, MAIL_CORRELATED, MAIL_RAW,
+                                       MAIL_RESPONSES, MAIL_UNTRACKED, TRACKING_EVENTS)
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.model import stable_event_id
 from pipeline.settings import Settings
@@ -40,11 +42,11 @@ def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int,
         for mail in deliveries:
             correlation = correlator.correlate(mail)
             if correlation.untracked_reason:
-                yield "mail.untracked", untracked_record(correlation, mail.mailbox)
+                yield MAIL_UNTRACKED, untracked_record(correlation, mail.mailbox)
                 continue
-            yield "mail.correlated", correlated_record(correlation, mail.mailbox, SourcePosition("mail.raw", 0, offset))
+            yield MAIL_CORRELATED, correlated_record(correlation, mail.mailbox, SourcePosition(MAIL_RAW, 0, offset))
             if correlation.response is not None:
-                yield "mail.responses", response_record(correlation, mail.mailbox)
+                yield MAIL_RESPONSES, response_record(correlation, mail.mailbox)
 
 
 def _campaign_records(tenant: str, rng: random.Random, start: datetime, campaigns: int,
@@ -52,7 +54,7 @@ def _campaign_records(tenant: str, rng: random.Random, start: datetime, campaign
     for number in range(campaigns):
         campaign_id = f"cmp-{number + 1:03d}"
         sent_at = start + timedelta(days=rng.randint(0, 20), hours=rng.randint(7, 17))
-        yield "campaigns", {
+        yield CAMPAIGNS, {
             "event_id": stable_event_id("campaign", tenant, campaign_id), "tenant": tenant,
             "campaign_id": campaign_id, "name": f"Campaign {number + 1}", "cost": round(rng.uniform(200, 5000), 2),
             "currency": "EUR", "started_at": sent_at, "updated_at": sent_at,
@@ -74,7 +76,7 @@ def _campaign_records(tenant: str, rng: random.Random, start: datetime, campaign
             opens = 0
             for kind, when, machine, reason in sorted(hits, key=lambda hit: hit[1]):
                 opens += kind == "open" and not machine
-                yield "tracking.events", {
+                yield TRACKING_EVENTS, {
                     "event_id": stable_event_id("hit", tenant, message_id, kind, when.isoformat()), "tenant": tenant,
                     "kind": kind, "message_id": message_id, "recipient": recipient, "campaign_id": campaign_id,
                     "link_url": "https://shop.example/offer" if kind == "click" else None, "event_time": when,
@@ -83,7 +85,7 @@ def _campaign_records(tenant: str, rng: random.Random, start: datetime, campaign
                     "first_open_time": None, "probably_forwarded": False,
                 }
             if any(kind == "click" and not machine for kind, _, machine, _ in hits) and rng.random() < 0.25:
-                yield "conversions", {
+                yield CONVERSIONS, {
                     "event_id": stable_event_id("conversion", tenant, message_id), "tenant": tenant,
                     "campaign_id": campaign_id, "recipient": recipient, "message_id": message_id,
                     "revenue": round(rng.uniform(20, 400), 2), "currency": "EUR",
@@ -97,7 +99,7 @@ def _escalation_records(tenant: str, responses: list[dict], rng: random.Random) 
         if hours < 4:
             continue
         state = "ESCALATED" if hours > 24 else "WARNED"
-        yield "escalations", {
+        yield ESCALATIONS, {
             "event_id": stable_event_id("escalation", tenant, response["answers_message_id"], state), "tenant": tenant,
             "message_id": response["answers_message_id"], "conversation_id": response["conversation_id"],
             "state": state, "previous_state": "OPEN", "policy": "default",
@@ -115,12 +117,12 @@ def seed_records(settings: Settings, *, tenants: int = 2, mails_per_tenant: int 
         tenant = f"tenant-{number + 1}"
         responses = []
         for topic, record in _correlation_records(settings, tenant, mails_per_tenant, seed + number, generation):
-            if topic == "mail.responses":
+            if topic == MAIL_RESPONSES:
                 responses.append(record)
             yield topic, record
         yield from _escalation_records(tenant, responses, rng)
         yield from _campaign_records(tenant, rng, start, campaigns, recipients)
-        yield "deadletter", deadletter_record(SourcePosition("mail.raw", 0, number), tenant.encode(), b"not a mail",
+        yield DEADLETTER, deadletter_record(SourcePosition(MAIL_RAW, 0, number), tenant.encode(), b"not a mail",
                                               reason="not_a_mail", error="not_a_mail: no header block",
                                               agent="correlator", failed_at=start + timedelta(days=1))
 

@@ -21,6 +21,7 @@ from typing import Callable
 
 from pipeline.bench.common import machine_facts
 from pipeline.broker import create_topics, kafka_bootstrap, topic_name
+from pipeline.contracts.topics import MAIL_RAW
 from pipeline.runtime.kafka import new_producer, new_reader, produce_when_room
 from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.settings import Settings
@@ -108,7 +109,7 @@ def run_pipeline_bench(settings: Settings, *, mails: int, seed: int, data_dir: P
         from pipeline.contracts.records import mail_raw_record
 
         progress("baseline: raw confluent-kafka produce + consume")
-        baseline_values = [codec.encode("mail.raw", mail_raw_record(tenant="default", mailbox="synth", direction="in",
+        baseline_values = [codec.encode(MAIL_RAW, mail_raw_record(tenant="default", mailbox="synth", direction="in",
                                                                     source=ref, raw=raw)) for ref, raw in timed]
         baseline = _baseline(settings, bootstrap, baseline_values)
 

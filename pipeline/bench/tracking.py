@@ -30,6 +30,7 @@ from typing import Callable
 
 from pipeline.bench.common import machine_facts
 from pipeline.broker import EmbeddedBroker, create_topics, free_port, kafka_bootstrap, tansu_binary
+from pipeline.contracts.topics import TRACKING_RAW
 from pipeline.settings import Settings
 from pipeline.streams.runner import count_records
 from pipeline.tracking.tokens import Keyring, TokenPayload, open_url, sign_token
@@ -75,7 +76,7 @@ def run_tracking_bench(settings: Settings, *, seconds: float, concurrency: int, 
         "open", "bench", f"<m{n}@bench>", f"r{n}@customer.example", "cmp-1", issued_at=int(time.time()) - 3600),
         keyring)) for n in range(1000)]
     with kafka_bootstrap(settings, data_dir / "bench-broker.log") as bootstrap:
-        create_topics(settings.kafka, bootstrap, topics=("tracking.raw",))
+        create_topics(settings.kafka, bootstrap, topics=(TRACKING_RAW,))
         port = free_port()
         env = {**os.environ, "THREADLINE_KAFKA_BOOTSTRAP": bootstrap, "THREADLINE_KAFKA_TOPIC_PREFIX": prefix,
                "THREADLINE_WORKER_DATA_DIR": str(data_dir / "bench-tracking")}
@@ -101,7 +102,7 @@ def run_tracking_bench(settings: Settings, *, seconds: float, concurrency: int, 
             server.send_signal(signal.SIGTERM)
             server.wait(30)
         progress("checking every hit reached tracking.raw")
-        recorded = count_records(settings.kafka, bootstrap, "tracking.raw")
+        recorded = count_records(settings.kafka, bootstrap, TRACKING_RAW)
     latencies.sort()
     rate = len(latencies) / seconds
     p99 = latencies[int(len(latencies) * 0.99) - 1]
@@ -310,7 +311,7 @@ def run_tracking_outage_bench(settings: Settings, *, outage_s: float, rate: floa
     broker = server = loader = None
     try:
         broker = broker_on_port(broker_port, work / "broker-1.log")
-        create_topics(settings.kafka, bootstrap, topics=("tracking.raw",))
+        create_topics(settings.kafka, bootstrap, topics=(TRACKING_RAW,))
         with open(work / "endpoint.log", "wb") as endpoint_log:
             server = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "tracking", "--port", str(port)],
                                       env=env, stdout=subprocess.DEVNULL, stderr=endpoint_log)
@@ -350,7 +351,7 @@ def run_tracking_outage_bench(settings: Settings, *, outage_s: float, rate: floa
             now = time.monotonic() - load_started
             if restarted_at is None and now >= outage_s:
                 broker = broker_on_port(broker_port, work / "broker-2.log")
-                create_topics(settings.kafka, bootstrap, topics=("tracking.raw",))
+                create_topics(settings.kafka, bootstrap, topics=(TRACKING_RAW,))
                 restarted_at = round(time.monotonic() - load_started, 1)
                 progress(f"broker back after {restarted_at} s")
             phase = "outage" if restarted_at is None else "recovery"
@@ -374,7 +375,7 @@ def run_tracking_outage_bench(settings: Settings, *, outage_s: float, rate: floa
         load = json.loads((work / "load-result.json").read_text())
         if restarted_at is None:
             broker = broker_on_port(broker_port, work / "broker-2.log")
-            create_topics(settings.kafka, bootstrap, topics=("tracking.raw",))
+            create_topics(settings.kafka, bootstrap, topics=(TRACKING_RAW,))
         sent = load["sent"]
         progress(f"{sent} hits sent; waiting for the spool to drain")
         drain_started = time.monotonic()
@@ -389,7 +390,7 @@ def run_tracking_outage_bench(settings: Settings, *, outage_s: float, rate: floa
         codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
         records = 0
         event_ids = set()
-        for *_, value in read_topic(settings.kafka, bootstrap, "tracking.raw", codec, timeout_s=120):
+        for *_, value in read_topic(settings.kafka, bootstrap, TRACKING_RAW, codec, timeout_s=120):
             records += 1
             event_ids.add(value["event_id"])
     finally:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline.cli.common import (CommandFactory, UserError, add_tenant, avro_codec, broker_bootstrap,
                                  delivery_summary, open_store, print_table, refuse_unsafe_keys, settings_from)
+from pipeline.contracts.topics import CAMPAIGNS, CONVERSIONS
 from pipeline.settings import Settings
 
 
@@ -64,7 +65,7 @@ def cmd_campaign_create(args: argparse.Namespace) -> int:
     if args.cost < 0:
         raise UserError("--cost cannot be negative")
     now = datetime.now(timezone.utc)
-    _produce_one(settings_from(args), "campaigns", args.tenant, {
+    _produce_one(settings_from(args), CAMPAIGNS, args.tenant, {
         # A new event id per update: the newest version (by updated_at) wins in ClickHouse.
         "event_id": stable_event_id("campaign", args.tenant, args.campaign, now.isoformat()), "tenant": args.tenant,
         "campaign_id": args.campaign, "name": args.name, "cost": args.cost, "currency": args.currency,
@@ -137,7 +138,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     if args.revenue < 0:
         raise UserError("--revenue cannot be negative")
-    _produce_one(settings_from(args), "conversions", args.tenant, {
+    _produce_one(settings_from(args), CONVERSIONS, args.tenant, {
         "event_id": uuid.uuid4().hex, "tenant": args.tenant, "campaign_id": args.campaign,
         "recipient": args.recipient, "message_id": args.message_id, "revenue": args.revenue,
         "currency": args.currency, "event_time": datetime.now(timezone.utc)})

@@ -10,6 +10,7 @@ from pathlib import Path
 from pipeline.cli.common import (CommandFactory, UserError, add_progress_flag, add_tenant, avro_codec,
                                  broker_bootstrap, delivery_summary, open_store, refuse_unsafe_keys, require_paths,
                                  settings_from)
+from pipeline.contracts.topics import DEADLETTER, MAIL_CORRELATED, MAIL_RAW, MAIL_UNTRACKED
 from pipeline.settings import SettingsError
 
 
@@ -126,7 +127,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     bootstrap = broker_bootstrap(current if current.kafka.bootstrap else new)
     codec = avro_codec(new)
-    total = count_records(new.kafka, bootstrap, "mail.raw")
+    total = count_records(new.kafka, bootstrap, MAIL_RAW)
     if not total:
         raise UserError(f"{new.kafka.topic_prefix}mail.raw on {bootstrap} holds no mail: nothing to replay "
                         "(nothing was started)")
@@ -162,9 +163,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if not args.keep_running:
             for worker in workers:
                 worker.stop()
-    if not counts["mail.correlated"] + counts["mail.untracked"]:
+    if not counts[MAIL_CORRELATED] + counts[MAIL_UNTRACKED]:
         raise UserError(f"the replay failed: generation {generation} produced no correlation for the {total} mails "
-                        f"of mail.raw ({counts['deadletter']} dead letters); worker logs: "
+                        f"of mail.raw ({counts[DEADLETTER]} dead letters); worker logs: "
                         f"{data_dir}/replay-g{generation}-*.log")
     diff = diff_generations(new.kafka, bootstrap, codec, old_generation, generation)
     print(diff.format())

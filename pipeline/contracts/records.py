@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from pipeline.blobs import BlobRef, FolderBlobStore
+from pipeline.contracts.topics import MAIL_RAW
 from pipeline.correlation.model import Correlation, stable_event_id
 from pipeline.errors import RejectedInput
 from pipeline.settings import Settings
@@ -75,7 +76,7 @@ class MailRawCodec:
             raise MailTooLarge(f"{len(raw)} bytes is over mail.max_message_bytes ({self.limits.max_message_bytes})")
         if len(raw) > self.limits.inline_max_bytes:
             record = {**record, "raw": b"", "raw_blob": self.blobs.put(raw).to_record()}
-        return self.codec.encode("mail.raw", record)
+        return self.codec.encode(MAIL_RAW, record)
 
     def raw_of(self, record: dict) -> bytes:
         """The message bytes of a decoded record, from the blob store when it names a blob

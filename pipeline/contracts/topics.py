@@ -11,6 +11,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# The names, imported by every module that reads or writes a topic: a misspelt name is an import
+# error, not a silently wrong topic.
+MAIL_RAW = "mail.raw"
+MAIL_CORRELATED = "mail.correlated"
+MAIL_UNTRACKED = "mail.untracked"
+MAIL_RESPONSES = "mail.responses"
+TRACKING_RAW = "tracking.raw"
+TRACKING_EVENTS = "tracking.events"
+ESCALATIONS = "escalations"
+ALERTS = "alerts"
+CRM_ENTITIES = "crm.entities"
+CAMPAIGNS = "campaigns"
+CONVERSIONS = "conversions"
+DEADLETTER = "deadletter"
+
+
 @dataclass(frozen=True, slots=True)
 class Topic:
     name: str
@@ -28,18 +44,18 @@ def _with_current(table: str, *columns: str) -> tuple[tuple[str, tuple[str, ...]
 # mail.raw stays out of ClickHouse (it is the source of truth and holds whole messages);
 # tracking.raw is unverified input.
 TOPICS = (
-    Topic("mail.raw", sink=False),
-    Topic("mail.correlated", sink=True, address_columns=_with_current("mail_correlated", "from_addr", "to", "cc", "bcc")),
-    Topic("mail.untracked", sink=True, address_columns=_with_current("mail_untracked", "from_addr", "to")),
-    Topic("mail.responses", sink=True, address_columns=_with_current("mail_responses", "responder")),
-    Topic("tracking.raw", sink=False),
-    Topic("tracking.events", sink=True, address_columns=(("tracking_events", ("recipient",)),)),
-    Topic("escalations", sink=True, address_columns=(("escalations", ("owner",)),)),
-    Topic("alerts", sink=True, address_columns=(("alerts", ("user", "record_owner")),)),
-    Topic("crm.entities", sink=True, address_columns=(("crm_entities", ("email",)),)),
-    Topic("campaigns", sink=True),
-    Topic("conversions", sink=True, address_columns=(("conversions", ("recipient",)),)),
-    Topic("deadletter", sink=True),
+    Topic(MAIL_RAW, sink=False),
+    Topic(MAIL_CORRELATED, sink=True, address_columns=_with_current("mail_correlated", "from_addr", "to", "cc", "bcc")),
+    Topic(MAIL_UNTRACKED, sink=True, address_columns=_with_current("mail_untracked", "from_addr", "to")),
+    Topic(MAIL_RESPONSES, sink=True, address_columns=_with_current("mail_responses", "responder")),
+    Topic(TRACKING_RAW, sink=False),
+    Topic(TRACKING_EVENTS, sink=True, address_columns=(("tracking_events", ("recipient",)),)),
+    Topic(ESCALATIONS, sink=True, address_columns=(("escalations", ("owner",)),)),
+    Topic(ALERTS, sink=True, address_columns=(("alerts", ("user", "record_owner")),)),
+    Topic(CRM_ENTITIES, sink=True, address_columns=(("crm_entities", ("email",)),)),
+    Topic(CAMPAIGNS, sink=True),
+    Topic(CONVERSIONS, sink=True, address_columns=(("conversions", ("recipient",)),)),
+    Topic(DEADLETTER, sink=True),
 )
 
 TOPIC_NAMES = tuple(topic.name for topic in TOPICS)

@@ -21,6 +21,7 @@ from email.utils import format_datetime
 from typing import Callable
 
 from pipeline.broker import topic_name
+from pipeline.contracts.topics import ALERTS, DEADLETTER
 from pipeline.runtime.kafka import new_group_consumer, new_producer
 from pipeline.contracts.avro import AvroCodec, AvroDecodeError
 from pipeline.contracts.records import SourcePosition, deadletter_record
@@ -60,7 +61,7 @@ class Notifier:
         self.settings: NotificationSettings = settings.notifications
         self.codec = codec
         self.consumer = new_group_consumer(settings.kafka, bootstrap, group_id or f"{settings.worker.app_id}-notifier")
-        self.consumer.subscribe([topic_name(settings.kafka, "alerts")])
+        self.consumer.subscribe([topic_name(settings.kafka, ALERTS)])
         self.mails_sent = 0
         self.webhooks_sent = 0
 
@@ -107,13 +108,13 @@ class Notifier:
         messages = [m for m in self.consumer.consume(500, timeout_s) if m.error() is None]
         for message in messages:
             try:
-                alert = self.codec.decode("alerts", message.value())
+                alert = self.codec.decode(ALERTS, message.value())
             except AvroDecodeError as exc:
                 position = SourcePosition(message.topic(), message.partition(), message.offset())
                 record = deadletter_record(position, message.key(), message.value() or b"", reason=exc.reason,
                                            error=str(exc), agent="notifier")
-                self._deadletters.produce(topic_name(self.kafka, "deadletter"),
-                                          self.codec.encode("deadletter", record), message.key())
+                self._deadletters.produce(topic_name(self.kafka, DEADLETTER),
+                                          self.codec.encode(DEADLETTER, record), message.key())
                 continue
             self.deliver(alert)
         if self._deadletters.flush(30):

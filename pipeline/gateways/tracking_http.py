@@ -42,6 +42,7 @@ from aiohttp import web
 from confluent_kafka import KafkaException
 
 from pipeline.broker import topic_name
+from pipeline.contracts.topics import TRACKING_RAW
 from pipeline.runtime.kafka import new_producer
 from pipeline.contracts.avro import AvroCodec
 from pipeline.settings import Settings
@@ -100,7 +101,7 @@ class HitSpool:
     def __init__(self, settings: Settings, bootstrap: str, codec: AvroCodec, spool_path: Path) -> None:
         tracking = settings.tracking
         self.codec = codec
-        self.topic = topic_name(settings.kafka, "tracking.raw")
+        self.topic = topic_name(settings.kafka, TRACKING_RAW)
         self.spool_path = spool_path
         self.spool_max_bytes = tracking.spool_max_bytes
         self.queue_max = tracking.producer_queue_max_messages
@@ -356,7 +357,7 @@ class HitSpool:
     # -- the endpoint's side ---------------------------------------------------------------------
     def add(self, record: dict, tenant: str | None) -> None:
         """Never blocks: into the producer's queue, else the spool, else counted as dropped."""
-        key, value = tenant.encode() if tenant else None, self.codec.encode("tracking.raw", record)
+        key, value = tenant.encode() if tenant else None, self.codec.encode(TRACKING_RAW, record)
         try:
             self.producer.produce(self.topic, value, key, on_delivery=self._on_delivery)
         except BufferError:

@@ -14,6 +14,7 @@ from typing import Callable, ContextManager, Iterator, MutableMapping, Protocol
 
 from pipeline.contracts.avro import AvroCodec, AvroDecodeError
 from pipeline.contracts.records import SourcePosition, deadletter_record
+from pipeline.contracts.topics import DEADLETTER
 
 _OFFSET_MARKER = "\x00offset\x1f"
 
@@ -112,7 +113,7 @@ def decoded_records(items: list[RawItem], markers: OffsetMarkers, codec: AvroCod
 def add_dead_letter(codec: AvroCodec, item: RawItem, position: SourcePosition, reason: str, error: str, agent: str,
                     result: BatchResult) -> None:
     record = deadletter_record(position, item.key, item.value, reason=reason, error=error, agent=agent)
-    result.outputs.append(Output("deadletter", item.key or b"", codec.encode("deadletter", record)))
+    result.outputs.append(Output(DEADLETTER, item.key or b"", codec.encode(DEADLETTER, record)))
     result.count(f"deadletter:{reason}")
 
 

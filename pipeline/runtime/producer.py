@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from pipeline.broker import topic_name
 from pipeline.contracts.records import MailRawCodec, MailTooLarge, SourcePosition, deadletter_record
+from pipeline.contracts.topics import DEADLETTER, MAIL_RAW
 from pipeline.runtime.kafka import new_producer, produce_when_room
 from pipeline.settings import Settings
 
@@ -49,12 +50,12 @@ class RecordProducer:
         try:
             value = mail_raw.encode(record)
         except MailTooLarge as exc:
-            letter = deadletter_record(SourcePosition("mail.raw", -1, -1), key, record["raw"], reason=exc.reason,
+            letter = deadletter_record(SourcePosition(MAIL_RAW, -1, -1), key, record["raw"], reason=exc.reason,
                                        error=str(exc), agent=agent, source_ref=record["source"])
-            self.produce("deadletter", key, mail_raw.codec.encode("deadletter", letter))
+            self.produce(DEADLETTER, key, mail_raw.codec.encode(DEADLETTER, letter))
             self.report.dead_lettered += 1
             return False
-        self.produce("mail.raw", key, value)
+        self.produce(MAIL_RAW, key, value)
         return True
 
     def send_all(self, outputs: list) -> None:

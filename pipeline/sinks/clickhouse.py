@@ -26,7 +26,7 @@ from pipeline.broker import topic_name
 from pipeline.runtime.kafka import new_group_consumer, new_producer
 from pipeline.contracts.avro import AvroCodec, AvroDecodeError
 from pipeline.contracts.records import SourcePosition, deadletter_record
-from pipeline.contracts.topics import SINK_TOPICS
+from pipeline.contracts.topics import DEADLETTER, SINK_TOPICS
 from pipeline.redact import redact_url
 from pipeline.settings import Settings
 from pipeline.sinks.tables import META_COLUMNS, expected_columns, table_name
@@ -162,7 +162,7 @@ class ClickHouseSink:
         return written
 
     def _dead_letter(self, message, reason: str, error: str) -> None:
-        if self._topics[message.topic()] == "deadletter":
+        if self._topics[message.topic()] == DEADLETTER:
             # Never feed the dead-letter topic its own records back; it keeps the original.
             log.error("undecodable dead letter at %s/%d/%d: %s", message.topic(), message.partition(),
                       message.offset(), error)
@@ -170,7 +170,7 @@ class ClickHouseSink:
         position = SourcePosition(message.topic(), message.partition(), message.offset())
         record = deadletter_record(position, message.key(), message.value() or b"", reason=reason, error=error,
                                    agent="clickhouse-sink")
-        self._deadletters.produce(topic_name(self.settings.kafka, "deadletter"), self.codec.encode("deadletter", record),
+        self._deadletters.produce(topic_name(self.settings.kafka, DEADLETTER), self.codec.encode(DEADLETTER, record),
                                   message.key())
 
     def poll_once(self, max_records: int = 5000, timeout_s: float = 1.0) -> int:

@@ -31,6 +31,7 @@ import mode
 from faust.streams import _current_event  # see partition_context()
 
 from pipeline.broker import topic_name
+from pipeline.contracts.topics import CRM_ENTITIES, MAIL_CORRELATED, MAIL_RAW, TRACKING_RAW
 from pipeline.runtime.kafka import faust_credentials
 from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.settings import Settings, load_settings
@@ -179,16 +180,16 @@ def build_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
-    raw_topic = app.topic(topic_name(settings.kafka, "mail.raw"), key_type=bytes, value_type=bytes,
+    raw_topic = app.topic(topic_name(settings.kafka, MAIL_RAW), key_type=bytes, value_type=bytes,
                           key_serializer="raw", value_serializer="raw")
-    correlated_topic = app.topic(topic_name(settings.kafka, "mail.correlated"), key_type=bytes, value_type=bytes,
+    correlated_topic = app.topic(topic_name(settings.kafka, MAIL_CORRELATED), key_type=bytes, value_type=bytes,
                                  key_serializer="raw", value_serializer="raw")
-    tracking_topic = app.topic(topic_name(settings.kafka, "tracking.raw"), key_type=bytes, value_type=bytes,
+    tracking_topic = app.topic(topic_name(settings.kafka, TRACKING_RAW), key_type=bytes, value_type=bytes,
                                key_serializer="raw", value_serializer="raw")
     index_table = _bytes_table(app, "correlation-index", settings)
     hits_table = _bytes_table(app, "tracking-hits", settings)
     crm_table = _bytes_table(app, "crm-entities", settings)
-    crm_topic = app.topic(topic_name(settings.kafka, "crm.entities"), key_type=bytes, value_type=bytes,
+    crm_topic = app.topic(topic_name(settings.kafka, CRM_ENTITIES), key_type=bytes, value_type=bytes,
                           key_serializer="raw", value_serializer="raw")
     escalation_table = _bytes_table(app, "escalation-state", settings)
     codec = AvroCodec(registry_from_settings(settings.schema_registry.url))

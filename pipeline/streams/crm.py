@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import MutableMapping
 
 from pipeline.contracts.avro import AvroCodec
+from pipeline.contracts.topics import CRM_ENTITIES
 from pipeline.crm import CrmDirectory
 from pipeline.runtime.batch import BatchResult, OffsetMarkers, RawItem, decoded_records
 
@@ -40,7 +41,7 @@ class CrmProcessor:
             prefix = tenant + "\x1f"
             for key, value in list(self.table.items()):
                 if key.startswith(prefix) and value is not None:
-                    directory.apply(self.codec.decode("crm.entities", value))
+                    directory.apply(self.codec.decode(CRM_ENTITIES, value))
             self._directories[tenant] = directory
         return directory
 
@@ -51,9 +52,9 @@ class CrmProcessor:
         record = self.directory(tenant).get("record", record_id)
         return record.owner if record is not None else None
 
-    def process(self, items: list[RawItem], source_topic: str = "crm.entities") -> BatchResult:
+    def process(self, items: list[RawItem], source_topic: str = CRM_ENTITIES) -> BatchResult:
         result = BatchResult()
-        for item, record in decoded_records(items, self.markers, self.codec, "crm.entities", source_topic, AGENT, result):
+        for item, record in decoded_records(items, self.markers, self.codec, CRM_ENTITIES, source_topic, AGENT, result):
             if self.directory(record["tenant"]).apply(record):
                 key = entity_key(record["tenant"], record["entity_type"], record["entity_id"])
                 result.writes.setdefault(item.partition, {})[key] = None if record["deleted"] else item.value

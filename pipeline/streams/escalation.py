@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Callable, MutableMapping
 
 from pipeline.contracts.avro import AvroCodec
+from pipeline.contracts.topics import ALERTS, ESCALATIONS, MAIL_CORRELATED
 from pipeline.escalation.model import ConversationState, MailEvent, Transition
 from pipeline.escalation.policy import default_owner
 from pipeline.escalation.tracker import EscalationTracker
@@ -74,15 +75,15 @@ class EscalationProcessor:
     def _emit(self, transitions: list[Transition], result: BatchResult) -> None:
         for transition in transitions:
             key = transition.tenant.encode()
-            result.outputs.append(Output("escalations", key, self.codec.encode("escalations", transition.to_record())))
+            result.outputs.append(Output(ESCALATIONS, key, self.codec.encode(ESCALATIONS, transition.to_record())))
             result.count(f"escalation:{transition.state.value}")
             for alert in transition.alerts:
-                result.outputs.append(Output("alerts", key, self.codec.encode("alerts", alert.to_record())))
+                result.outputs.append(Output(ALERTS, key, self.codec.encode(ALERTS, alert.to_record())))
             self._dirty.setdefault(transition.tenant, set()).add(transition.conversation_id)
 
-    def process(self, items: list[RawItem], source_topic: str = "mail.correlated") -> BatchResult:
+    def process(self, items: list[RawItem], source_topic: str = MAIL_CORRELATED) -> BatchResult:
         result = BatchResult()
-        for item, record in decoded_records(items, self.markers, self.codec, "mail.correlated", source_topic, AGENT,
+        for item, record in decoded_records(items, self.markers, self.codec, MAIL_CORRELATED, source_topic, AGENT,
                                             result):
             if record["generation"] != self.generation:
                 continue  # another generation's correlation: its own escalation agent handles it

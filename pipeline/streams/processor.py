@@ -23,6 +23,7 @@ from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.records import (
     MailRawCodec, SourcePosition, bounce_event_record, correlated_record, response_record, untracked_record,
 )
+from pipeline.contracts.topics import MAIL_CORRELATED, MAIL_RAW, MAIL_RESPONSES, MAIL_UNTRACKED, TRACKING_EVENTS
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.index import CorrelationIndex
 from pipeline.correlation.model import IndexedMail
@@ -137,8 +138,8 @@ class MailProcessor:
         for recipient in bounce.recipients:
             event = bounce_event_record(mail.tenant, bounce.original_message_id, recipient, campaign_id,
                                         mail.event_time)
-            result.outputs.append(Output("tracking.events", mail.tenant.encode(),
-                                         self.codec.encode("tracking.events", event)))
+            result.outputs.append(Output(TRACKING_EVENTS, mail.tenant.encode(),
+                                         self.codec.encode(TRACKING_EVENTS, event)))
             result.count(f"bounce:{recipient.kind}")
 
     def _correlator(self, tenant: str, partition: int) -> Correlator:
@@ -157,7 +158,7 @@ class MailProcessor:
             self._stores[tenant] = store
         return correlator
 
-    def process(self, items: list[RawItem], source_topic: str = "mail.raw") -> BatchResult:
+    def process(self, items: list[RawItem], source_topic: str = MAIL_RAW) -> BatchResult:
         result = BatchResult()
         for item in items:
             if self.markers.is_redelivery(item):
@@ -184,7 +185,7 @@ class MailProcessor:
         return result
 
     def _process_one(self, item: RawItem, position: SourcePosition, result: BatchResult) -> None:
-        record = self.codec.decode("mail.raw", item.value)
+        record = self.codec.decode(MAIL_RAW, item.value)
         tenant = record["tenant"]
         raw = self.mail_raw.raw_of(record)
         mail = parse_mail(raw, direction=record["direction"], tenant=tenant, mailbox=record["mailbox"],
@@ -207,13 +208,13 @@ class MailProcessor:
         if mail.is_bounce:
             self._bounce_events(raw, correlator, mail, result)
         if correlation.untracked_reason:
-            result.outputs.append(Output("mail.untracked", key, self.codec.encode(
-                "mail.untracked", untracked_record(correlation, mail.mailbox))))
+            result.outputs.append(Output(MAIL_UNTRACKED, key, self.codec.encode(
+                MAIL_UNTRACKED, untracked_record(correlation, mail.mailbox))))
             result.count(f"untracked:{correlation.untracked_reason}")
             return
-        result.outputs.append(Output("mail.correlated", key, self.codec.encode(
-            "mail.correlated", correlated_record(correlation, mail.mailbox, position))))
+        result.outputs.append(Output(MAIL_CORRELATED, key, self.codec.encode(
+            MAIL_CORRELATED, correlated_record(correlation, mail.mailbox, position))))
         result.count(correlation.method_name)
         if correlation.response is not None:
-            result.outputs.append(Output("mail.responses", key, self.codec.encode(
-                "mail.responses", response_record(correlation, mail.mailbox))))
+            result.outputs.append(Output(MAIL_RESPONSES, key, self.codec.encode(
+                MAIL_RESPONSES, response_record(correlation, mail.mailbox))))

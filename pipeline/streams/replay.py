@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from pipeline.contracts.topics import MAIL_CORRELATED, MAIL_UNTRACKED
 from pipeline.runtime.kafka import new_admin
 from pipeline.contracts.avro import AvroCodec
 from pipeline.settings import KafkaSettings
@@ -48,7 +49,7 @@ def known_generations(kafka: KafkaSettings, bootstrap: str, codec: AvroCodec, ap
                       timeout_s: float = 30.0) -> KnownGenerations:
     """The generations that exist on the cluster: in the output topics, as consumer groups of
     ``app_ids``, or as their Faust table topics (a generation that started but emitted nothing)."""
-    outputs = {record["generation"] for topic in ("mail.correlated", "mail.untracked")
+    outputs = {record["generation"] for topic in (MAIL_CORRELATED, MAIL_UNTRACKED)
                for _, _, _, record in read_topic(kafka, bootstrap, topic, codec)}
     admin = new_admin(kafka, bootstrap)
     groups = admin.list_consumer_groups(request_timeout=timeout_s).result(timeout=timeout_s)
@@ -100,7 +101,7 @@ class GenerationDiff:
 
 def _decisions(kafka: KafkaSettings, bootstrap: str, codec: AvroCodec, generation: int) -> dict[tuple[str, str], tuple]:
     decisions = {}
-    for _, _, _, record in read_topic(kafka, bootstrap, "mail.correlated", codec):
+    for _, _, _, record in read_topic(kafka, bootstrap, MAIL_CORRELATED, codec):
         if record["generation"] == generation:
             decisions[(record["tenant"], record["message_id"])] = (
                 record["method_name"], record["parent_message_id"], record["conversation_id"])

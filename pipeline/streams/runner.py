@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.contracts.avro import AvroCodec
+from pipeline.contracts.topics import DEADLETTER, MAIL_CORRELATED, MAIL_UNTRACKED
 from pipeline.settings import KafkaSettings, load_settings
 from pipeline.streams.reader import read_topic
 
-OUTPUT_TOPICS = ("mail.correlated", "mail.untracked", "deadletter")
+OUTPUT_TOPICS = (MAIL_CORRELATED, MAIL_UNTRACKED, DEADLETTER)
 
 
 @dataclass
@@ -173,7 +174,7 @@ def count_outputs(kafka: KafkaSettings, bootstrap: str, codec: AvroCodec, genera
     for topic in OUTPUT_TOPICS:
         seen = set()
         for _, _, _, value in read_topic(kafka, bootstrap, topic, codec):
-            if topic != "deadletter" and value["generation"] != generation:
+            if topic != DEADLETTER and value["generation"] != generation:
                 continue
             seen.add(value["event_id"])
         counts[topic] = len(seen)

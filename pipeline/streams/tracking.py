@@ -18,6 +18,7 @@ from typing import Callable, MutableMapping
 
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.records import SourcePosition, hit_event_record, open_alert_record
+from pipeline.contracts.topics import ALERTS, TRACKING_EVENTS, TRACKING_RAW
 from pipeline.settings import Settings
 from pipeline.runtime.batch import BatchResult, OffsetMarkers, Output, RawItem, add_dead_letter, decoded_records
 from pipeline.tracking.classify import Hit, MailFacts, PreviousHit, classify_hit
@@ -85,10 +86,10 @@ class TrackingProcessor:
     def reset(self) -> None:
         self.markers.clear()
 
-    def process(self, items: list[RawItem], source_topic: str = "tracking.raw") -> BatchResult:
+    def process(self, items: list[RawItem], source_topic: str = TRACKING_RAW) -> BatchResult:
         result = BatchResult()
         remembered: dict[tuple[int, str], list[PreviousHit]] = {}
-        for item, record in decoded_records(items, self.markers, self.codec, "tracking.raw", source_topic, AGENT,
+        for item, record in decoded_records(items, self.markers, self.codec, TRACKING_RAW, source_topic, AGENT,
                                             result):
             try:
                 payload = verify_with_settings(record["token"], self.settings.tracking, expect_kind=record["kind"],
@@ -111,8 +112,8 @@ class TrackingProcessor:
             verdict = classify_hit(hit, facts, previous, self.settings.tracking)
             remembered[slot] = [*previous, verdict.remember(hit)][-MAX_REMEMBERED_HITS:]
             event = hit_event_record(record["event_id"], payload, verdict, record["received_at"], ptr)
-            result.outputs.append(Output("tracking.events", payload.tenant.encode(),
-                                         self.codec.encode("tracking.events", event)))
+            result.outputs.append(Output(TRACKING_EVENTS, payload.tenant.encode(),
+                                         self.codec.encode(TRACKING_EVENTS, event)))
             result.count(f"{payload.kind}:{'machine' if verdict.is_machine else 'human'}")
             if payload.kind == "open" and not verdict.is_machine and verdict.nth_open == 1:
                 self._open_alert(event, result)
@@ -127,6 +128,6 @@ class TrackingProcessor:
         if not owner or not self.settings.tracking.open_alerts:
             return
         alert = open_alert_record(event, owner)
-        result.outputs.append(Output("alerts", event["tenant"].encode(), self.codec.encode("alerts", alert)))
+        result.outputs.append(Output(ALERTS, event["tenant"].encode(), self.codec.encode(ALERTS, alert)))
         result.count("alert:mail_opened")
 

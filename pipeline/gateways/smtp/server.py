@@ -65,6 +65,7 @@ from pipeline.broker import topic_name
 from pipeline.runtime.kafka import new_producer
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.records import MailRawCodec, MailTooLarge, mail_raw_record
+from pipeline.contracts.topics import MAIL_RAW
 from pipeline.correlation.tokens import TokenCounter
 from pipeline.gateways.smtp import policy
 from pipeline.gateways.smtp.policy import RelayError
@@ -201,7 +202,7 @@ class RawRecordWriter:
     def __init__(self, settings: Settings, bootstrap: str, codec: AvroCodec) -> None:
         self.settings = settings
         self.codec = codec
-        self.topic = topic_name(settings.kafka, "mail.raw")
+        self.topic = topic_name(settings.kafka, MAIL_RAW)
         timeout_ms = int(settings.relay.kafka_timeout_s * 1000)
         # Big mail goes to the blob store, so every record stays under the clients' 1 MB default.
         self.mail_raw = MailRawCodec(settings, codec)
