@@ -22,17 +22,12 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.contracts.topics import TOPIC_NAMES
-from pipeline.runtime.kafka import new_admin
+from pipeline.runtime.kafka import new_admin, topic_name
 from pipeline.settings import KafkaSettings, Settings
-
 
 
 class BrokerError(RuntimeError):
     pass
-
-
-def topic_name(settings: KafkaSettings, topic: str) -> str:
-    return settings.topic_prefix + topic
 
 
 def tansu_binary() -> Path:

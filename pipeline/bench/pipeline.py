@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.bench.common import machine_facts
-from pipeline.broker import create_topics, kafka_bootstrap, topic_name
+from pipeline.broker import create_topics, kafka_bootstrap
 from pipeline.contracts.topics import MAIL_RAW
-from pipeline.runtime.kafka import new_producer, new_reader, produce_when_room
+from pipeline.runtime.kafka import new_producer, new_reader, produce_when_room, topic_name
 from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.settings import Settings
 from pipeline.streams.ingest import ingest

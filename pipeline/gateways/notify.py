@@ -20,9 +20,8 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Callable
 
-from pipeline.broker import topic_name
 from pipeline.contracts.topics import ALERTS, DEADLETTER
-from pipeline.runtime.kafka import new_group_consumer, new_producer
+from pipeline.runtime.kafka import new_group_consumer, new_producer, topic_name
 from pipeline.contracts.avro import AvroCodec, AvroDecodeError
 from pipeline.contracts.records import SourcePosition, deadletter_record
 from pipeline.redact import redact_url

@@ -41,9 +41,8 @@ from pathlib import Path
 from aiohttp import web
 from confluent_kafka import KafkaException
 
-from pipeline.broker import topic_name
 from pipeline.contracts.topics import TRACKING_RAW
-from pipeline.runtime.kafka import new_producer
+from pipeline.runtime.kafka import new_producer, topic_name
 from pipeline.contracts.avro import AvroCodec
 from pipeline.settings import Settings
 from pipeline.tracking.safety import key_refusal

@@ -15,6 +15,11 @@ import uuid
 from pipeline.settings import KafkaSettings
 
 
+def topic_name(kafka: KafkaSettings, topic: str) -> str:
+    """The cluster's name of a registry topic (``kafka.topic_prefix``: several installations, one cluster)."""
+    return kafka.topic_prefix + topic
+
+
 def client_config(kafka: KafkaSettings, bootstrap: str | None = None) -> dict:
     """librdkafka settings shared by every producer, consumer and admin client."""
     config = {"bootstrap.servers": bootstrap or kafka.bootstrap}

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.broker import topic_name
 from pipeline.contracts.records import MailRawCodec, MailTooLarge, SourcePosition, deadletter_record
 from pipeline.contracts.topics import DEADLETTER, MAIL_RAW
-from pipeline.runtime.kafka import new_producer, produce_when_room
+from pipeline.runtime.kafka import new_producer, produce_when_room, topic_name
 from pipeline.settings import Settings
 
 

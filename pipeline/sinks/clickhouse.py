@@ -22,8 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline.broker import topic_name
-from pipeline.runtime.kafka import new_group_consumer, new_producer
+from pipeline.runtime.kafka import new_group_consumer, new_producer, topic_name
 from pipeline.contracts.avro import AvroCodec, AvroDecodeError
 from pipeline.contracts.records import SourcePosition, deadletter_record
 from pipeline.contracts.topics import DEADLETTER, SINK_TOPICS

@@ -30,9 +30,8 @@ import faust
 import mode
 from faust.streams import _current_event  # see partition_context()
 
-from pipeline.broker import topic_name
 from pipeline.contracts.topics import CRM_ENTITIES, MAIL_CORRELATED, MAIL_RAW, TRACKING_RAW
-from pipeline.runtime.kafka import faust_credentials
+from pipeline.runtime.kafka import faust_credentials, topic_name
 from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.settings import Settings, load_settings
 from pipeline.streams.crm import CrmProcessor

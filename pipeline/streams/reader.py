@@ -9,8 +9,7 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
-from pipeline.broker import topic_name
-from pipeline.runtime.kafka import new_reader
+from pipeline.runtime.kafka import new_reader, topic_name
 from pipeline.contracts.avro import AvroCodec
 from pipeline.settings import KafkaSettings
 

@@ -21,8 +21,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.broker import topic_name
-from pipeline.runtime.kafka import client_config, new_producer
+from pipeline.runtime.kafka import client_config, new_producer, topic_name
 from pipeline.mail.parse import parse_mail
 from pipeline.streams.reader import read_topic
 from pipeline.streams.runner import WorkerProcess, first_crash, wait_for_outputs

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from aiosmtpd.controller import Controller
 
-from pipeline.broker import free_port, topic_name
-from pipeline.runtime.kafka import new_producer
+from pipeline.broker import free_port
+from pipeline.runtime.kafka import new_producer, topic_name
 from pipeline.gateways.notify import DeliveryError, Notifier
 from pipeline.streams.reader import read_topic
 

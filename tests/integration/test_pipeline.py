@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.broker import topic_name
-from pipeline.runtime.kafka import new_producer
+from pipeline.runtime.kafka import new_producer, topic_name
 from pipeline.contracts.records import mail_raw_record
 from pipeline.correlation.engine import Correlator
 from pipeline.mail.hostile import big_mail

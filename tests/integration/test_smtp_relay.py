@@ -22,7 +22,8 @@ from typing import Callable
 import pytest
 from aiosmtpd.controller import Controller
 
-from pipeline.broker import free_port, topic_name
+from pipeline.broker import free_port
+from pipeline.runtime.kafka import topic_name
 from pipeline.contracts.records import MailRawCodec
 from pipeline.correlation.methods.xheader import parse_xref
 from pipeline.mail.hostile import big_mail

@@ -61,8 +61,7 @@ from typing import Callable
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 
-from pipeline.broker import topic_name
-from pipeline.runtime.kafka import new_producer
+from pipeline.runtime.kafka import new_producer, topic_name
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.records import MailRawCodec, MailTooLarge, mail_raw_record
 from pipeline.contracts.topics import MAIL_RAW
