@@ -1,11 +1,14 @@
 """The one producer of the package's records (the agents' batch outputs, ingest, IMAP, the
-campaign command, synthetic traffic): idempotent, counting every delivery and keeping the first
-delivery errors, so that a caller knows whether everything it produced is durable before it
-commits or moves its own position (:meth:`RecordProducer.send_all` raises, ``finish`` reports).
+SMTP relay, the campaign command, synthetic traffic): idempotent, counting every delivery and
+keeping the first delivery errors, so that a caller knows whether everything it produced is
+durable before it commits or moves its own position (:meth:`RecordProducer.send_all` raises,
+``finish`` reports), or, for the relay, before it answers its client (a future per mail).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from dataclasses import dataclass, field
 
 from pipeline.contracts.records import MailRawCodec, MailTooLarge, SourcePosition, deadletter_record
@@ -23,13 +26,34 @@ class IngestReport:
     bytes: int = 0
 
 
-class RecordProducer:
-    """An idempotent producer that counts deliveries and keeps the first delivery errors."""
+class RecordWriteError(RuntimeError):
+    """A record the broker did not acknowledge; ``permanent`` when it never will (over a size limit)."""
 
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+_TOO_LARGE = ("MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE")
+
+
+class RecordProducer:
+    """An idempotent producer that counts deliveries and keeps the first delivery errors.
+
+    ``delivery_timeout_s`` bounds how long a record may wait for its acknowledgement (librdkafka's
+    ``message.timeout.ms``), for a caller that answers someone from the delivery report."""
+
+    def __init__(self, settings: Settings, bootstrap: str, *, delivery_timeout_s: float | None = None) -> None:
         self.kafka = settings.kafka
-        self.producer = new_producer(settings.kafka, bootstrap)
+        self._bootstrap = bootstrap
+        timeout_ms = None if delivery_timeout_s is None else int(delivery_timeout_s * 1000)
+        self._options = {} if timeout_ms is None else {"message.timeout.ms": timeout_ms,
+                                                       "request.timeout.ms": min(30_000, timeout_ms)}
+        self.producer = new_producer(settings.kafka, bootstrap, self._options)
         self.report = IngestReport()
+        self._replacing = threading.Lock()  # self.producer, replaced after a fatal error
+        self._stop_polling = threading.Event()
+        self._poller: threading.Thread | None = None
 
     def _delivered(self, error, message) -> None:
         if error is None:
@@ -78,7 +102,59 @@ class RecordProducer:
         if remaining or len(self.report.errors) > errors_before:
             raise RuntimeError(f"{remaining} outputs undelivered, errors: {self.report.errors[errors_before:][:5]}")
 
+    def serve_delivery_reports(self) -> None:
+        """Serve delivery reports from a thread of this producer, for a caller that has no loop
+        of its own to poll in (the relay's futures resolve there); ``finish`` stops it."""
+        self._poller = threading.Thread(target=self._poll, name="record-producer-poll", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop_polling.is_set():
+            with self._replacing:
+                producer = self.producer
+            producer.poll(0.1)
+
+    def produce_mail_acknowledged(self, mail_raw: MailRawCodec, record: dict) -> concurrent.futures.Future:
+        """One mail to ``mail.raw`` whose future resolves with ``(partition, offset)`` once the
+        broker acknowledged it, or fails with :class:`RecordWriteError`, so that the SMTP relay
+        answers its client from the delivery report.  It never waits: a full local queue fails
+        the future at once.  Needs :meth:`serve_delivery_reports`."""
+        from confluent_kafka import KafkaException
+
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def delivered(error, message) -> None:
+            if error is None:
+                future.set_result((message.partition(), message.offset()))
+                return
+            if error.fatal():  # an idempotent producer in a fatal state takes no more records
+                with self._replacing:
+                    self.producer = new_producer(self.kafka, self._bootstrap, self._options)
+            future.set_exception(RecordWriteError(f"mail.raw: {error.str()}", permanent=error.name() in _TOO_LARGE))
+
+        try:
+            value = mail_raw.encode(record)
+        except MailTooLarge as exc:  # the relay's own header fields can push a mail at the limit over it
+            future.set_exception(RecordWriteError(f"mail.raw: {exc}", permanent=True))
+            return future
+        except OSError as exc:
+            future.set_exception(RecordWriteError(f"mail.raw: the blob store cannot be written ({exc})"))
+            return future
+        try:
+            with self._replacing:
+                self.producer.produce(topic_name(self.kafka, MAIL_RAW), value, record["tenant"].encode(),
+                                      on_delivery=delivered)
+        except BufferError as exc:
+            future.set_exception(RecordWriteError(f"mail.raw: producer queue full ({exc})"))
+        except KafkaException as exc:
+            error = exc.args[0]
+            future.set_exception(RecordWriteError(f"mail.raw: {error.str()}", permanent=error.name() in _TOO_LARGE))
+        return future
+
     def finish(self, timeout_s: float = 120.0) -> IngestReport:
+        if self._poller is not None:
+            self._stop_polling.set()
+            self._poller.join(2)
         remaining = self.producer.flush(timeout_s)
         if remaining:
             self.report.errors.append(f"{remaining} records still undelivered after {timeout_s:.0f} s")

@@ -45,7 +45,6 @@ Message-IDs, sizes and recipient counts, not addresses.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import re
@@ -61,16 +60,15 @@ from typing import Callable
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 
-from pipeline.runtime.kafka import new_producer, topic_name
 from pipeline.contracts.avro import AvroCodec
-from pipeline.contracts.records import MailRawCodec, MailTooLarge, mail_raw_record
-from pipeline.contracts.topics import MAIL_RAW
+from pipeline.contracts.records import MailRawCodec, mail_raw_record
 from pipeline.correlation.tokens import TokenCounter
 from pipeline.gateways.smtp import policy
 from pipeline.gateways.smtp.policy import RelayError
 from pipeline.gateways.smtp.spool import COUNTER_FILE, QueuedMail, RelayQueue, load_counter, save_counter
 from pipeline.gateways.smtp.stamp import hop_count, message_id_of, outbound_copies, to_crlf
 from pipeline.gateways.smtp.upstream import DeliveryResult, deliver_upstream
+from pipeline.runtime.producer import RecordProducer, RecordWriteError
 from pipeline.settings import RelaySettings, Settings
 
 log = logging.getLogger("threadline.smtp")
@@ -185,84 +183,6 @@ class RelayController(Controller):
         return LimitedSMTP(self.limits, self.session_timeout_s, self.handler, auth=self.auth, **self.SMTP_kwargs)
 
 
-# -- mail.raw ---------------------------------------------------------------------------------
-class RecordWriteError(RuntimeError):
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-
-
-_TOO_LARGE = ("MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE")
-
-
-class RawRecordWriter:
-    """A confluent-kafka producer whose every write is a future resolved by its delivery report."""
-
-    def __init__(self, settings: Settings, bootstrap: str, codec: AvroCodec) -> None:
-        self.settings = settings
-        self.codec = codec
-        self.topic = topic_name(settings.kafka, MAIL_RAW)
-        timeout_ms = int(settings.relay.kafka_timeout_s * 1000)
-        # Big mail goes to the blob store, so every record stays under the clients' 1 MB default.
-        self.mail_raw = MailRawCodec(settings, codec)
-        self.bootstrap = bootstrap
-        self.options = {"message.timeout.ms": timeout_ms,
-                       "request.timeout.ms": min(30_000, timeout_ms)}
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._producer = self._new_producer()
-        self._poller = threading.Thread(target=self._poll, name="relay-kafka-poll", daemon=True)
-        self._poller.start()
-
-    def _new_producer(self):
-        return new_producer(self.settings.kafka, self.bootstrap, self.options)
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                producer = self._producer
-            producer.poll(0.1)
-
-    def write(self, tenant: str, record: dict) -> concurrent.futures.Future:
-        from confluent_kafka import KafkaException
-
-        future: concurrent.futures.Future = concurrent.futures.Future()
-
-        def delivered(error, message) -> None:
-            if error is None:
-                future.set_result((message.partition(), message.offset()))
-                return
-            if error.fatal():  # an idempotent producer in a fatal state takes no more records
-                with self._lock:
-                    self._producer = self._new_producer()
-            future.set_exception(RecordWriteError(f"mail.raw: {error.str()}",
-                                                  permanent=error.name() in _TOO_LARGE))
-
-        try:
-            value = self.mail_raw.encode(record)
-        except MailTooLarge as exc:  # the relay's own header fields can push a mail at the limit over it
-            future.set_exception(RecordWriteError(f"mail.raw: {exc}", permanent=True))
-            return future
-        except OSError as exc:
-            future.set_exception(RecordWriteError(f"mail.raw: the blob store cannot be written ({exc})"))
-            return future
-        try:
-            with self._lock:
-                self._producer.produce(self.topic, value, tenant.encode(), on_delivery=delivered)
-        except BufferError as exc:
-            future.set_exception(RecordWriteError(f"mail.raw: producer queue full ({exc})"))
-        except KafkaException as exc:
-            error = exc.args[0]
-            future.set_exception(RecordWriteError(f"mail.raw: {error.str()}", permanent=error.name() in _TOO_LARGE))
-        return future
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        self._poller.join(2)
-        self._producer.flush(timeout_s)
-
-
-
 # -- the server -------------------------------------------------------------------------------
 def _tls_context(relay: RelaySettings) -> ssl.SSLContext | None:
     if not relay.tls_cert_file:
@@ -280,11 +200,11 @@ def _helo_text(value: str | None) -> str:
 
 
 class SmtpRelay:
-    """The relay: an aiosmtpd server, the ``mail.raw`` writer, the queue and its retry thread."""
+    """The relay: an aiosmtpd server, the ``mail.raw`` producer, the queue and its retry thread."""
 
     def __init__(self, settings: Settings, bootstrap: str, codec: AvroCodec, *, inbound: bool | None = None,
                  host: str | None = None, port: int | None = None,
-                 writer: RawRecordWriter | None = None,
+                 producer: RecordProducer | None = None,
                  deliver: Callable[..., DeliveryResult] = deliver_upstream) -> None:
         self.settings = settings
         self.relay = settings.relay
@@ -299,7 +219,9 @@ class SmtpRelay:
         self.counter_path = data_dir / COUNTER_FILE
         self.counter: TokenCounter | None = None
         self._counter_lock = threading.Lock()
-        self._writer = writer
+        self._producer = producer
+        # Big mail goes to the blob store, so every record stays under the clients' 1 MB default.
+        self.mail_raw = MailRawCodec(settings, codec)
         self._deliver = deliver
         self._controller = None
         self._stop = threading.Event()
@@ -330,8 +252,10 @@ class SmtpRelay:
         try:
             if not self.inbound and self.relay.subject_tokens:
                 self.counter = load_counter(self.counter_path, self.settings.correlation.tracking_token)
-            if self._writer is None:
-                self._writer = RawRecordWriter(self.settings, self.bootstrap, self.codec)
+            if self._producer is None:
+                self._producer = RecordProducer(self.settings, self.bootstrap,
+                                                delivery_timeout_s=self.relay.kafka_timeout_s)
+                self._producer.serve_delivery_reports()
             auth = bool(self.relay.auth_username)
             self._controller = RelayController(
                 _Handler(self), self.limits, self.relay.session_timeout_s,
@@ -352,8 +276,8 @@ class SmtpRelay:
             )
             self._controller.start()
         except BaseException:
-            if self._writer is not None:
-                self._writer.close(0)
+            if self._producer is not None:
+                self._producer.finish(0)
             self.queue.close()
             raise
         self._retrier = threading.Thread(target=self._retry_loop, name="relay-queue-retry", daemon=True)
@@ -369,8 +293,8 @@ class SmtpRelay:
             self._controller = None
         if self._retrier is not None:
             self._retrier.join(self.relay.upstream_timeout_s + 5)
-        if self._writer is not None:
-            self._writer.close()
+        if self._producer is not None:
+            self._producer.finish(5.0)
         self.queue.close()
 
     def __enter__(self) -> "SmtpRelay":
@@ -454,9 +378,10 @@ class SmtpRelay:
         received_at = datetime.now(timezone.utc)
         try:
             # Off the event loop: a big mail is written (and fsynced) to the blob store first.
-            futures = [await loop.run_in_executor(None, self._writer.write, self.relay.tenant, mail_raw_record(
-                tenant=self.relay.tenant, mailbox=mailbox, direction=direction, source=SOURCE, raw=data,
-                received_at=received_at)) for _, data in finals]
+            futures = [await loop.run_in_executor(
+                None, self._producer.produce_mail_acknowledged, self.mail_raw,
+                mail_raw_record(tenant=self.relay.tenant, mailbox=mailbox, direction=direction, source=SOURCE,
+                                raw=data, received_at=received_at)) for _, data in finals]
             await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)),
                                    self.relay.kafka_timeout_s + 10)
         except RecordWriteError as exc:

@@ -1,5 +1,5 @@
 """The SMTP relay without a broker: stamping and marking (pure), the queue, upstream outcomes,
-the relay's replies with a fake mail.raw writer, and who may send how much (closed by default)."""
+the relay's replies with a fake mail.raw producer, and who may send how much (closed by default)."""
 
 from __future__ import annotations
 
@@ -30,11 +30,12 @@ from pipeline.correlation.methods.xheader import parse_xref
 from pipeline.correlation.tokens import TokenCounter
 from pipeline.gateways.smtp import policy
 from pipeline.gateways.smtp.policy import RelayError
-from pipeline.gateways.smtp.server import RecordWriteError, SmtpRelay
+from pipeline.gateways.smtp.server import SmtpRelay
 from pipeline.gateways.smtp.spool import RelayQueue, load_counter, save_counter
 from pipeline.gateways.smtp.stamp import hop_count, outbound_copies, prepare_outbound, to_crlf
 from pipeline.gateways.smtp.upstream import deliver_upstream
 from pipeline.mail.parse import parse_mail
+from pipeline.runtime.producer import RecordWriteError
 from pipeline.settings import RelaySettings, Settings, SettingsError, TrackingSettings, load_settings
 from pipeline.tracking.tokens import Keyring, verify_token
 
@@ -304,13 +305,13 @@ def test_upstream_outcomes_per_recipient():
     assert down.unreachable and list(down.temporary) == ["bob@x.test"] and not down.delivered
 
 
-# -- the relay with a fake mail.raw writer ----------------------------------------------------
-class FakeWriter:
+# -- the relay with a fake mail.raw producer ------------------------------------------------
+class FakeProducer:
     def __init__(self) -> None:
         self.records: list[dict] = []
         self.fail: RecordWriteError | None = None
 
-    def write(self, tenant: str, record: dict) -> concurrent.futures.Future:
+    def produce_mail_acknowledged(self, mail_raw, record: dict) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
         if self.fail:
             future.set_exception(self.fail)
@@ -319,7 +320,7 @@ class FakeWriter:
             future.set_result((0, len(self.records)))
         return future
 
-    def close(self) -> None:
+    def finish(self, timeout_s: float = 0) -> None:
         pass
 
 
@@ -345,50 +346,50 @@ def wait_for(predicate, timeout_s: float = 10.0) -> None:
 @pytest.mark.integration  # opens sockets on loopback
 def test_relay_records_then_relays_queues_while_the_upstream_is_down_and_refuses_when_not_recorded(tmp_path):
     port = free_port()
-    writer = FakeWriter()
+    producer = FakeProducer()
     with Upstream(port=port) as up, SmtpRelay(relay_settings(tmp_path, port), "unused:9092", None,
-                                              host="127.0.0.1", port=free_port(), writer=writer) as relay:
+                                              host="127.0.0.1", port=free_port(), producer=producer) as relay:
         send(relay.port, mail(message_id=None))
-        assert len(up.messages) == 1 and len(writer.records) == 1
-        record = writer.records[0]
+        assert len(up.messages) == 1 and len(producer.records) == 1
+        record = producer.records[0]
         assert (record["direction"], record["mailbox"], record["source"]) == ("out", "smtp-relay", "smtp")
         assert record["raw"] == up.messages[0][2]
         assert record["raw"].startswith(b"Received: from ") and b"X-Threadline-Ref: instance=threadline" in record["raw"]
         assert relay.queue.pending() == []
 
-        writer.fail = RecordWriteError("mail.raw: Local: Message timed out")
+        producer.fail = RecordWriteError("mail.raw: Local: Message timed out")
         with pytest.raises(smtplib.SMTPDataError) as refused:
             send(relay.port, mail(subject="not recorded"))
         assert refused.value.smtp_code == 451 and len(up.messages) == 1
-        writer.fail = RecordWriteError("mail.raw: too large", permanent=True)
+        producer.fail = RecordWriteError("mail.raw: too large", permanent=True)
         with pytest.raises(smtplib.SMTPDataError) as too_big:
             send(relay.port, mail(subject="too big"))
         assert too_big.value.smtp_code == 552
-        writer.fail = None
+        producer.fail = None
         up.stop()
 
         send(relay.port, mail(subject="while down"))
-        assert len(relay.queue.pending()) == 1 and len(writer.records) == 2
+        assert len(relay.queue.pending()) == 1 and len(producer.records) == 2
         up.start()
         wait_for(lambda: len(up.messages) == 2 and not relay.queue.pending())
-        assert b"Subject: while down" in up.messages[1][2] and up.messages[1][2] == writer.records[1]["raw"]
+        assert b"Subject: while down" in up.messages[1][2] and up.messages[1][2] == producer.records[1]["raw"]
 
 
 @pytest.mark.integration  # opens sockets on loopback
 def test_inbound_relay_changes_nothing_but_the_trace_header(tmp_path):
     port = free_port()
-    writer = FakeWriter()
+    producer = FakeProducer()
     raw = mail(message_id=None, subject="#track me")
     with Upstream(port=port) as up, SmtpRelay(relay_settings(tmp_path, port, subject_tokens=True,
                                                              own_domains=["customer.test"]), "unused:9092",
                                               None, inbound=True, host="127.0.0.1", port=free_port(),
-                                              writer=writer) as relay:
+                                              producer=producer) as relay:
         send(relay.port, raw)
     relayed = up.messages[0][2]
     assert relayed.startswith(b"Received: from ") and relayed.count(b"Received:") == 1
     assert relayed.endswith(b"\r\n" + raw)  # the client's bytes, unchanged, after our trace header
-    assert relayed == writer.records[0]["raw"]
-    assert (writer.records[0]["direction"], writer.records[0]["mailbox"]) == ("in", "smtp-inbound")
+    assert relayed == producer.records[0]["raw"]
+    assert (producer.records[0]["direction"], producer.records[0]["mailbox"]) == ("in", "smtp-inbound")
     assert relay.queue.directory.name == "inbound"
 
 
@@ -397,7 +398,7 @@ def test_refused_for_good_during_the_session_goes_back_to_the_client(tmp_path):
     port = free_port()
     with Upstream(port=port, answers={"gone@customer.test": "550 5.1.1 no such user"}) as up, \
             SmtpRelay(relay_settings(tmp_path, port), "unused:9092", None, host="127.0.0.1", port=free_port(),
-                      writer=FakeWriter()) as relay:
+                      producer=FakeProducer()) as relay:
         with pytest.raises(smtplib.SMTPDataError) as refused:
             send(relay.port, mail(), rcpts=["gone@customer.test"])
         assert refused.value.smtp_code == 550 and b"no such user" in refused.value.smtp_error
@@ -429,7 +430,7 @@ def test_plaintext_auth_on_loopback_and_credentials_stay_out_of_the_log(tmp_path
     with Upstream(port=port) as up, SmtpRelay(
             relay_settings(tmp_path, port, auth_username="desk", auth_password=secret, auth_allow_plaintext=True,
                            client_networks=[]),
-            "unused:9092", None, host="127.0.0.1", port=free_port(), writer=FakeWriter()) as relay:
+            "unused:9092", None, host="127.0.0.1", port=free_port(), producer=FakeProducer()) as relay:
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
             with pytest.raises(smtplib.SMTPSenderRefused) as refused:  # no login, no relaying
                 client.sendmail("ann@acme.test", ["bob@customer.test"], mail())
@@ -464,7 +465,7 @@ def test_starttls_is_required_before_mail_and_auth(tmp_path):
     with Upstream(port=port) as up, SmtpRelay(
             relay_settings(tmp_path, port, tls_cert_file=cert, tls_key_file=key, auth_username="desk",
                            auth_password="s3cret-Password", client_networks=[]),
-            "unused:9092", None, host="127.0.0.1", port=free_port(), writer=FakeWriter()) as relay:
+            "unused:9092", None, host="127.0.0.1", port=free_port(), producer=FakeProducer()) as relay:
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
             client.ehlo()
             assert client.has_extn("starttls") and not client.has_extn("auth")
@@ -522,7 +523,7 @@ def test_auth_with_an_empty_password_never_succeeds(tmp_path):
                           auth_allow_plaintext=True, client_networks=[])
     empty = base.model_copy(update={"relay": base.relay.model_copy(update={"auth_password": ""})})
     with Upstream(port=base.relay.upstream_port) as up, SmtpRelay(empty, "unused:9092", None, host="127.0.0.1",
-                                                                   port=free_port(), writer=FakeWriter()) as relay:
+                                                                   port=free_port(), producer=FakeProducer()) as relay:
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
             client.ehlo()
             assert auth_plain(client, "threadline", "")[0] == 535
@@ -576,7 +577,7 @@ def auth_relay(tmp_path: Path, **relay):
 @pytest.mark.integration  # opens sockets on loopback
 def test_three_failed_logins_on_a_connection_then_421_and_closed(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="threadline.smtp")
-    with auth_relay(tmp_path) as (up, relay, writer):
+    with auth_relay(tmp_path) as (up, relay, producer):
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
             client.ehlo()
             assert [auth_plain(client, "desk", f"guess-{n}")[0] for n in range(2)] == [535, 535]
@@ -603,7 +604,7 @@ def test_three_failed_logins_on_a_connection_then_421_and_closed(tmp_path, caplo
 @pytest.mark.integration  # opens sockets on loopback
 def test_after_the_per_client_budget_even_the_right_password_is_refused_until_the_window_passes(tmp_path, caplog):
     window = 1.5
-    with auth_relay(tmp_path, max_auth_failures_per_client=4, auth_failure_window_s=window) as (up, relay, writer):
+    with auth_relay(tmp_path, max_auth_failures_per_client=4, auth_failure_window_s=window) as (up, relay, producer):
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:  # before: the right password works
             client.ehlo()
             assert auth_plain(client, "desk", STRONG_PASSWORD)[0] == 235
@@ -713,57 +714,57 @@ def test_client_limits_are_token_buckets_per_client_and_connection_counts(monkey
 def running(tmp_path: Path, *, inbound: bool = False, **relay):
     """A real upstream and the relay in this process on free loopback ports."""
     port = free_port()
-    writer = FakeWriter()
+    producer = FakeProducer()
     with Upstream(port=port) as up, SmtpRelay(relay_settings(tmp_path, port, **relay), "unused:9092", None,
                                               inbound=inbound, host="127.0.0.1", port=free_port(),
-                                              writer=writer) as relay_server:
-        yield up, relay_server, writer
+                                              producer=producer) as relay_server:
+        yield up, relay_server, producer
 
 
 @pytest.mark.integration  # opens sockets on loopback
 def test_a_client_outside_client_networks_may_not_send(tmp_path):
     # Tests connect from loopback only: networks without it stand for a client from anywhere else.
-    with running(tmp_path, client_networks=["192.0.2.0/24"]) as (up, relay, writer):
+    with running(tmp_path, client_networks=["192.0.2.0/24"]) as (up, relay, producer):
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
             with pytest.raises(smtplib.SMTPSenderRefused) as refused:
                 client.sendmail("ann@acme.test", ["bob@customer.test"], mail())
         assert refused.value.smtp_code == 550 and refused.value.smtp_error.startswith(b"5.7.1 Relaying denied")
-    assert up.messages == [] and writer.records == []
+    assert up.messages == [] and producer.records == []
 
 
 @pytest.mark.integration  # opens sockets on loopback
 def test_a_forged_sender_is_refused_from_an_allowed_client_and_nothing_leaves(tmp_path):
-    with running(tmp_path) as (up, relay, writer):
+    with running(tmp_path) as (up, relay, producer):
         # A foreign domain, look-alikes of ours, a subdomain (not listed) and the null sender.
         for sender in ("ceo@bank.test", "ann@acme.test.evil.test", "ann@evilacme.test", "ann@mail.acme.test", ""):
             with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
                 with pytest.raises(smtplib.SMTPSenderRefused) as refused:
                     client.sendmail(sender, ["bob@customer.test"], mail())
             assert refused.value.smtp_code == 553 and refused.value.smtp_error.startswith(b"5.7.1"), sender
-        assert up.messages == [] and writer.records == []
+        assert up.messages == [] and producer.records == []
         send_as = smtplib.SMTP("127.0.0.1", relay.port, timeout=10)
         with send_as as client:  # the same client with the organisation's own sender is relayed
             client.sendmail("Ann@ACME.test", ["bob@customer.test"], mail())
-    assert len(up.messages) == 1 and up.messages[0][0] == "Ann@ACME.test" and len(writer.records) == 1
+    assert len(up.messages) == 1 and up.messages[0][0] == "Ann@ACME.test" and len(producer.records) == 1
 
 
 @pytest.mark.integration  # opens sockets on loopback
 def test_five_thousand_recipients_in_97_domains_get_the_limit_and_452_for_the_rest(tmp_path):
     rcpts = [f"user{n}@domain{n % 97}.test" for n in range(5000)]
-    with running(tmp_path) as (up, relay, writer):
+    with running(tmp_path) as (up, relay, producer):
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=30) as client:
             refused = client.sendmail("ann@acme.test", rcpts, mail())
     limit = RelaySettings().max_recipients_per_message
     assert limit == 100
     assert list(refused) == rcpts[limit:]
     assert {(code, text[:5]) for code, text in refused.values()} == {(452, b"4.5.3")}
-    assert len(up.messages) == 1 and up.messages[0][1] == rcpts[:limit] and len(writer.records) == 1
+    assert len(up.messages) == 1 and up.messages[0][1] == rcpts[:limit] and len(producer.records) == 1
 
 
 @pytest.mark.integration  # opens sockets on loopback
 def test_inbound_takes_mail_from_anyone_for_the_own_domains_only(tmp_path):
     # No client network at all: inbound, any MTA may deliver; the recipients decide.
-    with running(tmp_path, inbound=True, own_domains=["customer.test"], client_networks=[]) as (up, relay, writer):
+    with running(tmp_path, inbound=True, own_domains=["customer.test"], client_networks=[]) as (up, relay, producer):
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
             refused = client.sendmail("news@sender.test", ["bob@customer.test", "eve@other.test",
                                                            "bob@customer.test.other.test"], mail())
@@ -779,7 +780,7 @@ def test_inbound_takes_mail_from_anyone_for_the_own_domains_only(tmp_path):
 
 @pytest.mark.integration  # opens sockets on loopback
 def test_per_client_rates_of_messages_and_recipients(tmp_path):
-    with running(tmp_path, max_messages_per_client=3, max_recipients_per_client=4) as (up, relay, writer):
+    with running(tmp_path, max_messages_per_client=3, max_recipients_per_client=4) as (up, relay, producer):
         send(relay.port, mail(), rcpts=["a@customer.test", "b@customer.test"])
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
             refused = client.sendmail("ann@acme.test", ["c@x.test", "d@x.test", "e@x.test"], mail())
@@ -795,7 +796,7 @@ def test_per_client_rates_of_messages_and_recipients(tmp_path):
 
 @pytest.mark.integration  # opens sockets on loopback
 def test_connections_per_client_are_capped(tmp_path):
-    with running(tmp_path, max_connections_per_client=2) as (up, relay, writer):
+    with running(tmp_path, max_connections_per_client=2) as (up, relay, producer):
         wait_for(lambda: relay.limits.open_connections == 0)  # the controller's own start-up probe
         first = smtplib.SMTP("127.0.0.1", relay.port, timeout=10)
         second = smtplib.SMTP("127.0.0.1", relay.port, timeout=10)
@@ -833,7 +834,7 @@ def _closed_within(sock: socket.socket, seconds: float, keep_busy: Callable[[], 
 
 @pytest.mark.integration  # opens sockets on loopback
 def test_slow_clients_are_dropped_idle_dribbling_data_or_too_long(tmp_path):
-    with running(tmp_path, command_timeout_s=0.5, session_timeout_s=1.5) as (up, relay, writer):
+    with running(tmp_path, command_timeout_s=0.5, session_timeout_s=1.5) as (up, relay, producer):
         # Silent after the greeting.
         with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as sock:
             assert _reply(sock.makefile("rb")).startswith(b"220")
@@ -862,7 +863,7 @@ def test_slow_clients_are_dropped_idle_dribbling_data_or_too_long(tmp_path):
             lasted = time.monotonic() - started
         assert replies[-1].startswith(b"421 4.4.2") and 1.4 < lasted < 3, (replies[-1], lasted)
         assert len(replies) > 3  # the NOOPs did keep it alive past the idle timeout
-        assert up.messages == [] and writer.records == []
+        assert up.messages == [] and producer.records == []
         send(relay.port, mail())  # a prompt client is served
     assert len(up.messages) == 1
 
