@@ -90,16 +90,77 @@ def cmd_campaign_list(args: argparse.Namespace) -> int:
     return 0
 
 
+class _MailRawProducer:
+    """Hands every sent mail to ``mail.raw`` (direction out), so the pipeline correlates replies."""
+
+    def __init__(self, settings: Settings, tenant: str, campaign_id: str) -> None:
+        from pipeline.broker import create_topics
+        from pipeline.contracts.records import MailRawCodec
+        from pipeline.runtime.producer import RecordProducer
+
+        if not settings.kafka.bootstrap:
+            raise UserError("--to-mail-raw needs a broker: set THREADLINE_KAFKA_BOOTSTRAP or kafka.bootstrap")
+        create_topics(settings.kafka, settings.kafka.bootstrap, timeout_s=10)
+        self.records = RecordProducer(settings, settings.kafka.bootstrap)
+        self.mail_raw = MailRawCodec(settings, avro_codec(settings))
+        self.tenant, self.campaign_id = tenant, campaign_id
+
+    def __call__(self, mail) -> None:
+        from datetime import datetime, timezone
+
+        from pipeline.contracts.records import mail_raw_record
+
+        record = mail_raw_record(tenant=self.tenant, mailbox=f"campaign:{self.campaign_id}", direction="out",
+                                 source=f"campaign:{self.campaign_id}#{mail.row}", raw=mail.data,
+                                 received_at=datetime.now(timezone.utc))
+        self.records.produce_mail(self.mail_raw, record, agent="campaign")
+
+    def undelivered(self) -> int:
+        """Records not acknowledged after 60 s (0 when all arrived)."""
+        report = self.records.finish(60)
+        return report.produced - report.delivered
+
+
 def cmd_campaign_send(args: argparse.Namespace) -> int:
-    from pipeline.campaigns.command import USER_ERRORS, run_send
+    """Send and print the report (stderr); 1 when interrupted or a mail did not reach mail.raw."""
+    import json
+
+    from pipeline.campaigns.recipients import RecipientListError
+    from pipeline.campaigns.send import CampaignError, CampaignInterrupted, send_campaign
+    from pipeline.campaigns.template import TemplateLoadError, TemplateRenderError
 
     settings = settings_from(args)
+    refuse_unsafe_keys(settings, "threadline campaign send")  # send_campaign checks too; before any topic
+    producer = _MailRawProducer(settings, args.tenant, args.campaign) if args.to_mail_raw and not args.dry_run else None
+    code = 0
     try:
-        return run_send(settings, campaign_id=args.campaign, template=args.template, recipients=args.recipients,
-                        tenant=args.tenant, rate=args.rate, dry_run=args.dry_run, state=args.state,
-                        to_mail_raw=args.to_mail_raw, report_path=args.report)
-    except USER_ERRORS as exc:
+        report = send_campaign(settings, args.campaign, args.template, args.recipients, tenant=args.tenant,
+                               rate_per_s=args.rate, dry_run=args.dry_run, state_path=args.state, producer=producer)
+    except (CampaignError, RecipientListError, TemplateLoadError, TemplateRenderError) as exc:
         raise UserError(str(exc)) from exc
+    except CampaignInterrupted as exc:
+        report, code = exc.report, 1
+        print(f"threadline: {exc}", file=sys.stderr)
+    finally:
+        if producer is not None:
+            undelivered = producer.undelivered()
+            if undelivered or producer.records.report.errors:
+                code = 1
+                print(f"threadline: {undelivered} mails not delivered to mail.raw {producer.records.report.errors[:3]}",
+                      file=sys.stderr)
+    print(report.format(), file=sys.stderr)
+    for row, address, reason in report.skipped[:20]:
+        print(f"  row {row} {address}: {reason}", file=sys.stderr)
+    if len(report.skipped) > 20:
+        print(f"  ... {len(report.skipped) - 20} more{' (see ' + args.report + ')' if args.report else ''}",
+              file=sys.stderr)
+    if not args.dry_run:
+        print(f"resume state: {report.state_path}", file=sys.stderr)
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n",
+                                     encoding="utf-8")
+    return code
 
 
 def add_campaign(command: CommandFactory) -> None:
