@@ -187,16 +187,16 @@ def add_replay(command: CommandFactory) -> None:
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    from pipeline.sinks.clickhouse import ClickHouseSink
+    from pipeline.sinks.clickhouse import ClickHouseSink, sink_group
 
     settings = settings_from(args)
     bootstrap = broker_bootstrap(settings)
     store = open_store(settings)
-    sink = ClickHouseSink(settings, bootstrap, store, avro_codec(settings))
+    sink = ClickHouseSink(settings.kafka, bootstrap, store, avro_codec(settings),
+                          group_id=sink_group(settings.worker.app_id))
     print(f"sinking output topics into {store.location}; Ctrl-C stops", file=sys.stderr)
     try:
-        sink.run(lambda: False, on_batch=lambda n: print(f"{n} records inserted; totals {dict(sink.inserted)}",
-                                                         file=sys.stderr))
+        sink.run(on_batch=lambda n: print(f"{n} records inserted; totals {dict(sink.inserted)}", file=sys.stderr))
     except KeyboardInterrupt:
         pass
     finally:

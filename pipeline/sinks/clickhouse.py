@@ -1,9 +1,10 @@
 """ClickHouse: the store (embedded chDB or a real server), its migrations, and the topic sink.
 
-The sink is a plain consumer group over the output topics: it decodes a batch, inserts it table
-by table, and commits the offsets only after every insert succeeded.  A failed insert is
-retried with back-off; after ``max_attempts`` the sink stops with an error instead of skipping
-the batch (the records stay in Kafka, uncommitted, for the next start).  Tables are
+The sink is the runtime's consumer loop over the output topics with an insert as its handler:
+a decoded batch goes in table by table, and the offsets are committed only after every insert
+succeeded.  A failed insert is retried with back-off; after ``max_attempts`` the sink stops with
+an error instead of skipping the batch (the records stay in Kafka, uncommitted, for the next
+start).  Tables are
 ``ReplacingMergeTree`` on each event's stable id, so redelivered batches and replays collapse.
 
 chDB allows one data folder per process: while a process holds the embedded store (the sink
@@ -22,12 +23,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline.runtime.kafka import new_group_consumer, new_producer, topic_name
-from pipeline.contracts.avro import AvroCodec, AvroDecodeError
-from pipeline.contracts.records import SourcePosition, deadletter_record
-from pipeline.contracts.topics import DEADLETTER, SINK_TOPICS
+from pipeline.contracts.avro import AvroCodec
+from pipeline.contracts.topics import SINK_TOPICS
 from pipeline.redact import redact_url
-from pipeline.settings import Settings
+from pipeline.runtime.consumer_loop import Batch, ConsumerLoop, RetryPolicy
+from pipeline.settings import KafkaSettings, Settings
 from pipeline.sinks.tables import META_COLUMNS, expected_columns, table_name
 
 log = logging.getLogger("threadline.sink")
@@ -110,85 +110,29 @@ def rows_for(topic: str, records: Sequence[tuple[int, int, dict]], inserted_at: 
     return columns, rows
 
 
-class ClickHouseSink:
+def sink_group(app_id: str) -> str:
+    """The installation's sink group: ``threadline sink`` and ``threadline up`` resume each other's commits."""
+    return f"{app_id}-clickhouse-sink"
+
+
+class ClickHouseSink(ConsumerLoop):
     """Output topics -> ClickHouse, batch by batch, commit after insert."""
 
-    def __init__(self, settings: Settings, bootstrap: str, store: ClickHouseStore, codec: AvroCodec, *,
-                 group_id: str | None = None, max_attempts: int = 8, backoff_s: float = 0.5) -> None:
-        self.settings = settings
+    def __init__(self, kafka: KafkaSettings, bootstrap: str, store: ClickHouseStore, codec: AvroCodec, *,
+                 group_id: str) -> None:
+        super().__init__(kafka, bootstrap, group_id, SINK_TOPICS, codec, agent="clickhouse-sink", error=SinkError,
+                         policy=RetryPolicy(max_attempts=8, backoff_s=0.5), log=log, max_records=5000)
         self.store = store
-        self.codec = codec
-        self.max_attempts = max_attempts
-        self.backoff_s = backoff_s
-        self.consumer = new_group_consumer(settings.kafka, bootstrap,
-                                           group_id or f"{settings.worker.app_id}-clickhouse-sink")
-        self._topics = {topic_name(settings.kafka, t): t for t in SINK_TOPICS}
-        self.consumer.subscribe(list(self._topics))
-        self._deadletters = new_producer(settings.kafka, bootstrap)
         self.inserted: Counter = Counter()
 
-    def _insert_with_retry(self, table: str, columns: list[str], rows: list[list]) -> None:
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                self.store.insert(table, rows, columns)
-                return
-            except Exception as exc:  # network, server and type errors all mean: not stored
-                if attempt == self.max_attempts:
-                    raise SinkError(f"insert of {len(rows)} rows into {table} failed {attempt} times: {exc}") from exc
-                delay = self.backoff_s * 2 ** (attempt - 1)
-                log.warning("insert into %s failed (%s); retry %d in %.1f s", table, exc, attempt, delay)
-                time.sleep(delay)
-
-    def write(self, messages: list) -> Counter:
-        """Insert one consumed batch; returns rows per table. Offsets are NOT committed here."""
-        by_topic: dict[str, list] = {}
+    def handle(self, batch: Batch) -> None:
+        """Insert the batch table by table."""
         now = datetime.now(timezone.utc)
-        for message in messages:
-            topic = self._topics[message.topic()]
-            try:
-                record = self.codec.decode(topic, message.value())
-            except AvroDecodeError as exc:
-                self._dead_letter(message, exc.reason, str(exc))
-                continue
-            by_topic.setdefault(topic, []).append((message.partition(), message.offset(), record))
-        written: Counter = Counter()
-        for topic, records in by_topic.items():
+        for topic, records in batch.items():
             columns, rows = rows_for(topic, records, now)
-            self._insert_with_retry(table_name(topic), columns, rows)
-            written[table_name(topic)] += len(rows)
-        if self._deadletters.flush(30):
-            raise SinkError("dead letters of the sink could not be delivered")
-        return written
-
-    def _dead_letter(self, message, reason: str, error: str) -> None:
-        if self._topics[message.topic()] == DEADLETTER:
-            # Never feed the dead-letter topic its own records back; it keeps the original.
-            log.error("undecodable dead letter at %s/%d/%d: %s", message.topic(), message.partition(),
-                      message.offset(), error)
-            return
-        position = SourcePosition(message.topic(), message.partition(), message.offset())
-        record = deadletter_record(position, message.key(), message.value() or b"", reason=reason, error=error,
-                                   agent="clickhouse-sink")
-        self._deadletters.produce(topic_name(self.settings.kafka, DEADLETTER), self.codec.encode(DEADLETTER, record),
-                                  message.key())
-
-    def poll_once(self, max_records: int = 5000, timeout_s: float = 1.0) -> int:
-        """Consume, insert and commit one batch; returns the number of records consumed."""
-        messages = [m for m in self.consumer.consume(max_records, timeout_s) if m.error() is None]
-        if not messages:
-            return 0
-        self.inserted.update(self.write(messages))
-        self.consumer.commit(asynchronous=False)
-        return len(messages)
-
-    def run(self, should_stop: Callable[[], bool], on_batch: Callable[[int], None] | None = None) -> None:
-        while not should_stop():
-            count = self.poll_once()
-            if count and on_batch is not None:
-                on_batch(count)
-
-    def close(self) -> None:
-        self.consumer.close()
+            table = table_name(topic)
+            self.retry(f"insert of {len(rows)} rows into {table}", lambda: self.store.insert(table, rows, columns))
+            self.inserted[table] += len(rows)
 
 
 def sink_until(sink: ClickHouseSink, done: Callable[[], bool], timeout_s: float = 120.0) -> None:

@@ -45,9 +45,7 @@ def test_erase_removes_one_person_everywhere_and_keeps_the_rest(sandbox, clickho
     worker.stop()  # the pipeline is stopped, caught up, with its offsets committed
 
     store = clickhouse_factory()
-    sink_settings = settings.model_copy(update={"clickhouse": settings.clickhouse.model_copy(
-        update={"database": store.database})})
-    sink = ClickHouseSink(sink_settings, sandbox.bootstrap, store, sandbox.codec, group_id=f"{sandbox.app_id}-sink")
+    sink = ClickHouseSink(settings.kafka, sandbox.bootstrap, store, sandbox.codec, group_id=f"{sandbox.app_id}-sink")
     records = sum(count_records(settings.kafka, sandbox.bootstrap, topic) for topic in SINK_TOPICS)
     sink_until(sink, lambda: sum(sink.inserted.values()) >= records)
     sink.close()

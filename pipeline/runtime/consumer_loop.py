@@ -1,0 +1,105 @@
+"""The one consume -> handle -> commit loop of the plain consumer groups (the ClickHouse sink, the
+alert notifier; the stream agents' loop is Faust's): at least once, nothing skipped or dropped.
+
+A consumer is a subclass with a :meth:`ConsumerLoop.handle`.  An undecodable record becomes a
+dead letter with its reason and the batch goes on without it.  A batch is committed,
+synchronously, only after ``handle`` returned and its dead letters are flushed; ``handle`` retries
+each step (:meth:`ConsumerLoop.retry`) and is idempotent, since an error or a crash before the
+commit hands the whole batch to the group again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from pipeline.contracts.avro import AvroCodec, AvroDecodeError
+from pipeline.contracts.records import SourcePosition, deadletter_record
+from pipeline.contracts.topics import DEADLETTER
+from pipeline.runtime.kafka import new_group_consumer, new_producer, topic_name
+from pipeline.settings import KafkaSettings
+
+# A batch's decoded records: logical topic name -> [(partition, offset, record)], in consumed order.
+Batch = dict[str, list[tuple[int, int, dict]]]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Attempts per step of a batch; the first retry waits ``backoff_s``, each further one twice as long."""
+
+    max_attempts: int
+    backoff_s: float
+
+
+class ConsumerLoop:
+    """A consumer in ``group_id`` over ``topics`` -> :meth:`handle` -> commit, with a dead-letter
+    producer; ``error`` is what a batch that cannot be made durable raises."""
+
+    def __init__(self, kafka: KafkaSettings, bootstrap: str, group_id: str, topics: Iterable[str], codec: AvroCodec,
+                 *, agent: str, error: type[Exception], policy: RetryPolicy, log: logging.Logger,
+                 max_records: int) -> None:
+        self.consumer = new_group_consumer(kafka, bootstrap, group_id)
+        self.deadletters = new_producer(kafka, bootstrap)
+        self.deadletter_topic = topic_name(kafka, DEADLETTER)
+        self.codec, self.agent, self.error, self.policy, self.log = codec, agent, error, policy, log
+        self.max_records = max_records
+        self._topics = {topic_name(kafka, topic): topic for topic in topics}
+        self.consumer.subscribe(list(self._topics))
+
+    def handle(self, batch: Batch) -> None:
+        """Make one decoded batch's output durable; the loop commits the batch after it returns."""
+        raise NotImplementedError
+
+    def retry(self, what: str, action: Callable[[], None]) -> None:
+        """Run ``action`` until it succeeds; after ``max_attempts`` failures raise ``error``."""
+        for attempt in range(1, self.policy.max_attempts + 1):
+            try:
+                return action()
+            except Exception as exc:  # network, server, protocol and type errors all mean: not durable
+                if attempt == self.policy.max_attempts:
+                    raise self.error(f"{what} failed {attempt} times: {exc}") from exc
+                delay = self.policy.backoff_s * 2 ** (attempt - 1)
+                self.log.warning("%s failed (%s); retry %d in %.1f s", what, exc, attempt, delay)
+                time.sleep(delay)
+
+    def poll_once(self, timeout_s: float = 1.0) -> int:
+        """Consume, handle and commit one batch; returns the number of records consumed."""
+        messages = [m for m in self.consumer.consume(self.max_records, timeout_s) if m.error() is None]
+        if not messages:
+            return 0
+        batch: Batch = {}
+        for message in messages:
+            topic = self._topics[message.topic()]
+            try:
+                record = self.codec.decode(topic, message.value())
+            except AvroDecodeError as exc:
+                self._dead_letter(topic, message, exc)
+                continue
+            batch.setdefault(topic, []).append((message.partition(), message.offset(), record))
+        self.handle(batch)
+        if self.deadletters.flush(30):
+            raise self.error(f"dead letters of the {self.agent} could not be delivered")
+        self.consumer.commit(asynchronous=False)
+        return len(messages)
+
+    def _dead_letter(self, topic: str, message, exc: AvroDecodeError) -> None:
+        if topic == DEADLETTER:
+            # Never feed the dead-letter topic its own records back; it keeps the original.
+            self.log.error("undecodable dead letter at %s/%d/%d: %s", message.topic(), message.partition(),
+                           message.offset(), exc)
+            return
+        position = SourcePosition(message.topic(), message.partition(), message.offset())
+        record = deadletter_record(position, message.key(), message.value() or b"", reason=exc.reason, error=str(exc),
+                                   agent=self.agent)
+        self.deadletters.produce(self.deadletter_topic, self.codec.encode(DEADLETTER, record), message.key())
+
+    def run(self, on_batch: Callable[[int], None] = lambda count: None) -> None:
+        """Batch after batch, until an error or Ctrl-C; ``on_batch`` gets each non-empty batch's size."""
+        while True:
+            if count := self.poll_once():
+                on_batch(count)
+
+    def close(self) -> None:
+        self.consumer.close()
