@@ -15,12 +15,7 @@ from typing import Callable, ContextManager, Iterator, MutableMapping, Protocol
 from pipeline.contracts.avro import AvroCodec, AvroDecodeError
 from pipeline.contracts.records import SourcePosition, deadletter_record
 from pipeline.contracts.topics import DEADLETTER
-
-_OFFSET_MARKER = "\x00offset\x1f"
-
-
-def offset_key(partition: int) -> str:
-    return f"{_OFFSET_MARKER}{partition}"
+from pipeline.runtime.state import offset_key
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,39 +9,37 @@ correlated; a replay can see a later CRM state (documented in docs/escalation.md
 
 from __future__ import annotations
 
+from functools import partial
 from typing import MutableMapping
 
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.topics import CRM_ENTITIES
 from pipeline.crm import CrmDirectory
 from pipeline.runtime.batch import BatchResult, OffsetMarkers, RawItem, decoded_records
+from pipeline.runtime.state import TenantEntries, tenant_key
 
 AGENT = "crm"
-
-
-def entity_key(tenant: str, entity_type: str, entity_id: str) -> str:
-    return f"{tenant}\x1f{entity_type}\x1f{entity_id}"
 
 
 class CrmProcessor:
     def __init__(self, codec: AvroCodec, table: MutableMapping[str, bytes]) -> None:
         self.codec = codec
         self.table = table
+        self.stored = TenantEntries(table)
         self.markers = OffsetMarkers(table)
         self._directories: dict[str, CrmDirectory] = {}
 
     def reset(self) -> None:
         self._directories.clear()
+        self.stored.reset()
         self.markers.clear()
 
     def directory(self, tenant: str) -> CrmDirectory:
         directory = self._directories.get(tenant)
         if directory is None:
             directory = CrmDirectory()
-            prefix = tenant + "\x1f"
-            for key, value in list(self.table.items()):
-                if key.startswith(prefix) and value is not None:
-                    directory.apply(self.codec.decode(CRM_ENTITIES, value))
+            for record in self.stored.take(tenant, partial(self.codec.decode, CRM_ENTITIES)):
+                directory.apply(record)
             self._directories[tenant] = directory
         return directory
 
@@ -56,7 +54,7 @@ class CrmProcessor:
         result = BatchResult()
         for item, record in decoded_records(items, self.markers, self.codec, CRM_ENTITIES, source_topic, AGENT, result):
             if self.directory(record["tenant"]).apply(record):
-                key = entity_key(record["tenant"], record["entity_type"], record["entity_id"])
+                key = tenant_key(record["tenant"], record["entity_type"], record["entity_id"])
                 result.writes.setdefault(item.partition, {})[key] = None if record["deleted"] else item.value
                 result.count(f"crm:{record['entity_type']}")
         self.markers.add_writes(items, result)

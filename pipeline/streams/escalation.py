@@ -27,13 +27,9 @@ from pipeline.escalation.policy import default_owner
 from pipeline.escalation.tracker import EscalationTracker
 from pipeline.settings import Settings
 from pipeline.runtime.batch import BatchResult, OffsetMarkers, Output, RawItem, decoded_records
+from pipeline.runtime.state import TenantEntries, tenant_key
 
 AGENT = "escalation"
-_SEPARATOR = "\x1f"
-
-
-def state_key(tenant: str, conversation_id: str) -> str:
-    return f"{tenant}{_SEPARATOR}{conversation_id}"
 
 
 class EscalationProcessor:
@@ -51,6 +47,7 @@ class EscalationProcessor:
         self._trackers: dict[str, EscalationTracker] = {}
         self._partition_of: dict[str, int] = {}
         self._dirty: dict[str, set[str]] = {}  # tenant -> conversations whose state changed
+        self.stored = TenantEntries(table)
         self.markers = OffsetMarkers(table)
         self._own_domains = frozenset(d.lower() for d in settings.untracked.own_domains)
 
@@ -58,16 +55,15 @@ class EscalationProcessor:
         self._trackers.clear()
         self._partition_of.clear()
         self._dirty.clear()
+        self.stored.reset()
         self.markers.clear()
 
     def _tracker(self, tenant: str, partition: int) -> EscalationTracker:
         tracker = self._trackers.get(tenant)
         if tracker is None:
             tracker = EscalationTracker(self.settings, self.clock)
-            prefix = tenant + _SEPARATOR
-            for key, value in list(self.table.items()):
-                if key.startswith(prefix) and value is not None:
-                    tracker.restore(ConversationState.from_dict(json.loads(value)))
+            for data in self.stored.take(tenant, json.loads):
+                tracker.restore(ConversationState.from_dict(data))
             self._trackers[tenant] = tracker
             self._partition_of[tenant] = partition
         return tracker
@@ -120,6 +116,6 @@ class EscalationProcessor:
             writes = result.writes.setdefault(self._partition_of[tenant], {})
             for conversation_id in conversations:
                 state = tracker.state_of(tenant, conversation_id)
-                writes[state_key(tenant, conversation_id)] = (
+                writes[tenant_key(tenant, conversation_id)] = (
                     None if state is None else json.dumps(state.to_dict(), separators=(",", ":")).encode())
         self._dirty.clear()

@@ -32,47 +32,40 @@ from pipeline.mail.bounce import parse_bounce
 from pipeline.mail.parse import parse_mail
 from pipeline.mail.record import MailRecord
 from pipeline.runtime.batch import BatchResult, OffsetMarkers, Output, RawItem, add_dead_letter
+from pipeline.runtime.state import TenantEntries, tenant_key
 from pipeline.settings import Settings
 from pipeline.tracking.tokens import Keyring, TokenError, verify_token
 
 AGENT = "correlator"
 _UNSUBSCRIBE_TOKEN = re.compile(rb"^List-Unsubscribe:[^\r\n]*?/u/([A-Za-z0-9_-]+)", re.IGNORECASE | re.MULTILINE)
-_SEPARATOR = "\x1f"
-
-
-def entry_key(tenant: str, message_id: str) -> str:
-    return f"{tenant}{_SEPARATOR}{message_id}"
 
 
 class TableIndexStore:
-    """The engine's :class:`~pipeline.correlation.index.MailStore` on a table: reads come from the
-    table (only when an index is rebuilt), writes are buffered until the batch's outputs are out.
-    Each entry remembers the source offset of its mail (``current_offset`` when it was put)."""
+    """The engine's :class:`~pipeline.correlation.index.MailStore` on a table: the tenant's
+    entries are read once, when its index is built after a reset; writes are buffered until the
+    batch's outputs are out.  Each entry remembers the source offset of its mail
+    (``current_offset`` when it was put)."""
 
-    def __init__(self, table: MutableMapping[str, bytes], tenant: str, partition: int) -> None:
-        self.table = table
+    def __init__(self, stored: TenantEntries, tenant: str, partition: int) -> None:
+        self.stored = stored
         self.tenant = tenant
         self.partition = partition
         self.pending: dict[str, bytes | None] = {}
         self.current_offset = -1
         self.source_offsets: dict[str, int] = {}  # message id -> offset of its mail.raw record
-        self._prefix = tenant + _SEPARATOR
 
     def put(self, entry: IndexedMail) -> None:
         self.source_offsets[entry.message_id] = self.current_offset
-        self.pending[entry_key(self.tenant, entry.message_id)] = json.dumps(
+        self.pending[tenant_key(self.tenant, entry.message_id)] = json.dumps(
             {"offset": self.current_offset, "entry": entry.to_dict()}, separators=(",", ":"),
             ensure_ascii=False).encode()
 
     def delete(self, message_id: str) -> None:
         self.source_offsets.pop(message_id, None)
-        self.pending[entry_key(self.tenant, message_id)] = None
+        self.pending[tenant_key(self.tenant, message_id)] = None
 
     def entries(self) -> Iterator[IndexedMail]:
-        stored = [value for key, value in list(self.table.items())
-                  if key.startswith(self._prefix) and value is not None and key not in self.pending]
-        for value in [*stored, *(v for v in self.pending.values() if v is not None)]:
-            data = json.loads(value)
+        for data in self.stored.take(self.tenant, json.loads):
             entry = IndexedMail.from_dict(data["entry"])
             self.source_offsets[entry.message_id] = data["offset"]
             yield entry
@@ -96,6 +89,7 @@ class MailProcessor:
         self.generation = settings.worker.generation
         self._correlators: dict[str, Correlator] = {}
         self._stores: dict[str, TableIndexStore] = {}
+        self.stored = TenantEntries(table)
         self.markers = OffsetMarkers(table)
         self.mail_raw = MailRawCodec(settings, codec)
         self.keyring = Keyring.from_settings(settings.tracking)  # once, not per campaign mail
@@ -104,6 +98,7 @@ class MailProcessor:
         """Forget derived state (after a rebalance): indexes are rebuilt from the table on demand."""
         self._correlators.clear()
         self._stores.clear()
+        self.stored.reset()
         self.markers.clear()
 
     def sender_of(self, tenant: str, message_id: str) -> str | None:
@@ -145,7 +140,7 @@ class MailProcessor:
     def _correlator(self, tenant: str, partition: int) -> Correlator:
         correlator = self._correlators.get(tenant)
         if correlator is None:
-            store = TableIndexStore(self.table, tenant, partition)
+            store = TableIndexStore(self.stored, tenant, partition)
             smart = self.settings.correlation.smart_matching
             index = CorrelationIndex(store, word_postings=smart.hash_delta_subject_count > 0)
             resolver = None

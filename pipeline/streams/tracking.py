@@ -21,16 +21,13 @@ from pipeline.contracts.records import SourcePosition, hit_event_record, open_al
 from pipeline.contracts.topics import ALERTS, TRACKING_EVENTS, TRACKING_RAW
 from pipeline.settings import Settings
 from pipeline.runtime.batch import BatchResult, OffsetMarkers, Output, RawItem, add_dead_letter, decoded_records
+from pipeline.runtime.state import tenant_key
 from pipeline.tracking.classify import Hit, MailFacts, PreviousHit, classify_hit
 from pipeline.tracking.tokens import TokenError, verify_with_settings
 
 AGENT = "tracking"
 # Hits remembered per mail and recipient: enough for forwarding and scanner bursts, bounded.
 MAX_REMEMBERED_HITS = 50
-
-
-def hits_key(tenant: str, message_id: str, recipient: str) -> str:
-    return f"{tenant}\x1f{message_id}\x1f{recipient}"
 
 
 def _encode_hits(hits: list[PreviousHit]) -> bytes:
@@ -98,7 +95,7 @@ class TrackingProcessor:
                 add_dead_letter(self.codec, item, SourcePosition(source_topic, item.partition, item.offset),
                                 f"token_{exc.reason}", str(exc), AGENT, result)
                 continue
-            key = hits_key(payload.tenant, payload.message_id, payload.recipient)
+            key = tenant_key(payload.tenant, payload.message_id, payload.recipient)
             slot = (item.partition, key)
             if slot not in remembered:
                 stored = self.table.get(key)

@@ -57,3 +57,21 @@ def test_unmatched_inbound_mail_takes_the_senders_open_record_and_replies_inheri
 def test_undecodable_entity_is_dead_lettered():
     result = CrmProcessor(CODEC, {}).process([RawItem(0, 0, b"acme", b"junk")])
     assert [o.topic for o in result.outputs] == ["deadletter"]
+
+
+def test_after_a_reset_every_tenants_directory_is_rebuilt_from_one_pass_over_the_table(scan_counting_table):
+    table = scan_counting_table
+    tenants = ("acme", "beta", "gamma")
+    crm = CrmProcessor(CODEC, table)
+    entities = []
+    for n, tenant in enumerate(tenants):
+        for kind, entity_id, fields in (("contact", "c1", {"email": "bob@customer.test", "company_id": "co1"}),
+                                        ("record", f"CASE-{tenant}", {"company_id": "co1", "status": "open"})):
+            record = CODEC.decode("crm.entities", _entity(len(entities), kind, entity_id, **fields).value)
+            entities.append(RawItem(0, len(entities), tenant.encode(),
+                                    CODEC.encode("crm.entities", {**record, "tenant": tenant})))
+    crm.process(entities).apply_to(table)
+    crm.reset()
+    table.scans = 0
+    assert [crm.regarding_for(t, "bob@customer.test") for t in tenants] == [f"CASE-{t}" for t in tenants]
+    assert table.scans == 1  # not one pass per tenant

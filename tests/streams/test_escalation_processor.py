@@ -7,8 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.settings import Settings
-from pipeline.streams.escalation import EscalationProcessor, state_key
-from pipeline.runtime.batch import RawItem, offset_key
+from pipeline.runtime.state import offset_key, tenant_key
+from pipeline.streams.escalation import EscalationProcessor
+from pipeline.runtime.batch import RawItem
 
 CODEC = AvroCodec(EmbeddedRegistry())
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
@@ -36,8 +37,8 @@ def test_a_tick_writes_the_state_of_every_tenant_it_moved_in_that_tenants_partit
     states = {CODEC.decode("escalations", o.value)["tenant"] for o in tick.outputs if o.topic == "escalations"}
     assert states == {"acme", "beta"}
     assert set(tick.writes) == {0, 3}
-    assert state_key("acme", "conv-<m1@x>") in tick.writes[0]
-    assert state_key("beta", "conv-<m1@x>") in tick.writes[3]
+    assert tenant_key("acme", "conv-<m1@x>") in tick.writes[0]
+    assert tenant_key("beta", "conv-<m1@x>") in tick.writes[3]
 
     # The next batch holds only partition 0: it carries no write of another partition (the tick's
     # were its own), so applying it never needs an event of partition 3.
@@ -82,7 +83,7 @@ def test_an_inbound_mail_opens_a_clock_and_our_reply_resolves_it_and_clears_the_
     processor = EscalationProcessor(Settings(), CODEC, table, clock=lambda: T0)
     opened = processor.process([RawItem(0, 0, b"acme", mail("acme", "<q@x>", T0))])
     assert escalations(opened) == [("acme", "c1", "OPEN")]
-    assert json.loads(opened.writes[0][state_key("acme", "c1")])  # the running clock is state
+    assert json.loads(opened.writes[0][tenant_key("acme", "c1")])  # the running clock is state
     opened.apply_to(table)
 
     replied = processor.process([RawItem(0, 1, b"acme", mail("acme", "<a@x>", T0 + timedelta(hours=1),
@@ -159,3 +160,17 @@ def test_a_mail_about_a_record_belongs_to_the_records_owner():
                                RawItem(0, 1, b"acme", mail("acme", "<r@x>", T0, conversation="c2"))])
     owner_of = {r["conversation_id"]: r["owner"] for r in escalation_records(batch)}
     assert owner_of == {"c1": "owner@support.example", "c2": "agent@support.example"}
+
+
+def test_after_a_reset_every_tenants_clocks_are_rebuilt_from_one_pass_over_the_table(scan_counting_table):
+    table = scan_counting_table
+    tenants = ("acme", "beta", "gamma")
+    processor = EscalationProcessor(Settings(), CODEC, table, clock=lambda: T0)
+    processor.process([RawItem(0, n, t.encode(), mail(t, "<q@x>", T0)) for n, t in enumerate(tenants)]).apply_to(table)
+    processor.reset()
+    table.scans = 0
+    replies = processor.process([RawItem(0, 3 + n, t.encode(), mail(t, "<a@x>", T0 + timedelta(hours=1),
+                                                                    direction="out"))
+                                 for n, t in enumerate(tenants)])
+    assert escalations(replies) == [(t, "c1", "RESOLVED") for t in tenants]  # each clock came back
+    assert table.scans == 1  # not one pass per tenant

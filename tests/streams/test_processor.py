@@ -19,8 +19,9 @@ from pipeline.correlation.index import CLOCK_QUORUM
 from pipeline.correlation.methods.base import Method
 from pipeline.mail.sources import iter_mbox
 from pipeline.settings import Settings
-from pipeline.runtime.batch import Output, RawItem, offset_key
-from pipeline.streams.processor import AGENT, MailProcessor, entry_key
+from pipeline.runtime.batch import Output, RawItem
+from pipeline.runtime.state import offset_key, tenant_key
+from pipeline.streams.processor import AGENT, MailProcessor
 from pipeline.contracts.records import (
     DEADLETTER_EXCERPT_BYTES, MailRawCodec, SourcePosition, correlated_record, mail_raw_record,
 )
@@ -296,7 +297,7 @@ def test_hostile_records_are_dead_lettered_and_the_batch_goes_on():
     assert linked["source_offset"] == 45
     assert len(decoded(result.outputs, "mail.responses")) == 1
     result.apply_to(table)
-    assert set(table) == {offset_key(3), entry_key("default", "<p1@example.com>"), entry_key("default", "<r1@example.com>")}
+    assert set(table) == {offset_key(3), tenant_key("default", "<p1@example.com>"), tenant_key("default", "<r1@example.com>")}
     assert table[offset_key(3)] == b"45"
 
 
@@ -375,12 +376,12 @@ def test_window_evicts_old_entries_with_delete_writes():
     def deleted(result):
         return {key for writes in result.writes.values() for key, value in writes.items() if value is None}
 
-    day_one = {entry_key("default", f"<d1-{n}@x>") for n in range(CLOCK_QUORUM + 1)}
-    day_two = {entry_key("default", f"<d2-{n}@x>") for n in range(CLOCK_QUORUM + 1)}
+    day_one = {tenant_key("default", f"<d1-{n}@x>") for n in range(CLOCK_QUORUM + 1)}
+    day_two = {tenant_key("default", f"<d2-{n}@x>") for n in range(CLOCK_QUORUM + 1)}
     assert deleted(results[0]) == set()
-    assert deleted(results[1]) == {entry_key("default", "<d0a@x>")}  # 25 h old; d0b is 23 h old
-    assert deleted(results[2]) == {entry_key("default", "<d0b@x>")} | day_one
-    assert set(table) == {offset_key(0), entry_key("default", "<late@x>")} | day_two
+    assert deleted(results[1]) == {tenant_key("default", "<d0a@x>")}  # 25 h old; d0b is 23 h old
+    assert deleted(results[2]) == {tenant_key("default", "<d0b@x>")} | day_one
+    assert set(table) == {offset_key(0), tenant_key("default", "<late@x>")} | day_two
     late = decoded(results[2].outputs, "mail.correlated")[-1]
     assert (late["message_id"], late["parent_message_id"], late["method_name"]) == ("<late@x>", None, "None")
 
@@ -399,3 +400,20 @@ def test_entries_written_without_their_offset_marker_are_not_correlated_twice(sy
     # all (before the fix, each came out again as an untracked "duplicate" of itself).
     assert again.skipped_redeliveries == 100 and again.outputs == []
     assert again.writes[0][offset_key(0)] == b"99"
+
+
+def test_after_a_reset_every_tenants_index_is_rebuilt_from_one_pass_over_the_table(scan_counting_table):
+    table = scan_counting_table
+    tenants = ("acme", "beta", "gamma")
+    processor = MailProcessor(Settings(), CODEC, table)
+    processor.process([RawItem(0, n, t.encode(), raw_value(mail(f"<p@{t}>", "Order 17", when=T0), tenant=t))
+                       for n, t in enumerate(tenants)]).apply_to(table)
+    processor.reset()  # a rebalance: the indexes are gone, the table remains
+    table.scans = 0
+    result = processor.process([
+        RawItem(0, 3 + n, t.encode(), raw_value(mail(f"<r@{t}>", "Re: Order 17", when=T0 + timedelta(minutes=5),
+                                                     in_reply_to=f"<p@{t}>"), tenant=t))
+        for n, t in enumerate(tenants)])
+    linked = decoded(result.outputs, "mail.correlated")
+    assert [(r["tenant"], r["parent_message_id"]) for r in linked] == [(t, f"<p@{t}>") for t in tenants]
+    assert table.scans == 1  # not one pass per tenant
