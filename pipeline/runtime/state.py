@@ -1,23 +1,29 @@
-"""The agents' table state: tenant-scoped keys, and a tenant's entries read back after a reset.
+"""The agents' table state (docs/architecture.md, runtime): tenant-scoped keys, the one value
+encoding, and a tenant's entries read back after a reset.
 
-Keys: every entry of an agent's table belongs to one tenant and is keyed
-``tenant \\x1f part [\\x1f part ...]`` (:func:`tenant_key`); the per-partition offset markers
-(:func:`offset_key`, used by :class:`~pipeline.runtime.batch.OffsetMarkers`) belong to no tenant.
+Keys are ``tenant \\x1f part [\\x1f part ...]`` (:func:`tenant_key`); the offset markers
+(:func:`offset_key`) belong to no tenant.  Values are compact UTF-8 JSON, datetimes as ISO strings
+(UTF-8, not ``\\u`` escapes: ``threadline erase`` finds addresses in the changelogs as bytes).
+New code on the same ``worker.generation`` reads the tables the old code wrote, so a value's shape
+changes only in a way its step still reads, or with a new generation; a value that is not this
+encoding raises :class:`StateFormatError`, which stops the worker before anything is committed.
 
-Resume: a step keeps each tenant's state in memory (an index, a tracker, a directory) and builds
-it from the table on its first use of that tenant after a reset (a rebalance).
-:class:`TenantEntries` reads the whole table once for every tenant, grouped by tenant prefix, and
-hands each tenant's entries out once: N tenants cost one pass over the table, not N.
+After a reset a step rebuilds a tenant's state from the table on first use (its resume):
+:class:`TenantEntries` reads the table once for every tenant, not once per tenant.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, TypeVar
+import json
+from datetime import datetime
+from typing import Any, Mapping
 
 SEPARATOR = "\x1f"
 _OFFSET_MARKER = "\x00offset" + SEPARATOR
 
-T = TypeVar("T")
+
+class StateFormatError(ValueError):
+    """A table value this version cannot read: written by an older version, or damaged."""
 
 
 def tenant_key(tenant: str, *parts: str) -> str:
@@ -28,19 +34,31 @@ def offset_key(partition: int) -> str:
     return f"{_OFFSET_MARKER}{partition}"
 
 
-class TenantEntries:
-    """The stored entries of each tenant of a table, read in one pass at the first :meth:`take`
-    after construction or :meth:`reset`.
+def encode_state(value: Any) -> bytes:
+    # default: datetimes as ISO strings; anything else not JSON raises TypeError
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=datetime.isoformat).encode()
 
-    A tenant's entries are handed out once, then dropped here: the step keeps the state it built
-    from them, and writes made after the pass belong to tenants it has taken already (a step
-    writes only the state it holds)."""
+
+def decode_state(key: str, value: bytes) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not text
+        raise StateFormatError(
+            f"table entry {key!r} is not in the state encoding of this version ({type(exc).__name__}: {exc}): "
+            "the table was written by an older version or is damaged; a new worker.generation rebuilds "
+            "every table from the topics (docs/architecture.md, runtime)") from exc
+
+
+class TenantEntries:
+    """Each tenant's stored entries, read in one pass at the first :meth:`take` after a reset and
+    handed out once: the step keeps the state it builds from them, and the writes made after the
+    pass belong to tenants it has taken (a step writes only state it holds)."""
 
     def __init__(self, table: Mapping[str, bytes]) -> None:
         self.table = table
-        self._unread: dict[str, list[bytes]] | None = None
+        self._unread: dict[str, list[tuple[str, bytes]]] | None = None
 
-    def take(self, tenant: str, decode: Callable[[bytes], T]) -> list[T]:
+    def take(self, tenant: str) -> list[Any]:
         """The tenant's stored values, decoded; they stay here until every one of them decodes,
         so a failing value fails every attempt alike instead of leaving the tenant empty."""
         if self._unread is None:
@@ -48,8 +66,8 @@ class TenantEntries:
             for key, value in list(self.table.items()):
                 tenant_of, separator, _ = key.partition(SEPARATOR)
                 if separator and value is not None and not key.startswith(_OFFSET_MARKER):
-                    self._unread.setdefault(tenant_of, []).append(value)
-        decoded = [decode(value) for value in self._unread.get(tenant, ())]
+                    self._unread.setdefault(tenant_of, []).append((key, value))
+        decoded = [decode_state(key, value) for key, value in self._unread.get(tenant, ())]
         self._unread.pop(tenant, None)
         return decoded
 

@@ -1,22 +1,23 @@
 """The CRM agent's batch step (Faust-free): ``crm.entities`` into per-tenant directories.
 
-Each entity is kept in the worker's table (key ``tenant \\x1f type \\x1f id``, value: the Avro
-record as received) and applied to the tenant's :class:`~pipeline.crm.CrmDirectory`, which the
-correlator asks for the open record of an unmatched inbound mail's sender.  Entities and mail
+Each entity is kept in the worker's table (key ``tenant \\x1f type \\x1f id``, value: its
+record in the state encoding of :mod:`pipeline.runtime.state`) and applied to the tenant's
+:class:`~pipeline.crm.CrmDirectory`, which the correlator asks for the open record of an
+unmatched inbound mail's sender.  Entities and mail
 arrive on different topics, so a mail sees the CRM as this worker knew it when the mail was
 correlated; a replay can see a later CRM state (documented in docs/escalation.md).
 """
 
 from __future__ import annotations
 
-from functools import partial
+from datetime import datetime
 from typing import MutableMapping
 
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.topics import CRM_ENTITIES
 from pipeline.crm import CrmDirectory
 from pipeline.runtime.batch import BatchResult, OffsetMarkers, RawItem, decoded_records
-from pipeline.runtime.state import TenantEntries, tenant_key
+from pipeline.runtime.state import TenantEntries, encode_state, tenant_key
 
 AGENT = "crm"
 
@@ -38,8 +39,8 @@ class CrmProcessor:
         directory = self._directories.get(tenant)
         if directory is None:
             directory = CrmDirectory()
-            for record in self.stored.take(tenant, partial(self.codec.decode, CRM_ENTITIES)):
-                directory.apply(record)
+            for record in self.stored.take(tenant):
+                directory.apply({**record, "updated_at": datetime.fromisoformat(record["updated_at"])})
             self._directories[tenant] = directory
         return directory
 
@@ -55,7 +56,7 @@ class CrmProcessor:
         for item, record in decoded_records(items, self.markers, self.codec, CRM_ENTITIES, source_topic, AGENT, result):
             if self.directory(record["tenant"]).apply(record):
                 key = tenant_key(record["tenant"], record["entity_type"], record["entity_id"])
-                result.writes.setdefault(item.partition, {})[key] = None if record["deleted"] else item.value
+                result.writes.setdefault(item.partition, {})[key] = None if record["deleted"] else encode_state(record)
                 result.count(f"crm:{record['entity_type']}")
         self.markers.add_writes(items, result)
         return result

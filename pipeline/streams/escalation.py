@@ -16,7 +16,6 @@ ids, which consumers treat as duplicates).
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Callable, MutableMapping
 
@@ -27,7 +26,7 @@ from pipeline.escalation.policy import default_owner
 from pipeline.escalation.tracker import EscalationTracker
 from pipeline.settings import Settings
 from pipeline.runtime.batch import BatchResult, OffsetMarkers, Output, RawItem, decoded_records
-from pipeline.runtime.state import TenantEntries, tenant_key
+from pipeline.runtime.state import TenantEntries, encode_state, tenant_key
 
 AGENT = "escalation"
 
@@ -62,7 +61,7 @@ class EscalationProcessor:
         tracker = self._trackers.get(tenant)
         if tracker is None:
             tracker = EscalationTracker(self.settings, self.clock)
-            for data in self.stored.take(tenant, json.loads):
+            for data in self.stored.take(tenant):
                 tracker.restore(ConversationState.from_dict(data))
             self._trackers[tenant] = tracker
             self._partition_of[tenant] = partition
@@ -117,5 +116,5 @@ class EscalationProcessor:
             for conversation_id in conversations:
                 state = tracker.state_of(tenant, conversation_id)
                 writes[tenant_key(tenant, conversation_id)] = (
-                    None if state is None else json.dumps(state.to_dict(), separators=(",", ":")).encode())
+                    None if state is None else encode_state(state.to_dict()))
         self._dirty.clear()

@@ -14,7 +14,6 @@ by the entry's own source offset.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import traceback
 from typing import Callable, Iterator, MutableMapping
@@ -32,7 +31,7 @@ from pipeline.mail.bounce import parse_bounce
 from pipeline.mail.parse import parse_mail
 from pipeline.mail.record import MailRecord
 from pipeline.runtime.batch import BatchResult, OffsetMarkers, Output, RawItem, add_dead_letter
-from pipeline.runtime.state import TenantEntries, tenant_key
+from pipeline.runtime.state import StateFormatError, TenantEntries, encode_state, tenant_key
 from pipeline.settings import Settings
 from pipeline.tracking.tokens import Keyring, TokenError, verify_token
 
@@ -56,16 +55,15 @@ class TableIndexStore:
 
     def put(self, entry: IndexedMail) -> None:
         self.source_offsets[entry.message_id] = self.current_offset
-        self.pending[tenant_key(self.tenant, entry.message_id)] = json.dumps(
-            {"offset": self.current_offset, "entry": entry.to_dict()}, separators=(",", ":"),
-            ensure_ascii=False).encode()
+        self.pending[tenant_key(self.tenant, entry.message_id)] = encode_state(
+            {"offset": self.current_offset, "entry": entry.to_dict()})
 
     def delete(self, message_id: str) -> None:
         self.source_offsets.pop(message_id, None)
         self.pending[tenant_key(self.tenant, message_id)] = None
 
     def entries(self) -> Iterator[IndexedMail]:
-        for data in self.stored.take(self.tenant, json.loads):
+        for data in self.stored.take(self.tenant):
             entry = IndexedMail.from_dict(data["entry"])
             self.source_offsets[entry.message_id] = data["offset"]
             yield entry
@@ -164,9 +162,10 @@ class MailProcessor:
                 self._process_one(item, position, result)
             except RejectedInput as exc:
                 add_dead_letter(self.codec, item, position, exc.reason, str(exc), AGENT, result)
-            except OSError:
-                # The blob store is unreachable (an unmounted network folder): not the mail's fault.
-                # Stop the batch before anything is acknowledged; it is read again after a restart.
+            except (OSError, StateFormatError):
+                # The blob store is unreachable (an unmounted network folder), or a table holds
+                # state this version cannot read: not the mail's fault. Stop the batch before
+                # anything is acknowledged; it is read again after a restart.
                 raise
             except Exception as exc:  # a bug must not stop the partition: park the record, go on
                 detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()

@@ -9,10 +9,10 @@ mail, recipient) and the per-partition offset marker.
 
 from __future__ import annotations
 
-import json
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Callable, MutableMapping
 
@@ -21,25 +21,13 @@ from pipeline.contracts.records import SourcePosition, hit_event_record, open_al
 from pipeline.contracts.topics import ALERTS, TRACKING_EVENTS, TRACKING_RAW
 from pipeline.settings import Settings
 from pipeline.runtime.batch import BatchResult, OffsetMarkers, Output, RawItem, add_dead_letter, decoded_records
-from pipeline.runtime.state import tenant_key
+from pipeline.runtime.state import decode_state, encode_state, tenant_key
 from pipeline.tracking.classify import Hit, MailFacts, PreviousHit, classify_hit
 from pipeline.tracking.tokens import TokenError, verify_with_settings
 
 AGENT = "tracking"
 # Hits remembered per mail and recipient: enough for forwarding and scanner bursts, bounded.
 MAX_REMEMBERED_HITS = 50
-
-
-def _encode_hits(hits: list[PreviousHit]) -> bytes:
-    return json.dumps([{"kind": h.kind, "time": h.time.isoformat(), "is_machine": h.is_machine,
-                        "user_agent_family": h.user_agent_family, "network": h.network, "link_url": h.link_url}
-                       for h in hits], separators=(",", ":")).encode()
-
-
-def _decode_hits(value: bytes) -> list[PreviousHit]:
-    return [PreviousHit(kind=h["kind"], time=datetime.fromisoformat(h["time"]), is_machine=h["is_machine"],
-                        user_agent_family=h["user_agent_family"], network=h["network"], link_url=h["link_url"])
-            for h in json.loads(value)]
 
 
 class CachedReverseDns:
@@ -99,7 +87,9 @@ class TrackingProcessor:
             slot = (item.partition, key)
             if slot not in remembered:
                 stored = self.table.get(key)
-                remembered[slot] = _decode_hits(stored) if stored is not None else []
+                remembered[slot] = [] if stored is None else [
+                    PreviousHit(**{**hit, "time": datetime.fromisoformat(hit["time"])})
+                    for hit in decode_state(key, stored)]
             previous = remembered[slot]
             ptr = self.reverse_dns(record["ip"]) if self.reverse_dns is not None and record["ip"] else None
             hit = Hit(kind=payload.kind, time=record["received_at"], method=record["method"], ip=record["ip"],
@@ -115,7 +105,7 @@ class TrackingProcessor:
             if payload.kind == "open" and not verdict.is_machine and verdict.nth_open == 1:
                 self._open_alert(event, result)
         for (partition, key), hits in remembered.items():
-            result.writes.setdefault(partition, {})[key] = _encode_hits(hits)
+            result.writes.setdefault(partition, {})[key] = encode_state([asdict(hit) for hit in hits])
         self.markers.add_writes(items, result)
         return result
 

@@ -2,11 +2,14 @@
 
 from datetime import datetime, timezone
 
+import pytest
+
 from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.contracts.records import mail_raw_record
 from pipeline.settings import Settings
 from pipeline.streams.crm import CrmProcessor
 from pipeline.runtime.batch import RawItem
+from pipeline.runtime.state import StateFormatError
 from pipeline.streams.processor import MailProcessor
 
 CODEC = AvroCodec(EmbeddedRegistry())
@@ -75,3 +78,15 @@ def test_after_a_reset_every_tenants_directory_is_rebuilt_from_one_pass_over_the
     table.scans = 0
     assert [crm.regarding_for(t, "bob@customer.test") for t in tenants] == [f"CASE-{t}" for t in tenants]
     assert table.scans == 1  # not one pass per tenant
+
+
+def test_a_table_of_avro_entities_from_before_the_state_encoding_stops_the_steps_instead_of_losing_the_crm():
+    # Before the one state encoding the CRM table held the Avro records as received.
+    table = {"acme\x1fcontact\x1fc1": _entity(0, "contact", "c1", email="bob@customer.test").value}
+    crm = CrmProcessor(CODEC, table)
+    with pytest.raises(StateFormatError, match="acme\\\\x1fcontact\\\\x1fc1"):
+        crm.process([_entity(1, "contact", "c2")])
+    # The correlator asks the directory too: a mail is not dead-lettered for it, the batch fails.
+    mails = MailProcessor(Settings(), CODEC, {}, regarding_for=crm.regarding_for)
+    with pytest.raises(StateFormatError):
+        mails.process([_mail(0, "<m1@customer.test>", "bob@customer.test")])

@@ -95,3 +95,14 @@ def test_each_kind_expires_after_its_own_maximum_age_counted_from_when_the_hit_a
     assert [(e["kind"], e["event_time"]) for e in _decoded(result, "tracking.events")] == [
         ("open", SENT + timedelta(days=179)), ("click", SENT + timedelta(days=181))]
     assert [d["reason"] for d in _decoded(result, "deadletter")] == ["token_expired", "token_expired"]
+
+
+def test_hits_remembered_by_the_previous_version_still_count():
+    settings = _settings()
+    # As the step wrote its table before the one state encoding (its own json.dumps, \u escapes).
+    key = "acme\x1f<m1@acme.test>\x1fbob@customer.test"
+    table = {key: b'[{"kind":"open","time":"2026-03-02T10:30:00+00:00","is_machine":false,'
+                  b'"user_agent_family":"Outl\\u00f6ok","network":"81.2.3.0/24","link_url":null}]'}
+    result = TrackingProcessor(settings, CODEC, table).process([_hit(settings, 0, 300)])
+    assert [e["nth_open"] for e in _decoded(result, "tracking.events")] == [2]
+    assert b'"user_agent_family":"Outl\xc3\xb6ok"' in result.writes[0][key]  # rewritten in the one encoding
