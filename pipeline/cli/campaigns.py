@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.cli.common import (CommandFactory, UserError, add_tenant, avro_codec, broker_bootstrap,
@@ -58,8 +59,6 @@ def _produce_one(settings: Settings, topic: str, tenant: str, record: dict) -> N
 
 
 def cmd_campaign_create(args: argparse.Namespace) -> int:
-    from datetime import datetime, timezone
-
     from pipeline.correlation.model import stable_event_id
 
     if args.cost < 0:
@@ -75,8 +74,6 @@ def cmd_campaign_create(args: argparse.Namespace) -> int:
 
 
 def cmd_campaign_list(args: argparse.Namespace) -> int:
-    from datetime import datetime, timezone
-
     from pipeline.analytics.dashboards import CAMPAIGN_ROI
     from pipeline.analytics.panels import panel_query
 
@@ -106,19 +103,12 @@ class _MailRawProducer:
         self.tenant, self.campaign_id = tenant, campaign_id
 
     def __call__(self, mail) -> None:
-        from datetime import datetime, timezone
-
         from pipeline.contracts.records import mail_raw_record
 
         record = mail_raw_record(tenant=self.tenant, mailbox=f"campaign:{self.campaign_id}", direction="out",
                                  source=f"campaign:{self.campaign_id}#{mail.row}", raw=mail.data,
                                  received_at=datetime.now(timezone.utc))
         self.records.produce_mail(self.mail_raw, record, agent="campaign")
-
-    def undelivered(self) -> int:
-        """Records not acknowledged after 60 s (0 when all arrived)."""
-        report = self.records.finish(60)
-        return report.produced - report.delivered
 
 
 def cmd_campaign_send(args: argparse.Namespace) -> int:
@@ -143,10 +133,10 @@ def cmd_campaign_send(args: argparse.Namespace) -> int:
         print(f"threadline: {exc}", file=sys.stderr)
     finally:
         if producer is not None:
-            undelivered = producer.undelivered()
-            if undelivered or producer.records.report.errors:
+            sent = producer.records.finish(60)
+            if sent.produced != sent.delivered or sent.errors:
                 code = 1
-                print(f"threadline: {undelivered} mails not delivered to mail.raw {producer.records.report.errors[:3]}",
+                print(f"threadline: {sent.produced - sent.delivered} mails not delivered to mail.raw {sent.errors[:3]}",
                       file=sys.stderr)
     print(report.format(), file=sys.stderr)
     for row, address, reason in report.skipped[:20]:
@@ -195,7 +185,6 @@ def add_campaign(command: CommandFactory) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     import uuid
-    from datetime import datetime, timezone
 
     if args.revenue < 0:
         raise UserError("--revenue cannot be negative")
