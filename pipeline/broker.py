@@ -19,9 +19,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from pipeline.contracts.topics import TOPIC_NAMES
+from pipeline.contracts.topics import BY_NAME, TOPIC_NAMES
 from pipeline.runtime.kafka import new_admin, topic_name
 from pipeline.settings import KafkaSettings, Settings
 
@@ -105,18 +105,16 @@ class EmbeddedBroker:
         self.stop()
 
 
-def create_topics(kafka: KafkaSettings, bootstrap: str, topics: Iterator[str] | tuple[str, ...] = TOPIC_NAMES,
-                  partitions: int | None = None, timeout_s: float = 30.0) -> list[str]:
+def create_topics(kafka: KafkaSettings, bootstrap: str, topics: Iterable[str] = TOPIC_NAMES,
+                  timeout_s: float = 30.0) -> list[str]:
     """Create the topics that do not exist yet, with their final partition count (Tansu cannot
     add partitions later). Returns the names created."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import NewTopic
 
     admin = new_admin(kafka, bootstrap)
     names = [topic_name(kafka, t) for t in topics]
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    wanted = [NewTopic(n, num_partitions=partitions or kafka.partitions, replication_factor=kafka.replication_factor)
-              for n in names if n not in existing]
+    wanted = [new_topic(kafka, n, kafka.partitions) for n in names if n not in existing]
     created = []
     if wanted:
         for name, future in admin.create_topics(wanted, operation_timeout=timeout_s).items():
@@ -127,6 +125,16 @@ def create_topics(kafka: KafkaSettings, bootstrap: str, topics: Iterator[str] | 
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise BrokerError(f"cannot create topic {name}: {exc}") from exc
     return created
+
+
+def new_topic(kafka: KafkaSettings, name: str, partitions: int):
+    """The topic ``name`` (its name on the cluster) to create, with its registry entry's retention;
+    a topic outside the registry (a Faust changelog) gets the cluster's defaults."""
+    from confluent_kafka.admin import NewTopic
+
+    entry = BY_NAME.get(name.removeprefix(kafka.topic_prefix))
+    config = {"retention.ms": str(entry.retention_ms)} if entry and entry.retention_ms is not None else {}
+    return NewTopic(name, num_partitions=partitions, replication_factor=kafka.replication_factor, config=config)
 
 
 def topic_partitions(kafka: KafkaSettings, bootstrap: str, timeout_s: float = 10.0) -> dict[str, int]:

@@ -99,9 +99,8 @@ def check_schemas() -> list[Check]:
 
 def check_broker(settings: Settings) -> list[Check]:
     from pipeline.broker import BrokerError, tansu_binary, topic_partitions
-    from pipeline.runtime.kafka import topic_name
-
     from pipeline.contracts.topics import TOPIC_NAMES
+    from pipeline.runtime.kafka import topic_name
 
     if not settings.kafka.bootstrap:
         try:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pipeline.blobs import BlobError
+from pipeline.broker import new_topic
 from pipeline.runtime.kafka import new_admin, new_producer, produce_when_room
 from pipeline.contracts.avro import AvroCodec, AvroDecodeError, registry_from_settings
 from pipeline.contracts.records import MailRawCodec
@@ -45,11 +46,8 @@ class EraseReport:
 
 
 def _where(columns: tuple[str, ...]) -> str:
-    parts = []
-    for column in columns:
-        parts.append(f"has(arrayMap(x -> lower(x), `{column}`), {{address:String}})" if column in ("to", "cc", "bcc")
-                     else f"lower(ifNull(`{column}`, '')) = {{address:String}}")
-    return " OR ".join(parts)
+    return " OR ".join(f"has(arrayMap(x -> lower(x), `{column}`), {{address:String}})" if column in ("to", "cc", "bcc")
+                       else f"lower(ifNull(`{column}`, '')) = {{address:String}}" for column in columns)
 
 
 def erase_from_clickhouse(store, address: str) -> dict[str, int]:
@@ -85,7 +83,6 @@ def _read_all(settings: Settings, bootstrap: str, topic: str, partitions: int) -
 def erase_from_topics(settings: Settings, bootstrap: str, address: str,
                       progress: Callable[[str], None] = lambda _m: None) -> EraseReport:
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import NewTopic
 
     needle = address.lower().encode()
     admin = new_admin(settings.kafka, bootstrap)
@@ -110,8 +107,7 @@ def erase_from_topics(settings: Settings, bootstrap: str, address: str,
             future.result(30)
         for attempt in range(50):  # the deletion takes a moment to settle
             try:
-                for future in admin.create_topics([NewTopic(topic, num_partitions=partitions,
-                                                            replication_factor=settings.kafka.replication_factor)]).values():
+                for future in admin.create_topics([new_topic(settings.kafka, topic, partitions)]).values():
                     future.result(30)
                 break
             except KafkaException as exc:

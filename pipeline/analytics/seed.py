@@ -14,13 +14,12 @@ import random
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator
 
-from pipeline.contracts.topics import (CAMPAIGNS, CONVERSIONS, DEADLETTER, ESCALATIONS, MAIL_CORRELATED, MAIL_RAW,
-                                       MAIL_RESPONSES, MAIL_UNTRACKED, TRACKING_EVENTS)
+from pipeline.contracts.topics import (BY_NAME, CAMPAIGNS, CONVERSIONS, DEADLETTER, ESCALATIONS, MAIL_CORRELATED,
+                                       MAIL_RAW, MAIL_RESPONSES, MAIL_UNTRACKED, TRACKING_EVENTS)
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.model import stable_event_id
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseStore, rows_for
-from pipeline.sinks.tables import table_name
 from pipeline.contracts.records import (
     SourcePosition, correlated_record, deadletter_record, response_record, untracked_record,
 )
@@ -138,8 +137,9 @@ def load_records(store: ClickHouseStore, records: Iterator[tuple[str, dict]], *,
         items = pending.pop(topic, [])
         if items:
             columns, rows = rows_for(topic, items, now)
-            store.insert(table_name(topic), rows, columns)
-            counts[table_name(topic)] = counts.get(table_name(topic), 0) + len(rows)
+            table = BY_NAME[topic].table
+            store.insert(table, rows, columns)
+            counts[table] = counts.get(table, 0) + len(rows)
             if on_rows is not None:
                 on_rows(len(rows))
 

@@ -1,9 +1,10 @@
 """The one registry of topics: every topic is one :class:`Topic` entry in :data:`TOPICS`.
 
-Broker topic creation, the doctor, the ClickHouse sink and ``threadline erase`` read this list;
-each topic's Avro schema is ``schemas/<name>.avsc`` in this package.  Every topic is keyed by
-tenant and created with ``kafka.partitions`` partitions.  How to add a topic: the "contracts"
-section of docs/architecture.md.
+An entry names the topic, its ClickHouse table, the fields holding e-mail addresses, its key and
+its retention; its Avro schema is ``schemas/<name>.avsc`` in this package.  Broker topic
+creation, the doctor, the ClickHouse sink and ``threadline erase`` read this list; every topic is
+created with ``kafka.partitions`` partitions.  How to add a topic: the "contracts" section of
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-# The names, imported by every module that reads or writes a topic: a misspelt name is an import
-# error, not a silently wrong topic.
+# Code that reads or writes a topic imports its name: a misspelt name is an import error.
 MAIL_RAW = "mail.raw"
 MAIL_CORRELATED = "mail.correlated"
 MAIL_UNTRACKED = "mail.untracked"
@@ -30,34 +30,42 @@ DEADLETTER = "deadletter"
 @dataclass(frozen=True, slots=True)
 class Topic:
     name: str
-    # Kept in ClickHouse, in the table ``pipeline.sinks.tables.table_name(name)``.
-    sink: bool
-    # ClickHouse tables -> columns holding e-mail addresses, deleted by ``threadline erase``
-    # (arrays are matched element-wise).
-    address_columns: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # The ClickHouse table the sink keeps it in (created by pipeline/sinks/migrations/); None: not kept.
+    table: str | None = None
+    # Fields holding e-mail addresses (arrays element-wise): ``threadline erase`` deletes the rows where
+    # one is the address, in ``table`` and, when ``current``, in its latest-generation copy ``<table>_current``.
+    address_fields: tuple[str, ...] = ()
+    current: bool = False
+    # The field whose value is the record's key, by tenant so that a tenant's records share a
+    # partition (DESIGN.md §2); None: not in the record (tracking.raw: the tenant the token names).
+    key: str | None = "tenant"
+    # retention.ms it is created with; None: the cluster's default.  The inputs are kept forever:
+    # every other topic and table is recomputed from them (docs/operations.md).
+    retention_ms: int | None = None
 
 
-def _with_current(table: str, *columns: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    return ((table, columns), (f"{table}_current", columns))
+FOREVER = -1  # retention.ms: never deleted
 
-
-# mail.raw stays out of ClickHouse (it is the source of truth and holds whole messages);
-# tracking.raw is unverified input.
 TOPICS = (
-    Topic(MAIL_RAW, sink=False),
-    Topic(MAIL_CORRELATED, sink=True, address_columns=_with_current("mail_correlated", "from_addr", "to", "cc", "bcc")),
-    Topic(MAIL_UNTRACKED, sink=True, address_columns=_with_current("mail_untracked", "from_addr", "to")),
-    Topic(MAIL_RESPONSES, sink=True, address_columns=_with_current("mail_responses", "responder")),
-    Topic(TRACKING_RAW, sink=False),
-    Topic(TRACKING_EVENTS, sink=True, address_columns=(("tracking_events", ("recipient",)),)),
-    Topic(ESCALATIONS, sink=True, address_columns=(("escalations", ("owner",)),)),
-    Topic(ALERTS, sink=True, address_columns=(("alerts", ("user", "record_owner")),)),
-    Topic(CRM_ENTITIES, sink=True, address_columns=(("crm_entities", ("email",)),)),
-    Topic(CAMPAIGNS, sink=True),
-    Topic(CONVERSIONS, sink=True, address_columns=(("conversions", ("recipient",)),)),
-    Topic(DEADLETTER, sink=True),
+    # mail.raw stays out of ClickHouse: it is the source of truth and holds whole messages.
+    Topic(MAIL_RAW, retention_ms=FOREVER),
+    Topic(MAIL_CORRELATED, table="mail_correlated", address_fields=("from_addr", "to", "cc", "bcc"), current=True),
+    Topic(MAIL_UNTRACKED, table="mail_untracked", address_fields=("from_addr", "to"), current=True),
+    Topic(MAIL_RESPONSES, table="mail_responses", address_fields=("responder",), current=True),
+    # Unverified input: only the tracking agent's classified events are kept.
+    Topic(TRACKING_RAW, key=None, retention_ms=FOREVER),
+    Topic(TRACKING_EVENTS, table="tracking_events", address_fields=("recipient",)),
+    Topic(ESCALATIONS, table="escalations", address_fields=("owner",)),
+    Topic(ALERTS, table="alerts", address_fields=("user", "record_owner")),
+    Topic(CRM_ENTITIES, table="crm_entities", address_fields=("email",), retention_ms=FOREVER),
+    Topic(CAMPAIGNS, table="campaigns", retention_ms=FOREVER),
+    Topic(CONVERSIONS, table="conversions", address_fields=("recipient",), retention_ms=FOREVER),
+    Topic(DEADLETTER, table="deadletter", key="key"),
 )
 
-TOPIC_NAMES = tuple(topic.name for topic in TOPICS)
-SINK_TOPICS = tuple(topic.name for topic in TOPICS if topic.sink)
-ADDRESS_COLUMNS = {table: columns for topic in TOPICS for table, columns in topic.address_columns}
+BY_NAME = {topic.name: topic for topic in TOPICS}
+TOPIC_NAMES = tuple(BY_NAME)
+SINK_TOPICS = tuple(topic.name for topic in TOPICS if topic.table)
+# ClickHouse table -> its address columns, for ``threadline erase``.
+ADDRESS_COLUMNS = {table: topic.address_fields for topic in TOPICS if topic.address_fields
+                   for table in ((topic.table, f"{topic.table}_current") if topic.current else (topic.table,))}

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline.contracts.avro import AvroCodec
-from pipeline.contracts.topics import SINK_TOPICS
+from pipeline.contracts.topics import BY_NAME, SINK_TOPICS
 from pipeline.redact import redact_url
 from pipeline.runtime.consumer_loop import Batch, ConsumerLoop, RetryPolicy
 from pipeline.settings import KafkaSettings, Settings
-from pipeline.sinks.tables import META_COLUMNS, expected_columns, table_name
+from pipeline.sinks.tables import META_COLUMNS, expected_columns
 
 log = logging.getLogger("threadline.sink")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[\w]+\.sql$")
@@ -130,7 +130,7 @@ class ClickHouseSink(ConsumerLoop):
         now = datetime.now(timezone.utc)
         for topic, records in batch.items():
             columns, rows = rows_for(topic, records, now)
-            table = table_name(topic)
+            table = BY_NAME[topic].table
             self.retry(f"insert of {len(rows)} rows into {table}", lambda: self.store.insert(table, rows, columns))
             self.inserted[table] += len(rows)
 

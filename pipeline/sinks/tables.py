@@ -1,4 +1,4 @@
-"""Which topic lands in which ClickHouse table, and the column types its Avro schema implies.
+"""The ClickHouse column types a topic's Avro schema implies (its table: the topic registry).
 
 The migrations in ``migrations/`` are frozen SQL; ``tests/sinks/test_ddl.py`` creates them in chDB
 and checks every table's columns against :func:`expected_columns` of the current schemas, so a
@@ -17,10 +17,6 @@ META_COLUMNS = {
     "_topic_offset": "Int64",
     "_inserted_at": "DateTime64(3, 'UTC')",
 }
-
-
-def table_name(topic: str) -> str:
-    return topic.replace(".", "_")
 
 
 def _column_type(avro_type) -> str:

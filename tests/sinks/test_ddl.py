@@ -6,9 +6,9 @@ import shutil
 import pytest
 
 from pipeline.contracts.avro import SCHEMA_DIR
-from pipeline.contracts.topics import SINK_TOPICS
+from pipeline.contracts.topics import BY_NAME, SINK_TOPICS
 from pipeline.sinks.clickhouse import migrations
-from pipeline.sinks.tables import expected_columns, table_name
+from pipeline.sinks.tables import expected_columns
 
 
 def column_mismatches(store, schema_dir=SCHEMA_DIR) -> dict[str, tuple[list, list]]:
@@ -16,12 +16,13 @@ def column_mismatches(store, schema_dir=SCHEMA_DIR) -> dict[str, tuple[list, lis
     table -> (columns in the store, columns the schema implies)."""
     found = {}
     for topic in SINK_TOPICS:
+        table = BY_NAME[topic].table
         rows = store.query("SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {t:String} "
-                           "ORDER BY position", parameters={"db": store.database, "t": table_name(topic)}).result_rows
+                           "ORDER BY position", parameters={"db": store.database, "t": table}).result_rows
         actual = [tuple(row) for row in rows]
         implied = list(expected_columns(topic, schema_dir).items())
         if actual != implied:
-            found[table_name(topic)] = (actual, implied)
+            found[table] = (actual, implied)
     return found
 
 
