@@ -27,7 +27,7 @@ from pipeline.contracts.topics import (DEADLETTER, ESCALATIONS, MAIL_CORRELATED,
 from pipeline.correlation.explain import describe
 from pipeline.mail.sources import iter_mail_sources
 from pipeline.settings import Settings
-from pipeline.sinks.clickhouse import ClickHouseSink, ClickHouseStore, sink_group, sink_until
+from pipeline.sinks.clickhouse import ClickHouseSink, ClickHouseStore, sink_until
 from pipeline.streams.ingest import ingest
 from pipeline.streams.reader import read_topic
 from pipeline.streams.runner import WorkerProcess, count_records, wait_for_outputs
@@ -188,7 +188,7 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
 
         store = ClickHouseStore(settings)
         store.migrate()
-        sink = ClickHouseSink(settings.kafka, bootstrap, store, codec, group_id=sink_group(settings.worker.app_id))
+        sink = ClickHouseSink(settings.kafka, bootstrap, store, codec, app_id=settings.worker.app_id)
         stack.callback(sink.close)
         records = sum(count_records(settings.kafka, bootstrap, topic) for topic in SINK_TOPICS)
         sink_until(sink, lambda: sum(sink.inserted.values()) >= records, timeout_s=max(120.0, records / 500))

@@ -112,7 +112,8 @@ def cmd_notify(args: argparse.Namespace) -> int:
     _log_to_stderr()
     if not settings.notifications.smtp_host and not settings.notifications.webhook_urls:
         raise UserError("nothing to deliver to: set notifications.smtp_host and/or notifications.webhook_urls")
-    notifier = Notifier(settings, bootstrap, avro_codec(settings))
+    notifier = Notifier(settings.notifications, settings.kafka, bootstrap, avro_codec(settings),
+                        app_id=settings.worker.app_id)
     print("delivering alerts; Ctrl-C stops", file=sys.stderr)
     try:
         while True:

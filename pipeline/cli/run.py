@@ -187,16 +187,17 @@ def add_replay(command: CommandFactory) -> None:
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    from pipeline.sinks.clickhouse import ClickHouseSink, sink_group
+    from pipeline.sinks.clickhouse import ClickHouseSink
 
     settings = settings_from(args)
     bootstrap = broker_bootstrap(settings)
     store = open_store(settings)
-    sink = ClickHouseSink(settings.kafka, bootstrap, store, avro_codec(settings),
-                          group_id=sink_group(settings.worker.app_id))
+    sink = ClickHouseSink(settings.kafka, bootstrap, store, avro_codec(settings), app_id=settings.worker.app_id)
     print(f"sinking output topics into {store.location}; Ctrl-C stops", file=sys.stderr)
     try:
-        sink.run(on_batch=lambda n: print(f"{n} records inserted; totals {dict(sink.inserted)}", file=sys.stderr))
+        while True:
+            if count := sink.poll_once():
+                print(f"{count} records inserted; totals {dict(sink.inserted)}", file=sys.stderr)
     except KeyboardInterrupt:
         pass
     finally:

@@ -1,19 +1,16 @@
 """The one consume -> handle -> commit loop of the plain consumer groups (the ClickHouse sink, the
 alert notifier; the stream agents' loop is Faust's): at least once, nothing skipped or dropped.
 
-A consumer is a subclass with a :meth:`ConsumerLoop.handle`.  An undecodable record becomes a
-dead letter with its reason and the batch goes on without it.  A batch is committed,
-synchronously, only after ``handle`` returned and its dead letters are flushed; ``handle`` retries
-each step (:meth:`ConsumerLoop.retry`) and is idempotent, since an error or a crash before the
-commit hands the whole batch to the group again.
+An undecodable record becomes a dead letter and the batch goes on without it.  A batch is
+committed, synchronously, only after ``handle`` returned and its dead letters are flushed; an
+error or a crash before that hands the whole batch to the group again, so ``handle`` is idempotent.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 from pipeline.contracts.avro import AvroCodec, AvroDecodeError
 from pipeline.contracts.records import SourcePosition, deadletter_record
@@ -25,27 +22,24 @@ from pipeline.settings import KafkaSettings
 Batch = dict[str, list[tuple[int, int, dict]]]
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Attempts per step of a batch; the first retry waits ``backoff_s``, each further one twice as long."""
+class ConsumerLoop:
+    """A consumer in the group ``<app_id>-<agent>`` -> :meth:`handle` -> commit, with a dead-letter
+    producer.  A subclass sets the class attributes below and implements :meth:`handle`."""
 
-    max_attempts: int
+    topics: tuple[str, ...]  # logical names, without the installation's prefix
+    agent: str  # names its group and its dead letters
+    error: type[Exception]  # raised when a batch cannot be made durable
+    log: logging.Logger
+    max_records: int  # per batch
+    max_attempts: int  # per step of :meth:`retry`; the first retry waits backoff_s, each further one twice as long
     backoff_s: float
 
-
-class ConsumerLoop:
-    """A consumer in ``group_id`` over ``topics`` -> :meth:`handle` -> commit, with a dead-letter
-    producer; ``error`` is what a batch that cannot be made durable raises."""
-
-    def __init__(self, kafka: KafkaSettings, bootstrap: str, group_id: str, topics: Iterable[str], codec: AvroCodec,
-                 *, agent: str, error: type[Exception], policy: RetryPolicy, log: logging.Logger,
-                 max_records: int) -> None:
-        self.consumer = new_group_consumer(kafka, bootstrap, group_id)
+    def __init__(self, kafka: KafkaSettings, bootstrap: str, app_id: str, codec: AvroCodec) -> None:
+        self.consumer = new_group_consumer(kafka, bootstrap, f"{app_id}-{self.agent}")
         self.deadletters = new_producer(kafka, bootstrap)
         self.deadletter_topic = topic_name(kafka, DEADLETTER)
-        self.codec, self.agent, self.error, self.policy, self.log = codec, agent, error, policy, log
-        self.max_records = max_records
-        self._topics = {topic_name(kafka, topic): topic for topic in topics}
+        self.codec = codec
+        self._topics = {topic_name(kafka, topic): topic for topic in self.topics}
         self.consumer.subscribe(list(self._topics))
 
     def handle(self, batch: Batch) -> None:
@@ -54,13 +48,13 @@ class ConsumerLoop:
 
     def retry(self, what: str, action: Callable[[], None]) -> None:
         """Run ``action`` until it succeeds; after ``max_attempts`` failures raise ``error``."""
-        for attempt in range(1, self.policy.max_attempts + 1):
+        for attempt in range(1, self.max_attempts + 1):
             try:
                 return action()
             except Exception as exc:  # network, server, protocol and type errors all mean: not durable
-                if attempt == self.policy.max_attempts:
+                if attempt == self.max_attempts:
                     raise self.error(f"{what} failed {attempt} times: {exc}") from exc
-                delay = self.policy.backoff_s * 2 ** (attempt - 1)
+                delay = self.backoff_s * 2 ** (attempt - 1)
                 self.log.warning("%s failed (%s); retry %d in %.1f s", what, exc, attempt, delay)
                 time.sleep(delay)
 
@@ -94,12 +88,6 @@ class ConsumerLoop:
         record = deadletter_record(position, message.key(), message.value() or b"", reason=exc.reason, error=str(exc),
                                    agent=self.agent)
         self.deadletters.produce(self.deadletter_topic, self.codec.encode(DEADLETTER, record), message.key())
-
-    def run(self, on_batch: Callable[[int], None] = lambda count: None) -> None:
-        """Batch after batch, until an error or Ctrl-C; ``on_batch`` gets each non-empty batch's size."""
-        while True:
-            if count := self.poll_once():
-                on_batch(count)
 
     def close(self) -> None:
         self.consumer.close()

@@ -1,10 +1,9 @@
 """ClickHouse: the store (embedded chDB or a real server), its migrations, and the topic sink.
 
-The sink is the runtime's consumer loop over the output topics with an insert as its handler:
-a decoded batch goes in table by table, and the offsets are committed only after every insert
-succeeded.  A failed insert is retried with back-off; after ``max_attempts`` the sink stops with
-an error instead of skipping the batch (the records stay in Kafka, uncommitted, for the next
-start).  Tables are
+The sink is the runtime's consumer loop over the output topics: it inserts a batch table by
+table, and the offsets are committed only after every insert succeeded.  A failed insert is
+retried with back-off; after ``max_attempts`` the sink stops with an error instead of skipping
+the batch (the records stay in Kafka, uncommitted, for the next start).  Tables are
 ``ReplacingMergeTree`` on each event's stable id, so redelivered batches and replays collapse.
 
 chDB allows one data folder per process: while a process holds the embedded store (the sink
@@ -26,11 +25,10 @@ from typing import Any, Callable, Sequence
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.topics import BY_NAME, SINK_TOPICS
 from pipeline.redact import redact_url
-from pipeline.runtime.consumer_loop import Batch, ConsumerLoop, RetryPolicy
+from pipeline.runtime.consumer_loop import Batch, ConsumerLoop
 from pipeline.settings import KafkaSettings, Settings
 from pipeline.sinks.tables import META_COLUMNS, expected_columns
 
-log = logging.getLogger("threadline.sink")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[\w]+\.sql$")
 
 
@@ -110,23 +108,19 @@ def rows_for(topic: str, records: Sequence[tuple[int, int, dict]], inserted_at: 
     return columns, rows
 
 
-def sink_group(app_id: str) -> str:
-    """The installation's sink group: ``threadline sink`` and ``threadline up`` resume each other's commits."""
-    return f"{app_id}-clickhouse-sink"
-
-
 class ClickHouseSink(ConsumerLoop):
     """Output topics -> ClickHouse, batch by batch, commit after insert."""
 
+    topics, agent, error, log = SINK_TOPICS, "clickhouse-sink", SinkError, logging.getLogger("threadline.sink")
+    max_records, max_attempts, backoff_s = 5000, 8, 0.5
+
     def __init__(self, kafka: KafkaSettings, bootstrap: str, store: ClickHouseStore, codec: AvroCodec, *,
-                 group_id: str) -> None:
-        super().__init__(kafka, bootstrap, group_id, SINK_TOPICS, codec, agent="clickhouse-sink", error=SinkError,
-                         policy=RetryPolicy(max_attempts=8, backoff_s=0.5), log=log, max_records=5000)
+                 app_id: str) -> None:
+        super().__init__(kafka, bootstrap, app_id, codec)
         self.store = store
         self.inserted: Counter = Counter()
 
     def handle(self, batch: Batch) -> None:
-        """Insert the batch table by table."""
         now = datetime.now(timezone.utc)
         for topic, records in batch.items():
             columns, rows = rows_for(topic, records, now)

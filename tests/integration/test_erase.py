@@ -45,7 +45,7 @@ def test_erase_removes_one_person_everywhere_and_keeps_the_rest(sandbox, clickho
     worker.stop()  # the pipeline is stopped, caught up, with its offsets committed
 
     store = clickhouse_factory()
-    sink = ClickHouseSink(settings.kafka, sandbox.bootstrap, store, sandbox.codec, group_id=f"{sandbox.app_id}-sink")
+    sink = ClickHouseSink(settings.kafka, sandbox.bootstrap, store, sandbox.codec, app_id=sandbox.app_id)
     records = sum(count_records(settings.kafka, sandbox.bootstrap, topic) for topic in SINK_TOPICS)
     sink_until(sink, lambda: sum(sink.inserted.values()) >= records)
     sink.close()

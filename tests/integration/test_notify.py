@@ -52,6 +52,10 @@ def _alert(n: int, user: str) -> dict:
             "assigned_on": None, "record_owner": user, "message": f"Mail {n} is unanswered for 4 h"}
 
 
+def _notifier(settings, sandbox) -> Notifier:
+    return Notifier(settings.notifications, settings.kafka, sandbox.bootstrap, sandbox.codec, app_id=sandbox.app_id)
+
+
 def test_alerts_reach_smtp_and_webhooks_and_failures_are_retried_not_dropped(sandbox):
     inbox = Inbox()
     smtp = Controller(inbox, hostname="127.0.0.1", port=free_port())
@@ -77,7 +81,7 @@ max_attempts = 3
         producer.produce(topic_name(settings.kafka, "alerts"), b"not avro", b"acme")
         assert producer.flush(10) == 0
 
-        notifier = Notifier(settings, sandbox.bootstrap, sandbox.codec, group_id=f"{sandbox.app_id}-notify")
+        notifier = _notifier(settings, sandbox)
         deadline = time.monotonic() + 60
         while len(Webhook.received) < 3 and time.monotonic() < deadline:
             notifier.poll_once()
@@ -97,14 +101,14 @@ max_attempts = 3
         Webhook.failures_left = 10
         producer.produce(topic_name(settings.kafka, "alerts"), sandbox.codec.encode("alerts", _alert(9, "x")), b"acme")
         producer.flush(10)
-        failing = Notifier(settings, sandbox.bootstrap, sandbox.codec, group_id=f"{sandbox.app_id}-notify")
+        failing = _notifier(settings, sandbox)
         with pytest.raises(DeliveryError):
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 failing.poll_once()
         failing.close()
         Webhook.failures_left = 0
-        again = Notifier(settings, sandbox.bootstrap, sandbox.codec, group_id=f"{sandbox.app_id}-notify")
+        again = _notifier(settings, sandbox)
         deadline = time.monotonic() + 60
         while len(Webhook.received) < 4 and time.monotonic() < deadline:
             again.poll_once()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from pipeline.contracts.topics import SINK_TOPICS
-from pipeline.runtime.consumer_loop import RetryPolicy
 from pipeline.sinks.clickhouse import ClickHouseSink, SinkError, sink_until
 from pipeline.streams.ingest import ingest
 from pipeline.streams.reader import read_topic
@@ -43,7 +42,7 @@ def test_sink_commits_after_insert_and_redelivery_changes_nothing(sandbox, click
     wait_for_outputs(settings.kafka, sandbox.bootstrap, sandbox.codec, 0, report.delivered, workers=[worker])
 
     store = clickhouse_factory()
-    first = ClickHouseSink(settings.kafka, sandbox.bootstrap, store, sandbox.codec, group_id=f"{sandbox.app_id}-a")
+    first = ClickHouseSink(settings.kafka, sandbox.bootstrap, store, sandbox.codec, app_id=f"{sandbox.app_id}-a")
     _sink_all(first, settings, sandbox.bootstrap)
     correlated = _distinct(settings, sandbox.bootstrap, sandbox.codec, "mail.correlated")
     responses = _distinct(settings, sandbox.bootstrap, sandbox.codec, "mail.responses")
@@ -54,7 +53,7 @@ def test_sink_commits_after_insert_and_redelivery_changes_nothing(sandbox, click
     assert store.query(rollup).result_rows[0][0] == responses
 
     # A second consumer group reads everything again: every row arrives twice, nothing counts twice.
-    again = ClickHouseSink(settings.kafka, sandbox.bootstrap, store, sandbox.codec, group_id=f"{sandbox.app_id}-b")
+    again = ClickHouseSink(settings.kafka, sandbox.bootstrap, store, sandbox.codec, app_id=f"{sandbox.app_id}-b")
     _sink_all(again, settings, sandbox.bootstrap)
     assert store.query("SELECT count() FROM {db}.mail_correlated").result_rows[0][0] >= 2 * correlated - 1
     assert _final_count(store, "mail_correlated") == correlated
@@ -65,14 +64,14 @@ def test_sink_commits_after_insert_and_redelivery_changes_nothing(sandbox, click
     store.client.command(f"RENAME TABLE {store.database}.mail_correlated TO {store.database}.mail_correlated_away")
     ingest(mails[400:], with_domains, sandbox.codec, sandbox.bootstrap, direction="auto")
     wait_for_outputs(settings.kafka, sandbox.bootstrap, sandbox.codec, 0, 600, workers=[worker])
-    first.policy = RetryPolicy(max_attempts=2, backoff_s=0.01)
+    first.max_attempts, first.backoff_s = 2, 0.01
     with pytest.raises(SinkError, match="mail_correlated"):
         sink_until(first, lambda: False, timeout_s=60)
     first.close()
     store.client.command(f"RENAME TABLE {store.database}.mail_correlated_away TO {store.database}.mail_correlated")
 
     # Restarted, the same group resumes at its last commit: the 200 new mails all arrive.
-    resumed = ClickHouseSink(settings.kafka, sandbox.bootstrap, store, sandbox.codec, group_id=f"{sandbox.app_id}-a")
+    resumed = ClickHouseSink(settings.kafka, sandbox.bootstrap, store, sandbox.codec, app_id=f"{sandbox.app_id}-a")
     sink_until(resumed, lambda: _final_count(store, "mail_correlated") >= 600, timeout_s=120)
     resumed.close()
     assert _final_count(store, "mail_correlated") == _distinct(settings, sandbox.bootstrap, sandbox.codec,

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.runtime import consumer_loop
-from pipeline.runtime.consumer_loop import Batch, ConsumerLoop, RetryPolicy
+from pipeline.runtime.consumer_loop import Batch, ConsumerLoop
 from pipeline.settings import load_settings
 
 CODEC = AvroCodec(EmbeddedRegistry())
@@ -88,21 +88,28 @@ def _alert(n: int) -> bytes:
 def clients(monkeypatch):
     """Makes ``_loop`` build its loop over an in-process consumer and dead-letter producer."""
     made = {}
-    monkeypatch.setattr(consumer_loop, "new_group_consumer", lambda kafka, bootstrap, group_id: made["consumer"])
+
+    def new_group_consumer(kafka, bootstrap, group_id):
+        made["group_id"] = group_id
+        return made["consumer"]
+
+    monkeypatch.setattr(consumer_loop, "new_group_consumer", new_group_consumer)
     monkeypatch.setattr(consumer_loop, "new_producer", lambda kafka, bootstrap: made["producer"])
     return made
 
 
 class Loop(ConsumerLoop):
-    def __init__(self, handle, topics, policy) -> None:
-        super().__init__(KAFKA, "localhost:9092", "test-group", topics, CODEC, agent="test-agent", error=LoopFailed,
-                         policy=policy, log=logging.getLogger("test"), max_records=100)
-        self.handle = handle
+    agent, error, log, max_records = "test-agent", LoopFailed, logging.getLogger("test"), 100
+    max_attempts, backoff_s = 3, 0.5
+
+    def __init__(self, handle, topics) -> None:
+        self.topics, self.handle = topics, handle
+        super().__init__(KAFKA, "localhost:9092", "test", CODEC)
 
 
-def _loop(clients, events, batches, handle, *, topics=("alerts",), undelivered=0, policy=RetryPolicy(3, 0.5)):
+def _loop(clients, events, batches, handle, *, topics=("alerts",), undelivered=0):
     clients.update(consumer=Consumer(events, batches), producer=Producer(events, undelivered))
-    return Loop(handle, topics, policy), clients["consumer"], clients["producer"]
+    return Loop(handle, topics), clients["consumer"], clients["producer"]
 
 
 def test_commit_after_the_handler_and_the_dead_letters_and_an_undecodable_record_does_not_stop_the_batch(clients):
@@ -114,7 +121,7 @@ def test_commit_after_the_handler_and_the_dead_letters_and_an_undecodable_record
 
     batch = [Message("t.alerts", 5, _alert(1)), Message("t.alerts", 6, b"not avro"), Message("t.alerts", 7, _alert(2))]
     loop, consumer, producer = _loop(clients, events, [batch], handle)
-    assert consumer.subscribed == ["t.alerts"]
+    assert (clients["group_id"], consumer.subscribed) == ("test-test-agent", ["t.alerts"])  # <app_id>-<agent>
     assert loop.poll_once() == 3
     assert events == ["dead letter", "handled", "flush", "commit"]
     [batch] = handled
@@ -170,8 +177,8 @@ def test_a_step_failing_max_attempts_times_raises_without_a_commit(monkeypatch, 
     def step() -> None:
         raise OSError("down")
 
-    loop, _, _ = _loop(clients, events, [[Message("t.alerts", 0, _alert(1))]], lambda batch: loop.retry("store", step),
-                       policy=RetryPolicy(max_attempts=4, backoff_s=0.25))
+    loop, _, _ = _loop(clients, events, [[Message("t.alerts", 0, _alert(1))]], lambda batch: loop.retry("store", step))
+    loop.max_attempts, loop.backoff_s = 4, 0.25
     with pytest.raises(LoopFailed, match="store failed 4 times: down"):
         loop.poll_once()
     assert delays == [0.25, 0.5, 1.0] and events == []
