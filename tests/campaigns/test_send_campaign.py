@@ -18,7 +18,6 @@ from pipeline.campaigns.send import (
 )
 from pipeline.campaigns.suppression import JsonlSuppressionStore
 from pipeline.campaigns.template import CampaignTemplate, TemplateRenderError
-from pipeline.cli.main import main
 from pipeline.settings import CampaignSettings, Settings, TrackingSettings, WorkerSettings
 from pipeline.tracking.tokens import Keyring, verify_token
 
@@ -289,23 +288,6 @@ def test_start_errors(tmp_path):
         update={"smtp_host": "alerts.test", "smtp_port": 2525})})
     assert send_module.smtp_config(fallback).host == "alerts.test"
     assert send_module.smtp_config(fallback).port == 2525
-
-
-def test_cli_dry_run(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(send_module, "DnsResolver", FakeResolver)
-    template = tmp_path / "t.toml"
-    template.write_text('subject = "Hi {{ first_name }}"\ntext = "Hello {{ first_name }} {{ unsubscribe_url }}"\n')
-    settings_file = tmp_path / "s.toml"
-    settings_file.write_text(f'[worker]\ndata_dir = "{tmp_path / "data"}"\n')
-    args = ["--settings", str(settings_file), "campaign", "send", "--campaign", "c1", "--template", str(template),
-            "--recipients", write_csv(tmp_path, 3, extra="nope,X,Y\n"), "--dry-run", "--report", str(tmp_path / "r.json")]
-    assert main(args) == 0
-    err = capsys.readouterr().err
-    assert "campaign c1 (default) DRY RUN: 4 rows: 3 would_send, 1 syntax" in err and "row 5 nope: syntax" in err
-    assert json.loads((tmp_path / "r.json").read_text())["skipped"] == [{"row": 5, "email": "nope", "reason": "syntax"}]
-    template.write_text('subject = "Hi {{ last_name }}"\ntext = "x"\n')
-    assert main(args) == 2
-    assert "row 2 (user0@customer0.example), subject: 'last_name' is undefined" in capsys.readouterr().err
 
 
 def test_non_ascii_mail_is_seven_bit_clean(tmp_path):

@@ -1,4 +1,5 @@
-"""Marking outbound mail: which mail, pixel, link rewriting, what is left alone, the CLI."""
+"""Marking outbound mail: which mail, pixel, link rewriting, what is left alone (the `mark` command:
+tests/cli/test_campaigns.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from email.message import EmailMessage
 
 import pytest
 
-from pipeline.cli.main import main
 from pipeline.settings import TrackingSettings
 from pipeline.tracking.mark import MarkError, mark_message
 from pipeline.tracking.tokens import Keyring, verify_token
@@ -245,43 +245,3 @@ def test_missing_message_id_is_added():
     assert result.summary.message_id_added and "Message-ID added" in result.summary.format()
     [pixel] = PIXEL.findall(bodies(result.data)["html"])
     assert verify_token(pixel, KEYS).message_id == message_id
-
-
-# --- CLI -------------------------------------------------------------------------------------
-
-@pytest.fixture
-def settings_file(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for name in ("THREADLINE_SETTINGS", "THREADLINE_TRACKING_BASE_URL", "THREADLINE_TRACKING_KEYS",
-                 "THREADLINE_TRACKING_CURRENT_KEY_ID"):
-        monkeypatch.delenv(name, raising=False)
-    path = tmp_path / "t.toml"
-    path.write_text('[tracking]\nbase_url = "https://t.example/track"\ncurrent_key_id = "k1"\n'
-                    '[tracking.keys]\nk1 = "a-test-secret-0123456789-abcdefghij"\n')
-    return path
-
-
-def test_cli_marks_a_file(settings_file, tmp_path, capsys):
-    source, out = tmp_path / "in.eml", tmp_path / "out.eml"
-    source.write_bytes(build(to="ann@customer.example, bob@customer.example"))
-    assert main(["--settings", str(settings_file), "mark", str(source), "-o", str(out), "--campaign", "c7",
-                 "--tenant", "acme", "--recipient", "bob@customer.example"]) == 0
-    stderr = capsys.readouterr().err.strip().splitlines()
-    assert len(stderr) == 1 and stderr[0].startswith("tracked (campaign) <m1@ours.example> for bob@customer.example")
-    [pixel] = PIXEL.findall(bodies(out.read_bytes())["html"])
-    payload = verify_token(pixel, KEYS)
-    assert (payload.tenant, payload.campaign_id, payload.recipient) == ("acme", "c7", "bob@customer.example")
-
-
-def test_cli_writes_stdout_and_reports_errors(settings_file, tmp_path, capsysbinary):
-    source = tmp_path / "in.eml"
-    source.write_bytes(build())
-    assert main(["--settings", str(settings_file), "mark", str(source)]) == 0
-    captured = capsysbinary.readouterr()
-    assert captured.out == source.read_bytes() and b"not tracked" in captured.err
-    source.write_bytes(build(to="a@x.example, b@x.example", subject="#track x"))
-    assert main(["--settings", str(settings_file), "mark", str(source)]) == 2
-    assert b"2 recipients" in capsysbinary.readouterr().err
-    assert main(["--settings", str(settings_file), "mark", str(tmp_path / "missing.eml")]) == 2
-    assert b"no such message" in capsysbinary.readouterr().err
-
