@@ -19,16 +19,17 @@ import importlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable
 
 from pipeline.correlation import subject as subjects
-from pipeline.correlation import thread_index, tokens
+from pipeline.correlation import tokens
 from pipeline.correlation.identity import COLLISION_FLAG, content_digest, derived_ids
-from pipeline.correlation.index import CorrelationIndex
-from pipeline.correlation.methods.base import FUTURE_SLACK_S, STRATEGIES, MailFacts, Method, canonical_code, method_label, recency
+from pipeline.correlation.index import CorrelationIndex, MailStore
+from pipeline.correlation.methods.base import (
+    FUTURE_SLACK_S, STRATEGIES, IndexKeys, MailFacts, Method, canonical_code, method_label, recency,
+)
 from pipeline.correlation.methods.xheader import parse_xref
 from pipeline.correlation.model import Correlation, IndexedMail, Response, stable_event_id
-from pipeline.mail.content import normalize_line
 from pipeline.mail.record import MailRecord
 from pipeline.settings import CorrelationSettings, UntrackedSettings
 
@@ -36,8 +37,6 @@ Clock = Callable[[], datetime]
 CustomRule = Callable[[MailRecord, CorrelationIndex], "str | None"]
 RegardingResolver = Callable[[MailRecord], "str | None"]
 
-# Referenced ids kept per mail: the nearest ancestors say which thread it is in.
-MAX_REFERENCES = 5
 # Patch series and multi-part announcements ("[PATCH v2 3/7]", "[2/2] repo git commit: ..."):
 # git send-email and commit mailers thread every part to the cover letter ([0/N]) or, without
 # one, to the first part; the parts of one series leave one sender within minutes.
@@ -127,7 +126,7 @@ class Correlator:
     def __init__(
         self,
         settings: CorrelationSettings,
-        index: CorrelationIndex | None = None,
+        store: MailStore | None = None,
         *,
         tenant: str = "default",
         untracked: UntrackedSettings | None = None,
@@ -137,10 +136,6 @@ class Correlator:
         regarding_resolver: RegardingResolver | None = None,
     ) -> None:
         self.settings = settings
-        smart = settings.smart_matching
-        self.index = index if index is not None else CorrelationIndex(
-            word_postings=smart.hash_delta_subject_count > 0
-        )
         self.tenant = tenant
         self.untracked = untracked or UntrackedSettings()
         self.clock = clock
@@ -150,6 +145,10 @@ class Correlator:
         if custom_rule is None and settings.custom_rule:
             custom_rule = load_custom_rule(settings.custom_rule)
         self.custom_rule = custom_rule
+        # Every registered method keeps its entry fields and index keys; only the enabled ones match.
+        self._methods = tuple(STRATEGIES.values())
+        self._matching = tuple(strategy for strategy in self._methods if strategy.enabled(self))
+        self.index = CorrelationIndex(store, self._index_keys)
         self.regarding_resolver = regarding_resolver
         self._own_domains = frozenset(d.lower() for d in self.untracked.own_domains)
         self._excluded_addresses = frozenset(a.lower() for a in self.untracked.excluded_addresses)
@@ -181,17 +180,13 @@ class Correlator:
             return self._repeat(mail, event_dt, known, message_id)
 
         facts = self._subject_facts(mail.subject)
-        words = facts.words
-        subject_key = facts.subject_key
         addresses = participants[: self.settings.smart_matching.hash_max_count]
         token = tokens.find_token(self.settings.tracking_token, mail.subject) if self.settings.tracking_token.enabled else None
-        conversation_key = thread_index.conversation_key(mail.thread_index) if mail.thread_index else None
         mail_type = facts.mail_type
-        named_ids = self._named_ids(mail) if self.settings.use_in_reply_to else []
 
-        mail_facts = MailFacts(mail, ts, facts, addresses, token, conversation_key, named_ids)
+        mail_facts = MailFacts(mail, ts, facts, addresses, token)
         match = None
-        for strategy in STRATEGIES:
+        for strategy in self._matching:
             match = strategy.match(self, mail_facts)
             if match is not None:
                 break
@@ -229,7 +224,9 @@ class Correlator:
                 seconds=max(0.0, ts - parent.event_time),
             )
 
-        series = facts.series
+        method_fields: dict = {}
+        for strategy in self._methods:
+            method_fields.update(strategy.entry_fields(self, mail_facts))
         index.add(IndexedMail(
             message_id=message_id,
             conversation_id=conversation_id,
@@ -240,19 +237,15 @@ class Correlator:
             regarding=regarding,
             parent_message_id=parent.message_id if parent else None,
             tracking_token=token,
-            conversation_key=conversation_key,
-            subject_key=subject_key,
-            subject_words=words,
+            subject_key=facts.subject_key,
+            subject_words=facts.words,
             addresses=addresses,
-            own_line_hashes=mail.own_line_hashes,
             from_addr=mail.from_addr,
-            from_name=normalize_line(mail.from_name) if mail.from_name else "",
             xref=mail.xref,
-            series_head=f"{mail.from_addr}|{series[1]}|{series[0]}" if series and series[0] <= 1 else None,
-            references=tuple(ref for _, ref in named_ids[:MAX_REFERENCES]),
             campaign_id=mail.campaign_id,
             content_digest=digest,
             clock_time=_clock_time(mail),
+            **method_fields,
         ))
         return self._result(
             mail, event_dt, method,
@@ -273,10 +266,6 @@ class Correlator:
         or for a mail reusing another mail's Message-ID the derived id (a stream processor that
         asks "did I index this very record already?" must look it up under this id)."""
         return self._identity(mail, self._content_digest(mail))[0]
-
-    def correlate_all(self, mails: Iterable[MailRecord]) -> Iterable[Correlation]:
-        for mail in mails:
-            yield self.correlate(mail)
 
     # -- decisions -------------------------------------------------------------------------
     def _subject_facts(self, subject: str) -> SubjectFacts:
@@ -393,33 +382,24 @@ class Correlator:
     def in_window(self, entry: IndexedMail, ts: float) -> bool:
         return ts - self.window_s <= entry.event_time <= ts + FUTURE_SLACK_S
 
+    def candidates(self, ids: list[str], ts: float) -> list[IndexedMail]:
+        """The live entries of ``ids`` inside the window of a mail at ``ts``."""
+        return [entry for entry in map(self.index.get, ids) if entry is not None and self.in_window(entry, ts)]
+
     def most_recent(self, ids: list[str], ts: float) -> tuple[IndexedMail | None, int]:
         """The newest in-window entry of ``ids`` and the count of in-window entries."""
-        best = None
-        count = 0
-        for message_id in ids:
-            entry = self.index.get(message_id)
-            if entry is None or not self.in_window(entry, ts):
-                continue
-            count += 1
-            if best is None or recency(entry) > recency(best):
-                best = entry
-        return best, count
+        candidates = self.candidates(ids, ts)
+        return max(candidates, key=recency, default=None), len(candidates)
 
-    @staticmethod
-    def _named_ids(mail: MailRecord) -> list[tuple[str, str]]:
-        """(header, id) pairs, nearest ancestor first: In-Reply-To, then References last to first."""
-        named = [("In-Reply-To", ref) for ref in mail.in_reply_to]
-        named += [("References", ref) for ref in reversed(mail.references) if ref not in mail.in_reply_to]
-        return named
+    def _index_keys(self, entry: IndexedMail) -> IndexKeys:
+        for strategy in self._methods:
+            yield from strategy.index_keys(self, entry)
 
     # -- output ----------------------------------------------------------------------------
-    def _result(self, mail: MailRecord, event_dt: datetime, method: int, *,
-                message_id: str | None = None, conversation_id: str | None = None, parent_message_id: str | None = None,
-                regarding: str | None = None, tracking_token: str | None = None,
-                candidate_count: int = 0, evidence: dict | None = None, mail_type: str | None = None,
-                untracked_reason: str | None = None, loop: bool = False,
-                response: Response | None = None, flags: tuple[str, ...] = ()) -> Correlation:
+    def _result(self, mail: MailRecord, event_dt: datetime, method: int, *, message_id: str | None = None,
+                conversation_id: str | None = None, mail_type: str | None = None, evidence: dict | None = None,
+                **decision) -> Correlation:
+        """The decision; ``decision`` holds the other ``Correlation`` fields that differ from their defaults."""
         message_id = message_id or mail.message_id
         return Correlation(
             tenant=self.tenant,
@@ -431,18 +411,11 @@ class Correlator:
             event_time=event_dt,
             generation=self.generation,
             settings_fingerprint=self.fingerprint,
-            parent_message_id=parent_message_id,
-            regarding=regarding,
-            tracking_token=tracking_token,
-            candidate_count=candidate_count,
             evidence=evidence or {},
             subject=mail.subject,
             from_addr=mail.from_addr,
             to=mail.to,
             cc=mail.cc,
             bcc=mail.bcc,
-            untracked_reason=untracked_reason,
-            loop=loop,
-            response=response,
-            flags=flags,
+            **decision,
         )

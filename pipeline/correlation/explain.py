@@ -17,11 +17,6 @@ _UNTRACKED = {
 }
 
 
-def _because(method: str, evidence: dict[str, Any]) -> str:
-    strategy = strategy_labelled(method)
-    return strategy.explain(evidence) if strategy is not None else "no rule matched"
-
-
 def describe(correlation: dict[str, Any]) -> str:
     """A few lines for a person, from a correlation as written by ``Correlation.to_dict``."""
     lines = [
@@ -48,7 +43,8 @@ def describe(correlation: dict[str, Any]) -> str:
     elif correlation.get("parent_message_id"):
         lines.append(f"  linked to:    {correlation['parent_message_id']}  by {method} "
                      f"({correlation.get('method')}), {correlation.get('candidate_count', 0)} candidate(s)")
-        lines.append(f"  because:      {_because(method, evidence)}")
+        strategy = strategy_labelled(method)
+        lines.append(f"  because:      {strategy.explain(evidence) if strategy else 'no rule matched'}")
     else:
         lines.append("  new conversation: " + (
             f"a forward, and forwards_as_replies is off (it would have joined {evidence['would_match']})"

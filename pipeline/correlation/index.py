@@ -1,9 +1,10 @@
-"""The correlation index: one entry per mail in a store, hash -> mail lookups derived from it.
+"""The correlation index: one entry per mail in a store, key -> mail lookups derived from it.
 
 A store only persists :class:`IndexedMail` entries (``put``/``delete``/``entries``): the in-memory
-store here, the Faust table store in ``pipeline.streams.tables``.  Every lookup the engine needs
-(token, conversation key, subject, line hashes) is derived locally from the entries, so a store
-costs one record per mail and the lookups are rebuilt from ``entries()`` after recovery.
+store here, the Faust table store in ``pipeline.streams.processor``.  The lookups are named; which
+keys an entry is found under is the ``index_keys`` function's answer (the correlator's: each
+method's ``MethodStrategy.index_keys``), so a store costs one record per mail and the lookups are
+rebuilt from ``entries()`` after recovery.
 
 One index holds one tenant: mail of different tenants never correlates.
 """
@@ -12,13 +13,12 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from typing import Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Protocol
 
 from pipeline.correlation.model import IndexedMail
 
-# A line found in the own text of more live mails than this is boilerplate (list footers,
-# disclaimers, signatures) and is no evidence.
-COMMON_LINE_MAILS = 6
+if TYPE_CHECKING:
+    from pipeline.correlation.methods.base import IndexKeys
 
 # The index's clock shows the CLOCK_QUORUM-th newest clock time among its entries, not the newest:
 # one mail's Date is chosen by its sender, and a few mails dated in the future (or wrongly dated)
@@ -151,17 +151,12 @@ class CorrelationIndex:
     Everything but the entries themselves is derived and rebuilt by :meth:`rebuild`.
     """
 
-    def __init__(self, store: MailStore | None = None, *, word_postings: bool = False) -> None:
+    def __init__(self, store: MailStore | None = None,
+                 index_keys: Callable[[IndexedMail], IndexKeys] = lambda entry: ()) -> None:
         self.store: MailStore = store if store is not None else InMemoryStore()
-        self._word_postings_enabled = word_postings
+        self._index_keys = index_keys
         self._live: dict[str, IndexedMail] = {}
-        self._by_token = Postings()
-        self._by_conversation_key = Postings()
-        self._by_subject_key = Postings()
-        self._by_word = Postings()
-        self._by_line = Postings()
-        self._by_series_head = Postings()
-        self._by_reference = Postings()
+        self._postings: dict[str, Postings] = {}  # lookup name -> its postings
         self._by_time: list[tuple[float, str]] = []  # min-heap for eviction
         # The CLOCK_QUORUM newest (clock_time, message_id) of live entries, ascending.
         self._clock_top: list[tuple[float, str]] = []
@@ -171,9 +166,7 @@ class CorrelationIndex:
     def rebuild(self) -> int:
         """Derive every lookup from the store's entries (after recovery). Returns the count."""
         self._live.clear()
-        for postings in (self._by_token, self._by_conversation_key, self._by_subject_key,
-                         self._by_word, self._by_line, self._by_series_head, self._by_reference):
-            postings.clear()
+        self._postings.clear()
         self._by_time.clear()
         self._clock_top.clear()
         for entry in sorted(self.store.entries(), key=lambda e: (e.event_time, e.message_id)):
@@ -224,22 +217,14 @@ class CorrelationIndex:
             elif item > top[0]:
                 bisect.insort(top, item)
                 del top[0]
-        if entry.tracking_token:
-            self._by_token.add(entry.tracking_token, message_id)
-        if entry.conversation_key:
-            self._by_conversation_key.add(entry.conversation_key, message_id)
-        if entry.subject_key:
-            self._by_subject_key.add(entry.subject_key, message_id)
-        if entry.series_head:
-            self._by_series_head.add(entry.series_head, message_id)
-        for reference in entry.references:
-            self._by_reference.add(reference, message_id)
-        if self._word_postings_enabled:
-            for word in entry.subject_words:
-                self._by_word.add(word, message_id)
-        add_line = self._by_line.add
-        for line_hash in entry.own_line_hashes:
-            add_line(line_hash, message_id)
+        postings = self._postings
+        for name, keys in self._index_keys(entry):
+            lookup = postings.get(name)
+            if lookup is None:
+                lookup = postings[name] = Postings()
+            add = lookup.add
+            for key in keys:
+                add(key, message_id)
 
     def _underive(self, entry: IndexedMail) -> None:
         message_id = entry.message_id
@@ -251,21 +236,11 @@ class CorrelationIndex:
             # Only a replaced entry gets here (eviction spares the quorum): find the new quorum.
             self._clock_top = sorted(heapq.nlargest(
                 CLOCK_QUORUM, ((e.clock_time, e.message_id) for e in live.values() if e.clock_time is not None)))
-        if entry.tracking_token:
-            self._by_token.remove(entry.tracking_token, message_id, live)
-        if entry.conversation_key:
-            self._by_conversation_key.remove(entry.conversation_key, message_id, live)
-        if entry.subject_key:
-            self._by_subject_key.remove(entry.subject_key, message_id, live)
-        if entry.series_head:
-            self._by_series_head.remove(entry.series_head, message_id, live)
-        for reference in entry.references:
-            self._by_reference.remove(reference, message_id, live)
-        if self._word_postings_enabled:
-            for word in entry.subject_words:
-                self._by_word.remove(word, message_id, live)
-        for line_hash in entry.own_line_hashes:
-            self._by_line.remove(line_hash, message_id, live)
+        postings = self._postings
+        for name, keys in self._index_keys(entry):
+            remove = postings[name].remove
+            for key in keys:
+                remove(key, message_id, live)
 
     # -- lookups -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -277,33 +252,11 @@ class CorrelationIndex:
     def get(self, message_id: str) -> IndexedMail | None:
         return self._live.get(message_id)
 
-    def by_token(self, token: str) -> list[str]:
-        return self._by_token.ids(token, self._live)
+    def ids(self, name: str, key) -> list[str]:
+        """Live mails found under ``key`` in the lookup ``name``, oldest arrival first."""
+        lookup = self._postings.get(name)
+        return lookup.ids(key, self._live) if lookup is not None else []
 
-    def by_conversation_key(self, key: str) -> list[str]:
-        return self._by_conversation_key.ids(key, self._live)
-
-    def by_subject_key(self, subject_key: str) -> list[str]:
-        return self._by_subject_key.ids(subject_key, self._live)
-
-    def by_reference(self, message_id: str) -> list[str]:
-        """Mails that name ``message_id`` in their In-Reply-To or References."""
-        return self._by_reference.ids(message_id, self._live)
-
-    def by_series_head(self, series_head: str) -> list[str]:
-        return self._by_series_head.ids(series_head, self._live)
-
-    def by_word(self, word: str) -> list[str]:
-        if not self._word_postings_enabled:
-            raise RuntimeError("word postings are off: build the index with word_postings=True")
-        return self._by_word.ids(word, self._live)
-
-    def word_count(self, word: str) -> int:
-        return self._by_word.count(word)
-
-    def by_line_hash(self, line_hash: int) -> list[str]:
-        """Mails whose own text has this line; [] for boilerplate (more than
-        ``COMMON_LINE_MAILS`` live mails have it), which is no evidence."""
-        if self._by_line.count(line_hash) > COMMON_LINE_MAILS:
-            return []
-        return self._by_line.ids(line_hash, self._live)
+    def count(self, name: str, key) -> int:
+        lookup = self._postings.get(name)
+        return lookup.count(key) if lookup is not None else 0

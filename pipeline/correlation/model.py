@@ -16,8 +16,9 @@ MailType = Literal["new", "reply", "forward"]
 class IndexedMail:
     """One index entry per mail, holding every hash of it (one table record per mail).
 
-    The hash -> mail lookups are derived from these entries (see ``index.CorrelationIndex``),
-    so a store only has to keep entries; lookups are rebuilt after recovery.
+    The methods fill their own fields (``MethodStrategy.entry_fields``) and derive their lookups
+    from the entry (``MethodStrategy.index_keys``), so a store only has to keep entries; lookups
+    are rebuilt after recovery.
     """
 
     message_id: str
@@ -38,8 +39,7 @@ class IndexedMail:
     from_name: str = ""
     xref: str | None = None
     series_head: str | None = None  # "sender|N|k" for part k = 0 or 1 of a "[k/N]" series
-    # Ids the mail names in In-Reply-To / References (nearest first, at most MAX_REFERENCES):
-    # two mails naming the same id we never saw are in one thread.
+    # Ids the mail names in In-Reply-To / References, nearest first (methods.in_reply_to).
     references: tuple[str, ...] = ()
     campaign_id: str | None = None  # so that a bounce of this mail counts for its campaign
     # identity.content_digest of the mail: tells a duplicate delivery from another mail reusing

@@ -24,7 +24,6 @@ from pipeline.contracts.records import (
 )
 from pipeline.contracts.topics import MAIL_CORRELATED, MAIL_RAW, MAIL_RESPONSES, MAIL_UNTRACKED, TRACKING_EVENTS
 from pipeline.correlation.engine import Correlator
-from pipeline.correlation.index import CorrelationIndex
 from pipeline.correlation.model import IndexedMail
 from pipeline.errors import RejectedInput
 from pipeline.mail.bounce import parse_bounce
@@ -139,13 +138,11 @@ class MailProcessor:
         correlator = self._correlators.get(tenant)
         if correlator is None:
             store = TableIndexStore(self.stored, tenant, partition)
-            smart = self.settings.correlation.smart_matching
-            index = CorrelationIndex(store, word_postings=smart.hash_delta_subject_count > 0)
             resolver = None
             if self.regarding_for is not None:
                 lookup = self.regarding_for
                 resolver = (lambda mail: lookup(tenant, mail.from_addr) if mail.direction == "in" else None)
-            correlator = Correlator(self.settings.correlation, index, tenant=tenant, untracked=self.settings.untracked,
+            correlator = Correlator(self.settings.correlation, store, tenant=tenant, untracked=self.settings.untracked,
                                     generation=self.generation, regarding_resolver=resolver)
             self._correlators[tenant] = correlator
             self._stores[tenant] = store

@@ -1,17 +1,16 @@
 """The correlation-method strategy and its registry (DESIGN.md §3).
 
-A method is a ``MethodStrategy``: its code (as in Dataverse ``correlationmethod``), its label,
-``match`` (find the parent of a mail, or None) and ``explain`` (its evidence in words).  The
-engine tries the registered strategies in registration order, first hit wins; ``threadline
-explain`` and every ``method_name`` are rendered from the registry.  A new method is one module
-in this package and one line in ``__init__.BUILT_IN`` (or one ``register`` call).
+A method is a ``MethodStrategy``: its code (as in Dataverse ``correlationmethod``), label, switch,
+entry fields, index keys, match rule and explanation.  The engine tries the enabled strategies in
+registration order, first hit wins; ``threadline explain`` and every ``method_name`` are rendered
+from the registry.  A new method is one module in this package and one line in ``__init__.BUILT_IN``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Hashable, Iterable
 
 if TYPE_CHECKING:
     from pipeline.correlation.engine import Correlator, SubjectFacts
@@ -53,15 +52,30 @@ class MailFacts:
     subject: SubjectFacts
     addresses: tuple[str, ...]
     token: str | None
-    conversation_key: str | None
-    named_ids: list[tuple[str, str]]  # (header, id), nearest ancestor first; [] when use_in_reply_to is off
+
+
+# (lookup name, keys): ``CorrelationIndex.ids(name, key)`` finds the entry under each key.
+IndexKeys = Iterable[tuple[str, Iterable[Hashable]]]
 
 
 class MethodStrategy:
-    """One correlation method.  Subclasses set ``code`` and ``label`` and implement both methods."""
+    """One correlation method.  Subclasses set ``code`` and ``label`` and implement ``match`` and
+    ``explain``, and the hooks they need."""
 
     code: int
     label: str
+
+    def enabled(self, correlator: Correlator) -> bool:
+        """Its switch: a method that is off is never tried (its entry fields and keys are still written)."""
+        return True
+
+    def entry_fields(self, correlator: Correlator, facts: MailFacts) -> dict[str, Any]:
+        """The ``IndexedMail`` fields this method fills for the mail being indexed."""
+        return {}
+
+    def index_keys(self, correlator: Correlator, entry: IndexedMail) -> IndexKeys:
+        """Its lookups' keys of ``entry``: from the entry alone, so a rebuilt index answers alike."""
+        return ()
 
     def match(self, correlator: Correlator, facts: MailFacts) -> Match | None:
         raise NotImplementedError
@@ -76,36 +90,31 @@ def recency(entry: IndexedMail) -> tuple[float, str]:
     return entry.event_time, entry.message_id
 
 
-# In match order.  Codes map back to the canonical code object, so a duplicate delivery reports
-# ``Method.IN_REPLY_TO`` again, not the bare int read from the index.
-STRATEGIES: list[MethodStrategy] = []
-_BY_CODE: dict[int, MethodStrategy] = {}
-_BY_LABEL: dict[str, MethodStrategy] = {}
+# Code -> strategy, in match order.  Codes map back to the canonical code object, so a duplicate
+# delivery reports ``Method.IN_REPLY_TO`` again, not the bare int read from the index.
+STRATEGIES: dict[int, MethodStrategy] = {}
 _OUTCOME_LABELS = {Method.NONE: "None", Method.SKIPPED: "Skipped"}
 
 
 def register(strategy: MethodStrategy) -> None:
-    if strategy.code in _BY_CODE or strategy.code in _OUTCOME_LABELS or strategy.label in _BY_LABEL:
+    if strategy.code in STRATEGIES or strategy.code in _OUTCOME_LABELS or strategy_labelled(strategy.label):
         raise ValueError(f"correlation method {strategy.code} {strategy.label} is registered already")
-    STRATEGIES.append(strategy)
-    _BY_CODE[strategy.code] = strategy
-    _BY_LABEL[strategy.label] = strategy
+    STRATEGIES[strategy.code] = strategy
 
 
 def unregister(strategy: MethodStrategy) -> None:
-    STRATEGIES.remove(strategy)
-    del _BY_CODE[strategy.code], _BY_LABEL[strategy.label]
+    del STRATEGIES[strategy.code]
 
 
 def method_label(code: int) -> str:
-    strategy = _BY_CODE.get(code)
+    strategy = STRATEGIES.get(code)
     return strategy.label if strategy is not None else _OUTCOME_LABELS[code]
 
 
 def canonical_code(code: int) -> int:
-    strategy = _BY_CODE.get(code)
+    strategy = STRATEGIES.get(code)
     return strategy.code if strategy is not None else Method(code)
 
 
 def strategy_labelled(label: str) -> MethodStrategy | None:
-    return _BY_LABEL.get(label)
+    return next((strategy for strategy in STRATEGIES.values() if strategy.label == label), None)

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.correlation.methods.base import Match, MailFacts, Method, MethodStrategy
+from pipeline.correlation import thread_index
+from pipeline.correlation.methods.base import IndexKeys, Match, MailFacts, Method, MethodStrategy
 
 
 class ConversationIndex(MethodStrategy):
     code = Method.CONVERSATION_INDEX
     label = "ConversationIndex"
 
+    def enabled(self, correlator) -> bool:
+        return correlator.settings.use_conversation_index
+
+    def entry_fields(self, correlator, facts: MailFacts) -> dict[str, Any]:
+        return {"conversation_key": thread_index.conversation_key(facts.mail.thread_index)}
+
+    def index_keys(self, correlator, entry) -> IndexKeys:
+        return (("conversation_key", (entry.conversation_key,)),) if entry.conversation_key else ()
+
     def match(self, correlator, facts: MailFacts) -> Match | None:
-        key = facts.conversation_key
-        if not (key and correlator.settings.use_conversation_index):
+        key = thread_index.conversation_key(facts.mail.thread_index)
+        if not key:
             return None
-        parent, count = correlator.most_recent(correlator.index.by_conversation_key(key), facts.ts)
+        parent, count = correlator.most_recent(correlator.index.ids("conversation_key", key), facts.ts)
         return Match(self.code, parent, count, {"conversation_key": key}) if parent is not None else None
 
     def explain(self, evidence: dict[str, Any]) -> str:

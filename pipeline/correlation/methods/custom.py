@@ -11,11 +11,11 @@ class Custom(MethodStrategy):
     code = Method.CUSTOM
     label = "Custom"
 
+    def enabled(self, correlator) -> bool:
+        return correlator.custom_rule is not None
+
     def match(self, correlator, facts: MailFacts) -> Match | None:
-        rule = correlator.custom_rule
-        if rule is None:
-            return None
-        ref = rule(facts.mail, correlator.index)
+        ref = correlator.custom_rule(facts.mail, correlator.index)
         parent = correlator.index.get(ref) if ref else None
         if parent is None:
             return None

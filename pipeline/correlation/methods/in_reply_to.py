@@ -4,15 +4,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.correlation.methods.base import Match, MailFacts, Method, MethodStrategy
+from pipeline.correlation.methods.base import IndexKeys, Match, MailFacts, Method, MethodStrategy
+from pipeline.mail.record import MailRecord
+
+# Referenced ids kept per mail: the nearest ancestors say which thread it is in.
+MAX_REFERENCES = 5
+
+
+def named_ids(mail: MailRecord) -> list[tuple[str, str]]:
+    """(header, id) pairs, nearest ancestor first: In-Reply-To, then References last to first."""
+    named = [("In-Reply-To", ref) for ref in mail.in_reply_to]
+    named += [("References", ref) for ref in reversed(mail.references) if ref not in mail.in_reply_to]
+    return named
 
 
 class InReplyTo(MethodStrategy):
     code = Method.IN_REPLY_TO
     label = "InReplyTo"
 
+    def enabled(self, correlator) -> bool:
+        return correlator.settings.use_in_reply_to
+
+    def entry_fields(self, correlator, facts: MailFacts) -> dict[str, Any]:
+        if not self.enabled(correlator):
+            return {}
+        return {"references": tuple(ref for _, ref in named_ids(facts.mail)[:MAX_REFERENCES])}
+
+    def index_keys(self, correlator, entry) -> IndexKeys:
+        # Two mails naming the same id we never saw are in one thread.
+        return (("reference", entry.references),)
+
     def match(self, correlator, facts: MailFacts) -> Match | None:
-        named = facts.named_ids
+        named = named_ids(facts.mail)
         if not named:
             return None
         index, ts = correlator.index, facts.ts
@@ -23,7 +46,7 @@ class InReplyTo(MethodStrategy):
         # The parent never reached us, but another mail names it too: a sibling in the
         # same thread (the nearest shared ancestor decides).
         for header, ref in named:
-            sibling, count = correlator.most_recent(index.by_reference(ref), ts)
+            sibling, count = correlator.most_recent(index.ids("reference", ref), ts)
             if sibling is not None:
                 return Match(self.code, sibling, count, {"header": header, "ref": ref, "shared_reference": True})
         return None

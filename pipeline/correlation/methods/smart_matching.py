@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.correlation.methods.base import FUTURE_SLACK_S, Match, MailFacts, Method, MethodStrategy, recency
+from pipeline.correlation.methods.base import FUTURE_SLACK_S, IndexKeys, Match, MailFacts, Method, MethodStrategy, recency
+from pipeline.mail.content import normalize_line
 
 # Weights of the evidence strategy's ranking; quoted text is the strongest sign of a parent.
 _QUOTED_LINE_WEIGHT = 4
@@ -19,17 +20,49 @@ _SAME_SUBJECT_WEIGHT = 2
 _PARTICIPANT_WEIGHT = 1
 # The parts of one series leave one sender within minutes.
 SERIES_WINDOW_S = 3_600.0
+# A line found in the own text of more live mails than this is boilerplate (list footers,
+# disclaimers, signatures) and is no evidence.
+COMMON_LINE_MAILS = 6
+
+
+def series_head(sender: str, total: int, part: int) -> str:
+    """The key of part 0 or 1 of a "[k/N]" series: its later parts look it up."""
+    return f"{sender}|{total}|{part}"
+
+
+def quoting_candidates(index, line_hash: int) -> list[str]:
+    """Mails whose own text has this line; [] for boilerplate (in more than COMMON_LINE_MAILS live mails)."""
+    if index.count("own_line", line_hash) > COMMON_LINE_MAILS:
+        return []
+    return index.ids("own_line", line_hash)
 
 
 class SmartMatching(MethodStrategy):
     code = Method.SMART_MATCHING
     label = "SmartMatching"
 
+    def enabled(self, correlator) -> bool:
+        return correlator.settings.smart_matching.enabled
+
+    def entry_fields(self, correlator, facts: MailFacts) -> dict[str, Any]:
+        mail, series = facts.mail, facts.subject.series
+        return {
+            "own_line_hashes": mail.own_line_hashes,
+            "from_name": normalize_line(mail.from_name) if mail.from_name else "",
+            "series_head": series_head(mail.from_addr, series[1], series[0]) if series and series[0] <= 1 else None,
+        }
+
+    def index_keys(self, correlator, entry) -> IndexKeys:
+        # Word postings cost memory per word; only a tolerant subject match reads them.
+        words = entry.subject_words if correlator.settings.smart_matching.hash_delta_subject_count > 0 else ()
+        return (("own_line", entry.own_line_hashes), ("subject_word", words),
+                ("subject_key", (entry.subject_key,) if entry.subject_key else ()),
+                ("series_head", (entry.series_head,) if entry.series_head else ()))
+
     def match(self, correlator, facts: MailFacts) -> Match | None:
-        smart = correlator.settings.smart_matching
-        if not (smart.enabled and facts.subject.words):
+        if not facts.subject.words:
             return None
-        if smart.strategy == "dynamics":
+        if correlator.settings.smart_matching.strategy == "dynamics":
             return self._match_dynamics(correlator, facts)
         return self._match_evidence(correlator, facts)
 
@@ -52,29 +85,25 @@ class SmartMatching(MethodStrategy):
     @staticmethod
     def _subject_candidates(correlator, ts, words, subject_key) -> list:
         """Mails whose subject hashes agree within ``hash_delta_subject_count``."""
-        smart = correlator.settings.smart_matching
         index = correlator.index
-        in_window = correlator.in_window
-        delta = smart.hash_delta_subject_count
+        delta = correlator.settings.smart_matching.hash_delta_subject_count
         if delta == 0:
-            ids = index.by_subject_key(subject_key)
+            ids = index.ids("subject_key", subject_key)
         else:
             # A candidate missing at most ``delta`` of our words has at least one of any
             # delta + 1 of them: the postings of the rarest delta + 1 words find them all.
-            rarest = sorted(words, key=index.word_count)[: delta + 1]
-            ids = list(dict.fromkeys(m for word in rarest for m in index.by_word(word)))
+            rarest = sorted(words, key=lambda word: index.count("subject_word", word))[: delta + 1]
+            ids = list(dict.fromkeys(m for word in rarest for m in index.ids("subject_word", word)))
+        candidates = correlator.candidates(ids, ts)
+        if not delta:
+            return candidates
         word_set = set(words)
-        candidates = []
-        for message_id in ids:
-            entry = index.get(message_id)
-            if entry is None or not in_window(entry, ts):
-                continue
-            if delta:
-                common = len(word_set.intersection(entry.subject_words))
-                if len(words) - common > delta or len(entry.subject_words) - common > delta:
-                    continue
-            candidates.append(entry)
-        return candidates
+        close = []
+        for entry in candidates:
+            common = len(word_set.intersection(entry.subject_words))
+            if len(words) - common <= delta and len(entry.subject_words) - common <= delta:
+                close.append(entry)
+        return close
 
     def _match_dynamics(self, correlator, facts: MailFacts) -> Match | None:
         """CRM 4.0: subject hashes agree and at least ``hash_min_address_count`` addresses match;
@@ -118,7 +147,7 @@ class SmartMatching(MethodStrategy):
             # appended to every mail, not text quoted from one parent.
             if line_hash in own_lines:
                 continue
-            for message_id in index.by_line_hash(line_hash):
+            for message_id in quoting_candidates(index, line_hash):
                 quoted_hits[message_id] = quoted_hits.get(message_id, 0) + 1
         if not same_subject and not quoted_hits:
             return None
@@ -177,7 +206,7 @@ class SmartMatching(MethodStrategy):
         same sender shortly before."""
         heads = (0,) if part == 1 else (0, 1)
         for head in heads:
-            ids = correlator.index.by_series_head(f"{mail.from_addr}|{total}|{head}")
+            ids = correlator.index.ids("series_head", series_head(mail.from_addr, total, head))
             candidates = [e for e in map(correlator.index.get, ids)
                           if e is not None and ts - SERIES_WINDOW_S <= e.event_time <= ts + FUTURE_SLACK_S]
             if candidates:

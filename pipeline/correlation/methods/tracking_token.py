@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.correlation.methods.base import Match, MailFacts, Method, MethodStrategy, recency
+from pipeline.correlation.methods.base import IndexKeys, Match, MailFacts, Method, MethodStrategy, recency
 
 
 class TrackingToken(MethodStrategy):
     code = Method.TRACKING_TOKEN
     label = "TrackingToken"
+
+    def enabled(self, correlator) -> bool:
+        return correlator.settings.tracking_token.enabled
+
+    def index_keys(self, correlator, entry) -> IndexKeys:
+        # The engine writes the entry's token: it is part of every decision, not only of this method's.
+        return (("token", (entry.tracking_token,)),) if entry.tracking_token else ()
 
     def match(self, correlator, facts: MailFacts) -> Match | None:
         """The most recent mail with the token; in "confirms" mode the most recent one whose
@@ -17,9 +24,7 @@ class TrackingToken(MethodStrategy):
         token = facts.token
         if token is None:
             return None
-        index, ts = correlator.index, facts.ts
-        candidates = [e for e in map(index.get, index.by_token(token))
-                      if e is not None and correlator.in_window(e, ts)]
+        candidates = correlator.candidates(correlator.index.ids("token", token), facts.ts)
         candidates.sort(key=recency, reverse=True)
         confirm = correlator.settings.tracking_token.mode == "confirms"
         subject_key = facts.subject.subject_key

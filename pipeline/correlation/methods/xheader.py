@@ -26,10 +26,13 @@ class XHeader(MethodStrategy):
     code = Method.XHEADER
     label = "XHeader"
 
+    def enabled(self, correlator) -> bool:
+        return correlator.settings.use_xheader
+
     def match(self, correlator, facts: MailFacts) -> Match | None:
         settings = correlator.settings
         mail = facts.mail
-        if not (settings.use_xheader and mail.xref):
+        if not mail.xref:
             return None
         xref = parse_xref(mail.xref)
         ref = xref.get("ref")

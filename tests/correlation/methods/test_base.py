@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.explain import describe
+from pipeline.correlation.index import InMemoryStore
 from pipeline.correlation.methods import BUILT_IN
 from pipeline.correlation.methods.base import STRATEGIES, Match, Method, MethodStrategy, method_label, register, unregister
 from pipeline.mail.record import MailRecord
@@ -17,24 +17,33 @@ from pipeline.settings import CorrelationSettings
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 
 
-class SubjectNamesParent(MethodStrategy):
-    """Toy method: the subject names the parent's Message-ID ("about <id>")."""
+class SameSender(MethodStrategy):
+    """Toy method, defined here alone: the newest mail from the same sender, under a lookup of its
+    own, with a switch of its own."""
 
     code = 8
-    label = "SubjectNamesParent"
+    label = "SameSender"
+
+    def __init__(self) -> None:
+        self.on = True
+
+    def enabled(self, correlator):
+        return self.on
+
+    def index_keys(self, correlator, entry):
+        return (("same_sender", (entry.from_addr,)),)
 
     def match(self, correlator, facts):
-        found = re.search(r"about (<[^>]+>)", facts.mail.subject)
-        parent = correlator.index.get(found.group(1)) if found else None
-        return Match(self.code, parent, 1, {"ref": parent.message_id}) if parent is not None else None
+        parent, count = correlator.most_recent(correlator.index.ids("same_sender", facts.mail.from_addr), facts.ts)
+        return Match(self.code, parent, count, {"sender": facts.mail.from_addr}) if parent is not None else None
 
     def explain(self, evidence):
-        return f"its subject names {evidence['ref']}"
+        return f"it comes from {evidence['sender']}, like the parent"
 
 
 @pytest.fixture
 def toy():
-    strategy = SubjectNamesParent()
+    strategy = SameSender()
     register(strategy)
     try:
         yield strategy
@@ -48,7 +57,7 @@ def mail(message_id: str, subject: str, minutes: float) -> MailRecord:
 
 
 def test_built_in_methods_are_registered_in_design_order():
-    assert [s.code for s in STRATEGIES] == [Method.XHEADER, Method.IN_REPLY_TO, Method.TRACKING_TOKEN,
+    assert list(STRATEGIES) == [Method.XHEADER, Method.IN_REPLY_TO, Method.TRACKING_TOKEN,
                                             Method.CONVERSATION_INDEX, Method.SMART_MATCHING, Method.CUSTOM]
     assert [s.label for s in BUILT_IN] == ["XHeader", "InReplyTo", "TrackingToken", "ConversationIndex",
                                            "SmartMatching", "Custom"]
@@ -58,24 +67,40 @@ def test_built_in_methods_are_registered_in_design_order():
 def test_a_registered_strategy_is_matched_and_explained(toy):
     engine = Correlator(CorrelationSettings(), clock=lambda: T0)
     engine.correlate(mail("<a@test>", "Invoice", 0))
-    result = engine.correlate(mail("<b@test>", "Question about <a@test>", 5))
-    assert (result.method, result.method_name, result.parent_message_id) == (8, "SubjectNamesParent", "<a@test>")
+    result = engine.correlate(mail("<b@test>", "Printer broken", 5))
+    assert (result.method, result.method_name, result.parent_message_id) == (8, "SameSender", "<a@test>")
     record = result.to_dict()
-    assert (record["method"], record["method_name"]) == (8, "SubjectNamesParent")
-    assert "by SubjectNamesParent (8)" in describe(record)
-    assert "because:      its subject names <a@test>" in describe(record)
+    assert (record["method"], record["method_name"]) == (8, "SameSender")
+    assert "by SameSender (8)" in describe(record)
+    assert "because:      it comes from ann@customer.example, like the parent" in describe(record)
     # A duplicate delivery reports the method read back from the index again.
-    assert engine.correlate(mail("<b@test>", "Question about <a@test>", 5)).method_name == "SubjectNamesParent"
+    assert engine.correlate(mail("<b@test>", "Printer broken", 5)).method_name == "SameSender"
+
+
+def test_a_registered_strategy_finds_its_keys_in_a_rebuilt_index(toy):
+    store = InMemoryStore()
+    Correlator(CorrelationSettings(), store, clock=lambda: T0).correlate(mail("<a@test>", "Invoice", 0))
+    restarted = Correlator(CorrelationSettings(), store, clock=lambda: T0)
+    assert restarted.index.ids("same_sender", "ann@customer.example") == ["<a@test>"]
+    assert restarted.correlate(mail("<b@test>", "Printer broken", 5)).parent_message_id == "<a@test>"
+
+
+def test_a_switched_off_strategy_is_not_tried_but_keeps_its_keys(toy):
+    toy.on = False
+    engine = Correlator(CorrelationSettings(), clock=lambda: T0)
+    engine.correlate(mail("<a@test>", "Invoice", 0))
+    assert engine.correlate(mail("<b@test>", "Printer broken", 5)).method is Method.NONE
+    assert engine.index.ids("same_sender", "ann@customer.example") == ["<a@test>", "<b@test>"]
 
 
 def test_registration_refuses_a_taken_code_or_label(toy):
     with pytest.raises(ValueError):
-        register(SubjectNamesParent())
+        register(SameSender())
     with pytest.raises(ValueError):
-        register(type("Clash", (SubjectNamesParent,), {"code": Method.NONE, "label": "Other"})())
+        register(type("Clash", (SameSender,), {"code": Method.NONE, "label": "Other"})())
 
 
 def test_without_the_registration_the_mail_starts_a_conversation():
     engine = Correlator(CorrelationSettings(), clock=lambda: T0)
     engine.correlate(mail("<a@test>", "Invoice", 0))
-    assert engine.correlate(mail("<b@test>", "Question about <a@test>", 5)).method is Method.NONE
+    assert engine.correlate(mail("<b@test>", "Printer broken", 5)).method is Method.NONE
