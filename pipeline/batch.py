@@ -15,7 +15,7 @@ from pipeline.correlation.model import Correlation
 from pipeline.mail.parse import parse_mail
 from pipeline.mail.record import MailParseError, MailRecord
 from pipeline.mail.sources import iter_mail_sources
-from pipeline.settings import Settings
+from pipeline.settings import CorrelationSettings, UntrackedSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,22 +33,22 @@ def strip_threading_headers(mail: MailRecord) -> MailRecord:
     return dataclasses.replace(mail, in_reply_to=(), references=(), thread_index=None, thread_topic="", xref=None)
 
 
-def parse_sources(paths: Iterable[str], settings: Settings, *, tenant: str = "default", direction: str = "in",
-                  strip_headers: bool = False) -> Iterator[MailRecord | ParseFailure]:
+def parse_sources(paths: Iterable[str], correlation: CorrelationSettings, *, tenant: str = "default",
+                  direction: str = "in", strip_headers: bool = False) -> Iterator[MailRecord | ParseFailure]:
     """Mail records (or the reason a message could not be parsed) from mbox/maildir/.eml paths."""
     for source_ref, raw in iter_mail_sources(paths):
         try:
             mail = parse_mail(raw, direction=direction, tenant=tenant, mailbox=source_ref.partition("#")[0],
-                              xheader_name=settings.correlation.xheader_name)
+                              xheader_name=correlation.xheader_name)
         except MailParseError as exc:
             yield ParseFailure(source_ref, exc.reason, exc.message)
             continue
         yield strip_threading_headers(mail) if strip_headers else mail
 
 
-def correlate_sources(paths: Iterable[str], settings: Settings, *, tenant: str = "default", direction: str = "in",
-                      strip_headers: bool = False, correlator: Correlator | None = None,
-                      ) -> Iterator[Correlation | ParseFailure]:
-    correlator = correlator or Correlator(settings.correlation, tenant=tenant, untracked=settings.untracked)
-    for item in parse_sources(paths, settings, tenant=tenant, direction=direction, strip_headers=strip_headers):
+def correlate_sources(paths: Iterable[str], correlation: CorrelationSettings, untracked: UntrackedSettings | None = None,
+                      *, tenant: str = "default", direction: str = "in", strip_headers: bool = False,
+                      correlator: Correlator | None = None) -> Iterator[Correlation | ParseFailure]:
+    correlator = correlator or Correlator(correlation, tenant=tenant, untracked=untracked)
+    for item in parse_sources(paths, correlation, tenant=tenant, direction=direction, strip_headers=strip_headers):
         yield item if isinstance(item, ParseFailure) else correlator.correlate(item)

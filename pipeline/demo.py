@@ -9,10 +9,11 @@ from pathlib import Path
 from pipeline.batch import ParseFailure, correlate_sources
 from pipeline.correlation.evaluate import evaluate, format_table, read_truth
 from pipeline.correlation.explain import describe
-from pipeline.settings import Settings
+from pipeline.settings import CorrelationSettings, UntrackedSettings
 
 
-def run_demo(corpus: Path, out_dir: Path, settings: Settings, *, progress) -> None:
+def run_demo(corpus: Path, out_dir: Path, correlation: CorrelationSettings, untracked: UntrackedSettings, *,
+             progress) -> None:
     mbox, truth = corpus / "messages.mbox", corpus / "truth.jsonl"
     out_dir.mkdir(parents=True, exist_ok=True)
     for strip in (False, True):
@@ -21,7 +22,7 @@ def run_demo(corpus: Path, out_dir: Path, settings: Settings, *, progress) -> No
         print(f"\n== {mbox.name}, {label} -> {out}")
         predictions = []
         with open(out, "w", encoding="utf-8") as handle:
-            items = correlate_sources([str(mbox)], settings, strip_headers=strip)
+            items = correlate_sources([str(mbox)], correlation, untracked, strip_headers=strip)
             for item in progress(items, desc="correlate"):
                 if isinstance(item, ParseFailure):
                     continue

@@ -31,8 +31,8 @@ def cmd_correlate(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     failures = 0
     with open(out_path, "w", encoding="utf-8") as out, open(str(out_path) + ".errors", "w", encoding="utf-8") as errors:
-        items = correlate_sources(args.mailbox, settings, tenant=args.tenant, direction=args.direction,
-                                  strip_headers=args.strip_headers)
+        items = correlate_sources(args.mailbox, settings.correlation, settings.untracked, tenant=args.tenant,
+                                  direction=args.direction, strip_headers=args.strip_headers)
         for item in _progress(items, enabled=not args.no_progress, desc="correlate"):
             if isinstance(item, ParseFailure):
                 failures += 1
@@ -96,20 +96,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     require_paths([args.mbox, args.truth])
+    correlation = settings.correlation
     if args.strategy:
-        smart = settings.correlation.smart_matching.model_copy(update={"strategy": args.strategy})
-        settings = settings.model_copy(update={"correlation": settings.correlation.model_copy(update={"smart_matching": smart})})
-    items = correlate_sources([args.mbox], settings, strip_headers=args.strip_headers)
+        smart = correlation.smart_matching.model_copy(update={"strategy": args.strategy})
+        correlation = correlation.model_copy(update={"smart_matching": smart})
+    items = correlate_sources([args.mbox], correlation, settings.untracked, strip_headers=args.strip_headers)
     predictions = [item for item in _progress(items, enabled=not args.no_progress, desc="eval")
                    if not isinstance(item, ParseFailure)]
     result = evaluate(read_truth(args.truth), predictions)
     if args.json:
         print(json.dumps({"strip_headers": args.strip_headers,
-                          "strategy": settings.correlation.smart_matching.strategy,
-                          "settings_fingerprint": settings.correlation.fingerprint(),
+                          "strategy": correlation.smart_matching.strategy,
+                          "settings_fingerprint": correlation.fingerprint(),
                           **result.as_dict()}, indent=2))
     else:
-        title = f"{args.mbox}  strip_headers={args.strip_headers}  strategy={settings.correlation.smart_matching.strategy}"
+        title = f"{args.mbox}  strip_headers={args.strip_headers}  strategy={correlation.smart_matching.strategy}"
         print(format_table(result, title))
     return 0
 
@@ -130,7 +131,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     corpus = Path(args.corpus)
     if not (corpus / "messages.mbox").is_file():
         raise UserError(f"{corpus} has no messages.mbox (pass --corpus DIR)")
-    run_demo(corpus, Path(args.out_dir), settings_from(args),
+    settings = settings_from(args)
+    run_demo(corpus, Path(args.out_dir), settings.correlation, settings.untracked,
              progress=lambda items, desc: _progress(items, enabled=not args.no_progress, desc=desc))
     return 0
 

@@ -23,7 +23,7 @@ import pytest
 from pipeline.batch import ParseFailure, correlate_sources, parse_sources
 from pipeline.correlation.evaluate import evaluate, read_truth
 from pipeline.correlation.methods.base import Method
-from pipeline.settings import CorrelationSettings, Settings, SmartMatchingSettings
+from pipeline.settings import CorrelationSettings, SmartMatchingSettings
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "ponymail"
 
@@ -32,8 +32,8 @@ pytestmark = pytest.mark.skipif(not (CORPUS / "messages.mbox").is_file(),
 
 
 def predict(*, strip_headers: bool, strategy: str = "evidence"):
-    settings = Settings(correlation=CorrelationSettings(smart_matching=SmartMatchingSettings(strategy=strategy)))
-    predictions = [item for item in correlate_sources([str(CORPUS / "messages.mbox")], settings, strip_headers=strip_headers)
+    correlation = CorrelationSettings(smart_matching=SmartMatchingSettings(strategy=strategy))
+    predictions = [item for item in correlate_sources([str(CORPUS / "messages.mbox")], correlation, strip_headers=strip_headers)
                    if not isinstance(item, ParseFailure)]
     assert len(predictions) == 762
     return predictions
@@ -52,7 +52,7 @@ def test_with_headers_header_links_are_exact_and_only_headerless_replies_disagre
     thread = {row.message_id: row.thread_root_id for row in read_truth(CORPUS / "truth.jsonl")}
     # Ids each mail names that are mails of the corpus: none, for every disputed link.
     named_in_corpus = {mail.message_id: [ref for ref in (*mail.in_reply_to, *mail.references) if ref in thread]
-                       for mail in parse_sources([str(CORPUS / "messages.mbox")], Settings())}
+                       for mail in parse_sources([str(CORPUS / "messages.mbox")], CorrelationSettings())}
     disputed = [p for p in predictions if p.parent_message_id and thread[p.parent_message_id] != thread[p.message_id]]
     assert len(disputed) <= 8
     for prediction in disputed:

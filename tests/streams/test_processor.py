@@ -118,7 +118,7 @@ def test_corpus_in_batches_decides_like_the_pure_engine():
         result.apply_to(table)
 
     engine = Correlator(settings.correlation, tenant="default", untracked=settings.untracked)
-    expected = list(correlate_sources([mailbox], settings, tenant="default", direction="in", correlator=engine))
+    expected = list(correlate_sources([mailbox], settings.correlation, tenant="default", direction="in", correlator=engine))
     assert not [e for e in expected if isinstance(e, ParseFailure)]
     assert not decoded(outputs, "deadletter")
     want = {c.message_id: (None, None, c.conversation_id, c.untracked_reason) if c.untracked_reason
