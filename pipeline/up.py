@@ -186,7 +186,7 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
         say(f"\n{sum(counts.values())} mails handled in {elapsed:.1f} s: {dict(counts)}\n")
         say(summarize(settings, bootstrap, codec, generation))
 
-        store = ClickHouseStore(settings)
+        store = ClickHouseStore(settings.clickhouse, data_dir / "clickhouse")
         store.migrate()
         sink = ClickHouseSink(settings.kafka, bootstrap, store, codec, app_id=settings.worker.app_id)
         stack.callback(sink.close)

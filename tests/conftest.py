@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from pipeline.settings import Settings
+from pipeline.settings import ClickHouseSettings
 from pipeline.sinks.clickhouse import ClickHouseStore
 
 
@@ -58,14 +58,11 @@ def chdb_path(tmp_path_factory):
 
 @pytest.fixture
 def clickhouse_factory(chdb_path):
-    """store(database=None) -> a migrated store on the session's chDB, in a fresh database."""
+    """store() -> a migrated store on the session's chDB, in a fresh database."""
     stores = []
 
-    def make(database: str | None = None, settings: Settings | None = None) -> ClickHouseStore:
-        settings = settings or Settings()
-        settings = settings.model_copy(update={"clickhouse": settings.clickhouse.model_copy(
-            update={"database": database or f"t_{uuid.uuid4().hex[:10]}"})})
-        store = ClickHouseStore(settings, chdb_path=chdb_path)
+    def make() -> ClickHouseStore:
+        store = ClickHouseStore(ClickHouseSettings(database=f"t_{uuid.uuid4().hex[:10]}"), chdb_path)
         store.migrate()
         stores.append(store)
         return store

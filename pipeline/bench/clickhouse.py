@@ -22,7 +22,7 @@ from pipeline.analytics.dashboards import DASHBOARDS
 from pipeline.analytics.panels import default_variables, panel_sql
 from pipeline.analytics.seed import load_records, seed_records
 from pipeline.bench.common import machine_facts
-from pipeline.settings import Settings
+from pipeline.settings import ClickHouseSettings, Settings
 from pipeline.sinks.clickhouse import ClickHouseStore
 
 TARGET_MS = 200
@@ -101,9 +101,7 @@ def run_clickhouse_bench(settings: Settings, *, mails: int, repeat: int, insert_
                          progress: Callable[[str], None] = lambda _m: None) -> dict:
     path = data_dir / "bench-clickhouse"
     shutil.rmtree(path, ignore_errors=True)
-    settings = settings.model_copy(update={"clickhouse": settings.clickhouse.model_copy(update={"url": None,
-                                                                                              "database": "bench"})})
-    store = ClickHouseStore(settings, chdb_path=path)
+    store = ClickHouseStore(ClickHouseSettings(database="bench"), path)
     store.migrate()
 
     progress(f"insert rate: {insert_mails} seeded mails with campaigns, through the sink's inserts")

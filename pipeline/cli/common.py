@@ -58,7 +58,7 @@ def open_store(settings: Settings):
     from pipeline.sinks.clickhouse import ClickHouseStore
 
     try:
-        store = ClickHouseStore(settings)
+        store = ClickHouseStore(settings.clickhouse, settings.worker.data_dir.resolve() / "clickhouse")
     except Exception as exc:  # chDB refuses a folder another process holds; servers refuse logins
         raise UserError(f"cannot open ClickHouse: {exc} (is `threadline up` running on the same data folder? "
                         "chDB allows one process per folder; set THREADLINE_CLICKHOUSE_URL to share a server)") from exc

@@ -26,7 +26,7 @@ from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.topics import BY_NAME, SINK_TOPICS
 from pipeline.redact import redact_url
 from pipeline.runtime.consumer_loop import Batch, ConsumerLoop
-from pipeline.settings import KafkaSettings, Settings
+from pipeline.settings import ClickHouseSettings, KafkaSettings
 from pipeline.sinks.tables import META_COLUMNS, expected_columns
 
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[\w]+\.sql$")
@@ -53,20 +53,20 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 class ClickHouseStore:
-    def __init__(self, settings: Settings, *, chdb_path: Path | None = None) -> None:
+    def __init__(self, clickhouse: ClickHouseSettings, chdb_path: Path | None = None) -> None:
+        """The server of ``clickhouse.url``, or else the embedded chDB in the folder ``chdb_path``."""
         import clickhouse_connect
 
-        self.database = settings.clickhouse.database
+        self.database = clickhouse.database
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.database):
             raise SinkError(f"clickhouse.database {self.database!r} is not a plain identifier")
-        if settings.clickhouse.url:
-            self.client = clickhouse_connect.get_client(dsn=settings.clickhouse.url)
-            self.location = redact_url(settings.clickhouse.url)  # printed and logged: never the password
+        if clickhouse.url:
+            self.client = clickhouse_connect.get_client(dsn=clickhouse.url)
+            self.location = redact_url(clickhouse.url)  # printed and logged: never the password
         else:
-            path = chdb_path or settings.worker.data_dir.resolve() / "clickhouse"
-            path.mkdir(parents=True, exist_ok=True)
-            self.client = clickhouse_connect.get_client(interface="chdb", path=str(path), tz_mode="aware")
-            self.location = f"chdb:{path}"
+            chdb_path.mkdir(parents=True, exist_ok=True)
+            self.client = clickhouse_connect.get_client(interface="chdb", path=str(chdb_path), tz_mode="aware")
+            self.location = f"chdb:{chdb_path}"
 
     def sql(self, statement: str) -> str:
         return statement.replace("{db}", self.database)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.analytics.seed import load_records, seed_records
-from pipeline.settings import Settings
+from pipeline.settings import ClickHouseSettings, Settings
 
 SEEDED_DATABASE = "seeded"
 
@@ -16,9 +16,7 @@ def seeded(chdb_path):
     from pipeline.sinks.clickhouse import ClickHouseStore
 
     settings = Settings()
-    settings = settings.model_copy(update={"clickhouse": settings.clickhouse.model_copy(
-        update={"database": SEEDED_DATABASE, "url": None})})
-    store = ClickHouseStore(settings, chdb_path=chdb_path)
+    store = ClickHouseStore(ClickHouseSettings(database=SEEDED_DATABASE), chdb_path)
     store.client.command(f"DROP DATABASE IF EXISTS {SEEDED_DATABASE}")
     store.migrate()
     load_records(store, seed_records(settings, tenants=2, mails_per_tenant=1500, campaigns=3, recipients=300))

@@ -31,7 +31,7 @@ import clickhouse_connect
 from pipeline.analytics.dashboards import DASHBOARDS
 from pipeline.analytics.panels import run_dashboard
 from pipeline.analytics.seed import load_records, seed_records
-from pipeline.settings import Settings
+from pipeline.settings import ClickHouseSettings, Settings
 from pipeline.sinks.clickhouse import ClickHouseStore
 
 DATABASE = "threadline"
@@ -122,9 +122,7 @@ def _panels(client, tenant: str, time_from: datetime, time_to: datetime) -> dict
 
 def main(folder: Path, spec: dict) -> dict:
     settings = Settings()
-    settings = settings.model_copy(update={"clickhouse": settings.clickhouse.model_copy(update={"database": DATABASE,
-                                                                                              "url": None})})
-    store = ClickHouseStore(settings, chdb_path=folder / "clickhouse")
+    store = ClickHouseStore(ClickHouseSettings(database=DATABASE), folder / "clickhouse")
     store.migrate()
     load_records(store, seed_records(settings, **SEED))
     load_records(store, iter([r for t in ("tenant-1", "tenant-2") for r in _extra_records(t)]))

@@ -165,8 +165,7 @@ def test_reader_logs_in_and_sees_only_its_tenant_on_a_real_server():
     own, other = f"rp{suffix}-a", f"rp{suffix}-b"
     user, password = f"reader_{own}", secrets.token_urlsafe(32)
     settings = Settings()
-    settings = settings.model_copy(update={"clickhouse": settings.clickhouse.model_copy(update={"database": database})})
-    admin = ClickHouseStore(settings)
+    admin = ClickHouseStore(settings.clickhouse.model_copy(update={"database": database}))
     sql = READER_SQL.read_text().replace("threadline.", f"{database}.").replace(ROLE, role)
     # The reader as compose creates it: reader-users.sh's statements (a sha256_hash of the password),
     # for this test's own user, role and random password.
