@@ -171,8 +171,8 @@ def check_relay(settings: Settings) -> list[Check]:
     from pipeline.gateways.smtp.policy import own_domains, relay_config_problems
 
     relay = settings.relay
-    if not relay.upstream_host:
-        return [Check("smtp relay", True, "not configured (relay.upstream_host unset)")]
+    if not relay.upstream.host:
+        return [Check("smtp relay", True, "not configured (relay.upstream.host unset)")]
     name = f"smtp relay ({relay.mode} on {relay.host})"
     problems = relay_config_problems(settings, inbound=relay.mode == "inbound", host=relay.host)
     if problems:

@@ -1,6 +1,8 @@
-"""Files that survive a crash: the one way the package replaces a file or makes a rename durable.
+"""Files that survive a crash: the one way the package replaces a file, appends a line to one or
+makes a rename durable.
 
-Used by the blob store, the relay's queue and counter files and the IMAP poller's state file.
+Used by the blob store, the relay's queue and counter files, the IMAP poller's state file, and the
+campaigns' resume state and suppression files (appended).
 """
 
 from __future__ import annotations
@@ -35,3 +37,22 @@ def write_atomically(path: Path, data: bytes) -> None:
         Path(temporary).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def append_line(path: Path, line: bytes) -> None:
+    """Append ``line`` (ending in a newline) to ``path`` and fsync it; a new file is private and
+    its folder fsync'd.  A torn last line (a crash while writing) is ended first, so that this line
+    is not lost with it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        end = os.lseek(fd, 0, os.SEEK_END)
+        if end and os.pread(fd, 1, end - 1) != b"\n":
+            line = b"\n" + line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        fsync_dir(path.parent)

@@ -62,6 +62,46 @@ class _Section(BaseModel):
         # pydantic leaves repr=False fields out; the password inside a URL field needs redacting too.
         return [(name, redact_strings(value)) for name, value in super().__repr_args__()]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _smtp_keys_moved(cls, data: Any) -> Any:
+        # The SMTP servers were flat keys (relay.upstream_host): extra=forbid alone would not name the new key.
+        for name, field in cls.model_fields.items() if isinstance(data, Mapping) else ():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, SmtpSettings):
+                for key in sorted(data.keys() & {f"{name}_{key}" for key in SmtpSettings.model_fields}):
+                    raise ValueError(f"{key} is now {name}.{key[len(name) + 1:]}: the key {key[len(name) + 1:]} of this "
+                                     f"section's {name} table (its environment variable keeps its name)")
+        return data
+
+
+class SmtpSettings(_Section):
+    """An SMTP server that mail is handed to (pipeline/smtp_client.py): the shape of the relay's
+    upstream, of campaign mail and of alert mail, each with its own defaults (the subclasses)."""
+
+    host: str | None = Field(None, description="SMTP server; unset: none.")
+    port: int = Field(25, ge=1, le=65535, description="SMTP port (587 with STARTTLS, 465 is not supported).")
+    starttls: bool = Field(False, description="Upgrade the connection with STARTTLS (certificate verified) "
+                           "before sending.")
+    username: str | None = Field(None, description="SMTP AUTH user; unset: no AUTH.")
+    password: str | None = Field(None, repr=False, description="SECRET, never logged: SMTP AUTH password.")
+    timeout_s: float = Field(30.0, gt=0, le=600, description="Longest wait for one SMTP command.")
+
+
+class RelayUpstreamSettings(SmtpSettings):
+    host: str | None = Field(None, description="Smarthost (outbound) or next hop (inbound) the relay hands every "
+                             "mail to; required.")
+    timeout_s: float = Field(60.0, gt=0, le=600, description="Longest wait for one upstream SMTP command.")
+
+
+class NotificationSmtpSettings(SmtpSettings):
+    host: str | None = Field(None, description="SMTP server for alert mail; unset: no alert mail is sent.")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="Longest wait for one SMTP command of an alert mail.")
+
+
+class CampaignSmtpSettings(SmtpSettings):
+    host: str | None = Field(None, description="SMTP server for campaign mail; unset: the notifications.smtp "
+                             "server (host, port, starttls, username, password) with this timeout_s.")
+
 
 class TrackingTokenSettings(_Section):
     """Dynamics-style tracking token in the subject, e.g. ``CRM:0001001``.
@@ -542,14 +582,11 @@ class TrackingSettings(_Section):
 class NotificationSettings(_Section):
     """Where alerts (escalations, open notifications) are delivered: e-mail and webhooks."""
 
-    smtp_host: str | None = Field(None, description="SMTP server for alert mail; unset: no alert mail is sent.")
-    smtp_port: int = Field(25, ge=1, le=65535, description="SMTP port (587 with STARTTLS, 465 is not supported).")
-    smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS before sending.")
-    smtp_username: str | None = Field(None, description="SMTP AUTH user; unset: no AUTH.")
-    smtp_password: str | None = Field(None, repr=False, description="SMTP AUTH password (never logged).")
+    smtp: NotificationSmtpSettings = Field(NotificationSmtpSettings(), description="The SMTP server of alert mail.")
     sender: str = Field("threadline@localhost", description="From address of alert mail.")
     webhook_urls: tuple[str, ...] = Field((), description="Every alert is POSTed as JSON to each of these URLs.")
-    timeout_s: float = Field(10.0, gt=0, le=120, description="Longest wait for one SMTP or webhook delivery.")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="Longest wait for one webhook delivery (alert mail: "
+                             "smtp.timeout_s).")
     max_attempts: int = Field(6, ge=1, le=100, description="Attempts per delivery before the notifier stops "
                               "(uncommitted: the alert is delivered after the next start).")
     backoff_s: float = Field(1.0, ge=0, le=600, description="First retry delay; doubles on every attempt.")
@@ -558,20 +595,15 @@ class NotificationSettings(_Section):
 class CampaignSettings(_Section):
     """Campaign sending (``threadline campaign send``, docs/campaigns.md): SMTP, rate, recipient checks.
 
-    SMTP: when ``smtp_host`` is unset, the whole connection (host, port, STARTTLS, user, password)
-    of ``[notifications]`` is used; when it is set, only the ``smtp_*`` fields below count.
+    SMTP: when ``smtp.host`` is unset, the whole connection (host, port, STARTTLS, user, password)
+    of ``notifications.smtp`` is used, with ``smtp.timeout_s`` (pipeline/campaigns/send.py
+    ``campaign_smtp``).
     """
 
     sender: str | None = Field(None, description="From address (and envelope sender) of campaign mail; unset: "
                                "notifications.sender.")
     sender_name: str | None = Field(None, description="Display name in From, e.g. 'ACME News'; unset: none.")
-    smtp_host: str | None = Field(None, description="SMTP server for campaign mail; unset: the [notifications] "
-                                  "SMTP server (host, port, starttls, username, password).")
-    smtp_port: int = Field(25, ge=1, le=65535, description="SMTP port (587 with STARTTLS, 465 is not supported).")
-    smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS before sending.")
-    smtp_username: str | None = Field(None, description="SMTP AUTH user; unset: no AUTH.")
-    smtp_password: str | None = Field(None, repr=False, description="SMTP AUTH password (never logged).")
-    smtp_timeout_s: float = Field(30.0, gt=0, le=600, description="Longest wait for one SMTP command.")
+    smtp: CampaignSmtpSettings = Field(CampaignSmtpSettings(), description="The SMTP server of campaign mail.")
     rate_per_s: float = Field(10.0, gt=0, le=10_000, description="Mails sent per second at most (token bucket).")
     burst: int = Field(1, ge=1, le=10_000, description="Mails that may go out back to back before the rate applies.")
     mx_timeout_s: float = Field(5.0, gt=0, le=60, description="Longest wait for the DNS lookup (MX, else A/AAAA) "
@@ -665,7 +697,7 @@ class ImapSettings(_Section):
 class RelaySettings(_Section):
     """``threadline smtp``: the SMTP relay that records every mail in ``mail.raw`` (docs/smtp.md).
 
-    ``upstream_password`` and ``auth_password`` are secrets: excluded from ``repr``, never logged.
+    ``upstream.password`` and ``auth_password`` are secrets: excluded from ``repr``, never logged.
     """
 
     mode: Literal["outbound", "inbound"] = Field(
@@ -675,15 +707,8 @@ class RelaySettings(_Section):
     host: str = Field("127.0.0.1", description="Address the relay listens on.")
     port: int = Field(2525, ge=1, le=65535, description="Port the relay listens on (25 / 587 need privileges).")
     tenant: str = Field("default", min_length=1, description="Tenant of every mail.raw record the relay writes.")
-    upstream_host: str | None = Field(None, description="Smarthost (outbound) or next hop (inbound) the relay "
-                                      "hands every mail to; required.")
-    upstream_port: int = Field(25, ge=1, le=65535, description="Port of the upstream (587 with STARTTLS).")
-    upstream_starttls: bool = Field(False, description="Upgrade the upstream connection with STARTTLS "
-                                    "(certificate verified).")
-    upstream_username: str | None = Field(None, description="SMTP AUTH user at the upstream; unset: no AUTH.")
-    upstream_password: str | None = Field(None, repr=False, description="SECRET, never logged: SMTP AUTH password "
-                                          "at the upstream.")
-    upstream_timeout_s: float = Field(60.0, gt=0, le=600, description="Longest wait for one upstream SMTP command.")
+    upstream: RelayUpstreamSettings = Field(RelayUpstreamSettings(), description="The smarthost (outbound) or "
+                                            "next hop (inbound).")
     tls_cert_file: Path | None = Field(None, description="PEM certificate (chain) for STARTTLS; with tls_key_file, "
                                        "STARTTLS is offered and required before MAIL.")
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")

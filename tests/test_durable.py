@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from pipeline.durable import write_atomically
+from pipeline.durable import append_line, write_atomically
 
 
 def test_write_atomically_replaces_the_whole_file(tmp_path):
@@ -28,3 +28,13 @@ def test_the_temporary_name_is_the_one_the_relay_queue_treats_as_a_leftover(tmp_
     monkeypatch.setattr(os, "replace", lambda src, dst: (seen.append(os.path.basename(src)), real_replace(src, dst)))
     write_atomically(tmp_path / "q1.mail", b"x")
     assert len(seen) == 1 and seen[0].startswith(".q1.mail.") and seen[0].endswith(".tmp")
+
+
+def test_append_line_creates_a_private_file_and_ends_a_torn_last_line_first(tmp_path):
+    path = tmp_path / "new" / "log.jsonl"
+    append_line(path, b'{"a": 1}\n')
+    assert path.read_bytes() == b'{"a": 1}\n' and path.stat().st_mode & 0o777 == 0o600
+    with open(path, "ab") as handle:
+        handle.write(b'{"torn"')  # a crash while writing
+    append_line(path, b'{"b": 2}\n')
+    assert path.read_bytes().splitlines() == [b'{"a": 1}', b'{"torn"', b'{"b": 2}']

@@ -7,17 +7,28 @@ import json
 import traceback
 
 import pytest
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from pipeline.cli.main import main
 from pipeline.redact import MASK, is_secret, redact_url, scrub, settings_secrets
 from pipeline.settings import Settings, SettingsError, load_settings, settings_reference_markdown
 
 
+def fields(model: type[BaseModel] = Settings, path: str = "") -> list[tuple[str, str, FieldInfo]]:
+    """(section, field name, field) of every field of every section, nested ones (relay.upstream) too."""
+    found = []
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found += fields(field.annotation, f"{path}.{name}" if path else name)
+        elif path:
+            found.append((path, name, field))
+    return found
+
+
 def secret_fields() -> list[tuple[str, str, type]]:
     """(section, field, annotation) of every secret field."""
-    return [(section, name, field.annotation)
-            for section, section_field in Settings.model_fields.items()
-            for name, field in section_field.annotation.model_fields.items() if is_secret(field)]
+    return [(section, name, field.annotation) for section, name, field in fields() if is_secret(field)]
 
 
 def marker(section: str, name: str) -> str:
@@ -28,13 +39,12 @@ def marker(section: str, name: str) -> str:
 # password field without it would be printed.
 def test_every_password_and_key_field_is_marked_secret():
     assert {(s, n) for s, n, _ in secret_fields()} >= {
-        ("kafka", "sasl_password"), ("tracking", "keys"), ("notifications", "smtp_password"),
-        ("campaigns", "smtp_password"), ("imap", "password"), ("relay", "upstream_password"),
+        ("kafka", "sasl_password"), ("tracking", "keys"), ("notifications.smtp", "password"),
+        ("campaigns.smtp", "password"), ("imap", "password"), ("relay.upstream", "password"),
         ("relay", "auth_password")}
-    for section, section_field in Settings.model_fields.items():
-        for name, field in section_field.annotation.model_fields.items():
-            if "password" in name or "secret" in name or name == "keys":
-                assert is_secret(field), f"{section}.{name} looks like a secret but has no repr=False"
+    for section, name, field in fields():
+        if "password" in name or "secret" in name or name == "keys":
+            assert is_secret(field), f"{section}.{name} looks like a secret but has no repr=False"
 
 
 URL_SECRETS = {"clickhouse": "ch-url-pass-9f8e7d", "schema_registry": "registry-pass-6c5b4a",
@@ -51,7 +61,7 @@ def settings_with_every_secret(tmp_path):
     lines["relay"].append('auth_username = "relay-user"')
     lines["clickhouse"] = [f'url = "https://reader:{URL_SECRETS["clickhouse"]}@ch.example:8443/threadline"']
     lines["schema_registry"] = [f'url = "https://reg:{URL_SECRETS["schema_registry"]}@registry.example"']
-    lines["notifications"].append(f'webhook_urls = ["https://hook:{URL_SECRETS["webhook"]}@hooks.example/a", '
+    lines.setdefault("notifications", []).append(f'webhook_urls = ["https://hook:{URL_SECRETS["webhook"]}@hooks.example/a", '
                                   f'"https://hooks.example/b?token={URL_SECRETS["webhook_token"]}"]')
     path = tmp_path / "secrets.toml"
     path.write_text("".join(f"[{section}]\n" + "\n".join(body) + "\n" for section, body in lines.items()))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pipeline.settings import SettingsError, load_settings
@@ -107,3 +109,20 @@ def test_producer_options_reach_the_producers_but_not_what_the_pipeline_relies_o
                            ('{"message.max.bytes": ', "not a JSON object")):
         with pytest.raises(SettingsError, match=message):
             load_settings(environ={"THREADLINE_KAFKA_PRODUCER_OPTIONS": value})
+
+
+def test_smtp_servers_share_one_shape_with_their_own_defaults_and_the_old_flat_keys_name_the_new(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text('[relay.upstream]\nhost = "smarthost.test"\nstarttls = true\n'
+                    '[campaigns.smtp]\nport = 587\n')
+    settings = load_settings(path, environ={"THREADLINE_NOTIFICATIONS_SMTP_HOST": "alerts.test"})
+    upstream, campaigns, notifications = settings.relay.upstream, settings.campaigns.smtp, settings.notifications.smtp
+    assert (upstream.host, upstream.starttls, upstream.timeout_s) == ("smarthost.test", True, 60.0)
+    assert (campaigns.host, campaigns.port, campaigns.timeout_s) == (None, 587, 30.0)
+    assert (notifications.host, notifications.port, notifications.timeout_s) == ("alerts.test", 25, 10.0)
+    for section, old, new in (("relay", "upstream_host", "upstream.host"), ("campaigns", "smtp_timeout_s", "smtp.timeout_s"),
+                              ("notifications", "smtp_password", "smtp.password")):
+        path.write_text(f'[{section}]\n{old} = "OLD-KEY-MARKER-1234"\n')
+        with pytest.raises(SettingsError, match=rf"{section}: .*{old} is now {re.escape(new)}") as caught:
+            load_settings(path, environ={})
+        assert "OLD-KEY-MARKER-1234" not in str(caught.value)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import email.policy
 import hashlib
 import json
-import os
 import re
 import smtplib
 import time
@@ -51,7 +50,9 @@ from pipeline.campaigns.recipients import (
 )
 from pipeline.campaigns.suppression import UNSUBSCRIBED, JsonlSuppressionStore, SuppressionStore
 from pipeline.campaigns.template import CampaignTemplate, RenderedMail
-from pipeline.settings import Settings
+from pipeline.durable import append_line
+from pipeline.settings import Settings, SmtpSettings
+from pipeline.smtp_client import SmtpClient, SmtpError, SmtpUnavailable
 from pipeline.tracking.mark import mark_message
 from pipeline.tracking.safety import key_refusal
 from pipeline.tracking.tokens import Keyring, TokenPayload, sign_token, unsubscribe_url
@@ -74,23 +75,14 @@ class CampaignInterrupted(RuntimeError):
         self.report = report
 
 
-@dataclass(frozen=True)
-class SmtpConfig:
-    host: str
-    port: int = 25
-    starttls: bool = False
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    timeout_s: float = 30.0
-
-
-def smtp_config(settings: Settings) -> SmtpConfig | None:
-    """``[campaigns]`` SMTP when its host is set, else the whole ``[notifications]`` SMTP connection."""
-    c, n = settings.campaigns, settings.notifications
-    if c.smtp_host:
-        return SmtpConfig(c.smtp_host, c.smtp_port, c.smtp_starttls, c.smtp_username, c.smtp_password, c.smtp_timeout_s)
-    if n.smtp_host:
-        return SmtpConfig(n.smtp_host, n.smtp_port, n.smtp_starttls, n.smtp_username, n.smtp_password, c.smtp_timeout_s)
+def campaign_smtp(settings: Settings) -> SmtpSettings | None:
+    """``campaigns.smtp`` when its host is set, else the whole ``notifications.smtp`` connection
+    (host, port, STARTTLS, login) with the campaign's own timeout; ``None`` when neither is set."""
+    campaigns, notifications = settings.campaigns.smtp, settings.notifications.smtp
+    if campaigns.host:
+        return campaigns
+    if notifications.host:
+        return notifications.model_copy(update={"timeout_s": campaigns.timeout_s})
     return None
 
 
@@ -143,36 +135,12 @@ class CampaignState:
                     raise CampaignError(f"{self.path} line {number} belongs to campaign {entry.get('campaign_id')!r} "
                                         f"of tenant {entry.get('tenant')!r}, not {campaign_id!r} of {tenant!r}")
                 self.done[address] = entry
-        self._fd: int | None = None
-
-    def _open(self) -> int:
-        if self._fd is None:
-            created = not self.path.exists()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-            end = os.lseek(self._fd, 0, os.SEEK_END)
-            if end and os.pread(self._fd, 1, end - 1) != b"\n":
-                os.write(self._fd, b"\n")  # end a torn line
-            if created:
-                directory = os.open(self.path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(directory)
-                finally:
-                    os.close(directory)
-        return self._fd
 
     def record(self, address: str, outcome: str, message_id: str, at: float) -> None:
         entry = {"tenant": self.tenant, "campaign_id": self.campaign_id, "address": address, "outcome": outcome,
                  "message_id": message_id, "at": datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds")}
-        fd = self._open()
-        os.write(fd, (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
-        os.fsync(fd)
+        append_line(self.path, (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
         self.done[address] = entry
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 @dataclass(frozen=True)
@@ -276,78 +244,8 @@ def add_unsubscribe_headers(data: bytes, url: str) -> bytes:
             + b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" + linesep + data)
 
 
-class _Smtp:
-    """One connection for the whole campaign, reopened once when the server drops it."""
-
-    def __init__(self, config: SmtpConfig, factory: Callable[..., smtplib.SMTP], helo: str) -> None:
-        self.config, self.factory, self.helo = config, factory, helo
-        self.smtp: smtplib.SMTP | None = None
-
-    def _connect(self) -> smtplib.SMTP:
-        smtp = self.factory(self.config.host, self.config.port, local_hostname=self.helo, timeout=self.config.timeout_s)
-        try:
-            if self.config.starttls:
-                smtp.starttls()
-            if self.config.username:
-                smtp.login(self.config.username, self.config.password or "")
-        except (smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError) as exc:
-            self._quietly_close(smtp)
-            raise CampaignError(f"the SMTP server {self.config.host}:{self.config.port} refused the login or "
-                                f"STARTTLS: {exc}") from exc
-        except BaseException:
-            self._quietly_close(smtp)
-            raise
-        return smtp
-
-    @staticmethod
-    def _quietly_close(smtp: smtplib.SMTP) -> None:
-        try:
-            smtp.close()
-        except Exception:  # already gone
-            pass
-
-    def send(self, sender: str, recipient: str, data: bytes) -> tuple[str, str]:
-        """(outcome, detail): ``sent``, ``refused`` (5xx) or ``deferred`` (4xx).  Connection
-        failures that survive one reconnect raise."""
-        for attempt in (1, 2):
-            try:
-                if self.smtp is None:
-                    self.smtp = self._connect()
-                self.smtp.sendmail(sender, [recipient], data)
-                return SENT, ""
-            except smtplib.SMTPRecipientsRefused as exc:
-                code, text = next(iter(exc.recipients.values()), (550, b""))
-                return (REFUSED if code >= 500 else DEFERRED), f"{code} {_text(text)}"
-            except smtplib.SMTPSenderRefused as exc:
-                if exc.smtp_code >= 500:  # the same for every recipient: stop, record nothing
-                    raise CampaignError(f"the SMTP server refused the sender {sender}: {exc.smtp_code} "
-                                        f"{_text(exc.smtp_error)}") from exc
-                return DEFERRED, f"{exc.smtp_code} {_text(exc.smtp_error)}"
-            except smtplib.SMTPDataError as exc:
-                if exc.smtp_code == 421:  # the server closes the connection: reconnect for the next one
-                    self.close()
-                return (REFUSED if exc.smtp_code >= 500 else DEFERRED), f"{exc.smtp_code} {_text(exc.smtp_error)}"
-            except (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, OSError):
-                self.close()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        if self.smtp is not None:
-            try:
-                self.smtp.quit()
-            except Exception:
-                self._quietly_close(self.smtp)
-            self.smtp = None
-
-
-def _text(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def send_campaign(settings: Settings, campaign_id: str, template: CampaignTemplate | str | Path,
-                  recipients_csv: str | Path, *, tenant: str = "default", smtp: SmtpConfig | None = None,
+                  recipients_csv: str | Path, *, tenant: str = "default", smtp: SmtpSettings | None = None,
                   rate_per_s: float | None = None, state_path: str | Path | None = None, dry_run: bool = False,
                   resolver: MailDomainResolver | None = _DEFAULT,  # type: ignore[assignment]
                   probe: Callable | None = _DEFAULT,  # type: ignore[assignment]
@@ -356,7 +254,7 @@ def send_campaign(settings: Settings, campaign_id: str, template: CampaignTempla
                   sleep: Callable[[float], None] = time.sleep, now: Callable[[], float] = time.time) -> CampaignReport:
     """Send (or with ``dry_run`` only check and render) a campaign; see the module doc.
 
-    Defaults come from ``settings``: ``smtp`` from :func:`smtp_config`, ``rate_per_s`` and the
+    Defaults come from ``settings``: ``smtp`` from :func:`campaign_smtp`, ``rate_per_s`` and the
     checks from ``[campaigns]``, ``suppressions`` from the JSONL file in ``worker.data_dir``,
     ``state_path`` from :func:`default_state_path`.  ``resolver=None`` skips DNS; ``probe=None``
     skips the SMTP probe (default: on when ``campaigns.smtp_probe``)."""
@@ -370,9 +268,9 @@ def send_campaign(settings: Settings, campaign_id: str, template: CampaignTempla
     options = settings.campaigns
     sender = sender_of(settings)
     if smtp is None and not dry_run:
-        smtp = smtp_config(settings)
+        smtp = campaign_smtp(settings)
         if smtp is None:
-            raise CampaignError("no SMTP server: set campaigns.smtp_host (or notifications.smtp_host)")
+            raise CampaignError("no SMTP server: set campaigns.smtp.host (or notifications.smtp.host)")
     rate = options.rate_per_s if rate_per_s is None else rate_per_s
     if rate <= 0:
         raise CampaignError("the rate must be more than 0 mails a second")
@@ -410,7 +308,7 @@ def send_campaign(settings: Settings, campaign_id: str, template: CampaignTempla
     keyring = Keyring.from_settings(settings.tracking)
     domain = domain_of(sender) or "threadline.invalid"
     bucket = TokenBucket(rate, options.burst, clock=clock, sleep=sleep)
-    connection = None if dry_run else _Smtp(smtp, smtp_factory, helo=domain)
+    connection = None if dry_run else SmtpClient(smtp, helo=domain, factory=smtp_factory)
     try:
         for checked in valid:
             recipient = checked.recipient
@@ -437,10 +335,15 @@ def send_campaign(settings: Settings, campaign_id: str, template: CampaignTempla
                 continue
             bucket.acquire()
             try:
-                outcome, _detail = connection.send(sender, recipient.email, data)
-            except (OSError, smtplib.SMTPException) as exc:
+                sent = connection.send(sender, [recipient.email], data)
+            except SmtpError as exc:
+                if isinstance(exc, SmtpUnavailable) and exc.login_refused:  # our configuration: no retry helps
+                    raise CampaignError(f"the SMTP server {smtp.host}:{smtp.port} {exc}") from exc
                 raise CampaignInterrupted(f"the SMTP server {smtp.host}:{smtp.port} is unreachable ({exc}); "
                                           "run again to send the rest", report) from exc
+            if sent.sender_refused:  # the same for every recipient: stop, record nothing
+                raise CampaignError(f"the SMTP server refused the sender {sender}: {sent.first_refusal}")
+            outcome = SENT if sent.sent else REFUSED if sent.refused else DEFERRED
             if outcome == DEFERRED:
                 report.skip(recipient, DEFERRED)
                 continue
@@ -456,5 +359,4 @@ def send_campaign(settings: Settings, campaign_id: str, template: CampaignTempla
     finally:
         if connection is not None:
             connection.close()
-        state.close()
     return report

@@ -18,12 +18,12 @@ while writing) is ignored; the file is only ever appended to.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
+from pipeline.durable import append_line
 from pipeline.settings import Settings
 
 UNSUBSCRIBED = "unsubscribed"
@@ -112,15 +112,6 @@ class JsonlSuppressionStore:
             line = json.dumps({"tenant": tenant, "address": key[1], "reason": reason,
                                "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                "campaign_id": campaign_id, "message_id": message_id}, ensure_ascii=False) + "\n"
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                end = os.lseek(fd, 0, os.SEEK_END)
-                if end and os.pread(fd, 1, end - 1) != b"\n":
-                    line = "\n" + line  # end a torn last line first, or this one would be lost with it
-                os.write(fd, line.encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_line(self.path, line.encode("utf-8"))
             self._entries.add(key)  # read back by _refresh too: a set, so no harm
             return True

@@ -96,7 +96,7 @@ def cmd_smtp(args: argparse.Namespace) -> int:
 
 
 def add_smtp(command: CommandFactory) -> None:
-    smtp = command("smtp", cmd_smtp, "SMTP relay: record every mail in mail.raw, then hand it to relay.upstream_host "
+    smtp = command("smtp", cmd_smtp, "SMTP relay: record every mail in mail.raw, then hand it to relay.upstream.host "
                    "(queued and retried while the upstream is down).")
     smtp.add_argument("--inbound", action="store_true", help="MX-side filter: direction in, nothing stamped or marked "
                       "(default: relay.mode)")
@@ -110,8 +110,8 @@ def cmd_notify(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     bootstrap = broker_bootstrap(settings)
     _log_to_stderr()
-    if not settings.notifications.smtp_host and not settings.notifications.webhook_urls:
-        raise UserError("nothing to deliver to: set notifications.smtp_host and/or notifications.webhook_urls")
+    if not settings.notifications.smtp.host and not settings.notifications.webhook_urls:
+        raise UserError("nothing to deliver to: set notifications.smtp.host and/or notifications.webhook_urls")
     notifier = Notifier(settings.notifications, settings.kafka, bootstrap, avro_codec(settings),
                         app_id=settings.worker.app_id)
     print("delivering alerts; Ctrl-C stops", file=sys.stderr)
@@ -128,4 +128,4 @@ def cmd_notify(args: argparse.Namespace) -> int:
 
 
 def add_notify(command: CommandFactory) -> None:
-    command("notify", cmd_notify, "Deliver alerts by e-mail (notifications.smtp_host) and to webhooks.")
+    command("notify", cmd_notify, "Deliver alerts by e-mail (notifications.smtp) and to webhooks.")

@@ -10,9 +10,9 @@ Receivers may see an alert twice after a crash: the mail's Message-ID and the we
 
 from __future__ import annotations
 
+import email.policy
 import json
 import logging
-import smtplib
 import urllib.request
 from datetime import datetime
 from email.message import EmailMessage
@@ -23,6 +23,7 @@ from pipeline.contracts.topics import ALERTS
 from pipeline.redact import redact_url
 from pipeline.runtime.consumer_loop import Batch, ConsumerLoop
 from pipeline.settings import KafkaSettings, NotificationSettings
+from pipeline.smtp_client import SmtpClient
 
 
 class DeliveryError(RuntimeError):
@@ -59,13 +60,11 @@ class Notifier(ConsumerLoop):
         self.settings = notifications
 
     def _send_mail(self, alert: dict) -> None:
-        settings = self.settings
-        with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=settings.timeout_s) as smtp:
-            if settings.smtp_starttls:
-                smtp.starttls()
-            if settings.smtp_username:
-                smtp.login(settings.smtp_username, settings.smtp_password or "")
-            smtp.send_message(alert_mail(alert, settings.sender))
+        mail = alert_mail(alert, self.settings.sender).as_bytes(policy=email.policy.SMTP)
+        with SmtpClient(self.settings.smtp) as smtp:
+            outcome = smtp.send(self.settings.sender, [alert["user"]], mail)
+        if not outcome.sent:
+            raise DeliveryError(next(iter({**outcome.refused, **outcome.deferred}.values())))
 
     def _post(self, url: str, alert: dict) -> None:
         body = json.dumps(alert, default=_json_default).encode()
@@ -76,7 +75,7 @@ class Notifier(ConsumerLoop):
                 raise DeliveryError(f"{redact_url(url)} answered {response.status}")
 
     def deliver(self, alert: dict) -> None:
-        if self.settings.smtp_host and "@" in alert["user"]:
+        if self.settings.smtp.host and "@" in alert["user"]:
             self.retry(f"mail to {alert['user']}", lambda: self._send_mail(alert))
         for url in self.settings.webhook_urls:
             # logged on every failed attempt: a password in the URL stays out of the log

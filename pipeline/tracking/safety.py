@@ -69,12 +69,17 @@ class KeyProblem:
     reason: Reason
 
     def describe(self) -> str:
-        return f"key {self.key_id!r} " + {
-            "development": "is the built-in development key, which is public",
-            "example": "is (or contains) an example secret from the documentation, which is public",
-            "short": f"is shorter than {MIN_SECRET_CHARS} characters",
-            "repetitive": f"has fewer than {MIN_DISTINCT_CHARS} different characters or repeats one piece",
-        }[self.reason]
+        return f"key {self.key_id!r} {reason_text(self.reason)}"
+
+
+def reason_text(reason: Reason, min_chars: int = MIN_SECRET_CHARS) -> str:
+    """What is wrong with a secret, after its name: ``is shorter than 32 characters``."""
+    return {
+        "development": "is the built-in development key, which is public",
+        "example": "is (or contains) an example secret from the documentation, which is public",
+        "short": f"is shorter than {min_chars} characters",
+        "repetitive": f"has fewer than {MIN_DISTINCT_CHARS} different characters or repeats one piece",
+    }[reason]
 
 
 def _letters_and_digits(text: str) -> str:

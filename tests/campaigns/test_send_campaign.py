@@ -18,7 +18,7 @@ from pipeline.campaigns.send import (
 )
 from pipeline.campaigns.suppression import JsonlSuppressionStore
 from pipeline.campaigns.template import CampaignTemplate, TemplateRenderError
-from pipeline.settings import CampaignSettings, Settings, TrackingSettings, WorkerSettings
+from pipeline.settings import CampaignSettings, NotificationSettings, Settings, TrackingSettings, WorkerSettings
 from pipeline.tracking.tokens import Keyring, verify_token
 
 TEMPLATE = CampaignTemplate(
@@ -56,7 +56,10 @@ class _Connection:
     def __init__(self, server):
         self.server = server
 
-    def sendmail(self, sender, recipients, data):
+    def ehlo_or_helo_if_needed(self):
+        pass
+
+    def sendmail(self, sender, recipients, data, mail_options=()):
         server = self.server
         if server.fail_after is not None and len(server.received) >= server.fail_after:
             server.down = True
@@ -65,6 +68,7 @@ class _Connection:
         if code:
             raise smtplib.SMTPRecipientsRefused({recipients[0]: (code, b"no such user")})
         server.received.append((sender, recipients, data))
+        return {}  # like smtplib: the refused recipients
 
     def quit(self):
         pass
@@ -82,7 +86,7 @@ def settings_for(tmp_path, **campaigns) -> Settings:
         worker=WorkerSettings(data_dir=tmp_path / "data"),
         tracking=TrackingSettings(base_url="https://t.example/track", keys={"k1": STRONG_KEY}, current_key_id="k1"),
         campaigns=CampaignSettings(**{"sender": "news@ours.example", "sender_name": "ACME News",
-                                      "smtp_host": "smtp.test", "rate_per_s": 1000.0, **campaigns}))
+                                      "smtp": {"host": "smtp.test"}, "rate_per_s": 1000.0, **campaigns}))
 
 
 def write_csv(tmp_path, n: int = 3, extra: str = "") -> str:
@@ -254,7 +258,7 @@ def test_rate_limit_with_a_fake_clock(tmp_path):
 
 
 def test_dry_run_sends_and_records_nothing(tmp_path):
-    settings = settings_for(tmp_path, smtp_host=None)  # no SMTP server needed
+    settings = settings_for(tmp_path, smtp={})  # no SMTP server needed
     report = send_campaign(settings, "spring-26", TEMPLATE, write_csv(tmp_path, 4, extra="x,Y,Z\n"), tenant="acme",
                            dry_run=True, resolver=FakeResolver(), smtp_factory=None)
     assert report.counts == {"would_send": 4, "syntax": 1}
@@ -274,7 +278,7 @@ def test_a_template_error_stops_before_anything_is_sent(tmp_path):
 def test_start_errors(tmp_path):
     csv = write_csv(tmp_path, 1)
     with pytest.raises(CampaignError, match="no SMTP server"):
-        send_campaign(settings_for(tmp_path, smtp_host=None), "c", TEMPLATE, csv, resolver=None)
+        send_campaign(settings_for(tmp_path, smtp={}), "c", TEMPLATE, csv, resolver=None)
     with pytest.raises(CampaignError, match="campaign id"):
         send_campaign(settings_for(tmp_path), "has space", TEMPLATE, csv, resolver=None)
     # Public links signed with the public development key: refused before any check or mail, dry run too.
@@ -283,11 +287,13 @@ def test_start_errors(tmp_path):
     with pytest.raises(CampaignError, match="threadline campaign send refuses to run: tracking key 'dev' is the "
                        "built-in development key.*secrets.token_urlsafe"):
         send_campaign(public_dev_key, "c", TEMPLATE, csv, resolver=None, dry_run=True)
-    # Without campaigns.smtp_host, the notifications SMTP server is used.
-    fallback = settings_for(tmp_path, smtp_host=None).model_copy(update={"notifications": Settings().notifications.model_copy(
-        update={"smtp_host": "alerts.test", "smtp_port": 2525})})
-    assert send_module.smtp_config(fallback).host == "alerts.test"
-    assert send_module.smtp_config(fallback).port == 2525
+    # Without campaigns.smtp.host, the notifications SMTP server is used, with the campaign's timeout.
+    fallback = settings_for(tmp_path, smtp={"timeout_s": 45}).model_copy(update={"notifications": NotificationSettings(
+        smtp={"host": "alerts.test", "port": 2525, "username": "alerts", "password": "pw", "timeout_s": 5})})
+    server = send_module.campaign_smtp(fallback)
+    assert (server.host, server.port, server.username, server.password, server.timeout_s) == (
+        "alerts.test", 2525, "alerts", "pw", 45)
+    assert send_module.campaign_smtp(settings_for(tmp_path)).host == "smtp.test"
 
 
 def test_non_ascii_mail_is_seven_bit_clean(tmp_path):

@@ -150,8 +150,7 @@ def test_campaign_is_sent_tracked_and_an_unsubscribe_is_honoured_next_time(sandb
 base_url = "{base}"
 
 [campaigns]
-smtp_host = "127.0.0.1"
-smtp_port = {smtp.port}
+smtp = {{ host = "127.0.0.1", port = {smtp.port} }}
 sender = "news@ours.test"
 sender_name = "Ours News"
 rate_per_s = 20

@@ -66,8 +66,7 @@ def test_alerts_reach_smtp_and_webhooks_and_failures_are_retried_not_dropped(san
     try:
         settings_file = sandbox.settings_file(extra=f"""
 [notifications]
-smtp_host = "127.0.0.1"
-smtp_port = {smtp.port}
+smtp = {{ host = "127.0.0.1", port = {smtp.port} }}
 sender = "alerts@acme.test"
 webhook_urls = ["http://127.0.0.1:{webhook.server_port}/hook"]
 backoff_s = 0.01

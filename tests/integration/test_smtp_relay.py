@@ -70,9 +70,7 @@ def start_relay(sandbox, data_dir: Path, bootstrap: str, upstream_port: int, ext
     port = free_port()
     settings_file = sandbox.settings_file(name, extra=f"""
 [relay]
-upstream_host = "127.0.0.1"
-upstream_port = {upstream_port}
-upstream_timeout_s = 5
+upstream = {{ host = "127.0.0.1", port = {upstream_port}, timeout_s = 5 }}
 retry_interval_s = 0.2
 retry_max_interval_s = 1
 subject_tokens = {str(subject_tokens).lower()}

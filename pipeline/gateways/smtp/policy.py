@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from pipeline.settings import RelaySettings, Settings
-from pipeline.tracking.safety import MIN_DISTINCT_CHARS, MIN_PASSWORD_CHARS, is_loopback_host, password_problem
+from pipeline.tracking.safety import (MIN_DISTINCT_CHARS, MIN_PASSWORD_CHARS, is_loopback_host, password_problem,
+                                      reason_text)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -124,15 +125,6 @@ def credentials_match(relay: RelaySettings, login: bytes, password: bytes) -> bo
     return user_ok and password_ok
 
 
-def _weak_password_text(reason: str) -> str:
-    return {
-        "development": "is the built-in development tracking key, which is public",
-        "example": "is (or contains) an example secret from the documentation, which is public",
-        "short": f"is shorter than {MIN_PASSWORD_CHARS} characters",
-        "repetitive": f"has fewer than {MIN_DISTINCT_CHARS} different characters or repeats one piece",
-    }[reason]
-
-
 # -- the configuration ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ConfigProblem:
@@ -148,9 +140,9 @@ def relay_config_problems(settings: Settings, *, inbound: bool, host: str) -> li
     relay = settings.relay
     problems = []
     loopback = is_loopback_host(host)
-    if not relay.upstream_host:
-        problems.append(ConfigProblem("relay.upstream_host is not set: the relay has no smarthost / next hop "
-                                      "to hand mail to", "set relay.upstream_host"))
+    if not relay.upstream.host:
+        problems.append(ConfigProblem("relay.upstream.host is not set: the relay has no smarthost / next hop "
+                                      "to hand mail to", "set relay.upstream.host"))
     if not own_domains(settings):
         problems.append(ConfigProblem(
             "no own domains: " + ("an inbound relay would accept no recipient" if inbound else
@@ -169,7 +161,7 @@ def relay_config_problems(settings: Settings, *, inbound: bool, host: str) -> li
         reason = password_problem(relay.auth_password or "")
         if reason is not None:
             problems.append(ConfigProblem(
-                f"relay.auth_password {_weak_password_text(reason)}, and the relay listens on {host}",
+                f"relay.auth_password {reason_text(reason, MIN_PASSWORD_CHARS)}, and the relay listens on {host}",
                 f"set a password of at least {MIN_PASSWORD_CHARS} characters, {MIN_DISTINCT_CHARS} of them different, "
                 "e.g. python -c \"import secrets; print(secrets.token_urlsafe(18))\", in "
                 "THREADLINE_RELAY_AUTH_PASSWORD(_FILE)"))

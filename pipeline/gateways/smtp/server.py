@@ -1,45 +1,26 @@
-"""``threadline smtp``: an SMTP relay (aiosmtpd) that records every mail in ``mail.raw`` before it leaves.
+"""``threadline smtp``: an SMTP relay (aiosmtpd) that records every mail in ``mail.raw`` before it
+leaves (docs/smtp.md)::
 
-Outbound (default; the organisation's clients submit here)::
+    client --SMTP--> relay: stamp (outbound) --> mail.raw (wait for the broker's ack)
+                                             --> queue file (fsync) --> upstream --> 250
 
-    client --SMTP--> relay: prepare_outbound --> mail.raw (wait for the broker's ack)
-                                            --> queue file (fsync) --> upstream smarthost --> 250
+Outbound (default), :mod:`~pipeline.gateways.smtp.stamp` adds what is missing and the tracking
+marks; inbound (``--inbound``, an MX-side filter) changes nothing.  Who may send how much is
+:mod:`~pipeline.gateways.smtp.policy` (closed by default).  Every mail gets a ``Received`` header
+and CRLF line ends: those final bytes are what ``mail.raw`` holds and the next hop receives.
 
-* :func:`~pipeline.gateways.smtp.stamp.prepare_outbound` (pure, no I/O) stamps what is missing
-  (Message-ID, Date, our reference header, a subject token) and adds the tracking marks when the
-  mail opts in, one marked copy per recipient.
-* Inbound (``--inbound``, an MX-side filter): nothing is stamped or marked; direction ``in``.
+Replies: not acknowledged by the broker -> ``451`` (the client retries; nothing relayed, nothing
+lost).  Recorded -> queued (:mod:`~pipeline.gateways.smtp.spool`) and handed to the upstream
+(:mod:`pipeline.smtp_client`): accepted, or down / 4xx (the queue retries with
+back-off, also after a restart) -> ``250``; refused for good during the session -> that 5xx.
 
-Closed by default (:mod:`pipeline.gateways.smtp.policy`): outbound, only a client that logged in or
-is in ``relay.client_networks`` (loopback) may send, and only as a sender of the own domains;
-inbound, only recipients of the own domains are accepted.  Recipients per mail, messages and
-recipients per client and time, connections and session time are limited; a configuration that
-is unsafe for the listening address does not start.
+aiosmtpd has no hook for a new connection or a whole session's length, so the connection caps,
+the session time limit and the AUTH limits live in an ``SMTP`` subclass (:class:`LimitedSMTP`)
+that the controller's documented ``factory()`` creates; AUTH itself (mechanisms, replies) stays
+aiosmtpd's, with the subclass as its ``authenticator`` callback.
 
-Every mail gets a ``Received`` trace header (RFC 5321 §4.4) and CRLF line ends; those final
-bytes are what ``mail.raw`` holds and what the next hop receives.
-
-Replies: the broker did not acknowledge the record -> ``451`` (temporary: the client retries,
-nothing is relayed, nothing lost).  Recorded -> the final bytes go to a queue file (one per
-message, fsync'd, ``worker.data_dir/relay-queue/<mode>/``) and are handed to the upstream;
-accepted -> the file is removed and the client gets ``250`` (:mod:`pipeline.gateways.smtp.spool`,
-:mod:`pipeline.gateways.smtp.upstream`).  Upstream down or answering 4xx ->
-the file stays, the client still gets ``250``, and a background thread retries the queue with
-back-off (also right after a restart); a file is removed only once the upstream accepted it.
-The upstream refusing the mail for good (5xx for every recipient) during the session -> that
-5xx goes back to the client (the ``mail.raw`` record stays: it says what was attempted); later
-permanent refusals of queued mail move the file to ``failed/`` with the reason, for an operator.
-
-aiosmtpd has hooks for every command but none for a new connection or for the length of a whole
-session, so the connection caps, the session time limit and the AUTH limits live in a small
-``SMTP`` subclass (:class:`LimitedSMTP`), created by the controller's documented ``factory()``
-extension point.  AUTH stays aiosmtpd's (mechanisms, challenges, replies): the subclass is its
-``authenticator`` callback, which checks the credentials and counts failures, and wraps
-``smtp_AUTH`` only to close a connection that failed too often.  Everything else (idle / DATA
-timeout, STARTTLS) is aiosmtpd's own.
-
-Credentials (AUTH passwords, the upstream password) are never logged; the log names queue ids,
-Message-IDs, sizes and recipient counts, not addresses.
+Credentials are never logged; the log names queue ids, Message-IDs, sizes and recipient counts,
+not addresses.
 """
 
 from __future__ import annotations
@@ -55,7 +36,6 @@ import threading
 import time
 from datetime import datetime, timezone
 from email.utils import formatdate
-from typing import Callable
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
@@ -67,9 +47,9 @@ from pipeline.gateways.smtp import policy
 from pipeline.gateways.smtp.policy import RelayError
 from pipeline.gateways.smtp.spool import COUNTER_FILE, QueuedMail, RelayQueue, load_counter, save_counter
 from pipeline.gateways.smtp.stamp import hop_count, message_id_of, outbound_copies, to_crlf
-from pipeline.gateways.smtp.upstream import DeliveryResult, deliver_upstream
 from pipeline.runtime.producer import RecordProducer, RecordWriteError
 from pipeline.settings import RelaySettings, Settings
+from pipeline.smtp_client import SmtpClient, SmtpConnectionLost, SmtpOutcome, SmtpUnavailable
 
 log = logging.getLogger("threadline.smtp")
 
@@ -77,6 +57,7 @@ OUTBOUND_MAILBOX = "smtp-relay"
 INBOUND_MAILBOX = "smtp-inbound"
 SOURCE = "smtp"
 MAX_HOPS = 50                      # Received headers; more means a mail loop (RFC 5321 §6.3)
+PASSED_MAIL_OPTIONS = ("SMTPUTF8", "BODY=8BITMIME")  # of the client's MAIL FROM, to the upstream
 
 
 # -- the aiosmtpd connection ------------------------------------------------------------------
@@ -204,12 +185,10 @@ class SmtpRelay:
 
     def __init__(self, settings: Settings, bootstrap: str, codec: AvroCodec, *, inbound: bool | None = None,
                  host: str | None = None, port: int | None = None,
-                 producer: RecordProducer | None = None,
-                 deliver: Callable[..., DeliveryResult] = deliver_upstream) -> None:
+                 producer: RecordProducer | None = None) -> None:
         self.settings = settings
         self.relay = settings.relay
         self.bootstrap = bootstrap
-        self.codec = codec
         self.inbound = self.relay.mode == "inbound" if inbound is None else inbound
         self.host = host or self.relay.host
         self.port = self.relay.port if port is None else port
@@ -222,7 +201,6 @@ class SmtpRelay:
         self._producer = producer
         # Big mail goes to the blob store, so every record stays under the clients' 1 MB default.
         self.mail_raw = MailRawCodec(settings, codec)
-        self._deliver = deliver
         self._controller = None
         self._stop = threading.Event()
         self._retrier: threading.Thread | None = None
@@ -283,7 +261,7 @@ class SmtpRelay:
         self._retrier = threading.Thread(target=self._retry_loop, name="relay-queue-retry", daemon=True)
         self._retrier.start()
         log.info("smtp relay (%s) on %s:%d -> %s:%d, queue %s", self.mode, self.host, self.port,
-                 self.relay.upstream_host, self.relay.upstream_port, self.queue.directory)
+                 self.relay.upstream.host, self.relay.upstream.port, self.queue.directory)
         return self
 
     def stop(self) -> None:
@@ -292,7 +270,7 @@ class SmtpRelay:
             self._controller.stop()
             self._controller = None
         if self._retrier is not None:
-            self._retrier.join(self.relay.upstream_timeout_s + 5)
+            self._retrier.join(self.relay.upstream.timeout_s + 5)
         if self._producer is not None:
             self._producer.finish(5.0)
         self.queue.close()
@@ -352,8 +330,8 @@ class SmtpRelay:
             return [(tuple(envelope.rcpt_tos), raw)]
         with self._counter_lock:
             before = self.counter.state() if self.counter else None
-            copies = outbound_copies(raw, self.settings, self.counter, sender=envelope.mail_from,
-                                     recipients=envelope.rcpt_tos, tenant=self.relay.tenant)
+            copies = outbound_copies(raw, self.settings.correlation, self.relay, self.settings.tracking, self.counter,
+                                     sender=envelope.mail_from, recipients=envelope.rcpt_tos, tenant=self.relay.tenant)
             if self.counter is not None and self.counter.state() != before:
                 save_counter(self.counter_path, self.counter)
         return copies
@@ -414,53 +392,65 @@ class SmtpRelay:
                 results.append(await loop.run_in_executor(None, self._attempt, item, True))
             except Exception:  # the queue file is durable: the retries take it from here
                 log.exception("%s: delivery attempt failed unexpectedly; left in the queue", name)
-                results.append(DeliveryResult(temporary={r: "unexpected error" for r in rcpts}))
+                results.append(SmtpOutcome(deferred={r: "unexpected error" for r in rcpts}))
             finally:
                 self.queue.release(name)
-        delivered = sum(len(r.delivered) for r in results)
-        waiting = sum(len(r.temporary) for r in results)
-        refused = [r.first_permanent for r in results if r.permanent]
+        delivered = sum(len(r.sent) for r in results)
+        waiting = sum(len(r.deferred) for r in results)
+        refused = [r.first_refusal for r in results if r.refused]
         if refused and not delivered and not waiting:  # refused for good: the client hears it now
             reason = refused[0]
             code = reason[:3] if reason[:1] == "5" and reason[:3].isdigit() else "550"
             return f"{code} 5.0.0 The upstream refused the mail: {reason[4:] if reason[:3].isdigit() else reason}"[:500]
         for item, result in zip(items, results):  # the client hears 250: keep what was refused
-            if result.permanent:
-                await loop.run_in_executor(None, self.queue.fail, item, result.permanent)
+            if result.refused:
+                await loop.run_in_executor(None, self.queue.fail, item, result.refused)
         queue_ids = ", ".join(n.removesuffix(RelayQueue.SUFFIX) for n in names)
         if waiting:
             return f"250 2.0.0 Ok: queued as {queue_ids} (upstream not reachable now: delivery is retried)"
         return f"250 2.0.0 Ok: queued as {queue_ids}"
 
-    def _attempt(self, item: QueuedMail, live: bool = False) -> DeliveryResult:
+    def _attempt(self, item: QueuedMail, live: bool = False) -> SmtpOutcome:
         """One delivery try of a queued (and claimed) message; updates its file accordingly.
         ``live``: during the client's session (the caller decides what to do with refusals);
         else recipients refused for good are kept in ``failed/``."""
         try:
-            result = self._deliver(self.relay, item.mail_from, item.rcpt_tos, item.data, item.mail_options)
+            result = self.deliver(item)
         except Exception as exc:  # e.g. an address smtplib cannot send: keep the mail, say why
             log.exception("%s: delivery failed unexpectedly", item.name)
-            result = DeliveryResult(temporary={r: f"{type(exc).__name__}: {exc}" for r in item.rcpt_tos})
-        if result.permanent and not live:
-            self.queue.fail(item, result.permanent)
-        if result.permanent:
+            result = SmtpOutcome(deferred={r: f"{type(exc).__name__}: {exc}" for r in item.rcpt_tos})
+        if result.refused and not live:
+            self.queue.fail(item, result.refused)
+        if result.refused:
             log.error("%s (%s): the upstream refused %d recipient(s) for good: %s", item.name, item.message_id,
-                      len(result.permanent), result.first_permanent)
-        if result.temporary:
-            self.queue.keep_for(item, tuple(result.temporary))
+                      len(result.refused), result.first_refusal)
+        if result.deferred:
+            self.queue.keep_for(item, tuple(result.deferred))
             with self._backoff_lock:
                 attempts = self._backoff.get(item.name, (0, 0.0))[0] + 1
                 delay = min(self.relay.retry_interval_s * 2 ** (attempts - 1), self.relay.retry_max_interval_s)
                 self._backoff[item.name] = (attempts, time.monotonic() + delay)
             log.warning("%s (%s) queued for %d recipient(s), attempt %d, next in %.1f s: %s", item.name,
-                        item.message_id, len(result.temporary), attempts, delay, next(iter(result.temporary.values())))
+                        item.message_id, len(result.deferred), attempts, delay, next(iter(result.deferred.values())))
         else:
             with self._backoff_lock:
                 self._backoff.pop(item.name, None)
             self.queue.remove(item.name)
             log.info("%s (%s) delivered to %d recipient(s), %d bytes", item.name, item.message_id,
-                     len(result.delivered), len(item.data))
+                     len(result.sent), len(item.data))
         return result
+
+    def deliver(self, item: QueuedMail) -> SmtpOutcome:
+        """Hand one message to ``relay.upstream``, one session per message.  Without a session
+        every recipient waits (``unreachable``: the queue's other mail would fail alike)."""
+        options = [o for o in item.mail_options if o.upper() in PASSED_MAIL_OPTIONS]
+        with SmtpClient(self.relay.upstream) as client:
+            try:
+                return client.send(item.mail_from, item.rcpt_tos, item.data, options)
+            except SmtpUnavailable as exc:  # a refused login too: our configuration, so the mail is kept
+                return SmtpOutcome.everyone(item.rcpt_tos, f"upstream {exc}", unreachable=True)
+            except SmtpConnectionLost as exc:
+                return SmtpOutcome.everyone(item.rcpt_tos, f"upstream {exc}")
 
     # -- the queue's retries --
     def retry_queue(self) -> int:
@@ -486,7 +476,7 @@ class SmtpRelay:
                     os.replace(self.queue.directory / name, self.queue.failed_dir / name)
                     continue
                 result = self._attempt(item)
-                if not result.temporary:
+                if not result.deferred:
                     done += 1
                 if result.unreachable:
                     break  # every other file would fail the same way: wait for the back-off
@@ -550,8 +540,8 @@ def run_relay(settings: Settings, bootstrap: str, codec: AvroCodec, *, inbound: 
     try:
         relay.start()
         pending = len(relay.queue.pending())
-        print(f"smtp relay ({relay.mode}) on {relay.host}:{relay.port} -> {settings.relay.upstream_host}:"
-              f"{settings.relay.upstream_port}; queue {relay.queue.directory} ({pending} waiting); Ctrl-C stops",
+        print(f"smtp relay ({relay.mode}) on {relay.host}:{relay.port} -> {settings.relay.upstream.host}:"
+              f"{settings.relay.upstream.port}; queue {relay.queue.directory} ({pending} waiting); Ctrl-C stops",
               file=sys.stderr, flush=True)
         stopped.wait()
     finally:

@@ -1,6 +1,6 @@
 """What the outbound relay adds to a mail, byte for byte and without I/O (docs/smtp.md).
 
-:func:`prepare_outbound` stamps what is missing: ``Message-ID`` (``<GUID@instance_id>``), ``Date``,
+:func:`outbound_copies` stamps what is missing: ``Message-ID`` (``<GUID@instance_id>``), ``Date``,
 and our ``X-Threadline-Ref`` header (``instance``, ``ref`` = the mail's own Message-ID,
 ``regarding`` from a client's ``X-Threadline-Regarding`` header, which never leaves); a subject
 tracking token when ``relay.subject_tokens`` is on (the subject's own token is kept); and the open
@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 from pipeline.correlation.methods.xheader import format_xref
 from pipeline.correlation.tokens import TokenCounter, find_token
 from pipeline.mail.parse import _message_ids
-from pipeline.settings import RelaySettings, Settings, TrackingTokenSettings
+from pipeline.settings import CorrelationSettings, RelaySettings, TrackingSettings
 from pipeline.tracking.mark import mark_message
 
 log = logging.getLogger("threadline.smtp")
@@ -139,13 +139,13 @@ def user_number(relay: RelaySettings, sender: str | None, from_header: str | Non
     return 0
 
 
-def stamp_outbound(raw: bytes, settings: Settings, counter: TokenCounter | None, *, sender: str | None = None,
-                   now: float | None = None, make_id: Callable[[], str] | None = None) -> bytes:
+def stamp_outbound(raw: bytes, correlation: CorrelationSettings, relay: RelaySettings, counter: TokenCounter | None,
+                   *, sender: str | None = None, now: float | None = None,
+                   make_id: Callable[[], str] | None = None) -> bytes:
     """Message-ID, Date and X-Threadline-Ref where absent, the regarding header folded into our
     header, and a subject token when ``relay.subject_tokens`` is on (needs ``counter``).  Every
     other byte of ``raw`` is kept."""
     headers = _HeaderBlock(raw)
-    correlation = settings.correlation
     ids = _message_ids(headers.first("Message-ID"))
     if ids:
         message_id = ids[0]
@@ -163,12 +163,12 @@ def stamp_outbound(raw: bytes, settings: Settings, counter: TokenCounter | None,
         headers.remove(correlation.xheader_name)
         headers.add(correlation.xheader_name, format_xref(correlation.instance_id, message_id, regarding))
 
-    token_settings: TrackingTokenSettings = correlation.tracking_token
-    if settings.relay.subject_tokens and token_settings.enabled and counter is not None:
+    token_settings = correlation.tracking_token
+    if relay.subject_tokens and token_settings.enabled and counter is not None:
         at = headers.index("Subject")
         subject = _decoded(headers.values("Subject")[0]) if at is not None else ""
         if find_token(token_settings, subject) is None:  # a reply keeps its conversation's token
-            token = counter.next_token(user_number(settings.relay, sender, headers.first("From")))
+            token = counter.next_token(user_number(relay, sender, headers.first("From")))
             if at is None:
                 headers.add("Subject", token)
             else:
@@ -176,17 +176,19 @@ def stamp_outbound(raw: bytes, settings: Settings, counter: TokenCounter | None,
     return headers.to_bytes()
 
 
-def outbound_copies(raw: bytes, settings: Settings, counter: TokenCounter | None, *, sender: str | None,
-                    recipients: Sequence[str], tenant: str = "default", now: float | None = None,
+def outbound_copies(raw: bytes, correlation: CorrelationSettings, relay: RelaySettings, tracking: TrackingSettings,
+                    counter: TokenCounter | None, *, sender: str | None = None, recipients: Sequence[str] = (),
+                    tenant: str = "default", now: float | None = None,
                     make_id: Callable[[], str] | None = None) -> list[tuple[tuple[str, ...], bytes]]:
-    """``(recipients, final bytes)`` for every copy that leaves: one copy, or, for a mail that
-    opts in to tracking and has several recipients, one marked copy per recipient."""
-    stamped = stamp_outbound(raw, settings, counter, sender=sender, now=now, make_id=make_id)
+    """``(recipients, final bytes)`` for every copy that leaves: :func:`stamp_outbound`, then one
+    copy, or, for a mail that opts in to tracking, one marked copy per recipient (no recipients:
+    the single To/Cc/Bcc address)."""
+    stamped = stamp_outbound(raw, correlation, relay, counter, sender=sender, now=now, make_id=make_id)
     recipients = tuple(recipients)
     copies = []
     for recipient in recipients or (None,):
         try:
-            marked = mark_message(stamped, settings.tracking, tenant=tenant, recipient=recipient, now=now)
+            marked = mark_message(stamped, tracking, tenant=tenant, recipient=recipient, now=now)
         except Exception as exc:  # a mail that cannot be marked still goes out, unmarked
             log.warning("tracking marks could not be added (%s): sent unmarked", type(exc).__name__)
             return [(recipients, stamped)]
@@ -194,16 +196,6 @@ def outbound_copies(raw: bytes, settings: Settings, counter: TokenCounter | None
             return [(recipients, stamped)]
         copies.append(((recipient,) if recipient else recipients, marked.data))
     return copies
-
-
-def prepare_outbound(raw: bytes, settings: Settings, counter: TokenCounter | None, *, sender: str | None = None,
-                     recipient: str | None = None, tenant: str = "default", now: float | None = None,
-                     make_id: Callable[[], str] | None = None) -> bytes:
-    """The final bytes of an outbound mail to one recipient (``recipient``; default the single
-    To/Cc/Bcc address): :func:`stamp_outbound`, then tracking marks when the mail opts in."""
-    copies = outbound_copies(raw, settings, counter, sender=sender, recipients=(recipient,) if recipient else (),
-                             tenant=tenant, now=now, make_id=make_id)
-    return copies[0][1]
 
 
 def to_crlf(raw: bytes) -> bytes:

@@ -31,9 +31,8 @@ from pipeline.correlation.tokens import TokenCounter
 from pipeline.gateways.smtp import policy
 from pipeline.gateways.smtp.policy import RelayError
 from pipeline.gateways.smtp.server import SmtpRelay
-from pipeline.gateways.smtp.spool import RelayQueue, load_counter, save_counter
-from pipeline.gateways.smtp.stamp import hop_count, outbound_copies, prepare_outbound, to_crlf
-from pipeline.gateways.smtp.upstream import deliver_upstream
+from pipeline.gateways.smtp.spool import QueuedMail, RelayQueue, load_counter, save_counter
+from pipeline.gateways.smtp.stamp import hop_count, outbound_copies, to_crlf
 from pipeline.mail.parse import parse_mail
 from pipeline.runtime.producer import RecordWriteError
 from pipeline.settings import RelaySettings, Settings, SettingsError, TrackingSettings, load_settings
@@ -55,6 +54,18 @@ def pixel_token(raw: bytes) -> str | None:
 
 def settings(**relay) -> Settings:
     return Settings(tracking=TRACKING, relay=RelaySettings(**relay))
+
+
+def prepare_outbound(raw: bytes, settings: Settings, counter: TokenCounter | None, *, recipient: str | None = None,
+                     **options) -> bytes:
+    """The final bytes of an outbound mail to one recipient (default: its single To/Cc/Bcc address)."""
+    return outbound_copies(raw, *sections(settings), counter,
+                           recipients=(recipient,) if recipient else (), **options)[0][1]
+
+
+def sections(settings: Settings) -> tuple:
+    """What the stamping functions take of the settings."""
+    return settings.correlation, settings.relay, settings.tracking
 
 
 def mail(*, subject: str = "Quote for 12 pumps", message_id: str | None = "<q1@acme.test>", extra: str = "",
@@ -140,7 +151,7 @@ def test_track_in_the_subject_opts_in_to_the_pixel_and_the_tag_is_removed():
 def test_tracked_mail_to_several_recipients_leaves_as_one_marked_copy_each():
     html = "<html><body><p>Hi</p></body></html>\n"
     raw = mail(subject="News #track", body=html, content_type="text/html")
-    copies = outbound_copies(raw, settings(), None, sender="ann@acme.test",
+    copies = outbound_copies(raw, *sections(settings()), None, sender="ann@acme.test",
                              recipients=["bob@customer.test", "eve@other.test"], now=NOW)
     assert [rcpts for rcpts, _ in copies] == [("bob@customer.test",), ("eve@other.test",)]
     keyring = Keyring.from_settings(TRACKING)
@@ -148,7 +159,7 @@ def test_tracked_mail_to_several_recipients_leaves_as_one_marked_copy_each():
     assert recipients == ["bob@customer.test", "eve@other.test"]
     ids = {parse_mail(data).message_id for _, data in copies}
     assert len(ids) == 1  # one mail, one Message-ID
-    untracked = outbound_copies(mail(), settings(), None, sender="ann@acme.test",
+    untracked = outbound_copies(mail(), *sections(settings()), None, sender="ann@acme.test",
                                 recipients=["bob@customer.test", "eve@other.test"], now=NOW)
     assert [rcpts for rcpts, _ in untracked] == [("bob@customer.test", "eve@other.test")]
 
@@ -219,7 +230,7 @@ def test_relay_settings_validate_and_read_json_from_the_environment():
     loaded = load_settings(environ={"THREADLINE_RELAY_SENDER_USER_NUMBERS": '{"Ann@Acme.Test": 7}',
                                     "THREADLINE_RELAY_UPSTREAM_HOST": "smtp.acme.test"})
     assert loaded.relay.sender_user_numbers == {"ann@acme.test": 7}
-    assert "secret" not in repr(RelaySettings(auth_username="u", auth_password="secret", upstream_password="secret"))
+    assert "secret" not in repr(RelaySettings(auth_username="u", auth_password="secret", upstream={"password": "secret"}))
     for bad in ({"THREADLINE_RELAY_TLS_CERT_FILE": "/x.pem"}, {"THREADLINE_RELAY_AUTH_USERNAME": "u"},
                 {"THREADLINE_RELAY_SENDER_USER_NUMBERS": "{nope"}):
         with pytest.raises(SettingsError):
@@ -293,16 +304,19 @@ class Upstream:
 
 
 @pytest.mark.integration  # opens sockets on loopback
-def test_upstream_outcomes_per_recipient():
+def test_upstream_outcomes_per_recipient(tmp_path):
+    item = QueuedMail("q.msg", "ann@acme.test", ("bob@x.test", "gone@x.test", "busy@x.test"), ("SIZE=20",),
+                      b"S: x\r\n\r\nb\r\n", 0.0)
     with Upstream(answers={"gone@x.test": "550 5.1.1 no such user", "busy@x.test": "451 4.2.0 try later"}) as up:
-        relay = RelaySettings(upstream_host="127.0.0.1", upstream_port=up.port, upstream_timeout_s=5)
-        result = deliver_upstream(relay, "ann@acme.test", ["bob@x.test", "gone@x.test", "busy@x.test"], b"S: x\r\n\r\nb\r\n")
-        assert result.delivered == ("bob@x.test",)
-        assert list(result.permanent) == ["gone@x.test"] and result.permanent["gone@x.test"].startswith("550")
-        assert list(result.temporary) == ["busy@x.test"] and not result.unreachable
+        relay = SmtpRelay(relay_settings(tmp_path, up.port), "unused:9092", None)
+        result = relay.deliver(item)
+        assert result.sent == ("bob@x.test",)
+        assert list(result.refused) == ["gone@x.test"] and result.refused["gone@x.test"].startswith("550")
+        assert list(result.deferred) == ["busy@x.test"] and not result.unreachable
         assert up.messages == [("ann@acme.test", ["bob@x.test"], b"S: x\r\n\r\nb\r\n")]
-    down = deliver_upstream(relay, "ann@acme.test", ["bob@x.test"], b"x\r\n")
-    assert down.unreachable and list(down.temporary) == ["bob@x.test"] and not down.delivered
+    down = relay.deliver(item)
+    assert down.unreachable and list(down.deferred) == list(item.rcpt_tos) and not down.sent
+    assert down.deferred["bob@x.test"].startswith("upstream unreachable: ConnectionRefusedError")
 
 
 # -- the relay with a fake mail.raw producer ------------------------------------------------
@@ -327,7 +341,7 @@ class FakeProducer:
 def relay_settings(tmp_path: Path, upstream_port: int, **relay) -> Settings:
     relay.setdefault("own_domains", ["acme.test"])  # the senders of mail()
     return Settings(tracking=TRACKING, worker={"data_dir": tmp_path / "data"},
-                    relay=RelaySettings(upstream_host="127.0.0.1", upstream_port=upstream_port, upstream_timeout_s=5,
+                    relay=RelaySettings(upstream={"host": "127.0.0.1", "port": upstream_port, "timeout_s": 5},
                                         retry_interval_s=0.1, retry_max_interval_s=0.2, **relay))
 
 
@@ -409,7 +423,7 @@ def test_refused_for_good_during_the_session_goes_back_to_the_client(tmp_path):
 
 
 def test_relay_refuses_unsafe_or_incomplete_configurations(tmp_path):
-    with pytest.raises(RelayError, match="upstream_host"):
+    with pytest.raises(RelayError, match=r"upstream\.host"):
         SmtpRelay(Settings(relay={"own_domains": ["acme.test"]}), "x:1", None).check()
     with pytest.raises(RelayError, match="STARTTLS"):
         SmtpRelay(relay_settings(tmp_path, 25, auth_username="u", auth_password="p"), "x:1", None).check()
@@ -522,7 +536,7 @@ def test_auth_with_an_empty_password_never_succeeds(tmp_path):
     base = relay_settings(tmp_path, 25, auth_username="threadline", auth_password=STRONG_PASSWORD,
                           auth_allow_plaintext=True, client_networks=[])
     empty = base.model_copy(update={"relay": base.relay.model_copy(update={"auth_password": ""})})
-    with Upstream(port=base.relay.upstream_port) as up, SmtpRelay(empty, "unused:9092", None, host="127.0.0.1",
+    with Upstream(port=base.relay.upstream.port) as up, SmtpRelay(empty, "unused:9092", None, host="127.0.0.1",
                                                                    port=free_port(), producer=FakeProducer()) as relay:
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
             client.ehlo()
@@ -633,7 +647,7 @@ def test_after_the_per_client_budget_even_the_right_password_is_refused_until_th
 
 # -- closed by default: who may send, to whom, how much ----------------------------------------
 def judged(inbound: bool = False, host: str = "127.0.0.1", **relay) -> list[str]:
-    settings = Settings(relay={"upstream_host": "smtp.acme.test", **relay})
+    settings = Settings(relay={"upstream": {"host": "smtp.acme.test"}, **relay})
     return [str(p) for p in policy.relay_config_problems(settings, inbound=inbound, host=host)]
 
 
@@ -643,7 +657,7 @@ def test_the_configuration_is_judged_per_mode_and_listening_address():
         assert "no own domains" in problem and "relay.own_domains" in problem
     ours = {"own_domains": ["acme.test"]}
     assert judged(**ours) == [] and judged(True, **ours) == []
-    fallback = Settings(relay={"upstream_host": "x"}, untracked={"own_domains": ["acme.test"]})
+    fallback = Settings(relay={"upstream": {"host": "x"}}, untracked={"own_domains": ["acme.test"]})
     assert policy.relay_config_problems(fallback, inbound=False, host="127.0.0.1") == []
     assert policy.own_domains(fallback) == {"acme.test"}
     # Off loopback an outbound relay needs AUTH over TLS ...
