@@ -1,7 +1,8 @@
 """Read a topic from the beginning to its current end, decoded: for tests, the demo and replays.
 
 Tansu's high watermarks are wrong for multi-record batches (INFRA.md §2), so the end of each
-partition is found by consuming to EOF (``enable.partition.eof``), never from watermarks.
+partition is found by consuming to EOF (``enable.partition.eof``), never from watermarks; with a
+short ``fetch.wait.max.ms``, as the broker holds a fetch at the end that long (500 ms by default).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def read_messages(kafka: KafkaSettings, bootstrap: str, name: str, timeout_s: fl
     from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
     consumer = new_reader(kafka, bootstrap, "threadline-reader",
-                          {"enable.partition.eof": True, "auto.offset.reset": "earliest"})
+                          {"enable.partition.eof": True, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
     try:
         metadata = consumer.list_topics(name, timeout=timeout_s)
         if name not in metadata.topics or metadata.topics[name].error is not None:
