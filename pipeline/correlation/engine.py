@@ -3,9 +3,8 @@
 Pure Python: no Kafka, Faust or ClickHouse.  The Faust correlator, the CLI, the evaluation and
 the benchmarks all drive this class; only the index's store differs between them.
 
-The methods are the strategies registered in ``pipeline/correlation/methods/``, tried in order,
-first hit wins: XHeader (2), InReplyTo (3), TrackingToken (4), ConversationIndex (5),
-SmartMatching (6), Custom (7), else None (0); Skipped (1) when correlation is off or the mail is
+The methods are the strategies registered in ``pipeline/correlation/methods/``, tried in DESIGN.md
+§3 order, first hit wins, else None (0); Skipped (1) when correlation is off or the mail is
 untracked.  Every decision carries its evidence.
 
 A mail is known by its Message-ID, but the sender chooses that id: a second mail with a known id

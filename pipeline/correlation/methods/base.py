@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Hashable, Iterable
 
 if TYPE_CHECKING:
@@ -64,10 +65,11 @@ class MethodStrategy:
 
     code: int
     label: str
+    switch: str | None = None  # the CorrelationSettings flag that turns it on ("smart_matching.enabled")
 
     def enabled(self, correlator: Correlator) -> bool:
-        """Its switch: a method that is off is never tried (its entry fields and keys are still written)."""
-        return True
+        """A method that is off is never tried (its entry fields and keys are still written)."""
+        return self.switch is None or attrgetter(self.switch)(correlator.settings)
 
     def entry_fields(self, correlator: Correlator, facts: MailFacts) -> dict[str, Any]:
         """The ``IndexedMail`` fields this method fills for the mail being indexed."""

@@ -11,9 +11,7 @@ from pipeline.correlation.methods.base import IndexKeys, Match, MailFacts, Metho
 class ConversationIndex(MethodStrategy):
     code = Method.CONVERSATION_INDEX
     label = "ConversationIndex"
-
-    def enabled(self, correlator) -> bool:
-        return correlator.settings.use_conversation_index
+    switch = "use_conversation_index"
 
     def entry_fields(self, correlator, facts: MailFacts) -> dict[str, Any]:
         return {"conversation_key": thread_index.conversation_key(facts.mail.thread_index)}

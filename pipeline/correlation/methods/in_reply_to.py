@@ -21,9 +21,7 @@ def named_ids(mail: MailRecord) -> list[tuple[str, str]]:
 class InReplyTo(MethodStrategy):
     code = Method.IN_REPLY_TO
     label = "InReplyTo"
-
-    def enabled(self, correlator) -> bool:
-        return correlator.settings.use_in_reply_to
+    switch = "use_in_reply_to"
 
     def entry_fields(self, correlator, facts: MailFacts) -> dict[str, Any]:
         if not self.enabled(correlator):

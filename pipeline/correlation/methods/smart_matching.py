@@ -40,9 +40,7 @@ def quoting_candidates(index, line_hash: int) -> list[str]:
 class SmartMatching(MethodStrategy):
     code = Method.SMART_MATCHING
     label = "SmartMatching"
-
-    def enabled(self, correlator) -> bool:
-        return correlator.settings.smart_matching.enabled
+    switch = "smart_matching.enabled"
 
     def entry_fields(self, correlator, facts: MailFacts) -> dict[str, Any]:
         mail, series = facts.mail, facts.subject.series

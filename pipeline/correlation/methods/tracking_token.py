@@ -10,9 +10,7 @@ from pipeline.correlation.methods.base import IndexKeys, Match, MailFacts, Metho
 class TrackingToken(MethodStrategy):
     code = Method.TRACKING_TOKEN
     label = "TrackingToken"
-
-    def enabled(self, correlator) -> bool:
-        return correlator.settings.tracking_token.enabled
+    switch = "tracking_token.enabled"
 
     def index_keys(self, correlator, entry) -> IndexKeys:
         # The engine writes the entry's token: it is part of every decision, not only of this method's.

@@ -25,9 +25,7 @@ def format_xref(instance_id: str, ref: str, regarding: str | None = None) -> str
 class XHeader(MethodStrategy):
     code = Method.XHEADER
     label = "XHeader"
-
-    def enabled(self, correlator) -> bool:
-        return correlator.settings.use_xheader
+    switch = "use_xheader"
 
     def match(self, correlator, facts: MailFacts) -> Match | None:
         settings = correlator.settings

@@ -64,6 +64,13 @@ def test_built_in_methods_are_registered_in_design_order():
     assert (method_label(Method.NONE), method_label(Method.SKIPPED)) == ("None", "Skipped")
 
 
+@pytest.mark.parametrize("strategy", [s for s in BUILT_IN if s.switch], ids=lambda s: s.label)
+def test_a_built_in_switch_is_its_settings_flag(strategy):
+    section, _, flag = strategy.switch.rpartition(".")
+    off = CorrelationSettings(**({section: {flag: False}} if section else {flag: False}))
+    assert strategy.enabled(Correlator(CorrelationSettings())) and not strategy.enabled(Correlator(off))
+
+
 def test_a_registered_strategy_is_matched_and_explained(toy):
     engine = Correlator(CorrelationSettings(), clock=lambda: T0)
     engine.correlate(mail("<a@test>", "Invoice", 0))
