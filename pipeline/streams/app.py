@@ -201,12 +201,12 @@ def build_app(settings: Settings) -> faust.App:
     last_escalation_batch = {"at": time.monotonic()}
     escalation_lock = asyncio.Lock()
 
+    steps: tuple[BatchStep, ...] = (processor, escalation, tracking, crm)
+
     @app.on_partitions_revoked.connect
     async def _revoked(app, revoked, **kwargs) -> None:  # noqa: ARG001 - Faust signal signature
-        processor.reset()
-        escalation.reset()
-        tracking.reset()
-        crm.reset()
+        for step in steps:
+            step.reset()
 
     # A failed batch must stop the worker, not restart the agent in-process: the processors have
     # already applied the batch in memory, and its records would not be delivered again.

@@ -25,7 +25,6 @@ AGENT = "crm"
 class CrmProcessor:
     def __init__(self, codec: AvroCodec, table: MutableMapping[str, bytes]) -> None:
         self.codec = codec
-        self.table = table
         self.stored = TenantEntries(table)
         self.markers = OffsetMarkers(table)
         self._directories: dict[str, CrmDirectory] = {}

@@ -81,7 +81,6 @@ class MailProcessor:
         sender (the CRM directory), when known."""
         self.settings = settings
         self.codec = codec
-        self.table = table
         self.regarding_for = regarding_for
         self.generation = settings.worker.generation
         self._correlators: dict[str, Correlator] = {}
