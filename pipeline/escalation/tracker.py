@@ -46,7 +46,7 @@ from pipeline.escalation.model import (
     to_ms,
 )
 from pipeline.escalation.policy import policy_named, recipients, select_policy
-from pipeline.settings import EscalationPolicy, EscalationSettings, Settings
+from pipeline.settings import EscalationPolicy, EscalationSettings
 
 Clock = Callable[[], datetime]
 StateKey = tuple[str, str]  # (tenant, conversation id)
@@ -63,8 +63,8 @@ def transition_event_id(tenant: str, message_id: str, state: State, cycle: int) 
 class EscalationTracker:
     """Clocks of unanswered inbound mail, for every conversation it has seen."""
 
-    def __init__(self, settings: EscalationSettings | Settings, clock: Clock) -> None:
-        self.settings: EscalationSettings = settings.escalation if isinstance(settings, Settings) else settings
+    def __init__(self, settings: EscalationSettings, clock: Clock) -> None:
+        self.settings = settings
         self.clock = clock
         self._states: dict[StateKey, ConversationState] = {}
         self._due: list[tuple[int, str, str]] = []  # (due ms, tenant, conversation id); stale entries skipped
@@ -143,7 +143,7 @@ class EscalationTracker:
         }
 
     @classmethod
-    def from_dict(cls, settings: EscalationSettings | Settings, clock: Clock, data: dict[str, Any]) -> EscalationTracker:
+    def from_dict(cls, settings: EscalationSettings, clock: Clock, data: dict[str, Any]) -> EscalationTracker:
         if data.get("format") != STATE_FORMAT:
             raise ValueError(f"unknown escalation state format {data.get('format')!r}")
         tracker = cls(settings, clock)

@@ -39,7 +39,6 @@ class EscalationProcessor:
         a record with an owner belongs to that owner, else to the agent it was sent to."""
         self.settings = settings
         self.codec = codec
-        self.table = table
         self.clock = clock
         self.generation = settings.worker.generation
         self.record_owner = record_owner
@@ -60,7 +59,7 @@ class EscalationProcessor:
     def _tracker(self, tenant: str, partition: int) -> EscalationTracker:
         tracker = self._trackers.get(tenant)
         if tracker is None:
-            tracker = EscalationTracker(self.settings, self.clock)
+            tracker = EscalationTracker(self.settings.escalation, self.clock)
             for data in self.stored.take(tenant):
                 tracker.restore(ConversationState.from_dict(data))
             self._trackers[tenant] = tracker

@@ -14,7 +14,7 @@ from fastavro.validation import validate
 from pipeline.correlation.methods.base import Method
 from pipeline.correlation.model import Correlation
 from pipeline.escalation import EscalationTracker, MailEvent, State, Transition, transition_event_id
-from pipeline.settings import BusinessHours, EscalationPolicy, EscalationSettings, Settings
+from pipeline.settings import BusinessHours, EscalationPolicy, EscalationSettings
 
 UTC = timezone.utc
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
@@ -268,11 +268,6 @@ def test_the_first_matching_policy_applies(event, policy, warn_hours):
     assert opened[0].policy == policy
     warned = engine.advance(hours(100))[0]
     assert (warned.policy, warned.event_time) == (policy, hours(warn_hours))
-
-
-def test_the_whole_settings_object_is_accepted():
-    engine = EscalationTracker(Settings(), FakeClock())
-    assert engine.on_correlation(mail("a"))[0].policy == "default"
 
 
 def test_disabled_escalation_does_nothing():

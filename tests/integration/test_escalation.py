@@ -31,7 +31,7 @@ tick_interval_s = 3600
 
 def expected_escalations(settings, messages) -> dict[str, tuple]:
     correlator = Correlator(settings.correlation, tenant="default", untracked=settings.untracked)
-    tracker = EscalationTracker(settings, clock=lambda: None)
+    tracker = EscalationTracker(settings.escalation, clock=lambda: None)
     own = frozenset(settings.untracked.own_domains)
     expected = {}
     for source, raw in messages:

@@ -72,7 +72,7 @@ def mbox_slice(source: Path, start: int, stop: int, target: Path) -> Path:
 def expected_escalations(settings, tenant: str, messages, now: datetime):
     """A run of this tenant alone: the engine, then the tracker on event time, then one tick at
     ``now``.  Returns (transitions by event id, the tick's event ids, final state by table key)."""
-    tracker = EscalationTracker(settings, clock=lambda: now)
+    tracker = EscalationTracker(settings.escalation, clock=lambda: now)
     transitions, conversations = {}, set()
     for mail, correlation in engine_run(settings, tenant, messages):
         if correlation.untracked_reason:
