@@ -196,7 +196,7 @@ def build_app(settings: Settings) -> faust.App:
     processor = MailProcessor(settings, codec, index_table, regarding_for=crm.regarding_for)
     escalation = EscalationProcessor(settings, codec, escalation_table, clock=lambda: datetime.now(timezone.utc),
                                      record_owner=crm.record_owner)
-    tracking = TrackingProcessor(settings, codec, hits_table, owner_of=processor.sender_of)
+    tracking = TrackingProcessor(settings.tracking, codec, hits_table, owner_of=processor.sender_of)
     outputs = _LazyOutputs(settings)
     last_escalation_batch = {"at": time.monotonic()}
     escalation_lock = asyncio.Lock()

@@ -19,7 +19,7 @@ from typing import Callable, MutableMapping
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.records import SourcePosition, hit_event_record, open_alert_record
 from pipeline.contracts.topics import ALERTS, TRACKING_EVENTS, TRACKING_RAW
-from pipeline.settings import Settings
+from pipeline.settings import TrackingSettings
 from pipeline.runtime.batch import BatchResult, OffsetMarkers, Output, RawItem, add_dead_letter, decoded_records
 from pipeline.runtime.state import decode_state, encode_state, tenant_key
 from pipeline.tracking.classify import Hit, MailFacts, PreviousHit, classify_hit
@@ -54,7 +54,7 @@ class CachedReverseDns:
 
 
 class TrackingProcessor:
-    def __init__(self, settings: Settings, codec: AvroCodec, table: MutableMapping[str, bytes], *,
+    def __init__(self, settings: TrackingSettings, codec: AvroCodec, table: MutableMapping[str, bytes], *,
                  owner_of: Callable[[str, str], str | None] | None = None,
                  reverse_dns: Callable[[str], str | None] | None = None) -> None:
         """``owner_of(tenant, message_id)``: who sent the tracked mail (told of its first human
@@ -63,8 +63,8 @@ class TrackingProcessor:
         self.codec = codec
         self.table = table
         self.owner_of = owner_of
-        if reverse_dns is None and settings.tracking.reverse_dns:
-            reverse_dns = CachedReverseDns(settings.tracking.reverse_dns_timeout_s)
+        if reverse_dns is None and settings.reverse_dns:
+            reverse_dns = CachedReverseDns(settings.reverse_dns_timeout_s)
         self.reverse_dns = reverse_dns
         self.markers = OffsetMarkers(table)
 
@@ -77,7 +77,7 @@ class TrackingProcessor:
         for item, record in decoded_records(items, self.markers, self.codec, TRACKING_RAW, source_topic, AGENT,
                                             result):
             try:
-                payload = verify_with_settings(record["token"], self.settings.tracking, expect_kind=record["kind"],
+                payload = verify_with_settings(record["token"], self.settings, expect_kind=record["kind"],
                                                now=record["received_at"].timestamp())
             except TokenError as exc:
                 add_dead_letter(self.codec, item, SourcePosition(source_topic, item.partition, item.offset),
@@ -96,7 +96,7 @@ class TrackingProcessor:
                       user_agent=record["user_agent"], headers=record["headers"], link_url=payload.link_url,
                       reverse_dns=ptr)
             facts = MailFacts(sent_at=datetime.fromtimestamp(payload.issued_at, timezone.utc))
-            verdict = classify_hit(hit, facts, previous, self.settings.tracking)
+            verdict = classify_hit(hit, facts, previous, self.settings)
             remembered[slot] = [*previous, verdict.remember(hit)][-MAX_REMEMBERED_HITS:]
             event = hit_event_record(record["event_id"], payload, verdict, record["received_at"], ptr)
             result.outputs.append(Output(TRACKING_EVENTS, payload.tenant.encode(),
@@ -112,7 +112,7 @@ class TrackingProcessor:
     def _open_alert(self, event: dict, result: BatchResult) -> None:
         """The sender of a mail hears of its first human open (not of proxy or scanner fetches)."""
         owner = self.owner_of(event["tenant"], event["message_id"]) if self.owner_of is not None else None
-        if not owner or not self.settings.tracking.open_alerts:
+        if not owner or not self.settings.open_alerts:
             return
         alert = open_alert_record(event, owner)
         result.outputs.append(Output(ALERTS, event["tenant"].encode(), self.codec.encode(ALERTS, alert)))

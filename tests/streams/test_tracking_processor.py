@@ -35,7 +35,7 @@ def test_first_human_open_alerts_the_sender_once():
     settings = _settings()
     owners = {("acme", "<m1@acme.test>"): "anna@acme.test"}
     table = {}
-    processor = TrackingProcessor(settings, CODEC, table, owner_of=lambda t, m: owners.get((t, m)))
+    processor = TrackingProcessor(settings.tracking, CODEC, table, owner_of=lambda t, m: owners.get((t, m)))
     result = processor.process([_hit(settings, 0, 0.2, ua="Mozilla/5.0", ip="17.1.2.3"),  # Apple proxy on delivery
                                 _hit(settings, 1, 90), _hit(settings, 2, 300)])
     result.apply_to(table)
@@ -45,16 +45,16 @@ def test_first_human_open_alerts_the_sender_once():
     assert [(a["user"], a["event_type"], a["source_record_id"]) for a in alerts] == [
         ("anna@acme.test", "mail_opened", events[1]["event_id"])]
     # Later batches, even in a restarted worker, remember the first open: no second alert.
-    restarted = TrackingProcessor(settings, CODEC, table, owner_of=lambda t, m: owners.get((t, m)))
+    restarted = TrackingProcessor(settings.tracking, CODEC, table, owner_of=lambda t, m: owners.get((t, m)))
     later = restarted.process([_hit(settings, 3, 600)])
     assert _decoded(later, "alerts") == [] and _decoded(later, "tracking.events")[0]["nth_open"] == 3
 
 
 def test_no_owner_no_alert_and_alerts_can_be_switched_off():
     settings = _settings(open_alerts=False)
-    processor = TrackingProcessor(settings, CODEC, {}, owner_of=lambda t, m: "anna@acme.test")
+    processor = TrackingProcessor(settings.tracking, CODEC, {}, owner_of=lambda t, m: "anna@acme.test")
     assert _decoded(processor.process([_hit(settings, 0, 90)]), "alerts") == []
-    processor = TrackingProcessor(_settings(), CODEC, {}, owner_of=lambda t, m: None)
+    processor = TrackingProcessor(_settings().tracking, CODEC, {}, owner_of=lambda t, m: None)
     assert _decoded(processor.process([_hit(_settings(), 0, 90)]), "alerts") == []
 
 
@@ -63,7 +63,7 @@ def test_forged_token_is_dead_lettered_with_its_reason():
     good = _hit(settings, 0, 90)
     token = CODEC.decode("tracking.raw", good.value)["token"]
     forged = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
-    result = TrackingProcessor(settings, CODEC, {}).process([_hit(settings, 0, 90, token=forged)])
+    result = TrackingProcessor(settings.tracking, CODEC, {}).process([_hit(settings, 0, 90, token=forged)])
     assert _decoded(result, "tracking.events") == []
     assert [d["reason"] for d in _decoded(result, "deadletter")] in (["token_bad_signature"], ["token_malformed"])
 
@@ -71,7 +71,7 @@ def test_forged_token_is_dead_lettered_with_its_reason():
 def test_reverse_dns_names_are_used_when_enabled():
     settings = _settings(reverse_dns=True)
     names = {"52.1.2.3": "ec2-52-1-2-3.compute-1.amazonaws.com"}
-    processor = TrackingProcessor(settings, CODEC, {}, reverse_dns=names.get)
+    processor = TrackingProcessor(settings.tracking, CODEC, {}, reverse_dns=names.get)
     result = processor.process([_hit(settings, 0, 90, ip="52.1.2.3"), _hit(settings, 1, 95, ip="81.2.3.4")])
     events = _decoded(result, "tracking.events")
     assert events[0]["reverse_dns"] == names["52.1.2.3"] and events[0]["is_machine"]
@@ -90,7 +90,7 @@ def test_each_kind_expires_after_its_own_maximum_age_counted_from_when_the_hit_a
         return RawItem(0, offset, b"acme", CODEC.encode("tracking.raw", record))
 
     day = 24 * 60
-    result = TrackingProcessor(settings, CODEC, {}).process([
+    result = TrackingProcessor(settings.tracking, CODEC, {}).process([
         _hit(settings, 0, 179 * day), _hit(settings, 1, 181 * day), click_hit(2, 181), click_hit(3, 366)])
     assert [(e["kind"], e["event_time"]) for e in _decoded(result, "tracking.events")] == [
         ("open", SENT + timedelta(days=179)), ("click", SENT + timedelta(days=181))]
@@ -103,6 +103,6 @@ def test_hits_remembered_by_the_previous_version_still_count():
     key = "acme\x1f<m1@acme.test>\x1fbob@customer.test"
     table = {key: b'[{"kind":"open","time":"2026-03-02T10:30:00+00:00","is_machine":false,'
                   b'"user_agent_family":"Outl\\u00f6ok","network":"81.2.3.0/24","link_url":null}]'}
-    result = TrackingProcessor(settings, CODEC, table).process([_hit(settings, 0, 300)])
+    result = TrackingProcessor(settings.tracking, CODEC, table).process([_hit(settings, 0, 300)])
     assert [e["nth_open"] for e in _decoded(result, "tracking.events")] == [2]
     assert b'"user_agent_family":"Outl\xc3\xb6ok"' in result.writes[0][key]  # rewritten in the one encoding
