@@ -74,9 +74,9 @@ def check_tracking_keys(settings: Settings) -> Check:
     if not key_problems(keys):
         return Check("tracking keys", True, f"{len(keys)} key(s), none public or weak; "
                      f"{settings.tracking.current_key_id!r} signs")
-    refused = refusal_reason(settings)
+    refused = refusal_reason(settings.tracking, settings.kafka.bootstrap)
     if refused is None:
-        return Check("tracking keys", True, demo_note(settings))
+        return Check("tracking keys", True, demo_note(settings.tracking))
     return Check("tracking keys", False, f"{refused}: every command that signs or verifies tokens refuses to run",
                  fix_text())
 

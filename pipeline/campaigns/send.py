@@ -262,7 +262,7 @@ def send_campaign(settings: Settings, campaign_id: str, template: CampaignTempla
         raise CampaignError("the campaign id must be 1-200 characters without spaces or control characters")
     # Every mail carries signed click and unsubscribe links: with a public or weak key anyone could
     # forge them, so outside the loopback demo this refuses (a dry run too: it says the send would).
-    refused = key_refusal(settings, "threadline campaign send")
+    refused = key_refusal(settings.tracking, settings.kafka.bootstrap, "threadline campaign send")
     if refused:
         raise CampaignError(refused)
     options = settings.campaigns

@@ -30,7 +30,7 @@ def refuse_unsafe_keys(settings: Settings, command: str, listen_host: str | None
     """Stop before anything starts when the tracking keys are unsafe outside the loopback demo."""
     from pipeline.tracking.safety import key_refusal
 
-    refused = key_refusal(settings, command, listen_host=listen_host)
+    refused = key_refusal(settings.tracking, settings.kafka.bootstrap, command, listen_host=listen_host)
     if refused:
         raise UserError(refused)
 

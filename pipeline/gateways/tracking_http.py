@@ -535,7 +535,7 @@ class UnsafeTrackingKeys(RuntimeError):
 def serve(settings: Settings, bootstrap: str, codec: AvroCodec, *, host: str, port: int, spool_path: Path) -> None:
     """Run the endpoint until a signal; :class:`UnsafeTrackingKeys` before binding anything when
     the keys are unsafe outside the loopback demo (pipeline/tracking/safety.py)."""
-    refused = key_refusal(settings, "threadline tracking", listen_host=host)
+    refused = key_refusal(settings.tracking, settings.kafka.bootstrap, "threadline tracking", listen_host=host)
     if refused:
         raise UnsafeTrackingKeys(refused)
     spool = HitSpool(settings, bootstrap, codec, spool_path)

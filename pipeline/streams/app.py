@@ -146,7 +146,7 @@ def build_app(settings: Settings) -> faust.App:
                          "`threadline up` starts an embedded broker and sets it")
     # The tracking agent verifies tokens and the processor attributes campaign mail with these keys:
     # on a real cluster a public or weak key would let anyone's forged hits count.
-    refused = key_refusal(settings, "threadline worker")
+    refused = key_refusal(settings.tracking, settings.kafka.bootstrap, "threadline worker")
     if refused:
         raise SystemExit(refused)
     data_dir = settings.worker.data_dir.resolve()

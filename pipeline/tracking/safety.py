@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Literal, Mapping
 from urllib.parse import urlsplit
 
-from pipeline.settings import DEVELOPMENT_TRACKING_KEY, Settings
+from pipeline.settings import DEVELOPMENT_TRACKING_KEY, TrackingSettings
 
 MIN_SECRET_CHARS = 32
 MIN_DISTINCT_CHARS = 8
@@ -165,20 +165,21 @@ def fix_text() -> str:
             "them stop working (docs/tracking.md, \"Keys\")")
 
 
-def key_refusal(settings: Settings, command: str, *, listen_host: str | None = None) -> str | None:
-    """Why ``command`` must not run with these settings, and the fix; None when it may: every key
-    is usable, or this is the loopback demo (and ``listen_host``, for the endpoint, is loopback)."""
-    reason = refusal_reason(settings, listen_host=listen_host)
+def key_refusal(tracking: TrackingSettings, bootstrap: str | None, command: str, *,
+                listen_host: str | None = None) -> str | None:
+    """Why ``command`` must not run with these tracking settings and ``kafka.bootstrap``, and the
+    fix; None when it may: every key is usable, or this is the loopback demo (and ``listen_host``,
+    for the endpoint, is loopback)."""
+    reason = refusal_reason(tracking, bootstrap, listen_host=listen_host)
     return None if reason is None else f"{command} refuses to run: {reason}. Fix: {fix_text()}."
 
 
-def refusal_reason(settings: Settings, *, listen_host: str | None = None) -> str | None:
+def refusal_reason(tracking: TrackingSettings, bootstrap: str | None, *, listen_host: str | None = None) -> str | None:
     """What is unsafe and why this is not the loopback demo; None when nothing is refused."""
-    problems = key_problems(settings.tracking.keys)
+    problems = key_problems(tracking.keys)
     if not problems:
         return None
-    bootstrap, base_url = settings.kafka.bootstrap, settings.tracking.base_url
-    why = _not_demo_because(bootstrap, base_url)
+    why = _not_demo_because(bootstrap, tracking.base_url)
     if listen_host is not None and not is_loopback_host(listen_host):
         why.append(f"it listens on {listen_host or 'every interface'}, which is not loopback")
     if not why:
@@ -187,8 +188,8 @@ def refusal_reason(settings: Settings, *, listen_host: str | None = None) -> str
             f"opens, clicks and unsubscribes, and this is not the loopback demo ({'; '.join(why)})")
 
 
-def demo_note(settings: Settings) -> str:
+def demo_note(tracking: TrackingSettings) -> str:
     """For the doctor: what an unsafe key in the loopback demo means."""
-    problems = key_problems(settings.tracking.keys)
+    problems = key_problems(tracking.keys)
     return (f"tracking {'; '.join(p.describe() for p in problems)}: fine for the loopback demo (broker and links "
             "on this machine); every command that signs or verifies tokens refuses it anywhere else")

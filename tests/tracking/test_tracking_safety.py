@@ -89,20 +89,21 @@ def settings_with(**environ):
 
 
 def test_refusal_says_what_why_and_the_fix_but_never_the_secret():
-    assert key_refusal(settings_with(), "threadline tracking", listen_host="127.0.0.1") is None  # the demo
-    listening = key_refusal(settings_with(), "threadline tracking", listen_host="0.0.0.0")
+    demo = settings_with()  # the loopback demo
+    assert key_refusal(demo.tracking, demo.kafka.bootstrap, "threadline tracking", listen_host="127.0.0.1") is None
+    listening = key_refusal(demo.tracking, demo.kafka.bootstrap, "threadline tracking", listen_host="0.0.0.0")
     assert "it listens on 0.0.0.0, which is not loopback" in listening
-    assert key_refusal(settings_with(), "threadline worker") is None  # no listen host: not a condition
+    assert key_refusal(demo.tracking, demo.kafka.bootstrap, "threadline worker") is None  # no listen host: not a condition
     weak = settings_with(THREADLINE_KAFKA_BOOTSTRAP="kafka:9092", THREADLINE_TRACKING_KEYS='{"k1": "weak-but-long-enough"}',
                          THREADLINE_TRACKING_CURRENT_KEY_ID="k1")
-    message = key_refusal(weak, "threadline worker")
+    message = key_refusal(weak.tracking, weak.kafka.bootstrap, "threadline worker")
     assert message.startswith("threadline worker refuses to run: tracking key 'k1' is shorter than 32 characters")
     assert "kafka.bootstrap names kafka, which is not loopback" in message
     assert 'secrets.token_urlsafe(32)' in message and "THREADLINE_TRACKING_KEYS" in message
     assert "THREADLINE_TRACKING_CURRENT_KEY_ID" in message and "weak-but-long-enough" not in message
     strong = settings_with(THREADLINE_KAFKA_BOOTSTRAP="kafka:9092", THREADLINE_TRACKING_KEYS=f'{{"k1": "{STRONG}"}}',
                            THREADLINE_TRACKING_CURRENT_KEY_ID="k1")
-    assert key_refusal(strong, "threadline tracking", listen_host="0.0.0.0") is None
+    assert key_refusal(strong.tracking, strong.kafka.bootstrap, "threadline tracking", listen_host="0.0.0.0") is None
 
 
 # -- the documentation ships no usable example key ---------------------------------------------
