@@ -135,7 +135,8 @@ class _BigMail:
     such a record mentions the address when its blob does, and that blob is deleted with it."""
 
     def __init__(self, settings: Settings) -> None:
-        self.mail_raw = MailRawCodec(settings, AvroCodec(registry_from_settings(settings.schema_registry.url)))
+        codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
+        self.mail_raw = MailRawCodec(settings.mail, settings.blob_dir, codec)
         self.matched: set[str] = set()
 
     def mentions(self, value: bytes | None, needle: bytes) -> bool:

@@ -99,7 +99,7 @@ class _MailRawProducer:
             raise UserError("--to-mail-raw needs a broker: set THREADLINE_KAFKA_BOOTSTRAP or kafka.bootstrap")
         create_topics(settings.kafka, settings.kafka.bootstrap, timeout_s=10)
         self.records = RecordProducer(settings, settings.kafka.bootstrap)
-        self.mail_raw = MailRawCodec(settings, avro_codec(settings))
+        self.mail_raw = MailRawCodec(settings.mail, settings.blob_dir, avro_codec(settings))
         self.tenant, self.campaign_id = tenant, campaign_id
 
     def __call__(self, mail) -> None:

@@ -9,13 +9,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.blobs import BlobRef, FolderBlobStore
 from pipeline.contracts.topics import MAIL_RAW
 from pipeline.correlation.model import Correlation, stable_event_id
 from pipeline.errors import RejectedInput
-from pipeline.settings import Settings
+from pipeline.settings import MailSettings
 
 if TYPE_CHECKING:
     from pipeline.mail.bounce import BouncedRecipient
@@ -63,12 +64,13 @@ class MailTooLarge(RejectedInput):
 class MailRawCodec:
     """``mail.raw`` values with the claim check: mail over ``mail.inline_max_bytes`` is put in the
     blob store first and the record carries its digest; mail over ``mail.max_message_bytes`` is
-    refused (:class:`MailTooLarge`), for the caller to dead-letter."""
+    refused (:class:`MailTooLarge`), for the caller to dead-letter.  ``blob_dir``: the resolved
+    ``Settings.blob_dir`` (``mail.blob_dir``, else under ``worker.data_dir``)."""
 
-    def __init__(self, settings: Settings, codec) -> None:
+    def __init__(self, limits: MailSettings, blob_dir: Path, codec) -> None:
         self.codec = codec
-        self.limits = settings.mail
-        self.blobs = FolderBlobStore(settings.blob_dir)
+        self.limits = limits
+        self.blobs = FolderBlobStore(blob_dir)
 
     def encode(self, record: dict) -> bytes:
         raw = record["raw"]

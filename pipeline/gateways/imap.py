@@ -299,7 +299,7 @@ class ImapPoller:
         self.account = f"{self.imap.username}@{self.imap.host}:{self.imap.effective_port()}"
         self.state = ImapState(settings.worker.data_dir / self.imap.state_file, self.account)
         self.producer = RecordProducer(settings, bootstrap)
-        self.mail_raw = MailRawCodec(settings, codec)
+        self.mail_raw = MailRawCodec(settings.mail, settings.blob_dir, codec)
         self.report = PollReport(per_folder={f["name"]: 0 for f in self.imap.folders})
 
     # connection

@@ -26,7 +26,7 @@ def ingest(messages: Iterable[tuple[str, bytes]], settings: Settings, codec: Avr
     if direction == "auto" and not own_domains:
         raise ValueError("direction 'auto' needs untracked.own_domains (the organisation's mail domains)")
     producer = RecordProducer(settings, bootstrap)
-    mail_raw = MailRawCodec(settings, codec)
+    mail_raw = MailRawCodec(settings.mail, settings.blob_dir, codec)
     for source_ref, raw in messages:
         record = mail_raw_record(tenant=tenant, mailbox=mailbox or source_ref.partition("#")[0],
                                  direction=mail_direction(raw, direction, own_domains), source=source_ref, raw=raw,

@@ -87,7 +87,7 @@ class MailProcessor:
         self._stores: dict[str, TableIndexStore] = {}
         self.stored = TenantEntries(table)
         self.markers = OffsetMarkers(table)
-        self.mail_raw = MailRawCodec(settings, codec)
+        self.mail_raw = MailRawCodec(settings.mail, settings.blob_dir, codec)
         self.keyring = Keyring.from_settings(settings.tracking)  # once, not per campaign mail
 
     def reset(self) -> None:

@@ -264,7 +264,7 @@ def test_relay_poison_big_and_oversize_mail_of_two_tenants_survive_a_killed_work
     got 250 was in mail.raw (and the blob store) before the upstream saw it, reached the
     upstream byte for byte, and has an output; every other mail got an honest 552."""
     settings = sandbox.settings()
-    mail_raw = MailRawCodec(settings, sandbox.codec)
+    mail_raw = MailRawCodec(settings.mail, settings.blob_dir, sandbox.codec)
 
     def digest_of(record: dict) -> str:
         return record["raw_blob"]["sha256"] if record["raw_blob"] else hashlib.sha256(record["raw"]).hexdigest()

@@ -43,7 +43,7 @@ def encode(mail_raw: MailRawCodec, raw: bytes, tenant: str) -> bytes:
 
 
 def test_big_mail_travels_by_digest_and_is_correlated_for_each_tenant(settings):
-    mail_raw = MailRawCodec(settings, CODEC)
+    mail_raw = MailRawCodec(settings.mail, settings.blob_dir, CODEC)
     big = message("<big@x>", attachment=3 * 2**20)
     reply = message("<reply@x>", subject="Re: Contract", in_reply_to="<big@x>")
     values = [encode(mail_raw, big, "acme"), encode(mail_raw, big, "beta"), encode(mail_raw, reply, "acme"),
@@ -62,19 +62,21 @@ def test_big_mail_travels_by_digest_and_is_correlated_for_each_tenant(settings):
 
 
 def test_small_mail_stays_inline(settings):
-    record = CODEC.decode("mail.raw", encode(MailRawCodec(settings, CODEC), message("<s@x>"), "acme"))
+    mail_raw = MailRawCodec(settings.mail, settings.blob_dir, CODEC)
+    record = CODEC.decode("mail.raw", encode(mail_raw, message("<s@x>"), "acme"))
     assert record["raw_blob"] is None and record["raw"].startswith(b"Message-ID: <s@x>")
     assert not (settings.blob_dir / "sha256").exists()
 
 
 def test_mail_over_the_maximum_is_refused_at_the_door(settings):
     with pytest.raises(MailTooLarge, match="max_message_bytes"):
-        encode(MailRawCodec(settings, CODEC), b"x" * (settings.mail.max_message_bytes + 1), "acme")
+        encode(MailRawCodec(settings.mail, settings.blob_dir, CODEC), b"x" * (settings.mail.max_message_bytes + 1),
+               "acme")
 
 
 @pytest.mark.parametrize("damage, reason", [("delete", "blob_missing"), ("truncate", "blob_corrupt")])
 def test_a_lost_or_damaged_blob_is_a_dead_letter_and_the_batch_goes_on(settings, damage, reason):
-    mail_raw = MailRawCodec(settings, CODEC)
+    mail_raw = MailRawCodec(settings.mail, settings.blob_dir, CODEC)
     big = message("<big@x>", attachment=2**20)
     value = encode(mail_raw, big, "acme")
     path = mail_raw.blobs.path_of(CODEC.decode("mail.raw", value)["raw_blob"]["sha256"])
@@ -90,7 +92,7 @@ def test_the_dead_letter_of_a_record_near_the_limit_is_small_and_points_at_it(se
     folded = b"X-Filler: " + b"\r\n ".join([b"a" * 70] * 3800) + b"\r\n"
     poison = message("<poison@x>", attachment=520_000, extra_header=folded)
     poison += b" " * (999_800 - len(poison))
-    mail_raw = MailRawCodec(settings, CODEC)
+    mail_raw = MailRawCodec(settings.mail, settings.blob_dir, CODEC)
     good = [encode(mail_raw, message(f"<good{i}@x>", subject=f"Order {i}"), "acme") for i in range(3)]
     stream = [RawItem(0, 0, b"acme", encode(mail_raw, poison, "acme"))] + [
         RawItem(0, 1 + i, b"acme", v) for i, v in enumerate(good)]

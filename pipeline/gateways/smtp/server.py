@@ -200,7 +200,7 @@ class SmtpRelay:
         self._counter_lock = threading.Lock()
         self._producer = producer
         # Big mail goes to the blob store, so every record stays under the clients' 1 MB default.
-        self.mail_raw = MailRawCodec(settings, codec)
+        self.mail_raw = MailRawCodec(settings.mail, settings.blob_dir, codec)
         self._controller = None
         self._stop = threading.Event()
         self._retrier: threading.Thread | None = None
