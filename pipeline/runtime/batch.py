@@ -113,12 +113,9 @@ def add_dead_letter(codec: AvroCodec, item: RawItem, position: SourcePosition, r
 
 
 class BatchStep(Protocol):
-    """What the four steps (correlator, escalation, tracking, CRM) share and their agent drives.
-
-    ``process``: a batch's outputs and table writes, the writes being the step's snapshot of what
-    changed (applied once the outputs are durable).  ``reset``, on a rebalance: drop the state held
-    in memory; the step resumes from its table on first use (:mod:`pipeline.runtime.state`).  Only
-    escalation keeps a clock: its ``tick(now)`` belongs to that step and the agent's timer."""
+    """What the four steps share: ``process`` gives outputs and the table writes that snapshot what
+    changed; ``reset`` (a rebalance) drops the state in memory, resumed from the table on first use
+    (:mod:`pipeline.runtime.state`).  Only escalation has a clock: its ``tick`` is its own."""
 
     def process(self, items: list[RawItem], source_topic: str = ...) -> BatchResult: ...
 

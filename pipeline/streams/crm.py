@@ -1,9 +1,8 @@
 """The CRM agent's batch step (Faust-free): ``crm.entities`` into per-tenant directories.
 
 Each entity is kept in the worker's table (key ``tenant \\x1f type \\x1f id``, value: its
-record in the state encoding of :mod:`pipeline.runtime.state`) and applied to the tenant's
-:class:`~pipeline.crm.CrmDirectory`, which the correlator asks for the open record of an
-unmatched inbound mail's sender.  Entities and mail
+record as table state) and applied to the tenant's :class:`~pipeline.crm.CrmDirectory`, which the
+correlator asks for the open record of an unmatched inbound mail's sender.  Entities and mail
 arrive on different topics, so a mail sees the CRM as this worker knew it when the mail was
 correlated; a replay can see a later CRM state (documented in docs/escalation.md).
 """
