@@ -79,9 +79,6 @@ class CrmDirectory:
     def get(self, entity_type: str, entity_id: str) -> Entity | None:
         return self._entities.get((entity_type, entity_id))
 
-    def entities(self) -> list[Entity]:
-        return list(self._entities.values())
-
     def contact_for(self, address: str) -> Entity | None:
         """The contact with this address (the most recently updated one when several share it)."""
         ids = self._contacts_by_email.get(address.strip().lower(), ())

@@ -64,8 +64,7 @@ class MailTooLarge(RejectedInput):
 class MailRawCodec:
     """``mail.raw`` values with the claim check: mail over ``mail.inline_max_bytes`` is put in the
     blob store first and the record carries its digest; mail over ``mail.max_message_bytes`` is
-    refused (:class:`MailTooLarge`), for the caller to dead-letter.  ``blob_dir``: the resolved
-    ``Settings.blob_dir`` (``mail.blob_dir``, else under ``worker.data_dir``)."""
+    refused (:class:`MailTooLarge`), for the caller to dead-letter."""
 
     def __init__(self, limits: MailSettings, blob_dir: Path, codec) -> None:
         self.codec = codec

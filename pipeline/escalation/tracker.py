@@ -116,16 +116,6 @@ class EscalationTracker:
 
     # -- queries -------------------------------------------------------------------------------
 
-    def next_due(self) -> datetime | None:
-        """When the next deadline (or retention) falls due; None when nothing is pending."""
-        while self._due:
-            due, tenant, conversation_id = self._due[0]
-            current = self._states.get((tenant, conversation_id))
-            if current is not None and self._next_due(current) == due:
-                return from_ms(due)
-            heapq.heappop(self._due)
-        return None
-
     def state_of(self, tenant: str, conversation_id: str) -> ConversationState | None:
         return self._states.get((tenant, conversation_id))
 

@@ -246,7 +246,6 @@ def build_app(settings: Settings) -> faust.App:
         if result.outputs:
             log.info("escalation tick: %s", result.counts)
 
-    app.threadline_processor = processor  # for tests and diagnostics
     return app
 
 

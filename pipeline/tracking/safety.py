@@ -167,9 +167,8 @@ def fix_text() -> str:
 
 def key_refusal(tracking: TrackingSettings, bootstrap: str | None, command: str, *,
                 listen_host: str | None = None) -> str | None:
-    """Why ``command`` must not run with these tracking settings and ``kafka.bootstrap``, and the
-    fix; None when it may: every key is usable, or this is the loopback demo (and ``listen_host``,
-    for the endpoint, is loopback)."""
+    """Why ``command`` must not run with these settings, and the fix; None when it may: every key
+    is usable, or this is the loopback demo (and ``listen_host``, for the endpoint, is loopback)."""
     reason = refusal_reason(tracking, bootstrap, listen_host=listen_host)
     return None if reason is None else f"{command} refuses to run: {reason}. Fix: {fix_text()}."
 

@@ -93,7 +93,9 @@ def test_live_ticks_read_the_injected_clock():
     assert engine.advance() == []
     clock.now = hours(2.5)
     assert states(engine.advance()) == [("a", "WARNED", hours(2))]
-    assert engine.next_due() == hours(6)
+    # The next deadline is the escalation at 6 h.
+    assert engine.advance(hours(6) - timedelta(milliseconds=1)) == []
+    assert states(engine.advance(hours(6))) == [("a", "ESCALATED", hours(6))]
 
 
 def test_replay_fires_deadlines_when_a_later_mail_passes_them():
