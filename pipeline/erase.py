@@ -41,7 +41,6 @@ class EraseError(RuntimeError):
 class EraseReport:
     records_removed: dict[str, int] = field(default_factory=dict)
     topics_rewritten: list[str] = field(default_factory=list)
-    rows_deleted: dict[str, int] = field(default_factory=dict)
     blobs_deleted: int = 0
 
 

@@ -1,4 +1,4 @@
-"""Seeded synthetic support/sales mail: threads between customers and agents, with ground truth.
+"""Seeded synthetic support/sales mail: threads between customers and agents.
 
 Used by the benchmarks and the pipeline tests where the real corpus is too small.  The same seed
 always gives the same mail, byte for byte.  The mix follows what a CRM mailbox sees: most
@@ -32,17 +32,8 @@ _OPEN_THREADS = 4_000  # replies go to one of the most recently active threads
 _SECONDS_BETWEEN_MAILS = 1.0  # default: 1M mails span ~12 days, all inside the 90-day window
 
 
-@dataclass(frozen=True, slots=True)
-class SyntheticMail:
-    mail: MailRecord
-    thread_id: str
-    parent_id: str | None  # the true parent's Message-ID
-    link: str  # how the reply is linkable: "new", "headers", "token", "thread_index", "content"
-
-
 @dataclass(slots=True)
 class _Thread:
-    thread_id: str
     subject: str
     customer: str
     agent: str
@@ -58,7 +49,7 @@ def _word(rng: random.Random) -> str:
 
 
 class MailGenerator:
-    """``MailGenerator(seed).mails(n)`` yields ``n`` :class:`SyntheticMail` in event-time order."""
+    """``MailGenerator(seed).mails(n)`` yields ``n`` :class:`MailRecord` in event-time order."""
 
     def __init__(self, seed: int = 7, *, tenant: str = "default", customers: int = 50_000, agents: int = 40,
                  token_settings: TrackingTokenSettings | None = None,
@@ -100,11 +91,11 @@ class MailGenerator:
         )
 
     # -- the stream ------------------------------------------------------------------------
-    def mails(self, count: int) -> Iterator[SyntheticMail]:
+    def mails(self, count: int) -> Iterator[MailRecord]:
         for _ in range(count):
             yield self._next()
 
-    def _next(self) -> SyntheticMail:
+    def _next(self) -> MailRecord:
         rng = self.rng
         self._count += 1
         when = START + timedelta(seconds=self._count * self.seconds_between_mails + rng.random() * 0.5)
@@ -115,7 +106,7 @@ class MailGenerator:
         self._threads.append(thread)  # most recently active last
         return self._reply(thread, when)
 
-    def _new_thread(self, when: datetime) -> SyntheticMail:
+    def _new_thread(self, when: datetime) -> MailRecord:
         rng = self.rng
         customer = rng.choice(self.customers)
         agent = rng.choice(self.agents)
@@ -132,13 +123,13 @@ class MailGenerator:
         mail = self._record(message_id=message_id, subject=subject, sender=sender, recipient=recipient, when=when,
                             direction="in" if inbound else "out", body="\n".join(lines),
                             thread_index_bytes=index_bytes)
-        thread = _Thread(message_id, subject, customer, agent, mail, lines, (message_id,), index_bytes, token)
+        thread = _Thread(subject, customer, agent, mail, lines, (message_id,), index_bytes, token)
         self._threads.append(thread)
         if len(self._threads) > _OPEN_THREADS:
             self._threads.pop(0)
-        return SyntheticMail(mail, thread.thread_id, None, "new")
+        return mail
 
-    def _reply(self, thread: _Thread, when: datetime) -> SyntheticMail:
+    def _reply(self, thread: _Thread, when: datetime) -> MailRecord:
         rng = self.rng
         parent = thread.last
         inbound = parent.direction == "out"
@@ -175,7 +166,7 @@ class MailGenerator:
         thread.references = (*thread.references[-9:], message_id)
         if index_bytes is not None:
             thread.thread_index = index_bytes
-        return SyntheticMail(mail, thread.thread_id, parent.message_id, link)
+        return mail
 
 
 def render_rfc5322(mail: MailRecord, *, xheader_name: str = "X-Threadline-Ref") -> bytes:

@@ -44,8 +44,8 @@ def write_sample_mbox(path: Path, count: int = SAMPLE_SIZE, seed: int = 7) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as mbox:
         # A mail every two minutes: replies come minutes to days later, so clocks warn and escalate.
-        for item in MailGenerator(seed, customers=500, agents=8, seconds_between_mails=120).mails(count):
-            raw = render_rfc5322(item.mail).replace(b"\r\n", b"\n")
+        for mail in MailGenerator(seed, customers=500, agents=8, seconds_between_mails=120).mails(count):
+            raw = render_rfc5322(mail).replace(b"\r\n", b"\n")
             body = b"\n".join(b">" + line if line.startswith(b"From ") else line for line in raw.split(b"\n"))
             mbox.write(b"From threadline@synth Thu Jan  1 00:00:00 2026\n" + body + b"\n\n")
     return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -18,7 +17,6 @@ class PanelResult:
     panel: Panel
     columns: tuple[str, ...]
     rows: list[tuple]
-    milliseconds: float
 
 
 def _in_database(sql: str, database: str) -> str:
@@ -74,8 +72,6 @@ def run_dashboard(store: ClickHouseStore, dashboard: Dashboard, *, time_from: da
         else:
             sql, parameters = panel_query(panel.sql, database=store.database, time_from=time_from, time_to=time_to,
                                           variables=variables)
-        started = time.perf_counter()
         result = store.client.query(sql, parameters=parameters)
-        results.append(PanelResult(panel, tuple(result.column_names), list(result.result_rows),
-                                   (time.perf_counter() - started) * 1000))
+        results.append(PanelResult(panel, tuple(result.column_names), list(result.result_rows)))
     return results

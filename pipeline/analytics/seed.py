@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterator
+from typing import Iterator
 
 from pipeline.contracts.topics import (BY_NAME, CAMPAIGNS, CONVERSIONS, DEADLETTER, ESCALATIONS, MAIL_CORRELATED,
                                        MAIL_RAW, MAIL_RESPONSES, MAIL_UNTRACKED, TRACKING_EVENTS)
@@ -33,11 +33,11 @@ def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int,
     correlator = Correlator(settings.correlation, tenant=tenant, untracked=settings.untracked, generation=generation)
     # One mail every 2 minutes on average: replies come minutes to days later, as in a real desk.
     generator = MailGenerator(seed, tenant=tenant, customers=2_000, agents=12, seconds_between_mails=120)
-    for offset, item in enumerate(generator.mails(mails)):
-        deliveries = [item.mail]
-        if offset % 40 == 0 and item.mail.direction == "in":
+    for offset, generated in enumerate(generator.mails(mails)):
+        deliveries = [generated]
+        if offset % 40 == 0 and generated.direction == "in":
             # Mail to two of the desk's mailboxes arrives twice: the copy is a duplicate.
-            deliveries.append(dataclasses.replace(item.mail, mailbox="shared"))
+            deliveries.append(dataclasses.replace(generated, mailbox="shared"))
         for mail in deliveries:
             correlation = correlator.correlate(mail)
             if correlation.untracked_reason:
@@ -126,8 +126,8 @@ def seed_records(settings: Settings, *, tenants: int = 2, mails_per_tenant: int 
                                               agent="correlator", failed_at=start + timedelta(days=1))
 
 
-def load_records(store: ClickHouseStore, records: Iterator[tuple[str, dict]], *, batch: int = 50_000,
-                 on_rows: Callable[[int], None] | None = None) -> dict[str, int]:
+def load_records(store: ClickHouseStore, records: Iterator[tuple[str, dict]], *,
+                 batch: int = 50_000) -> dict[str, int]:
     """Insert ``(topic, record)`` pairs like the sink does; returns rows per table."""
     pending: dict[str, list] = {}
     counts: dict[str, int] = {}
@@ -140,8 +140,6 @@ def load_records(store: ClickHouseStore, records: Iterator[tuple[str, dict]], *,
             table = BY_NAME[topic].table
             store.insert(table, rows, columns)
             counts[table] = counts.get(table, 0) + len(rows)
-            if on_rows is not None:
-                on_rows(len(rows))
 
     for offset, (topic, record) in enumerate(records):
         pending.setdefault(topic, []).append((0, offset, record))

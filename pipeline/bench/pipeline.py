@@ -102,7 +102,7 @@ def run_pipeline_bench(settings: Settings, *, mails: int, seed: int, data_dir: P
     codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
     generator = MailGenerator(seed, customers=5_000, agents=20)
     progress("generating mail")
-    messages = [(f"synth#{n}", render_rfc5322(item.mail)) for n, item in enumerate(generator.mails(mails + WARM_UP))]
+    messages = [(f"synth#{n}", render_rfc5322(mail)) for n, mail in enumerate(generator.mails(mails + WARM_UP))]
     warm, timed = messages[:WARM_UP], messages[WARM_UP:]
     with kafka_bootstrap(settings, data_dir / "bench-broker.log") as bootstrap:
         create_topics(settings.kafka, bootstrap)

@@ -47,7 +47,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from pipeline.contracts.avro import AvroCodec
 from pipeline.durable import write_atomically
@@ -278,8 +278,7 @@ class PollReport:
 class ImapPoller:
     """Polls ``settings.imap.folders`` into ``mail.raw``; see the module doc."""
 
-    def __init__(self, settings: Settings, bootstrap: str, codec: AvroCodec, *,
-                 connect: Callable[[ImapSettings], imaplib.IMAP4] | None = None) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, codec: AvroCodec) -> None:
         from pipeline.contracts.records import MailRawCodec
         from pipeline.runtime.producer import RecordProducer
 
@@ -293,7 +292,6 @@ class ImapPoller:
         if any(f["direction"] == "auto" for f in self.imap.folders) and not self.own_domains:
             raise ImapError("a folder with direction auto needs untracked.own_domains")
         self.codec = codec
-        self._connect_fn = connect or _connect
         self.conn: imaplib.IMAP4 | None = None
         self.idle_supported = False
         self.account = f"{self.imap.username}@{self.imap.host}:{self.imap.effective_port()}"
@@ -304,7 +302,7 @@ class ImapPoller:
 
     # connection
     def connect(self) -> None:
-        self.conn = self._connect_fn(self.imap)
+        self.conn = _connect(self.imap)
         try:
             self.conn.login(self.imap.username, self.imap.password)
             typ, data = self.conn.capability()

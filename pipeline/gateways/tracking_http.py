@@ -167,11 +167,6 @@ class HitSpool:
     def spool_hits(self) -> int:
         return self._lines
 
-    @property
-    def spool_bytes(self) -> int:
-        """Size of the spool file (drained lines are counted until the file is emptied)."""
-        return self._size
-
     def _spool(self, key: bytes | None, value: bytes) -> None:
         line = json.dumps({"key": base64.b64encode(key or b"").decode(),
                            "value": base64.b64encode(value).decode()}).encode() + b"\n"

@@ -35,7 +35,7 @@ def _all_topic_bytes(settings, bootstrap) -> dict[str, list[bytes]]:
 
 def test_erase_removes_one_person_everywhere_and_keeps_the_rest(sandbox, clickhouse_factory):
     settings = sandbox.settings()
-    others = [(f"s#{n}", render_rfc5322(item.mail)) for n, item in enumerate(MailGenerator(4, customers=40).mails(200))]
+    others = [(f"s#{n}", render_rfc5322(mail)) for n, mail in enumerate(MailGenerator(4, customers=40).mails(200))]
     # p#3 is over mail.inline_max_bytes: its record names a blob, and only the blob holds the address
     big = _person_mail(3) + (b"y" * 76 + b"\r\n") * 9000
     person = [("p#1", _person_mail(1)), ("p#2", _person_mail(2, reply_to="<p1@customer.test>")), ("p#3", big)]

@@ -51,7 +51,7 @@ def test_escalations_equal_the_pure_tracker_and_a_replay_repeats_them(sandbox):
     settings = sandbox.settings(settings_file)
     # One mail every 10 minutes: replies come hours later, past the 4 h warning and 24 h escalation.
     generator = MailGenerator(21, customers=100, agents=4, seconds_between_mails=600)
-    messages = [(f"desk#{n}", render_rfc5322(item.mail)) for n, item in enumerate(generator.mails(800))]
+    messages = [(f"desk#{n}", render_rfc5322(mail)) for n, mail in enumerate(generator.mails(800))]
     report = ingest(messages, settings, sandbox.codec, sandbox.bootstrap, direction="auto")
     expected = expected_escalations(settings, messages)
     states = {state for state, _, _ in expected.values()}

@@ -37,7 +37,7 @@ CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "pon
 
 def synthetic(tenant: str, count: int, seed: int) -> list[tuple[str, bytes]]:
     generator = MailGenerator(seed, tenant=tenant, customers=300, agents=5)
-    return [(f"synth:{tenant}#{n}", render_rfc5322(item.mail)) for n, item in enumerate(generator.mails(count))]
+    return [(f"synth:{tenant}#{n}", render_rfc5322(mail)) for n, mail in enumerate(generator.mails(count))]
 
 
 def engine_run(settings: Settings, tenant: str, messages: list[tuple[str, bytes]]):

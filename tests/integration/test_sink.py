@@ -36,7 +36,7 @@ def test_sink_commits_after_insert_and_redelivery_changes_nothing(sandbox, click
     settings = sandbox.settings()
     with_domains = settings.model_copy(update={"untracked": settings.untracked.model_copy(
         update={"own_domains": [AGENT_DOMAIN]})})
-    mails = [(f"s#{n}", render_rfc5322(item.mail)) for n, item in enumerate(MailGenerator(3, customers=50).mails(600))]
+    mails = [(f"s#{n}", render_rfc5322(mail)) for n, mail in enumerate(MailGenerator(3, customers=50).mails(600))]
     report = ingest(mails[:400], with_domains, sandbox.codec, sandbox.bootstrap, direction="auto")
     worker = sandbox.start_worker()
     wait_for_outputs(settings.kafka, sandbox.bootstrap, sandbox.codec, 0, report.delivered, workers=[worker])

@@ -85,8 +85,7 @@ def mail(message_id: str, subject: str, *, when: datetime, sender: str = "custom
 def synthetic() -> list[bytes]:
     """~3000 mail.raw values of seeded synthetic support mail (every kind of link)."""
     values = []
-    for item in MailGenerator(11, customers=2_000).mails(3000):
-        record = item.mail
+    for record in MailGenerator(11, customers=2_000).mails(3000):
         values.append(raw_value(render_rfc5322(record), direction=record.direction, mailbox=record.mailbox,
                                 received_at=record.received_at))
     return values
