@@ -80,8 +80,7 @@ class SmtpSettings(_Section):
 
     host: str | None = Field(None, description="SMTP server; unset: none.")
     port: int = Field(25, ge=1, le=65535, description="SMTP port (587 with STARTTLS, 465 is not supported).")
-    starttls: bool = Field(False, description="Upgrade the connection with STARTTLS (certificate verified) "
-                           "before sending.")
+    starttls: bool = Field(False, description="Upgrade the connection with STARTTLS (certificate verified) before sending.")
     username: str | None = Field(None, description="SMTP AUTH user; unset: no AUTH.")
     password: str | None = Field(None, repr=False, description="SECRET, never logged: SMTP AUTH password.")
     timeout_s: float = Field(30.0, gt=0, le=600, description="Longest wait for one SMTP command.")
@@ -585,20 +584,14 @@ class NotificationSettings(_Section):
     smtp: NotificationSmtpSettings = Field(NotificationSmtpSettings(), description="The SMTP server of alert mail.")
     sender: str = Field("threadline@localhost", description="From address of alert mail.")
     webhook_urls: tuple[str, ...] = Field((), description="Every alert is POSTed as JSON to each of these URLs.")
-    timeout_s: float = Field(10.0, gt=0, le=120, description="Longest wait for one webhook delivery (alert mail: "
-                             "smtp.timeout_s).")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="Longest wait for one webhook delivery (mail: smtp.timeout_s).")
     max_attempts: int = Field(6, ge=1, le=100, description="Attempts per delivery before the notifier stops "
                               "(uncommitted: the alert is delivered after the next start).")
     backoff_s: float = Field(1.0, ge=0, le=600, description="First retry delay; doubles on every attempt.")
 
 
 class CampaignSettings(_Section):
-    """Campaign sending (``threadline campaign send``, docs/campaigns.md): SMTP, rate, recipient checks.
-
-    SMTP: when ``smtp.host`` is unset, the whole connection (host, port, STARTTLS, user, password)
-    of ``notifications.smtp`` is used, with ``smtp.timeout_s`` (pipeline/campaigns/send.py
-    ``campaign_smtp``).
-    """
+    """Campaign sending (``threadline campaign send``, docs/campaigns.md): SMTP, rate, recipient checks."""
 
     sender: str | None = Field(None, description="From address (and envelope sender) of campaign mail; unset: "
                                "notifications.sender.")
@@ -707,8 +700,7 @@ class RelaySettings(_Section):
     host: str = Field("127.0.0.1", description="Address the relay listens on.")
     port: int = Field(2525, ge=1, le=65535, description="Port the relay listens on (25 / 587 need privileges).")
     tenant: str = Field("default", min_length=1, description="Tenant of every mail.raw record the relay writes.")
-    upstream: RelayUpstreamSettings = Field(RelayUpstreamSettings(), description="The smarthost (outbound) or "
-                                            "next hop (inbound).")
+    upstream: RelayUpstreamSettings = Field(RelayUpstreamSettings(), description="The smarthost or next hop.")
     tls_cert_file: Path | None = Field(None, description="PEM certificate (chain) for STARTTLS; with tls_key_file, "
                                        "STARTTLS is offered and required before MAIL.")
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")

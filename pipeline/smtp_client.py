@@ -23,8 +23,7 @@ class SmtpError(RuntimeError):
 
 
 class SmtpUnavailable(SmtpError):
-    """No session; ``login_refused`` when the server refused the login or STARTTLS (the
-    configuration, not the network)."""
+    """No session; ``login_refused``: the server refused the login or STARTTLS (our configuration)."""
 
     def __init__(self, message: str, *, login_refused: bool = False) -> None:
         super().__init__(message)

@@ -40,20 +40,24 @@ _TOO_LARGE = ("MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE")
 class RecordProducer:
     """An idempotent producer that counts deliveries and keeps the first delivery errors.
 
-    ``delivery_timeout_s`` bounds how long a record may wait for its acknowledgement (librdkafka's
-    ``message.timeout.ms``), for a caller that answers someone from the delivery report."""
+    ``answer_within_s``, for a caller that answers someone from each record's delivery report (the
+    SMTP relay, :meth:`produce_mail_acknowledged`): the longest wait for an acknowledgement
+    (librdkafka's ``message.timeout.ms``), and the reports are served from a thread of this
+    producer until :meth:`finish`."""
 
-    def __init__(self, settings: Settings, bootstrap: str, *, delivery_timeout_s: float | None = None) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, *, answer_within_s: float | None = None) -> None:
         self.kafka = settings.kafka
         self._bootstrap = bootstrap
-        timeout_ms = None if delivery_timeout_s is None else int(delivery_timeout_s * 1000)
+        timeout_ms = None if answer_within_s is None else int(answer_within_s * 1000)
         self._options = {} if timeout_ms is None else {"message.timeout.ms": timeout_ms,
                                                        "request.timeout.ms": min(30_000, timeout_ms)}
         self.producer = new_producer(settings.kafka, bootstrap, self._options)
         self.report = IngestReport()
         self._replacing = threading.Lock()  # self.producer, replaced after a fatal error
         self._stop_polling = threading.Event()
-        self._poller: threading.Thread | None = None
+        self._poller = threading.Thread(target=self._poll, name="record-producer-poll", daemon=True)
+        if timeout_ms is not None:
+            self._poller.start()
 
     def _delivered(self, error, message) -> None:
         if error is None:
@@ -102,12 +106,6 @@ class RecordProducer:
         if remaining or len(self.report.errors) > errors_before:
             raise RuntimeError(f"{remaining} outputs undelivered, errors: {self.report.errors[errors_before:][:5]}")
 
-    def serve_delivery_reports(self) -> None:
-        """Serve delivery reports from a thread of this producer, for a caller that has no loop
-        of its own to poll in (the relay's futures resolve there); ``finish`` stops it."""
-        self._poller = threading.Thread(target=self._poll, name="record-producer-poll", daemon=True)
-        self._poller.start()
-
     def _poll(self) -> None:
         while not self._stop_polling.is_set():
             with self._replacing:
@@ -118,10 +116,14 @@ class RecordProducer:
         """One mail to ``mail.raw`` whose future resolves with ``(partition, offset)`` once the
         broker acknowledged it, or fails with :class:`RecordWriteError`, so that the SMTP relay
         answers its client from the delivery report.  It never waits: a full local queue fails
-        the future at once.  Needs :meth:`serve_delivery_reports`."""
+        the future at once.  Needs ``answer_within_s``."""
         from confluent_kafka import KafkaException
 
         future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def failed(reason: str, permanent: bool = False) -> concurrent.futures.Future:
+            future.set_exception(RecordWriteError(f"mail.raw: {reason}", permanent=permanent))
+            return future
 
         def delivered(error, message) -> None:
             if error is None:
@@ -130,30 +132,27 @@ class RecordProducer:
             if error.fatal():  # an idempotent producer in a fatal state takes no more records
                 with self._replacing:
                     self.producer = new_producer(self.kafka, self._bootstrap, self._options)
-            future.set_exception(RecordWriteError(f"mail.raw: {error.str()}", permanent=error.name() in _TOO_LARGE))
+            failed(error.str(), error.name() in _TOO_LARGE)
 
         try:
             value = mail_raw.encode(record)
         except MailTooLarge as exc:  # the relay's own header fields can push a mail at the limit over it
-            future.set_exception(RecordWriteError(f"mail.raw: {exc}", permanent=True))
-            return future
+            return failed(str(exc), permanent=True)
         except OSError as exc:
-            future.set_exception(RecordWriteError(f"mail.raw: the blob store cannot be written ({exc})"))
-            return future
+            return failed(f"the blob store cannot be written ({exc})")
         try:
             with self._replacing:
                 self.producer.produce(topic_name(self.kafka, MAIL_RAW), value, record["tenant"].encode(),
                                       on_delivery=delivered)
         except BufferError as exc:
-            future.set_exception(RecordWriteError(f"mail.raw: producer queue full ({exc})"))
+            failed(f"producer queue full ({exc})")
         except KafkaException as exc:
-            error = exc.args[0]
-            future.set_exception(RecordWriteError(f"mail.raw: {error.str()}", permanent=error.name() in _TOO_LARGE))
+            failed(exc.args[0].str(), exc.args[0].name() in _TOO_LARGE)
         return future
 
     def finish(self, timeout_s: float = 120.0) -> IngestReport:
-        if self._poller is not None:
-            self._stop_polling.set()
+        self._stop_polling.set()
+        if self._poller.is_alive():
             self._poller.join(2)
         remaining = self.producer.flush(timeout_s)
         if remaining:

@@ -11,8 +11,8 @@ and CRLF line ends: those final bytes are what ``mail.raw`` holds and the next h
 
 Replies: not acknowledged by the broker -> ``451`` (the client retries; nothing relayed, nothing
 lost).  Recorded -> queued (:mod:`~pipeline.gateways.smtp.spool`) and handed to the upstream
-(:mod:`pipeline.smtp_client`): accepted, or down / 4xx (the queue retries with
-back-off, also after a restart) -> ``250``; refused for good during the session -> that 5xx.
+(:mod:`pipeline.smtp_client`): accepted, or down / 4xx (retried from the queue) -> ``250``;
+refused for good during the session -> that 5xx.
 
 aiosmtpd has no hook for a new connection or a whole session's length, so the connection caps,
 the session time limit and the AUTH limits live in an ``SMTP`` subclass (:class:`LimitedSMTP`)
@@ -49,7 +49,7 @@ from pipeline.gateways.smtp.spool import COUNTER_FILE, QueuedMail, RelayQueue, l
 from pipeline.gateways.smtp.stamp import hop_count, message_id_of, outbound_copies, to_crlf
 from pipeline.runtime.producer import RecordProducer, RecordWriteError
 from pipeline.settings import RelaySettings, Settings
-from pipeline.smtp_client import SmtpClient, SmtpConnectionLost, SmtpOutcome, SmtpUnavailable
+from pipeline.smtp_client import SmtpClient, SmtpError, SmtpOutcome, SmtpUnavailable
 
 log = logging.getLogger("threadline.smtp")
 
@@ -58,21 +58,20 @@ INBOUND_MAILBOX = "smtp-inbound"
 SOURCE = "smtp"
 MAX_HOPS = 50                      # Received headers; more means a mail loop (RFC 5321 §6.3)
 PASSED_MAIL_OPTIONS = ("SMTPUTF8", "BODY=8BITMIME")  # of the client's MAIL FROM, to the upstream
+NOT_RECORDED = "451 4.3.0 Temporary failure: the mail could not be recorded; try again later"
 
 
 # -- the aiosmtpd connection ------------------------------------------------------------------
 class LimitedSMTP(SMTP):
     """One client connection: counted against ``relay.max_connections[_per_client]``, closed
-    with 421 after ``relay.session_timeout_s``, and, with ``auth``, logins checked against
-    ``relay.auth_username`` / ``relay.auth_password`` and limited per connection and client."""
+    with 421 after ``relay.session_timeout_s``, and, with ``relay.auth_username`` set, logins
+    checked against it and ``relay.auth_password`` and limited per connection and client."""
 
-    def __init__(self, limits: policy.ClientLimits, session_timeout_s: float, handler, *, auth: bool = False,
-                 **kwargs) -> None:
-        if auth:
+    def __init__(self, limits: policy.ClientLimits, handler, **kwargs) -> None:
+        if limits.relay.auth_username:
             kwargs["authenticator"] = self.check_login
         super().__init__(handler, **kwargs)
         self._limits = limits
-        self._session_timeout_s = session_timeout_s
         self._client: str | None = None          # the counted client key while connected
         self._refused = False
         self._session_timer: asyncio.TimerHandle | None = None
@@ -94,7 +93,7 @@ class LimitedSMTP(SMTP):
                 transport.close()
                 return
             self._client = key
-            self._session_timer = self.loop.call_later(self._session_timeout_s, self._session_expired)
+            self._session_timer = self.loop.call_later(self._limits.relay.session_timeout_s, self._session_expired)
         super().connection_made(transport)
 
     def _session_expired(self) -> None:
@@ -153,15 +152,12 @@ class LimitedSMTP(SMTP):
 
 
 class RelayController(Controller):
-    def __init__(self, handler, limits: policy.ClientLimits, session_timeout_s: float, *, auth: bool = False,
-                 **kwargs) -> None:
+    def __init__(self, handler, limits: policy.ClientLimits, **kwargs) -> None:
         super().__init__(handler, **kwargs)
         self.limits = limits
-        self.session_timeout_s = session_timeout_s
-        self.auth = auth
 
     def factory(self) -> SMTP:
-        return LimitedSMTP(self.limits, self.session_timeout_s, self.handler, auth=self.auth, **self.SMTP_kwargs)
+        return LimitedSMTP(self.limits, self.handler, **self.SMTP_kwargs)
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -232,11 +228,10 @@ class SmtpRelay:
                 self.counter = load_counter(self.counter_path, self.settings.correlation.tracking_token)
             if self._producer is None:
                 self._producer = RecordProducer(self.settings, self.bootstrap,
-                                                delivery_timeout_s=self.relay.kafka_timeout_s)
-                self._producer.serve_delivery_reports()
+                                                answer_within_s=self.relay.kafka_timeout_s)
             auth = bool(self.relay.auth_username)
             self._controller = RelayController(
-                _Handler(self), self.limits, self.relay.session_timeout_s,
+                _Handler(self), self.limits,
                 hostname=self.host, port=self.port, server_hostname=self.hostname,
                 ident="threadline relay", enable_SMTPUTF8=True,
                 data_size_limit=self.relay.max_message_size or self.settings.mail.max_message_bytes,
@@ -246,7 +241,7 @@ class SmtpRelay:
                 # AUTH is checked and limited by the server class (LimitedSMTP).  Not
                 # aiosmtpd's auth_required: a client of relay.client_networks may send without a
                 # login, so handle_MAIL decides (see may_send).
-                auth=auth, auth_required=False,
+                auth_required=False,
                 auth_require_tls=not (auth and self.relay.auth_allow_plaintext and tls is None),
                 # Reset by every command but not by DATA lines: it also bounds a whole DATA transfer,
                 # so a client dribbling its data is cut off too.
@@ -364,30 +359,26 @@ class SmtpRelay:
                                    self.relay.kafka_timeout_s + 10)
         except RecordWriteError as exc:
             log.error("mail not recorded (%s): answered %s", exc, "552" if exc.permanent else "451")
-            if exc.permanent:
-                return "552 5.3.4 Message too big to be recorded"
-            return "451 4.3.0 Temporary failure: the mail could not be recorded; try again later"
+            return "552 5.3.4 Message too big to be recorded" if exc.permanent else NOT_RECORDED
         except asyncio.TimeoutError:
             log.error("mail not recorded: no delivery report from the broker: answered 451")
-            return "451 4.3.0 Temporary failure: the mail could not be recorded; try again later"
+            return NOT_RECORDED
         except Exception:
             log.exception("mail not recorded: answered 451")
-            return "451 4.3.0 Temporary failure: the mail could not be recorded; try again later"
+            return NOT_RECORDED
 
         items, results = [], []
         for name, (rcpts, data) in zip(names, finals):
-            message_id = message_id_of(data)
+            item = QueuedMail(name, envelope.mail_from, tuple(rcpts), tuple(envelope.mail_options), data, time.time(),
+                              message_id_of(data))
             self.queue.claim(name)
             try:
-                await loop.run_in_executor(None, self.queue.put, name, envelope.mail_from, rcpts,
-                                           envelope.mail_options, data, message_id)
+                await loop.run_in_executor(None, self.queue.put, item)
             except OSError as exc:
                 self.queue.release(name)
                 log.error("queue write failed (%s): answered 451", exc)
                 return "451 4.3.0 Temporary failure: the relay queue is not writable; try again later"
             try:
-                item = QueuedMail(name, envelope.mail_from, tuple(rcpts), tuple(envelope.mail_options), data,
-                                  time.time(), message_id)
                 items.append(item)
                 results.append(await loop.run_in_executor(None, self._attempt, item, True))
             except Exception:  # the queue file is durable: the retries take it from here
@@ -447,10 +438,9 @@ class SmtpRelay:
         with SmtpClient(self.relay.upstream) as client:
             try:
                 return client.send(item.mail_from, item.rcpt_tos, item.data, options)
-            except SmtpUnavailable as exc:  # a refused login too: our configuration, so the mail is kept
-                return SmtpOutcome.everyone(item.rcpt_tos, f"upstream {exc}", unreachable=True)
-            except SmtpConnectionLost as exc:
-                return SmtpOutcome.everyone(item.rcpt_tos, f"upstream {exc}")
+            except SmtpError as exc:  # a refused login too: our configuration, so the mail is kept
+                return SmtpOutcome.everyone(item.rcpt_tos, f"upstream {exc}",
+                                            unreachable=isinstance(exc, SmtpUnavailable))
 
     # -- the queue's retries --
     def retry_queue(self) -> int:

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -103,11 +103,14 @@ class RelayQueue:
         with self._mutex:
             self._claimed.discard(name)
 
-    def put(self, name: str, mail_from: str, rcpt_tos: Sequence[str], mail_options: Sequence[str], data: bytes,
-            message_id: str | None = None) -> None:
-        envelope = {"mail_from": mail_from, "rcpt_tos": list(rcpt_tos), "mail_options": list(mail_options),
-                    "queued_at": time.time(), "message_id": message_id}
-        write_atomically(self.directory / name, json.dumps(envelope).encode() + b"\n" + data)
+    def put(self, item: QueuedMail) -> None:
+        self._write(self.directory / item.name, item)
+
+    @staticmethod
+    def _write(path: Path, item: QueuedMail, **more) -> None:
+        envelope = {"mail_from": item.mail_from, "rcpt_tos": list(item.rcpt_tos), "mail_options": list(item.mail_options),
+                    "queued_at": item.queued_at, "message_id": item.message_id, **more}
+        write_atomically(path, json.dumps(envelope).encode() + b"\n" + item.data)
 
     def load(self, name: str) -> QueuedMail:
         content = (self.directory / name).read_bytes()
@@ -119,7 +122,7 @@ class RelayQueue:
     def keep_for(self, item: QueuedMail, rcpt_tos: Sequence[str]) -> None:
         """Only ``rcpt_tos`` still wait (the others were delivered or refused for good)."""
         if tuple(rcpt_tos) != item.rcpt_tos:
-            self.put(item.name, item.mail_from, rcpt_tos, item.mail_options, item.data, item.message_id)
+            self.put(replace(item, rcpt_tos=tuple(rcpt_tos)))
 
     def remove(self, name: str) -> None:
         (self.directory / name).unlink(missing_ok=True)
@@ -127,11 +130,8 @@ class RelayQueue:
 
     def fail(self, item: QueuedMail, refused: dict[str, str]) -> None:
         """Keep a copy for the recipients the upstream refused for good, with the reasons."""
-        target = self.failed_dir / item.name
         self.failed_dir.mkdir(parents=True, exist_ok=True)
-        envelope = {"mail_from": item.mail_from, "rcpt_tos": sorted(refused), "mail_options": list(item.mail_options),
-                    "queued_at": item.queued_at, "message_id": item.message_id, "refused": refused,
-                    "failed_at": time.time()}
-        write_atomically(target, json.dumps(envelope).encode() + b"\n" + item.data)
+        self._write(self.failed_dir / item.name, replace(item, rcpt_tos=tuple(sorted(refused))), refused=refused,
+                    failed_at=time.time())
 
 

@@ -1,13 +1,7 @@
-"""What the outbound relay adds to a mail, byte for byte and without I/O (docs/smtp.md).
-
-:func:`outbound_copies` stamps what is missing: ``Message-ID`` (``<GUID@instance_id>``), ``Date``,
-and our ``X-Threadline-Ref`` header (``instance``, ``ref`` = the mail's own Message-ID,
-``regarding`` from a client's ``X-Threadline-Regarding`` header, which never leaves); a subject
-tracking token when ``relay.subject_tokens`` is on (the subject's own token is kept); and the open
-pixel / signed links when the mail opts in to tracking (``#track`` in the subject, ``%track%`` in
-the body).  A token names one recipient, so a tracked mail to several recipients leaves as one
-marked copy per recipient (same Message-ID; each copy is its own ``mail.raw`` record: the
-correlator reports the later ones as duplicates of the first).
+"""What the outbound relay adds to a mail, byte for byte and without I/O (docs/smtp.md "What
+happens to one mail", step 1): a missing Message-ID and Date, our reference header (with a
+client's ``X-Threadline-Regarding``, which never leaves), a subject token, and the tracking marks
+of a mail that opts in, one marked copy per recipient (a token names one recipient).
 """
 
 from __future__ import annotations

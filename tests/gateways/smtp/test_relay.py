@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
+import dataclasses
 import email
 import email.policy
 import logging
@@ -244,14 +245,14 @@ def test_queue_files_are_durable_exclusive_and_rewritable(tmp_path):
     try:
         (queue.directory / ".x.msg.tmp").write_bytes(b"half")
         name = queue.new_name()
-        queue.put(name, "ann@acme.test", ["bob@customer.test", "eve@other.test"], ["BODY=8BITMIME"], b"data\r\n",
-                  "<q1@acme.test>")
+        queue.put(QueuedMail(name, "ann@acme.test", ("bob@customer.test", "eve@other.test"), ("BODY=8BITMIME",),
+                             b"data\r\n", 1.5, "<q1@acme.test>"))
         assert queue.pending() == [name]
         item = queue.load(name)
         assert (item.mail_from, item.rcpt_tos, item.data, item.message_id) == (
             "ann@acme.test", ("bob@customer.test", "eve@other.test"), b"data\r\n", "<q1@acme.test>")
         queue.keep_for(item, ["eve@other.test"])
-        assert queue.load(name).rcpt_tos == ("eve@other.test",)
+        assert queue.load(name) == dataclasses.replace(item, rcpt_tos=("eve@other.test",))  # the envelope round-trips
         queue.fail(item, {"bob@customer.test": "550 no such user"})
         assert (queue.failed_dir / name).is_file() and queue.pending() == [name]
         queue.remove(name)
