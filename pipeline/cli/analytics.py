@@ -68,7 +68,7 @@ def add_report(command: CommandFactory) -> None:
 
 def cmd_escalations(args: argparse.Namespace) -> int:
     store = open_store(settings_from(args))
-    rows = store.query("""
+    result = store.query("""
 SELECT tenant, message_id, argMax(state, event_time) AS state, max(event_time) AS since,
        argMax(owner, event_time) AS owner, argMax(mailbox, event_time) AS mailbox, argMax(policy, event_time) AS policy
 FROM {db}.escalations FINAL
@@ -76,11 +76,9 @@ WHERE {tenant:String} = '' OR tenant = {tenant:String}
 GROUP BY tenant, message_id
 HAVING (state = {state:String} OR ({state:String} = '' AND state != 'RESOLVED'))
    AND ({owner:String} = '' OR owner = {owner:String})
-ORDER BY since""", parameters={"state": args.state or "", "owner": args.owner or "", "tenant": args.tenant or ""}).result_rows
-    print("tenant\tmessage_id\tstate\tsince\towner\tmailbox\tpolicy")
-    for row in rows:
-        print("\t".join("" if v is None else str(v) for v in row))
-    print(f"{len(rows)} mails", file=sys.stderr)
+ORDER BY since""", parameters={"state": args.state or "", "owner": args.owner or "", "tenant": args.tenant or ""})
+    print_table(result)
+    print(f"{len(result.result_rows)} mails", file=sys.stderr)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -219,9 +220,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     traffic = CampaignTraffic(settings.tracking, seed=args.seed, tenant=args.tenant,
                               sender_domain=args.sender_domain).records(args.campaigns, args.recipients)
     report = produce_traffic(traffic, settings, avro_codec(settings), bootstrap)
-    counts: dict[str, int] = {}
-    for record in traffic:
-        counts[record.topic] = counts.get(record.topic, 0) + 1
+    counts = dict(Counter(record.topic for record in traffic))
     return delivery_summary(report, f"records delivered: {counts}")
 
 

@@ -84,6 +84,13 @@ def delivery_summary(report, what: str) -> int:
     return 1 if report.errors else 0
 
 
+def progress_bar(desc: str, total: int | None = None, iterable=None):
+    """A tqdm bar of mails on stderr, over ``iterable`` when one is given."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="mail", file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+
+
 def add_progress_flag(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 

@@ -8,17 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.cli.common import CommandFactory, UserError, add_progress_flag, add_tenant, require_paths, settings_from
+from pipeline.cli.common import (CommandFactory, UserError, add_progress_flag, add_tenant, progress_bar, require_paths,
+                                 settings_from)
 
 DEFAULT_CORRELATIONS = Path("data") / "correlations.jsonl"
 
 
-def _progress(iterable, *, enabled: bool, desc: str, unit: str = "mail"):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, unit=unit, file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+def _progress(iterable, *, enabled: bool, desc: str):
+    return progress_bar(desc, iterable=iterable) if enabled else iterable
 
 
 def cmd_correlate(args: argparse.Namespace) -> int:

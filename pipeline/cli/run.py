@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.common import (CommandFactory, UserError, add_progress_flag, add_tenant, avro_codec,
-                                 broker_bootstrap, delivery_summary, open_store, refuse_unsafe_keys, require_paths,
-                                 settings_from)
+                                 broker_bootstrap, delivery_summary, open_store, progress_bar, refuse_unsafe_keys,
+                                 require_paths, settings_from)
 from pipeline.contracts.topics import DEADLETTER, MAIL_CORRELATED, MAIL_RAW, MAIL_UNTRACKED
 from pipeline.settings import SettingsError
 
@@ -19,9 +19,7 @@ def _bar_factory(enabled: bool):
     def progress(desc: str, total: int | None):
         if not enabled:
             return lambda _count: None
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc=desc, unit="mail", file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+        bar = progress_bar(desc, total)
 
         def update(count: int) -> None:
             bar.update(count - bar.n)
