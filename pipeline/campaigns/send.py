@@ -112,10 +112,10 @@ class TokenBucket:
             self.sleep((1 - self.tokens) / self.rate)
 
 
-def default_state_path(settings: Settings, tenant: str, campaign_id: str) -> Path:
+def default_state_path(data_dir: Path, tenant: str, campaign_id: str) -> Path:
     safe = lambda text: re.sub(r"[^A-Za-z0-9._-]", "_", text)[:60]  # noqa: E731
     digest = hashlib.sha256(f"{tenant}\0{campaign_id}".encode()).hexdigest()[:8]
-    return settings.worker.data_dir / "campaigns" / f"{safe(tenant)}.{safe(campaign_id)}.{digest}.state.jsonl"
+    return data_dir / "campaigns" / f"{safe(tenant)}.{safe(campaign_id)}.{digest}.state.jsonl"
 
 
 class CampaignState:
@@ -281,8 +281,8 @@ def send_campaign(settings: Settings, campaign_id: str, template: CampaignTempla
     if probe is _DEFAULT:
         probe = SmtpProbe(sender, timeout=options.smtp_probe_timeout_s) if options.smtp_probe else None
     suppressions = suppressions if suppressions is not None else JsonlSuppressionStore.from_settings(settings)
-    state = CampaignState(Path(state_path) if state_path else default_state_path(settings, tenant, campaign_id),
-                          tenant=tenant, campaign_id=campaign_id)
+    state_path = Path(state_path) if state_path else default_state_path(settings.worker.data_dir, tenant, campaign_id)
+    state = CampaignState(state_path, tenant=tenant, campaign_id=campaign_id)
 
     recipients = read_recipients(recipients_csv)
     report = CampaignReport(campaign_id, tenant, dry_run=dry_run, rows=len(recipients), state_path=state.path)

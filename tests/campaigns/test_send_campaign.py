@@ -154,7 +154,7 @@ def test_resumable_after_a_crash(tmp_path):
     with pytest.raises(CampaignInterrupted) as caught:
         run(settings, csv, crashing)
     assert caught.value.report.counts == {"sent": 5}
-    state = default_state_path(settings, "acme", "spring-26")
+    state = default_state_path(settings.worker.data_dir, "acme", "spring-26")
     lines = [json.loads(line) for line in state.read_text().splitlines()]
     assert [line["address"] for line in lines] == [f"user{i}@customer{i % 2}.example" for i in range(5)]
     assert {line["outcome"] for line in lines} == {"sent"}
@@ -174,7 +174,7 @@ def test_a_torn_state_line_is_ignored_and_resending_keeps_the_message_id(tmp_pat
     csv = write_csv(tmp_path, 2)
     first = FakeServer()
     run(settings, csv, first)
-    state = default_state_path(settings, "acme", "spring-26")
+    state = default_state_path(settings.worker.data_dir, "acme", "spring-26")
     lines = state.read_text().splitlines()
     state.write_text(lines[0] + "\n" + lines[1][:20])  # the crash hit while the second line was written
     second = FakeServer()
@@ -262,7 +262,7 @@ def test_dry_run_sends_and_records_nothing(tmp_path):
     report = send_campaign(settings, "spring-26", TEMPLATE, write_csv(tmp_path, 4, extra="x,Y,Z\n"), tenant="acme",
                            dry_run=True, resolver=FakeResolver(), smtp_factory=None)
     assert report.counts == {"would_send": 4, "syntax": 1}
-    assert not default_state_path(settings, "acme", "spring-26").exists()
+    assert not default_state_path(settings.worker.data_dir, "acme", "spring-26").exists()
     assert "DRY RUN" in report.format()
 
 
