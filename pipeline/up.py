@@ -92,8 +92,6 @@ def summarize(settings: Settings, bootstrap: str, codec: AvroCodec, generation: 
 
 
 def _as_correlation_dict(record: dict) -> dict:
-    import json
-
     return {**record, "evidence": json.loads(record["evidence"]), "event_time": record["event_time"].isoformat()}
 
 

@@ -203,8 +203,6 @@ class ImapState:
             self._lock.close()
 
 
-
-
 # -- IDLE ----------------------------------------------------------------------------------------
 def _buffered_input(conn: imaplib.IMAP4) -> bool:
     """True when imaplib's read buffer (or the TLS layer) already holds server data, which
@@ -282,7 +280,6 @@ class ImapPoller:
         from pipeline.contracts.records import MailRawCodec
         from pipeline.runtime.producer import RecordProducer
 
-        self.settings = settings
         self.imap = settings.imap
         if not self.imap.host:
             raise ImapError("no IMAP server configured: set imap.host (THREADLINE_IMAP_HOST)")
@@ -291,11 +288,10 @@ class ImapPoller:
         self.own_domains = frozenset(d.lower() for d in settings.untracked.own_domains)
         if any(f["direction"] == "auto" for f in self.imap.folders) and not self.own_domains:
             raise ImapError("a folder with direction auto needs untracked.own_domains")
-        self.codec = codec
         self.conn: imaplib.IMAP4 | None = None
         self.idle_supported = False
-        self.account = f"{self.imap.username}@{self.imap.host}:{self.imap.effective_port()}"
-        self.state = ImapState(settings.worker.data_dir / self.imap.state_file, self.account)
+        self.state = ImapState(settings.worker.data_dir / self.imap.state_file,
+                               f"{self.imap.username}@{self.imap.host}:{self.imap.effective_port()}")
         self.producer = RecordProducer(settings, bootstrap)
         self.mail_raw = MailRawCodec(settings.mail, settings.blob_dir, codec)
         self.report = PollReport(per_folder={f["name"]: 0 for f in self.imap.folders})

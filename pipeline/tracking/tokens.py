@@ -72,7 +72,6 @@ class TokenError(ValueError):
         assert reason in REASONS, reason
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)
