@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from numbers import Number
 
 from pipeline.analytics.dashboards import Dashboard, Panel
 from pipeline.analytics.macros import expand, expand_bound
@@ -17,6 +18,11 @@ class PanelResult:
     panel: Panel
     columns: tuple[str, ...]
     rows: list[tuple]
+
+    def numeric_columns(self) -> list[int]:
+        """Indexes of the columns after the first that hold numbers in every row (none without rows)."""
+        return [i for i in range(1, len(self.columns)) if self.rows
+                and all(isinstance(row[i], Number) and not isinstance(row[i], bool) for row in self.rows)]
 
 
 def _in_database(sql: str, database: str) -> str:

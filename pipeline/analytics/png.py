@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from numbers import Number
 from pathlib import Path
 
 from pipeline.analytics.panels import PanelResult
@@ -15,14 +14,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def _numeric_columns(result: PanelResult) -> list[int]:
-    return [i for i in range(1, len(result.columns))
-            if all(isinstance(row[i], Number) and not isinstance(row[i], bool) for row in result.rows)]
-
-
 def write_png(result: PanelResult, folder: Path, prefix: str) -> Path | None:
     """One PNG for a chart panel with rows; None for tables, stats and empty panels."""
-    series = _numeric_columns(result) if result.rows else []
+    series = result.numeric_columns()
     if result.panel.kind not in CHART_KINDS or not series:
         return None
     import matplotlib

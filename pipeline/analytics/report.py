@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 from datetime import datetime, timezone
-from numbers import Number
 from pathlib import Path
 
 from pipeline.analytics.dashboards import DASHBOARDS
@@ -36,15 +35,9 @@ def _table(result: PanelResult) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
 
 
-def _numeric_series(result: PanelResult) -> list[int]:
-    """Indexes of the columns after the first that hold numbers in every row."""
-    return [i for i in range(1, len(result.columns))
-            if result.rows and all(isinstance(row[i], Number) and not isinstance(row[i], bool) for row in result.rows)]
-
-
 def _bars(result: PanelResult, width: int = 640, bar_height: int = 18) -> str:
     """Horizontal bars: one group per row (label = first column), one bar per numeric column."""
-    series = _numeric_series(result)
+    series = result.numeric_columns()
     if not series:
         return ""
     rows = result.rows[:30]
@@ -66,7 +59,7 @@ def _bars(result: PanelResult, width: int = 640, bar_height: int = 18) -> str:
 
 
 def _lines(result: PanelResult, width: int = 640, height: int = 180) -> str:
-    series = _numeric_series(result)
+    series = result.numeric_columns()
     if not series or len(result.rows) < 2:
         return _bars(result)
     rows = result.rows

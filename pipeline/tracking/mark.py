@@ -26,7 +26,7 @@ import email.policy
 import html
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Iterator
@@ -103,10 +103,7 @@ class _Rewriter:
     def click(self, url: str) -> str:
         token = self.tokens.get(url)
         if token is None:
-            payload = TokenPayload(kind="click", tenant=self.base.tenant, message_id=self.base.message_id,
-                                   recipient=self.base.recipient, campaign_id=self.base.campaign_id,
-                                   link_url=url, issued_at=self.base.issued_at)
-            token = self.tokens[url] = sign_token(payload, self.keyring)
+            token = self.tokens[url] = sign_token(replace(self.base, kind="click", link_url=url), self.keyring)
         self.rewritten += 1
         return click_url(self.settings.base_url, token)
 

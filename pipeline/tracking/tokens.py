@@ -317,13 +317,9 @@ def unsubscribe_url(base_url: str, token: str) -> str:
 def token_from_path(path: str) -> tuple[Kind, str] | None:
     """``("open", token)`` for ``/o/TOKEN.gif``, ``("click", token)`` for ``/c/TOKEN``,
     ``("unsubscribe", token)`` for ``/u/TOKEN``, else None.  ``path`` is relative to the base URL's path."""
-    if path.startswith(OPEN_PATH) and path.endswith(".gif"):
-        token = path[len(OPEN_PATH):-len(".gif")]
-        return ("open", token) if _BASE64URL.fullmatch(token) else None
-    if path.startswith(CLICK_PATH):
-        token = path[len(CLICK_PATH):]
-        return ("click", token) if _BASE64URL.fullmatch(token) else None
-    if path.startswith(UNSUBSCRIBE_PATH):
-        token = path[len(UNSUBSCRIBE_PATH):]
-        return ("unsubscribe", token) if _BASE64URL.fullmatch(token) else None
+    for kind, prefix, suffix in (("open", OPEN_PATH, ".gif"), ("click", CLICK_PATH, ""),
+                                 ("unsubscribe", UNSUBSCRIBE_PATH, "")):
+        if path.startswith(prefix) and path.endswith(suffix):
+            token = path[len(prefix):len(path) - len(suffix)]
+            return (kind, token) if _BASE64URL.fullmatch(token) else None
     return None
