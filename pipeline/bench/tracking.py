@@ -31,7 +31,7 @@ from typing import Callable
 from pipeline.bench.common import machine_facts
 from pipeline.broker import EmbeddedBroker, create_topics, free_port, kafka_bootstrap, tansu_binary
 from pipeline.contracts.topics import TRACKING_RAW
-from pipeline.settings import Settings
+from pipeline.settings import Settings, TrackingSettings
 from pipeline.streams.runner import count_records
 from pipeline.tracking.tokens import Keyring, TokenPayload, open_url, sign_token
 
@@ -67,34 +67,44 @@ def load_main() -> None:
     json.dump(latencies, sys.stdout)
 
 
+def _open_tokens(tracking: TrackingSettings) -> list[str]:
+    """Genuine pixel tokens (an hour old) for 1000 mails, the URLs the load requests."""
+    keyring = Keyring.from_settings(tracking)
+    return [sign_token(TokenPayload("open", "bench", f"<m{n}@bench>", f"r{n}@customer.example", "cmp-1",
+                                    issued_at=int(time.time()) - 3600), keyring) for n in range(1000)]
+
+
+def _start_endpoint(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """``threadline tracking`` on ``port`` (stderr into ``log_path``), once its /health answers."""
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "tracking", "--port", str(port)],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            _get_json(f"http://127.0.0.1:{port}/health", 1)
+            return server
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                _stop_process(server)
+                raise RuntimeError(f"the tracking endpoint did not start; see {log_path}") from None
+            time.sleep(0.1)
+
+
 def run_tracking_bench(settings: Settings, *, seconds: float, concurrency: int, data_dir: Path,
                        progress: Callable[[str], None] = lambda _m: None) -> dict:
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topic_prefix": prefix})})
-    keyring = Keyring.from_settings(settings.tracking)
-    urls = [open_url("http://127.0.0.1:{port}", sign_token(TokenPayload(
-        "open", "bench", f"<m{n}@bench>", f"r{n}@customer.example", "cmp-1", issued_at=int(time.time()) - 3600),
-        keyring)) for n in range(1000)]
     with kafka_bootstrap(settings, data_dir / "bench-broker.log") as bootstrap:
         create_topics(settings.kafka, bootstrap, topics=(TRACKING_RAW,))
         port = free_port()
         env = {**os.environ, "THREADLINE_KAFKA_BOOTSTRAP": bootstrap, "THREADLINE_KAFKA_TOPIC_PREFIX": prefix,
                "THREADLINE_WORKER_DATA_DIR": str(data_dir / "bench-tracking")}
-        server = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "tracking", "--port", str(port)], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = _start_endpoint(port, env, data_dir / "bench-tracking.log")
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the tracking endpoint did not start") from None
-                    time.sleep(0.1)
             progress(f"load: {concurrency} connections for {seconds} s from a second process")
-            job = json.dumps({"urls": [u.replace("{port}", str(port)) for u in urls], "seconds": seconds,
-                              "concurrency": concurrency})
+            urls = [open_url(f"http://127.0.0.1:{port}", token) for token in _open_tokens(settings.tracking)]
+            job = json.dumps({"urls": urls, "seconds": seconds, "concurrency": concurrency})
             loader = subprocess.run([sys.executable, "-c", "from pipeline.bench.tracking import load_main; load_main()"],
                                     input=job, capture_output=True, text=True, check=True)
             latencies = json.loads(loader.stdout)
@@ -294,13 +304,10 @@ def run_tracking_outage_bench(settings: Settings, *, outage_s: float, rate: floa
                            "unset kafka.bootstrap")
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topic_prefix": prefix})})
-    keyring = Keyring.from_settings(settings.tracking)
-    tokens = [sign_token(TokenPayload("open", "bench", f"<m{n}@bench>", f"r{n}@customer.example", "cmp-1",
-                                      issued_at=int(time.time()) - 3600), keyring) for n in range(1000)]
     broker_port, port = free_port(), free_port()
     bootstrap = f"127.0.0.1:{broker_port}"
     base = f"http://127.0.0.1:{port}"
-    urls = [open_url(base, token) for token in tokens]
+    urls = [open_url(base, token) for token in _open_tokens(settings.tracking)]
     work = data_dir / f"bench-tracking-outage-{uuid.uuid4().hex[:6]}"
     work.mkdir(parents=True)
     env = {**os.environ, "THREADLINE_KAFKA_BOOTSTRAP": bootstrap, "THREADLINE_KAFKA_TOPIC_PREFIX": prefix,
@@ -312,18 +319,7 @@ def run_tracking_outage_bench(settings: Settings, *, outage_s: float, rate: floa
     try:
         broker = broker_on_port(broker_port, work / "broker-1.log")
         create_topics(settings.kafka, bootstrap, topics=(TRACKING_RAW,))
-        with open(work / "endpoint.log", "wb") as endpoint_log:
-            server = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "tracking", "--port", str(port)],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=endpoint_log)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                _get_json(base + "/health", 1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"the tracking endpoint did not start; see {work / 'endpoint.log'}") from None
-                time.sleep(0.1)
+        server = _start_endpoint(port, env, work / "endpoint.log")
         warmup = 100
         for url in urls[:warmup]:
             urllib.request.urlopen(url, timeout=5).read()
