@@ -87,8 +87,7 @@ class SmtpSettings(_Section):
 
 
 class RelayUpstreamSettings(SmtpSettings):
-    host: str | None = Field(None, description="Smarthost (outbound) or next hop (inbound) the relay hands every "
-                             "mail to; required.")
+    host: str | None = Field(None, description="Smarthost (outbound) or next hop (inbound) of every mail; required.")
     timeout_s: float = Field(60.0, gt=0, le=600, description="Longest wait for one upstream SMTP command.")
 
 
@@ -98,8 +97,7 @@ class NotificationSmtpSettings(SmtpSettings):
 
 
 class CampaignSmtpSettings(SmtpSettings):
-    host: str | None = Field(None, description="SMTP server for campaign mail; unset: the notifications.smtp "
-                             "server (host, port, starttls, username, password) with this timeout_s.")
+    host: str | None = Field(None, description="SMTP server for campaign mail; unset: notifications.smtp, with this timeout_s.")
 
 
 class TrackingTokenSettings(_Section):

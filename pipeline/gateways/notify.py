@@ -60,9 +60,11 @@ class Notifier(ConsumerLoop):
         self.settings = notifications
 
     def _send_mail(self, alert: dict) -> None:
-        mail = alert_mail(alert, self.settings.sender).as_bytes(policy=email.policy.SMTP)
+        # A non-ASCII address needs SMTPUTF8, as smtplib's send_message asked (a server without it refuses).
+        utf8 = not (self.settings.sender + alert["user"]).isascii()
+        mail = alert_mail(alert, self.settings.sender).as_bytes(policy=email.policy.SMTPUTF8 if utf8 else email.policy.SMTP)
         with SmtpClient(self.settings.smtp) as smtp:
-            outcome = smtp.send(self.settings.sender, [alert["user"]], mail)
+            outcome = smtp.send(self.settings.sender, [alert["user"]], mail, ("SMTPUTF8", "BODY=8BITMIME") if utf8 else ())
         if not outcome.sent:
             raise DeliveryError(next(iter({**outcome.refused, **outcome.deferred}.values())))
 
