@@ -68,9 +68,9 @@ class _Section(BaseModel):
         # The SMTP servers were flat keys (relay.upstream_host): extra=forbid alone would not name the new key.
         for name, field in cls.model_fields.items() if isinstance(data, Mapping) else ():
             if isinstance(field.annotation, type) and issubclass(field.annotation, SmtpSettings):
-                for key in sorted(data.keys() & {f"{name}_{key}" for key in SmtpSettings.model_fields}):
-                    raise ValueError(f"{key} is now {name}.{key[len(name) + 1:]}: the key {key[len(name) + 1:]} of this "
-                                     f"section's {name} table (its environment variable keeps its name)")
+                for sub in sorted(sub for sub in SmtpSettings.model_fields if f"{name}_{sub}" in data):
+                    raise ValueError(f"{name}_{sub} is now {name}.{sub}: the key {sub} of this section's {name} "
+                                     "table (its environment variable keeps its name)")
         return data
 
 
