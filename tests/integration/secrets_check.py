@@ -8,8 +8,22 @@ import json
 import secrets
 from pathlib import Path
 
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
 from pipeline.redact import is_secret
 from pipeline.settings import Settings
+
+
+def _fields(model: type[BaseModel], path: str = "") -> list[tuple[str, str, FieldInfo]]:
+    """(section, field name, field) of every field of every section, nested ones (relay.upstream) too."""
+    found = []
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found += _fields(field.annotation, f"{path}.{name}" if path else name)
+        elif path:
+            found.append((path, name, field))
+    return found
 
 
 def secret_settings_toml() -> tuple[str, set[str]]:
@@ -20,15 +34,14 @@ def secret_settings_toml() -> tuple[str, set[str]]:
     keys accept them, so the run really uses the tracking keys."""
     sections: dict[str, list[str]] = {}
     found: set[str] = set()
-    for section, section_field in Settings.model_fields.items():
-        for name, field in section_field.annotation.model_fields.items():
-            if not is_secret(field):
-                continue
-            value = secrets.token_urlsafe(32)
-            found.add(value)
-            is_table = "dict" in str(field.annotation)
-            sections.setdefault(section, []).append(f"{name} = {{ k1 = {json.dumps(value)} }}" if is_table
-                                                    else f"{name} = {json.dumps(value)}")
+    for section, name, field in _fields(Settings):
+        if not is_secret(field):
+            continue
+        value = secrets.token_urlsafe(32)
+        found.add(value)
+        is_table = "dict" in str(field.annotation)
+        sections.setdefault(section, []).append(f"{name} = {{ k1 = {json.dumps(value)} }}" if is_table
+                                                else f"{name} = {json.dumps(value)}")
     # What some secrets need beside them to load: the key id that signs, the user of the password.
     sections.setdefault("tracking", []).append('current_key_id = "k1"')
     sections.setdefault("relay", []).append('auth_username = "relay-user"')
