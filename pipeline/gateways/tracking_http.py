@@ -393,10 +393,6 @@ class HitSpool:
                     self.delivered, self._lines, self.dropped_at_cap)
 
 
-def _client_ip(request: web.Request) -> str | None:
-    return request.remote
-
-
 _UNSUBSCRIBE_PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="robots" content="noindex">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title></head>
@@ -423,7 +419,7 @@ def build_app(settings: Settings, spool: HitSpool, suppressions=None) -> web.App
     def record(request: web.Request, kind: str, token: str) -> dict:
         headers = {name: request.headers[name] for name in KEPT_HEADERS if name in request.headers}
         return {"event_id": uuid.uuid4().hex, "kind": kind, "token": token, "received_at": datetime.now(timezone.utc),
-                "method": request.method, "ip": _client_ip(request), "user_agent": request.headers.get("User-Agent"),
+                "method": request.method, "ip": request.remote, "user_agent": request.headers.get("User-Agent"),
                 "headers": headers}
 
     def access(request: web.Request, kind: str, valid: bool, status: int) -> None:
@@ -462,7 +458,7 @@ def build_app(settings: Settings, spool: HitSpool, suppressions=None) -> web.App
         access(request, "click", valid, 302 if valid else 410 if reason == EXPIRED else 404)
         if reason == EXPIRED:
             return expired_page("link", tracking.click_max_age_days)
-        if payload is None or not payload.link_url or not payload.link_url.startswith(("http://", "https://")):
+        if not valid:
             return web.Response(status=404, text="This link is not valid.", headers=NO_CACHE)
         raise web.HTTPFound(payload.link_url, headers=NO_CACHE)
 
@@ -512,10 +508,9 @@ def build_app(settings: Settings, spool: HitSpool, suppressions=None) -> web.App
         await asyncio.to_thread(spool.close)
 
     app = web.Application()
-    app.router.add_route("GET", "/o/{token}", pixel)
-    app.router.add_route("HEAD", "/o/{token}", pixel)
-    app.router.add_route("GET", "/c/{token}", click)
-    app.router.add_route("HEAD", "/c/{token}", click)
+    for method in ("GET", "HEAD"):
+        app.router.add_route(method, "/o/{token}", pixel)
+        app.router.add_route(method, "/c/{token}", click)
     app.router.add_get("/u/{token}", unsubscribe_form)  # HEAD too: aiohttp adds it to GET routes
     app.router.add_post("/u/{token}", unsubscribe)
     app.router.add_get("/health", health)

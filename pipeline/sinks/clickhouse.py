@@ -44,12 +44,8 @@ def _statements(sql: str) -> list[str]:
 def migrations() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every migration, in order."""
     folder = resources.files("pipeline.sinks") / "migrations"
-    found = []
-    for item in folder.iterdir():
-        match = _MIGRATION_FILE.match(item.name)
-        if match:
-            found.append((int(match.group(1)), item.name, item.read_text(encoding="utf-8")))
-    return sorted(found)
+    return sorted((int(match.group(1)), item.name, item.read_text(encoding="utf-8"))
+                  for item in folder.iterdir() if (match := _MIGRATION_FILE.match(item.name)))
 
 
 class ClickHouseStore:
