@@ -22,9 +22,9 @@ import traceback
 import weakref
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from functools import partial
+from functools import cache, partial
 from types import SimpleNamespace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import faust
 import mode
@@ -89,27 +89,14 @@ def exit_without_commit(what: str, exc: BaseException) -> None:
     os._exit(EXIT_BATCH_FAILED)
 
 
-class _LazyOutputs:
-    """One output producer per worker process, made on first use (inside the worker)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._producer: RecordProducer | None = None
-
-    def get(self) -> RecordProducer:
-        if self._producer is None:
-            self._producer = RecordProducer(self.settings, self.settings.kafka.bootstrap)
-        return self._producer
-
-
 def _bytes_table(app: faust.App, name: str, settings: Settings):
     # Faust picks a table's serializers from key_type / value_type (not from a schema): bytes
     # values are stored as given ("raw"); anything else would be JSON-decoded on every read.
     return app.Table(name, default=None, partitions=settings.kafka.partitions, key_type=str, value_type=bytes)
 
 
-async def _handle_batches(stream, processor: BatchStep, table, source_topic: str, outputs: _LazyOutputs, settings: Settings,
-                          lock: asyncio.Lock | None = None, on_batch=None) -> None:
+async def _handle_batches(stream, processor: BatchStep, table, source_topic: str, outputs: Callable[[], RecordProducer],
+                          settings: Settings, lock: asyncio.Lock | None = None, on_batch=None) -> None:
     """Per batch: process, produce and await every output, then write the table (see module doc).
     ``lock``, shared with a tick of the same processor, keeps the two from interleaving."""
     loop = asyncio.get_running_loop()
@@ -119,7 +106,7 @@ async def _handle_batches(stream, processor: BatchStep, table, source_topic: str
         async with lock:
             items = [RawItem(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
             result = processor.process(items, source_topic=source_topic)
-            await loop.run_in_executor(None, outputs.get().send_all, result.outputs)
+            await loop.run_in_executor(None, outputs().send_all, result.outputs)
             result.apply_to(table, partial(partition_context, source_topic))
         if on_batch is not None:
             on_batch()
@@ -197,7 +184,8 @@ def build_app(settings: Settings) -> faust.App:
     escalation = EscalationProcessor(settings, codec, escalation_table, clock=lambda: datetime.now(timezone.utc),
                                      record_owner=crm.record_owner)
     tracking = TrackingProcessor(settings.tracking, codec, hits_table, owner_of=processor.sender_of)
-    outputs = _LazyOutputs(settings)
+    # One output producer per worker process, made on first use (inside the worker).
+    outputs = cache(partial(RecordProducer, settings, settings.kafka.bootstrap))
     last_escalation_batch = {"at": time.monotonic()}
     escalation_lock = asyncio.Lock()
 
@@ -239,7 +227,7 @@ def build_app(settings: Settings) -> faust.App:
             async with escalation_lock:
                 result = escalation.tick(datetime.now(timezone.utc))
                 if result.outputs:
-                    await asyncio.get_running_loop().run_in_executor(None, outputs.get().send_all, result.outputs)
+                    await asyncio.get_running_loop().run_in_executor(None, outputs().send_all, result.outputs)
                     result.apply_to(escalation_table, partial(partition_context, correlated_topic.get_topic_name()))
         except Exception as exc:  # noqa: BLE001 - the trackers moved on in memory; only a restart re-fires them
             exit_without_commit("an escalation tick", exc)
