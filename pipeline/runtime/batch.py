@@ -113,9 +113,8 @@ def add_dead_letter(codec: AvroCodec, item: RawItem, position: SourcePosition, r
 
 
 class BatchStep(Protocol):
-    """What the four steps share: ``process`` gives outputs and the table writes that snapshot what
-    changed; ``reset`` (a rebalance) drops the state in memory, resumed from the table on first use
-    (:mod:`pipeline.runtime.state`).  Only escalation has a clock: its ``tick`` is its own."""
+    """What the four steps share: ``process`` gives outputs and the table writes that snapshot what changed;
+    ``reset`` (a rebalance) drops the state in memory, resumed from the table (:mod:`pipeline.runtime.state`)."""
 
     def process(self, items: list[RawItem], source_topic: str = ...) -> BatchResult: ...
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Callable, Generic, Mapping, TypeVar
 
 SEPARATOR = "\x1f"
 _OFFSET_MARKER = "\x00offset" + SEPARATOR
+S = TypeVar("S")
 
 
 class StateFormatError(ValueError):
@@ -39,25 +40,34 @@ def decode_state(key: str, value: bytes) -> Any:
                                "from the topics (docs/architecture.md, runtime)") from exc
 
 
-class TenantEntries:
-    """Each tenant's entries, read in one pass at the first :meth:`take` after a reset and handed
-    out once: the step keeps what it builds from them (and writes only tenants it has taken)."""
+class TenantStates(dict[str, S], Generic[S]):
+    """Each tenant's state in memory (an index, a tracker, a directory), resumed on the tenant's
+    first use after a reset by ``resume(tenant, entries, *context)`` from its decoded table entries.
+    The first use reads every tenant's entries in one pass over the table, not one per tenant; the
+    writes after that pass are of tenants already resumed (a step writes only the state it holds)."""
 
-    def __init__(self, table: Mapping[str, bytes]) -> None:
+    def __init__(self, table: Mapping[str, bytes], resume: Callable[..., S]) -> None:
+        super().__init__()
         self.table = table
+        self.resume = resume
         self._unread: dict[str, list[tuple[str, bytes]]] | None = None
 
-    def take(self, tenant: str) -> list[Any]:
-        """Decoded; kept until all of them decode, so a bad value fails every attempt alike."""
+    def of(self, tenant: str, *context: Any) -> S:
+        if tenant not in self:
+            self[tenant] = self.resume(tenant, self._entries(tenant), *context)
+            # Dropped only now: an entry that fails to decode or to resume fails every attempt alike.
+            self._unread.pop(tenant, None)
+        return self[tenant]
+
+    def reset(self) -> None:
+        self.clear()
+        self._unread = None
+
+    def _entries(self, tenant: str) -> list[Any]:
         if self._unread is None:
             self._unread = {}
             for key, value in list(self.table.items()):
                 tenant_of, separator, _ = key.partition(SEPARATOR)
                 if separator and value is not None and not key.startswith(_OFFSET_MARKER):
                     self._unread.setdefault(tenant_of, []).append((key, value))
-        decoded = [decode_state(key, value) for key, value in self._unread.get(tenant, ())]
-        self._unread.pop(tenant, None)
-        return decoded
-
-    def reset(self) -> None:
-        self._unread = None
+        return [decode_state(key, value) for key, value in self._unread.get(tenant, ())]

@@ -166,17 +166,12 @@ def build_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
-    raw_topic = app.topic(topic_name(settings.kafka, MAIL_RAW), key_type=bytes, value_type=bytes,
-                          key_serializer="raw", value_serializer="raw")
-    correlated_topic = app.topic(topic_name(settings.kafka, MAIL_CORRELATED), key_type=bytes, value_type=bytes,
-                                 key_serializer="raw", value_serializer="raw")
-    tracking_topic = app.topic(topic_name(settings.kafka, TRACKING_RAW), key_type=bytes, value_type=bytes,
-                               key_serializer="raw", value_serializer="raw")
+    raw_topic, correlated_topic, tracking_topic, crm_topic = (  # Avro bytes in, decoded by the steps
+        app.topic(topic_name(settings.kafka, name), key_type=bytes, value_type=bytes, key_serializer="raw",
+                  value_serializer="raw") for name in (MAIL_RAW, MAIL_CORRELATED, TRACKING_RAW, CRM_ENTITIES))
     index_table = _bytes_table(app, "correlation-index", settings)
     hits_table = _bytes_table(app, "tracking-hits", settings)
     crm_table = _bytes_table(app, "crm-entities", settings)
-    crm_topic = app.topic(topic_name(settings.kafka, CRM_ENTITIES), key_type=bytes, value_type=bytes,
-                          key_serializer="raw", value_serializer="raw")
     escalation_table = _bytes_table(app, "escalation-state", settings)
     codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
     crm = CrmProcessor(codec, crm_table)

@@ -16,43 +16,39 @@ from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.topics import CRM_ENTITIES
 from pipeline.crm import CrmDirectory
 from pipeline.runtime.batch import BatchResult, OffsetMarkers, RawItem, decoded_records
-from pipeline.runtime.state import TenantEntries, encode_state, tenant_key
+from pipeline.runtime.state import TenantStates, encode_state, tenant_key
 
 AGENT = "crm"
+
+
+def _resumed_directory(_tenant: str, records: list[dict]) -> CrmDirectory:
+    directory = CrmDirectory()
+    for record in records:
+        directory.apply({**record, "updated_at": datetime.fromisoformat(record["updated_at"])})
+    return directory
 
 
 class CrmProcessor:
     def __init__(self, codec: AvroCodec, table: MutableMapping[str, bytes]) -> None:
         self.codec = codec
-        self.stored = TenantEntries(table)
         self.markers = OffsetMarkers(table)
-        self._directories: dict[str, CrmDirectory] = {}
+        self._directories: TenantStates[CrmDirectory] = TenantStates(table, _resumed_directory)
 
     def reset(self) -> None:
-        self._directories.clear()
-        self.stored.reset()
+        self._directories.reset()
         self.markers.clear()
 
-    def directory(self, tenant: str) -> CrmDirectory:
-        directory = self._directories.get(tenant)
-        if directory is None:
-            directory = CrmDirectory()
-            for record in self.stored.take(tenant):
-                directory.apply({**record, "updated_at": datetime.fromisoformat(record["updated_at"])})
-            self._directories[tenant] = directory
-        return directory
-
     def regarding_for(self, tenant: str, address: str) -> str | None:
-        return self.directory(tenant).regarding_for(address) if address else None
+        return self._directories.of(tenant).regarding_for(address) if address else None
 
     def record_owner(self, tenant: str, record_id: str) -> str | None:
-        record = self.directory(tenant).get("record", record_id)
+        record = self._directories.of(tenant).get("record", record_id)
         return record.owner if record is not None else None
 
     def process(self, items: list[RawItem], source_topic: str = CRM_ENTITIES) -> BatchResult:
         result = BatchResult()
         for item, record in decoded_records(items, self.markers, self.codec, CRM_ENTITIES, source_topic, AGENT, result):
-            if self.directory(record["tenant"]).apply(record):
+            if self._directories.of(record["tenant"]).apply(record):
                 key = tenant_key(record["tenant"], record["entity_type"], record["entity_id"])
                 result.writes.setdefault(item.partition, {})[key] = None if record["deleted"] else encode_state(record)
                 result.count(f"crm:{record['entity_type']}")

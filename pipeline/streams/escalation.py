@@ -26,7 +26,7 @@ from pipeline.escalation.policy import default_owner
 from pipeline.escalation.tracker import EscalationTracker
 from pipeline.settings import Settings
 from pipeline.runtime.batch import BatchResult, OffsetMarkers, Output, RawItem, decoded_records
-from pipeline.runtime.state import TenantEntries, encode_state, tenant_key
+from pipeline.runtime.state import TenantStates, encode_state, tenant_key
 
 AGENT = "escalation"
 
@@ -42,28 +42,23 @@ class EscalationProcessor:
         self.clock = clock
         self.generation = settings.worker.generation
         self.record_owner = record_owner
-        self._trackers: dict[str, EscalationTracker] = {}
+        self._trackers: TenantStates[EscalationTracker] = TenantStates(table, self._resume)
         self._partition_of: dict[str, int] = {}
         self._dirty: dict[str, set[str]] = {}  # tenant -> conversations whose state changed
-        self.stored = TenantEntries(table)
         self.markers = OffsetMarkers(table)
         self._own_domains = frozenset(d.lower() for d in settings.untracked.own_domains)
 
     def reset(self) -> None:
-        self._trackers.clear()
+        self._trackers.reset()
         self._partition_of.clear()
         self._dirty.clear()
-        self.stored.reset()
         self.markers.clear()
 
-    def _tracker(self, tenant: str, partition: int) -> EscalationTracker:
-        tracker = self._trackers.get(tenant)
-        if tracker is None:
-            tracker = EscalationTracker(self.settings.escalation, self.clock)
-            for data in self.stored.take(tenant):
-                tracker.restore(ConversationState.from_dict(data))
-            self._trackers[tenant] = tracker
-            self._partition_of[tenant] = partition
+    def _resume(self, tenant: str, conversations: list[dict], partition: int) -> EscalationTracker:
+        tracker = EscalationTracker(self.settings.escalation, self.clock)
+        for data in conversations:
+            tracker.restore(ConversationState.from_dict(data))
+        self._partition_of[tenant] = partition
         return tracker
 
     def _emit(self, transitions: list[Transition], result: BatchResult) -> None:
@@ -87,7 +82,7 @@ class EscalationProcessor:
                               regarding=record["regarding"], mail_type=record["mail_type"],
                               parent_message_id=record["parent_message_id"],
                               owner=self._owner(record))
-            self._emit(self._tracker(event.tenant, item.partition).on_correlation(event), result)
+            self._emit(self._trackers.of(event.tenant, item.partition).on_correlation(event), result)
         self._collect_writes(result)
         self.markers.add_writes(items, result)
         return result

@@ -30,7 +30,7 @@ from pipeline.mail.bounce import parse_bounce
 from pipeline.mail.parse import parse_mail
 from pipeline.mail.record import MailRecord
 from pipeline.runtime.batch import BatchResult, OffsetMarkers, Output, RawItem, add_dead_letter
-from pipeline.runtime.state import StateFormatError, TenantEntries, encode_state, tenant_key
+from pipeline.runtime.state import StateFormatError, TenantStates, encode_state, tenant_key
 from pipeline.settings import Settings
 from pipeline.tracking.tokens import Keyring, TokenError, verify_token
 
@@ -39,12 +39,12 @@ _UNSUBSCRIBE_TOKEN = re.compile(rb"^List-Unsubscribe:[^\r\n]*?/u/([A-Za-z0-9_-]+
 
 
 class TableIndexStore:
-    """The engine's :class:`~pipeline.correlation.index.MailStore` on a table: the tenant's
-    entries are read once, when its index is built after a reset; writes are buffered until the
-    batch's outputs are out.  Each entry remembers the source offset of its mail
+    """The engine's :class:`~pipeline.correlation.index.MailStore` on a table: holds the tenant's
+    entries read from the table after a reset until its index is built from them; writes are
+    buffered until the batch's outputs are out.  Each entry remembers the source offset of its mail
     (``current_offset`` when it was put)."""
 
-    def __init__(self, stored: TenantEntries, tenant: str, partition: int) -> None:
+    def __init__(self, stored: list[dict], tenant: str, partition: int) -> None:
         self.stored = stored
         self.tenant = tenant
         self.partition = partition
@@ -62,7 +62,8 @@ class TableIndexStore:
         self.pending[tenant_key(self.tenant, message_id)] = None
 
     def entries(self) -> Iterator[IndexedMail]:
-        for data in self.stored.take(self.tenant):
+        stored, self.stored = self.stored, []  # the index keeps them from here on
+        for data in stored:
             entry = IndexedMail.from_dict(data["entry"])
             self.source_offsets[entry.message_id] = data["offset"]
             yield entry
@@ -83,18 +84,16 @@ class MailProcessor:
         self.codec = codec
         self.regarding_for = regarding_for
         self.generation = settings.worker.generation
-        self._correlators: dict[str, Correlator] = {}
+        self._correlators: TenantStates[Correlator] = TenantStates(table, self._resume)
         self._stores: dict[str, TableIndexStore] = {}
-        self.stored = TenantEntries(table)
         self.markers = OffsetMarkers(table)
         self.mail_raw = MailRawCodec(settings.mail, settings.blob_dir, codec)
         self.keyring = Keyring.from_settings(settings.tracking)  # once, not per campaign mail
 
     def reset(self) -> None:
         """Forget derived state (after a rebalance): indexes are rebuilt from the table on demand."""
-        self._correlators.clear()
+        self._correlators.reset()
         self._stores.clear()
-        self.stored.reset()
         self.markers.clear()
 
     def sender_of(self, tenant: str, message_id: str) -> str | None:
@@ -133,19 +132,14 @@ class MailProcessor:
                                          self.codec.encode(TRACKING_EVENTS, event)))
             result.count(f"bounce:{recipient.kind}")
 
-    def _correlator(self, tenant: str, partition: int) -> Correlator:
-        correlator = self._correlators.get(tenant)
-        if correlator is None:
-            store = TableIndexStore(self.stored, tenant, partition)
-            resolver = None
-            if self.regarding_for is not None:
-                lookup = self.regarding_for
-                resolver = (lambda mail: lookup(tenant, mail.from_addr) if mail.direction == "in" else None)
-            correlator = Correlator(self.settings.correlation, store, tenant=tenant, untracked=self.settings.untracked,
-                                    generation=self.generation, regarding_resolver=resolver)
-            self._correlators[tenant] = correlator
-            self._stores[tenant] = store
-        return correlator
+    def _resume(self, tenant: str, entries: list[dict], partition: int) -> Correlator:
+        store = self._stores[tenant] = TableIndexStore(entries, tenant, partition)
+        resolver = None
+        if self.regarding_for is not None:
+            lookup = self.regarding_for
+            resolver = (lambda mail: lookup(tenant, mail.from_addr) if mail.direction == "in" else None)
+        return Correlator(self.settings.correlation, store, tenant=tenant, untracked=self.settings.untracked,
+                          generation=self.generation, regarding_resolver=resolver)
 
     def process(self, items: list[RawItem], source_topic: str = MAIL_RAW) -> BatchResult:
         result = BatchResult()
@@ -183,7 +177,7 @@ class MailProcessor:
                           max_size=self.settings.mail.max_message_bytes)
         if mail.direction == "out":
             mail = self._with_campaign(mail, raw)
-        correlator = self._correlator(tenant, item.partition)
+        correlator = self._correlators.of(tenant, item.partition)
         store = self._stores[tenant]
         if store.source_offsets.get(correlator.indexed_id(mail)) == item.offset:
             # Indexed from this very record before a crash that lost the batch's offset marker

@@ -2,7 +2,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from pipeline.runtime.state import StateFormatError, TenantEntries, decode_state, encode_state, offset_key, tenant_key
+from pipeline.runtime.state import StateFormatError, TenantStates, decode_state, encode_state, offset_key, tenant_key
 
 
 def test_the_state_encoding_is_compact_utf8_json_with_iso_datetimes():
@@ -21,19 +21,37 @@ def test_a_value_of_another_encoding_fails_naming_its_key_and_the_cause(value, e
         decode_state(tenant_key("acme", "c1"), value)
 
 
-def test_tenant_entries_groups_by_tenant_and_hands_each_tenants_entries_out_once():
+def test_tenant_states_resume_each_tenant_once_from_one_pass_grouped_by_tenant():
     table = {tenant_key("acme", "a"): b"1", tenant_key("acme", "b"): b"2", tenant_key("beta", "a"): b"3",
-             offset_key(0): b"41", "acme": b"4"}
-    entries = TenantEntries(table)
-    assert sorted(entries.take("acme")) == [1, 2]
-    assert entries.take("acme") == []  # the step keeps what it built from them
-    assert entries.take("beta") == [3] and entries.take("\x00offset") == []
-    entries.reset()
-    assert sorted(entries.take("acme")) == [1, 2]
+             offset_key(0): b"41", "acme": b"4"}  # neither the marker nor a key without a tenant is a tenant's entry
+    resumed = []
+
+    def resume(tenant, entries, *context):
+        resumed.append((tenant, sorted(entries), context))
+        return len(resumed)
+
+    states = TenantStates(table, resume)
+    assert [states.of("acme", 7), states.of("acme"), states.of("beta"), states.of("\x00offset")] == [1, 1, 2, 3]
+    assert resumed == [("acme", [1, 2], (7,)), ("beta", [3], ()), ("\x00offset", [], ())]
+    states.reset()
+    assert not states and states.of("acme") == 4 and resumed[-1] == ("acme", [1, 2], ())
 
 
-def test_a_tenant_whose_entries_do_not_decode_keeps_them_so_every_attempt_fails_alike():
-    entries = TenantEntries({tenant_key("acme", "a"): b"1", tenant_key("acme", "b"): b"not json"})
+def test_a_tenant_whose_entries_fail_to_decode_or_to_resume_keeps_them_so_every_attempt_fails_alike():
+    undecodable = TenantStates({tenant_key("acme", "a"): b"1", tenant_key("acme", "b"): b"not json"},
+                               lambda tenant, entries: entries)
     for _ in range(2):
         with pytest.raises(StateFormatError):
-            entries.take("acme")
+            undecodable.of("acme")
+    attempts = []
+
+    def resume(tenant, entries):
+        attempts.append(entries)
+        if len(attempts) == 1:
+            raise RuntimeError("a bug in the step")
+        return entries
+
+    flaky = TenantStates({tenant_key("acme", "a"): b"1"}, resume)
+    with pytest.raises(RuntimeError):
+        flaky.of("acme")
+    assert flaky.of("acme") == [1]  # not a tenant resumed empty
