@@ -22,9 +22,12 @@ accuracy: $(STAMP)
 
 # Real servers the integration tests start themselves (Dovecot IMAP): installed when missing if
 # this user is root and has apt-get; never fails the run (the tests that need them skip instead).
+# Two pytest processes, one a core of CI's two: most integration time is spent waiting for
+# workers, brokers and servers. Each process has its own broker and chDB; --dist loadfile keeps a
+# module's tests together, so a module-scoped `up` run or Dovecot is still started once.
 test: $(STAMP)
 	-@bash .ci/install-test-services
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/threadline bench correlate
