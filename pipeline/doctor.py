@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pipeline.redact import scrub, settings_secrets
 from pipeline.settings import Settings
 
 # Subjects users send every day: a filter that leaves nothing of them breaks smart matching.
@@ -110,8 +111,6 @@ def check_broker(settings: Settings) -> list[Check]:
     try:
         partitions = topic_partitions(settings.kafka, settings.kafka.bootstrap, timeout_s=10)
     except Exception as exc:  # librdkafka raises KafkaException with transport details
-        from pipeline.redact import scrub, settings_secrets
-
         return [Check("broker", False, f"cannot reach {settings.kafka.bootstrap}: "
                       f"{scrub(str(exc), settings_secrets(settings))}",
                       "check THREADLINE_KAFKA_BOOTSTRAP, the network and the SASL/TLS settings")]
@@ -138,8 +137,6 @@ def check_clickhouse(settings: Settings) -> list[Check]:
             client = clickhouse_connect.get_client(dsn=settings.clickhouse.url)
             return [Check("clickhouse", True, f"server {client.server_version} answers")]
         except Exception as exc:  # connection errors come in several types
-            from pipeline.redact import scrub, settings_secrets
-
             # a driver's message may quote the URL it was given, password and all
             return [Check("clickhouse", False, f"cannot reach the configured server: "
                           f"{scrub(str(exc), settings_secrets(settings))}",

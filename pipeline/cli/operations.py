@@ -74,12 +74,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
     bootstrap = broker_bootstrap(settings)
     try:
         address = validate_address(args.address)
-    except EraseError as exc:
-        raise UserError(str(exc)) from exc
-    if not args.yes:
-        raise UserError(f"this rewrites every topic that mentions {address} and deletes its ClickHouse rows; stop "
-                        "the workers, sink and notifier first, then run again with --yes (see docs/operations.md)")
-    try:
+        if not args.yes:
+            raise UserError(f"this rewrites every topic that mentions {address} and deletes its ClickHouse rows; "
+                            "stop the workers, sink and notifier first, then run again with --yes (see "
+                            "docs/operations.md)")
         report = erase_from_topics(settings, bootstrap, address, progress=lambda m: print(m, file=sys.stderr))
     except EraseError as exc:
         raise UserError(str(exc)) from exc
