@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -30,8 +31,6 @@ def _bar_factory(enabled: bool):
 
 
 def _settings_file(args: argparse.Namespace) -> Path | None:
-    import os
-
     path = args.settings or os.environ.get("THREADLINE_SETTINGS")
     if path:
         return Path(path).resolve()
@@ -95,8 +94,6 @@ def add_ingest(command: CommandFactory) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import os
-
     settings = settings_from(args)
     broker_bootstrap(settings)
     refuse_unsafe_keys(settings, "threadline worker")  # build_app checks too; this is before Faust loads
