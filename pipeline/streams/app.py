@@ -7,8 +7,10 @@ worker``; settings come from ``THREADLINE_SETTINGS`` and ``THREADLINE_*`` like e
 Per batch (``stream.take_events``): the :class:`MailProcessor` correlates the records, the
 outputs are produced with a confluent-kafka producer and flushed (delivery errors stop the
 worker before anything is acknowledged), then the index entries are written to the Faust table
-(RocksDB + changelog), and only then does Faust acknowledge and commit the batch
-(at-least-once; the table's offset markers make redelivered records no-ops).
+(RocksDB + changelog) and their changelog records awaited, and only then does Faust acknowledge
+and commit the batch (at-least-once; the table's offset markers make redelivered records no-ops).
+After a worker that did not stop cleanly, its local tables are discarded and restored from the
+changelogs (:func:`local_tables_kept_after_clean_stop`).
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import sys
 import time
 import traceback
 import weakref
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from functools import cache, partial
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Iterator
 
@@ -44,6 +48,7 @@ from pipeline.tracking.safety import key_refusal
 
 log = logging.getLogger("threadline.worker")
 EXIT_BATCH_FAILED = 70  # EX_SOFTWARE: a batch could not be made durable (see exit_without_commit)
+CLEAN_STOP_MARKER = "stopped-cleanly"
 
 
 def app_id(settings: Settings) -> str:
@@ -89,15 +94,69 @@ def exit_without_commit(what: str, exc: BaseException) -> None:
     os._exit(EXIT_BATCH_FAILED)
 
 
-def _bytes_table(app: faust.App, name: str, settings: Settings):
+class ChangelogAwaitedTable(faust.Table):
+    """A Faust table that keeps the changelog records of its writes until they are awaited.
+
+    Faust writes an entry to the local RocksDB at once and only queues its changelog record, and
+    the producer flush it does before a commit gives up once 0.1 s pass without a send
+    (``ProducerBuffer.flush_atmost``): in the SIGKILL test an offset was committed while over 500
+    index entries below it were still queued, and lost with the process.  So the agents await
+    :meth:`changelog_delivered` before a batch is acknowledged."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._undelivered: list[asyncio.Future] = []
+
+    def send_changelog(self, *args, **kwargs):
+        sent = super().send_changelog(*args, **kwargs)
+        self._undelivered.append(sent)
+        return sent
+
+    async def changelog_delivered(self) -> None:
+        """Return once every write so far is in the changelog; raises if one cannot be delivered."""
+        undelivered, self._undelivered = self._undelivered, []
+        await asyncio.gather(*undelivered)
+
+
+@contextmanager
+def local_tables_kept_after_clean_stop(tabledir: Path) -> Iterator[None]:
+    """Run a worker whose local tables (``tabledir``) are kept only if the last worker on them
+    stopped cleanly.  A worker that ended otherwise (SIGKILL, :func:`exit_without_commit`) may
+    have left entries and offset markers in RocksDB whose changelog records were never sent;
+    trusting them, the next worker skips the redelivered records as applied and the changelog
+    never gets those entries, so a worker restoring from it (another machine, a lost disk)
+    decides their replies differently.  Such tables are discarded: Faust restores them from the
+    changelogs."""
+    marker = tabledir / CLEAN_STOP_MARKER
+    if tabledir.exists() and not marker.exists():
+        log.warning("the last worker on %s did not stop cleanly: its local tables are restored from the "
+                    "changelogs", tabledir)
+        shutil.rmtree(tabledir)
+    marker.unlink(missing_ok=True)
+    clean = False
+    try:
+        yield
+        clean = True
+    except SystemExit as stop:  # how the Faust worker returns, also after a clean stop
+        clean = stop.code in (0, None)
+        raise
+    finally:
+        if clean:
+            tabledir.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+
+
+def _bytes_table(app: faust.App, name: str, settings: Settings) -> ChangelogAwaitedTable:
     # Faust picks a table's serializers from key_type / value_type (not from a schema): bytes
     # values are stored as given ("raw"); anything else would be JSON-decoded on every read.
     return app.Table(name, default=None, partitions=settings.kafka.partitions, key_type=str, value_type=bytes)
 
 
-async def _handle_batches(stream, processor: BatchStep, table, source_topic: str, outputs: Callable[[], RecordProducer],
-                          settings: Settings, lock: asyncio.Lock | None = None, on_batch=None) -> None:
-    """Per batch: process, produce and await every output, then write the table (see module doc).
+async def _handle_batches(stream, processor: BatchStep, table: ChangelogAwaitedTable, source_topic: str,
+                          outputs: Callable[[], RecordProducer], settings: Settings, lock: asyncio.Lock | None = None,
+                          on_batch=None) -> None:
+    """Per batch: process, produce and await every output, then write the table and await its
+    changelog (see module doc).
     ``lock``, shared with a tick of the same processor, keeps the two from interleaving."""
     loop = asyncio.get_running_loop()
     lock = lock or asyncio.Lock()
@@ -108,6 +167,7 @@ async def _handle_batches(stream, processor: BatchStep, table, source_topic: str
             result = processor.process(items, source_topic=source_topic)
             await loop.run_in_executor(None, outputs().send_all, result.outputs)
             result.apply_to(table, partial(partition_context, source_topic))
+            await table.changelog_delivered()
         if on_batch is not None:
             on_batch()
         log.info("%s: batch of %d: %s%s", source_topic, len(items), result.counts,
@@ -143,6 +203,7 @@ def build_app(settings: Settings) -> faust.App:
         broker=",".join(f"kafka://{host}" for host in settings.kafka.bootstrap.split(",")),
         broker_credentials=faust_credentials(settings.kafka),
         store="rocksdb://",
+        Table=ChangelogAwaitedTable,
         # Local tables are named by table, not by app: each app id (generation) needs its own
         # folder, or a new generation would start from another one's index and offsets.
         datadir=str(data_dir / "faust" / app_id(settings)),
@@ -224,6 +285,7 @@ def build_app(settings: Settings) -> faust.App:
                 if result.outputs:
                     await asyncio.get_running_loop().run_in_executor(None, outputs().send_all, result.outputs)
                     result.apply_to(escalation_table, partial(partition_context, correlated_topic.get_topic_name()))
+                    await escalation_table.changelog_delivered()
         except Exception as exc:  # noqa: BLE001 - the trackers moved on in memory; only a restart re-fires them
             exit_without_commit("an escalation tick", exc)
         if result.outputs:
@@ -255,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     if "worker" in args and not {"--with-web", "--without-web"} & set(args):
         args += worker_web_args(settings)
     sys.argv = [sys.argv[0], *args]
-    app.main()
+    with local_tables_kept_after_clean_stop(Path(app.conf.tabledir)) if "worker" in args else nullcontext():
+        app.main()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,64 @@
+"""The worker's durability rules around its Faust tables, without a broker: a batch is
+acknowledged only once its table writes are in the changelog, and local tables left by a worker
+that did not stop cleanly are not trusted."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import pytest
+
+from pipeline.runtime.batch import BatchResult
+from pipeline.streams.app import _handle_batches, local_tables_kept_after_clean_stop
+
+
+def test_a_batch_is_acknowledged_only_after_its_changelog_is_delivered():
+    happened = []
+
+    class Table(dict):
+        async def changelog_delivered(self):
+            await asyncio.sleep(0)  # the broker's acknowledgement comes later
+            happened.append(("delivered", dict(self)))
+
+    class Stream:
+        async def take_events(self, size, within):
+            message = SimpleNamespace(partition=0, offset=7, key=b"acme", value=b"mail")
+            yield [SimpleNamespace(message=message)]
+            happened.append("acknowledged")  # Faust acknowledges a batch when the next one is asked for
+
+    class Step:
+        def process(self, items, source_topic):
+            return BatchResult(writes={0: {"acme\x1fm": b"entry"}})
+
+    outputs = SimpleNamespace(send_all=lambda records: None)
+    settings = SimpleNamespace(worker=SimpleNamespace(batch_size=10, batch_window_s=0.1))
+    asyncio.run(_handle_batches(Stream(), Step(), Table(), "mail.raw", lambda: outputs, settings))
+    assert happened == [("delivered", {"acme\x1fm": b"entry"}), "acknowledged"]
+
+
+def test_local_tables_are_kept_only_after_a_clean_stop(tmp_path):
+    tables = tmp_path / "tables"
+    index = tables / "correlation-index-0.db"
+
+    def run_worker(ending: BaseException | None) -> bool:
+        """Whether the worker found the index its predecessor left; it then writes one and ends."""
+        with pytest.raises(type(ending)) if ending else nullcontext():
+            with local_tables_kept_after_clean_stop(tables):
+                found = index.exists()
+                index.parent.mkdir(parents=True, exist_ok=True)
+                index.write_bytes(b"rocksdb")
+                if ending:
+                    raise ending
+        return found
+
+    assert not run_worker(SystemExit(0))  # the first worker: nothing there; a clean stop
+    assert run_worker(None)  # kept after the clean stop; a clean end without SystemExit
+    assert run_worker(SystemExit(70))  # kept; this one exits with an error code
+    assert not run_worker(RuntimeError("crash"))  # discarded: the last stop was not clean; ends uncleanly
+    assert not run_worker(SystemExit(0))  # discarded again
+    # A SIGKILL runs no code at all: the marker went when the worker started.
+    with local_tables_kept_after_clean_stop(tables):
+        assert index.exists()
+        assert not (tables / "stopped-cleanly").exists()
