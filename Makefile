@@ -24,10 +24,12 @@ accuracy: $(STAMP)
 # this user is root and has apt-get; never fails the run (the tests that need them skip instead).
 # Two pytest processes, one a core of CI's two: most integration time is spent waiting for
 # workers, brokers and servers. Each process has its own broker and chDB; --dist loadfile keeps a
-# module's tests together, so a module-scoped `up` run or Dovecot is still started once.
+# module's tests together, so a module-scoped `up` run or Dovecot is still started once, and
+# --no-loadscope-reorder hands out files in collection order (tests/conftest.py puts the long
+# integration files first) instead of those with the most tests first.
 test: $(STAMP)
 	-@bash .ci/install-test-services
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP)
 	$(BIN)/threadline bench correlate

@@ -35,6 +35,9 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "chdb_path" in item.fixturenames:  # starts (or shares) the session's chDB
             item.add_marker(pytest.mark.integration)
+    # tests/integration first: `make test` hands whole files to two processes in this order, and
+    # the long files started first leave the many short ones to even out the end (see the Makefile).
+    items.sort(key=lambda item: item.path.parent.name != "integration")
 
 
 @pytest.hookimpl(wrapper=True)
