@@ -18,6 +18,7 @@ import importlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from typing import Callable
 
 from pipeline.correlation import subject as subjects
@@ -25,7 +26,7 @@ from pipeline.correlation import tokens
 from pipeline.correlation.identity import COLLISION_FLAG, content_digest, derived_ids
 from pipeline.correlation.index import CorrelationIndex, MailStore
 from pipeline.correlation.methods.base import (
-    FUTURE_SLACK_S, STRATEGIES, IndexKeys, MailFacts, Method, canonical_code, method_label, recency,
+    FUTURE_SLACK_S, STRATEGIES, MailFacts, Method, canonical_code, has_hook, method_label, recency,
 )
 from pipeline.correlation.methods.xheader import parse_xref
 from pipeline.correlation.model import Correlation, IndexedMail, Response, stable_event_id
@@ -145,9 +146,12 @@ class Correlator:
             custom_rule = load_custom_rule(settings.custom_rule)
         self.custom_rule = custom_rule
         # Every registered method keeps its entry fields and index keys; only the enabled ones match.
-        self._methods = tuple(STRATEGIES.values())
-        self._matching = tuple(strategy for strategy in self._methods if strategy.enabled(self))
-        self.index = CorrelationIndex(store, self._index_keys)
+        # Per mail, only the hooks a method has are called.
+        methods = STRATEGIES.values()
+        self._matching = tuple(strategy for strategy in methods if strategy.enabled(self))
+        self._entry_fields = tuple(strategy.entry_fields for strategy in methods if has_hook(strategy, "entry_fields"))
+        self.index = CorrelationIndex(store, tuple(
+            partial(strategy.index_keys, self) for strategy in methods if has_hook(strategy, "index_keys")))
         self.regarding_resolver = regarding_resolver
         self._own_domains = frozenset(d.lower() for d in self.untracked.own_domains)
         self._excluded_addresses = frozenset(a.lower() for a in self.untracked.excluded_addresses)
@@ -224,8 +228,8 @@ class Correlator:
             )
 
         method_fields: dict = {}
-        for strategy in self._methods:
-            method_fields.update(strategy.entry_fields(self, mail_facts))
+        for entry_fields in self._entry_fields:
+            method_fields.update(entry_fields(self, mail_facts))
         index.add(IndexedMail(
             message_id=message_id,
             conversation_id=conversation_id,
@@ -383,16 +387,13 @@ class Correlator:
 
     def candidates(self, ids: list[str], ts: float) -> list[IndexedMail]:
         """The live entries of ``ids`` inside the window of a mail at ``ts``."""
-        return [entry for entry in map(self.index.get, ids) if entry is not None and self.in_window(entry, ts)]
+        in_window = self.in_window
+        return [entry for entry in map(self.index.get, ids) if entry is not None and in_window(entry, ts)]
 
     def most_recent(self, ids: list[str], ts: float) -> tuple[IndexedMail | None, int]:
         """The newest in-window entry of ``ids`` and the count of in-window entries."""
         candidates = self.candidates(ids, ts)
         return max(candidates, key=recency, default=None), len(candidates)
-
-    def _index_keys(self, entry: IndexedMail) -> IndexKeys:
-        for strategy in self._methods:
-            yield from strategy.index_keys(self, entry)
 
     # -- output ----------------------------------------------------------------------------
     def _result(self, mail: MailRecord, event_dt: datetime, method: int, *, message_id: str | None = None,

@@ -1,10 +1,10 @@
 """The correlation index: one entry per mail in a store, key -> mail lookups derived from it.
 
 A store only persists :class:`IndexedMail` entries (``put``/``delete``/``entries``): the in-memory
-store here, the Faust table store in ``pipeline.streams.processor``.  The lookups are named; which
-keys an entry is found under is the ``index_keys`` function's answer (the correlator's: each
-method's ``MethodStrategy.index_keys``), so a store costs one record per mail and the lookups are
-rebuilt from ``entries()`` after recovery.
+store here, the Faust table store in ``pipeline.streams.processor``.  The lookups are named; the
+``index_keys`` functions (the correlator's: each method's ``MethodStrategy.index_keys``) say which
+keys an entry is found under, so a store costs one record per mail and the lookups are rebuilt
+from ``entries()`` after recovery.
 
 One index holds one tenant: mail of different tenants never correlates.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections import defaultdict
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Protocol
 
 from pipeline.correlation.model import IndexedMail
@@ -152,11 +153,11 @@ class CorrelationIndex:
     """
 
     def __init__(self, store: MailStore | None = None,
-                 index_keys: Callable[[IndexedMail], IndexKeys] = lambda entry: ()) -> None:
+                 index_keys: Iterable[Callable[[IndexedMail], IndexKeys]] = ()) -> None:
         self.store: MailStore = store if store is not None else InMemoryStore()
-        self._index_keys = index_keys
+        self._index_keys = tuple(index_keys)
         self._live: dict[str, IndexedMail] = {}
-        self._postings: dict[str, Postings] = {}  # lookup name -> its postings
+        self._postings: defaultdict[str, Postings] = defaultdict(Postings)  # lookup name -> its postings
         self._by_time: list[tuple[float, str]] = []  # min-heap for eviction
         # The CLOCK_QUORUM newest (clock_time, message_id) of live entries, ascending.
         self._clock_top: list[tuple[float, str]] = []
@@ -218,13 +219,11 @@ class CorrelationIndex:
                 bisect.insort(top, item)
                 del top[0]
         postings = self._postings
-        for name, keys in self._index_keys(entry):
-            lookup = postings.get(name)
-            if lookup is None:
-                lookup = postings[name] = Postings()
-            add = lookup.add
-            for key in keys:
-                add(key, message_id)
+        for index_keys in self._index_keys:
+            for name, keys in index_keys(entry):
+                add = postings[name].add
+                for key in keys:
+                    add(key, message_id)
 
     def _underive(self, entry: IndexedMail) -> None:
         message_id = entry.message_id
@@ -237,10 +236,11 @@ class CorrelationIndex:
             self._clock_top = sorted(heapq.nlargest(
                 CLOCK_QUORUM, ((e.clock_time, e.message_id) for e in live.values() if e.clock_time is not None)))
         postings = self._postings
-        for name, keys in self._index_keys(entry):
-            remove = postings[name].remove
-            for key in keys:
-                remove(key, message_id, live)
+        for index_keys in self._index_keys:
+            for name, keys in index_keys(entry):
+                remove = postings[name].remove
+                for key in keys:
+                    remove(key, message_id, live)
 
     # -- lookups -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -252,10 +252,13 @@ class CorrelationIndex:
     def get(self, message_id: str) -> IndexedMail | None:
         return self._live.get(message_id)
 
-    def ids(self, name: str, key) -> list[str]:
-        """Live mails found under ``key`` in the lookup ``name``, oldest arrival first."""
+    def ids(self, name: str, key, at_most: int | None = None) -> list[str]:
+        """Live mails found under ``key`` in the lookup ``name``, oldest arrival first; [] when more
+        than ``at_most`` live mails have the key (it says nothing about any one of them)."""
         lookup = self._postings.get(name)
-        return lookup.ids(key, self._live) if lookup is not None else []
+        if lookup is None or (at_most is not None and lookup.count(key) > at_most):
+            return []
+        return lookup.ids(key, self._live)
 
     def count(self, name: str, key) -> int:
         lookup = self._postings.get(name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from pipeline.correlation.index import CLOCK_QUORUM, CorrelationIndex, InMemoryStore, Postings
-from pipeline.correlation.methods.smart_matching import COMMON_LINE_MAILS, quoting_candidates
+from pipeline.correlation.methods.smart_matching import COMMON_LINE_MAILS
 from pipeline.correlation.model import IndexedMail
 
 
@@ -52,7 +52,7 @@ def test_a_single_id_is_stored_without_a_list():
 
 def test_eviction_drops_old_entries_from_store_and_lookups():
     store = InMemoryStore()
-    index = CorrelationIndex(store, index_keys)
+    index = CorrelationIndex(store, [index_keys])
     for n in range(10):
         index.add(entry(n, token="CRM:0001001"))
     assert index.evict_older_than(5) == 5
@@ -62,16 +62,16 @@ def test_eviction_drops_old_entries_from_store_and_lookups():
 
 
 def test_common_lines_are_no_evidence_but_recover_when_mail_ages_out():
-    index = CorrelationIndex(index_keys=index_keys)
+    index = CorrelationIndex(index_keys=[index_keys])
     for n in range(COMMON_LINE_MAILS + 1):
         index.add(entry(n, lines=(77,)))
-    assert quoting_candidates(index, 77) == []
+    assert index.ids("own_line", 77, COMMON_LINE_MAILS) == []
     index.evict_older_than(1)
-    assert quoting_candidates(index, 77) == [f"<{n}@x>" for n in range(1, COMMON_LINE_MAILS + 1)]
+    assert index.ids("own_line", 77, COMMON_LINE_MAILS) == [f"<{n}@x>" for n in range(1, COMMON_LINE_MAILS + 1)]
 
 
 def test_replacing_an_entry_moves_it_to_the_end():
-    index = CorrelationIndex(index_keys=index_keys)
+    index = CorrelationIndex(index_keys=[index_keys])
     index.add(entry(1))
     index.add(entry(2))
     index.add(entry(1, t=3))
@@ -81,17 +81,18 @@ def test_replacing_an_entry_moves_it_to_the_end():
 def test_rebuilt_index_answers_exactly_like_the_live_one():
     rng = random.Random(3)
     store = InMemoryStore()
-    index = CorrelationIndex(store, index_keys)
+    index = CorrelationIndex(store, [index_keys])
     keys = [f"k{i}" for i in range(5)]
     for n in range(3000):
         index.add(entry(n, subject_key=rng.choice(keys), lines=tuple(rng.randrange(40) for _ in range(3)),
                         clock=None if n % 7 == 0 else float(n - rng.randrange(30))))
         if n % 250 == 0:
             index.evict_older_than(index.clock_time - 400)
-    rebuilt = CorrelationIndex(store, index_keys)
+    rebuilt = CorrelationIndex(store, [index_keys])
     assert len(rebuilt) == len(index)
     assert lookups(rebuilt, keys) == lookups(index, keys)
-    assert {h: quoting_candidates(rebuilt, h) for h in range(40)} == {h: quoting_candidates(index, h) for h in range(40)}
+    assert ({h: rebuilt.ids("own_line", h, COMMON_LINE_MAILS) for h in range(40)}
+            == {h: index.ids("own_line", h, COMMON_LINE_MAILS) for h in range(40)})
     assert rebuilt.clock_time == index.clock_time > 2500
     assert len(index) < 1000  # eviction did run
 

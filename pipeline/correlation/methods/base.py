@@ -86,6 +86,11 @@ class MethodStrategy:
         raise NotImplementedError
 
 
+def has_hook(strategy: MethodStrategy, hook: str) -> bool:
+    """Whether ``strategy`` has its own ``hook`` (not the base class's, which does nothing)."""
+    return getattr(type(strategy), hook) is not getattr(MethodStrategy, hook)
+
+
 def recency(entry: IndexedMail) -> tuple[float, str]:
     """Newest wins; equal times are broken by Message-ID so that the choice never depends on
     arrival or iteration order (a rebuilt index must decide exactly like the live one)."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from itertools import islice
+from typing import Any, Iterator
 
 from pipeline.correlation.methods.base import IndexKeys, Match, MailFacts, Method, MethodStrategy
 from pipeline.mail.record import MailRecord
@@ -11,11 +12,14 @@ from pipeline.mail.record import MailRecord
 MAX_REFERENCES = 5
 
 
-def named_ids(mail: MailRecord) -> list[tuple[str, str]]:
-    """(header, id) pairs, nearest ancestor first: In-Reply-To, then References last to first."""
-    named = [("In-Reply-To", ref) for ref in mail.in_reply_to]
-    named += [("References", ref) for ref in reversed(mail.references) if ref not in mail.in_reply_to]
-    return named
+def named_ids(mail: MailRecord) -> Iterator[tuple[str, str]]:
+    """(header, id) pairs, nearest ancestor first: In-Reply-To, then References last to first
+    (lazily: the nearest ones usually decide)."""
+    for ref in mail.in_reply_to:
+        yield "In-Reply-To", ref
+    for ref in reversed(mail.references):
+        if ref not in mail.in_reply_to:
+            yield "References", ref
 
 
 class InReplyTo(MethodStrategy):
@@ -24,26 +28,21 @@ class InReplyTo(MethodStrategy):
     switch = "use_in_reply_to"
 
     def entry_fields(self, correlator, facts: MailFacts) -> dict[str, Any]:
-        if not self.enabled(correlator):
-            return {}
-        return {"references": tuple(ref for _, ref in named_ids(facts.mail)[:MAX_REFERENCES])}
+        return {"references": tuple(ref for _, ref in islice(named_ids(facts.mail), MAX_REFERENCES))}
 
     def index_keys(self, correlator, entry) -> IndexKeys:
         # Two mails naming the same id we never saw are in one thread.
         return (("reference", entry.references),)
 
     def match(self, correlator, facts: MailFacts) -> Match | None:
-        named = named_ids(facts.mail)
-        if not named:
-            return None
         index, ts = correlator.index, facts.ts
-        for header, ref in named:
+        for header, ref in named_ids(facts.mail):
             parent = index.get(ref)
             if parent is not None and correlator.in_window(parent, ts):
                 return Match(self.code, parent, 1, {"header": header, "ref": ref})
         # The parent never reached us, but another mail names it too: a sibling in the
         # same thread (the nearest shared ancestor decides).
-        for header, ref in named:
+        for header, ref in named_ids(facts.mail):
             sibling, count = correlator.most_recent(index.ids("reference", ref), ts)
             if sibling is not None:
                 return Match(self.code, sibling, count, {"header": header, "ref": ref, "shared_reference": True})

@@ -30,13 +30,6 @@ def series_head(sender: str, total: int, part: int) -> str:
     return f"{sender}|{total}|{part}"
 
 
-def quoting_candidates(index, line_hash: int) -> list[str]:
-    """Mails whose own text has this line; [] for boilerplate (in more than COMMON_LINE_MAILS live mails)."""
-    if index.count("own_line", line_hash) > COMMON_LINE_MAILS:
-        return []
-    return index.ids("own_line", line_hash)
-
-
 class SmartMatching(MethodStrategy):
     code = Method.SMART_MATCHING
     label = "SmartMatching"
@@ -145,7 +138,7 @@ class SmartMatching(MethodStrategy):
             # appended to every mail, not text quoted from one parent.
             if line_hash in own_lines:
                 continue
-            for message_id in quoting_candidates(index, line_hash):
+            for message_id in index.ids("own_line", line_hash, COMMON_LINE_MAILS):
                 quoted_hits[message_id] = quoted_hits.get(message_id, 0) + 1
         if not same_subject and not quoted_hits:
             return None
