@@ -244,7 +244,6 @@ class Correlator:
             subject_words=facts.words,
             addresses=addresses,
             from_addr=mail.from_addr,
-            xref=mail.xref,
             campaign_id=mail.campaign_id,
             content_digest=digest,
             clock_time=_clock_time(mail),

@@ -37,7 +37,6 @@ class IndexedMail:
     own_line_hashes: tuple[int, ...] = ()
     from_addr: str = ""
     from_name: str = ""
-    xref: str | None = None
     series_head: str | None = None  # "sender|N|k" for part k = 0 or 1 of a "[k/N]" series
     # Ids the mail names in In-Reply-To / References, nearest first (methods.in_reply_to).
     references: tuple[str, ...] = ()
@@ -57,7 +56,8 @@ class IndexedMail:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IndexedMail:
-        values = dict(data)
+        # An entry written by an older version may hold a field this one dropped.
+        values = {name: value for name, value in data.items() if name in _INDEXED_MAIL_FIELDS}
         for name in ("subject_words", "addresses", "own_line_hashes", "references"):
             values[name] = tuple(values.get(name) or ())
         return cls(**values)

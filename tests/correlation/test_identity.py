@@ -173,6 +173,13 @@ def test_an_entry_without_a_digest_loads_and_counts_as_the_same_mail():
     assert "caution" in describe(again.to_dict())
 
 
+def test_an_entry_with_a_field_this_version_dropped_still_loads():
+    correlator = engine()
+    correlator.correlate(parsed(raw()))
+    stored = correlator.index.get(SHARED_ID)
+    assert IndexedMail.from_dict({**stored.to_dict(), "xref": "instance=threadline; ref=<x@y>"}) == stored
+
+
 def test_explain_says_it_was_a_collision():
     correlator = engine()
     correlator.correlate(parsed(raw()))
