@@ -20,7 +20,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Iterator, Literal, Mapping
 
 from pydantic import (BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler,
                       ValidationError, ValidationInfo, field_validator, model_serializer, model_validator)
@@ -940,17 +940,20 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         raise SettingsError("invalid settings:\n" + validation_message(exc, secret_values(Settings, values))) from None
 
 
-def settings_reference(model: type[BaseModel] = Settings, section: str = "") -> list[str]:
+def leaf_fields(model: type[BaseModel] = Settings, section: str = "") -> Iterator[tuple[str, str, FieldInfo]]:
+    """(TOML section, name, field) of every setting of every section, nested ones (relay.upstream) too."""
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from leaf_fields(field.annotation, f"{section}.{name}" if section else name)
+        elif section:
+            yield section, name, field
+
+
+def settings_reference() -> list[str]:
     """Markdown rows (one per field) documenting every setting: TOML path, variable, default."""
     rows: list[str] = []
-    for name, field in model.model_fields.items():
-        path = f"{section}.{name}" if section else name
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows.extend(settings_reference(annotation, path))
-            continue
-        if not section:
-            continue
+    for section, name, field in leaf_fields():
+        path = f"{section}.{name}"
         variable = ENV_PREFIX + path.replace(".", "_").upper()
         default = field.default if not isinstance(field.default, Path) else str(field.default)
         default = json.dumps(masked(default) if is_secret(field) else redact_strings(default))

@@ -7,28 +7,14 @@ import json
 import traceback
 
 import pytest
-from pydantic import BaseModel
-from pydantic.fields import FieldInfo
-
 from pipeline.cli.main import main
 from pipeline.redact import MASK, is_secret, redact_url, scrub, settings_secrets
-from pipeline.settings import Settings, SettingsError, load_settings, settings_reference_markdown
-
-
-def fields(model: type[BaseModel] = Settings, path: str = "") -> list[tuple[str, str, FieldInfo]]:
-    """(section, field name, field) of every field of every section, nested ones (relay.upstream) too."""
-    found = []
-    for name, field in model.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            found += fields(field.annotation, f"{path}.{name}" if path else name)
-        elif path:
-            found.append((path, name, field))
-    return found
+from pipeline.settings import Settings, SettingsError, leaf_fields, load_settings, settings_reference_markdown
 
 
 def secret_fields() -> list[tuple[str, str, type]]:
     """(section, field, annotation) of every secret field."""
-    return [(section, name, field.annotation) for section, name, field in fields() if is_secret(field)]
+    return [(section, name, field.annotation) for section, name, field in leaf_fields() if is_secret(field)]
 
 
 def marker(section: str, name: str) -> str:
@@ -42,7 +28,7 @@ def test_every_password_and_key_field_is_marked_secret():
         ("kafka", "sasl_password"), ("tracking", "keys"), ("notifications.smtp", "password"),
         ("campaigns.smtp", "password"), ("imap", "password"), ("relay.upstream", "password"),
         ("relay", "auth_password")}
-    for section, name, field in fields():
+    for section, name, field in leaf_fields():
         if "password" in name or "secret" in name or name == "keys":
             assert is_secret(field), f"{section}.{name} looks like a secret but has no repr=False"
 

@@ -8,22 +8,8 @@ import json
 import secrets
 from pathlib import Path
 
-from pydantic import BaseModel
-from pydantic.fields import FieldInfo
-
 from pipeline.redact import is_secret
-from pipeline.settings import Settings
-
-
-def _fields(model: type[BaseModel], path: str = "") -> list[tuple[str, str, FieldInfo]]:
-    """(section, field name, field) of every field of every section, nested ones (relay.upstream) too."""
-    found = []
-    for name, field in model.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            found += _fields(field.annotation, f"{path}.{name}" if path else name)
-        elif path:
-            found.append((path, name, field))
-    return found
+from pipeline.settings import leaf_fields
 
 
 def secret_settings_toml() -> tuple[str, set[str]]:
@@ -34,7 +20,7 @@ def secret_settings_toml() -> tuple[str, set[str]]:
     keys accept them, so the run really uses the tracking keys."""
     sections: dict[str, list[str]] = {}
     found: set[str] = set()
-    for section, name, field in _fields(Settings):
+    for section, name, field in leaf_fields():
         if not is_secret(field):
             continue
         value = secrets.token_urlsafe(32)
