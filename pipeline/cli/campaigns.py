@@ -9,7 +9,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.cli.common import (CommandFactory, UserError, add_tenant, avro_codec, broker_bootstrap,
+from pipeline.cli.common import (CommandFactory, UserError, add_tenant, as_user_error, avro_codec, broker_bootstrap,
                                  delivery_summary, open_store, print_table, refuse_unsafe_keys, settings_from)
 from pipeline.contracts.topics import CAMPAIGNS, CONVERSIONS
 from pipeline.settings import Settings
@@ -23,11 +23,9 @@ def cmd_mark(args: argparse.Namespace) -> int:
     source = Path(args.message)
     if not source.is_file():
         raise UserError(f"no such message: {source}")
-    try:
+    with as_user_error(MarkError):
         result = mark_message(source.read_bytes(), settings.tracking, tenant=args.tenant, recipient=args.recipient,
                               campaign_id=args.campaign)
-    except MarkError as exc:
-        raise UserError(str(exc)) from exc
     if args.out:
         Path(args.out).write_bytes(result.data)
     else:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from pipeline.settings import Settings, SettingsError, load_settings
 
@@ -19,11 +20,19 @@ class UserError(Exception):
     """A problem the user can fix; printed without a traceback."""
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
+@contextmanager
+def as_user_error(*errors: type[Exception]) -> Iterator[None]:
+    """Report these exceptions as a UserError with their own message: their text says what to fix."""
     try:
-        return load_settings(args.settings)
-    except SettingsError as exc:
+        yield
+    except errors as exc:
         raise UserError(str(exc)) from exc
+
+
+def settings_from(args: argparse.Namespace, option: str = "settings") -> Settings:
+    """The settings of the file that ``option`` names (``--settings`` unless a command names another)."""
+    with as_user_error(SettingsError):
+        return load_settings(getattr(args, option))
 
 
 def refuse_unsafe_keys(settings: Settings, command: str, listen_host: str | None = None) -> None:

@@ -7,8 +7,8 @@ import argparse
 import logging
 import sys
 
-from pipeline.cli.common import (CommandFactory, UserError, avro_codec, broker_bootstrap, refuse_unsafe_keys,
-                                 settings_from)
+from pipeline.cli.common import (CommandFactory, UserError, as_user_error, avro_codec, broker_bootstrap,
+                                 refuse_unsafe_keys, settings_from)
 
 
 def _log_to_stderr(level: int = logging.INFO) -> None:
@@ -24,10 +24,8 @@ def cmd_imap(args: argparse.Namespace) -> int:
     _log_to_stderr()
     create_topics(settings.kafka, bootstrap)
     codec = avro_codec(settings)
-    try:
+    with as_user_error(ImapError):
         poller = ImapPoller(settings, bootstrap, codec)
-    except ImapError as exc:
-        raise UserError(str(exc)) from exc
     if not args.once:
         print(f"polling {', '.join(f['name'] for f in settings.imap.folders)} at {settings.imap.host}; Ctrl-C stops",
               file=sys.stderr)
@@ -88,11 +86,9 @@ def cmd_smtp(args: argparse.Namespace) -> int:
         refuse_unsafe_keys(settings, "threadline smtp", listen_host=args.host or settings.relay.host)
     bootstrap = broker_bootstrap(settings)
     _log_to_stderr()
-    try:
+    with as_user_error(RelayError, OSError):  # OSError: the port is taken or not ours to bind
         return run_relay(settings, bootstrap, avro_codec(settings),
                          inbound=True if args.inbound else None, host=args.host, port=args.port)
-    except (RelayError, OSError) as exc:  # OSError: the port is taken or not ours to bind
-        raise UserError(str(exc)) from exc
 
 
 def add_smtp(command: CommandFactory) -> None:

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from pipeline.cli.common import CommandFactory, UserError, broker_bootstrap, open_store, settings_from
+from pipeline.cli.common import CommandFactory, UserError, as_user_error, broker_bootstrap, open_store, settings_from
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
@@ -54,10 +54,8 @@ def cmd_schemas(args: argparse.Namespace) -> int:
         for topic, problems in report.items():
             print(f"{topic:<18} {'ok' if not problems else '; '.join(problems)}")
         return 1 if any(report.values()) else 0
-    try:
+    with as_user_error(SchemaError):
         released = release_schemas()
-    except SchemaError as exc:
-        raise UserError(str(exc)) from exc
     print("\n".join(released) if released else "nothing changed: every schema is released")
     return 0
 
@@ -72,15 +70,13 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     bootstrap = broker_bootstrap(settings)
-    try:
+    with as_user_error(EraseError):
         address = validate_address(args.address)
         if not args.yes:
             raise UserError(f"this rewrites every topic that mentions {address} and deletes its ClickHouse rows; "
                             "stop the workers, sink and notifier first, then run again with --yes (see "
                             "docs/operations.md)")
         report = erase_from_topics(settings, bootstrap, address, progress=lambda m: print(m, file=sys.stderr))
-    except EraseError as exc:
-        raise UserError(str(exc)) from exc
     rows = erase_from_clickhouse(open_store(settings), address)
     print(json.dumps({"address": address, "records_removed": report.records_removed,
                       "topics_rewritten": report.topics_rewritten, "blobs_deleted": report.blobs_deleted,

@@ -8,11 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.cli.common import (CommandFactory, UserError, add_progress_flag, add_tenant, avro_codec,
+from pipeline.cli.common import (CommandFactory, UserError, add_progress_flag, add_tenant, as_user_error, avro_codec,
                                  broker_bootstrap, delivery_summary, open_store, progress_bar, refuse_unsafe_keys,
                                  require_paths, settings_from)
 from pipeline.contracts.topics import DEADLETTER, MAIL_CORRELATED, MAIL_RAW, MAIL_UNTRACKED
-from pipeline.settings import SettingsError
 
 
 def _bar_factory(enabled: bool):
@@ -46,12 +45,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     refuse_unsafe_keys(settings, "threadline up")
     if args.mailbox:
         require_paths(args.mailbox)
-    try:
+    with as_user_error(BrokerError, TimeoutError, RuntimeError):
         return run_up(settings, mailboxes=args.mailbox, tenant=args.tenant, direction=args.direction,
                       workers=args.workers, exit_when_done=args.exit_when_done, settings_file=_settings_file(args),
                       progress=_bar_factory(not args.no_progress))
-    except (BrokerError, TimeoutError, RuntimeError) as exc:
-        raise UserError(str(exc)) from exc
 
 
 def add_up(command: CommandFactory) -> None:
@@ -111,15 +108,11 @@ def add_worker(command: CommandFactory) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from pipeline.settings import load_settings
     from pipeline.streams.replay import ReplayRefused, diff_generations, known_generations, plan_generations
     from pipeline.streams.runner import WorkerProcess, count_records, wait_for_outputs
 
     current = settings_from(args)
-    try:
-        new = load_settings(args.new_settings)
-    except SettingsError as exc:
-        raise UserError(str(exc)) from exc
+    new = settings_from(args, "new_settings")
     bootstrap = broker_bootstrap(current if current.kafka.bootstrap else new)
     codec = avro_codec(new)
     total = count_records(new.kafka, bootstrap, MAIL_RAW)
