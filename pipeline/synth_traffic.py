@@ -159,7 +159,7 @@ class CampaignTraffic:
 
 def produce_traffic(records: list[TrafficRecord], settings: Settings, codec: AvroCodec, bootstrap: str) -> IngestReport:
     """Write generated traffic to its topics (mail as ``mail.raw`` records); returns the report."""
-    producer = RecordProducer(settings, bootstrap)
+    producer = RecordProducer(settings.kafka, bootstrap)
     mail_raw = MailRawCodec(settings.mail, settings.blob_dir, codec)
     for record in records:
         if record.topic == MAIL_RAW:

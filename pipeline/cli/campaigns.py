@@ -50,7 +50,7 @@ def _produce_one(settings: Settings, topic: str, tenant: str, record: dict) -> N
 
     bootstrap = broker_bootstrap(settings)
     create_topics(settings.kafka, bootstrap)
-    producer = RecordProducer(settings, bootstrap)
+    producer = RecordProducer(settings.kafka, bootstrap)
     producer.produce(topic, tenant.encode(), avro_codec(settings).encode(topic, record))
     report = producer.finish(30)
     if report.errors:
@@ -97,7 +97,7 @@ class _MailRawProducer:
         if not settings.kafka.bootstrap:
             raise UserError("--to-mail-raw needs a broker: set THREADLINE_KAFKA_BOOTSTRAP or kafka.bootstrap")
         create_topics(settings.kafka, settings.kafka.bootstrap, timeout_s=10)
-        self.records = RecordProducer(settings, settings.kafka.bootstrap)
+        self.records = RecordProducer(settings.kafka, settings.kafka.bootstrap)
         self.mail_raw = MailRawCodec(settings.mail, settings.blob_dir, avro_codec(settings))
         self.tenant, self.campaign_id = tenant, campaign_id
 

@@ -292,7 +292,7 @@ class ImapPoller:
         self.idle_supported = False
         self.state = ImapState(settings.worker.data_dir / self.imap.state_file,
                                f"{self.imap.username}@{self.imap.host}:{self.imap.effective_port()}")
-        self.producer = RecordProducer(settings, bootstrap)
+        self.producer = RecordProducer(settings.kafka, bootstrap)
         self.mail_raw = MailRawCodec(settings.mail, settings.blob_dir, codec)
         self.report = PollReport(per_folder={f["name"]: 0 for f in self.imap.folders})
 

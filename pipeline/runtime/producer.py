@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pipeline.contracts.records import MailRawCodec, MailTooLarge, SourcePosition, deadletter_record
 from pipeline.contracts.topics import DEADLETTER, MAIL_RAW
 from pipeline.runtime.kafka import new_producer, produce_when_room, topic_name
-from pipeline.settings import Settings
+from pipeline.settings import KafkaSettings
 
 
 @dataclass
@@ -45,13 +45,13 @@ class RecordProducer:
     (librdkafka's ``message.timeout.ms``), and the reports are served from a thread of this
     producer until :meth:`finish`."""
 
-    def __init__(self, settings: Settings, bootstrap: str, *, answer_within_s: float | None = None) -> None:
-        self.kafka = settings.kafka
+    def __init__(self, kafka: KafkaSettings, bootstrap: str, *, answer_within_s: float | None = None) -> None:
+        self.kafka = kafka
         self._bootstrap = bootstrap
         timeout_ms = None if answer_within_s is None else int(answer_within_s * 1000)
         self._options = {} if timeout_ms is None else {"message.timeout.ms": timeout_ms,
                                                        "request.timeout.ms": min(30_000, timeout_ms)}
-        self.producer = new_producer(settings.kafka, bootstrap, self._options)
+        self.producer = new_producer(kafka, bootstrap, self._options)
         self.report = IngestReport()
         self._replacing = threading.Lock()  # self.producer, replaced after a fatal error
         self._stop_polling = threading.Event()

@@ -241,7 +241,7 @@ def build_app(settings: Settings) -> faust.App:
                                      record_owner=crm.record_owner)
     tracking = TrackingProcessor(settings.tracking, codec, hits_table, owner_of=processor.sender_of)
     # One output producer per worker process, made on first use (inside the worker).
-    outputs = cache(partial(RecordProducer, settings, settings.kafka.bootstrap))
+    outputs = cache(partial(RecordProducer, settings.kafka, settings.kafka.bootstrap))
     last_escalation_batch = {"at": time.monotonic()}
     escalation_lock = asyncio.Lock()
 

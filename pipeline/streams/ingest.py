@@ -25,7 +25,7 @@ def ingest(messages: Iterable[tuple[str, bytes]], settings: Settings, codec: Avr
     own_domains = frozenset(d.lower() for d in settings.untracked.own_domains)
     if direction == "auto" and not own_domains:
         raise ValueError("direction 'auto' needs untracked.own_domains (the organisation's mail domains)")
-    producer = RecordProducer(settings, bootstrap)
+    producer = RecordProducer(settings.kafka, bootstrap)
     mail_raw = MailRawCodec(settings.mail, settings.blob_dir, codec)
     for source_ref, raw in messages:
         record = mail_raw_record(tenant=tenant, mailbox=mailbox or source_ref.partition("#")[0],

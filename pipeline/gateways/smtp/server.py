@@ -227,7 +227,7 @@ class SmtpRelay:
             if not self.inbound and self.relay.subject_tokens:
                 self.counter = load_counter(self.counter_path, self.settings.correlation.tracking_token)
             if self._producer is None:
-                self._producer = RecordProducer(self.settings, self.bootstrap,
+                self._producer = RecordProducer(self.settings.kafka, self.bootstrap,
                                                 answer_within_s=self.relay.kafka_timeout_s)
             auth = bool(self.relay.auth_username)
             self._controller = RelayController(
