@@ -19,7 +19,8 @@ from email.utils import format_datetime
 from typing import Iterator
 
 from pipeline.contracts.avro import AvroCodec
-from pipeline.contracts.records import MailRawCodec, mail_raw_record
+from pipeline.contracts.records import (MailRawCodec, campaign_record, conversion_record, mail_raw_record,
+                                       tracking_raw_record)
 from pipeline.contracts.topics import CAMPAIGNS, CONVERSIONS, MAIL_RAW, TRACKING_RAW
 from pipeline.correlation.model import stable_event_id
 from pipeline.settings import Settings, TrackingSettings
@@ -47,8 +48,8 @@ class TrafficRecord:
 
 
 def _hit(kind: str, token: str, at: datetime, user_agent: str | None, ip: str, method: str = "GET") -> dict:
-    return {"event_id": uuid.uuid5(uuid.NAMESPACE_URL, f"{token}|{at.isoformat()}|{method}").hex, "kind": kind,
-            "token": token, "received_at": at, "method": method, "ip": ip, "user_agent": user_agent, "headers": {}}
+    return tracking_raw_record(uuid.uuid5(uuid.NAMESPACE_URL, f"{token}|{at.isoformat()}|{method}").hex, kind, token,
+                               at, method=method, ip=ip, user_agent=user_agent, headers={})
 
 
 def _mail(message_id: str, sender: str, recipient: str, subject: str, when: datetime, body: str,
@@ -87,10 +88,9 @@ class CampaignTraffic:
         campaign_id = f"cmp-{number:03d}"
         sent_at = START + timedelta(days=7 * (number - 1))
         subject = f"Spring offer {number}: up to {rng.choice((10, 15, 20, 25))}% off"
-        yield TrafficRecord(CAMPAIGNS, tenant, sent_at, {
-            "event_id": stable_event_id("campaign", tenant, campaign_id), "tenant": tenant,
-            "campaign_id": campaign_id, "name": subject, "cost": float(rng.randrange(300, 3000)), "currency": "EUR",
-            "started_at": sent_at, "updated_at": sent_at})
+        yield TrafficRecord(CAMPAIGNS, tenant, sent_at, campaign_record(
+            stable_event_id("campaign", tenant, campaign_id), tenant, campaign_id, name=subject,
+            cost=float(rng.randrange(300, 3000)), currency="EUR", started_at=sent_at, updated_at=sent_at))
         for n in range(recipients):
             recipient = f"customer{n}@client{n % 37}.example"
             message_id = f"<{campaign_id}.{n}@{self.sender.split('@')[1]}>"
@@ -136,10 +136,10 @@ class CampaignTraffic:
                     yield self._tracking(link.rsplit("/", 1)[1], "click", click_at, _BROWSER, ip)
                     if rng.random() < 0.25:
                         converted_at = click_at + timedelta(minutes=rng.randint(2, 90))
-                        yield TrafficRecord(CONVERSIONS, tenant, converted_at, {
-                            "event_id": stable_event_id("conversion", tenant, message_id), "tenant": tenant,
-                            "campaign_id": campaign_id, "recipient": recipient, "message_id": message_id,
-                            "revenue": round(rng.uniform(25, 350), 2), "currency": "EUR", "event_time": converted_at})
+                        yield TrafficRecord(CONVERSIONS, tenant, converted_at, conversion_record(
+                            stable_event_id("conversion", tenant, message_id), tenant, campaign_id,
+                            recipient=recipient, message_id=message_id, revenue=round(rng.uniform(25, 350), 2),
+                            currency="EUR", event_time=converted_at))
                 if rng.random() < 0.05:
                     reply_at = first + timedelta(minutes=rng.randint(5, 240))
                     yield TrafficRecord(MAIL_RAW, tenant, reply_at, _mail(

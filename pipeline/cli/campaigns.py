@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline.cli.common import (CommandFactory, UserError, add_tenant, as_user_error, avro_codec, broker_bootstrap,
                                  delivery_summary, open_store, print_table, refuse_unsafe_keys, settings_from)
+from pipeline.contracts.records import campaign_record, conversion_record
 from pipeline.contracts.topics import CAMPAIGNS, CONVERSIONS
 from pipeline.settings import Settings
 
@@ -63,11 +64,10 @@ def cmd_campaign_create(args: argparse.Namespace) -> int:
     if args.cost < 0:
         raise UserError("--cost cannot be negative")
     now = datetime.now(timezone.utc)
-    _produce_one(settings_from(args), CAMPAIGNS, args.tenant, {
-        # A new event id per update: the newest version (by updated_at) wins in ClickHouse.
-        "event_id": stable_event_id("campaign", args.tenant, args.campaign, now.isoformat()), "tenant": args.tenant,
-        "campaign_id": args.campaign, "name": args.name, "cost": args.cost, "currency": args.currency,
-        "started_at": now, "updated_at": now})
+    # A new event id per update: the newest version (by updated_at) wins in ClickHouse.
+    _produce_one(settings_from(args), CAMPAIGNS, args.tenant, campaign_record(
+        stable_event_id("campaign", args.tenant, args.campaign, now.isoformat()), args.tenant, args.campaign,
+        name=args.name, cost=args.cost, currency=args.currency, started_at=now, updated_at=now))
     print(f"campaign {args.campaign} recorded", file=sys.stderr)
     return 0
 
@@ -187,10 +187,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     if args.revenue < 0:
         raise UserError("--revenue cannot be negative")
-    _produce_one(settings_from(args), CONVERSIONS, args.tenant, {
-        "event_id": uuid.uuid4().hex, "tenant": args.tenant, "campaign_id": args.campaign,
-        "recipient": args.recipient, "message_id": args.message_id, "revenue": args.revenue,
-        "currency": args.currency, "event_time": datetime.now(timezone.utc)})
+    _produce_one(settings_from(args), CONVERSIONS, args.tenant, conversion_record(
+        uuid.uuid4().hex, args.tenant, args.campaign, recipient=args.recipient, message_id=args.message_id,
+        revenue=args.revenue, currency=args.currency, event_time=datetime.now(timezone.utc)))
     print(f"conversion of {args.revenue:.2f} {args.currency} recorded for {args.campaign}", file=sys.stderr)
     return 0
 

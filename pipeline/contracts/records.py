@@ -1,6 +1,8 @@
-"""Domain objects <-> the Avro records of the topics (schemas/*.avsc): every record builder.
+"""Domain objects <-> the Avro records of the topics (schemas/*.avsc): a builder per topic.
 
-The only place that knows both the engine's types and the topics' field names.
+The only place that knows both the engine's types and the topics' field names, except
+``escalations`` and their ``alerts``: ``escalation.model``'s Transition and Alert are those
+records' fields and build them (``to_record``).
 """
 
 from __future__ import annotations
@@ -220,3 +222,24 @@ def open_alert_record(event: dict, owner: str) -> dict:
         "message": f"{event['recipient']} opened {event['message_id']}"
                    + (f" (campaign {event['campaign_id']})" if event["campaign_id"] else ""),
     }
+
+
+def tracking_raw_record(event_id: str, kind: str, token: str, received_at: datetime, *, method: str,
+                        ip: str | None, user_agent: str | None, headers: dict[str, str]) -> dict:
+    """The ``tracking.raw`` record of one request for a tracking URL, as the endpoint received it."""
+    return {"event_id": event_id, "kind": kind, "token": token, "received_at": received_at, "method": method,
+            "ip": ip, "user_agent": user_agent, "headers": headers}
+
+
+def campaign_record(event_id: str, tenant: str, campaign_id: str, *, name: str, cost: float, currency: str,
+                    started_at: datetime | None, updated_at: datetime) -> dict:
+    """A ``campaigns`` record: a campaign and its cost, as of ``updated_at`` (the newest wins)."""
+    return {"event_id": event_id, "tenant": tenant, "campaign_id": campaign_id, "name": name, "cost": cost,
+            "currency": currency, "started_at": started_at, "updated_at": updated_at}
+
+
+def conversion_record(event_id: str, tenant: str, campaign_id: str, *, recipient: str | None, message_id: str | None,
+                      revenue: float, currency: str, event_time: datetime) -> dict:
+    """A ``conversions`` record: revenue a campaign mail's recipient brought."""
+    return {"event_id": event_id, "tenant": tenant, "campaign_id": campaign_id, "recipient": recipient,
+            "message_id": message_id, "revenue": revenue, "currency": currency, "event_time": event_time}

@@ -41,6 +41,7 @@ from pathlib import Path
 from aiohttp import web
 from confluent_kafka import KafkaException
 
+from pipeline.contracts.records import tracking_raw_record
 from pipeline.contracts.topics import TRACKING_RAW
 from pipeline.runtime.kafka import new_producer, topic_name
 from pipeline.contracts.avro import AvroCodec
@@ -418,9 +419,8 @@ def build_app(settings: Settings, spool: HitSpool, suppressions=None) -> web.App
 
     def record(request: web.Request, kind: str, token: str) -> dict:
         headers = {name: request.headers[name] for name in KEPT_HEADERS if name in request.headers}
-        return {"event_id": uuid.uuid4().hex, "kind": kind, "token": token, "received_at": datetime.now(timezone.utc),
-                "method": request.method, "ip": request.remote, "user_agent": request.headers.get("User-Agent"),
-                "headers": headers}
+        return tracking_raw_record(uuid.uuid4().hex, kind, token, datetime.now(timezone.utc), method=request.method,
+                                   ip=request.remote, user_agent=request.headers.get("User-Agent"), headers=headers)
 
     def access(request: web.Request, kind: str, valid: bool, status: int) -> None:
         if personal_log:
