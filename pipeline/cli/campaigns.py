@@ -4,7 +4,9 @@ conversions, and generate seeded campaign traffic."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -112,8 +114,6 @@ class _MailRawProducer:
 
 def cmd_campaign_send(args: argparse.Namespace) -> int:
     """Send and print the report (stderr); 1 when interrupted or a mail did not reach mail.raw."""
-    import json
-
     from pipeline.campaigns.recipients import RecipientListError
     from pipeline.campaigns.send import CampaignError, CampaignInterrupted, send_campaign
     from pipeline.campaigns.template import TemplateLoadError, TemplateRenderError
@@ -183,8 +183,6 @@ def add_campaign(command: CommandFactory) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    import uuid
-
     if args.revenue < 0:
         raise UserError("--revenue cannot be negative")
     _produce_one(settings_from(args), CONVERSIONS, args.tenant, conversion_record(

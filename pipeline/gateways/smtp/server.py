@@ -32,6 +32,7 @@ import re
 import signal
 import socket
 import ssl
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -515,8 +516,6 @@ class _Handler:
 def run_relay(settings: Settings, bootstrap: str, codec: AvroCodec, *, inbound: bool | None = None,
               host: str | None = None, port: int | None = None) -> int:
     """``threadline smtp``: serve until SIGINT / SIGTERM."""
-    import sys
-
     from pipeline.broker import create_topics
 
     relay = SmtpRelay(settings, bootstrap, codec, inbound=inbound, host=host, port=port)
