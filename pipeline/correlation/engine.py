@@ -5,7 +5,7 @@ the benchmarks all drive this class; only the index's store differs between them
 
 The methods are the strategies registered in ``pipeline/correlation/methods/``, tried in DESIGN.md
 §3 order, first hit wins, else None (0); Skipped (1) when correlation is off or the mail is
-untracked.  Every decision carries its evidence.
+untracked.  Every decision carries its evidence and its confidence (0-1; DESIGN.md §9).
 
 A mail is known by its Message-ID, but the sender chooses that id: a second mail with a known id
 is a *duplicate* when its content is the known mail's (``identity.content_digest``), else a
@@ -171,11 +171,11 @@ class Correlator:
         index.evict_older_than(index.clock_time - self.window_s)
 
         if not self.settings.enabled:
-            return self._result(mail, event_dt, Method.SKIPPED, untracked_reason="correlation_disabled")
+            return self._result(mail, event_dt, Method.SKIPPED, 1.0, untracked_reason="correlation_disabled")
         participants = mail.participants
         reason = self._untracked_reason(mail, participants)
         if reason is not None:
-            return self._result(mail, event_dt, Method.SKIPPED, untracked_reason=reason)
+            return self._result(mail, event_dt, Method.SKIPPED, 1.0, untracked_reason=reason)
 
         digest = self._content_digest(mail)
         message_id, known, collision = self._identity(mail, digest)
@@ -202,12 +202,14 @@ class Correlator:
         if match is None:
             parent = None
             method = Method.NONE
+            confidence = 1.0
             conversation_id = "c-" + stable_event_id("conversation", self.tenant, message_id)[:16]
             regarding = self._regarding_without_parent(mail)
             candidate_count = 0
         else:
             parent = match.parent
             method = match.method
+            confidence = match.confidence
             evidence = match.evidence
             conversation_id = parent.conversation_id
             regarding = parent.regarding or self._regarding_without_parent(mail)
@@ -236,6 +238,7 @@ class Correlator:
             event_time=ts,
             direction=mail.direction,
             method=int(method),
+            confidence=confidence,
             mail_type=mail_type,
             regarding=regarding,
             parent_message_id=parent.message_id if parent else None,
@@ -250,7 +253,7 @@ class Correlator:
             **method_fields,
         ))
         return self._result(
-            mail, event_dt, method,
+            mail, event_dt, method, confidence,
             message_id=message_id,
             conversation_id=conversation_id,
             parent_message_id=parent.message_id if parent else None,
@@ -355,8 +358,8 @@ class Correlator:
         first decision stands and this one is reported as untracked, so it never overwrites the
         first one downstream. ``message_id`` is the id the first one was tracked under."""
         if known.direction == "out" and mail.direction == "in":
-            return self._result(mail, event_dt, Method.SKIPPED, untracked_reason="loop", message_id=message_id,
-                                conversation_id=known.conversation_id, loop=True,
+            return self._result(mail, event_dt, Method.SKIPPED, known.confidence, untracked_reason="loop",
+                                message_id=message_id, conversation_id=known.conversation_id, loop=True,
                                 evidence={"loop_of": known.message_id})
         evidence: dict = {"duplicate_of": known.message_id}
         if not known.content_digest:
@@ -364,7 +367,7 @@ class Correlator:
         if message_id != mail.message_id:
             evidence["original_message_id"] = mail.message_id
         return self._result(
-            mail, event_dt, canonical_code(known.method), untracked_reason="duplicate",
+            mail, event_dt, canonical_code(known.method), known.confidence, untracked_reason="duplicate",
             message_id=message_id,
             conversation_id=known.conversation_id,
             parent_message_id=known.parent_message_id,
@@ -395,9 +398,9 @@ class Correlator:
         return max(candidates, key=recency, default=None), len(candidates)
 
     # -- output ----------------------------------------------------------------------------
-    def _result(self, mail: MailRecord, event_dt: datetime, method: int, *, message_id: str | None = None,
-                conversation_id: str | None = None, mail_type: str | None = None, evidence: dict | None = None,
-                **decision) -> Correlation:
+    def _result(self, mail: MailRecord, event_dt: datetime, method: int, confidence: float, *,
+                message_id: str | None = None, conversation_id: str | None = None, mail_type: str | None = None,
+                evidence: dict | None = None, **decision) -> Correlation:
         """The decision; ``decision`` holds the other ``Correlation`` fields that differ from their defaults."""
         message_id = message_id or mail.message_id
         return Correlation(
@@ -405,6 +408,7 @@ class Correlator:
             message_id=message_id,
             conversation_id=conversation_id or "c-" + stable_event_id("conversation", self.tenant, message_id)[:16],
             method=method,
+            confidence=confidence,
             mail_type=mail_type or subjects.mail_type_from_subject(mail.subject),  # type: ignore[arg-type]
             direction=mail.direction,
             event_time=event_dt,

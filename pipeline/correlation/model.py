@@ -26,6 +26,7 @@ class IndexedMail:
     event_time: float  # epoch seconds
     direction: str = "in"
     method: int = 0  # how this mail was correlated (a duplicate delivery reports it again)
+    confidence: float = 1.0  # of that decision, reported again too (entries written before it: 1.0)
     mail_type: str = "new"
     regarding: str | None = None
     parent_message_id: str | None = None
@@ -87,6 +88,9 @@ class Correlation:
     mail_type: MailType
     direction: str
     event_time: datetime
+    # How sure the decision is (0-1): of a link, that the parent is right; of a new conversation,
+    # that no indexed mail is its parent (DESIGN.md §9).
+    confidence: float
     generation: int = 0
     settings_fingerprint: str = ""
     parent_message_id: str | None = None

@@ -42,6 +42,16 @@ def test_first_mail_starts_a_conversation():
     assert result.conversation_id.startswith("c-")
 
 
+def test_new_conversations_header_links_and_skips_are_certain():
+    engine = correlator()
+    first = engine.correlate(mail("a"))
+    reply = engine.correlate(mail("b", subject="x", minutes=1, in_reply_to=("<a@test>",)))
+    skipped = correlator(enabled=False).correlate(mail("c"))
+    assert (first.method, reply.method, skipped.method) == (Method.NONE, Method.IN_REPLY_TO, Method.SKIPPED)
+    assert (first.confidence, reply.confidence, skipped.confidence) == (1.0, 1.0, 1.0)
+    assert engine.index.get("<b@test>").confidence == 1.0
+
+
 def test_xheader_names_the_referenced_mail():
     engine = correlator()
     sent = engine.correlate(mail("a", direction="out", sender="desk@ours.example", to=("ann@customer.example",)))

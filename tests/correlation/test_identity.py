@@ -180,6 +180,16 @@ def test_an_entry_with_a_field_this_version_dropped_still_loads():
     assert IndexedMail.from_dict({**stored.to_dict(), "xref": "instance=threadline; ref=<x@y>"}) == stored
 
 
+def test_an_entry_written_before_confidence_existed_loads_as_certain():
+    correlator = engine()
+    correlator.correlate(parsed(raw()))
+    stored = correlator.index.get(SHARED_ID).to_dict()
+    old = {key: value for key, value in stored.items() if key != "confidence"}
+    upgraded = engine()
+    upgraded.index.add(IndexedMail.from_dict(old))
+    assert upgraded.correlate(parsed(raw())).confidence == 1.0
+
+
 def test_explain_says_it_was_a_collision():
     correlator = engine()
     correlator.correlate(parsed(raw()))

@@ -373,7 +373,8 @@ def test_unknown_state_format_is_refused():
 
 def test_mail_event_from_a_correlation():
     correlation = Correlation(tenant="acme", message_id="<a@test>", conversation_id="c1", method=Method.IN_REPLY_TO,
-                              mail_type="reply", direction="in", event_time=T0, parent_message_id="<p@test>",
+                              mail_type="reply", direction="in", event_time=T0, confidence=1.0,
+                              parent_message_id="<p@test>",
                               regarding="SUPP-1")
     event = MailEvent.from_correlation(correlation, mailbox="support@ours.example", owner="olga@ours.example")
     assert event == MailEvent(tenant="acme", message_id="<a@test>", conversation_id="c1", direction="in",

@@ -42,6 +42,8 @@ class Match:
     parent: IndexedMail
     candidate_count: int
     evidence: dict
+    # How sure the method is that ``parent`` is the parent (0-1); a header naming a known mail is certain.
+    confidence: float = 1.0
 
 
 @dataclass(slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -26,6 +27,7 @@ class SameSender(MethodStrategy):
 
     def __init__(self) -> None:
         self.on = True
+        self.confidence = 0.75  # a sender says less than a header
 
     def enabled(self, correlator):
         return self.on
@@ -35,7 +37,9 @@ class SameSender(MethodStrategy):
 
     def match(self, correlator, facts):
         parent, count = correlator.most_recent(correlator.index.ids("same_sender", facts.mail.from_addr), facts.ts)
-        return Match(self.code, parent, count, {"sender": facts.mail.from_addr}) if parent is not None else None
+        if parent is None:
+            return None
+        return Match(self.code, parent, count, {"sender": facts.mail.from_addr}, confidence=self.confidence)
 
     def explain(self, evidence):
         return f"it comes from {evidence['sender']}, like the parent"
@@ -90,6 +94,25 @@ def test_a_registered_strategy_finds_its_keys_in_a_rebuilt_index(toy):
     restarted = Correlator(CorrelationSettings(), store, clock=lambda: T0)
     assert restarted.index.ids("same_sender", "ann@customer.example") == ["<a@test>"]
     assert restarted.correlate(mail("<b@test>", "Printer broken", 5)).parent_message_id == "<a@test>"
+
+
+def test_a_strategys_confidence_is_the_decisions_and_a_repeat_reports_it_again(toy):
+    store = InMemoryStore()
+    engine = Correlator(CorrelationSettings(), store, clock=lambda: T0)
+    engine.correlate(mail("<a@test>", "Invoice", 0))
+    assert engine.correlate(mail("<b@test>", "Printer broken", 5)).confidence == 0.75
+    toy.confidence = 0.5  # what the first decision said stands, not what the method would say now
+    restarted = Correlator(CorrelationSettings(), store, clock=lambda: T0)
+    again = restarted.correlate(mail("<b@test>", "Printer broken", 5))
+    assert (again.untracked_reason, again.confidence) == ("duplicate", 0.75)
+
+
+def test_our_mail_coming_back_reports_the_confidence_of_its_decision(toy):
+    engine = Correlator(CorrelationSettings(), clock=lambda: T0)
+    engine.correlate(mail("<a@test>", "Invoice", 0))
+    engine.correlate(replace(mail("<b@test>", "Printer broken", 5), direction="out"))
+    echo = engine.correlate(mail("<b@test>", "Printer broken", 6))
+    assert (echo.untracked_reason, echo.confidence) == ("loop", 0.75)
 
 
 def test_a_switched_off_strategy_is_not_tried_but_keeps_its_keys(toy):
