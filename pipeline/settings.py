@@ -176,6 +176,10 @@ class CorrelationSettings(_Section):
     )
     window_days: float = Field(90.0, gt=0, description="Older mail is no candidate and is evicted from the index.")
     forwards_as_replies: bool = Field(True, description="False: a forward starts a new conversation.")
+    min_confidence: float = Field(
+        0.5, ge=0, le=1, description="A content method (SmartMatching, ConversationIndex) less sure of its match "
+        "than this abstains: the mail starts a new conversation, and its evidence says what would have matched.",
+    )
     tracking_token: TrackingTokenSettings = TrackingTokenSettings()
     smart_matching: SmartMatchingSettings = SmartMatchingSettings()
 

@@ -45,12 +45,16 @@ def test_fingerprint_changes_with_matching_settings_only(tmp_path):
     assert base.correlation.fingerprint() == same.correlation.fingerprint()
     assert base.correlation.fingerprint() != changed.correlation.fingerprint()
     assert len(base.correlation.fingerprint()) == 12
+    stricter = load_settings(environ={"THREADLINE_CORRELATION_MIN_CONFIDENCE": "0.8"})
+    assert stricter.correlation.min_confidence == 0.8
+    assert base.correlation.fingerprint() != stricter.correlation.fingerprint()
 
 
 @pytest.mark.parametrize("content, message", [
     ("[correlation\n", "not valid TOML"),
     ("[correlation.smart_matching]\nhash_filter_keywords = '(['\n", "not a valid regular expression"),
     ("[correlation]\nwindow_days = -1\n", "window_days"),
+    ("[correlation]\nmin_confidence = 1.5\n", "min_confidence"),
     ("[correlation]\nno_such_knob = 1\n", "no_such_knob"),
     ("[correlation.tracking_token]\nprefix = 'has space'\n", "prefix"),
 ])

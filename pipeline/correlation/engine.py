@@ -26,7 +26,7 @@ from pipeline.correlation import tokens
 from pipeline.correlation.identity import COLLISION_FLAG, content_digest, derived_ids
 from pipeline.correlation.index import CorrelationIndex, MailStore
 from pipeline.correlation.methods.base import (
-    FUTURE_SLACK_S, STRATEGIES, MailFacts, Method, canonical_code, has_hook, method_label, recency,
+    FUTURE_SLACK_S, STRATEGIES, MailFacts, Match, Method, canonical_code, has_hook, method_label, recency,
 )
 from pipeline.correlation.methods.xheader import parse_xref
 from pipeline.correlation.model import Correlation, IndexedMail, Response, stable_event_id
@@ -188,21 +188,25 @@ class Correlator:
         mail_type = facts.mail_type
 
         mail_facts = MailFacts(mail, ts, facts, addresses, token)
-        match = None
-        for strategy in self._matching:
-            match = strategy.match(self, mail_facts)
-            if match is not None:
-                break
+        match, abstained = self._match(mail_facts)
         evidence: dict = {}
+        confidence = 1.0
         if match is not None and mail_type == "forward" and not self.settings.forwards_as_replies:
             evidence = {"forward_not_reply": True, "would_match": match.parent.message_id,
                         "would_method": method_label(match.method)}
             match = None
+        elif match is None and abstained is not None:
+            evidence = {"abstained": {
+                "method": method_label(abstained.method), "would_match": abstained.parent.message_id,
+                "confidence": abstained.confidence, "min_confidence": self.settings.min_confidence,
+                "evidence": abstained.evidence,
+            }}
+            # As sure that no indexed mail is the parent as the most confident guess was unsure of its own.
+            confidence = 1.0 - abstained.confidence
 
         if match is None:
             parent = None
             method = Method.NONE
-            confidence = 1.0
             conversation_id = "c-" + stable_event_id("conversation", self.tenant, message_id)[:16]
             regarding = self._regarding_without_parent(mail)
             candidate_count = 0
@@ -273,6 +277,22 @@ class Correlator:
         return self._identity(mail, self._content_digest(mail))[0]
 
     # -- decisions -------------------------------------------------------------------------
+    def _match(self, facts: MailFacts) -> tuple[Match | None, Match | None]:
+        """(the first match of the enabled methods in order, the most confident content match that
+        abstained before it): a content method less sure than ``min_confidence`` makes no decision,
+        and the methods after it are tried."""
+        floor = self.settings.min_confidence
+        abstained = None
+        for strategy in self._matching:
+            match = strategy.match(self, facts)
+            if match is None:
+                continue
+            if not (strategy.content_based and match.confidence < floor):
+                return match, abstained
+            if abstained is None or match.confidence > abstained.confidence:
+                abstained = match
+        return None, abstained
+
     def _subject_facts(self, subject: str) -> SubjectFacts:
         facts = self._subject_cache.get(subject)
         if facts is not None:

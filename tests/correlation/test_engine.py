@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -11,6 +12,9 @@ from pipeline.correlation import thread_index
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.index import CLOCK_QUORUM
 from pipeline.correlation.methods.base import Method
+from pipeline.correlation.methods.conversation_index import ConversationIndex
+from pipeline.correlation.methods.in_reply_to import InReplyTo
+from pipeline.correlation.methods.smart_matching import SmartMatching
 from pipeline.correlation.methods.xheader import format_xref
 from pipeline.mail.content import fingerprint_body
 from pipeline.mail.record import MailRecord
@@ -50,6 +54,67 @@ def test_new_conversations_header_links_and_skips_are_certain():
     assert (first.method, reply.method, skipped.method) == (Method.NONE, Method.IN_REPLY_TO, Method.SKIPPED)
     assert (first.confidence, reply.confidence, skipped.confidence) == (1.0, 1.0, 1.0)
     assert engine.index.get("<b@test>").confidence == 1.0
+
+
+@pytest.fixture
+def sure(monkeypatch):
+    """``sure(Strategy, x)``: the strategy's matches say confidence x (its calibration is not what
+    these tests are about)."""
+    def say(strategy: type, confidence: float) -> None:
+        found = strategy.match
+
+        def match(self, correlator, facts):
+            result = found(self, correlator, facts)
+            return replace(result, confidence=confidence) if result is not None else None
+        monkeypatch.setattr(strategy, "match", match)
+    return say
+
+
+def test_a_content_match_below_min_confidence_abstains(sure):
+    sure(SmartMatching, 0.3)
+    engine = correlator(min_confidence=0.5)
+    first = engine.correlate(mail("a"))
+    result = engine.correlate(mail("b", subject="Re: Quarterly numbers", minutes=1))
+    assert (result.method, result.parent_message_id, result.mail_type) == (Method.NONE, None, "reply")
+    assert result.conversation_id != first.conversation_id
+    abstained = result.evidence["abstained"]
+    assert {key: abstained[key] for key in ("method", "would_match", "confidence", "min_confidence")} == {
+        "method": "SmartMatching", "would_match": "<a@test>", "confidence": 0.3, "min_confidence": 0.5}
+    assert abstained["evidence"]["same_subject"]
+    assert result.confidence == pytest.approx(0.7)
+    assert engine.index.get("<b@test>").method == Method.NONE
+
+
+def test_a_content_match_at_min_confidence_links(sure):
+    sure(SmartMatching, 0.5)
+    engine = correlator(min_confidence=0.5)
+    engine.correlate(mail("a"))
+    result = engine.correlate(mail("b", subject="Re: Quarterly numbers", minutes=1))
+    assert (result.method, result.parent_message_id, result.confidence) == (Method.SMART_MATCHING, "<a@test>", 0.5)
+    assert "abstained" not in result.evidence
+
+
+def test_a_header_link_ignores_min_confidence(sure):
+    sure(InReplyTo, 0.2)
+    engine = correlator(min_confidence=0.9)
+    engine.correlate(mail("a"))
+    result = engine.correlate(mail("b", subject="x", minutes=1, in_reply_to=("<a@test>",)))
+    assert (result.method, result.parent_message_id, result.confidence) == (Method.IN_REPLY_TO, "<a@test>", 0.2)
+
+
+def test_after_an_abstention_the_next_method_may_link_and_the_most_confident_abstention_is_reported(sure):
+    root = thread_index.encode_new(uuid.UUID(int=7), T0)
+    child = thread_index.encode_child(root, T0 + timedelta(minutes=5))
+    sure(ConversationIndex, 0.3)
+    sure(SmartMatching, 0.9)
+    engine = correlator()
+    engine.correlate(mail("a", thread_index=root))
+    linked = engine.correlate(mail("b", subject="Re: Quarterly numbers", minutes=5, thread_index=child))
+    assert (linked.method, linked.parent_message_id, linked.confidence) == (Method.SMART_MATCHING, "<a@test>", 0.9)
+    sure(SmartMatching, 0.2)
+    doubted = engine.correlate(mail("c", subject="Re: Quarterly numbers", minutes=6, thread_index=child))
+    assert doubted.method is Method.NONE
+    assert (doubted.evidence["abstained"]["method"], doubted.confidence) == ("ConversationIndex", pytest.approx(0.7))
 
 
 def test_xheader_names_the_referenced_mail():

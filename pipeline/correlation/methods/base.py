@@ -68,6 +68,9 @@ class MethodStrategy:
     code: int
     label: str
     switch: str | None = None  # the CorrelationSettings flag that turns it on ("smart_matching.enabled")
+    # A method that guesses from the mail's content rather than from a header naming a known mail:
+    # below ``min_confidence`` its match is no decision (the engine abstains).
+    content_based: bool = False
 
     def enabled(self, correlator: Correlator) -> bool:
         """A method that is off is never tried (its entry fields and keys are still written)."""

@@ -11,6 +11,7 @@ from pipeline.correlation.methods.base import IndexKeys, Match, MailFacts, Metho
 class ConversationIndex(MethodStrategy):
     code = Method.CONVERSATION_INDEX
     label = "ConversationIndex"
+    content_based = True
     switch = "use_conversation_index"
 
     def entry_fields(self, correlator, facts: MailFacts) -> dict[str, Any]:

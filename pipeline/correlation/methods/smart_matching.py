@@ -33,6 +33,7 @@ def series_head(sender: str, total: int, part: int) -> str:
 class SmartMatching(MethodStrategy):
     code = Method.SMART_MATCHING
     label = "SmartMatching"
+    content_based = True
     switch = "smart_matching.enabled"
 
     def entry_fields(self, correlator, facts: MailFacts) -> dict[str, Any]:
