@@ -73,3 +73,38 @@ def clickhouse_factory(chdb_path):
     yield make
     for store in stores:
         store.client.command(f"DROP DATABASE IF EXISTS {store.database}")
+
+
+@pytest.fixture
+def write_corpus():
+    """Write a corpus folder (messages.mbox + truth.jsonl, the shared corpus format) from mails
+    given as dicts: id, subject, sender, minutes after a fixed start, body, optional in_reply_to /
+    references, and the truth: parent and root (ids without angle brackets; root defaults to id)."""
+    import json
+    from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
+
+    start = datetime(2026, 5, 4, 8, 0, tzinfo=timezone.utc)
+
+    def write(folder, mails):
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "messages.mbox", "w", encoding="utf-8") as mbox, \
+                open(folder / "truth.jsonl", "w", encoding="utf-8") as truth:
+            for index, mail in enumerate(mails):
+                date = start + timedelta(minutes=mail.get("minutes", index))
+                headers = [f"From: {mail['sender']}", "To: list@lists.example", f"Subject: {mail['subject']}",
+                           f"Date: {format_datetime(date)}", f"Message-ID: <{mail['id']}>"]
+                if mail.get("in_reply_to"):
+                    headers.append(f"In-Reply-To: <{mail['in_reply_to']}>")
+                if mail.get("references"):
+                    headers.append("References: " + " ".join(f"<{ref}>" for ref in mail["references"]))
+                mbox.write(f"From {mail['sender']} {date.strftime('%a %b %d %H:%M:%S %Y')}\n"
+                           + "\n".join(headers) + "\n\n" + mail.get("body", "Hello.") + "\n\n")
+                parent = mail.get("parent")
+                truth.write(json.dumps({"index": index, "message_id": f"<{mail['id']}>",
+                                        "parent_message_id": parent and f"<{parent}>",
+                                        "thread_root_id": f"<{mail.get('root', mail['id'])}>",
+                                        "subject": mail["subject"], "from": mail["sender"]}) + "\n")
+        return folder
+
+    return write

@@ -12,6 +12,8 @@ from pipeline.cli.common import (CommandFactory, UserError, add_progress_flag, a
                                  settings_from)
 
 DEFAULT_CORRELATIONS = Path("data") / "correlations.jsonl"
+# The shared corpora beside the project, as `demo --corpus` finds them (relative to the working folder).
+DEFAULT_CORPUS_DIR = Path("..") / "shared" / "corpus"
 
 
 def _progress(iterable, *, enabled: bool, desc: str):
@@ -88,37 +90,63 @@ def add_explain(command: CommandFactory) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pipeline.batch import ParseFailure, correlate_sources
-    from pipeline.correlation.evaluate import evaluate, format_table, read_truth
+    from pipeline.batch import MODES, evaluate_corpus
+    from pipeline.correlation.evaluate import format_summary, format_table
 
     settings = settings_from(args)
-    require_paths([args.mbox, args.truth])
     correlation = settings.correlation
     if args.strategy:
         smart = correlation.smart_matching.model_copy(update={"strategy": args.strategy})
         correlation = correlation.model_copy(update={"smart_matching": smart})
-    items = correlate_sources([args.mbox], correlation, settings.untracked, strip_headers=args.strip_headers)
-    predictions = [item for item in _progress(items, enabled=not args.no_progress, desc="eval")
-                   if not isinstance(item, ParseFailure)]
-    result = evaluate(read_truth(args.truth), predictions)
+    modes = MODES if args.mode == "both" else (args.mode,)
+    runs = []
+    for name, mbox, truth in _eval_corpora(args):
+        runs += evaluate_corpus(name, mbox, truth, correlation, settings.untracked, modes=modes,
+                                progress=lambda items, desc: _progress(items, enabled=not args.no_progress, desc=desc))
     if args.json:
-        print(json.dumps({"strip_headers": args.strip_headers,
-                          "strategy": correlation.smart_matching.strategy,
-                          "settings_fingerprint": correlation.fingerprint(),
-                          **result.as_dict()}, indent=2))
-    else:
-        title = f"{args.mbox}  strip_headers={args.strip_headers}  strategy={correlation.smart_matching.strategy}"
-        print(format_table(result, title))
+        print(json.dumps({"runs": [run.as_dict() for run in runs]}, indent=2))
+        return 0
+    print(format_summary(runs))
+    if args.details:
+        for run in runs:
+            print("\n" + format_table(run.evaluation, f"{run.corpus}  {run.mode}  strategy={run.strategy}"))
     return 0
 
 
+def _eval_corpora(args: argparse.Namespace) -> list[tuple[str, Path, Path]]:
+    """(name, mbox, truth) of the one corpus --mbox/--truth name, else of every subfolder of
+    --corpus-dir holding both files."""
+    if args.mbox or args.truth:
+        if not (args.mbox and args.truth):
+            raise UserError("--mbox and --truth go together")
+        require_paths([args.mbox, args.truth])
+        return [(args.mbox, Path(args.mbox), Path(args.truth))]
+    folder = Path(args.corpus_dir)
+    if not folder.is_dir():
+        raise UserError(f"no corpus folder at {folder}: pass --corpus-dir DIR (subfolders with messages.mbox and "
+                        "truth.jsonl) or --mbox and --truth")
+    corpora = [(sub.name, sub / "messages.mbox", sub / "truth.jsonl") for sub in sorted(folder.iterdir())
+               if (sub / "messages.mbox").is_file() and (sub / "truth.jsonl").is_file()]
+    if not corpora:
+        raise UserError(f"{folder} has no corpus: no subfolder holds both messages.mbox and truth.jsonl")
+    return corpora
+
+
 def add_eval(command: CommandFactory) -> None:
-    evaluate = command("eval", cmd_eval, "Measure correlation accuracy against a ground truth.")
-    evaluate.add_argument("--mbox", required=True)
-    evaluate.add_argument("--truth", required=True, help="truth JSONL (one line per mail of the mbox)")
-    evaluate.add_argument("--strip-headers", action="store_true")
+    evaluate = command("eval", cmd_eval, "Measure correlation accuracy against a ground truth, on every corpus of a "
+                                         "folder or on one mbox.")
+    evaluate.add_argument("--corpus-dir", default=str(DEFAULT_CORPUS_DIR),
+                          help="evaluate every subfolder with messages.mbox and truth.jsonl (default: %(default)s)")
+    evaluate.add_argument("--mbox", help="evaluate this mbox instead (with --truth)")
+    evaluate.add_argument("--truth", help="truth JSONL of --mbox (one line per mail)")
+    evaluate.add_argument("--mode", choices=("both", "headers", "stripped"), default="both",
+                          help="with the threading headers, without them (--strip-headers), or both (default)")
+    evaluate.add_argument("--strip-headers", dest="mode", action="store_const", const="stripped",
+                          help="the same as --mode stripped")
     evaluate.add_argument("--strategy", choices=("dynamics", "evidence"), help="override the smart matching strategy")
-    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.add_argument("--details", action="store_true",
+                          help="after the table, per method and the largest groups of false links, for each run")
+    evaluate.add_argument("--json", action="store_true", help="print everything as JSON instead of tables")
     add_progress_flag(evaluate)
 
 
@@ -136,6 +164,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_demo(command: CommandFactory) -> None:
     demo = command("demo", cmd_demo, "Correlate a real corpus, score it and explain a few decisions.")
-    demo.add_argument("--corpus", default="../shared/corpus/ponymail", help="folder with messages.mbox and truth.jsonl")
+    demo.add_argument("--corpus", default=str(DEFAULT_CORPUS_DIR / "ponymail"), help="folder with messages.mbox and truth.jsonl")
     demo.add_argument("--out-dir", default="data/demo")
     add_progress_flag(demo)

@@ -1,0 +1,72 @@
+"""`threadline eval` over a folder of corpora or one mbox: one table, JSON, progress, errors."""
+
+from __future__ import annotations
+
+import json
+
+from pipeline.cli.main import main
+
+QUESTION = {"id": "q@one.example", "subject": "Printer queue stuck", "sender": "ann@one.example",
+            "body": "Every job since Monday waits in the queue forever."}
+ANSWER = {"id": "a@two.example", "subject": "Re: Printer queue stuck", "sender": "bob@two.example",
+          "in_reply_to": "q@one.example", "parent": "q@one.example", "root": "q@one.example",
+          "body": "> Every job since Monday waits in the queue forever.\n\nRestart the spooler."}
+OTHER = {"id": "n@three.example", "subject": "Holiday rota", "sender": "cat@three.example",
+         "body": "Who covers the desk in the last week of the year?"}
+
+
+def two_corpora(tmp_path, write_corpus):
+    write_corpus(tmp_path / "corpora" / "alpha", [QUESTION, ANSWER])
+    write_corpus(tmp_path / "corpora" / "beta", [QUESTION, OTHER, ANSWER])
+    (tmp_path / "corpora" / "notes").mkdir()  # no mbox: not a corpus
+    return tmp_path / "corpora"
+
+
+def test_one_table_for_every_corpus_in_both_modes(tmp_path, write_corpus, capsys):
+    folder = two_corpora(tmp_path, write_corpus)
+    assert main(["eval", "--corpus-dir", str(folder), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    lines = captured.out.splitlines()
+    assert "judged P" in lines[0] and "fallback P (n)" in lines[0] and "subject P / R" in lines[0]
+    assert [line.split()[:2] for line in lines[2:]] == [["alpha", "headers"], ["alpha", "stripped"],
+                                                        ["beta", "headers"], ["beta", "stripped"]]
+
+
+def test_json_has_every_run_with_methods_confusion_and_baselines(tmp_path, write_corpus, capsys):
+    folder = two_corpora(tmp_path, write_corpus)
+    assert main(["eval", "--corpus-dir", str(folder), "--mode", "stripped", "--json", "--no-progress"]) == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
+    assert [(run["corpus"], run["mode"], run["strip_headers"]) for run in runs] == [("alpha", "stripped", True),
+                                                                                     ("beta", "stripped", True)]
+    for run in runs:
+        assert run["overall"]["judged_link_precision"] == 1.0 and run["judged_mails"] == 1
+        assert set(run["baselines"]) == {"subject_grouping", "dynamics"}
+        assert run["baselines"]["subject_grouping"]["link_recall"] == 1.0
+        assert "false_links_by_evidence" in run and "fallback" in run and run["methods"]
+
+
+def test_progress_goes_to_stderr(tmp_path, write_corpus, capsys):
+    folder = two_corpora(tmp_path, write_corpus)
+    assert main(["eval", "--corpus-dir", str(folder), "--strip-headers"]) == 0
+    captured = capsys.readouterr()
+    assert "alpha: parse" in captured.err and "beta: stripped" in captured.err
+    assert "alpha: parse" not in captured.out
+
+
+def test_one_mbox_with_its_truth_and_details(tmp_path, write_corpus, capsys):
+    folder = write_corpus(tmp_path / "alpha", [QUESTION, ANSWER])
+    mbox, truth = str(folder / "messages.mbox"), str(folder / "truth.jsonl")
+    assert main(["eval", "--mbox", mbox, "--truth", truth, "--mode", "headers", "--details", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[2].startswith(mbox)
+    assert "InReplyTo" in out and "judged P %" in out
+
+
+def test_a_missing_corpus_folder_or_a_lone_mbox_is_a_user_error(tmp_path, capsys):
+    assert main(["eval", "--corpus-dir", str(tmp_path / "absent"), "--no-progress"]) == 2
+    assert f"no corpus folder at {tmp_path / 'absent'}" in capsys.readouterr().err
+    assert main(["eval", "--corpus-dir", str(tmp_path), "--no-progress"]) == 2
+    assert "has no corpus" in capsys.readouterr().err
+    assert main(["eval", "--mbox", str(tmp_path / "x.mbox")]) == 2
+    assert "--mbox and --truth go together" in capsys.readouterr().err
