@@ -24,6 +24,7 @@ ALERTS = "alerts"
 CRM_ENTITIES = "crm.entities"
 CAMPAIGNS = "campaigns"
 CONVERSIONS = "conversions"
+CORRECTIONS = "corrections"
 DEADLETTER = "deadletter"
 
 
@@ -60,6 +61,8 @@ TOPICS = (
     Topic(CRM_ENTITIES, table="crm_entities", address_fields=("email",), retention_ms=FOREVER),
     Topic(CAMPAIGNS, table="campaigns", retention_ms=FOREVER),
     Topic(CONVERSIONS, table="conversions", address_fields=("recipient",), retention_ms=FOREVER),
+    # People's corrections of the correlation: every replay applies them again.
+    Topic(CORRECTIONS, table="corrections", retention_ms=FOREVER),
     Topic(DEADLETTER, table="deadletter", key="key"),
 )
 

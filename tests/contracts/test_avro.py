@@ -12,7 +12,8 @@ from pipeline.contracts.avro import (
 )
 
 DESIGN_TOPICS = {"mail.raw", "mail.correlated", "mail.untracked", "mail.responses", "tracking.raw",
-                 "tracking.events", "escalations", "alerts", "crm.entities", "campaigns", "conversions", "deadletter"}
+                 "tracking.events", "escalations", "alerts", "crm.entities", "campaigns", "conversions", "deadletter",
+                 "corrections"}
 
 
 def _raw_record():

@@ -41,7 +41,7 @@ def test_the_raw_inputs_stay_out_of_clickhouse():
 
 def test_topics_are_created_with_the_registry_retention():
     kafka = KafkaSettings(topic_prefix="staging.", partitions=3)
-    inputs = {"mail.raw", "tracking.raw", "crm.entities", "campaigns", "conversions"}
+    inputs = {"mail.raw", "tracking.raw", "crm.entities", "campaigns", "conversions", "corrections"}
     for topic in TOPICS:
         created = new_topic(kafka, "staging." + topic.name, 3)
         assert created.num_partitions == 3
