@@ -17,9 +17,9 @@ T0 = datetime(2026, 5, 4, 8, 0, tzinfo=timezone.utc)
 
 
 def decision(message_id: str, parent: str | None = None, method: int = Method.NONE, *, subject: str = "",
-             days: float = 0, evidence: dict | None = None) -> Correlation:
+             days: float = 0, evidence: dict | None = None, confidence: float = 1.0) -> Correlation:
     return Correlation(tenant="default", message_id=message_id, conversation_id=f"c-{parent or message_id}",
-                       method=method, mail_type="reply" if parent else "new", direction="in",
+                       method=method, mail_type="reply" if parent else "new", direction="in", confidence=confidence,
                        event_time=T0 + timedelta(days=days), parent_message_id=parent, subject=subject,
                        evidence=evidence or {})
 
