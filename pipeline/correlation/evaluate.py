@@ -14,7 +14,8 @@ the evaluation also reports:
   parent carries headers, so judged recall equals recall on such a truth);
 - **fallback** links: links by a content method (not XHeader / InReplyTo) from mails whose
   headers named no mail indexed before them, the case where headers cannot decide;
-- a **confusion** summary: false links grouped by method and the shape of their evidence.
+- a **confusion** summary: false links grouped by method and the shape of their evidence;
+- **calibration**: links and their precision per band of ``Correlation.confidence``.
 
 Two reference rules are scored on the same truth: plain subject grouping (``subject_grouping``)
 and, by the caller, the Dynamics strategy.  Pure: no I/O here except reading the truth file.
@@ -42,6 +43,8 @@ NamedIds = Mapping[str, Sequence[str]]
 Link = tuple[str, str | None]
 # Groups of false links a text table shows (the JSON has them all).
 CONFUSION_SHOWN = 8
+# Confidence bands of the calibration, highest first: (lowest confidence in the band, label).
+CONFIDENCE_BANDS = ((0.9, ">=0.9"), (0.7, "0.7-0.9"), (0.5, "0.5-0.7"), (float("-inf"), "<0.5"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,8 @@ class Evaluation:
     fallback: LinkScore = field(default_factory=LinkScore)
     # "method: evidence signature" -> false links with that evidence
     confusion: dict[str, int] = field(default_factory=dict)
+    # confidence band label -> its links, every band present (highest first)
+    calibration: dict[str, LinkScore] = field(default_factory=lambda: {label: LinkScore() for _, label in CONFIDENCE_BANDS})
     pair_precision: float | None = None
     pair_recall: float | None = None
 
@@ -161,6 +166,7 @@ class Evaluation:
             data.update(judged_mails=self.judged_mails, judged_mails_with_parent=self.judged_with_parent,
                         fallback=self.fallback.as_dict())
         data["false_links_by_evidence"] = [{"group": group, "false_links": n} for group, n in self.top_confusion()]
+        data["calibration"] = [{"confidence": label, **score.as_dict()} for label, score in self.calibration.items()]
         return data
 
 
@@ -218,7 +224,8 @@ def evaluate(truth: Iterable[TruthRow], predictions: Iterable[Correlation], name
         recalled = correct and message_id in known.has_parent
         is_judged = message_id in judged
         result.judged_recalled += recalled and is_judged
-        groups = [result.methods.setdefault(prediction.method_name, LinkScore()), result.overall]
+        groups = [result.methods.setdefault(prediction.method_name, LinkScore()), result.overall,
+                  result.calibration[confidence_band(prediction.confidence)]]
         if named_ids is not None and prediction.method not in HEADER_METHODS and not named_known_mail[message_id]:
             groups.append(result.fallback)
         for group in groups:
@@ -231,6 +238,10 @@ def evaluate(truth: Iterable[TruthRow], predictions: Iterable[Correlation], name
     result.pair_precision = _ratio(same_both, sum(_pairs(n) for n in predicted_sizes.values()))
     result.pair_recall = _ratio(same_both, sum(_pairs(n) for n in true_sizes.values()))
     return result
+
+
+def confidence_band(confidence: float) -> str:
+    return next(label for lowest, label in CONFIDENCE_BANDS if confidence >= lowest)
 
 
 def evidence_signature(evidence: Mapping[str, Any]) -> str:
@@ -314,6 +325,11 @@ def format_table(evaluation: Evaluation, title: str = "") -> str:
     if judged:
         lines.append(f"judged recall {_percent(evaluation.judged_recall)} %; fallback links {evaluation.fallback.links}, "
                      f"precision {_percent(evaluation.fallback.precision)} %")
+    lines.append(f"{'confidence':<18}{'links':>7}{'correct':>9}{'precision %':>13}"
+                 + (f"{'judged P %':>12}" if judged else ""))
+    for label, score in evaluation.calibration.items():
+        lines.append(f"{label:<18}{score.links:>7}{score.correct_links:>9}{_percent(score.precision):>13}"
+                     + (f"{_percent(score.judged_precision):>12}" if judged else ""))
     top = evaluation.top_confusion(CONFUSION_SHOWN)
     if top:
         lines.append(f"false links by evidence (top {len(top)} of {len(evaluation.confusion)} groups):")
@@ -342,22 +358,24 @@ class CorpusRun:
 
 def format_summary(runs: Sequence[CorpusRun]) -> str:
     """One line per corpus and mode: the engine's judged precision, recall, precision over all
-    links and fallback links beside the reference rules' precision / recall (all in %)."""
+    links, fallback links and links of confidence >= 0.9 beside the reference rules' precision /
+    recall (all in %)."""
 
     def pair(score: dict | None) -> str:
         if score is None:
             return "-"
         return f"{_percent(score['link_precision'])} / {_percent(score['link_recall'])}"
 
-    header = ("corpus", "mode", "judged P", "recall", "P all links", "fallback P (n)", "subject P / R",
-              "Dynamics P / R")
+    header = ("corpus", "mode", "judged P", "recall", "P all links", "fallback P (n)", "conf>=0.9 P (n)",
+              "subject P / R", "Dynamics P / R")
     rows = [header]
     for run in runs:
         result = run.evaluation
         fallback = f"{_percent(result.fallback.precision)} ({result.fallback.links})" if result.headers_known else "-"
+        sure = result.calibration[CONFIDENCE_BANDS[0][1]]
         rows.append((run.corpus, run.mode, _percent(result.overall.judged_precision), _percent(result.recall),
-                     _percent(result.overall.precision), fallback, pair(run.baselines.get("subject_grouping")),
-                     pair(run.baselines.get("dynamics"))))
+                     _percent(result.overall.precision), fallback, f"{_percent(sure.precision)} ({sure.links})",
+                     pair(run.baselines.get("subject_grouping")), pair(run.baselines.get("dynamics"))))
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     lines = ["  ".join(cell.ljust(width) if column < 2 else cell.rjust(width)
                        for column, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]

@@ -44,6 +44,7 @@ def test_json_has_every_run_with_methods_confusion_and_baselines(tmp_path, write
         assert set(run["baselines"]) == {"subject_grouping", "dynamics"}
         assert run["baselines"]["subject_grouping"]["link_recall"] == 1.0
         assert "false_links_by_evidence" in run and "fallback" in run and run["methods"]
+        assert [band["confidence"] for band in run["calibration"]] == [">=0.9", "0.7-0.9", "0.5-0.7", "<0.5"]
 
 
 def test_progress_goes_to_stderr(tmp_path, write_corpus, capsys):
@@ -60,7 +61,7 @@ def test_one_mbox_with_its_truth_and_details(tmp_path, write_corpus, capsys):
     assert main(["eval", "--mbox", mbox, "--truth", truth, "--mode", "headers", "--details", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[2].startswith(mbox)
-    assert "InReplyTo" in out and "judged P %" in out
+    assert "InReplyTo" in out and "judged P %" in out and ">=0.9" in out
 
 
 def test_a_missing_corpus_folder_or_a_lone_mbox_is_a_user_error(tmp_path, capsys):

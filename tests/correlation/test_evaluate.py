@@ -78,6 +78,19 @@ def test_false_links_are_grouped_by_method_and_the_shape_of_their_evidence():
                                                               "false_links": 2}
 
 
+def test_calibration_counts_links_and_precision_per_confidence_band():
+    decisions = [decision("a"), decision("b", "a", Method.IN_REPLY_TO, confidence=0.9),
+                 decision("c", "b", Method.SMART_MATCHING, confidence=0.7),
+                 decision("d", "b", Method.SMART_MATCHING, confidence=0.69), decision("e", confidence=0.2),
+                 decision("f", "e", Method.SMART_MATCHING, confidence=0.1)]
+    result = evaluate(TRUTH, decisions, NAMED)
+    assert [(label, band.links, band.precision, band.judged_links) for label, band in result.calibration.items()] == [
+        (">=0.9", 1, 1.0, 1), ("0.7-0.9", 1, 0.0, 0), ("0.5-0.7", 1, 0.0, 1), ("<0.5", 1, 1.0, 1)]
+    assert result.as_dict()["calibration"][1] == {"confidence": "0.7-0.9", "links": 1, "correct_links": 0,
+                                                  "link_precision": 0.0, "judged_links": 0,
+                                                  "judged_correct_links": 0, "judged_link_precision": None}
+
+
 def test_evidence_signature_names_truthy_keys_and_buckets_numbers():
     evidence = {"strategy": "evidence", "subject_hashes": ["arm"], "matched_addresses": [], "quoted_lines": 5,
                 "score": 13.5, "weight": 0.42, "attribution": None, "same_subject": False, "series": "2/5"}
@@ -136,5 +149,6 @@ def test_evaluate_corpus_reports_both_modes_and_the_references(tmp_path, write_c
     assert (subject["links"], subject["correct_links"], subject["link_recall"]) == (3, 2, 1.0)
     assert runs[1].baselines["dynamics"]["link_recall"] is not None
     table = format_summary(runs).splitlines()
-    assert table[0].split()[:4] == ["corpus", "mode", "judged", "P"] and len(table) == 4
+    assert table[0].split()[:4] == ["corpus", "mode", "judged", "P"] and "conf>=0.9 P (n)" in table[0]
+    assert len(table) == 4
     assert table[2].startswith("tiny") and "headers" in table[2] and "100.00" in table[2]
