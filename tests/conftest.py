@@ -78,11 +78,11 @@ def clickhouse_factory(chdb_path):
 @pytest.fixture
 def write_corpus():
     """Write a corpus folder (messages.mbox + truth.jsonl, the shared corpus format) from mails
-    given as dicts: id, subject, sender, minutes after a fixed start, body, optional in_reply_to /
+    given as dicts: id, subject, sender (a From header value), minutes after a fixed start, body, optional in_reply_to /
     references, and the truth: parent and root (ids without angle brackets; root defaults to id)."""
     import json
     from datetime import datetime, timedelta, timezone
-    from email.utils import format_datetime
+    from email.utils import format_datetime, parseaddr
 
     start = datetime(2026, 5, 4, 8, 0, tzinfo=timezone.utc)
 
@@ -98,7 +98,7 @@ def write_corpus():
                     headers.append(f"In-Reply-To: <{mail['in_reply_to']}>")
                 if mail.get("references"):
                     headers.append("References: " + " ".join(f"<{ref}>" for ref in mail["references"]))
-                mbox.write(f"From {mail['sender']} {date.strftime('%a %b %d %H:%M:%S %Y')}\n"
+                mbox.write(f"From {parseaddr(mail['sender'])[1]} {date.strftime('%a %b %d %H:%M:%S %Y')}\n"
                            + "\n".join(headers) + "\n\n" + mail.get("body", "Hello.") + "\n\n")
                 parent = mail.get("parent")
                 truth.write(json.dumps({"index": index, "message_id": f"<{mail['id']}>",

@@ -115,15 +115,17 @@ def test_score_links_measures_a_reference_rule_on_the_truth():
 
 # -------------------------------------------------------------------- on a hand-made corpus
 QUESTION = "The build stops at the linker step with an undefined symbol.\nIt worked last week on the same board."
-ANSWER = "> The build stops at the linker step with an undefined symbol.\n\nUpgrade binutils, the old one drops it."
+ANSWER = ("> The build stops at the linker step with an undefined symbol.\n\nUpgrade binutils, the old one drops it.\n"
+          "Then run the configure step again from a clean tree.")
 TINY_CORPUS = [
     {"id": "q@one.example", "subject": "Build fails on the ARM board", "sender": "ann@one.example", "body": QUESTION},
-    {"id": "r@two.example", "subject": "Re: Build fails on the ARM board", "sender": "bob@two.example",
+    {"id": "r@two.example", "subject": "Re: Build fails on the ARM board", "sender": "Bob Baker <bob@two.example>",
      "in_reply_to": "q@one.example", "references": ["q@one.example"], "body": ANSWER, "parent": "q@one.example",
      "root": "q@one.example"},
-    # A reply without threading headers: the truth makes it a thread start.
+    # A reply without threading headers (it quotes the answer and names its author): the truth
+    # makes it a thread start.
     {"id": "s@three.example", "subject": "Re: Build fails on the ARM board", "sender": "cat@three.example",
-     "body": "Bob wrote:\n" + "\n".join(f"> {line}" for line in ANSWER.splitlines()) + "\n\nThat fixed it here too."},
+     "body": "Bob Baker wrote:\n" + "\n".join(f"> {line}" for line in ANSWER.splitlines()) + "\n\nThat fixed it here too."},
     {"id": "v@one.example", "subject": "Release vote for the next version", "sender": "ann@one.example",
      "body": "Please vote on the release candidate by Friday."},
     {"id": "w@two.example", "subject": "Re: Release vote for the next version", "sender": "bob@two.example",
