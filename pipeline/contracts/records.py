@@ -105,6 +105,7 @@ def correlated_record(correlation: Correlation, mailbox: str, position: SourcePo
         "event_time": correlation.event_time,
         "tracking_token": correlation.tracking_token,
         "candidate_count": correlation.candidate_count,
+        "confidence": correlation.confidence,
         "evidence": json.dumps(correlation.evidence, sort_keys=True, ensure_ascii=False, default=str),
         "subject": correlation.subject,
         "from_addr": correlation.from_addr,

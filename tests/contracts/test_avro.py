@@ -1,10 +1,13 @@
 """Avro wire format, the embedded registry, and the backward-compatibility gate on schemas/."""
 
+import io
 import json
 import shutil
 from datetime import datetime, timezone
 
 import pytest
+from fastavro import parse_schema, schemaless_writer
+from fastavro.utils import generate_one
 
 from pipeline.contracts.avro import (
     SCHEMA_DIR, AvroCodec, AvroDecodeError, EmbeddedRegistry, SchemaError, backward_problems, check_schemas,
@@ -38,6 +41,19 @@ def test_round_trip_in_confluent_wire_format():
     data = codec.encode("mail.raw", _raw_record())
     assert data[0] == 0 and int.from_bytes(data[1:5], "big") == EmbeddedRegistry().id_for("mail.raw")
     assert codec.decode("mail.raw", data) == _raw_record()
+
+
+def test_mail_correlated_written_before_confidence_reads_as_certain():
+    first = json.loads((SCHEMA_DIR / "registry.json").read_text())["subjects"]["mail.correlated-value"][0]
+    old_schema = parse_schema(json.loads((SCHEMA_DIR / first["schema"]).read_text()))
+    old_record = {**generate_one(old_schema), "event_time": datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)}
+    data = io.BytesIO()
+    data.write(b"\x00" + first["id"].to_bytes(4, "big"))
+    schemaless_writer(data, old_schema, old_record)
+    codec = AvroCodec(EmbeddedRegistry())
+    assert codec.decode("mail.correlated", data.getvalue()) == {**old_record, "confidence": 1.0}
+    doubted = {**old_record, "confidence": 0.25}
+    assert codec.decode("mail.correlated", codec.encode("mail.correlated", doubted)) == doubted
 
 
 @pytest.mark.parametrize("data, reason", [

@@ -2,13 +2,22 @@
 
 import json
 import shutil
+import uuid
+from datetime import datetime, timezone
 
 import pytest
 
 from pipeline.contracts.avro import SCHEMA_DIR
+from pipeline.contracts.records import SourcePosition, correlated_record
 from pipeline.contracts.topics import BY_NAME, SINK_TOPICS
-from pipeline.sinks.clickhouse import migrations
+from pipeline.correlation.methods.base import Method
+from pipeline.correlation.model import Correlation
+from pipeline.settings import ClickHouseSettings
+from pipeline.sinks import clickhouse
+from pipeline.sinks.clickhouse import ClickHouseStore, migrations, rows_for
 from pipeline.sinks.tables import expected_columns
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 
 
 def column_mismatches(store, schema_dir=SCHEMA_DIR) -> dict[str, tuple[list, list]]:
@@ -52,3 +61,33 @@ def test_migrations_apply_once_in_order(clickhouse_factory):
     assert store.migrate() == []  # the fixture migrated already: nothing left to do
     applied = store.query("SELECT version FROM {db}.schema_migrations FINAL ORDER BY version").result_rows
     assert [row[0] for row in applied] == versions
+
+
+def correlated_rows(message_id: str, confidence: float) -> tuple[list[str], list[list]]:
+    """What the sink inserts for one SmartMatching link of ``message_id``."""
+    correlation = Correlation(tenant="acme", message_id=message_id, conversation_id="c-1", method=Method.SMART_MATCHING,
+                              mail_type="reply", direction="in", event_time=T0, confidence=confidence,
+                              parent_message_id="<parent@test>")
+    return rows_for("mail.correlated", [(0, 0, correlated_record(correlation, "support", SourcePosition("mail.raw", 0, 0)))], T0)
+
+
+@pytest.mark.integration  # starts chDB
+def test_the_confidence_migration_keeps_older_rows_as_certain_and_the_latest_view_shows_it(chdb_path, monkeypatch):
+    every = migrations()
+    version, name, _ = next(m for m in every if m[1].endswith("_correlation_confidence.sql"))
+    monkeypatch.setattr(clickhouse, "migrations", lambda: [m for m in every if m[0] < version])
+    store = ClickHouseStore(ClickHouseSettings(database=f"t_{uuid.uuid4().hex[:10]}"), chdb_path)
+    try:
+        store.migrate()  # a database as the release before left it
+        columns, rows = correlated_rows("<old@test>", 0.3)
+        at = columns.index("confidence")
+        store.insert("mail_correlated", [row[:at] + row[at + 1:] for row in rows], columns[:at] + columns[at + 1:])
+        monkeypatch.setattr(clickhouse, "migrations", lambda: every)
+        assert name in store.migrate()
+        assert column_mismatches(store) == {}
+        columns, rows = correlated_rows("<new@test>", 0.3)
+        store.insert("mail_correlated", rows, columns)
+        latest = store.query("SELECT message_id, confidence FROM {db}.mail_correlated_latest ORDER BY message_id")
+        assert latest.result_rows == [("<new@test>", 0.3), ("<old@test>", 1.0)]
+    finally:
+        store.client.command(f"DROP DATABASE IF EXISTS {store.database}")
