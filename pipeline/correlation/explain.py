@@ -45,13 +45,30 @@ def describe(correlation: dict[str, Any]) -> str:
                      f"({correlation.get('method')}), {correlation.get('candidate_count', 0)} candidate(s)")
         strategy = strategy_labelled(method)
         lines.append(f"  because:      {strategy.explain(evidence) if strategy else 'no rule matched'}")
+    elif evidence.get("abstained"):
+        lines.extend(_abstention(evidence["abstained"]))
     else:
         lines.append("  new conversation: " + (
             f"a forward, and forwards_as_replies is off (it would have joined {evidence['would_match']})"
             if evidence.get("forward_not_reply") else "no rule found an earlier mail"))
+    if "confidence" in correlation:  # not in decisions written before confidence existed
+        lines.append(f"  confidence:   {correlation['confidence']:.2f}")
     if correlation.get("regarding"):
         lines.append(f"  regarding:    {correlation['regarding']}")
     response = correlation.get("response")
     if response:
         lines.append(f"  answers:      {response['answers_message_id']} after {response['seconds'] / 3600:.1f} h")
     return "\n".join(lines)
+
+
+def _abstention(abstained: dict[str, Any]) -> list[str]:
+    """The lines for a mail a content method would have linked had it been surer."""
+    method = abstained.get("method")
+    strategy = strategy_labelled(method)
+    because = strategy.explain(abstained.get("evidence") or {}) if strategy else "no rule matched"
+    return [
+        "  new conversation: no method was sure enough of an earlier mail",
+        f"  would match:  {abstained.get('would_match')}  by {method}, because {because}",
+        f"  abstained:    its confidence {abstained.get('confidence', 0):.2f} is below min_confidence "
+        f"{abstained.get('min_confidence', 0):.2f}",
+    ]

@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.correlation import thread_index
 from pipeline.correlation.engine import Correlator
+from pipeline.correlation.explain import describe
 from pipeline.correlation.index import CLOCK_QUORUM
 from pipeline.correlation.methods.base import Method
 from pipeline.correlation.methods.conversation_index import ConversationIndex
@@ -83,6 +84,22 @@ def test_a_content_match_below_min_confidence_abstains(sure):
     assert abstained["evidence"]["same_subject"]
     assert result.confidence == pytest.approx(0.7)
     assert engine.index.get("<b@test>").method == Method.NONE
+
+
+def test_explain_shows_the_confidence_and_what_would_have_matched(sure):
+    sure(SmartMatching, 0.3)
+    engine = correlator(min_confidence=0.5)
+    engine.correlate(mail("a"))
+    doubted = engine.correlate(mail("b", subject="Re: Quarterly numbers", minutes=1))
+    text = describe(doubted.to_dict())
+    assert "new conversation: no method was sure enough of an earlier mail" in text
+    because = SmartMatching().explain(doubted.evidence["abstained"]["evidence"])
+    assert f"would match:  <a@test>  by SmartMatching, because {because}" in text and "subject hashes agree" in because
+    assert "abstained:    its confidence 0.30 is below min_confidence 0.50" in text
+    assert "confidence:   0.70" in text
+    linked = engine.correlate(mail("c", subject="x", minutes=2, in_reply_to=("<a@test>",))).to_dict()
+    assert "confidence:   1.00" in describe(linked)
+    assert "confidence:" not in describe({key: value for key, value in linked.items() if key != "confidence"})
 
 
 def test_a_content_match_at_min_confidence_links(sure):
