@@ -23,13 +23,14 @@ from typing import Callable
 
 from pipeline.correlation import subject as subjects
 from pipeline.correlation import tokens
+from pipeline.correlation.corrections import Correction, CorrectionBook, apply_correction, corrected_match
 from pipeline.correlation.identity import COLLISION_FLAG, content_digest, derived_ids
 from pipeline.correlation.index import CorrelationIndex, MailStore
 from pipeline.correlation.methods.base import (
     FUTURE_SLACK_S, STRATEGIES, MailFacts, Match, Method, canonical_code, has_hook, method_label, recency,
 )
 from pipeline.correlation.methods.xheader import parse_xref
-from pipeline.correlation.model import Correlation, IndexedMail, Response, stable_event_id
+from pipeline.correlation.model import Correlation, IndexedMail, Response, own_conversation_id
 from pipeline.mail.record import MailRecord
 from pipeline.settings import CorrelationSettings, UntrackedSettings
 
@@ -134,6 +135,7 @@ class Correlator:
         generation: int = 0,
         custom_rule: CustomRule | None = None,
         regarding_resolver: RegardingResolver | None = None,
+        corrections: CorrectionBook | None = None,
     ) -> None:
         self.settings = settings
         self.tenant = tenant
@@ -153,6 +155,7 @@ class Correlator:
         self.index = CorrelationIndex(store, tuple(
             partial(strategy.index_keys, self) for strategy in methods if has_hook(strategy, "index_keys")))
         self.regarding_resolver = regarding_resolver
+        self.corrections = corrections if corrections is not None else CorrectionBook()
         self._own_domains = frozenset(d.lower() for d in self.untracked.own_domains)
         self._excluded_addresses = frozenset(a.lower() for a in self.untracked.excluded_addresses)
         self._excluded_domains = frozenset(d.lower() for d in self.untracked.excluded_domains)
@@ -188,10 +191,14 @@ class Correlator:
         mail_type = facts.mail_type
 
         mail_facts = MailFacts(mail, ts, facts, addresses, token)
-        match, abstained = self._match(mail_facts)
+        # A person's correction of this mail outranks every method (correlation.corrections).
+        correction = self.corrections.deciding(message_id, index)
+        match, abstained = (corrected_match(correction, index), None) if correction else self._match(mail_facts)
         evidence: dict = {}
         confidence = 1.0
-        if match is not None and mail_type == "forward" and not self.settings.forwards_as_replies:
+        if correction is not None:
+            evidence = correction.evidence()
+        elif match is not None and mail_type == "forward" and not self.settings.forwards_as_replies:
             evidence = {"forward_not_reply": True, "would_match": match.parent.message_id,
                         "would_method": method_label(match.method)}
             match = None
@@ -206,8 +213,8 @@ class Correlator:
 
         if match is None:
             parent = None
-            method = Method.NONE
-            conversation_id = "c-" + stable_event_id("conversation", self.tenant, message_id)[:16]
+            method = Method.NONE if correction is None else Method.CORRECTION
+            conversation_id = own_conversation_id(self.tenant, message_id)
             regarding = self._regarding_without_parent(mail)
             candidate_count = 0
         else:
@@ -254,6 +261,11 @@ class Correlator:
             campaign_id=mail.campaign_id,
             content_digest=digest,
             clock_time=_clock_time(mail),
+            subject=mail.subject,
+            to=mail.to,
+            cc=mail.cc,
+            bcc=mail.bcc,
+            mailbox=mail.mailbox,
             **method_fields,
         ))
         return self._result(
@@ -269,6 +281,17 @@ class Correlator:
             response=response,
             flags=(COLLISION_FLAG,) if collision is not None else (),
         )
+
+    def correct(self, correction: Correction) -> list[Correlation]:
+        """Apply a correction to the mail already indexed (it came after them); the corrected
+        decision of every mail it changed, for a consumer that keeps the newest decision per mail."""
+        return [self._indexed_result(entry, evidence) for entry, evidence in
+                apply_correction(correction, self.index, self.tenant)]
+
+    def corrections_after(self, message_id: str) -> list[Correlation]:
+        """Apply the corrections that name the mail just indexed under ``message_id`` (a MERGE of
+        its conversation, a LINK to it that waited for it); the decisions they changed."""
+        return [result for correction in self.corrections.naming(message_id) for result in self.correct(correction)]
 
     def indexed_id(self, mail: MailRecord) -> str:
         """The id ``mail`` is indexed under, or would be if it were correlated now: its Message-ID,
@@ -426,7 +449,7 @@ class Correlator:
         return Correlation(
             tenant=self.tenant,
             message_id=message_id,
-            conversation_id=conversation_id or "c-" + stable_event_id("conversation", self.tenant, message_id)[:16],
+            conversation_id=conversation_id or own_conversation_id(self.tenant, message_id),
             method=method,
             confidence=confidence,
             mail_type=mail_type or subjects.mail_type_from_subject(mail.subject),  # type: ignore[arg-type]
@@ -441,4 +464,19 @@ class Correlator:
             cc=mail.cc,
             bcc=mail.bcc,
             **decision,
+        )
+
+    def _indexed_result(self, entry: IndexedMail, evidence: dict) -> Correlation:
+        """The decision an index entry holds, as ``_result`` writes it for a mail."""
+        return Correlation(
+            tenant=self.tenant, message_id=entry.message_id, conversation_id=entry.conversation_id,
+            method=canonical_code(entry.method), confidence=entry.confidence,
+            mail_type=entry.mail_type,  # type: ignore[arg-type]
+            direction=entry.direction, event_time=datetime.fromtimestamp(entry.event_time, timezone.utc),
+            generation=self.generation, settings_fingerprint=self.fingerprint,
+            parent_message_id=entry.parent_message_id, regarding=entry.regarding, tracking_token=entry.tracking_token,
+            # The index keeps no candidate count: a link names its one parent.
+            candidate_count=int(entry.parent_message_id is not None),
+            evidence=evidence, subject=entry.subject,
+            from_addr=entry.from_addr, to=entry.to, cc=entry.cc, bcc=entry.bcc,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.correlation.corrections import corrected_by
 from pipeline.correlation.methods.base import strategy_labelled
 
 _UNTRACKED = {
@@ -29,6 +30,7 @@ def describe(correlation: dict[str, Any]) -> str:
     evidence = correlation.get("evidence") or {}
     reason = correlation.get("untracked_reason")
     collision = evidence.get("message_id_collision")
+    correction = corrected_by(evidence)
     if collision:
         lines.append(f"  collision:    its Message-ID {collision.get('message_id')} belongs to another mail with "
                      f"different content; tracked under this derived id (content {collision.get('content_digest')})")
@@ -44,7 +46,10 @@ def describe(correlation: dict[str, Any]) -> str:
         lines.append(f"  linked to:    {correlation['parent_message_id']}  by {method} "
                      f"({correlation.get('method')}), {correlation.get('candidate_count', 0)} candidate(s)")
         strategy = strategy_labelled(method)
-        lines.append(f"  because:      {strategy.explain(evidence) if strategy else 'no rule matched'}")
+        if strategy is not None and not evidence.get("follows"):
+            lines.append(f"  because:      {strategy.explain(evidence)}")
+    elif correction is not None:
+        lines.append("  new conversation: a person said so")
     elif evidence.get("abstained"):
         lines.extend(_abstention(evidence["abstained"]))
     else:
@@ -53,6 +58,8 @@ def describe(correlation: dict[str, Any]) -> str:
             if evidence.get("forward_not_reply") else "no rule found an earlier mail"))
     if "confidence" in correlation:  # not in decisions written before confidence existed
         lines.append(f"  confidence:   {correlation['confidence']:.2f}")
+    if correction is not None:
+        lines.append(f"  corrected:    {correction}")
     if correlation.get("regarding"):
         lines.append(f"  regarding:    {correlation['regarding']}")
     response = correlation.get("response")

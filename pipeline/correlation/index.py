@@ -252,6 +252,10 @@ class CorrelationIndex:
     def get(self, message_id: str) -> IndexedMail | None:
         return self._live.get(message_id)
 
+    def entries(self) -> list[IndexedMail]:
+        """Every live entry (a snapshot: the caller may add entries while it goes through them)."""
+        return list(self._live.values())
+
     def ids(self, name: str, key, at_most: int | None = None) -> list[str]:
         """Live mails found under ``key`` in the lookup ``name``, oldest arrival first; [] when more
         than ``at_most`` live mails have the key (it says nothing about any one of them)."""

@@ -49,6 +49,14 @@ class IndexedMail:
     # later than its arrival; None for mail without a Date, whose arrival time (an ingest of an old
     # mailbox: today) says nothing about when it was written.
     clock_time: float | None = None
+    # What a corrected decision of this mail is written with when a correction comes after the
+    # mail (correlation.corrections): its subject, recipients and mailbox ("" / () in entries
+    # written before corrections existed).
+    subject: str = ""
+    to: tuple[str, ...] = ()
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+    mailbox: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         # Flat fields only: a direct read is ~10x faster than dataclasses.asdict's deep copy,
@@ -59,7 +67,7 @@ class IndexedMail:
     def from_dict(cls, data: dict[str, Any]) -> IndexedMail:
         # An entry written by an older version may hold a field this one dropped.
         values = {name: value for name, value in data.items() if name in _INDEXED_MAIL_FIELDS}
-        for name in ("subject_words", "addresses", "own_line_hashes", "references"):
+        for name in ("subject_words", "addresses", "own_line_hashes", "references", "to", "cc", "bcc"):
             values[name] = tuple(values.get(name) or ())
         return cls(**values)
 
@@ -130,6 +138,11 @@ class Correlation:
         if self.response is not None:
             data["response"]["inbound_time"] = self.response.inbound_time.isoformat()
         return data
+
+
+def own_conversation_id(tenant: str, message_id: str) -> str:
+    """The conversation a mail starts when it has no parent."""
+    return "c-" + stable_event_id("conversation", tenant, message_id)[:16]
 
 
 def stable_event_id(*parts: str) -> str:

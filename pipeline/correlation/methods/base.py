@@ -24,7 +24,8 @@ FUTURE_SLACK_S = 86_400.0
 
 
 class Method(IntEnum):
-    """The codes of Dataverse ``correlationmethod``; NONE and SKIPPED are outcomes, not strategies."""
+    """The codes of Dataverse ``correlationmethod``; NONE and SKIPPED are outcomes, not strategies,
+    and so is CORRECTION (8, beyond Dataverse): a person decided (``correlation.corrections``)."""
 
     NONE = 0
     SKIPPED = 1
@@ -34,6 +35,7 @@ class Method(IntEnum):
     CONVERSATION_INDEX = 5
     SMART_MATCHING = 6
     CUSTOM = 7
+    CORRECTION = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +107,7 @@ def recency(entry: IndexedMail) -> tuple[float, str]:
 # Code -> strategy, in match order.  Codes map back to the canonical code object, so a duplicate
 # delivery reports ``Method.IN_REPLY_TO`` again, not the bare int read from the index.
 STRATEGIES: dict[int, MethodStrategy] = {}
-_OUTCOME_LABELS = {Method.NONE: "None", Method.SKIPPED: "Skipped"}
+_OUTCOME_LABELS = {Method.NONE: "None", Method.SKIPPED: "Skipped", Method.CORRECTION: "Correction"}
 
 
 def register(strategy: MethodStrategy) -> None:

@@ -22,7 +22,7 @@ class SameSender(MethodStrategy):
     """Toy method, defined here alone: the newest mail from the same sender, under a lookup of its
     own, with a switch of its own."""
 
-    code = 8
+    code = 9  # the first code not taken (8 is Correction)
     label = "SameSender"
 
     def __init__(self) -> None:
@@ -79,10 +79,10 @@ def test_a_registered_strategy_is_matched_and_explained(toy):
     engine = Correlator(CorrelationSettings(), clock=lambda: T0)
     engine.correlate(mail("<a@test>", "Invoice", 0))
     result = engine.correlate(mail("<b@test>", "Printer broken", 5))
-    assert (result.method, result.method_name, result.parent_message_id) == (8, "SameSender", "<a@test>")
+    assert (result.method, result.method_name, result.parent_message_id) == (9, "SameSender", "<a@test>")
     record = result.to_dict()
-    assert (record["method"], record["method_name"]) == (8, "SameSender")
-    assert "by SameSender (8)" in describe(record)
+    assert (record["method"], record["method_name"]) == (9, "SameSender")
+    assert "by SameSender (9)" in describe(record)
     assert "because:      it comes from ann@customer.example, like the parent" in describe(record)
     # A duplicate delivery reports the method read back from the index again.
     assert engine.correlate(mail("<b@test>", "Printer broken", 5)).method_name == "SameSender"
