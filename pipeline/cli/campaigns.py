@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.cli.common import (CommandFactory, UserError, add_tenant, as_user_error, avro_codec, broker_bootstrap,
-                                 delivery_summary, open_store, print_table, refuse_unsafe_keys, settings_from)
+                                 delivery_summary, open_store, print_table, produce_one, refuse_unsafe_keys,
+                                 settings_from)
 from pipeline.contracts.records import campaign_record, conversion_record
 from pipeline.contracts.topics import CAMPAIGNS, CONVERSIONS
 from pipeline.settings import Settings
@@ -47,19 +48,6 @@ def add_mark(command: CommandFactory) -> None:
     mark.add_argument("--recipient", metavar="ADDR", help="recipient the tokens name (default: the only one)")
 
 
-def _produce_one(settings: Settings, topic: str, tenant: str, record: dict) -> None:
-    from pipeline.broker import create_topics
-    from pipeline.runtime.producer import RecordProducer
-
-    bootstrap = broker_bootstrap(settings)
-    create_topics(settings.kafka, bootstrap)
-    producer = RecordProducer(settings.kafka, bootstrap)
-    producer.produce(topic, tenant.encode(), avro_codec(settings).encode(topic, record))
-    report = producer.finish(30)
-    if report.errors:
-        raise UserError(f"not delivered to {topic}: {report.errors[0]}")
-
-
 def cmd_campaign_create(args: argparse.Namespace) -> int:
     from pipeline.correlation.model import stable_event_id
 
@@ -67,7 +55,7 @@ def cmd_campaign_create(args: argparse.Namespace) -> int:
         raise UserError("--cost cannot be negative")
     now = datetime.now(timezone.utc)
     # A new event id per update: the newest version (by updated_at) wins in ClickHouse.
-    _produce_one(settings_from(args), CAMPAIGNS, args.tenant, campaign_record(
+    produce_one(settings_from(args), CAMPAIGNS, args.tenant, campaign_record(
         stable_event_id("campaign", args.tenant, args.campaign, now.isoformat()), args.tenant, args.campaign,
         name=args.name, cost=args.cost, currency=args.currency, started_at=now, updated_at=now))
     print(f"campaign {args.campaign} recorded", file=sys.stderr)
@@ -185,7 +173,7 @@ def add_campaign(command: CommandFactory) -> None:
 def cmd_convert(args: argparse.Namespace) -> int:
     if args.revenue < 0:
         raise UserError("--revenue cannot be negative")
-    _produce_one(settings_from(args), CONVERSIONS, args.tenant, conversion_record(
+    produce_one(settings_from(args), CONVERSIONS, args.tenant, conversion_record(
         uuid.uuid4().hex, args.tenant, args.campaign, recipient=args.recipient, message_id=args.message_id,
         revenue=args.revenue, currency=args.currency, event_time=datetime.now(timezone.utc)))
     print(f"conversion of {args.revenue:.2f} {args.currency} recorded for {args.campaign}", file=sys.stderr)

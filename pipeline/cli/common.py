@@ -57,6 +57,27 @@ def broker_bootstrap(settings: Settings) -> str:
     return settings.kafka.bootstrap
 
 
+def produce_one(settings: Settings, topic: str, tenant: str, record: dict, timeout_s: float = 10.0) -> None:
+    """Write one record keyed by ``tenant`` and wait for the broker's acknowledgement; a broker
+    that cannot be reached within ``timeout_s`` is the user's error."""
+    from confluent_kafka import KafkaException
+
+    from pipeline.broker import BrokerError, create_topics
+    from pipeline.runtime.producer import RecordProducer
+
+    bootstrap = broker_bootstrap(settings)
+    value = avro_codec(settings).encode(topic, record)
+    try:
+        create_topics(settings.kafka, bootstrap, timeout_s=timeout_s)
+    except (KafkaException, BrokerError) as exc:
+        raise UserError(f"cannot reach the broker at {bootstrap} ({exc}); is it running (`threadline up`)?") from exc
+    producer = RecordProducer(settings.kafka, bootstrap)
+    producer.produce(topic, tenant.encode(), value)
+    report = producer.finish(timeout_s)
+    if report.errors:
+        raise UserError(f"not delivered to {topic}: {report.errors[0]}")
+
+
 def avro_codec(settings: Settings):
     from pipeline.contracts.avro import AvroCodec, registry_from_settings
 
@@ -104,5 +125,21 @@ def add_progress_flag(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
+def tenant_value(value: str) -> str:
+    """A ``--tenant``: the record key and the first part of every table key (runtime/state.py),
+    so not empty and without control characters (the table keys' separator is one)."""
+    if not value.strip() or any(ord(character) < 32 or ord(character) == 127 for character in value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a tenant: give a non-empty name without control characters")
+    return value
+
+
 def add_tenant(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--tenant", default="default")
+    sub.add_argument("--tenant", default="default", type=tenant_value)
+
+
+def message_id_value(value: str) -> str:
+    """A Message-ID as a user types it, with or without its angle brackets."""
+    value = value.strip()
+    if not value or any(character.isspace() for character in value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a Message-ID")
+    return value if value.startswith("<") else f"<{value}>"

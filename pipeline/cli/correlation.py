@@ -1,15 +1,18 @@
-"""Correlation without a broker: correlate mailboxes into JSONL, explain one decision, measure the
-accuracy against a ground truth, and the demo that does all three on a real corpus."""
+"""Correlation: correlate mailboxes into JSONL, explain one decision, measure the accuracy against a
+ground truth, the demo that does all three on a real corpus (no broker), and people's corrections,
+written to the broker for the correlator."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.cli.common import (CommandFactory, UserError, add_progress_flag, add_tenant, progress_bar, require_paths,
-                                 settings_from)
+from pipeline.cli.common import (CommandFactory, UserError, add_progress_flag, add_tenant, as_user_error,
+                                 message_id_value, produce_one, progress_bar, require_paths, settings_from)
 
 DEFAULT_CORRELATIONS = Path("data") / "correlations.jsonl"
 # The shared corpora beside the project, as `demo --corpus` finds them (relative to the working folder).
@@ -65,9 +68,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     path = Path(args.source)
     if not path.is_file():
         raise UserError(f"{path} does not exist: run `threadline correlate MAILBOX -o {path}` first")
-    wanted = args.message_id.strip()
-    if not wanted.startswith("<"):
-        wanted = f"<{wanted}>"
+    wanted = args.message_id
     found = None
     with open(path, encoding="utf-8") as handle:
         for line in handle:
@@ -84,7 +85,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def add_explain(command: CommandFactory) -> None:
     explain = command("explain", cmd_explain, "Explain why a mail was correlated the way it was.")
-    explain.add_argument("message_id")
+    explain.add_argument("message_id", type=message_id_value)
     explain.add_argument("--from", dest="source", default=str(DEFAULT_CORRELATIONS),
                          help="correlations JSONL (default: %(default)s)")
 
@@ -167,3 +168,48 @@ def add_demo(command: CommandFactory) -> None:
     demo.add_argument("--corpus", default=str(DEFAULT_CORPUS_DIR / "ponymail"), help="folder with messages.mbox and truth.jsonl")
     demo.add_argument("--out-dir", default="data/demo")
     add_progress_flag(demo)
+
+
+def cmd_correct(args: argparse.Namespace) -> int:
+    """Write one correction to the corrections topic and print its event id."""
+    from pipeline.contracts.records import correction_record
+    from pipeline.contracts.topics import CORRECTIONS
+    from pipeline.correlation.corrections import Action, CorrectionError
+
+    action = Action(args.correct_command.upper())
+    # merge A B: B's conversation is the one corrected (it joins A's).
+    message_id, other = (args.other, args.mail) if action is Action.MERGE else (args.mail, args.other)
+    with as_user_error(CorrectionError):
+        record = correction_record(tenant=args.tenant, action=action, message_id=message_id, other_message_id=other,
+                                   author=args.author or _os_user(), reason=args.reason,
+                                   created_at=datetime.now(timezone.utc))
+    produce_one(settings_from(args), CORRECTIONS, args.tenant, record)
+    print(record["event_id"])
+    return 0
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError) as exc:  # no LOGNAME/USER and no password entry (a bare container)
+        raise UserError("cannot tell who you are: pass --author") from exc
+
+
+def add_correct(command: CommandFactory) -> None:
+    correct = command("correct", lambda a: correct.print_help() or 2,
+                      "Correct the correlation: link, unlink, merge or split conversations (topic corrections); "
+                      "a correction outranks every method and every replay applies it again.")
+    actions = correct.add_subparsers(dest="correct_command", required=True)
+    forms = (("link", "MAIL's parent is PARENT: MAIL and the mail below it join PARENT's conversation", "PARENT"),
+             ("unlink", "MAIL has no parent: MAIL and the mail below it start MAIL's own conversation", None),
+             ("merge", "every mail of OTHER's conversation joins the conversation of MAIL", "OTHER"),
+             ("split", "MAIL and the mail below it leave their conversation for MAIL's own one", None))
+    for name, help_text, other in forms:
+        sub = actions.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=cmd_correct, other=None)
+        sub.add_argument("mail", metavar="MAIL", type=message_id_value, help="Message-ID (angle brackets optional)")
+        if other:
+            sub.add_argument("other", metavar=other, type=message_id_value)
+        add_tenant(sub)
+        sub.add_argument("--author", help="who corrects (default: the user running the command)")
+        sub.add_argument("--reason", default="", help="why, for whoever reads the explanation later")

@@ -15,7 +15,8 @@ from pipeline.cli import analytics, bench, campaigns, correlation, gateways, ope
 from pipeline.cli.common import Handler, UserError
 
 # `threadline --help` lists the commands in this order, which mixes the areas (it predates them).
-COMMANDS = (correlation.add_correlate, correlation.add_explain, correlation.add_eval, operations.add_settings,
+COMMANDS = (correlation.add_correlate, correlation.add_explain, correlation.add_eval, correlation.add_correct,
+            operations.add_settings,
             campaigns.add_mark, campaigns.add_campaign, campaigns.add_convert, correlation.add_demo, run.add_up,
             run.add_ingest, gateways.add_imap, run.add_worker, run.add_replay, operations.add_doctor,
             analytics.add_sql, analytics.add_report, gateways.add_tracking, gateways.add_smtp,

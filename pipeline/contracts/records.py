@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.blobs import BlobRef, FolderBlobStore
 from pipeline.contracts.topics import MAIL_RAW
+from pipeline.correlation.corrections import Action, Correction
 from pipeline.correlation.model import Correlation, stable_event_id
 from pipeline.errors import RejectedInput
 from pipeline.settings import MailSettings
@@ -244,3 +245,15 @@ def conversion_record(event_id: str, tenant: str, campaign_id: str, *, recipient
     """A ``conversions`` record: revenue a campaign mail's recipient brought."""
     return {"event_id": event_id, "tenant": tenant, "campaign_id": campaign_id, "recipient": recipient,
             "message_id": message_id, "revenue": revenue, "currency": currency, "event_time": event_time}
+
+
+def correction_record(*, tenant: str, action: Action, message_id: str, other_message_id: str | None, author: str,
+                      reason: str, created_at: datetime) -> dict:
+    """A ``corrections`` record: a person's correction of the correlation, made at ``created_at``;
+    :class:`~pipeline.correlation.corrections.CorrectionError` when it cannot mean anything."""
+    record = {"event_id": stable_event_id("correction", tenant, action.value, message_id, other_message_id or "",
+                                          author, created_at.isoformat()),
+              "tenant": tenant, "action": action.value, "message_id": message_id,
+              "other_message_id": other_message_id, "author": author, "reason": reason, "created_at": created_at}
+    Correction.from_record(record)  # refuses a LINK without a parent, a mail named twice, ...
+    return record

@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.cli.main import build_parser, main
 
-COMMANDS = ("correlate explain eval settings mark campaign convert demo up ingest imap worker replay doctor sql "
+COMMANDS = ("correlate explain eval correct settings mark campaign convert demo up ingest imap worker replay doctor sql "
             "report tracking smtp generate notify erase escalations dashboards sink schemas bench").split()
 
 
@@ -17,6 +17,7 @@ def test_help_lists_every_command_in_its_order(capsys):
 
 @pytest.mark.parametrize("argv", [[name, "--help"] for name in COMMANDS]
                          + [["campaign", name, "--help"] for name in ("create", "list", "send")]
+                         + [["correct", name, "--help"] for name in ("link", "unlink", "merge", "split")]
                          + [["bench", name, "--help"] for name in ("correlate", "pipeline", "clickhouse", "all",
                                                                      "tracking", "parse")])
 def test_every_command_and_subcommand_has_help(argv):
