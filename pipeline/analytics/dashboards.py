@@ -7,7 +7,7 @@ default of ``clickhouse.database``).  Counting queries read FINAL tables or the 
 views, so redeliveries and replays never double count.
 
 Every template variable is written ``decodeURLComponent('${name:percentencode}')`` (numbers are
-parsed from that with ``toUInt16OrZero``): Grafana percent-encodes the value, so nothing typed
+parsed from that with ``toUInt16OrZero`` or ``toFloat64OrZero``): Grafana percent-encodes the value, so nothing typed
 into a variable can change a query's shape (see :mod:`pipeline.analytics.macros`, which refuses
 any other form).  Every panel and variable query filters by the tenant variable; dead letters
 carry their tenant as the record key (every topic is keyed by tenant).  The read-only users of
@@ -214,8 +214,9 @@ GROUP BY time ORDER BY time""", kind="timeseries", width=24),
 CORRELATION_QUALITY = Dashboard(
     uid="threadline-correlation-quality",
     title="Threadline: correlation quality",
-    description="How mail was linked (method mix), what was not tracked and why, dead letters, generations.",
-    variables=(TENANT_VARIABLE,),
+    description="How mail was linked (method mix), what was not tracked and why, dead letters, generations, "
+                "and the links a person should check.",
+    variables=(TENANT_VARIABLE, Variable("review_below", "Review links below confidence", default="0.9")),
     panels=(
         Panel("Method mix", """
 SELECT method_name AS method, count() AS mails
@@ -244,6 +245,16 @@ FROM threadline.mail_correlated FINAL
 WHERE tenant = decodeURLComponent('${tenant:percentencode}')
 GROUP BY generation ORDER BY generation""", width=24,
               description="Every replay is a generation; the newest decision per mail is what the other panels show."),
+        Panel("Low-confidence links to review", """
+SELECT m.event_time AS received, m.message_id AS message_id, m.parent_message_id AS parent,
+       m.method_name AS method, round(m.confidence, 3) AS confidence, m.subject AS subject
+FROM threadline.mail_correlated_latest AS m
+WHERE m.tenant = decodeURLComponent('${tenant:percentencode}') AND $__timeFilter(m.event_time)
+  AND m.method NOT IN (0, 1)
+  AND m.confidence < toFloat64OrZero(decodeURLComponent('${review_below:percentencode}'))
+ORDER BY m.event_time DESC, m.message_id LIMIT 200""", width=24,
+              description="Links of the newest generation the engine was least sure of, newest first: "
+                          "check them, and correct the wrong ones."),
     ),
 )
 

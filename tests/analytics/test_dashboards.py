@@ -10,7 +10,7 @@ from numbers import Number
 import pytest
 import yaml
 
-from pipeline.analytics.dashboards import DASHBOARD_DIR, DASHBOARDS, render_all
+from pipeline.analytics.dashboards import CORRELATION_QUALITY, DASHBOARD_DIR, DASHBOARDS, render_all
 from pipeline.analytics.macros import MacroError, expand
 from pipeline.analytics.panels import data_time_range, default_variables, run_dashboard
 from pipeline.analytics.report import render_report
@@ -78,6 +78,24 @@ def test_panels_show_what_the_seed_holds(seeded):
         assert row[column["roi"]] == pytest.approx(expected_roi, abs=0.002)
     reasons = dict(results[("threadline-correlation-quality", "Untracked mail by reason")].rows)
     assert set(reasons) == {"duplicate"}
+
+
+def test_links_to_review_are_the_newest_generations_doubtful_links_newest_first(seeded):
+    review = ("threadline-correlation-quality", "Low-confidence links to review")
+    result = _results(seeded, "tenant-1")[review]
+    assert result.columns == ("received", "message_id", "parent", "method", "confidence", "subject")
+    doubtful = [(row[1], row[3], row[4]) for row in result.rows if row[1].endswith("@seed.test>")]
+    assert doubtful == [("<doubt-3@seed.test>", "SmartMatching", 0.8), ("<doubt-2@seed.test>", "ConversationIndex", 0.6),
+                        ("<doubt-1@seed.test>", "SmartMatching", 0.35)]
+    assert all(row[4] < 0.9 for row in result.rows)
+    assert [row[0] for row in result.rows] == sorted((row[0] for row in result.rows), reverse=True)
+    start, end = data_time_range(seeded)
+    stricter = {**default_variables(seeded, CORRELATION_QUALITY, "tenant-1"), "review_below": "0.5"}
+    (panel,) = [p for p in CORRELATION_QUALITY.panels if p.title == review[1]]
+    rows = next(r.rows for r in run_dashboard(seeded, CORRELATION_QUALITY, time_from=start,
+                                              time_to=end + timedelta(days=2), variables=stricter)
+                if r.panel is panel)
+    assert [row[1] for row in rows if row[1].endswith("@seed.test>")] == ["<doubt-1@seed.test>"]
 
 
 def test_redelivery_and_two_replays_change_no_count(clickhouse_factory):

@@ -19,6 +19,8 @@ from pipeline.analytics.panels import data_time_range, default_variables, run_da
 TENANT_FILTER = re.compile(r"\b(?:\w+\.)?(?:tenant|key) = decodeURLComponent\('\$\{tenant:percentencode\}'\)")
 TABLE_READ = re.compile(r"\bFROM threadline\.\w+")
 START, END = datetime(2026, 1, 1), datetime(2026, 2, 1)
+# Text-box variables that hold a number, and what parses it.
+NUMBER_PARSERS = {"unanswered_hours": "toUInt16OrZero(", "review_below": "toFloat64OrZero("}
 
 
 def _queries():
@@ -37,8 +39,9 @@ def test_every_variable_reference_is_percent_encoded_and_decoded():
         names = {v.name for v in dashboard.variables}
         for match in GUARDED.finditer(sql):
             assert match.group(1) in names, (where, match.group(1))
-            if match.group(1) == "unanswered_hours":  # a number typed into a text box
-                assert sql[:match.start()].endswith("toUInt16OrZero("), where
+            parser = NUMBER_PARSERS.get(match.group(1))
+            if parser:  # a number typed into a text box
+                assert sql[:match.start()].endswith(parser), where
     # The lint must be able to fail: each of these would let a value change the query.
     for unsafe in ("WHERE tenant = '${tenant}'", "WHERE tenant = $tenant", "WHERE tenant = [[tenant]]",
                    "WHERE tenant = ${tenant:sqlstring}", "WHERE tenant = '${tenant:raw}'",
