@@ -85,8 +85,8 @@ class MailGenerator:
         return MailRecord(
             message_id=message_id, in_reply_to=in_reply_to, references=references, subject=subject,
             from_addr=sender, from_name=sender.split("@")[0].replace(".", " ").title(), to=(recipient,),
-            date=when, thread_index=thread_index_bytes, body_text=body, own_line_hashes=own,
-            quoted_line_hashes=quoted, attribution=attribution, direction=direction, tenant=self.tenant,
+            date=when, thread_index=thread_index_bytes, body_text=body, own_shingles=own,
+            quoted_shingles=quoted, attribution=attribution, direction=direction, tenant=self.tenant,
             mailbox="support" if direction == "in" else "sent", received_at=when, size=len(body) + 600,
         )
 

@@ -42,14 +42,17 @@ RegardingResolver = Callable[[MailRecord], "str | None"]
 # git send-email and commit mailers thread every part to the cover letter ([0/N]) or, without
 # one, to the first part; the parts of one series leave one sender within minutes.
 _SERIES_TAG = re.compile(r"\[(?:[^\]\[]{0,40}?\s)?(\d{1,3})/(\d{1,3})\]")
-_BRACKET_TAG = re.compile(r"\[[^\]]*\]")
-_WORD = re.compile(r"\w+")
+_BRACKET_TAG = re.compile(r"\[([^\]]*)\]")
+_TAG_TOKEN = re.compile(r"[^\s,]+")
+_PART_COUNTER = re.compile(r"\d{1,3}/\d{1,3}")
 
 
-def _tag_words(subject: str) -> set[str]:
-    """Words inside "[...]" tags: a list name is in every subject of that list, so sharing it
-    says nothing about which thread a mail continues."""
-    return {word.casefold() for tag in _BRACKET_TAG.findall(subject) for word in _WORD.findall(tag)}
+def version_tags(subject: str) -> frozenset[str]:
+    """The tokens of the subject's "[...]" tags that carry a digit, part counters aside: "v2" of
+    "[PATCH v2 3/7]", "5.1" of "[PATCH AUTOSEL 5.1 154/219]".  Another version of a posting is
+    another thread; the parts of one ("3/7", "4/7") and word tags ("[RESULT]") are not."""
+    return frozenset(token.casefold() for tag in _BRACKET_TAG.findall(subject) for token in _TAG_TOKEN.findall(tag)
+                     if any(char.isdigit() for char in token) and not _PART_COUNTER.fullmatch(token))
 
 
 def series_part(subject: str) -> tuple[int, int] | None:
@@ -103,7 +106,7 @@ class SubjectFacts:
     subject_key: str
     mail_type: str
     series: tuple[int, int] | None
-    tag_words: frozenset[str]
+    version_tags: frozenset[str]
 
 
 # Distinct subjects remembered by one correlator; the cache is dropped whole when full (it is
@@ -205,7 +208,7 @@ class Correlator:
         elif match is None and abstained is not None:
             evidence = {"abstained": {
                 "method": method_label(abstained.method), "would_match": abstained.parent.message_id,
-                "confidence": abstained.confidence, "min_confidence": self.settings.min_confidence,
+                "confidence": abstained.confidence, "min_confidence": self._content_floor(mail),
                 "evidence": abstained.evidence,
             }}
             # As sure that no indexed mail is the parent as the most confident guess was unsure of its own.
@@ -302,9 +305,9 @@ class Correlator:
     # -- decisions -------------------------------------------------------------------------
     def _match(self, facts: MailFacts) -> tuple[Match | None, Match | None]:
         """(the first match of the enabled methods in order, the most confident content match that
-        abstained before it): a content method less sure than ``min_confidence`` makes no decision,
-        and the methods after it are tried."""
-        floor = self.settings.min_confidence
+        abstained before it): a content method less sure than the floor (``_content_floor``) makes
+        no decision, and the methods after it are tried."""
+        floor = self._content_floor(facts.mail)
         abstained = None
         for strategy in self._matching:
             match = strategy.match(self, facts)
@@ -315,6 +318,15 @@ class Correlator:
             if abstained is None or match.confidence > abstained.confidence:
                 abstained = match
         return None, abstained
+
+    def _content_floor(self, mail: MailRecord) -> float:
+        """How sure a content method must be.  A mail whose threading headers name only mail we
+        never saw (its ghost parents: the parent predates the index or went to another mailbox)
+        says which conversation it continues, and that one is not here: a similar-looking indexed
+        mail is then most likely another conversation, so only strong evidence may link it."""
+        if self.settings.use_in_reply_to and (mail.in_reply_to or mail.references):
+            return max(self.settings.min_confidence, self.settings.unknown_parent_min_confidence)
+        return self.settings.min_confidence
 
     def _subject_facts(self, subject: str) -> SubjectFacts:
         facts = self._subject_cache.get(subject)
@@ -333,7 +345,7 @@ class Correlator:
             subject_key=" ".join(sorted(words)),
             mail_type=subjects.mail_type_from_subject(subject),
             series=series_part(subject),
-            tag_words=frozenset(_tag_words(subject)),
+            version_tags=version_tags(subject),
         )
         if len(self._subject_cache) >= _SUBJECT_CACHE_SIZE:
             self._subject_cache.clear()

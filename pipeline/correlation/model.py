@@ -35,9 +35,10 @@ class IndexedMail:
     subject_key: str = ""  # the normalized subject (filtered words joined by one space)
     subject_words: tuple[str, ...] = ()  # subject hashes: at most hash_max_count unique words
     addresses: tuple[str, ...] = ()  # address hashes: at most hash_max_count unique addresses
-    own_line_hashes: tuple[int, ...] = ()
+    own_shingles: tuple[int, ...] = ()
     from_addr: str = ""
     from_name: str = ""
+    version_tags: tuple[str, ...] = ()  # engine.version_tags of the subject, sorted
     series_head: str | None = None  # "sender|N|k" for part k = 0 or 1 of a "[k/N]" series
     # Ids the mail names in In-Reply-To / References, nearest first (methods.in_reply_to).
     references: tuple[str, ...] = ()
@@ -67,7 +68,7 @@ class IndexedMail:
     def from_dict(cls, data: dict[str, Any]) -> IndexedMail:
         # An entry written by an older version may hold a field this one dropped.
         values = {name: value for name, value in data.items() if name in _INDEXED_MAIL_FIELDS}
-        for name in ("subject_words", "addresses", "own_line_hashes", "references", "to", "cc", "bcc"):
+        for name in ("subject_words", "addresses", "own_shingles", "version_tags", "references", "to", "cc", "bcc"):
             values[name] = tuple(values.get(name) or ())
         return cls(**values)
 

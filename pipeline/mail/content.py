@@ -2,21 +2,32 @@
 
 A reply usually quotes its parent ("> line", or an Outlook "-----Original Message-----" block)
 and names the parent's author in an attribution line ("On Tue, Jan 5, Ann Smith wrote:").
-We hash the substantial lines a mail writes itself and the lines it quotes directly (quote
-depth 1: the parent's own text; deeper quotes are the grandparent's); a quoted line whose hash
-equals an own line of an indexed mail points at that mail.  Hashes are stable 64-bit
-signed integers (Avro ``long``), so they survive serialisation and restarts.
+We fingerprint the text a mail writes itself and the text it quotes directly (quote depth 1: the
+parent's own text; deeper quotes are the grandparent's); a quoted fingerprint that is an own
+fingerprint of an indexed mail points at that mail.
+
+A fingerprint is a *shingle*: a hash of SHINGLE_WORDS consecutive normalised words, so a quote
+that was re-wrapped (other line breaks), re-spaced or cut in the middle of a line still shares
+the shingles of the words it kept.  Winnowing (the minimum hash of every WINNOW_WINDOW consecutive
+shingles) keeps about a third of them, and guarantees that any common run of
+SHINGLE_WORDS + WINNOW_WINDOW - 1 words shares at least one.  When a body has more than
+MAX_SHINGLES, the smallest hash values are kept: the choice does not depend on where in the body
+a passage stands, so a reply quoting the end of a long mail still meets the parent's shingles.
+Hashes are stable 64-bit signed integers (Avro ``long``), so they survive serialisation and restarts.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
+import zlib
+from itertools import accumulate
+from typing import Iterable
 
 from pipeline.mail.record import BODY_TEXT_LIMIT
 
-MIN_LINE_CHARS = 24  # shorter lines ("Thanks,", "Hi all") say nothing about which mail is quoted
-MAX_LINE_HASHES = 48  # per kind; replies quote the start of the parent, so the first lines suffice
+SHINGLE_WORDS = 5  # fewer words repeat across unrelated mails ("thanks for the quick reply")
+WINNOW_WINDOW = 4
+MAX_SHINGLES = 64  # per kind: a bounded index entry; the smallest hashes are kept
 MAX_TEXT_CHARS = BODY_TEXT_LIMIT  # what parse_mail keeps of a body; more would only cost time
 
 _SPACE = re.compile(r"\s+")
@@ -110,11 +121,6 @@ def _outlook_from(content: str) -> str | None:
 _SIGNATURE = "-- "
 
 
-def stable_hash(text: str) -> int:
-    """64-bit signed hash of ``text`` that is the same in every process (unlike ``hash``)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big", signed=True)
-
-
 def normalize_line(line: str) -> str:
     """Case-folded words of a line: quoting, punctuation and spacing differences do not matter."""
     return _SPACE.sub(" ", _NON_WORD.sub(" ", line.casefold())).strip()
@@ -130,28 +136,73 @@ def _strip_quote_marks(line: str) -> tuple[int, str]:
     return depth, rest
 
 
-def fingerprint_body(text: str) -> tuple[tuple[int, ...], tuple[int, ...], str]:
-    """Return (own line hashes, quoted line hashes, attribution) of a plain-text body.
+_SECOND_SEED = 0x9E3779B9  # the low 32 bits come from a second CRC with another start value
+_SIGN = 1 << 63  # unsigned 64 bits to signed (Avro long), order kept
 
-    Own lines stop at the signature delimiter ("-- "). Quoted lines are those at quote depth 1:
-    one '>' mark, or unmarked text after the first "Original Message" separator (up to the
-    next one).  Hashes keep first-seen order and are unique.
+
+def _winnowed_shingles(blocks: Iterable[list[str]], into: dict[int, None]) -> None:
+    """Add the winnowed shingle hashes of each block of words to ``into`` (first seen first).
+    A block is text without a break of kind (an interleaved reply alternates quoted and own
+    blocks); no shingle spans two blocks, since those words were never adjacent in the parent."""
+    crc32 = zlib.crc32
+    for words in blocks:
+        count = len(words) - SHINGLE_WORDS + 1
+        if count <= 0:
+            continue
+        # One encoded text per block; a shingle is a slice of it (two CRCs of a slice are C calls:
+        # a hash per shingle in Python would be most of the cost of parsing a mail).
+        text = " ".join(words)
+        if text.isascii():
+            data = text.encode()
+            lengths = map(len, words)
+        else:
+            data = text.encode("utf-8", "surrogatepass")
+            lengths = (len(word.encode("utf-8", "surrogatepass")) for word in words)
+        starts = [0, *accumulate(length + 1 for length in lengths)]
+        ends = starts[SHINGLE_WORDS:]
+        pieces = [data[start:end - 1] for start, end in zip(starts, ends)]
+        hashes = [(crc32(piece) << 32 | crc32(piece, _SECOND_SEED)) - _SIGN for piece in pieces]
+        if count <= WINNOW_WINDOW:
+            into.setdefault(min(hashes), None)
+            continue
+        into.update(dict.fromkeys(map(min, zip(*(hashes[offset:offset + count - WINNOW_WINDOW + 1]
+                                                 for offset in range(WINNOW_WINDOW))))))
+
+
+def _bounded(shingles: dict[int, None]) -> tuple[int, ...]:
+    if len(shingles) <= MAX_SHINGLES:
+        return tuple(shingles)
+    kept = set(sorted(shingles)[:MAX_SHINGLES])
+    return tuple(value for value in shingles if value in kept)
+
+
+def fingerprint_body(text: str) -> tuple[tuple[int, ...], tuple[int, ...], str]:
+    """Return (own shingles, quoted shingles, attribution) of a plain-text body.
+
+    Own text stops at the signature delimiter ("-- "). Quoted text is at quote depth 1: one '>'
+    mark, or unmarked text after the first "Original Message" separator (up to the next one).
+    A shingle the mail has in both its own and its quoted text stays in both: the matcher
+    decides what such a line means.
     """
     if len(text) > MAX_TEXT_CHARS:
         cut = text.rfind("\n", 0, MAX_TEXT_CHARS)
-        text = text[:cut if cut > 0 else MAX_TEXT_CHARS]  # no half line: it would hash as a line nobody wrote
-    own: dict[int, None] = {}
-    quoted: dict[int, None] = {}
+        text = text[:cut if cut > 0 else MAX_TEXT_CHARS]  # no half line: it would hash as words nobody wrote
+    own_blocks: list[list[str]] = []
+    quoted_blocks: list[list[str]] = []
+    current: list[str] | None = None
+    current_kind = None
     attribution = ""
     in_signature = False
     original_depth = 0  # "Original Message" separators seen: Outlook quotes without marks
     for raw_line in text.splitlines():
         if raw_line == _SIGNATURE or raw_line.rstrip() == "--":
             in_signature = True
+            current_kind = None
             continue
         depth, content = _strip_quote_marks(raw_line)
         if depth == 0 and _ORIGINAL_MESSAGE.match(content):
             original_depth += 1
+            current_kind = None
             continue
         depth += original_depth
         if not attribution:
@@ -160,17 +211,21 @@ def fingerprint_body(text: str) -> tuple[tuple[int, ...], tuple[int, ...], str]:
                 who = _outlook_from(content)
             if who is not None:
                 attribution = normalize_line(who)
+                current_kind = None
                 continue
-        if depth > 1:
-            continue  # the grandparent's text: evidence for the parent's parent, not ours
-        normalized = normalize_line(content)
-        if len(normalized) < MIN_LINE_CHARS:
+        if depth > 1 or (depth == 0 and in_signature):
+            current_kind = None  # the grandparent's text or a signature: a break in the text
             continue
-        if depth == 1:
-            if len(quoted) < MAX_LINE_HASHES:
-                quoted.setdefault(stable_hash(normalized), None)
-        elif not in_signature and len(own) < MAX_LINE_HASHES:
-            own.setdefault(stable_hash(normalized), None)
-        if len(own) >= MAX_LINE_HASHES and len(quoted) >= MAX_LINE_HASHES:
-            break
-    return tuple(own), tuple(quoted), attribution
+        words = normalize_line(content).split()
+        if not words:
+            continue  # a blank line ends no paragraph a re-wrapping mailer keeps
+        if depth != current_kind:
+            current_kind = depth
+            current = []
+            (quoted_blocks if depth == 1 else own_blocks).append(current)
+        current.extend(words)
+    own: dict[int, None] = {}
+    quoted: dict[int, None] = {}
+    _winnowed_shingles(own_blocks, own)
+    _winnowed_shingles(quoted_blocks, quoted)
+    return _bounded(own), _bounded(quoted), attribution

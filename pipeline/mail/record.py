@@ -54,11 +54,11 @@ class MailRecord:
     # Plain text of the body (the first text/plain part, else text from the first text/html
     # part), decoded and truncated to ``BODY_TEXT_LIMIT`` characters.
     body_text: str = ""
-    # Content fingerprints of the body (see pipeline.mail.content): 64-bit hashes of the
-    # mail's own substantial lines and of the lines it quotes ("> ..."), plus the names/addresses
+    # Content fingerprints of the body (see pipeline.mail.content): 64-bit hashes of word
+    # shingles of the mail's own text and of the text it quotes ("> ..."), plus the names/addresses
     # of an attribution line ("On <date>, <name> wrote:").
-    own_line_hashes: tuple[int, ...] = ()
-    quoted_line_hashes: tuple[int, ...] = ()
+    own_shingles: tuple[int, ...] = ()
+    quoted_shingles: tuple[int, ...] = ()
     attribution: str = ""
 
     # Envelope facts from the ingest side (not from the headers).

@@ -31,7 +31,7 @@ def mail(message_id: str, subject: str = "Quarterly numbers", *, minutes: float 
     own, quoted, attribution = fingerprint_body(body)
     fields.setdefault("date", T0 + timedelta(minutes=minutes))
     return MailRecord(message_id=f"<{message_id}@test>", subject=subject, from_addr=sender, to=to, cc=cc,
-                      direction=direction, own_line_hashes=own, quoted_line_hashes=quoted,
+                      direction=direction, own_shingles=own, quoted_shingles=quoted,
                       attribution=attribution, **fields)
 
 
@@ -262,7 +262,7 @@ def test_quoted_text_links_a_reply_whose_subject_changed():
     result = engine.correlate(mail("b", subject="Timeout setting", minutes=20, sender="bob@x.example",
                                    to=("ann@customer.example",), body=reply))
     assert (result.method, result.parent_message_id) == (Method.SMART_MATCHING, "<a@test>")
-    assert result.evidence["quoted_lines"] >= 2 and result.evidence["attribution"] == "ann example"
+    assert result.evidence["quoted_shingles"] >= 2 and result.evidence["attribution"] == "ann example"
 
 
 def test_quoted_text_alone_from_another_thread_is_not_enough():
@@ -278,7 +278,8 @@ def test_a_footer_quoted_back_is_no_evidence():
     engine = correlator()
     engine.correlate(mail("a", subject="Disk quota", body="We hit the quota on every build server today.\n" + footer))
     reply = "Thanks!\n" + "".join("> " + line + "\n" for line in footer.splitlines()) + footer
-    result = engine.correlate(mail("b", subject="Disk quota follow-up", minutes=5, body=reply))
+    # Another sender: the subject words and the one common address alone make no candidate.
+    result = engine.correlate(mail("b", subject="Disk quota follow-up", minutes=5, body=reply, sender="bob@x.example"))
     assert result.method is Method.NONE
 
 

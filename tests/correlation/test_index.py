@@ -5,18 +5,18 @@ from __future__ import annotations
 import random
 
 from pipeline.correlation.index import CLOCK_QUORUM, CorrelationIndex, InMemoryStore, Postings
-from pipeline.correlation.methods.smart_matching import COMMON_LINE_MAILS
+from pipeline.correlation.methods.smart_matching import COMMON_KEY_MAILS
 from pipeline.correlation.model import IndexedMail
 
 
 def entry(n: int, *, t: float | None = None, subject_key: str = "s", lines: tuple[int, ...] = (), token=None,
           clock: float | None = None) -> IndexedMail:
     return IndexedMail(message_id=f"<{n}@x>", conversation_id=f"c{n}", event_time=float(n if t is None else t),
-                       subject_key=subject_key, own_line_hashes=lines, tracking_token=token, clock_time=clock)
+                       subject_key=subject_key, own_shingles=lines, tracking_token=token, clock_time=clock)
 
 
 def index_keys(entry: IndexedMail):
-    return (("subject", (entry.subject_key,)), ("own_line", entry.own_line_hashes),
+    return (("subject", (entry.subject_key,)), ("own_shingle", entry.own_shingles),
             ("token", (entry.tracking_token,) if entry.tracking_token else ()))
 
 
@@ -63,11 +63,11 @@ def test_eviction_drops_old_entries_from_store_and_lookups():
 
 def test_common_lines_are_no_evidence_but_recover_when_mail_ages_out():
     index = CorrelationIndex(index_keys=[index_keys])
-    for n in range(COMMON_LINE_MAILS + 1):
+    for n in range(COMMON_KEY_MAILS + 1):
         index.add(entry(n, lines=(77,)))
-    assert index.ids("own_line", 77, COMMON_LINE_MAILS) == []
+    assert index.ids("own_shingle", 77, COMMON_KEY_MAILS) == []
     index.evict_older_than(1)
-    assert index.ids("own_line", 77, COMMON_LINE_MAILS) == [f"<{n}@x>" for n in range(1, COMMON_LINE_MAILS + 1)]
+    assert index.ids("own_shingle", 77, COMMON_KEY_MAILS) == [f"<{n}@x>" for n in range(1, COMMON_KEY_MAILS + 1)]
 
 
 def test_replacing_an_entry_moves_it_to_the_end():
@@ -91,8 +91,8 @@ def test_rebuilt_index_answers_exactly_like_the_live_one():
     rebuilt = CorrelationIndex(store, [index_keys])
     assert len(rebuilt) == len(index)
     assert lookups(rebuilt, keys) == lookups(index, keys)
-    assert ({h: rebuilt.ids("own_line", h, COMMON_LINE_MAILS) for h in range(40)}
-            == {h: index.ids("own_line", h, COMMON_LINE_MAILS) for h in range(40)})
+    assert ({h: rebuilt.ids("own_shingle", h, COMMON_KEY_MAILS) for h in range(40)}
+            == {h: index.ids("own_shingle", h, COMMON_KEY_MAILS) for h in range(40)})
     assert rebuilt.clock_time == index.clock_time > 2500
     assert len(index) < 1000  # eviction did run
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import random
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.mail.content import MAX_LINE_HASHES, MIN_LINE_CHARS, fingerprint_body, normalize_line, stable_hash
+from pipeline.mail.content import MAX_SHINGLES, SHINGLE_WORDS, WINNOW_WINDOW, fingerprint_body
 from pipeline.mail.parse import _MAX_PARTS, MAX_HEADER_BYTES, MAX_MESSAGE_BYTES, html_to_text, parse_mail
 from pipeline.mail.record import BODY_TEXT_LIMIT, MailParseError, MailRecord
 
@@ -70,7 +71,7 @@ def test_normal_mail_fields():
     assert record.received_at == received
     assert record.size == len(NORMAL)
     assert record.body_text.strip() == "We open the café on Monday morning at nine."
-    assert record.own_line_hashes == (stable_hash(normalize_line("We open the café on Monday morning at nine.")),)
+    assert record.own_shingles and record.own_shingles == fingerprint_body("We open the café on Monday morning at nine.")[0]
     assert record.defects == ()
     assert record.participants == ("ann.smith@example.com", "bob@x.org", "carol@y.org", "dave@z.org", "eve@z.org")
     assert record.event_time == record.date
@@ -317,7 +318,7 @@ def test_html_only_body():
     lines = [line.strip() for line in record.body_text.splitlines() if line.strip()]
     assert lines == ["Hello there,", "the quarterly numbers & the plan", "Bye"]
     assert record.body_text == html_to_text(markup)
-    assert record.own_line_hashes == (stable_hash(normalize_line("the quarterly numbers & the plan")),)
+    assert record.own_shingles == fingerprint_body("Hello there,\nthe quarterly numbers & the plan\nBye\n")[0]
 
 
 def test_text_part_preferred_over_html_and_attachments_skipped():
@@ -395,69 +396,79 @@ def test_arbitrary_header_values_give_a_record_or_a_parse_error(fields, body):
 # --------------------------------------------------------------------------- content fingerprints
 
 
-def test_fingerprint_own_and_quoted_lines():
-    own_line = "We will ship the replacement parts on Friday."
-    quoted_line = "Can you tell me when the parts will arrive?"
-    body = (f"{own_line}\n"
-            "Thanks, Bob\n"  # short: ignored
-            "On Tue, Jan 5, 2024, Ann Smith <ann@x.org> wrote:\n"
-            f"> {quoted_line}\n"
-            "> > This is what the grandparent mail said long ago.\n"
-            "> ok\n")
-    own, quoted, attribution = fingerprint_body(body)
-    assert own == (stable_hash(normalize_line(own_line)),)
-    assert quoted == (stable_hash(normalize_line(quoted_line)),)
+PARENT_TEXT = ("We will ship the replacement parts on Friday, and the courier brings them to your\n"
+               "loading dock before noon. Please make sure somebody can sign for the delivery.\n")
+
+
+def test_a_reply_quotes_the_shingles_of_its_parents_own_text():
+    own, _, _ = fingerprint_body(PARENT_TEXT)
+    reply = ("Thanks, that works.\n"
+             "On Tue, Jan 5, 2024, Ann Smith <ann@x.org> wrote:\n"
+             + "".join(f"> {line}\n" for line in PARENT_TEXT.splitlines())
+             + "> > This is what the grandparent mail said long ago, in its own words.\n")
+    reply_own, quoted, attribution = fingerprint_body(reply)
+    grandparent, _, _ = fingerprint_body("This is what the grandparent mail said long ago, in its own words.\n")
+    assert set(quoted) & set(own)
+    assert not set(quoted) & set(grandparent)  # deeper quotes are the grandparent's evidence
+    assert reply_own == ()  # "Thanks, that works." has fewer than SHINGLE_WORDS words
     assert attribution == "ann smith ann@x.org"
 
 
-def test_fingerprint_quote_marks_spacing_and_case_do_not_matter():
-    _, quoted, _ = fingerprint_body(">   CAN you tell me, when the parts will arrive?!\n")
-    own, _, _ = fingerprint_body("Can you tell me when the parts will arrive\n")
-    assert quoted == own and len(own) == 1
+def test_a_rewrapped_cut_quote_still_shares_shingles():
+    own, _, _ = fingerprint_body(PARENT_TEXT)
+    words = " ".join(PARENT_TEXT.split()).split(" ")[3:-4]  # cut at both ends
+    rewrapped = "".join(f">   {' '.join(words[i:i + 5]).upper()}\n" for i in range(0, len(words), 5))
+    _, quoted, _ = fingerprint_body(rewrapped)
+    assert len(set(quoted) & set(own)) >= 3
 
 
-def test_fingerprint_short_lines_ignored():
-    short = "x" * (MIN_LINE_CHARS - 1)
-    exact = "y" * MIN_LINE_CHARS
+def test_any_common_run_of_words_shares_a_shingle():
+    # Winnowing's guarantee: SHINGLE_WORDS + WINNOW_WINDOW - 1 common words always share one.
+    rng = random.Random(7)
+    vocabulary = [f"w{n}" for n in range(5000)]
+    for _ in range(200):
+        run = rng.sample(vocabulary, SHINGLE_WORDS + WINNOW_WINDOW - 1)
+        first = rng.sample(vocabulary, rng.randrange(30)) + run + rng.sample(vocabulary, rng.randrange(30))
+        second = rng.sample(vocabulary, rng.randrange(30)) + run + rng.sample(vocabulary, rng.randrange(30))
+        assert set(fingerprint_body(" ".join(first))[0]) & set(fingerprint_body("> " + " ".join(second))[1])
+
+
+def test_fewer_words_than_a_shingle_give_none():
+    short = " ".join(["word"] * (SHINGLE_WORDS - 1))
     assert fingerprint_body(f"{short}\n> {short}\n") == ((), (), "")
-    assert fingerprint_body(f"{exact}\n> {exact}\n")[:2] == ((stable_hash(exact),), (stable_hash(exact),))
+    assert all(fingerprint_body(f"{short} more\n> {short} more\n")[:2])
 
 
 def test_fingerprint_signature_and_outlook_original_message():
-    body = ("Here is my own answer to your question about it.\n"
-            "-- \n"
-            "Ann Smith, Head of Something Important Inc.\n")
+    answer = "Here is my own answer to your question about it."
+    body = f"{answer}\n-- \nAnn Smith, Head of Something Important Inc. and more words\n"
     own, quoted, _ = fingerprint_body(body)
-    assert own == (stable_hash(normalize_line("Here is my own answer to your question about it.")),) and quoted == ()
+    assert own == fingerprint_body(answer)[0] and quoted == ()
     outlook = ("Sure, that works for the whole team here.\n"
                "-----Original Message-----\n"
                "From: Bob Jones\n"
                "the original text that is long enough to count\n")
     own, quoted, attribution = fingerprint_body(outlook)
-    assert own == (stable_hash(normalize_line("Sure, that works for the whole team here.")),)
-    assert quoted == (stable_hash(normalize_line("the original text that is long enough to count")),)
+    assert own == fingerprint_body("Sure, that works for the whole team here.")[0]
+    assert quoted == fingerprint_body("the original text that is long enough to count")[0]
     assert attribution == "bob jones"
 
 
-def test_fingerprint_unique_and_capped():
-    body = "\n".join(f"this is own line number {i:04d} of the body" for i in range(MAX_LINE_HASHES + 20))
-    own, quoted, _ = fingerprint_body(body + "\n" + body)
-    assert len(own) == MAX_LINE_HASHES == len(set(own)) and quoted == ()
-    assert own[0] == stable_hash("this is own line number 0000 of the body")
+def test_fingerprint_bounded_and_not_blind_past_the_start():
+    body = "\n".join(f"this is own line number {i:04d} of the body" for i in range(1200))  # < MAX_TEXT_CHARS
+    own, quoted, _ = fingerprint_body(body)
+    assert len(own) == MAX_SHINGLES == len(set(own)) and quoted == ()
+    # A reply quoting only the end of the long mail still meets some of its kept shingles.
+    tail = "\n".join(f"> this is own line number {i:04d} of the body" for i in range(1100, 1200))
+    assert set(fingerprint_body(tail)[1]) & set(own)
 
 
-def test_stable_hash_is_deterministic_signed_64_bit():
-    values = [stable_hash(s) for s in ("", "a", "hello world", "café", "\ud800")]
-    assert values == [stable_hash(s) for s in ("", "a", "hello world", "café", "\ud800")]
-    assert len(set(values)) == len(values)
-    assert all(isinstance(v, int) and -(2**63) <= v < 2**63 for v in values)
-    many = [stable_hash(f"line {i}") for i in range(200)]
-    assert any(v < 0 for v in many) and any(v > 0 for v in many)  # signed, not unsigned
-    assert max(abs(v) for v in many) > 2**40  # uses the full width
-
-
-def test_stable_hash_same_in_another_process():
-    code = "from pipeline.mail.content import stable_hash; print(stable_hash('hello world'), stable_hash('café'))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+def test_shingles_are_signed_64_bit_and_the_same_in_another_process():
+    text = PARENT_TEXT + "café au lait et croissants pour tout le monde\n"
+    values = fingerprint_body(text)[0]
+    assert values and all(isinstance(v, int) and -(2**63) <= v < 2**63 for v in values)
+    assert any(v < 0 for v in values) or any(v > 0 for v in values)
+    code = "import sys; from pipeline.mail.content import fingerprint_body; print(*fingerprint_body(sys.argv[1])[0])"
+    out = subprocess.run([sys.executable, "-c", code, text], capture_output=True, text=True, check=True,
                          env={"PYTHONHASHSEED": "12345", "PATH": ""}, cwd=str(Path(__file__).resolve().parents[2]))
-    assert out.stdout.split() == [str(stable_hash("hello world")), str(stable_hash("café"))]
+    assert out.stdout.split() == [str(v) for v in values]
