@@ -358,23 +358,26 @@ class CorpusRun:
 
 def format_summary(runs: Sequence[CorpusRun]) -> str:
     """One line per corpus and mode: the engine's judged precision, recall, precision over all
-    links, fallback links and links of confidence >= 0.9 beside the reference rules' precision /
-    recall (all in %)."""
+    links, and the judged precision of its fallback links and of its links of confidence >= 0.9,
+    beside the reference rules' precision / recall (all in %).  Fallback and confidence are judged:
+    a link from a mail without threading headers is wrong by the truth's construction."""
 
     def pair(score: dict | None) -> str:
         if score is None:
             return "-"
         return f"{_percent(score['link_precision'])} / {_percent(score['link_recall'])}"
 
-    header = ("corpus", "mode", "judged P", "recall", "P all links", "fallback P (n)", "conf>=0.9 P (n)",
+    header = ("corpus", "mode", "judged P", "recall", "P all links", "fallback judged P (n)", "conf>=0.9 judged P (n)",
               "subject P / R", "Dynamics P / R")
     rows = [header]
     for run in runs:
         result = run.evaluation
-        fallback = f"{_percent(result.fallback.precision)} ({result.fallback.links})" if result.headers_known else "-"
+        fallback = (f"{_percent(result.fallback.judged_precision)} ({result.fallback.judged_links})"
+                    if result.headers_known else "-")
         sure = result.calibration[CONFIDENCE_BANDS[0][1]]
         rows.append((run.corpus, run.mode, _percent(result.overall.judged_precision), _percent(result.recall),
-                     _percent(result.overall.precision), fallback, f"{_percent(sure.precision)} ({sure.links})",
+                     _percent(result.overall.precision), fallback,
+                     f"{_percent(sure.judged_precision)} ({sure.judged_links})" if result.headers_known else "-",
                      pair(run.baselines.get("subject_grouping")), pair(run.baselines.get("dynamics"))))
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     lines = ["  ".join(cell.ljust(width) if column < 2 else cell.rjust(width)

@@ -28,7 +28,7 @@ def test_one_table_for_every_corpus_in_both_modes(tmp_path, write_corpus, capsys
     captured = capsys.readouterr()
     assert captured.err == ""
     lines = captured.out.splitlines()
-    assert "judged P" in lines[0] and "fallback P (n)" in lines[0] and "subject P / R" in lines[0]
+    assert "judged P" in lines[0] and "fallback judged P (n)" in lines[0] and "subject P / R" in lines[0]
     assert [line.split()[:2] for line in lines[2:]] == [["alpha", "headers"], ["alpha", "stripped"],
                                                         ["beta", "headers"], ["beta", "stripped"]]
 

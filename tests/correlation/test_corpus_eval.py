@@ -1,17 +1,19 @@
-"""Accuracy on real mailing-list threads (../shared/corpus/ponymail), with and without headers.
+"""Accuracy on every real corpus in ../shared/corpus, with and without headers (issue 15 targets).
 
-Thresholds and why:
-- With headers the truth is derived from the threading headers, so links made by headers must
-  be exact (precision 100 %) and recall >= 99 % (measured: 100 %). Smart matching still links
-  the few mails whose headers name no mail of the corpus although they reply (they quote the
-  earlier mail or continue its subject with "Re:"); the header-derived truth counts each of
-  those as a new thread, so they are the only links it calls wrong. The test checks exactly that.
-- Without threading headers only subjects, participants, dates and bodies are left. For scale,
-  Dynamics CRM 4.0 smart matching (our ``dynamics`` strategy, asserted below) and plain
-  normalized-subject grouping reach 95.6 % / 57.4 % and 97.0 % / 88.4 % here; the evidence
-  strategy must beat both on precision and recall. Measured 98.2 % / 94.8 %; the thresholds
-  leave half a point for harmless changes. Most remaining errors are again replies sent
-  without threading headers, which the truth splits into threads of their own.
+The truth files derive threads from In-Reply-To/References, so a mail without them is a thread
+start by construction: precision is *judged* (links from mails whose original carried them).
+
+Thresholds and why (figures of 2026-12-03 in docs/correlation.md):
+- With headers, header links are exact by construction; the engine must keep judged precision
+  >= 99.9 % and recall >= 99.5 % on every corpus (measured: 100 % and 99.53-100 %), and a content
+  link from a mail whose named parents are unknown must be right >= 95 % of the time or not be
+  made at all (measured: none is made).
+- Without headers, judged precision >= 98.5 % and recall >= 95 % on every corpus (measured:
+  98.94-99.40 % and 95.50-97.80 %), and never below plain subject grouping on either (measured:
+  85.6-97.9 % and 88.8-94.9 %).  The remaining judged errors are mostly replies that quote their
+  parent but whose truth thread was split by a header-less mail in the chain.
+- Of the judged links with confidence >= 0.9, at least 98.5 % are right on every corpus
+  (measured 98.9-99.4 %; the issue's goal of 99.5 % is not reached, see docs/correlation.md).
 """
 
 from __future__ import annotations
@@ -20,56 +22,63 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.batch import ParseFailure, correlate_sources, parse_sources
-from pipeline.correlation.evaluate import evaluate, read_truth
-from pipeline.correlation.methods.base import Method
+from pipeline.batch import evaluate_corpus
+from pipeline.correlation.evaluate import CONFIDENCE_BANDS
 from pipeline.settings import CorrelationSettings, SmartMatchingSettings
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "ponymail"
+CORPORA = Path(__file__).resolve().parents[3] / "shared" / "corpus"
+NAMES = sorted(folder.name for folder in CORPORA.glob("*") if (folder / "messages.mbox").is_file()) if CORPORA.is_dir() else []
 
-pytestmark = pytest.mark.skipif(not (CORPUS / "messages.mbox").is_file(),
-                                reason=f"the shared corpus is not at {CORPUS}")
-
-
-def predict(*, strip_headers: bool, strategy: str = "evidence"):
-    correlation = CorrelationSettings(smart_matching=SmartMatchingSettings(strategy=strategy))
-    predictions = [item for item in correlate_sources([str(CORPUS / "messages.mbox")], correlation, strip_headers=strip_headers)
-                   if not isinstance(item, ParseFailure)]
-    assert len(predictions) == 762
-    return predictions
+pytestmark = pytest.mark.skipif(not NAMES, reason=f"the shared corpora are not at {CORPORA}")
 
 
-def score(**options):
-    return evaluate(read_truth(CORPUS / "truth.jsonl"), predict(**options)).as_dict()
+@pytest.fixture(scope="module")
+def runs():
+    """{(corpus, mode): CorpusRun} of the default settings on every corpus, both modes."""
+    results = {}
+    for name in NAMES:
+        for run in evaluate_corpus(name, CORPORA / name / "messages.mbox", CORPORA / name / "truth.jsonl",
+                                   CorrelationSettings()):
+            results[name, run.mode] = run
+    return results
 
 
-def test_with_headers_header_links_are_exact_and_only_headerless_replies_disagree():
-    predictions = predict(strip_headers=False)
-    result = evaluate(read_truth(CORPUS / "truth.jsonl"), predictions).as_dict()
-    assert result["methods"]["InReplyTo"]["link_precision"] == 1.0
-    assert result["overall"]["link_recall"] >= 0.99
-    assert result["thread_pair_recall"] >= 0.99
-    thread = {row.message_id: row.thread_root_id for row in read_truth(CORPUS / "truth.jsonl")}
-    # Ids each mail names that are mails of the corpus: none, for every disputed link.
-    named_in_corpus = {mail.message_id: [ref for ref in (*mail.in_reply_to, *mail.references) if ref in thread]
-                       for mail in parse_sources([str(CORPUS / "messages.mbox")], CorrelationSettings())}
-    disputed = [p for p in predictions if p.parent_message_id and thread[p.parent_message_id] != thread[p.message_id]]
-    assert len(disputed) <= 8
-    for prediction in disputed:
-        assert prediction.method is Method.SMART_MATCHING and not named_in_corpus[prediction.message_id]
-        assert prediction.mail_type == "reply" or prediction.evidence["quoted_lines"]
+@pytest.mark.parametrize("name", NAMES)
+def test_with_headers_links_are_judged_right_and_unknown_parents_are_not_guessed(runs, name):
+    run = runs[name, "headers"]
+    result = run.evaluation
+    assert result.methods["InReplyTo"].precision == 1.0
+    assert result.overall.judged_precision >= 0.999
+    assert result.recall >= 0.995
+    fallback = result.fallback
+    assert fallback.judged_links == 0 or fallback.judged_precision >= 0.95
 
 
-def test_without_headers_evidence_beats_subject_grouping_and_dynamics():
-    result = score(strip_headers=True)
-    assert set(result["methods"]) == {"SmartMatching"}
-    assert result["overall"]["link_precision"] >= 0.977  # subject grouping: 0.970
-    assert result["overall"]["link_recall"] >= 0.94  # subject grouping: 0.884
-    assert result["thread_pair_precision"] >= 0.98
+@pytest.mark.parametrize("name", NAMES)
+def test_without_headers_judged_precision_and_recall_beat_subject_grouping(runs, name):
+    run = runs[name, "stripped"]
+    result = run.evaluation
+    subject = run.baselines["subject_grouping"]
+    assert result.overall.judged_precision >= 0.985
+    assert result.recall >= 0.95
+    assert result.overall.judged_precision >= subject["judged_link_precision"]
+    assert result.recall >= subject["link_recall"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_confident_links_are_right(runs, name):
+    sure = runs[name, "stripped"].evaluation.calibration[CONFIDENCE_BANDS[0][1]]
+    assert sure.judged_links > 0.9 * runs[name, "stripped"].evaluation.overall.judged_links
+    assert sure.judged_precision >= 0.985
 
 
 def test_dynamics_strategy_reproduces_crm_smart_matching():
-    result = score(strip_headers=True, strategy="dynamics")
+    name = "ponymail"
+    if name not in NAMES:
+        pytest.skip(f"{name} is not among the shared corpora")
+    correlation = CorrelationSettings(smart_matching=SmartMatchingSettings(strategy="dynamics"))
+    (run,) = evaluate_corpus(name, CORPORA / name / "messages.mbox", CORPORA / name / "truth.jsonl", correlation,
+                             modes=("stripped",))
     # Replies on these lists go to the list only, so "two common addresses" rarely holds.
-    assert 0.40 <= result["overall"]["link_recall"] <= 0.70
-    assert result["overall"]["link_precision"] >= 0.90
+    assert 0.40 <= run.evaluation.recall <= 0.70
+    assert run.evaluation.overall.precision >= 0.90

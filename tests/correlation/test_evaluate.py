@@ -151,6 +151,6 @@ def test_evaluate_corpus_reports_both_modes_and_the_references(tmp_path, write_c
     assert (subject["links"], subject["correct_links"], subject["link_recall"]) == (3, 2, 1.0)
     assert runs[1].baselines["dynamics"]["link_recall"] is not None
     table = format_summary(runs).splitlines()
-    assert table[0].split()[:4] == ["corpus", "mode", "judged", "P"] and "conf>=0.9 P (n)" in table[0]
+    assert table[0].split()[:4] == ["corpus", "mode", "judged", "P"] and "conf>=0.9 judged P (n)" in table[0]
     assert len(table) == 4
     assert table[2].startswith("tiny") and "headers" in table[2] and "100.00" in table[2]
