@@ -40,16 +40,21 @@ class BatchResult:
     outputs: list[Output] = field(default_factory=list)
     # partition -> {table key: encoded entry, or None to delete}; applied after the outputs.
     writes: dict[int, dict[str, bytes | None]] = field(default_factory=dict)
+    # Writes to another step's table, by that table's name, applied like ``writes`` (the
+    # corrections step writes the correlator's index entries it corrected).
+    other_writes: dict[str, dict[int, dict[str, bytes | None]]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     skipped_redeliveries: int = 0
 
     def count(self, name: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + 1
 
-    def apply_to(self, table: MutableMapping[str, bytes], in_partition: Callable[[int], ContextManager] | None = None) -> None:
-        """Write :attr:`writes` to ``table`` (None deletes), only once the outputs are durable;
-        ``in_partition`` gives the context a partition's writes happen in (the Faust agent's event)."""
-        for partition, entries in self.writes.items():
+    def apply_to(self, table: MutableMapping[str, bytes], in_partition: Callable[[int], ContextManager] | None = None,
+                 writes: dict[int, dict[str, bytes | None]] | None = None) -> None:
+        """Write :attr:`writes` (or the ``writes`` given, one of :attr:`other_writes`) to ``table``
+        (None deletes), only once the outputs are durable; ``in_partition`` gives the context a
+        partition's writes happen in (the Faust agent's event)."""
+        for partition, entries in (self.writes if writes is None else writes).items():
             with in_partition(partition) if in_partition is not None else nullcontext():
                 for key, value in entries.items():
                     if value is None:
@@ -113,7 +118,7 @@ def add_dead_letter(codec: AvroCodec, item: RawItem, position: SourcePosition, r
 
 
 class BatchStep(Protocol):
-    """What the four steps share: ``process`` gives outputs and the table writes that snapshot what changed;
+    """What the five steps share: ``process`` gives outputs and the table writes that snapshot what changed;
     ``reset`` (a rebalance) drops the state in memory, resumed from the table (:mod:`pipeline.runtime.state`)."""
 
     def process(self, items: list[RawItem], source_topic: str = ...) -> BatchResult: ...

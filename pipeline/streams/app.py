@@ -1,5 +1,5 @@
 """The Faust application: the correlator (``mail.raw``), escalation (``mail.correlated``),
-tracking (``tracking.raw``) and CRM directory (``crm.entities``) agents.
+tracking (``tracking.raw``), CRM directory (``crm.entities``) and corrections (``corrections``) agents.
 
 Started by ``threadline worker`` (or ``threadline up``) as ``python -m pipeline.streams.app
 worker``; settings come from ``THREADLINE_SETTINGS`` and ``THREADLINE_*`` like every command.
@@ -34,15 +34,16 @@ import faust
 import mode
 from faust.streams import _current_event  # see partition_context()
 
-from pipeline.contracts.topics import CRM_ENTITIES, MAIL_CORRELATED, MAIL_RAW, TRACKING_RAW
+from pipeline.contracts.topics import CORRECTIONS, CRM_ENTITIES, MAIL_CORRELATED, MAIL_RAW, TRACKING_RAW
 from pipeline.runtime.kafka import faust_credentials, topic_name
 from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.settings import Settings, load_settings
+from pipeline.streams.corrections import CorrectionsProcessor
 from pipeline.streams.crm import CrmProcessor
 from pipeline.streams.escalation import EscalationProcessor
 from pipeline.runtime.batch import BatchStep, RawItem
 from pipeline.runtime.producer import RecordProducer
-from pipeline.streams.processor import MailProcessor
+from pipeline.streams.processor import INDEX_TABLE, MailProcessor
 from pipeline.streams.tracking import TrackingProcessor
 from pipeline.tracking.safety import key_refusal
 
@@ -154,10 +155,11 @@ def _bytes_table(app: faust.App, name: str, settings: Settings) -> ChangelogAwai
 
 async def _handle_batches(stream, processor: BatchStep, table: ChangelogAwaitedTable, source_topic: str,
                           outputs: Callable[[], RecordProducer], settings: Settings, lock: asyncio.Lock | None = None,
-                          on_batch=None) -> None:
-    """Per batch: process, produce and await every output, then write the table and await its
-    changelog (see module doc).
-    ``lock``, shared with a tick of the same processor, keeps the two from interleaving."""
+                          on_batch=None, other_tables: dict[str, ChangelogAwaitedTable] | None = None) -> None:
+    """Per batch: process, produce and await every output, then write the table (and the
+    ``other_tables`` the result writes to, by name) and await their changelogs (see module doc).
+    ``lock``, shared with a tick of the same processor or another agent that uses its state,
+    keeps the two from interleaving."""
     loop = asyncio.get_running_loop()
     lock = lock or asyncio.Lock()
 
@@ -167,7 +169,11 @@ async def _handle_batches(stream, processor: BatchStep, table: ChangelogAwaitedT
             result = processor.process(items, source_topic=source_topic)
             await loop.run_in_executor(None, outputs().send_all, result.outputs)
             result.apply_to(table, partial(partition_context, source_topic))
+            for name, writes in result.other_writes.items():
+                result.apply_to(other_tables[name], partial(partition_context, source_topic), writes)
             await table.changelog_delivered()
+            for name in result.other_writes:
+                await other_tables[name].changelog_delivered()
         if on_batch is not None:
             on_batch()
         log.info("%s: batch of %d: %s%s", source_topic, len(items), result.counts,
@@ -227,16 +233,20 @@ def build_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
-    raw_topic, correlated_topic, tracking_topic, crm_topic = (  # Avro bytes in, decoded by the steps
+    raw_topic, correlated_topic, tracking_topic, crm_topic, corrections_topic = (  # Avro bytes in, decoded by the steps
         app.topic(topic_name(settings.kafka, name), key_type=bytes, value_type=bytes, key_serializer="raw",
-                  value_serializer="raw") for name in (MAIL_RAW, MAIL_CORRELATED, TRACKING_RAW, CRM_ENTITIES))
-    index_table = _bytes_table(app, "correlation-index", settings)
+                  value_serializer="raw") for name in (MAIL_RAW, MAIL_CORRELATED, TRACKING_RAW, CRM_ENTITIES, CORRECTIONS))
+    index_table = _bytes_table(app, INDEX_TABLE, settings)
+    corrections_table = _bytes_table(app, "corrections", settings)
     hits_table = _bytes_table(app, "tracking-hits", settings)
     crm_table = _bytes_table(app, "crm-entities", settings)
     escalation_table = _bytes_table(app, "escalation-state", settings)
     codec = AvroCodec(registry_from_settings(settings.schema_registry.url))
     crm = CrmProcessor(codec, crm_table)
-    processor = MailProcessor(settings, codec, index_table, regarding_for=crm.regarding_for)
+    corrections = CorrectionsProcessor(codec, corrections_table)
+    processor = MailProcessor(settings, codec, index_table, regarding_for=crm.regarding_for,
+                              corrections_for=corrections.book_of)
+    corrections.apply = processor.apply_correction
     escalation = EscalationProcessor(settings, codec, escalation_table, clock=lambda: datetime.now(timezone.utc),
                                      record_owner=crm.record_owner)
     tracking = TrackingProcessor(settings.tracking, codec, hits_table, owner_of=processor.sender_of)
@@ -244,8 +254,9 @@ def build_app(settings: Settings) -> faust.App:
     outputs = cache(partial(RecordProducer, settings.kafka, settings.kafka.bootstrap))
     last_escalation_batch = {"at": time.monotonic()}
     escalation_lock = asyncio.Lock()
+    correlation_lock = asyncio.Lock()  # the correlate and corrections agents both change the indexes
 
-    steps: tuple[BatchStep, ...] = (processor, escalation, tracking, crm)
+    steps: tuple[BatchStep, ...] = (processor, escalation, tracking, crm, corrections)
 
     @app.on_partitions_revoked.connect
     async def _revoked(app, revoked, **kwargs) -> None:  # noqa: ARG001 - Faust signal signature
@@ -256,7 +267,8 @@ def build_app(settings: Settings) -> faust.App:
     # already applied the batch in memory, and its records would not be delivered again.
     @app.agent(raw_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def correlate(stream):
-        await _handle_batches(stream, processor, index_table, raw_topic.get_topic_name(), outputs, settings)
+        await _handle_batches(stream, processor, index_table, raw_topic.get_topic_name(), outputs, settings,
+                              correlation_lock)
 
     @app.agent(correlated_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def escalate(stream):
@@ -271,6 +283,11 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(crm_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def directory(stream):
         await _handle_batches(stream, crm, crm_table, crm_topic.get_topic_name(), outputs, settings)
+
+    @app.agent(corrections_topic, supervisor_strategy=mode.CrashingSupervisor)
+    async def correct(stream):
+        await _handle_batches(stream, corrections, corrections_table, corrections_topic.get_topic_name(), outputs,
+                              settings, correlation_lock, other_tables={INDEX_TABLE: index_table})
 
     @app.timer(interval=settings.escalation.tick_interval_s)
     async def escalation_tick() -> None:

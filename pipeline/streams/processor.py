@@ -9,6 +9,12 @@ the entry and the ``mail.raw`` offset it came from) and one marker with the last
 offset.  Records delivered again after the table was written are skipped instead of being
 correlated twice: by the marker, or, when a crash lost the marker's write but not the entry's,
 by the entry's own source offset.
+
+People's corrections (``corrections``, kept by :mod:`pipeline.streams.corrections`) are in each
+tenant's correlator: a mail is correlated with them, and a correction that comes after its mail
+is applied to the index (:meth:`MailProcessor.apply_correction`); either way the corrected
+decisions go out as ``mail.correlated`` records of the same event id, which replace the earlier
+ones downstream (the newest record of a mail wins).
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from pipeline.contracts.records import (
     MailRawCodec, SourcePosition, bounce_event_record, correlated_record, response_record, untracked_record,
 )
 from pipeline.contracts.topics import MAIL_CORRELATED, MAIL_RAW, MAIL_RESPONSES, MAIL_UNTRACKED, TRACKING_EVENTS
+from pipeline.correlation.corrections import Correction, CorrectionBook
 from pipeline.correlation.engine import Correlator
-from pipeline.correlation.model import IndexedMail
+from pipeline.correlation.model import Correlation, IndexedMail
 from pipeline.errors import RejectedInput
 from pipeline.mail.bounce import parse_bounce
 from pipeline.mail.parse import parse_mail
@@ -35,6 +42,7 @@ from pipeline.settings import Settings
 from pipeline.tracking.tokens import Keyring, TokenError, verify_token
 
 AGENT = "correlator"
+INDEX_TABLE = "correlation-index"
 _UNSUBSCRIBE_TOKEN = re.compile(rb"^List-Unsubscribe:[^\r\n]*?/u/([A-Za-z0-9_-]+)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -53,9 +61,9 @@ class TableIndexStore:
         self.source_offsets: dict[str, int] = {}  # message id -> offset of its mail.raw record
 
     def put(self, entry: IndexedMail) -> None:
-        self.source_offsets[entry.message_id] = self.current_offset
-        self.pending[tenant_key(self.tenant, entry.message_id)] = encode_state(
-            {"offset": self.current_offset, "entry": entry.to_dict()})
+        # An entry put again (a correction moved it) still comes from its own mail's record.
+        offset = self.source_offsets.setdefault(entry.message_id, self.current_offset)
+        self.pending[tenant_key(self.tenant, entry.message_id)] = encode_state({"offset": offset, "entry": entry.to_dict()})
 
     def delete(self, message_id: str) -> None:
         self.source_offsets.pop(message_id, None)
@@ -77,12 +85,15 @@ class MailProcessor:
     """Correlates batches of ``mail.raw`` for every tenant of the partitions this worker holds."""
 
     def __init__(self, settings: Settings, codec: AvroCodec, table: MutableMapping[str, bytes], *,
-                 regarding_for: Callable[[str, str], str | None] | None = None) -> None:
+                 regarding_for: Callable[[str, str], str | None] | None = None,
+                 corrections_for: Callable[[str], CorrectionBook] | None = None) -> None:
         """``regarding_for(tenant, sender)``: the business record of an unmatched inbound mail's
-        sender (the CRM directory), when known."""
+        sender (the CRM directory), when known; ``corrections_for(tenant)``: the tenant's
+        corrections in force (the corrections agent's book, which grows as corrections arrive)."""
         self.settings = settings
         self.codec = codec
         self.regarding_for = regarding_for
+        self.corrections_for = corrections_for
         self.generation = settings.worker.generation
         self._correlators: TenantStates[Correlator] = TenantStates(table, self._resume)
         self._stores: dict[str, TableIndexStore] = {}
@@ -139,7 +150,29 @@ class MailProcessor:
             lookup = self.regarding_for
             resolver = (lambda mail: lookup(tenant, mail.from_addr) if mail.direction == "in" else None)
         return Correlator(self.settings.correlation, store, tenant=tenant, untracked=self.settings.untracked,
-                          generation=self.generation, regarding_resolver=resolver)
+                          generation=self.generation, regarding_resolver=resolver,
+                          corrections=self.corrections_for(tenant) if self.corrections_for is not None else None)
+
+    def apply_correction(self, correction: Correction, partition: int, result: BatchResult) -> None:
+        """Apply a correction that came after its mail to the tenant's index: the corrected
+        ``mail.correlated`` records to ``result``'s outputs, the index writes to its writes for
+        this table (:data:`INDEX_TABLE`)."""
+        correlator = self._correlators.of(correction.tenant, partition)
+        store = self._stores[correction.tenant]
+        self._corrected(correlator.correct(correction), store, result)
+        pending = store.take_pending()
+        if pending:
+            result.other_writes.setdefault(INDEX_TABLE, {}).setdefault(partition, {}).update(pending)
+
+    def _corrected(self, correlations: list[Correlation], store: TableIndexStore, result: BatchResult) -> None:
+        """The ``mail.correlated`` records of decisions a correction changed, with their own mail's
+        mailbox and ``mail.raw`` position."""
+        index = self._correlators[store.tenant].index
+        for correlation in correlations:
+            position = SourcePosition(MAIL_RAW, store.partition, store.source_offsets.get(correlation.message_id, -1))
+            record = correlated_record(correlation, index.get(correlation.message_id).mailbox, position)
+            result.outputs.append(Output(MAIL_CORRELATED, store.tenant.encode(), self.codec.encode(MAIL_CORRELATED, record)))
+            result.count("corrected")
 
     def process(self, items: list[RawItem], source_topic: str = MAIL_RAW) -> BatchResult:
         result = BatchResult()
@@ -199,6 +232,7 @@ class MailProcessor:
         result.outputs.append(Output(MAIL_CORRELATED, key, self.codec.encode(
             MAIL_CORRELATED, correlated_record(correlation, mail.mailbox, position))))
         result.count(correlation.method_name)
+        self._corrected(correlator.corrections_after(correlation.message_id), store, result)
         if correlation.response is not None:
             result.outputs.append(Output(MAIL_RESPONSES, key, self.codec.encode(
                 MAIL_RESPONSES, response_record(correlation, mail.mailbox))))
