@@ -168,12 +168,13 @@ async def _handle_batches(stream, processor: BatchStep, table: ChangelogAwaitedT
             items = [RawItem(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
             result = processor.process(items, source_topic=source_topic)
             await loop.run_in_executor(None, outputs().send_all, result.outputs)
-            result.apply_to(table, partial(partition_context, source_topic))
+            # Other tables first: the step's own table holds its offset markers, and a record
+            # they mark as applied must have all of its writes in.
             for name, writes in result.other_writes.items():
                 result.apply_to(other_tables[name], partial(partition_context, source_topic), writes)
-            await table.changelog_delivered()
-            for name in result.other_writes:
                 await other_tables[name].changelog_delivered()
+            result.apply_to(table, partial(partition_context, source_topic))
+            await table.changelog_delivered()
         if on_batch is not None:
             on_batch()
         log.info("%s: batch of %d: %s%s", source_topic, len(items), result.counts,
