@@ -36,6 +36,9 @@ CREATE ROW POLICY IF NOT EXISTS tenant_reader ON threadline.campaigns FOR SELECT
     USING startsWith(currentUser(), 'reader_') AND tenant = substring(currentUser(), 8) TO threadline_tenant_reader;
 CREATE ROW POLICY IF NOT EXISTS tenant_reader ON threadline.conversions FOR SELECT
     USING startsWith(currentUser(), 'reader_') AND tenant = substring(currentUser(), 8) TO threadline_tenant_reader;
+-- People's corrections of the correlation (0005).
+CREATE ROW POLICY IF NOT EXISTS tenant_reader ON threadline.corrections FOR SELECT
+    USING startsWith(currentUser(), 'reader_') AND tenant = substring(currentUser(), 8) TO threadline_tenant_reader;
 -- Dead letters have no tenant column: the record's Kafka key is its tenant (every topic is
 -- keyed by tenant). A dead letter without a key is shown to no tenant.
 CREATE ROW POLICY IF NOT EXISTS tenant_reader ON threadline.deadletter FOR SELECT

@@ -39,7 +39,7 @@ SEED = {"tenants": 2, "mails_per_tenant": 150, "campaigns": 2, "recipients": 60}
 
 
 def _extra_records(tenant: str) -> list[tuple[str, dict]]:
-    # The seed writes no alerts or CRM entities, and escalations only after hours of waiting:
+    # The seed writes no alerts, CRM entities or corrections, and escalations only after hours of waiting:
     # one each, so every policy is tried on rows.
     now = datetime(2026, 1, 6, tzinfo=timezone.utc)
     return [
@@ -49,6 +49,8 @@ def _extra_records(tenant: str) -> list[tuple[str, dict]]:
         ("crm.entities", {"event_id": f"c-{tenant}", "tenant": tenant, "entity_type": "contact", "entity_id": "c1",
                           "name": "n", "email": "c@x.test", "company_id": None, "owner": None, "status": None,
                           "assigned_on": None, "updated_at": now, "deleted": False}),
+        ("corrections", {"event_id": f"k-{tenant}", "tenant": tenant, "action": "UNLINK", "message_id": "<m@x.test>",
+                         "other_message_id": None, "author": "u@x.test", "reason": "", "created_at": now}),
         ("escalations", {"event_id": f"e-{tenant}", "tenant": tenant, "message_id": "<m@x.test>",
                          "conversation_id": "c", "state": "WARNED", "previous_state": "OPEN", "policy": "default",
                          "event_time": now, "owner": None, "mailbox": None, "regarding": None}),
