@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable
 
 from pipeline.correlation import subject as subjects
 from pipeline.correlation.methods.base import Match, Method
@@ -119,13 +119,6 @@ class CorrectionBook:
         """The corrections in force that name this mail, oldest first."""
         return sorted((self._by_mail[m] for m in self._naming.get(message_id, ())), key=lambda c: c.order)
 
-    def __len__(self) -> int:
-        return len(self._by_mail)
-
-    def __iter__(self) -> Iterator[Correction]:
-        return iter(self._by_mail.values())
-
-
     def deciding(self, message_id: str, index: CorrelationIndex) -> Correction | None:
         """The correction that decides this mail's parent before any method is tried: its LINK to
         an indexed mail (however old: a person's link has no window), UNLINK or SPLIT.  A MERGE
@@ -136,6 +129,9 @@ class CorrectionBook:
         if correction.action is Action.LINK and correction.other_message_id not in index:
             return None  # applied when the parent is indexed
         return correction
+
+    def __len__(self) -> int:
+        return len(self._by_mail)
 
 
 def corrected_match(correction: Correction, index: CorrelationIndex) -> Match | None:
@@ -209,7 +205,8 @@ def _below(index: CorrelationIndex, mail: IndexedMail) -> list[IndexedMail]:
 
 
 def corrected_by(evidence: dict[str, Any]) -> str | None:
-    """"corrected by <author> (<action>, <reason>), correction <event id>", when a correction decided."""
+    """"corrected by <author> on <time> (<action>: <reason>), correction <event id>" when a
+    correction decided, with the mail it moved with for mail that followed it; else None."""
     correction = evidence.get("correction")
     if not correction:
         return None
