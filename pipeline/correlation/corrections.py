@@ -17,6 +17,7 @@ replay, which may read the corrections before or after the mail, ends where the 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
@@ -39,6 +40,16 @@ class Action(str, Enum):
 
 # The actions that name a second mail (LINK: the parent; MERGE: a mail of the conversation joined).
 NAMES_OTHER = frozenset({Action.LINK, Action.MERGE})
+
+
+# The evidence key of a decision that replaces one already made for the mail (Correlator.correct).
+RECORRECTED = "recorrected"
+
+
+def is_recorrection(evidence_json: str) -> bool:
+    """Whether a ``mail.correlated`` record's evidence (its JSON text) replaces a decision already made."""
+    # The substring first: nearly no record has it, and parsing every record's evidence costs.
+    return f'"{RECORRECTED}"' in evidence_json and json.loads(evidence_json).get(RECORRECTED) is True
 
 
 class CorrectionError(ValueError):

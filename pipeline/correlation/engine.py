@@ -23,7 +23,9 @@ from typing import Callable
 
 from pipeline.correlation import subject as subjects
 from pipeline.correlation import tokens
-from pipeline.correlation.corrections import Correction, CorrectionBook, apply_correction, corrected_match
+from pipeline.correlation.corrections import (
+    RECORRECTED, Correction, CorrectionBook, apply_correction, corrected_match,
+)
 from pipeline.correlation.identity import COLLISION_FLAG, content_digest, derived_ids
 from pipeline.correlation.index import CorrelationIndex, MailStore
 from pipeline.correlation.methods.base import (
@@ -287,8 +289,10 @@ class Correlator:
 
     def correct(self, correction: Correction) -> list[Correlation]:
         """Apply a correction to the mail already indexed (it came after them); the corrected
-        decision of every mail it changed, for a consumer that keeps the newest decision per mail."""
-        return [self._indexed_result(entry, evidence) for entry, evidence in
+        decision of every mail it changed, for a consumer that keeps the newest decision per mail.
+        Each says ``recorrected`` in its evidence: it replaces a decision already made (a consumer
+        that acts once per mail, such as escalation, leaves it out)."""
+        return [self._indexed_result(entry, {**evidence, RECORRECTED: True}) for entry, evidence in
                 apply_correction(correction, self.index, self.tenant)]
 
     def corrections_after(self, message_id: str) -> list[Correlation]:

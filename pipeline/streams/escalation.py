@@ -1,6 +1,7 @@
 """The escalation agent's batch step, free of Faust (like :mod:`pipeline.streams.processor`).
 
-Input: ``mail.correlated`` records of this worker's generation.  One
+Input: ``mail.correlated`` records of this worker's generation, except those that re-decide a
+mail after a person's correction (docs/pipeline.md).  One
 :class:`~pipeline.escalation.tracker.EscalationTracker` per tenant (a tenant's mail is ordered
 on one partition, so each tracker sees its own event time only, and N workers decide exactly
 like one).  Output: ``escalations`` and ``alerts`` records, and table writes: one entry per
@@ -21,6 +22,7 @@ from typing import Callable, MutableMapping
 
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.topics import ALERTS, ESCALATIONS, MAIL_CORRELATED
+from pipeline.correlation.corrections import is_recorrection
 from pipeline.escalation.model import ConversationState, MailEvent, Transition
 from pipeline.escalation.policy import default_owner
 from pipeline.escalation.tracker import EscalationTracker
@@ -76,6 +78,11 @@ class EscalationProcessor:
                                             result):
             if record["generation"] != self.generation:
                 continue  # another generation's correlation: its own escalation agent handles it
+            if is_recorrection(record["evidence"]):
+                # A person's correction re-decided a mail already handled: its clocks stand (applied
+                # again at the mail's old time, a moved inbound mail would open a clock long overdue).
+                result.count("skipped:recorrected")
+                continue
             event = MailEvent(tenant=record["tenant"], message_id=record["message_id"],
                               conversation_id=record["conversation_id"], direction=record["direction"],
                               event_time=record["event_time"], mailbox=record["mailbox"],

@@ -7,6 +7,7 @@ applied as the mail is correlated; both end with the same newest decision per ma
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
@@ -84,6 +85,7 @@ def test_a_correction_after_its_mail_re_emits_the_corrected_decision_of_that_ten
     assert (corrected["tenant"], corrected["message_id"], corrected["method_name"], corrected["parent_message_id"],
             corrected["conversation_id"]) == ("acme", "<b@test>", "Correction", None,
                                               own_conversation_id("acme", "<b@test>"))
+    assert json.loads(corrected["evidence"])["recorrected"] is True  # escalation leaves it out
     # The same event id (the sink keeps the newest row), the mail's own mailbox, subject and position.
     [original] = [r for r in worker.correlated[:len(MAIL)] if (r["tenant"], r["message_id"]) == ("acme", "<b@test>")]
     assert {k: corrected[k] for k in ("event_id", "mailbox", "subject", "to", "source_offset")} == {

@@ -61,10 +61,12 @@ def test_a_tick_after_a_restart_fires_nothing_twice_once_its_writes_are_applied(
 
 
 def mail(tenant: str, message_id: str, when: datetime, *, conversation: str = "c1", direction: str = "in",
-         generation: int = 0, regarding: str | None = None) -> bytes:
+         generation: int = 0, regarding: str | None = None, evidence: dict | None = None) -> bytes:
     record = CODEC.decode("mail.correlated", correlated(tenant, message_id, when))
     record.update(conversation_id=conversation, direction=direction, generation=generation, regarding=regarding,
                   event_id=f"{tenant}-{message_id}-{direction}")
+    if evidence is not None:
+        record["evidence"] = json.dumps(evidence)
     if direction == "out":
         record.update(from_addr="agent@support.example", to=["customer@example.com"])
     return CODEC.encode("mail.correlated", record)
@@ -132,6 +134,21 @@ def test_another_generations_mail_and_a_bad_record_are_skipped_without_stopping_
     dead = [CODEC.decode("deadletter", o.value) for o in batch.outputs if o.topic == "deadletter"]
     assert [(d["source_offset"], d["agent"]) for d in dead] == [(1, "escalation")]
     assert offset_key(0) in batch.writes[0]  # the marker moved past all three
+
+
+def test_a_mail_re_decided_by_a_correction_leaves_the_clocks_as_they_are():
+    table: dict = {}
+    processor = EscalationProcessor(Settings(), CODEC, table, clock=lambda: T0)
+    late = T0 + timedelta(days=3)
+    processor.process([RawItem(0, 0, b"acme", mail("acme", "<now@x>", late, conversation="c0"))]).apply_to(table)
+    # A correction split <q@x>, answered days ago, into a conversation of its own: its corrected
+    # record would open a clock three days overdue; the first decision of a corrected mail counts.
+    correction = {"correction": {"event_id": "k1", "action": "SPLIT"}}
+    batch = processor.process([RawItem(0, 1, b"acme", mail("acme", "<q@x>", T0, conversation="c9",
+                                                            evidence={**correction, "recorrected": True})),
+                               RawItem(0, 2, b"acme", mail("acme", "<new@x>", late, conversation="c8",
+                                                            evidence=correction))])
+    assert escalations(batch) == [("acme", "c8", "OPEN")] and batch.counts["skipped:recorrected"] == 1
 
 
 def test_after_a_reset_the_state_is_rebuilt_from_the_table_and_decides_like_before():
