@@ -23,6 +23,10 @@ SERIES_CONFIDENCE = 0.97
 # Postings longer than this are not read: a shingle or subject word that many live mails share
 # points at none of them (its weight, 1 / mails, would be below 1/32 anyway).
 COMMON_KEY_MAILS = 32
+# A subject this similar (rarity-weighted) with the Dynamics addresses makes a candidate without a
+# reply signal: notification mail ("... issue #12: x" after "... pull request #12: x"); "Order 1"
+# after "Order 0" (similarity ~0.3) does not.
+_SIMILAR_SUBJECT = 0.6
 # Subject words looked up for candidates whose subject changed: the rarest few.
 _RARE_WORDS_LOOKED_UP = 3
 
@@ -43,7 +47,7 @@ class Evidence:
     # The version tokens of the "[...]" tags differ (engine.version_tags: "[PATCH v2]" and
     # "[PATCH v3]" are two threads; "[PATCH 2/5]" and "[PATCH 3/5]", "[VOTE]" and "[RESULT]" are not).
     tags_differ: bool
-    related: bool  # the mail's sender is among the parent's participants or the other way round
+    addresses: float  # sum of the rarity of the addresses both have (a list address weighs ~0)
     hours_apart: float
 
     def log_odds(self) -> float:
@@ -52,15 +56,15 @@ class Evidence:
         the calibration table there), not per corpus; the engine's confidence is its probability."""
         return (_BIAS + _QUOTED * math.log1p(min(self.quoted, 10.0)) + _QUOTED_SHARE * self.quoted_share + _SUBJECT * self.subject
                 + _SAME_SUBJECT * self.same_subject + _ATTRIBUTED * self.attributed
-                + _REPLY_PREFIX * self.reply_prefix + _TAGS_DIFFER * self.tags_differ + _RELATED * self.related
+                + _REPLY_PREFIX * self.reply_prefix + _TAGS_DIFFER * self.tags_differ + _ADDRESSES * min(self.addresses, 3.0)
                 + _AGE * math.log1p(self.hours_apart))
 
     def confidence(self) -> float:
         return 1.0 / (1.0 + math.exp(-self.log_odds()))
 
 
-_BIAS, _QUOTED, _QUOTED_SHARE, _SUBJECT, _SAME_SUBJECT, _ATTRIBUTED, _REPLY_PREFIX, _TAGS_DIFFER, _RELATED, _AGE = (
-    0.97, 0.175, 0.892, 2.304, 1.91, 0.487, -0.673, -2.142, 0.381, -0.446)
+_BIAS, _QUOTED, _QUOTED_SHARE, _SUBJECT, _SAME_SUBJECT, _ATTRIBUTED, _REPLY_PREFIX, _TAGS_DIFFER, _ADDRESSES, _AGE = (
+    0.961, 0.329, 0.906, 1.883, 2.132, 0.367, -1.209, -2.384, 0.552, -0.41)
 
 
 # Until an index holds this many mails, rarity is measured as if it did: in a fresh index every
@@ -100,8 +104,10 @@ class SmartMatching(MethodStrategy):
         # Word postings cost memory per word; only the evidence strategy (their rarity) and a
         # tolerant subject match read them.
         smart = correlator.settings.smart_matching
-        words = entry.subject_words if smart.strategy == "evidence" or smart.hash_delta_subject_count > 0 else ()
+        evidence = smart.strategy == "evidence"
+        words = entry.subject_words if evidence or smart.hash_delta_subject_count > 0 else ()
         return (("own_shingle", entry.own_shingles), ("subject_word", words),
+                ("address", entry.addresses if evidence else ()),
                 ("subject_key", (entry.subject_key,) if entry.subject_key else ()),
                 ("series_head", (entry.series_head,) if entry.series_head else ()))
 
@@ -225,6 +231,13 @@ class SmartMatching(MethodStrategy):
         tags = facts.version_tags
         need_addresses = correlator.settings.smart_matching.hash_min_address_count
         other_rarities: dict[str, float] = {}
+        address_rarities: dict[str, float] = {}
+
+        def address_rarity(address: str) -> float:
+            value = address_rarities.get(address)
+            if value is None:
+                value = address_rarities[address] = rarity(index.count("address", address) + 1, population)
+            return value
 
         def other_rarity(word: str) -> float:
             """Rarity of a candidate's subject word this mail does not have."""
@@ -255,7 +268,7 @@ class SmartMatching(MethodStrategy):
                     or (entry.from_addr and entry.from_addr in attribution)),
                 reply_prefix=has_prefix,
                 tags_differ=tags != frozenset(entry.version_tags),
-                related=mail.from_addr in entry.addresses or entry.from_addr in addresses,
+                addresses=sum(map(address_rarity, addresses.intersection(entry.addresses))),
                 hours_apart=max(0.0, ts - entry.event_time) / 3600.0,
             )
             # What makes a candidate at all (CRM 4.0 and the reply signals): the same subject needs a
@@ -267,7 +280,8 @@ class SmartMatching(MethodStrategy):
             if evidence.same_subject:
                 if not (replies or dynamics_rule):
                     continue
-            elif not (evidence.attributed or (evidence.subject > 0 and (replies or dynamics_rule))):
+            elif not (evidence.attributed or (evidence.subject > 0 and replies)
+                      or (evidence.subject >= _SIMILAR_SUBJECT and dynamics_rule)):
                 continue
             considered += 1
             key = (evidence.log_odds(), *recency(entry))
@@ -285,7 +299,7 @@ class SmartMatching(MethodStrategy):
             "quoted_shingles": best_evidence.quoted_shingles,
             "quoted_weight": round(best_evidence.quoted, 3),
             "attribution": attribution if best_evidence.attributed else None,
-            "related": best_evidence.related,
+            "address_weight": round(best_evidence.addresses, 3),
             "hours_apart": round(best_evidence.hours_apart, 1),
             "matched_addresses": sorted(addresses.intersection(best.addresses)),
         }, confidence=best_evidence.confidence())

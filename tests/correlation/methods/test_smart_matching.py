@@ -49,13 +49,13 @@ def test_rarity_falls_from_one_to_zero_with_the_share_of_mails_having_the_key():
 
 def test_confidence_rises_with_each_kind_of_evidence():
     base = Evidence(quoted=0.0, quoted_shingles=0, quoted_share=0.0, subject=0.5, same_subject=False,
-                    attributed=False, reply_prefix=True, tags_differ=False, related=False, hours_apart=5.0)
+                    attributed=False, reply_prefix=True, tags_differ=False, addresses=0.0, hours_apart=5.0)
     stronger = [
         Evidence(**{**_fields(base), "quoted": 3.0, "quoted_shingles": 3, "quoted_share": 0.5}),
         Evidence(**{**_fields(base), "subject": 0.9}),
         Evidence(**{**_fields(base), "same_subject": True}),
         Evidence(**{**_fields(base), "attributed": True}),
-        Evidence(**{**_fields(base), "related": True}),
+        Evidence(**{**_fields(base), "addresses": 1.5}),
         Evidence(**{**_fields(base), "hours_apart": 0.1}),
     ]
     assert all(0.0 < base.confidence() < other.confidence() < 1.0 for other in stronger)
@@ -90,6 +90,20 @@ def test_a_quote_of_a_passage_many_mails_share_weighs_almost_nothing():
     # shingles weighs 1/21); the subject can.
     assert reply.parent_message_id == "<t@test>"
     assert 0 < reply.evidence["quoted_weight"] < 0.5
+
+
+def test_an_address_on_every_mail_weighs_almost_nothing():
+    correlator = engine()
+    for n in range(100):  # everything goes to the list
+        correlator.correlate(mail(f"m{n}", f"question {n}", minutes=n, sender=f"user{n}@x.example"))
+    correlator.correlate(mail("q", "Export stopped", minutes=101, sender="ann@customer.example", body=QUESTION))
+    from_list = correlator.correlate(mail("a", "Re: Export stopped", minutes=110, sender="bob@x.example"))
+    direct = engine()
+    direct.correlate(mail("q", "Export stopped", sender="ann@customer.example", to=("ops@vendor.example",), body=QUESTION))
+    to_her = direct.correlate(mail("a", "Re: Export stopped", minutes=9, sender="bob@x.example",
+                                   to=("ann@customer.example", "ops@vendor.example")))
+    assert from_list.evidence["address_weight"] < 0.2 < 1.5 < to_her.evidence["address_weight"]
+    assert to_her.confidence > from_list.confidence
 
 
 def test_a_tag_in_every_subject_is_no_topic_in_common():
@@ -152,3 +166,16 @@ def test_min_confidence_decides_whether_a_content_match_links(floor):
     correlator.correlate(mail("q", "Export stopped", body=QUESTION))
     reply = correlator.correlate(mail("r", "Re: Export stopped", minutes=30, sender="bob@vendor.example"))
     assert (reply.method is Method.SMART_MATCHING) == (floor == 0.0)
+
+
+def test_without_a_reply_signal_only_a_very_similar_subject_and_the_dynamics_addresses_link():
+    correlator = engine()
+    notifier = dict(sender="notifications@tracker.example", to=("dev@list.example",))
+    correlator.correlate(mail("pr", "[Tracker] parser pull request #12: fix the crash on empty input lines", **notifier))
+    issue = correlator.correlate(mail("is", "[Tracker] parser issue #12: fix the crash on empty input lines",
+                                      minutes=5, **notifier))
+    assert issue.parent_message_id == "<pr@test>" and issue.evidence["subject_similarity"] >= 0.6
+    orders = engine()
+    orders.correlate(mail("o1", "Order 4711", sender="shop@vendor.example", to=("ann@customer.example",)))
+    other = orders.correlate(mail("o2", "Order 4712", minutes=5, sender="shop@vendor.example", to=("ann@customer.example",)))
+    assert other.method is Method.NONE and "abstained" not in other.evidence
