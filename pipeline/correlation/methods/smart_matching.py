@@ -27,8 +27,11 @@ COMMON_KEY_MAILS = 32
 # reply signal: notification mail ("... issue #12: x" after "... pull request #12: x"); "Order 1"
 # after "Order 0" (similarity ~0.3) does not.
 _SIMILAR_SUBJECT = 0.6
-# Subject words looked up for candidates whose subject changed: the rarest few.
+# Subject words looked up for candidates whose subject changed: the rarest few, each only when
+# few live mails have it (a word of many subjects finds candidates the subject key finds too, or
+# none worth weighing: on generated traffic the cap of 32 tripled the candidates per mail).
 _RARE_WORDS_LOOKED_UP = 3
+_RARE_WORD_MAILS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +211,7 @@ class SmartMatching(MethodStrategy):
         candidate_ids = dict.fromkeys(index.ids("subject_key", facts.subject_key)[-COMMON_KEY_MAILS:]
                                       if facts.subject_key else ())
         for word in sorted(words, key=word_rarity.__getitem__, reverse=True)[:_RARE_WORDS_LOOKED_UP]:
-            candidate_ids.update(dict.fromkeys(index.ids("subject_word", word, COMMON_KEY_MAILS)))
+            candidate_ids.update(dict.fromkeys(index.ids("subject_word", word, _RARE_WORD_MAILS)))
         quoted_weight: dict[str, float] = {}
         quoted_count: dict[str, int] = {}
         own = set(mail.own_shingles)
@@ -250,39 +253,47 @@ class SmartMatching(MethodStrategy):
         best_key = None
         best_evidence: Evidence | None = None
         considered = 0
+        quoted_total = len(mail.quoted_shingles)
         for message_id in candidate_ids:
             entry = index.get(message_id)
             if entry is None or not in_window(entry, ts):
                 continue
+            # What makes a candidate at all (CRM 4.0 and the reply signals), checked before any
+            # weighing (most candidates of busy subject words fail it): the same subject needs a
+            # sign that this mail answers (a reply prefix, quoted text, an attribution) or the
+            # Dynamics rule's common addresses; a changed subject needs a word in common and a
+            # reply signal, or to be very similar with the Dynamics addresses; an attribution
+            # naming the candidate's author is enough alone.
+            quoted = quoted_count.get(message_id, 0)
+            attributed = bool(attribution) and bool(
+                (entry.from_name and entry.from_name in attribution)
+                or (entry.from_addr and entry.from_addr in attribution))
+            replies = has_prefix or quoted > 0 or attributed
+            common = addresses.intersection(entry.addresses)
+            dynamics_rule = len(common) >= need_addresses
+            same_subject = bool(facts.subject_key) and entry.subject_key == facts.subject_key
+            if not (replies or dynamics_rule):
+                continue
             shared_rarity = sum(word_rarity[word] for word in entry.subject_words if word in word_rarity)
+            if not (same_subject or attributed or shared_rarity):
+                continue
             union_rarity = total_rarity + sum(
                 other_rarity(word) for word in entry.subject_words if word not in word_rarity)
+            similarity = shared_rarity / union_rarity if union_rarity else 0.0
+            if not (same_subject or attributed or replies or similarity >= _SIMILAR_SUBJECT):
+                continue
             evidence = Evidence(
                 quoted=quoted_weight.get(message_id, 0.0),
-                quoted_shingles=quoted_count.get(message_id, 0),
-                quoted_share=quoted_count.get(message_id, 0) / len(mail.quoted_shingles) if mail.quoted_shingles else 0.0,
-                subject=shared_rarity / union_rarity if union_rarity else 0.0,
-                same_subject=bool(facts.subject_key) and entry.subject_key == facts.subject_key,
-                attributed=bool(attribution) and bool(
-                    (entry.from_name and entry.from_name in attribution)
-                    or (entry.from_addr and entry.from_addr in attribution)),
+                quoted_shingles=quoted,
+                quoted_share=quoted / quoted_total if quoted_total else 0.0,
+                subject=similarity,
+                same_subject=same_subject,
+                attributed=attributed,
                 reply_prefix=has_prefix,
                 tags_differ=tags != frozenset(entry.version_tags),
-                addresses=sum(map(address_rarity, addresses.intersection(entry.addresses))),
+                addresses=sum(map(address_rarity, common)),
                 hours_apart=max(0.0, ts - entry.event_time) / 3600.0,
             )
-            # What makes a candidate at all (CRM 4.0 and the reply signals): the same subject needs a
-            # sign that this mail answers (a reply prefix, quoted text, an attribution) or the
-            # Dynamics rule's common addresses; quoted text alone (a footer, a pasted error message
-            # seen in another thread) needs a subject word in common or the attribution.
-            replies = has_prefix or evidence.quoted_shingles > 0 or evidence.attributed
-            dynamics_rule = len(addresses.intersection(entry.addresses)) >= need_addresses
-            if evidence.same_subject:
-                if not (replies or dynamics_rule):
-                    continue
-            elif not (evidence.attributed or (evidence.subject > 0 and replies)
-                      or (evidence.subject >= _SIMILAR_SUBJECT and dynamics_rule)):
-                continue
             considered += 1
             key = (evidence.log_odds(), *recency(entry))
             if best_key is None or key > best_key:
