@@ -170,6 +170,8 @@ def _winnowed_shingles(blocks: Iterable[list[str]], into: dict[int, None]) -> No
 
 
 def _bounded(shingles: dict[int, None]) -> tuple[int, ...]:
+    """At most MAX_SHINGLES, the smallest values, in first-seen order: which are kept does not
+    depend on where in the body a passage stands, so parent and reply keep the same ones."""
     if len(shingles) <= MAX_SHINGLES:
         return tuple(shingles)
     kept = set(sorted(shingles)[:MAX_SHINGLES])

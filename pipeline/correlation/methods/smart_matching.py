@@ -1,8 +1,9 @@
-"""SmartMatching (6): subject and address hashes (Dynamics CRM 4.0), in one of two strategies.
+"""SmartMatching (6): subject, quoted text and addresses, in one of two strategies.
 
-``dynamics`` is the CRM 4.0 rule alone; ``evidence`` (default) adds patch series, replies that
-continue a subject with a reply signal, and mail quoting an indexed mail's own text, ranked by
-quoted lines, attribution, subject and participants (docs/correlation.md).
+``dynamics`` is the Dynamics CRM 4.0 rule alone (subject and address hashes); ``evidence``
+(default) adds patch series, replies that continue a subject with a reply signal, and mail quoting
+an indexed mail's own text, each piece of evidence weighted by its rarity in the tenant's traffic
+and the candidates ranked by a calibrated probability (docs/correlation.md).
 """
 
 from __future__ import annotations
@@ -54,12 +55,14 @@ class Evidence:
     hours_apart: float
 
     def log_odds(self) -> float:
-        """How much more likely the candidate is the parent than not, as log odds: a logistic model
-        whose weights were fitted once on the development corpora pooled (docs/correlation.md, and
-        the calibration table there), not per corpus; the engine's confidence is its probability."""
-        return (_BIAS + _QUOTED * math.log1p(min(self.quoted, 10.0)) + _QUOTED_SHARE * self.quoted_share + _SUBJECT * self.subject
-                + _SAME_SUBJECT * self.same_subject + _ATTRIBUTED * self.attributed
-                + _REPLY_PREFIX * self.reply_prefix + _TAGS_DIFFER * self.tags_differ + _ADDRESSES * min(self.addresses, 3.0)
+        """Log odds that the candidate is in the mail's conversation: a logistic model whose weights
+        were fitted once on the development corpora pooled, not per corpus (docs/correlation.md,
+        with the calibration table); the engine's confidence is its probability."""
+        return (_BIAS
+                + _QUOTED * math.log1p(min(self.quoted, 10.0)) + _QUOTED_SHARE * self.quoted_share
+                + _SUBJECT * self.subject + _SAME_SUBJECT * self.same_subject
+                + _ATTRIBUTED * self.attributed + _REPLY_PREFIX * self.reply_prefix
+                + _TAGS_DIFFER * self.tags_differ + _ADDRESSES * min(self.addresses, 3.0)
                 + _AGE * math.log1p(self.hours_apart))
 
     def confidence(self) -> float:
