@@ -9,7 +9,7 @@ Thresholds and why (figures of 2026-12-03 in docs/correlation.md):
   link from a mail whose named parents are unknown must be right >= 95 % of the time or not be
   made at all (measured: none is made).
 - Without headers, judged precision >= 98.5 % and recall >= 95 % on every corpus (measured:
-  98.93-99.67 % and 95.66-98.20 %), and never below plain subject grouping on either (measured:
+  98.93-99.66 % and 95.66-98.20 %), and never below plain subject grouping on either (measured:
   85.6-97.9 % and 88.8-94.9 %).  The remaining judged errors are mostly replies that quote their
   parent but whose truth thread was split by a header-less mail in the chain.
 - Of the judged links with confidence >= 0.9, at least 98.5 % are right on every corpus
