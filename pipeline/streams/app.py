@@ -147,6 +147,27 @@ def local_tables_kept_after_clean_stop(tabledir: Path) -> Iterator[None]:
             marker.touch()
 
 
+def hold_deliveries_until_recovery_resumes_streams(app: faust.App) -> None:
+    """Records fetched while Faust ends a recovery reach the agents' queues only after Faust has
+    cleared them.
+
+    Faust 0.15.3 (``Recovery.on_recovery_completed``; faust-streaming/faust#596) resumes the
+    source partitions and awaits their seek to the committed offsets while the consumer still
+    runs from reading the changelogs, so records are fetched and queued for the agents meanwhile;
+    then ``flow_control.resume()`` empties every agent queue.  What was in them is dropped without
+    an acknowledgement: never processed, and the commits stop below it, as Faust commits only
+    acknowledged offsets without a gap.  Seen: a worker restarted after a SIGKILL dropped
+    mail.raw offsets 660-661 and stalled two records short of the end.  ``on_rebalance_complete``
+    is sent just before the partitions resume, on each path that resumes them; suspending the flow
+    there makes Faust's conductor hold every fetched record (it acquires the flow before queueing)
+    until that same ``resume()`` has emptied the queues.
+    """
+
+    @app.on_rebalance_complete.connect
+    async def _hold_deliveries(app, **kwargs) -> None:  # noqa: ARG001 - Faust signal signature
+        app.flow_control.suspend()
+
+
 def _bytes_table(app: faust.App, name: str, settings: Settings) -> ChangelogAwaitedTable:
     # Faust picks a table's serializers from key_type / value_type (not from a schema): bytes
     # values are stored as given ("raw"); anything else would be JSON-decoded on every read.
@@ -258,6 +279,8 @@ def build_app(settings: Settings) -> faust.App:
     correlation_lock = asyncio.Lock()  # the correlate and corrections agents both change the indexes
 
     steps: tuple[BatchStep, ...] = (processor, escalation, tracking, crm, corrections)
+
+    hold_deliveries_until_recovery_resumes_streams(app)
 
     @app.on_partitions_revoked.connect
     async def _revoked(app, revoked, **kwargs) -> None:  # noqa: ARG001 - Faust signal signature

@@ -1,6 +1,7 @@
 """The worker's durability rules around its Faust tables, without a broker: a batch is
-acknowledged only once its table writes are in the changelog, and local tables left by a worker
-that did not stop cleanly are not trusted."""
+acknowledged only once its table writes are in the changelog, local tables left by a worker
+that did not stop cleanly are not trusted, and records fetched as a recovery ends are not
+dropped from the agents' queues."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import asyncio
 from contextlib import nullcontext
 from types import SimpleNamespace
 
+import faust
 import pytest
 
 from pipeline.runtime.batch import BatchResult
-from pipeline.streams.app import _handle_batches, local_tables_kept_after_clean_stop
+from pipeline.streams.app import (_handle_batches, hold_deliveries_until_recovery_resumes_streams,
+                                  local_tables_kept_after_clean_stop)
 
 
 def test_a_batch_is_acknowledged_only_after_its_changelog_is_delivered():
@@ -62,3 +65,29 @@ def test_local_tables_are_kept_only_after_a_clean_stop(tmp_path):
     with local_tables_kept_after_clean_stop(tables):
         assert index.exists()
         assert not (tables / "stopped-cleanly").exists()
+
+
+def test_a_record_fetched_while_a_recovery_ends_survives_the_clearing_of_the_agent_queues():
+    """Faust's order at the end of a recovery, with its own flow control and agent queue: the
+    rebalance-complete signal, the source partitions resumed (a record is fetched and delivered
+    the way its conductor does: flow acquired, then queued), then ``flow_control.resume()``,
+    which empties the queues.  The record must be in the queue afterwards, not dropped."""
+    async def end_of_recovery() -> int:
+        # made inside the loop: Faust's flow control binds to the loop current at construction
+        app = faust.App("stall-test", broker="kafka://127.0.0.1:9")  # never started: no broker needed
+        hold_deliveries_until_recovery_resumes_streams(app)
+        queue = app.FlowControlQueue(maxsize=10, clear_on_resume=True)  # what an agent's channel uses
+        app.flow_control.resume()  # the flow runs while the changelogs are read
+        await app.on_rebalance_complete.send()
+
+        async def deliver() -> None:
+            await app.flow_control.acquire()
+            queue.put_nowait("mail.raw record")
+
+        delivery = asyncio.ensure_future(deliver())
+        await asyncio.sleep(0.01)  # Faust awaits the seek to the committed offsets here
+        app.flow_control.resume()
+        await delivery
+        return queue.qsize()
+
+    assert asyncio.run(end_of_recovery()) == 1
