@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from pipeline.broker import free_port
 from pipeline.runtime.kafka import topic_name
@@ -31,29 +30,9 @@ from pipeline.mail.parse import parse_mail
 from pipeline.streams.reader import read_topic
 from pipeline.streams.runner import count_outputs, wait_for_outputs
 
+from smtp_upstream import Upstream  # tests/smtp_upstream.py
+
 pytestmark = pytest.mark.integration
-
-
-class Upstream:
-    """The smarthost: a real SMTP server that keeps what it accepts; stops and starts on one port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.messages: list[tuple[str, list[str], bytes]] = []
-        self.controller: Controller | None = None
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
-        return "250 OK"
-
-    def start(self) -> None:
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
-        self.controller.start()
-
-    def stop(self) -> None:
-        if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
 
 
 @pytest.fixture
