@@ -198,7 +198,8 @@ class Correlator:
         mail_facts = MailFacts(mail, ts, facts, addresses, token)
         # A person's correction of this mail outranks every method (correlation.corrections).
         correction = self.corrections.deciding(message_id, index)
-        match, abstained = (corrected_match(correction, index), None) if correction else self._match(mail_facts)
+        floor = self._content_floor(mail)
+        match, abstained = (corrected_match(correction, index), None) if correction else self._match(mail_facts, floor)
         evidence: dict = {}
         confidence = 1.0
         if correction is not None:
@@ -210,7 +211,7 @@ class Correlator:
         elif match is None and abstained is not None:
             evidence = {"abstained": {
                 "method": method_label(abstained.method), "would_match": abstained.parent.message_id,
-                "confidence": abstained.confidence, "min_confidence": self._content_floor(mail),
+                "confidence": abstained.confidence, "min_confidence": floor,
                 "evidence": abstained.evidence,
             }}
             # As sure that no indexed mail is the parent as the most confident guess was unsure of its own.
@@ -307,11 +308,10 @@ class Correlator:
         return self._identity(mail, self._content_digest(mail))[0]
 
     # -- decisions -------------------------------------------------------------------------
-    def _match(self, facts: MailFacts) -> tuple[Match | None, Match | None]:
+    def _match(self, facts: MailFacts, floor: float) -> tuple[Match | None, Match | None]:
         """(the first match of the enabled methods in order, the most confident content match that
-        abstained before it): a content method less sure than the floor (``_content_floor``) makes
+        abstained before it): a content method less sure than ``floor`` (``_content_floor``) makes
         no decision, and the methods after it are tried."""
-        floor = self._content_floor(facts.mail)
         abstained = None
         for strategy in self._matching:
             match = strategy.match(self, facts)

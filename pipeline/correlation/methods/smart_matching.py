@@ -198,7 +198,6 @@ class SmartMatching(MethodStrategy):
         word or a quoted shingle is a candidate, weighed by :class:`Evidence`; the most confident
         one wins (the engine abstains below ``min_confidence``)."""
         index = correlator.index
-        in_window = correlator.in_window
         mail, ts, facts = mail_facts.mail, mail_facts.ts, mail_facts.subject
         words, series = facts.words, facts.series
         has_prefix = facts.mail_type != "new"
@@ -236,20 +235,13 @@ class SmartMatching(MethodStrategy):
         total_rarity = sum(word_rarity.values())
         tags = facts.version_tags
         need_addresses = correlator.settings.smart_matching.hash_min_address_count
-        other_rarities: dict[str, float] = {}
-        address_rarities: dict[str, float] = {}
+        rarities: dict[tuple[str, str], float] = {}
 
-        def address_rarity(address: str) -> float:
-            value = address_rarities.get(address)
+        def key_rarity(lookup: str, key: str, mail_has_it: bool) -> float:
+            """Rarity of a key of the lookup among the population, once per key and mail."""
+            value = rarities.get((lookup, key))
             if value is None:
-                value = address_rarities[address] = rarity(index.count("address", address) + 1, population)
-            return value
-
-        def other_rarity(word: str) -> float:
-            """Rarity of a candidate's subject word this mail does not have."""
-            value = other_rarities.get(word)
-            if value is None:
-                value = other_rarities[word] = rarity(index.count("subject_word", word), population)
+                value = rarities[lookup, key] = rarity(index.count(lookup, key) + mail_has_it, population)
             return value
 
         best = None
@@ -257,10 +249,8 @@ class SmartMatching(MethodStrategy):
         best_evidence: Evidence | None = None
         considered = 0
         quoted_total = len(mail.quoted_shingles)
-        for message_id in candidate_ids:
-            entry = index.get(message_id)
-            if entry is None or not in_window(entry, ts):
-                continue
+        for entry in correlator.candidates(list(candidate_ids), ts):
+            message_id = entry.message_id
             # What makes a candidate at all (CRM 4.0 and the reply signals), checked before any
             # weighing (most candidates of busy subject words fail it): the same subject needs a
             # sign that this mail answers (a reply prefix, quoted text, an attribution) or the
@@ -281,7 +271,7 @@ class SmartMatching(MethodStrategy):
             if not (same_subject or attributed or shared_rarity):
                 continue
             union_rarity = total_rarity + sum(
-                other_rarity(word) for word in entry.subject_words if word not in word_rarity)
+                key_rarity("subject_word", word, False) for word in entry.subject_words if word not in word_rarity)
             similarity = shared_rarity / union_rarity if union_rarity else 0.0
             if not (same_subject or attributed or replies or similarity >= _SIMILAR_SUBJECT):
                 continue
@@ -294,7 +284,7 @@ class SmartMatching(MethodStrategy):
                 attributed=attributed,
                 reply_prefix=has_prefix,
                 tags_differ=tags != frozenset(entry.version_tags),
-                addresses=sum(map(address_rarity, common)),
+                addresses=sum(key_rarity("address", address, True) for address in common),
                 hours_apart=max(0.0, ts - entry.event_time) / 3600.0,
             )
             considered += 1
