@@ -359,6 +359,97 @@ class EscalationMatch(_Section):
     mail_type: Literal["new", "reply", "forward"] | None = Field(None, description="Record type by mail type.")
 
 
+# The kinds of automatic mail (pipeline/mail/automatic.py classifies a mail as one of them, "" for a
+# person's). Defined here, the lowest layer that needs them: policies validate their
+# ignore_automatic against it, and the mail layer above imports it from here.
+AUTOMATIC_KINDS = ("bounce", "notifier", "auto_reply", "auto_generated", "list")
+
+
+class SlaTarget(_Section):
+    """The warn and breach times of one SLA target."""
+
+    warn_after: float = Field(gt=0, description="Hours (business hours when set) from the target's start until it "
+                              "is warned.")
+    breach_after: float = Field(gt=0, description="Hours (business hours when set) from the same start until it is "
+                                "breached; > warn_after.")
+
+    @field_validator("breach_after")
+    @classmethod
+    def _breach_after_warn(cls, value: float, info: ValidationInfo) -> float:
+        if "warn_after" in info.data and value <= info.data["warn_after"]:
+            raise ValueError(f"breach_after ({value}) must be greater than warn_after ({info.data['warn_after']})")
+        return value
+
+
+class SlaSettings(_Section):
+    """SLA targets of a policy (docs/escalation.md, "SLA targets"): first response, next response and
+    resolution, on the policy's business calendar, with a pause while the desk waits on the customer."""
+
+    first_response: SlaTarget | None = Field(
+        SlaTarget(warn_after=4, breach_after=8), description="From a conversation's first inbound person's mail to "
+        "our first person's reply (JSON object in a variable); false: not measured."
+    )
+    next_response: SlaTarget | None = Field(
+        SlaTarget(warn_after=4, breach_after=8), description="From a customer's follow-up after our reply to our next "
+        "reply; a follow-up while we wait on the customer starts a new cycle. false: not measured."
+    )
+    resolution: SlaTarget | None = Field(
+        SlaTarget(warn_after=40, breach_after=72), description="From the first inbound person's mail until the "
+        "conversation is resolved, paused while waiting on the customer. false: not measured."
+    )
+    pause: Literal["none", "after_reply", "record_state"] = Field(
+        "after_reply", description="Waiting on the customer stops the resolution clock and moves its deadlines. "
+        "after_reply: from our reply until the customer writes again. record_state: while the regarding record's "
+        "CRM status is one of waiting_states. none: never paused."
+    )
+    waiting_states: tuple[str, ...] = Field(
+        ("waiting", "pending"), description="CRM status values (case-insensitive) of a record that waits on the "
+        "customer (pause = record_state)."
+    )
+    resolved_states: tuple[str, ...] = Field(
+        ("resolved", "closed"), description="CRM status values (case-insensitive) of a resolved record: the "
+        "conversations regarding it are resolved."
+    )
+    resolved_marker: str | None = Field(
+        "[resolved]", description="Our person's mail whose subject contains this text (case-insensitive) resolves "
+        "its conversation; empty: no marker."
+    )
+    resolve_after_inactivity: float | None = Field(
+        120.0, ge=0, description="Hours (business hours when set) after our last reply without customer mail after "
+        "which the conversation counts as resolved at the time of that reply; 0: never."
+    )
+
+    @field_validator("first_response", "next_response", "resolution", mode="before")
+    @classmethod
+    def _false_is_none(cls, value: Any) -> Any:
+        # TOML has no null: `first_response = false` is how a file says the target is not measured.
+        return None if value is False else value
+
+    @field_validator("waiting_states", "resolved_states")
+    @classmethod
+    def _states_casefolded(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # CRM status values are compared case-insensitively: kept in their compared form.
+        return tuple(dict.fromkeys(state.strip().casefold() for state in value if state.strip()))
+
+    @field_validator("resolved_marker")
+    @classmethod
+    def _empty_marker_is_none(cls, value: str | None) -> str | None:
+        # An empty marker would be in every subject: every reply would resolve.
+        return value if value and value.strip() else None
+
+    @field_validator("resolve_after_inactivity")
+    @classmethod
+    def _zero_is_never(cls, value: float | None) -> float | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _states_apart(self) -> "SlaSettings":
+        both = sorted(set(self.waiting_states) & set(self.resolved_states))
+        if both:
+            raise ValueError(f"a status cannot both wait on the customer and be resolved: {', '.join(both)}")
+        return self
+
+
 class EscalationPolicy(_Section):
     """When an unanswered inbound mail warns and escalates, and who is told (DESIGN.md §4).
 
@@ -390,6 +481,15 @@ class EscalationPolicy(_Section):
             "in both cases. keep: nothing changes (a RESOLVED conversation stays resolved)."
         ),
     )
+    ignore_automatic: tuple[str, ...] = Field(
+        ("bounce", "notifier", "auto_reply", "auto_generated"),
+        description="Kinds of automatic mail (" + ", ".join(AUTOMATIC_KINDS) + ") that under this policy never "
+        "open, restart or resolve an escalation clock, are never unanswered, and never start, answer, pause, "
+        "resume or resolve an SLA target, inbound and outbound alike. list (mailing-list traffic) is left out "
+        "by default: it counts as a person's mail.",
+    )
+    team: str | None = Field(None, description="The team this policy's mail belongs to; SLA records carry it.")
+    sla: SlaSettings = Field(SlaSettings(), description="SLA targets of this policy's conversations.")
 
     @field_validator("escalate_after")
     @classmethod
@@ -397,6 +497,16 @@ class EscalationPolicy(_Section):
         if "warn_after" in info.data and value <= info.data["warn_after"]:
             raise ValueError(f"escalate_after ({value}) must be greater than warn_after ({info.data['warn_after']})")
         return value
+
+    @field_validator("ignore_automatic")
+    @classmethod
+    def _known_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        kinds = tuple(dict.fromkeys(kind.strip().lower() for kind in value))
+        unknown = [kind for kind in kinds if kind not in AUTOMATIC_KINDS]
+        if unknown:
+            raise ValueError(f"ignore_automatic: unknown kind {', '.join(map(repr, unknown))} "
+                             f"(kinds: {', '.join(AUTOMATIC_KINDS)})")
+        return kinds
 
     @field_validator("holidays", mode="before")
     @classmethod
@@ -965,7 +1075,11 @@ def settings_reference() -> list[str]:
     for section, name, field in leaf_fields():
         path = f"{section}.{name}"
         variable = ENV_PREFIX + path.replace(".", "_").upper()
-        default = field.default if not isinstance(field.default, Path) else str(field.default)
+        default = field.default
+        if isinstance(default, Path):
+            default = str(default)
+        elif isinstance(default, BaseModel):  # an optional table with a default (sla.first_response)
+            default = default.model_dump(mode="json")
         default = json.dumps(masked(default) if is_secret(field) else redact_strings(default))
         description = (field.description or "").replace("|", "\\|")
         rows.append(f"| `{path}` | `{variable}` | `{default}` | {description} |")

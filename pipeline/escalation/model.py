@@ -43,7 +43,8 @@ ALERT_TYPES = {
 
 @dataclass(frozen=True, slots=True)
 class MailEvent:
-    """What escalation needs from one tracked, correlated mail (``direction`` is "in" or "out")."""
+    """What escalation needs from one tracked, correlated mail (``direction`` is "in" or "out";
+    ``automatic`` the kind of automatic mail of pipeline/mail/automatic.py, "" for a person's)."""
 
     tenant: str
     message_id: str
@@ -56,6 +57,8 @@ class MailEvent:
     mail_type: str = "new"
     parent_message_id: str | None = None
     assigned_on: datetime | None = None
+    automatic: str = ""
+    subject: str = ""
 
     @classmethod
     def from_correlation(cls, correlation: Correlation, *, mailbox: str | None = None, owner: str | None = None,
@@ -64,7 +67,7 @@ class MailEvent:
                    conversation_id=correlation.conversation_id, direction=correlation.direction,
                    event_time=correlation.event_time, mailbox=mailbox, regarding=correlation.regarding,
                    owner=owner, mail_type=correlation.mail_type, parent_message_id=correlation.parent_message_id,
-                   assigned_on=assigned_on)
+                   assigned_on=assigned_on, subject=correlation.subject)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ import pytest
 
 from pipeline.escalation import MailEvent, recipients, select_policy
 from pipeline.escalation.tracker import EscalationTracker
-from pipeline.settings import BusinessHours, EscalationPolicy, EscalationSettings, SettingsError, load_settings
+from pipeline.settings import (AUTOMATIC_KINDS, BusinessHours, EscalationPolicy, EscalationSettings, SettingsError,
+                               SlaTarget, load_settings)
 
 TOML = """
 [escalation]
@@ -90,12 +91,77 @@ def test_policies_and_default_policy_from_the_environment(tmp_path, monkeypatch)
     ("[[escalation.policies]]\nname = 'default'\n", "must be unique"),
     ("[[escalation.policies]]\nname = 'a'\n[[escalation.policies]]\nname = 'a'\n", "must be unique"),
     ("[[escalation.policies]]\nname = 'a'\nmatch = { colour = 'red' }\n", "colour"),
+    ("[escalation.default_policy]\nignore_automatic = ['out_of_office']\n", "unknown kind 'out_of_office'"),
+    ("[escalation.default_policy.sla]\nfirst_response = { warn_after = 8, breach_after = 8 }\n",
+     "breach_after .* greater than warn_after"),
+    ("[escalation.default_policy.sla]\nresolution = { warn_after = 0, breach_after = 8 }\n", "warn_after"),
+    ("[escalation.default_policy.sla]\nnext_response = { warn_after = 2 }\n", "breach_after"),
+    ("[escalation.default_policy.sla]\npause = 'weekends'\n", "pause"),
+    ("[escalation.default_policy.sla]\nwaiting_states = ['Closed']\n", "both wait on the customer and be resolved"),
+    ("[escalation.default_policy.sla]\nresolve_after_inactivity = -1\n", "resolve_after_inactivity"),
 ])
 def test_bad_escalation_settings_say_what_is_wrong(tmp_path, content, message):
     path = tmp_path / "bad.toml"
     path.write_text(content)
     with pytest.raises(SettingsError, match=message):
         load_settings(path, environ={})
+
+
+SLA_TOML = """
+[[escalation.policies]]
+name = "desk"
+team = "Support Berlin"
+ignore_automatic = ["Bounce", "auto_reply", "list", "bounce"]
+
+[escalation.policies.sla]
+first_response = { warn_after = 1, breach_after = 2 }
+next_response = false
+pause = "record_state"
+waiting_states = ["Waiting on Customer", " ON HOLD "]
+resolved_marker = ""
+resolve_after_inactivity = 0
+"""
+
+
+def test_sla_targets_and_automatic_mail_from_toml(tmp_path):
+    path = tmp_path / "sla.toml"
+    path.write_text(SLA_TOML)
+    escalation = load_settings(path, environ={}).escalation
+    desk = escalation.policies[0]
+    assert desk.team == "Support Berlin"
+    assert desk.ignore_automatic == ("bounce", "auto_reply", "list")  # normal form, duplicates dropped
+    assert desk.sla.first_response == SlaTarget(warn_after=1, breach_after=2)
+    assert desk.sla.next_response is None  # TOML has no null: false switches a target off
+    assert desk.sla.resolution == SlaTarget(warn_after=40, breach_after=72)
+    assert desk.sla.pause == "record_state"
+    assert desk.sla.waiting_states == ("waiting on customer", "on hold")
+    assert desk.sla.resolved_marker is None and desk.sla.resolve_after_inactivity is None
+    # The defaults: every kind but mailing-list traffic is ignored; all three targets measured.
+    default = escalation.default_policy
+    assert default.ignore_automatic == tuple(kind for kind in AUTOMATIC_KINDS if kind != "list")
+    assert default.team is None
+    assert (default.sla.first_response, default.sla.next_response, default.sla.resolution) == (
+        SlaTarget(warn_after=4, breach_after=8), SlaTarget(warn_after=4, breach_after=8),
+        SlaTarget(warn_after=40, breach_after=72))
+    assert (default.sla.pause, default.sla.resolved_states, default.sla.resolved_marker,
+            default.sla.resolve_after_inactivity) == ("after_reply", ("resolved", "closed"), "[resolved]", 120.0)
+
+
+def test_sla_settings_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    environ = {
+        "THREADLINE_ESCALATION_DEFAULT_POLICY_SLA_FIRST_RESPONSE": '{"warn_after": 0.5, "breach_after": 1}',
+        "THREADLINE_ESCALATION_DEFAULT_POLICY_SLA_RESOLUTION": "false",
+        "THREADLINE_ESCALATION_DEFAULT_POLICY_SLA_PAUSE": "none",
+        "THREADLINE_ESCALATION_DEFAULT_POLICY_IGNORE_AUTOMATIC": '["bounce"]',
+        "THREADLINE_ESCALATION_DEFAULT_POLICY_TEAM": "desk",
+        "THREADLINE_ESCALATION_DEFAULT_POLICY_SLA_RESOLVED_MARKER": "",
+    }
+    default = load_settings(environ=environ).escalation.default_policy
+    assert default.sla.first_response == SlaTarget(warn_after=0.5, breach_after=1)
+    assert default.sla.resolution is None
+    assert (default.sla.pause, default.ignore_automatic, default.team) == ("none", ("bounce",), "desk")
+    assert default.sla.resolved_marker is None
 
 
 def test_recipients_substitute_the_owner_and_drop_duplicates():
