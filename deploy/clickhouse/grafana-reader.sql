@@ -39,6 +39,11 @@ CREATE ROW POLICY IF NOT EXISTS tenant_reader ON threadline.conversions FOR SELE
 -- People's corrections of the correlation (0005).
 CREATE ROW POLICY IF NOT EXISTS tenant_reader ON threadline.corrections FOR SELECT
     USING startsWith(currentUser(), 'reader_') AND tenant = substring(currentUser(), 8) TO threadline_tenant_reader;
+-- SLA targets (0008): their events and the one-row-per-target view.
+CREATE ROW POLICY IF NOT EXISTS tenant_reader ON threadline.sla_events FOR SELECT
+    USING startsWith(currentUser(), 'reader_') AND tenant = substring(currentUser(), 8) TO threadline_tenant_reader;
+CREATE ROW POLICY IF NOT EXISTS tenant_reader ON threadline.sla_targets_latest FOR SELECT
+    USING startsWith(currentUser(), 'reader_') AND tenant = substring(currentUser(), 8) TO threadline_tenant_reader;
 -- Dead letters have no tenant column: the record's Kafka key is its tenant (every topic is
 -- keyed by tenant). A dead letter without a key is shown to no tenant.
 CREATE ROW POLICY IF NOT EXISTS tenant_reader ON threadline.deadletter FOR SELECT

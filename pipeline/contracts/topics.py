@@ -21,6 +21,7 @@ TRACKING_RAW = "tracking.raw"
 TRACKING_EVENTS = "tracking.events"
 ESCALATIONS = "escalations"
 ALERTS = "alerts"
+SLA_EVENTS = "sla.events"
 CRM_ENTITIES = "crm.entities"
 CAMPAIGNS = "campaigns"
 CONVERSIONS = "conversions"
@@ -58,6 +59,7 @@ TOPICS = (
     Topic(TRACKING_EVENTS, table="tracking_events", address_fields=("recipient",)),
     Topic(ESCALATIONS, table="escalations", address_fields=("owner",)),
     Topic(ALERTS, table="alerts", address_fields=("user", "record_owner")),
+    Topic(SLA_EVENTS, table="sla_events", address_fields=("owner",)),
     Topic(CRM_ENTITIES, table="crm_entities", address_fields=("email",), retention_ms=FOREVER),
     Topic(CAMPAIGNS, table="campaigns", retention_ms=FOREVER),
     Topic(CONVERSIONS, table="conversions", address_fields=("recipient",), retention_ms=FOREVER),

@@ -16,7 +16,7 @@ from pipeline.contracts.avro import (
 
 DESIGN_TOPICS = {"mail.raw", "mail.correlated", "mail.untracked", "mail.responses", "tracking.raw",
                  "tracking.events", "escalations", "alerts", "crm.entities", "campaigns", "conversions", "deadletter",
-                 "corrections"}
+                 "corrections", "sla.events"}
 
 
 def _raw_record():

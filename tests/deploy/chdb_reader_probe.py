@@ -39,8 +39,8 @@ SEED = {"tenants": 2, "mails_per_tenant": 150, "campaigns": 2, "recipients": 60}
 
 
 def _extra_records(tenant: str) -> list[tuple[str, dict]]:
-    # The seed writes no alerts, CRM entities or corrections, and escalations only after hours of waiting:
-    # one each, so every policy is tried on rows.
+    # The seed writes no alerts, CRM entities, corrections or SLA events, and escalations only after hours
+    # of waiting: one each, so every policy is tried on rows.
     now = datetime(2026, 1, 6, tzinfo=timezone.utc)
     return [
         ("alerts", {"event_id": f"a-{tenant}", "tenant": tenant, "event_type": "assigned", "user": "u@x.test",
@@ -54,6 +54,10 @@ def _extra_records(tenant: str) -> list[tuple[str, dict]]:
         ("escalations", {"event_id": f"e-{tenant}", "tenant": tenant, "message_id": "<m@x.test>",
                          "conversation_id": "c", "state": "WARNED", "previous_state": "OPEN", "policy": "default",
                          "event_time": now, "owner": None, "mailbox": None, "regarding": None}),
+        ("sla.events", {"event_id": f"s-{tenant}", "tenant": tenant, "conversation_id": "c", "message_id": "<m@x.test>",
+                        "target": "first_response", "outcome": "started", "cycle": 1, "policy": "default",
+                        "team": None, "owner": None, "mailbox": None, "regarding": None, "started_at": now,
+                        "due_at": now, "event_time": now, "business_seconds": 0.0, "on_time": False}),
     ]
 
 
