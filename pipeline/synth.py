@@ -10,15 +10,18 @@ RFC 5322 bytes (for the parser and the broker).
 
 from __future__ import annotations
 
+import heapq
 import random
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from email.message import EmailMessage
 from email.utils import format_datetime
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from pipeline.correlation import thread_index, tokens
 from pipeline.mail.content import fingerprint_body
+from pipeline.mail.parse import parse_mail
 from pipeline.mail.record import Direction, MailRecord
 from pipeline.settings import TrackingTokenSettings
 
@@ -189,3 +192,108 @@ def render_rfc5322(mail: MailRecord, *, xheader_name: str = "X-Threadline-Ref") 
     ]
     head = "\r\n".join(line for line in lines if line)
     return (head + "\r\n\r\n" + mail.body_text.replace("\n", "\r\n") + "\r\n").encode("utf-8")
+
+
+# -- automatic mail mixed into a stream of people's mail ---------------------------------------
+
+# Out-of-office subjects as mail clients write them; the ones after the first two come without
+# Auto-Submitted (older clients and some servers set none), so only the subject says what they are.
+_OUT_OF_OFFICE_SUBJECTS = ("Automatic reply: ", "Out of Office: ", "Abwesenheitsnotiz: ", "Réponse automatique : ",
+                           "Respuesta automática: ", "Automatisch antwoord: ")
+
+
+@dataclass(frozen=True)
+class AutomaticMix:
+    """How much automatic mail :func:`with_automatic_mail` adds (shares of the mail it follows)."""
+
+    out_of_office: float = 0.2  # of our replies: the customer's out-of-office answers it
+    acknowledgement: float = 0.8  # of customers' mails that name no earlier mail: our desk acknowledges it
+    bounce: float = 0.05  # of our mails: it bounces (a DSN from our own mail server)
+
+
+@dataclass(frozen=True, slots=True)
+class AutomaticMail:
+    """One generated automatic mail: what it was made as, its bytes and their parsed record."""
+
+    made_as: str  # out_of_office, acknowledgement, bounce
+    raw: bytes
+    record: MailRecord
+
+
+def with_automatic_mail(mails: Iterable[MailRecord], *, seed: int = 11,
+                        mix: AutomaticMix = AutomaticMix()) -> Iterator[MailRecord | AutomaticMail]:
+    """``mails`` (event-time order, ``direction`` set) with automatic mail answering some of them:
+    out-of-office replies to our replies, our desk's acknowledgements of customers' mails that name
+    no earlier mail and bounces of our mails (from the customer's mail server), each a little later
+    than the mail it answers and in time order with the rest.  The people's mail is yielded unchanged and in its order, so dropping every
+    :class:`AutomaticMail` gives back exactly ``mails``: the hand-made truth of what is automatic.
+    Each automatic mail is built as bytes and parsed, so it is recognised as a live one would be."""
+    rng = random.Random(seed)
+    pending: list[tuple[datetime, int, AutomaticMail]] = []
+    serial = 0
+    for mail in mails:
+        when = mail.event_time
+        while pending and when is not None and pending[0][0] <= when:
+            yield heapq.heappop(pending)[2]
+        yield mail
+        if when is None:
+            continue
+        if mail.direction == "in":
+            # A desk acknowledges the mail it cannot link to a ticket: mail naming no earlier mail.
+            answers = (("acknowledgement", 0 if mail.in_reply_to or mail.references else mix.acknowledgement, 30),)
+        else:
+            answers = (("out_of_office", mix.out_of_office, 120), ("bounce", mix.bounce, 300))
+        for made_as, share, delay in answers:  # delay: the latest, in seconds
+            if share and rng.random() < share:
+                serial += 1
+                at = when + timedelta(seconds=rng.uniform(1, delay))
+                raw, direction = _automatic_raw(made_as, mail, at, rng, serial)
+                record = parse_mail(raw, direction=direction, tenant=mail.tenant, mailbox=mail.mailbox, received_at=at)
+                heapq.heappush(pending, (at, serial, AutomaticMail(made_as, raw, record)))
+    while pending:
+        yield heapq.heappop(pending)[2]
+
+
+def _automatic_raw(made_as: str, mail: MailRecord, at: datetime, rng: random.Random,
+                   serial: int) -> tuple[bytes, Direction]:
+    message = EmailMessage()
+    message["Message-ID"] = f"<automatic.{serial}.{uuid.UUID(int=rng.getrandbits(128)).hex[:12]}@synth.threadline.test>"
+    message["Date"] = format_datetime(at)
+    customer = mail.to[0] if mail.direction == "out" and mail.to else mail.from_addr
+    desk = mail.from_addr if mail.direction == "out" else (mail.to[0] if mail.to else mail.from_addr)
+    if made_as == "bounce":
+        bounce_domain = "mx." + customer.rpartition("@")[2]
+        # Written out: the stdlib's generator cannot write a message/delivery-status part it did not parse.
+        boundary = f"bounce-{serial}"
+        head = "\r\n".join((
+            f"Message-ID: {message['Message-ID']}", f"Date: {message['Date']}",
+            f"From: Mail Delivery System <MAILER-DAEMON@{bounce_domain}>", f"To: {desk}",
+            "Subject: Undelivered Mail Returned to Sender", "Auto-Submitted: auto-replied", "MIME-Version: 1.0",
+            f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"'))
+        parts = (
+            "Content-Type: text/plain; charset=us-ascii\r\n\r\nThis is the mail system.\r\n\r\nYour message "
+            f"could not be delivered to one or more recipients.\r\n\r\n<{customer}>: host said: 550 5.1.1 user unknown",
+            f"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; {bounce_domain}\r\n\r\n"
+            f"Final-Recipient: rfc822; {customer}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+            "Diagnostic-Code: smtp; 550 5.1.1 user unknown",
+            f"Content-Type: text/rfc822-headers\r\n\r\nMessage-ID: {mail.message_id}\r\nFrom: {mail.from_addr}\r\n"
+            f"To: {customer}\r\nSubject: {mail.subject}")
+        body = "".join(f"--{boundary}\r\n{part}\r\n\r\n" for part in parts) + f"--{boundary}--\r\n"
+        return (head + "\r\n\r\n" + body).encode("utf-8"), "in"
+    message["In-Reply-To"] = mail.message_id
+    message["References"] = " ".join((*mail.references[-9:], mail.message_id))
+    if made_as == "acknowledgement":
+        message["From"], message["To"] = desk, customer
+        message["Subject"] = f"We received your request: {mail.subject}"
+        message["Auto-Submitted"] = "auto-replied"
+        message.set_content("Thank you for your message. Your request has been received and an agent will "
+                            "answer it as soon as possible.\n")
+        return message.as_bytes(), "out"
+    prefix = rng.choice(_OUT_OF_OFFICE_SUBJECTS)
+    message["From"], message["To"] = customer, desk
+    message["Subject"] = prefix + mail.subject
+    if _OUT_OF_OFFICE_SUBJECTS.index(prefix) < 2:
+        message["Auto-Submitted"] = "auto-replied"
+    message.set_content("I am out of the office and will read your mail when I am back. "
+                        "For urgent matters please call the front desk.\n")
+    return message.as_bytes(), "in"

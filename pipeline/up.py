@@ -31,7 +31,7 @@ from pipeline.sinks.clickhouse import ClickHouseSink, ClickHouseStore, sink_unti
 from pipeline.streams.ingest import ingest
 from pipeline.streams.reader import read_topic
 from pipeline.streams.runner import WorkerProcess, count_records, wait_for_outputs
-from pipeline.synth import MailGenerator, render_rfc5322
+from pipeline.synth import AutomaticMail, MailGenerator, render_rfc5322, with_automatic_mail
 from pipeline.synth_traffic import CampaignTraffic, produce_traffic
 
 SAMPLE_SIZE = 2_000
@@ -40,12 +40,14 @@ SAMPLE_CAMPAIGNS, SAMPLE_RECIPIENTS = 3, 300
 
 
 def write_sample_mbox(path: Path, count: int = SAMPLE_SIZE, seed: int = 7) -> Path:
-    """A synthetic support mailbox (see pipeline.synth) as an mbox file."""
+    """A synthetic support mailbox (see pipeline.synth) as an mbox file: ``count`` people's mails
+    and the automatic mail they draw (out-of-office replies, acknowledgements, bounces)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as mbox:
         # A mail every two minutes: replies come minutes to days later, so clocks warn and escalate.
-        for mail in MailGenerator(seed, customers=500, agents=8, seconds_between_mails=120).mails(count):
-            raw = render_rfc5322(mail).replace(b"\r\n", b"\n")
+        people = MailGenerator(seed, customers=500, agents=8, seconds_between_mails=120).mails(count)
+        for mail in with_automatic_mail(people, seed=seed):
+            raw = (mail.raw if isinstance(mail, AutomaticMail) else render_rfc5322(mail)).replace(b"\r\n", b"\n")
             body = b"\n".join(b">" + line if line.startswith(b"From ") else line for line in raw.split(b"\n"))
             mbox.write(b"From threadline@synth Thu Jan  1 00:00:00 2026\n" + body + b"\n\n")
     return path
@@ -124,7 +126,8 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
         if not mailboxes:
             sample = write_sample_mbox(data_dir / "sample.mbox")
             mailboxes, sample_mailbox = [str(sample)], "support"
-            say(f"no mailbox given: generated {SAMPLE_SIZE} synthetic support mails in {sample}")
+            say(f"no mailbox given: generated {SAMPLE_SIZE} synthetic support mails, with the out-of-office "
+                f"replies, acknowledgements and bounces they draw, in {sample}")
             if not settings.untracked.own_domains:
                 # The sample desk's agents write from this domain: their mail is outbound, and the
                 # agent a customer wrote to owns the mail's clock.
