@@ -125,11 +125,22 @@ WHERE m.tenant = decodeURLComponent('${tenant:percentencode}') AND m.direction =
       SELECT cityHash64(answers_message_id) FROM threadline.mail_responses_latest
       WHERE tenant = decodeURLComponent('${tenant:percentencode}'))""",
               kind="stat", width=6, description="Inbound mail with no correlated reply, older than the threshold."),
+        # A conversation's current state is its latest escalation record up to the range's end.
+        # Records of one conversation can share an instant; the tracker then emits a deadline's
+        # WARNED / ESCALATED first, then the mail's OPEN (a restart), then RESOLVED (a reply, also
+        # to a clock the same mail opened): that order breaks the tie, whatever order rows arrive in.
         Panel("Escalations by state", """
-SELECT state, count() AS mails
-FROM threadline.escalations FINAL
-WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND $__timeFilter(event_time)
-GROUP BY state ORDER BY state""", kind="barchart", width=6),
+SELECT state, count() AS conversations
+FROM (
+    SELECT argMax(state, (event_time, indexOf(['WARNED', 'ESCALATED', 'OPEN', 'RESOLVED'], state))) AS state
+    FROM threadline.escalations FINAL
+    WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND event_time <= $__toTime
+    GROUP BY conversation_id
+    HAVING max(event_time) >= $__fromTime
+)
+GROUP BY state ORDER BY state""", kind="barchart", width=6,
+              description="Conversations with an escalation record in the time range, each counted once in its "
+                          "current state: its latest record up to the end of the range."),
         Panel("Oldest unanswered inbound mail", """
 SELECT m.event_time AS received, m.from_addr AS sender, m.subject, m.mailbox,
        dateDiff('hour', m.event_time, $__toTime) AS waiting_h

@@ -1,7 +1,8 @@
 """Seeded analytics data: what the sink would write after a period of support and campaign mail.
 
-Mail and its correlations come from the real engine over synthetic mail (pipeline.synth);
-campaigns, tracking events and conversions are drawn from a seeded random model of a campaign
+Mail and its correlations come from the real engine over synthetic mail (pipeline.synth), its
+escalations from the real escalation tracker fed with those correlations (several transitions
+per conversation, reopened when a customer writes again after our reply); campaigns, tracking events and conversions are drawn from a seeded random model of a campaign
 (human and machine opens, clicks, conversions with revenue).  Used by the dashboard tests, the
 ClickHouse benchmark.  Rows go through the same
 ``rows_for`` as the sink, so they have exactly the sink's shape.
@@ -18,6 +19,9 @@ from pipeline.contracts.topics import (BY_NAME, CAMPAIGNS, CONVERSIONS, DEADLETT
                                        MAIL_RAW, MAIL_RESPONSES, MAIL_UNTRACKED, TRACKING_EVENTS)
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.model import stable_event_id
+from pipeline.escalation.model import MailEvent
+from pipeline.escalation.policy import default_owner
+from pipeline.escalation.tracker import EscalationTracker
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseStore, rows_for
 from pipeline.contracts.records import (
@@ -28,9 +32,17 @@ from pipeline.synth import MailGenerator
 _USER_AGENTS = ("Apple Mail", "Outlook", "Gmail", "Thunderbird", "Chrome", "Firefox")
 
 
+def _no_wall_clock() -> datetime:
+    raise AssertionError("seeded escalations run on the mail's event time only")
+
+
 def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int,
                          generation: int) -> Iterator[tuple[str, dict]]:
+    """mail.correlated / mail.untracked / mail.responses records, and the escalations of the
+    correlated mail (every mail first advances the tracker to its time, as in the agent)."""
     correlator = Correlator(settings.correlation, tenant=tenant, untracked=settings.untracked, generation=generation)
+    escalation = EscalationTracker(settings.escalation, clock=_no_wall_clock)
+    own_domains = frozenset(d.lower() for d in settings.untracked.own_domains)
     # One mail every 2 minutes on average: replies come minutes to days later, as in a real desk.
     generator = MailGenerator(seed, tenant=tenant, customers=2_000, agents=12, seconds_between_mails=120)
     for offset, generated in enumerate(generator.mails(mails)):
@@ -46,6 +58,10 @@ def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int,
             yield MAIL_CORRELATED, correlated_record(correlation, mail.mailbox, SourcePosition(MAIL_RAW, 0, offset))
             if correlation.response is not None:
                 yield MAIL_RESPONSES, response_record(correlation, mail.mailbox)
+            owner = default_owner(correlation.direction, (*correlation.to, *correlation.cc), own_domains)
+            event = MailEvent.from_correlation(correlation, mailbox=mail.mailbox, owner=owner)
+            for transition in escalation.on_correlation(event):
+                yield ESCALATIONS, transition.to_record()
 
 
 def _campaign_records(tenant: str, rng: random.Random, start: datetime, campaigns: int,
@@ -92,21 +108,6 @@ def _campaign_records(tenant: str, rng: random.Random, start: datetime, campaign
                 }
 
 
-def _escalation_records(tenant: str, responses: list[dict], rng: random.Random) -> Iterator[tuple[str, dict]]:
-    for response in responses:
-        hours = response["seconds"] / 3600
-        if hours < 4:
-            continue
-        state = "ESCALATED" if hours > 24 else "WARNED"
-        yield ESCALATIONS, {
-            "event_id": stable_event_id("escalation", tenant, response["answers_message_id"], state), "tenant": tenant,
-            "message_id": response["answers_message_id"], "conversation_id": response["conversation_id"],
-            "state": state, "previous_state": "OPEN", "policy": "default",
-            "event_time": response["inbound_time"] + timedelta(hours=4 if state == "WARNED" else 24),
-            "owner": response["responder"], "mailbox": response["mailbox"], "regarding": response["regarding"],
-        }
-
-
 def seed_records(settings: Settings, *, tenants: int = 2, mails_per_tenant: int = 3_000, campaigns: int = 4,
                  recipients: int = 500, seed: int = 7, generation: int = 0) -> Iterator[tuple[str, dict]]:
     """Everything the sink would have written; ``generation`` > 0 is what a replay adds."""
@@ -114,12 +115,7 @@ def seed_records(settings: Settings, *, tenants: int = 2, mails_per_tenant: int 
     start = datetime(2026, 1, 5, tzinfo=timezone.utc)
     for number in range(tenants):
         tenant = f"tenant-{number + 1}"
-        responses = []
-        for topic, record in _correlation_records(settings, tenant, mails_per_tenant, seed + number, generation):
-            if topic == MAIL_RESPONSES:
-                responses.append(record)
-            yield topic, record
-        yield from _escalation_records(tenant, responses, rng)
+        yield from _correlation_records(settings, tenant, mails_per_tenant, seed + number, generation)
         yield from _campaign_records(tenant, rng, start, campaigns, recipients)
         yield DEADLETTER, deadletter_record(SourcePosition(MAIL_RAW, 0, number), tenant.encode(), b"not a mail",
                                               reason="not_a_mail", error="not_a_mail: no header block",

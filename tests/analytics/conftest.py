@@ -1,6 +1,6 @@
 """A seeded store shared by the analytics tests (seeding is the slow part): two tenants' mail,
-correlations, campaigns, tracking events, conversions, escalations and dead letters, and a few
-links the engine was unsure of."""
+correlations, campaigns, tracking events, conversions, escalations and dead letters, a few
+links the engine was unsure of, and escalations whose transitions share an instant."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import pytest
 
 from pipeline.analytics.seed import load_records, seed_records
 from pipeline.contracts.records import SourcePosition, correlated_record
-from pipeline.contracts.topics import MAIL_CORRELATED, MAIL_RAW
+from pipeline.contracts.topics import ESCALATIONS, MAIL_CORRELATED, MAIL_RAW
 from pipeline.correlation.methods.base import Method
 from pipeline.correlation.model import Correlation
-from pipeline.settings import ClickHouseSettings, Settings
+from pipeline.escalation.model import MailEvent
+from pipeline.escalation.tracker import EscalationTracker
+from pipeline.settings import ClickHouseSettings, EscalationPolicy, EscalationSettings, Settings
 
 SEEDED_DATABASE = "seeded"
 DOUBT_START = datetime(2026, 1, 8, 9, 0, tzinfo=timezone.utc)
@@ -41,16 +43,46 @@ def doubtful_records(tenant: str):
         yield MAIL_CORRELATED, correlated_record(correlation, "support", SourcePosition(MAIL_RAW, 0, number))
 
 
+TIE_START = datetime(2026, 1, 6, 9, 0, tzinfo=timezone.utc)
+# (conversation, [(hours after TIE_START, direction)]) under a policy that restarts its clock on
+# every customer mail (4 h warn, 8 h escalate): each ends with two transitions at one instant.
+SAME_INSTANT = (
+    ("c-tie-warned-restarted", [(0, "in"), (4, "in")]),  # WARNED, then OPEN again
+    ("c-tie-escalated-restarted", [(0, "in"), (8, "in")]),  # ESCALATED, then OPEN again
+    ("c-tie-escalated-answered", [(0, "in"), (8, "out")]),  # ESCALATED, then RESOLVED
+    ("c-tie-answered-at-once", [(0, "in"), (0, "out")]),  # OPEN, then RESOLVED
+)
+
+
+def same_instant_records(tenant: str):
+    """The escalations of SAME_INSTANT as the real tracker emits them."""
+    settings = EscalationSettings(default_policy=EscalationPolicy(on_customer_reply="restart"))
+    for conversation_id, mails in SAME_INSTANT:
+        tracker = EscalationTracker(settings, clock=lambda: TIE_START)  # each its own: time never goes back
+        for number, (hours, direction) in enumerate(mails):
+            event = MailEvent(tenant=tenant, message_id=f"<{conversation_id}.{number}@seed.test>",
+                              conversation_id=conversation_id, direction=direction,
+                              event_time=TIE_START + timedelta(hours=hours))
+            for transition in tracker.on_correlation(event):
+                yield ESCALATIONS, transition.to_record()
+
+
 @pytest.fixture(scope="session")
-def seeded(chdb_path):
+def seeded_records():
+    """Every (topic, record) of the seeded store, in the order they were written."""
+    records = list(seed_records(Settings(), tenants=2, mails_per_tenant=1500, campaigns=3, recipients=300))
+    for tenant in ("tenant-1", "tenant-2"):
+        records += [*doubtful_records(tenant), *same_instant_records(tenant)]
+    return records
+
+
+@pytest.fixture(scope="session")
+def seeded(chdb_path, seeded_records):
     from pipeline.sinks.clickhouse import ClickHouseStore
 
-    settings = Settings()
     store = ClickHouseStore(ClickHouseSettings(database=SEEDED_DATABASE), chdb_path)
     store.client.command(f"DROP DATABASE IF EXISTS {SEEDED_DATABASE}")
     store.migrate()
-    load_records(store, seed_records(settings, tenants=2, mails_per_tenant=1500, campaigns=3, recipients=300))
-    for tenant in ("tenant-1", "tenant-2"):
-        load_records(store, doubtful_records(tenant))
+    load_records(store, iter(seeded_records))
     yield store
     store.client.command(f"DROP DATABASE IF EXISTS {SEEDED_DATABASE}")
