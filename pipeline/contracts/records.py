@@ -107,6 +107,7 @@ def correlated_record(correlation: Correlation, mailbox: str, position: SourcePo
         "tracking_token": correlation.tracking_token,
         "candidate_count": correlation.candidate_count,
         "confidence": correlation.confidence,
+        "automatic": correlation.automatic,
         "evidence": json.dumps(correlation.evidence, sort_keys=True, ensure_ascii=False, default=str),
         "subject": correlation.subject,
         "from_addr": correlation.from_addr,

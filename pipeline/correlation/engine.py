@@ -114,6 +114,10 @@ class SubjectFacts:
 # Distinct subjects remembered by one correlator; the cache is dropped whole when full (it is
 # a pure function of the subject, so dropping it changes speed, never a decision).
 _SUBJECT_CACHE_SIZE = 100_000
+# Kinds of mail an outbound mail can answer and that can be an answer (mail.responses): a
+# person's and a mailing list's. An auto-acknowledgement is no response, nor is a reply to an
+# out-of-office or a bounce.
+_ANSWERABLE = frozenset({"", "list"})
 
 
 def _same_content(entry: IndexedMail, digest: str) -> bool:
@@ -238,7 +242,8 @@ class Correlator:
             evidence = {**evidence, COLLISION_FLAG: collision}
 
         response = None
-        if parent is not None and mail.direction == "out" and parent.direction == "in":
+        if (parent is not None and mail.direction == "out" and parent.direction == "in"
+                and mail.automatic in _ANSWERABLE and parent.automatic in _ANSWERABLE):
             response = Response(
                 answers_message_id=parent.message_id,
                 responder=mail.from_addr,
@@ -272,6 +277,7 @@ class Correlator:
             cc=mail.cc,
             bcc=mail.bcc,
             mailbox=mail.mailbox,
+            automatic=mail.automatic,
             **method_fields,
         ))
         return self._result(
@@ -479,6 +485,7 @@ class Correlator:
             to=mail.to,
             cc=mail.cc,
             bcc=mail.bcc,
+            automatic=mail.automatic,
             **decision,
         )
 
@@ -494,5 +501,5 @@ class Correlator:
             # The index keeps no candidate count: a link names its one parent.
             candidate_count=int(entry.parent_message_id is not None),
             evidence=evidence, subject=entry.subject,
-            from_addr=entry.from_addr, to=entry.to, cc=entry.cc, bcc=entry.bcc,
+            from_addr=entry.from_addr, to=entry.to, cc=entry.cc, bcc=entry.bcc, automatic=entry.automatic,
         )

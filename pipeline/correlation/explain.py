@@ -7,6 +7,7 @@ from typing import Any
 
 from pipeline.correlation.corrections import corrected_by
 from pipeline.correlation.methods.base import strategy_labelled
+from pipeline.mail.automatic import AUTOMATIC_LABELS
 
 _UNTRACKED = {
     "correlation_disabled": "correlation is switched off in the settings",
@@ -56,6 +57,9 @@ def describe(correlation: dict[str, Any]) -> str:
         lines.append("  new conversation: " + (
             f"a forward, and forwards_as_replies is off (it would have joined {evidence['would_match']})"
             if evidence.get("forward_not_reply") else "no rule found an earlier mail"))
+    if correlation.get("automatic"):  # not in decisions written before the label existed
+        kind = correlation["automatic"]
+        lines.append(f"  automatic mail: {AUTOMATIC_LABELS.get(kind, kind)}")
     if "confidence" in correlation:  # not in decisions written before confidence existed
         lines.append(f"  confidence:   {correlation['confidence']:.2f}")
     if correction is not None:

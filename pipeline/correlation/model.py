@@ -58,6 +58,9 @@ class IndexedMail:
     cc: tuple[str, ...] = ()
     bcc: tuple[str, ...] = ()
     mailbox: str = ""
+    # The mail's kind of automatic mail (pipeline.mail.automatic), "" for a person's: a reply to an
+    # automatic mail is no response ("" in entries written before it existed).
+    automatic: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         # Flat fields only: a direct read is ~10x faster than dataclasses.asdict's deep copy,
@@ -118,6 +121,8 @@ class Correlation:
     # Findings a consumer may count, e.g. "message_id_collision" (the mail reused another mail's
     # Message-ID and is tracked under a derived one; the evidence says which).
     flags: tuple[str, ...] = ()
+    # The mail's kind of automatic mail (pipeline.mail.automatic.AUTOMATIC_KINDS), "" for a person's.
+    automatic: str = ""
 
     @property
     def method_name(self) -> str:

@@ -20,6 +20,7 @@ from email.utils import format_datetime
 
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.topics import ALERTS
+from pipeline.mail.automatic import NOTIFIER_HEADER
 from pipeline.redact import redact_url
 from pipeline.runtime.consumer_loop import Batch, ConsumerLoop
 from pipeline.settings import KafkaSettings, NotificationSettings
@@ -38,6 +39,9 @@ def alert_mail(alert: dict, sender: str) -> EmailMessage:
     message["Date"] = format_datetime(alert["event_time"])
     message["Message-ID"] = f"<alert-{alert['event_id']}@threadline>"
     message["Auto-Submitted"] = "auto-generated"  # our own loop detection and other bots skip it
+    # Ours: should it reach a mailbox we read (or come back quoted in a reply), it is labelled
+    # "notifier" mail (pipeline.mail.automatic), never a person's.
+    message[NOTIFIER_HEADER] = "alert"
     lines = [alert["message"], "", f"record: {alert['source_record_id']}"]
     if alert.get("record_owner"):
         lines.append(f"owner: {alert['record_owner']}")

@@ -33,6 +33,7 @@ from email.policy import compat32
 from email.utils import getaddresses, parseaddr, parsedate_to_datetime
 from typing import Iterator
 
+from pipeline.mail.automatic import AUTOMATIC_HEADERS, classify_automatic
 from pipeline.mail.content import fingerprint_body
 from pipeline.mail.record import BODY_TEXT_LIMIT, Direction, MailParseError, MailRecord
 
@@ -508,11 +509,15 @@ def _parse_mail(raw: bytes, *, direction: Direction, tenant: str, mailbox: str, 
         defects.append("body_truncated")
     own, quoted, attribution = fingerprint_body(body)
     xref = _text(first(xheader_name.lower()), defects)
+    subject = _decode_header(first("subject"), defects)
+    is_bounce = _is_bounce(message, from_addr)
+    # Fields read only for the label: their encoding problems are no defect of the mail.
+    automatic_headers = {name: [_text(value, []) for value in fields[name]] for name in AUTOMATIC_HEADERS & fields.keys()}
     return MailRecord(
         message_id=message_id,
         in_reply_to=tuple(dict.fromkeys(in_reply_to)),
         references=tuple(references),
-        subject=_decode_header(first("subject"), defects),
+        subject=subject,
         from_addr=from_addr,
         from_name=from_name,
         to=_addresses(fields.get("to"), defects),
@@ -525,7 +530,8 @@ def _parse_mail(raw: bytes, *, direction: Direction, tenant: str, mailbox: str, 
         xref=xref.strip() if xref and xref.strip() else None,
         auto_submitted=(_text(first("auto-submitted"), defects) or "").strip().lower(),
         precedence=(_text(first("precedence"), defects) or "").strip().lower(),
-        is_bounce=_is_bounce(message, from_addr),
+        is_bounce=is_bounce,
+        automatic=classify_automatic(automatic_headers, subject, is_bounce=is_bounce),
         body_text=body,
         own_shingles=own,
         quoted_shingles=quoted,

@@ -50,6 +50,9 @@ class MailRecord:
     auto_submitted: str = ""  # Auto-Submitted header, lower-cased ("" when absent)
     precedence: str = ""  # Precedence header, lower-cased
     is_bounce: bool = False  # a DSN (multipart/report; report-type=delivery-status) or mailer-daemon sender
+    # The kind of automatic mail (pipeline.mail.automatic.AUTOMATIC_KINDS: bounce, notifier,
+    # auto_reply, auto_generated, list), "" for a person's mail.
+    automatic: str = ""
 
     # Plain text of the body (the first text/plain part, else text from the first text/html
     # part), decoded and truncated to ``BODY_TEXT_LIMIT`` characters.

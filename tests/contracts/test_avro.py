@@ -43,17 +43,31 @@ def test_round_trip_in_confluent_wire_format():
     assert codec.decode("mail.raw", data) == _raw_record()
 
 
-def test_mail_correlated_written_before_confidence_reads_as_certain():
-    first = json.loads((SCHEMA_DIR / "registry.json").read_text())["subjects"]["mail.correlated-value"][0]
-    old_schema = parse_schema(json.loads((SCHEMA_DIR / first["schema"]).read_text()))
+def _written_with(version: int) -> tuple[dict, bytes]:
+    """A random mail.correlated record and its bytes, as a writer of release ``version`` wrote them."""
+    released = json.loads((SCHEMA_DIR / "registry.json").read_text())["subjects"]["mail.correlated-value"][version - 1]
+    old_schema = parse_schema(json.loads((SCHEMA_DIR / released["schema"]).read_text()))
     old_record = {**generate_one(old_schema), "event_time": datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)}
     data = io.BytesIO()
-    data.write(b"\x00" + first["id"].to_bytes(4, "big"))
+    data.write(b"\x00" + released["id"].to_bytes(4, "big"))
     schemaless_writer(data, old_schema, old_record)
+    return old_record, data.getvalue()
+
+
+def test_mail_correlated_written_before_confidence_reads_as_certain_and_a_persons_mail():
+    old_record, data = _written_with(1)
     codec = AvroCodec(EmbeddedRegistry())
-    assert codec.decode("mail.correlated", data.getvalue()) == {**old_record, "confidence": 1.0}
-    doubted = {**old_record, "confidence": 0.25}
+    assert codec.decode("mail.correlated", data) == {**old_record, "confidence": 1.0, "automatic": ""}
+    doubted = {**old_record, "confidence": 0.25, "automatic": ""}
     assert codec.decode("mail.correlated", codec.encode("mail.correlated", doubted)) == doubted
+
+
+def test_mail_correlated_written_before_the_automatic_label_reads_as_a_persons_mail():
+    old_record, data = _written_with(2)
+    codec = AvroCodec(EmbeddedRegistry())
+    assert codec.decode("mail.correlated", data) == {**old_record, "automatic": ""}
+    out_of_office = {**old_record, "automatic": "auto_reply"}
+    assert codec.decode("mail.correlated", codec.encode("mail.correlated", out_of_office)) == out_of_office
 
 
 @pytest.mark.parametrize("data, reason", [

@@ -63,31 +63,61 @@ def test_migrations_apply_once_in_order(clickhouse_factory):
     assert [row[0] for row in applied] == versions
 
 
-def correlated_rows(message_id: str, confidence: float) -> tuple[list[str], list[list]]:
+def correlated_rows(message_id: str, confidence: float, automatic: str = "") -> tuple[list[str], list[list]]:
     """What the sink inserts for one SmartMatching link of ``message_id``."""
     correlation = Correlation(tenant="acme", message_id=message_id, conversation_id="c-1", method=Method.SMART_MATCHING,
                               mail_type="reply", direction="in", event_time=T0, confidence=confidence,
-                              parent_message_id="<parent@test>")
+                              parent_message_id="<parent@test>", automatic=automatic)
     return rows_for("mail.correlated", [(0, 0, correlated_record(correlation, "support", SourcePosition("mail.raw", 0, 0)))], T0)
+
+
+def without(columns: list[str], rows: list[list], dropped: set[str]) -> tuple[list[str], list[list]]:
+    """The rows as a writer of a release without the ``dropped`` columns inserted them."""
+    keep = [at for at, column in enumerate(columns) if column not in dropped]
+    return [columns[at] for at in keep], [[row[at] for at in keep] for row in rows]
+
+
+def upgrade_across(migration_suffix: str, old_rows: tuple[list[str], list[list]], chdb_path, monkeypatch) -> ClickHouseStore:
+    """A database as the release before ``migration_suffix`` left it, holding ``old_rows`` in
+    mail_correlated, then migrated to the newest version (which must apply that migration)."""
+    every = migrations()
+    version, name, _ = next(m for m in every if m[1].endswith(migration_suffix))
+    monkeypatch.setattr(clickhouse, "migrations", lambda: [m for m in every if m[0] < version])
+    store = ClickHouseStore(ClickHouseSettings(database=f"t_{uuid.uuid4().hex[:10]}"), chdb_path)
+    store.migrate()
+    store.insert("mail_correlated", old_rows[1], old_rows[0])
+    monkeypatch.setattr(clickhouse, "migrations", lambda: every)
+    assert name in store.migrate()
+    assert column_mismatches(store) == {}
+    return store
 
 
 @pytest.mark.integration  # starts chDB
 def test_the_confidence_migration_keeps_older_rows_as_certain_and_the_latest_view_shows_it(chdb_path, monkeypatch):
-    every = migrations()
-    version, name, _ = next(m for m in every if m[1].endswith("_correlation_confidence.sql"))
-    monkeypatch.setattr(clickhouse, "migrations", lambda: [m for m in every if m[0] < version])
-    store = ClickHouseStore(ClickHouseSettings(database=f"t_{uuid.uuid4().hex[:10]}"), chdb_path)
+    store = upgrade_across("_correlation_confidence.sql", without(*correlated_rows("<old@test>", 0.3),
+                                                                  {"confidence", "automatic"}), chdb_path, monkeypatch)
     try:
-        store.migrate()  # a database as the release before left it
-        columns, rows = correlated_rows("<old@test>", 0.3)
-        at = columns.index("confidence")
-        store.insert("mail_correlated", [row[:at] + row[at + 1:] for row in rows], columns[:at] + columns[at + 1:])
-        monkeypatch.setattr(clickhouse, "migrations", lambda: every)
-        assert name in store.migrate()
-        assert column_mismatches(store) == {}
         columns, rows = correlated_rows("<new@test>", 0.3)
         store.insert("mail_correlated", rows, columns)
         latest = store.query("SELECT message_id, confidence FROM {db}.mail_correlated_latest ORDER BY message_id")
         assert latest.result_rows == [("<new@test>", 0.3), ("<old@test>", 1.0)]
+    finally:
+        store.client.command(f"DROP DATABASE IF EXISTS {store.database}")
+
+
+@pytest.mark.integration  # starts chDB
+def test_the_automatic_mail_migration_reads_older_rows_as_a_persons_mail_and_the_latest_view_shows_it(
+        chdb_path, monkeypatch):
+    store = upgrade_across("_automatic_mail.sql", without(*correlated_rows("<old@test>", 0.3), {"automatic"}),
+                           chdb_path, monkeypatch)
+    try:
+        for tenant, kind in (("acme", "auto_reply"), ("globex", "")):
+            columns, rows = correlated_rows("<new@test>", 0.3, kind)
+            rows[0][columns.index("tenant")] = tenant
+            store.insert("mail_correlated", rows, columns)
+        latest = store.query("SELECT tenant, message_id, automatic FROM {db}.mail_correlated_latest "
+                             "ORDER BY tenant, message_id")
+        assert latest.result_rows == [("acme", "<new@test>", "auto_reply"), ("acme", "<old@test>", ""),
+                                      ("globex", "<new@test>", "")]
     finally:
         store.client.command(f"DROP DATABASE IF EXISTS {store.database}")
