@@ -63,6 +63,19 @@ class Dashboard:
 
 TENANT_VARIABLE = Variable("tenant", "Tenant", "SELECT DISTINCT tenant FROM threadline.mail_correlated ORDER BY tenant")
 
+# The tenant's conversations waiting for us: the latest mail up to the range's end is the
+# customer's, dated in the range and more than $unanswered_hours before its end.  At one instant
+# our reply counts as the later mail (as it resolves an escalation clock).  last_reply is our
+# latest mail's time (1970 when we never wrote).  The "Unanswered" panels share it.
+_WAITING_CONVERSATIONS = """
+    SELECT conversation_id, maxIf(event_time, direction = 'out') AS last_reply
+    FROM threadline.mail_correlated_latest
+    WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND event_time <= $__toTime
+    GROUP BY conversation_id
+    HAVING argMax(direction, (event_time, direction = 'out')) = 'in' AND max(event_time) >= $__fromTime
+       AND max(event_time) < $__toTime - INTERVAL toUInt16OrZero(decodeURLComponent('${unanswered_hours:percentencode}')) HOUR
+"""
+
 RESPONSE_TIMES = Dashboard(
     uid="threadline-response-times",
     title="Threadline: response times & escalations",
@@ -116,15 +129,10 @@ FROM (
 )
 WHERE $__timeFilter(first_response_time)
 GROUP BY mailbox ORDER BY mailbox"""),
-        Panel("Unanswered inbound mail", """
-SELECT count() AS unanswered
-FROM threadline.mail_correlated_latest AS m
-WHERE m.tenant = decodeURLComponent('${tenant:percentencode}') AND m.direction = 'in' AND $__timeFilter(m.event_time)
-  AND m.event_time < $__toTime - INTERVAL toUInt16OrZero(decodeURLComponent('${unanswered_hours:percentencode}')) HOUR
-  AND cityHash64(m.message_id) NOT IN (
-      SELECT cityHash64(answers_message_id) FROM threadline.mail_responses_latest
-      WHERE tenant = decodeURLComponent('${tenant:percentencode}'))""",
-              kind="stat", width=6, description="Inbound mail with no correlated reply, older than the threshold."),
+        Panel("Unanswered conversations", "SELECT count() AS conversations FROM (" + _WAITING_CONVERSATIONS + ")",
+              kind="stat", width=6,
+              description="Conversations whose latest mail is the customer's and older than $unanswered_hours: "
+                          "a conversation we replied to last is answered, however many mails it holds."),
         # A conversation's current state is its latest escalation record up to the range's end.
         # Records of one conversation can share an instant; the tracker then emits a deadline's
         # WARNED / ESCALATED first, then the mail's OPEN (a restart), then RESOLVED (a reply, also
@@ -141,16 +149,18 @@ FROM (
 GROUP BY state ORDER BY state""", kind="barchart", width=6,
               description="Conversations with an escalation record in the time range, each counted once in its "
                           "current state: its latest record up to the end of the range."),
-        Panel("Oldest unanswered inbound mail", """
-SELECT m.event_time AS received, m.from_addr AS sender, m.subject, m.mailbox,
-       dateDiff('hour', m.event_time, $__toTime) AS waiting_h
+        Panel("Oldest unanswered mail", """
+SELECT min(m.event_time) AS waiting_since, argMin(m.from_addr, m.event_time) AS sender,
+       argMin(m.subject, m.event_time) AS subject, argMin(m.mailbox, m.event_time) AS mailbox,
+       count() AS unanswered_mails, age('second', min(m.event_time), $__toTime) AS waiting
 FROM threadline.mail_correlated_latest AS m
-WHERE m.tenant = decodeURLComponent('${tenant:percentencode}') AND m.direction = 'in' AND $__timeFilter(m.event_time)
-  AND m.event_time < $__toTime - INTERVAL toUInt16OrZero(decodeURLComponent('${unanswered_hours:percentencode}')) HOUR
-  AND cityHash64(m.message_id) NOT IN (
-      SELECT cityHash64(answers_message_id) FROM threadline.mail_responses_latest
-      WHERE tenant = decodeURLComponent('${tenant:percentencode}'))
-ORDER BY m.event_time LIMIT 50""", width=24),
+INNER JOIN (""" + _WAITING_CONVERSATIONS + """) AS c ON m.conversation_id = c.conversation_id
+WHERE m.tenant = decodeURLComponent('${tenant:percentencode}') AND m.direction = 'in'
+  AND m.event_time > c.last_reply AND m.event_time <= $__toTime
+GROUP BY m.conversation_id
+ORDER BY waiting_since, m.conversation_id LIMIT 50""", width=24,
+              description="The unanswered conversations, longest waiting first: the oldest of the customer's mails "
+                          "since our last reply, and how many have come since."),
     ),
 )
 

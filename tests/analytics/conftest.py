@@ -1,6 +1,7 @@
 """A seeded store shared by the analytics tests (seeding is the slow part): two tenants' mail,
 correlations, campaigns, tracking events, conversions, escalations and dead letters, a few
-links the engine was unsure of, and escalations whose transitions share an instant."""
+links the engine was unsure of, escalations whose transitions share an instant, and customers
+who write again before we answer."""
 
 from __future__ import annotations
 
@@ -67,12 +68,38 @@ def same_instant_records(tenant: str):
                 yield ESCALATIONS, transition.to_record()
 
 
+WAIT_START = datetime(2026, 1, 5, 16, 0, tzinfo=timezone.utc)
+# (conversation, [(hours after WAIT_START, direction)]): customers who write again before or
+# after our reply (the generated threads alternate strictly between customer and desk).
+CONVERSATIONS = (
+    ("c-wait-follow-ups", [(0, "in"), (1, "out"), (2, "in"), (5, "in"), (6, "in")]),  # waits since hour 2
+    ("c-wait-answered-last", [(0, "in"), (1, "in"), (3, "out")]),
+    ("c-wait-answered-at-once", [(0, "in"), (2, "out"), (2, "in")]),  # our reply wins at one instant
+    ("c-wait-never-answered", [(0, "in"), (4, "in")]),
+)
+
+
+def conversation_records(tenant: str):
+    """mail.correlated records of CONVERSATIONS, subjects with quotes and bidi controls."""
+    for conversation_id, mails in CONVERSATIONS:
+        for number, (hours, direction) in enumerate(mails):
+            customer, desk = f"o'brien@{tenant}.example", "desk@support.threadline.test"
+            correlation = Correlation(
+                tenant=tenant, message_id=f"<{conversation_id}.{number}@seed.test>", conversation_id=conversation_id,
+                method=Method.IN_REPLY_TO if number else Method.NONE, mail_type="reply" if number else "new",
+                direction=direction, event_time=WAIT_START + timedelta(hours=hours), confidence=1.0,
+                subject=f"Re: order {number}' OR '1'='1 \u202egnp.exe", from_addr=customer if direction == "in" else desk,
+                to=(desk if direction == "in" else customer,),
+                parent_message_id=f"<{conversation_id}.{number - 1}@seed.test>" if number else None)
+            yield MAIL_CORRELATED, correlated_record(correlation, "support", SourcePosition(MAIL_RAW, 0, number))
+
+
 @pytest.fixture(scope="session")
 def seeded_records():
     """Every (topic, record) of the seeded store, in the order they were written."""
     records = list(seed_records(Settings(), tenants=2, mails_per_tenant=1500, campaigns=3, recipients=300))
     for tenant in ("tenant-1", "tenant-2"):
-        records += [*doubtful_records(tenant), *same_instant_records(tenant)]
+        records += [*doubtful_records(tenant), *same_instant_records(tenant), *conversation_records(tenant)]
     return records
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.analytics.dashboards import RESPONSE_TIMES, Dashboard
 from pipeline.analytics.panels import data_time_range, default_variables, panel_query
-from pipeline.contracts.topics import ESCALATIONS
+from pipeline.contracts.topics import ESCALATIONS, MAIL_CORRELATED, MAIL_RESPONSES
 from pipeline.escalation.figures import current_states
 
 TENANTS = ("tenant-1", "tenant-2")
@@ -30,7 +30,8 @@ def _windows(store) -> list[tuple[datetime, datetime]]:
     seconds: the time macros have no finer precision)."""
     start, end = data_time_range(store)
     hour = start.replace(minute=0, second=0, microsecond=0)
-    return [(start, end + timedelta(days=2)), (hour + timedelta(hours=10), hour + timedelta(hours=30))]
+    return [(start.replace(microsecond=0), (end + timedelta(days=2)).replace(microsecond=0)),
+            (hour + timedelta(hours=10), hour + timedelta(hours=40))]
 
 
 def _current_states(records, tenant: str, time_from: datetime, time_to: datetime) -> Counter:
@@ -70,3 +71,61 @@ def test_the_seed_has_transitions_at_one_instant(seeded_records):
                            and r["tenant"] == tenant and r["conversation_id"] == conversation_id]
             assert transitions[-1]["event_time"] == transitions[-2]["event_time"], conversation_id
             assert transitions[-1]["state"] == ("OPEN" if "restarted" in conversation_id else "RESOLVED")
+
+
+def _waiting(records, tenant: str, time_from: datetime, time_to: datetime, hours: int) -> dict[str, list[dict]]:
+    """Conversation -> its customer's mails since our last reply, for the conversations whose
+    latest mail (up to the window's end, our reply last at one instant) is the customer's, dated
+    in the window and more than ``hours`` before its end."""
+    newest: dict[str, dict] = {}  # message id -> the newest generation's decision
+    for topic, record in records:
+        if topic == MAIL_CORRELATED and record["tenant"] == tenant and record["event_time"] <= time_to:
+            known = newest.get(record["message_id"])
+            if known is None or record["generation"] >= known["generation"]:
+                newest[record["message_id"]] = record
+    conversations: dict[str, list[dict]] = {}
+    for record in newest.values():
+        conversations.setdefault(record["conversation_id"], []).append(record)
+    waiting = {}
+    for conversation_id, mails in conversations.items():
+        mails.sort(key=lambda mail: (mail["event_time"], mail["direction"] == "out"))
+        last = mails[-1]
+        if last["direction"] != "in" or not time_from <= last["event_time"] < time_to - timedelta(hours=hours):
+            continue
+        replies = [mail["event_time"] for mail in mails if mail["direction"] == "out"]
+        waiting[conversation_id] = [mail for mail in mails if mail["direction"] == "in"
+                                    and (not replies or mail["event_time"] > max(replies))]
+    return waiting
+
+
+def _ms(moment: datetime) -> datetime:
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)  # as DateTime64(3) holds it
+
+
+@pytest.mark.parametrize("tenant", TENANTS)
+@pytest.mark.parametrize("hours", ["24", "2"])
+def test_unanswered_counts_conversations_waiting_for_us_not_inbound_mail(seeded, seeded_records, tenant, hours):
+    for time_from, time_to in _windows(seeded):
+        expected = _waiting(seeded_records, tenant, time_from, time_to, int(hours))
+        assert expected, (time_from, time_to)
+        (stat,) = _panel_rows(seeded, RESPONSE_TIMES, "Unanswered conversations", tenant, time_from, time_to,
+                              unanswered_hours=hours)
+        assert stat == (len(expected),)
+        rows = _panel_rows(seeded, RESPONSE_TIMES, "Oldest unanswered mail", tenant, time_from, time_to,
+                           unanswered_hours=hours)
+        oldest = sorted(((_ms(mails[0]["event_time"]), conversation_id, mails) for conversation_id, mails
+                         in expected.items()), key=lambda item: item[:2])[:50]
+        assert rows == [(since, mails[0]["from_addr"], mails[0]["subject"], mails[0]["mailbox"], len(mails),
+                         int((time_to - since).total_seconds())) for since, _, mails in oldest]
+
+
+def test_unanswered_leaves_out_the_mail_we_answered(seeded, seeded_records):
+    """What the panel counted before: every inbound mail without a reply of its own, though the
+    customer's mail after it was answered, or we answered two of them at once."""
+    time_from, time_to = _windows(seeded)[0]
+    waiting = _waiting(seeded_records, "tenant-1", time_from, time_to, 24)
+    assert len(waiting["c-wait-follow-ups"]) == 3 and "c-wait-answered-at-once" not in waiting
+    answered = {r["answers_message_id"] for topic, r in seeded_records if topic == MAIL_RESPONSES}
+    without_reply = sum(1 for topic, r in seeded_records if topic == MAIL_CORRELATED and r["tenant"] == "tenant-1"
+                        and r["direction"] == "in" and r["message_id"] not in answered)
+    assert len(waiting) < sum(len(mails) for mails in waiting.values()) < without_reply
