@@ -30,7 +30,10 @@ from __future__ import annotations
 import re
 from typing import Mapping, Sequence
 
-AUTOMATIC_KINDS = ("bounce", "notifier", "auto_reply", "auto_generated", "list")
+# The kinds, defined with the settings that validate policies against them (the lowest layer).
+from pipeline.settings import AUTOMATIC_KINDS
+
+__all__ = ["AUTOMATIC_HEADERS", "AUTOMATIC_KINDS", "AUTOMATIC_LABELS", "NOTIFIER_HEADER", "classify_automatic"]
 
 # What explain output and docs call each kind.
 AUTOMATIC_LABELS = {
