@@ -1,8 +1,10 @@
-"""pipeline/cli/correlation.py: `threadline correct` as a user runs it (the broker is replaced by
-what the command hands to it; tests/integration/test_pipeline.py runs it against a real one)."""
+"""pipeline/cli/correlation.py: `threadline correct` and `threadline correlate` as a user runs them
+(for `correct` the broker is replaced by what the command hands to it; tests/integration/test_pipeline.py
+runs it against a real one)."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -88,3 +90,28 @@ def test_a_broker_that_cannot_be_reached_is_a_clear_error_not_a_traceback(monkey
     monkeypatch.delenv("THREADLINE_KAFKA_BOOTSTRAP")
     assert main(["correct", "unlink", "<a@x>", "--author", "eve"]) == 2
     assert "no broker configured" in capsys.readouterr().err
+
+
+def test_correlate_writes_the_automatic_mail_label_per_tenant(tmp_path, monkeypatch):
+    for name in [n for n in os.environ if n.startswith("THREADLINE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    mails = [
+        ("From: Dana <dana@customer.example>", "Subject: Printer broken", "Message-ID: <req@customer.example>"),
+        ("From: Desk <support@desk.example>", "Subject: Request received: Printer broken", "Auto-Submitted: auto-replied",
+         "Message-ID: <ack@desk.example>", "In-Reply-To: <req@customer.example>"),
+        ("From: Dana <dana@customer.example>", "Subject: Automatic reply: Printer broken",
+         "Message-ID: <away@customer.example>", "In-Reply-To: <ack@desk.example>"),
+    ]
+    mbox = tmp_path / "desk.mbox"
+    mbox.write_bytes(b"".join(
+        b"From threadline Mon Mar  2 09:00:00 2026\n" + "\n".join(
+            (*fields, "To: support@desk.example", f"Date: Mon, 02 Mar 2026 09:0{n}:00 +0000", "", "Hello.", "", "")).encode()
+        for n, fields in enumerate(mails)))
+    for tenant in ("acme", "globex"):
+        out = tmp_path / f"{tenant}.jsonl"
+        assert main(["correlate", str(mbox), "--tenant", tenant, "--out", str(out), "--no-progress"]) == 0
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [(line["tenant"], line["message_id"], line["automatic"]) for line in lines] == [
+            (tenant, "<req@customer.example>", ""), (tenant, "<ack@desk.example>", "auto_reply"),
+            (tenant, "<away@customer.example>", "auto_reply")]
