@@ -415,8 +415,8 @@ class SlaSettings(_Section):
         "its conversation; empty: no marker."
     )
     resolve_after_inactivity: float | None = Field(
-        120.0, ge=0, description="Hours (business hours when set) after our last reply without customer mail after "
-        "which the conversation counts as resolved at the time of that reply; 0: never."
+        120.0, ge=0, description="Hours (calendar time: silence is not working time) after our last reply without "
+        "customer mail after which the conversation counts as resolved at the time of that reply; 0: never."
     )
 
     @field_validator("first_response", "next_response", "resolution", mode="before")

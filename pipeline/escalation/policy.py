@@ -39,6 +39,15 @@ def policy_named(settings: EscalationSettings, name: str) -> EscalationPolicy:
     return settings.default_policy
 
 
+def is_ignored(settings: EscalationSettings, policy_name: str | None, event: MailEvent) -> bool:
+    """Automatic mail of a kind that the conversation's policy (the one its clocks run under, else the
+    one chosen for this mail) ignores: it is neither a customer's mail nor our reply."""
+    if not event.automatic:
+        return False
+    policy = select_policy(settings, event) if policy_name is None else policy_named(settings, policy_name)
+    return event.automatic in policy.ignore_automatic
+
+
 def recipients(entries: tuple[str, ...], owner: str | None) -> tuple[str, ...]:
     """Users named by ``entries``: ``owner`` becomes the record owner (dropped when there is none),
     ``manager:<addr>`` / ``user:<addr>`` the address; duplicates are dropped, order is kept."""
