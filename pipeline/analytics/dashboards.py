@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.settings import EscalationPolicy
+
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent.parent / "dashboards"
 DATASOURCE = {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}
 
@@ -63,14 +65,19 @@ class Dashboard:
 
 TENANT_VARIABLE = Variable("tenant", "Tenant", "SELECT DISTINCT tenant FROM threadline.mail_correlated ORDER BY tenant")
 
-# The tenant's conversations waiting for us: the latest mail up to the range's end is the
-# customer's, dated in the range and more than $unanswered_hours before its end.  At one instant
-# our reply counts as the later mail (as it resolves an escalation clock).  last_reply is our
-# latest mail's time (1970 when we never wrote).  The "Unanswered" panels share it.
+# Automatic mail that is nobody's mail to the "Unanswered" panels: the kinds a policy ignores by
+# default (an out-of-office, an acknowledgement, a bounce neither asks nor answers; mailing-list
+# mail counts as a person's).  A code constant, so no text anyone typed.
+_PERSONS_MAIL = "automatic NOT IN (" + ", ".join(f"'{kind}'" for kind in EscalationPolicy().ignore_automatic) + ")"
+
+# The tenant's conversations waiting for us: the latest person's mail up to the range's end is
+# the customer's, dated in the range and more than $unanswered_hours before its end.  At one
+# instant our reply counts as the later mail (as it resolves an escalation clock).  last_reply is
+# our latest mail's time (1970 when we never wrote).  The "Unanswered" panels share it.
 _WAITING_CONVERSATIONS = """
     SELECT conversation_id, maxIf(event_time, direction = 'out') AS last_reply
     FROM threadline.mail_correlated_latest
-    WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND event_time <= $__toTime
+    WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND event_time <= $__toTime AND """ + _PERSONS_MAIL + """
     GROUP BY conversation_id
     HAVING argMax(direction, (event_time, direction = 'out')) = 'in' AND max(event_time) >= $__fromTime
        AND max(event_time) < $__toTime - INTERVAL toUInt16OrZero(decodeURLComponent('${unanswered_hours:percentencode}')) HOUR
@@ -131,8 +138,9 @@ WHERE $__timeFilter(first_response_time)
 GROUP BY mailbox ORDER BY mailbox"""),
         Panel("Unanswered conversations", "SELECT count() AS conversations FROM (" + _WAITING_CONVERSATIONS + ")",
               kind="stat", width=6,
-              description="Conversations whose latest mail is the customer's and older than $unanswered_hours: "
-                          "a conversation we replied to last is answered, however many mails it holds."),
+              description="Conversations whose latest person's mail is the customer's and older than "
+                          "$unanswered_hours: a conversation we replied to last is answered, however many mails it "
+                          "holds; out-of-office replies, acknowledgements and bounces are nobody's mail."),
         # A conversation's current state is its latest escalation record up to the range's end.
         # Records of one conversation can share an instant; the tracker then emits a deadline's
         # WARNED / ESCALATED first, then the mail's OPEN (a restart), then RESOLVED (a reply, also
@@ -155,7 +163,7 @@ SELECT min(m.event_time) AS waiting_since, argMin(m.from_addr, m.event_time) AS 
        count() AS unanswered_mails, age('second', min(m.event_time), $__toTime) AS waiting
 FROM threadline.mail_correlated_latest AS m
 INNER JOIN (""" + _WAITING_CONVERSATIONS + """) AS c ON m.conversation_id = c.conversation_id
-WHERE m.tenant = decodeURLComponent('${tenant:percentencode}') AND m.direction = 'in'
+WHERE m.tenant = decodeURLComponent('${tenant:percentencode}') AND m.direction = 'in' AND m.""" + _PERSONS_MAIL + """
   AND m.event_time > c.last_reply AND m.event_time <= $__toTime
 GROUP BY m.conversation_id
 ORDER BY waiting_since, m.conversation_id LIMIT 50""", width=24,

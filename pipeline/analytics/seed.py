@@ -1,6 +1,7 @@
 """Seeded analytics data: what the sink would write after a period of support and campaign mail.
 
-Mail and its correlations come from the real engine over synthetic mail (pipeline.synth), its
+Mail and its correlations come from the real engine over synthetic mail (pipeline.synth: people's
+mail with out-of-office replies, acknowledgements and bounces mixed in, parsed from bytes), its
 escalations from the real escalation tracker fed with those correlations (several transitions
 per conversation, reopened when a customer writes again after our reply); campaigns, tracking events and conversions are drawn from a seeded random model of a campaign
 (human and machine opens, clicks, conversions with revenue).  Used by the dashboard tests, the
@@ -27,7 +28,7 @@ from pipeline.sinks.clickhouse import ClickHouseStore, rows_for
 from pipeline.contracts.records import (
     SourcePosition, correlated_record, deadletter_record, response_record, untracked_record,
 )
-from pipeline.synth import MailGenerator
+from pipeline.synth import AutomaticMail, AutomaticMix, MailGenerator, with_automatic_mail
 
 _USER_AGENTS = ("Apple Mail", "Outlook", "Gmail", "Thunderbird", "Chrome", "Firefox")
 
@@ -36,8 +37,8 @@ def _no_wall_clock() -> datetime:
     raise AssertionError("seeded escalations run on the mail's event time only")
 
 
-def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int,
-                         generation: int) -> Iterator[tuple[str, dict]]:
+def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int, generation: int,
+                         automatic: AutomaticMix | None) -> Iterator[tuple[str, dict]]:
     """mail.correlated / mail.untracked / mail.responses records, and the escalations of the
     correlated mail (every mail first advances the tracker to its time, as in the agent)."""
     correlator = Correlator(settings.correlation, tenant=tenant, untracked=settings.untracked, generation=generation)
@@ -45,7 +46,11 @@ def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int,
     own_domains = frozenset(d.lower() for d in settings.untracked.own_domains)
     # One mail every 2 minutes on average: replies come minutes to days later, as in a real desk.
     generator = MailGenerator(seed, tenant=tenant, customers=2_000, agents=12, seconds_between_mails=120)
-    for offset, generated in enumerate(generator.mails(mails)):
+    stream = generator.mails(mails)
+    if automatic is not None:
+        stream = with_automatic_mail(stream, seed=seed, mix=automatic)
+    for offset, item in enumerate(stream):
+        generated = item.record if isinstance(item, AutomaticMail) else item
         deliveries = [generated]
         if offset % 40 == 0 and generated.direction == "in":
             # Mail to two of the desk's mailboxes arrives twice: the copy is a duplicate.
@@ -109,13 +114,16 @@ def _campaign_records(tenant: str, rng: random.Random, start: datetime, campaign
 
 
 def seed_records(settings: Settings, *, tenants: int = 2, mails_per_tenant: int = 3_000, campaigns: int = 4,
-                 recipients: int = 500, seed: int = 7, generation: int = 0) -> Iterator[tuple[str, dict]]:
-    """Everything the sink would have written; ``generation`` > 0 is what a replay adds."""
+                 recipients: int = 500, seed: int = 7, generation: int = 0,
+                 automatic: AutomaticMix | None = AutomaticMix()) -> Iterator[tuple[str, dict]]:
+    """Everything the sink would have written; ``generation`` > 0 is what a replay adds.
+    ``mails_per_tenant`` people's mails, and the automatic mail of ``automatic`` that answers
+    some of them (None: none, the same people's mail)."""
     rng = random.Random(seed)
     start = datetime(2026, 1, 5, tzinfo=timezone.utc)
     for number in range(tenants):
         tenant = f"tenant-{number + 1}"
-        yield from _correlation_records(settings, tenant, mails_per_tenant, seed + number, generation)
+        yield from _correlation_records(settings, tenant, mails_per_tenant, seed + number, generation, automatic)
         yield from _campaign_records(tenant, rng, start, campaigns, recipients)
         yield DEADLETTER, deadletter_record(SourcePosition(MAIL_RAW, 0, number), tenant.encode(), b"not a mail",
                                               reason="not_a_mail", error="not_a_mail: no header block",

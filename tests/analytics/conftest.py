@@ -69,27 +69,33 @@ def same_instant_records(tenant: str):
 
 
 WAIT_START = datetime(2026, 1, 5, 16, 0, tzinfo=timezone.utc)
-# (conversation, [(hours after WAIT_START, direction)]): customers who write again before or
-# after our reply (the generated threads alternate strictly between customer and desk).
+# (conversation, [(hours after WAIT_START, direction, kind of automatic mail)]): customers who
+# write again before or after our reply (the generated threads alternate strictly between
+# customer and desk), and automatic mail where it would change what waits if it counted.
 CONVERSATIONS = (
-    ("c-wait-follow-ups", [(0, "in"), (1, "out"), (2, "in"), (5, "in"), (6, "in")]),  # waits since hour 2
-    ("c-wait-answered-last", [(0, "in"), (1, "in"), (3, "out")]),
-    ("c-wait-answered-at-once", [(0, "in"), (2, "out"), (2, "in")]),  # our reply wins at one instant
-    ("c-wait-never-answered", [(0, "in"), (4, "in")]),
+    ("c-wait-follow-ups", [(0, "in", ""), (1, "out", ""), (2, "in", ""), (5, "in", ""), (6, "in", "")]),  # since 2
+    ("c-wait-answered-last", [(0, "in", ""), (1, "in", ""), (3, "out", "")]),
+    ("c-wait-answered-at-once", [(0, "in", ""), (2, "out", ""), (2, "in", "")]),  # our reply wins at one instant
+    ("c-wait-never-answered", [(0, "in", ""), (4, "in", "")]),
+    ("c-wait-acknowledged", [(0, "in", ""), (0.01, "out", "auto_reply")]),  # an acknowledgement answers nothing
+    ("c-wait-out-of-office", [(0, "in", ""), (1, "out", ""), (1.02, "in", "auto_reply")]),  # answered
+    ("c-wait-bounced", [(0, "in", ""), (1, "out", ""), (1.01, "in", "bounce")]),  # answered
+    ("c-wait-list", [(0, "in", "list"), (3, "in", "list")]),  # mailing-list mail is people's: waits
+    ("c-wait-notified", [(0, "in", ""), (1, "out", ""), (5, "in", "notifier"), (6, "in", "auto_generated")]),
 )
 
 
 def conversation_records(tenant: str):
     """mail.correlated records of CONVERSATIONS, subjects with quotes and bidi controls."""
     for conversation_id, mails in CONVERSATIONS:
-        for number, (hours, direction) in enumerate(mails):
+        for number, (hours, direction, automatic) in enumerate(mails):
             customer, desk = f"o'brien@{tenant}.example", "desk@support.threadline.test"
             correlation = Correlation(
                 tenant=tenant, message_id=f"<{conversation_id}.{number}@seed.test>", conversation_id=conversation_id,
                 method=Method.IN_REPLY_TO if number else Method.NONE, mail_type="reply" if number else "new",
                 direction=direction, event_time=WAIT_START + timedelta(hours=hours), confidence=1.0,
                 subject=f"Re: order {number}' OR '1'='1 \u202egnp.exe", from_addr=customer if direction == "in" else desk,
-                to=(desk if direction == "in" else customer,),
+                to=(desk if direction == "in" else customer,), automatic=automatic,
                 parent_message_id=f"<{conversation_id}.{number - 1}@seed.test>" if number else None)
             yield MAIL_CORRELATED, correlated_record(correlation, "support", SourcePosition(MAIL_RAW, 0, number))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime, timedelta
+from itertools import product
 
 import pytest
 
@@ -12,8 +13,12 @@ from pipeline.analytics.dashboards import RESPONSE_TIMES, Dashboard
 from pipeline.analytics.panels import data_time_range, default_variables, panel_query
 from pipeline.contracts.topics import ESCALATIONS, MAIL_CORRELATED, MAIL_RESPONSES
 from pipeline.escalation.figures import current_states
+from pipeline.analytics.seed import load_records, seed_records
+from pipeline.settings import EscalationPolicy, Settings
+from pipeline.synth import AutomaticMix
 
 TENANTS = ("tenant-1", "tenant-2")
+IGNORED = ("bounce", "notifier", "auto_reply", "auto_generated")  # EscalationPolicy's default ignore_automatic
 
 
 def _panel_rows(store, dashboard: Dashboard, title: str, tenant: str, time_from: datetime, time_to: datetime,
@@ -75,11 +80,13 @@ def test_the_seed_has_transitions_at_one_instant(seeded_records):
 
 def _waiting(records, tenant: str, time_from: datetime, time_to: datetime, hours: int) -> dict[str, list[dict]]:
     """Conversation -> its customer's mails since our last reply, for the conversations whose
-    latest mail (up to the window's end, our reply last at one instant) is the customer's, dated
-    in the window and more than ``hours`` before its end."""
+    latest person's mail (up to the window's end, our reply last at one instant) is the
+    customer's, dated in the window and more than ``hours`` before its end.  Automatic mail of the
+    kinds a policy ignores by default is nobody's."""
     newest: dict[str, dict] = {}  # message id -> the newest generation's decision
     for topic, record in records:
-        if topic == MAIL_CORRELATED and record["tenant"] == tenant and record["event_time"] <= time_to:
+        if (topic == MAIL_CORRELATED and record["tenant"] == tenant and record["event_time"] <= time_to
+                and record["automatic"] not in IGNORED):
             known = newest.get(record["message_id"])
             if known is None or record["generation"] >= known["generation"]:
                 newest[record["message_id"]] = record
@@ -125,7 +132,36 @@ def test_unanswered_leaves_out_the_mail_we_answered(seeded, seeded_records):
     time_from, time_to = _windows(seeded)[0]
     waiting = _waiting(seeded_records, "tenant-1", time_from, time_to, 24)
     assert len(waiting["c-wait-follow-ups"]) == 3 and "c-wait-answered-at-once" not in waiting
+    assert {"c-wait-acknowledged", "c-wait-list"} <= waiting.keys()
+    assert not {"c-wait-out-of-office", "c-wait-bounced", "c-wait-notified"} & waiting.keys()
     answered = {r["answers_message_id"] for topic, r in seeded_records if topic == MAIL_RESPONSES}
     without_reply = sum(1 for topic, r in seeded_records if topic == MAIL_CORRELATED and r["tenant"] == "tenant-1"
                         and r["direction"] == "in" and r["message_id"] not in answered)
     assert len(waiting) < sum(len(mails) for mails in waiting.values()) < without_reply
+
+
+def test_the_seed_mixes_automatic_mail_into_the_conversations(seeded_records):
+    kinds = Counter(r["automatic"] for topic, r in seeded_records if topic == MAIL_CORRELATED
+                    and r["tenant"] == "tenant-2" and not r["message_id"].endswith("@seed.test>"))
+    assert kinds[""] > 1000 and kinds["auto_reply"] > 100 and kinds["bounce"] > 10
+    assert IGNORED == EscalationPolicy().ignore_automatic
+
+
+def test_unanswered_is_what_it_is_with_the_automatic_mail_removed_by_hand(clickhouse_factory):
+    """The issue's target: people's mail with automatic mail mixed in gives the panels the same
+    people's mail gives alone."""
+    stores = {}
+    for name, automatic in (("mixed", AutomaticMix()), ("people only", None)):
+        stores[name] = clickhouse_factory()
+        load_records(stores[name], seed_records(Settings(), mails_per_tenant=1500, campaigns=1, recipients=10,
+                                                automatic=automatic))
+    assert stores["mixed"].query("SELECT countIf(automatic != '') FROM {db}.mail_correlated").result_rows[0][0] > 500
+    for tenant in TENANTS:
+        for (time_from, time_to), hours in product(_windows(stores["people only"]), ("24", "2")):
+            for title in ("Unanswered conversations", "Oldest unanswered mail"):
+                mixed, alone = (_panel_rows(stores[name], RESPONSE_TIMES, title, tenant, time_from, time_to,
+                                            unanswered_hours=hours) for name in ("mixed", "people only"))
+                assert mixed == alone, (tenant, time_from, hours, title)
+        (waiting,), = _panel_rows(stores["mixed"], RESPONSE_TIMES, "Unanswered conversations", tenant,
+                                  *_windows(stores["mixed"])[0])
+        assert waiting > 100
