@@ -17,6 +17,9 @@ One clock per conversation (tenant, conversation id)::
   both cases; ``keep`` changes nothing.
 * A RESOLVED conversation, or an ESCALATED one nobody answers, is forgotten
   ``resolved_retention_days`` after its last transition.
+* Automatic mail of a kind in the policy's ``ignore_automatic`` (the running clock's policy, else
+  the one chosen for the mail) changes nothing: an inbound out-of-office or bounce opens and
+  restarts no clock, an outbound auto-acknowledgement resolves none.
 
 Time only moves through :meth:`EscalationTracker.advance`: during replay on event time (each
 :meth:`~EscalationTracker.on_correlation` first advances to the mail's time), live on wall-clock
@@ -45,7 +48,7 @@ from pipeline.escalation.model import (
     from_ms,
     to_ms,
 )
-from pipeline.escalation.policy import policy_named, recipients, select_policy
+from pipeline.escalation.policy import is_ignored, policy_named, recipients, select_policy
 from pipeline.settings import EscalationPolicy, EscalationSettings
 
 Clock = Callable[[], datetime]
@@ -80,6 +83,8 @@ class EscalationTracker:
         transitions = self.advance(event.event_time)
         key = (event.tenant, event.conversation_id)
         current = self._states.get(key)
+        if is_ignored(self.settings, None if current is None else current.policy, event):
+            return transitions  # an out-of-office is no customer waiting, an auto-acknowledgement no answer
         time_ms = to_ms(event.event_time)
         if event.direction == "in":
             if current is None:

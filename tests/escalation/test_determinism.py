@@ -1,11 +1,13 @@
 """Determinism of the state machine over random mail sequences (hypothesis): a replay gives the same
-transitions, extra clock ticks between mails change nothing, and a tracker restored from its
-serialised state continues exactly like the one that never stopped."""
+transitions, extra clock ticks between mails change nothing, a tracker restored from its
+serialised state continues exactly like the one that never stopped, and ignored automatic mail
+changes nothing."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 from hypothesis import given, settings
@@ -134,6 +136,28 @@ def test_a_restored_tracker_continues_like_the_one_that_never_stopped(operations
     restored = EscalationTracker.from_dict(SHORT_MEMORY, never, json.loads(json.dumps(part.to_dict())))
     out += apply(restored, operations[cut:]) + restored.advance(end)
     assert out == expected
+
+
+AUTOMATIC = st.tuples(st.sampled_from(["acme", "beta"]), st.sampled_from(["c1", "c2"]), st.sampled_from(["in", "out"]),
+                      st.sampled_from(["bounce", "auto_reply", "notifier", "auto_generated"]))
+
+
+@FAST
+@given(operations=OPERATIONS, floods=st.lists(st.tuples(st.integers(0, 40), st.lists(AUTOMATIC, min_size=1, max_size=6)),
+                                              max_size=4))
+def test_ignored_automatic_mail_anywhere_changes_no_transition(operations, floods):
+    """An out-of-office flood, a bounce storm or auto-acknowledgements, at any point of the stream."""
+    expected = apply(EscalationTracker(SHORT_MEMORY, never), operations)
+    flooded = list(operations)
+    for position, burst in sorted(floods, reverse=True):
+        position = min(position, len(flooded))
+        # At the time of the operation before it: automatic mail moves time no further than a tick.
+        before = flooded[position - 1] if position else 0
+        minute = before if isinstance(before, int) else int((before.event_time - T0).total_seconds() // 60)
+        for number, (tenant, conversation, direction, kind) in enumerate(burst):
+            flooded.insert(position, replace(event(tenant, conversation, direction, minute), automatic=kind,
+                                             message_id=f"<auto.{position}.{number}@test>"))
+    assert apply(EscalationTracker(SHORT_MEMORY, never), flooded) == expected
 
 
 @FAST

@@ -246,6 +246,57 @@ def test_escalated_conversations_nobody_answers_are_forgotten_too():
     assert engine.state_of("acme", "c1") is None
 
 
+# -- automatic mail --------------------------------------------------------------------------------
+
+
+def test_an_out_of_office_or_a_bounce_opens_no_clock_and_is_never_unanswered():
+    engine = tracker()
+    out = run(engine, mail("ooo", automatic="auto_reply"), mail("dsn", 1, automatic="bounce"),
+              mail("cron", 2, automatic="auto_generated"), mail("alert", 3, automatic="notifier"), until=hours(100))
+    assert out == [] and len(engine) == 0
+
+
+def test_an_automatic_mail_does_not_restart_or_reopen_a_clock():
+    for mode in ("restart", "reopen"):
+        engine = tracker(default=policy_with(mode))
+        out = run(engine, mail("a"), mail("ooo", 1, automatic="auto_reply"), reply("r", 3),
+                  mail("ooo2", 4, automatic="auto_reply"), mail("dsn", 5, automatic="bounce"), until=hours(100))
+        assert states(out) == [("a", "OPEN", T0), ("a", "WARNED", hours(2)), ("a", "RESOLVED", hours(3))]
+
+
+def test_an_auto_acknowledgement_does_not_resolve():
+    engine = tracker(default=policy_with("reopen"))
+    out = run(engine, mail("a"), reply("ack", 0.01, automatic="auto_reply"), until=hours(7))
+    assert states(out) == [("a", "OPEN", T0), ("a", "WARNED", hours(2)), ("a", "ESCALATED", hours(6))]
+    assert states(run(engine, reply("person", 8))) == [("a", "RESOLVED", hours(8))]
+
+
+def test_mailing_list_mail_counts_as_a_person_unless_the_policy_ignores_it():
+    assert states(run(tracker(), mail("post", automatic="list"))) == [("post", "OPEN", T0)]
+    lists = EscalationPolicy(name="lists", match={"mailbox": "list@ours.example"}, ignore_automatic=("list",))
+    engine = tracker(lists)
+    assert run(engine, mail("post", automatic="list", mailbox="list@ours.example")) == []
+    everything = tracker(default=EscalationPolicy(ignore_automatic=()))
+    assert states(run(everything, mail("ooo", automatic="auto_reply"))) == [("ooo", "OPEN", T0)]
+
+
+def test_the_running_clock_policy_decides_what_is_ignored():
+    vip = EscalationPolicy(name="vip", match={"mailbox": "vip@ours.example"}, ignore_automatic=())
+    engine = tracker(vip)
+    run(engine, mail("a", mailbox="vip@ours.example"))
+    # Sent from no mailbox, the acknowledgement alone would fall to the default policy, which ignores it.
+    out = run(engine, reply("ack", 1, automatic="auto_reply", mailbox=None))
+    assert [(t.state.value, t.policy) for t in out] == [("RESOLVED", "vip")]
+
+
+def test_automatic_mail_in_two_tenants_leaves_both_clocks_alone():
+    engine = tracker()
+    run(engine, mail("a", tenant="acme"), mail("a", tenant="beta"))
+    out = run(engine, reply("ack", 1, tenant="acme", automatic="auto_reply"),
+              reply("ack", 1, tenant="beta", automatic="notifier"), until=hours(4))
+    assert sorted((t.tenant, t.state.value) for t in out) == [("acme", "WARNED"), ("beta", "WARNED")]
+
+
 # -- policies --------------------------------------------------------------------------------------
 
 
