@@ -24,6 +24,9 @@ from pipeline.settings import EscalationPolicy
 
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent.parent / "dashboards"
 DATASOURCE = {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}
+# Grafana unit ids of the columns that are not plain counts (the report formats them alike).
+DURATION = "dtdurations"  # seconds, shown as "9 days, 1 hour" (the report: "9 d 1 h")
+SHARE = "percentunit"  # 0-1, shown as a percentage
 
 
 @dataclass(frozen=True)
@@ -34,11 +37,15 @@ class Panel:
     description: str = ""
     width: int = 12
     height: int = 8
+    units: tuple[tuple[str, str], ...] = ()  # (column, unit): DURATION, SHARE
 
     @property
     def format(self) -> int:
         """Plugin target format: 0 time series, 1 table."""
         return 0 if self.kind == "timeseries" else 1
+
+    def unit_of(self, column: str) -> str | None:
+        return dict(self.units).get(column)
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,8 @@ _WAITING_CONVERSATIONS = """
        AND max(event_time) < $__toTime - INTERVAL toUInt16OrZero(decodeURLComponent('${unanswered_hours:percentencode}')) HOUR
 """
 
+_PERCENTILE_UNITS = (("p50", DURATION), ("p90", DURATION), ("p99", DURATION))
+
 RESPONSE_TIMES = Dashboard(
     uid="threadline-response-times",
     title="Threadline: response times & escalations",
@@ -107,11 +116,9 @@ FROM (
 )
 WHERE $__timeFilter(first_response_time)
 GROUP BY time ORDER BY time""", kind="timeseries"),
-        Panel("First response time per owner (hours)", """
+        Panel("First response time per owner", """
 SELECT responder AS owner, count() AS answered,
-       round(quantile(0.5)(seconds) / 3600, 2) AS p50_h,
-       round(quantile(0.9)(seconds) / 3600, 2) AS p90_h,
-       round(quantile(0.99)(seconds) / 3600, 2) AS p99_h
+       quantile(0.5)(seconds) AS p50, quantile(0.9)(seconds) AS p90, quantile(0.99)(seconds) AS p99
 FROM (
     SELECT answers_message_id, argMin(responder, response_time) AS responder, min(seconds) AS seconds,
            min(response_time) AS first_response_time
@@ -121,12 +128,11 @@ FROM (
 )
 WHERE $__timeFilter(first_response_time)
   AND (decodeURLComponent('${responder:percentencode}') = 'All' OR responder = decodeURLComponent('${responder:percentencode}'))
-GROUP BY owner ORDER BY p50_h""", description="The first reply to each inbound mail; percentiles in hours."),
-        Panel("First response time per mailbox (hours)", """
+GROUP BY owner ORDER BY p50""", description="The time to the first reply to each inbound mail: percentiles.",
+              units=_PERCENTILE_UNITS),
+        Panel("First response time per mailbox", """
 SELECT mailbox, count() AS answered,
-       round(quantile(0.5)(seconds) / 3600, 2) AS p50_h,
-       round(quantile(0.9)(seconds) / 3600, 2) AS p90_h,
-       round(quantile(0.99)(seconds) / 3600, 2) AS p99_h
+       quantile(0.5)(seconds) AS p50, quantile(0.9)(seconds) AS p90, quantile(0.99)(seconds) AS p99
 FROM (
     SELECT answers_message_id, any(mailbox) AS mailbox, min(seconds) AS seconds,
            min(response_time) AS first_response_time
@@ -135,7 +141,8 @@ FROM (
     GROUP BY answers_message_id
 )
 WHERE $__timeFilter(first_response_time)
-GROUP BY mailbox ORDER BY mailbox"""),
+GROUP BY mailbox ORDER BY mailbox""", description="The time to the first reply to each inbound mail: percentiles.",
+              units=_PERCENTILE_UNITS),
         Panel("Unanswered conversations", "SELECT count() AS conversations FROM (" + _WAITING_CONVERSATIONS + ")",
               kind="stat", width=6,
               description="Conversations whose latest person's mail is the customer's and older than "
@@ -166,7 +173,7 @@ INNER JOIN (""" + _WAITING_CONVERSATIONS + """) AS c ON m.conversation_id = c.co
 WHERE m.tenant = decodeURLComponent('${tenant:percentencode}') AND m.direction = 'in' AND m.""" + _PERSONS_MAIL + """
   AND m.event_time > c.last_reply AND m.event_time <= $__toTime
 GROUP BY m.conversation_id
-ORDER BY waiting_since, m.conversation_id LIMIT 50""", width=24,
+ORDER BY waiting_since, m.conversation_id LIMIT 50""", width=24, units=(("waiting", DURATION),),
               description="The unanswered conversations, longest waiting first: the oldest of the customer's mails "
                           "since our last reply, and how many have come since."),
     ),
@@ -318,7 +325,9 @@ def dashboard_json(dashboard: Dashboard) -> dict:
             "targets": [{"refId": "A", "datasource": DATASOURCE, "editorType": "sql", "format": panel.format,
                          "queryType": "timeseries" if panel.format == 0 else "table", "rawSql": panel.sql.strip()}],
             "options": {},
-            "fieldConfig": {"defaults": {}, "overrides": []},
+            "fieldConfig": {"defaults": {}, "overrides": [
+                {"matcher": {"id": "byName", "options": column}, "properties": [{"id": "unit", "value": unit}]}
+                for column, unit in panel.units]},
         })
         x += panel.width
         row_height = max(row_height, panel.height)

@@ -10,16 +10,23 @@ import html
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.analytics.dashboards import DASHBOARDS
+from pipeline.analytics.dashboards import DASHBOARDS, DURATION, SHARE
 from pipeline.analytics.panels import PanelResult, data_time_range, default_variables, run_dashboard
 from pipeline.analytics.png import write_png
+from pipeline.escalation.figures import format_duration
 from pipeline.sinks.clickhouse import ClickHouseStore
 
 _MAX_TABLE_ROWS = 50
 _COLORS = ("#3366cc", "#dc3912", "#ff9900", "#109618", "#990099", "#0099c6")
 
 
-def _cell(value) -> str:
+def _cell(value, unit: str | None = None) -> str:
+    if value is None:
+        return "–"
+    if unit == DURATION:
+        return format_duration(value)
+    if unit == SHARE:
+        return f"{value:.1%}"
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M")
     if isinstance(value, float):
@@ -29,7 +36,8 @@ def _cell(value) -> str:
 
 def _table(result: PanelResult) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in result.columns)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
+    units = [result.panel.unit_of(column) for column in result.columns]
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v, unit)}</td>" for v, unit in zip(row, units)) + "</tr>"
                    for row in result.rows[:_MAX_TABLE_ROWS])
     more = f"<p class=note>{len(result.rows) - _MAX_TABLE_ROWS} more rows not shown</p>" if len(result.rows) > _MAX_TABLE_ROWS else ""
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
@@ -49,10 +57,11 @@ def _bars(result: PanelResult, width: int = 640, bar_height: int = 18) -> str:
         for n, i in enumerate(series):
             length = (width - label_width - 60) * row[i] / peak
             label = _cell(row[0]) if n == 0 else ""
+            value = _cell(row[i], result.panel.unit_of(result.columns[i]))
             parts.append(f'<text x="0" y="{y + 13}" font-size="11">{label}</text>'
                          f'<rect x="{label_width}" y="{y + 2}" width="{max(length, 0):.1f}" height="{bar_height - 4}" '
-                         f'fill="{_COLORS[n % len(_COLORS)]}"><title>{html.escape(result.columns[i])}: {_cell(row[i])}</title></rect>'
-                         f'<text x="{label_width + max(length, 0) + 4:.1f}" y="{y + 13}" font-size="11">{_cell(row[i])}</text>')
+                         f'fill="{_COLORS[n % len(_COLORS)]}"><title>{html.escape(result.columns[i])}: {value}</title></rect>'
+                         f'<text x="{label_width + max(length, 0) + 4:.1f}" y="{y + 13}" font-size="11">{value}</text>')
             y += bar_height
     parts.append("</svg>")
     return "".join(parts)
@@ -66,7 +75,7 @@ def _lines(result: PanelResult, width: int = 640, height: int = 180) -> str:
     peak = max(row[i] for row in rows for i in series) or 1
     step = (width - 50) / (len(rows) - 1)
     parts = [f'<svg width="{width}" height="{height + 20}" role="img" aria-label="{html.escape(result.panel.title)}">',
-             f'<text x="0" y="12" font-size="11">{_cell(peak)}</text>',
+             f'<text x="0" y="12" font-size="11">{_cell(peak, result.panel.unit_of(result.columns[series[0]]))}</text>',
              f'<line x1="45" y1="{height}" x2="{width}" y2="{height}" stroke="#999"/>']
     for n, i in enumerate(series):
         points = " ".join(f"{45 + k * step:.1f},{height - (height - 20) * row[i] / peak:.1f}" for k, row in enumerate(rows))
@@ -84,7 +93,7 @@ def _panel_html(result: PanelResult) -> str:
     if not result.rows:
         body = "<p class=note>no data in this time range</p>"
     elif kind == "stat":
-        body = f'<p class=stat>{_cell(result.rows[0][0])}</p>'
+        body = f'<p class=stat>{_cell(result.rows[0][0], result.panel.unit_of(result.columns[0]))}</p>'
     elif kind == "timeseries":
         body = _lines(result) + _table(result)
     elif kind in ("barchart", "piechart"):

@@ -4,17 +4,20 @@ gives non-empty, correctly typed results; redeliveries and replays change no cou
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta
 from numbers import Number
 
 import pytest
 import yaml
 
-from pipeline.analytics.dashboards import CORRELATION_QUALITY, DASHBOARD_DIR, DASHBOARDS, render_all
+from pipeline.analytics.dashboards import (CORRELATION_QUALITY, DASHBOARD_DIR, DASHBOARDS, DURATION, RESPONSE_TIMES,
+                                           SHARE, render_all)
 from pipeline.analytics.macros import MacroError, expand
 from pipeline.analytics.panels import data_time_range, default_variables, run_dashboard
 from pipeline.analytics.report import render_report
 from pipeline.analytics.seed import load_records, seed_records
+from pipeline.escalation.figures import format_duration
 from pipeline.settings import Settings
 
 # As the `seeded` fixture of conftest.py, for the stores this module loads itself.
@@ -41,6 +44,14 @@ def test_dashboard_files_are_current_and_use_the_clickhouse_plugin():
             (target,) = panel["targets"]
             assert target["editorType"] == "sql" and target["rawSql"]
             assert target["format"] == (0 if panel["type"] == "timeseries" else 1)
+            for override in panel["fieldConfig"]["overrides"]:
+                assert override["matcher"]["id"] == "byName"
+                assert [p["id"] for p in override["properties"]] == ["unit"]
+                assert override["properties"][0]["value"] in (DURATION, SHARE)
+    response_times = json.loads(render_all()[RESPONSE_TIMES.file_name])
+    (percentiles,) = [p for p in response_times["panels"] if p["title"] == "First response time per owner"]
+    assert {o["matcher"]["options"]: o["properties"][0]["value"] for o in percentiles["fieldConfig"]["overrides"]} == {
+        "p50": "dtdurations", "p90": "dtdurations", "p99": "dtdurations"}
 
 
 def test_provisioning_files_point_at_the_plugin_and_the_dashboards():
@@ -64,6 +75,11 @@ def test_every_panel_returns_typed_rows_on_seeded_data(seeded, tenant):
             assert len(result.rows) == 1 and isinstance(result.rows[0][0], Number), title
         elif kind in ("barchart", "piechart"):
             assert all(isinstance(row[-1], Number) and row[-1] > 0 for row in result.rows), title
+        for column, unit in result.panel.units:  # a unit names a column the panel returns, of numbers
+            index = result.columns.index(column)
+            assert all(isinstance(row[index], Number) or row[index] is None for row in result.rows), (title, column)
+            if unit == SHARE:
+                assert all(row[index] is None or 0 <= row[index] <= 1 for row in result.rows), (title, column)
 
 
 def test_panels_show_what_the_seed_holds(seeded):
@@ -128,6 +144,21 @@ def test_macros_expand_time_filters_and_refuse_unknown_variables():
         expand("SELECT decodeURLComponent('${campaign:percentencode}')", time_from=start, time_to=end, variables={})
     with pytest.raises(MacroError, match="unknown macro"):
         expand("SELECT 1 WHERE $__timeFilter_ms(t)", time_from=start, time_to=end, variables={})
+
+
+def test_report_shows_durations_in_days_hours_and_minutes(seeded):
+    page = render_report(seeded, tenant="tenant-1")
+    start, end = data_time_range(seeded)  # the report's time range
+    results = {r.panel.title: r for r in run_dashboard(seeded, RESPONSE_TIMES, time_from=start, time_to=end,
+                                                       variables=default_variables(seeded, RESPONSE_TIMES, "tenant-1"))}
+    owners = results["First response time per owner"]
+    assert owners.columns[2:] == ("p50", "p90", "p99")
+    for row in owners.rows:
+        assert f"<td>{format_duration(row[2])}</td><td>{format_duration(row[3])}</td>" in page
+    waiting = results["Oldest unanswered mail"]
+    longest = waiting.rows[0][waiting.columns.index("waiting")]
+    assert longest > 86_400 and f"<td>{format_duration(longest)}</td>" in page
+    assert re.search(r"<td>\d+ d \d+ h</td>", page) and re.search(r"<td>\d+ h \d+ min</td>", page)
 
 
 def test_report_renders_every_panel_and_writes_chart_pngs(seeded, tmp_path):
