@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -162,6 +163,16 @@ def test_sla_settings_from_the_environment(tmp_path, monkeypatch):
     assert default.sla.resolution is None
     assert (default.sla.pause, default.ignore_automatic, default.team) == ("none", ("bounce",), "desk")
     assert default.sla.resolved_marker is None
+
+
+def test_the_settings_example_in_the_docs_loads(tmp_path):
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "escalation.md").read_text(encoding="utf-8")
+    example = docs.split("## Settings example", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "example.toml"
+    path.write_text(example)
+    policies = {policy.name: policy for policy in load_settings(path, environ={}).escalation.policies}
+    assert policies["support-berlin"].sla.pause == "record_state" and policies["support-berlin"].team
+    assert "list" in policies["mailing-list"].ignore_automatic and policies["mailing-list"].sla.resolution is None
 
 
 def test_recipients_substitute_the_owner_and_drop_duplicates():

@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
+from fastavro import parse_schema
+from fastavro.validation import validate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +21,7 @@ from pipeline.settings import BusinessHours, EscalationPolicy, EscalationSetting
 
 UTC = timezone.utc
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 FIRST, NEXT, RESOLUTION = Target.FIRST_RESPONSE, Target.NEXT_RESPONSE, Target.RESOLUTION
 # The fields of sla.events (ISSUE16.md §D), which schemas/sla.events.avsc is written from.
 RECORD_FIELDS = ["event_id", "tenant", "conversation_id", "message_id", "target", "outcome", "cycle", "policy",
@@ -215,6 +219,10 @@ def test_a_resolved_record_resolves_every_conversation_regarding_it():
     # The first responses are still owed (c3's clock too: the changes advance time for every conversation).
     assert [(e.conversation_id, e.outcome.value) for e in out if e.target is FIRST] == [
         ("c1", "warned"), ("c2", "warned"), ("c3", "warned")]
+    out = run(engine, reply("late", 6))
+    assert [(e.target.value, e.outcome.value, e.on_time) for e in out] == [("first_response", "met", True)]
+    assert [(e.target.value, e.cycle, e.outcome.value) for e in run(engine, mail("thanks", 7))] == [
+        ("first_response", 2, "started"), ("resolution", 2, "started")]  # the customer writes again: reopened
 
 
 def test_the_resolved_marker_in_our_subject_resolves():
@@ -389,6 +397,16 @@ def test_two_tenants_with_the_same_conversation_have_their_own_targets():
 def test_a_target_switched_off_has_no_events():
     out = run(tracker(policy(first=None, next_=None)), mail("a"), reply("r", 1), mail("f", 2), reply("r2", 3))
     assert {e.target for e in out} == {RESOLUTION}
+
+
+def test_records_match_the_avro_schema():
+    schema = parse_schema(json.loads((SCHEMAS / "sla.events.avsc").read_text()))
+    engine = tracker(policy(team="Support", sla={"resolve_after_inactivity": None}))
+    out = run(engine, mail("a", owner=None, mailbox=None), reply("r", 1), mail("f", 2), until=20)
+    out += run(engine, reply("r2", 21, subject="[resolved]"))
+    assert {e.outcome for e in out} == set(Outcome) and {e.target for e in out} == set(Target)
+    for event in out:
+        assert validate(event.to_record(), schema, raise_errors=True)
 
 
 def test_records_carry_the_conversation_attributes():
