@@ -162,7 +162,8 @@ def _token(value: str) -> str:
     return value.partition(";")[0].partition("(")[0].strip().lower()
 
 
-def _has(headers: Mapping[str, Sequence[str]], marks: Mapping[str, str]) -> bool:
+def _carries(headers: Mapping[str, Sequence[str]], marks: Mapping[str, str]) -> bool:
+    """Whether any field of ``marks`` occurs with its marking value ("" = whatever its value)."""
     for name, wanted in marks.items():
         for value in headers.get(name, ()):
             if not wanted or value.strip().lower() == wanted:
@@ -182,14 +183,14 @@ def classify_automatic(headers: Mapping[str, Sequence[str]], subject: str, *, is
         return "notifier"
     submitted = {_token(value) for value in headers.get("auto-submitted", ())} - {"", "no"}
     precedence = {_token(value) for name in _PRECEDENCE_HEADERS for value in headers.get(name, ())}
-    if ("auto-replied" in submitted or "auto_reply" in precedence or _has(headers, _AUTO_REPLY_HEADERS)
+    if ("auto-replied" in submitted or "auto_reply" in precedence or _carries(headers, _AUTO_REPLY_HEADERS)
             or any(_token(value) == _DELIVERED_TO_AUTORESPONDER for value in headers.get("delivered-to", ()))
             or any(_token(value) == _AUTORESPONSE_TOPIC for value in headers.get("thread-topic", ()))
             or _AUTOMATIC_SUBJECT.match(subject)):
         return "auto_reply"
     listed = any(headers.get(name) for name in _LIST_HEADERS)
     if submitted or "junk" in precedence or ("bulk" in precedence and not listed) \
-            or _has(headers, _AUTO_GENERATED_HEADERS):
+            or _carries(headers, _AUTO_GENERATED_HEADERS):
         return "auto_generated"
     if listed or "list" in precedence:
         return "list"

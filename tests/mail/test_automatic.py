@@ -134,7 +134,7 @@ def test_priority_is_bounce_notifier_auto_reply_auto_generated_list():
     assert kind_of(mail(*everything[3:])) == "list"
     # An out-of-office reply a list redistributed is still an automatic reply.
     assert kind_of(mail("List-Id: <users.desk.example>", subject="Automatic reply: Invoice 4711")) == "auto_reply"
-    assert [kind for kind in AUTOMATIC_KINDS] == ["bounce", "notifier", "auto_reply", "auto_generated", "list"]
+    assert list(AUTOMATIC_KINDS) == ["bounce", "notifier", "auto_reply", "auto_generated", "list"]
 
 
 def test_repeated_headers_count_every_occurrence():
