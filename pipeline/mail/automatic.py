@@ -95,8 +95,9 @@ AUTOMATIC_HEADERS = frozenset({
 # original subject ("Automatic reply: Re: Invoice 12") or alone, while a person's subject goes on
 # in words ("Out of office policy discussion", "Automatic reply templates for the desk"). A reply
 # to an automatic reply ("Re: Automatic reply: ...") is a person's mail and does not match.
-# Out-of-office phrases, per language: Outlook/Exchange's localized "Automatic reply" prefixes and
-# the usual absence wordings.
+# Out-of-office phrases, per language: the prefixes mail clients and servers put on automatic
+# replies (as collected by helpdesk vendors, e.g. Deskpro's list, and in the answers to "Detecting
+# Outlook autoreply/out-of-office emails" on Stack Overflow) and the usual absence wordings.
 _OUT_OF_OFFICE = (
     # EN
     r"out[ -]of[ -](?:the[ -])?office(?: (?:auto ?reply|reply|alert|notice|notification|message|response))?",
@@ -109,7 +110,7 @@ _OUT_OF_OFFICE = (
     r"r[ée]ponse automatique", r"absen(?:ce|t|te) du bureau", r"message d'absence", r"absente?",
     # ES, IT, PT
     r"respuesta autom[áa]tica", r"fuera de (?:la )?oficina", r"ausente", r"ausencia",
-    r"risposta automatica", r"fuori (?:sede|ufficio)", r"assente",
+    r"risposta automatica", r"fuori (?:sede|ufficio)", r"assente", r"non al computer",
     r"resposta autom[áa]tica", r"(?:ausente|fora) do escrit[óo]rio", r"aus[êe]ncia",
     # NL
     r"automatisch antwoord", r"afwezig", r"buiten kantoor", r"niet op kantoor",

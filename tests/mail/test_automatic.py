@@ -150,7 +150,7 @@ AUTOMATIC_SUBJECTS = [
     "Autoreply: Invoice 4711", "Auto Response", "Vacation reply: Invoice 4711",
     "Automatische Antwort: Rechnung 4711", "Abwesenheitsnotiz: Rechnung 4711", "Abwesend: Rechnung",
     "Réponse automatique : Facture 4711", "Absence du bureau", "Respuesta automática: Factura 4711",
-    "Fuera de la oficina: Factura", "Risposta automatica: Fattura 4711", "Fuori sede", "Automatisch antwoord: Factuur",
+    "Fuera de la oficina: Factura", "Risposta automatica: Fattura 4711", "Fuori sede", "Non al computer: Fattura 4711", "Automatisch antwoord: Factuur",
     "Afwezig: Factuur 4711", "Resposta automática: Fatura 4711", "Ausente do escritório", "Odpowiedź automatyczna: Faktura",
     "Poza biurem: Faktura", "Automatiskt svar: Faktura 4711", "Frånvaro: Faktura", "Autosvar: Faktura 4711",
     "Automatisk svar: Faktura", "Fravær: Faktura", "Automaattinen vastaus: Lasku 4711", "Automatická odpověď: Faktura",
