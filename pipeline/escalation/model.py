@@ -67,7 +67,7 @@ class MailEvent:
                    conversation_id=correlation.conversation_id, direction=correlation.direction,
                    event_time=correlation.event_time, mailbox=mailbox, regarding=correlation.regarding,
                    owner=owner, mail_type=correlation.mail_type, parent_message_id=correlation.parent_message_id,
-                   assigned_on=assigned_on, subject=correlation.subject)
+                   assigned_on=assigned_on, automatic=correlation.automatic, subject=correlation.subject)
 
 
 @dataclass(frozen=True, slots=True)

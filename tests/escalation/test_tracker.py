@@ -426,8 +426,9 @@ def test_mail_event_from_a_correlation():
     correlation = Correlation(tenant="acme", message_id="<a@test>", conversation_id="c1", method=Method.IN_REPLY_TO,
                               mail_type="reply", direction="in", event_time=T0, confidence=1.0,
                               parent_message_id="<p@test>",
-                              regarding="SUPP-1")
+                              regarding="SUPP-1", automatic="auto_reply", subject="Automatic reply: order")
     event = MailEvent.from_correlation(correlation, mailbox="support@ours.example", owner="olga@ours.example")
     assert event == MailEvent(tenant="acme", message_id="<a@test>", conversation_id="c1", direction="in",
                               event_time=T0, mailbox="support@ours.example", regarding="SUPP-1",
-                              owner="olga@ours.example", mail_type="reply", parent_message_id="<p@test>")
+                              owner="olga@ours.example", mail_type="reply", parent_message_id="<p@test>",
+                              automatic="auto_reply", subject="Automatic reply: order")
