@@ -147,7 +147,9 @@ AUTOMATIC = st.tuples(st.sampled_from(["acme", "beta"]), st.sampled_from(["c1", 
                                               max_size=4))
 def test_ignored_automatic_mail_anywhere_changes_no_transition(operations, floods):
     """An out-of-office flood, a bounce storm or auto-acknowledgements, at any point of the stream."""
-    expected = apply(EscalationTracker(SHORT_MEMORY, never), operations)
+    end = T0 + timedelta(minutes=HORIZON_MIN + 60 * 24 * 3)
+    plain = EscalationTracker(SHORT_MEMORY, never)
+    expected = apply(plain, operations) + plain.advance(end)
     flooded = list(operations)
     for position, burst in sorted(floods, reverse=True):
         position = min(position, len(flooded))
@@ -157,7 +159,9 @@ def test_ignored_automatic_mail_anywhere_changes_no_transition(operations, flood
         for number, (tenant, conversation, direction, kind) in enumerate(burst):
             flooded.insert(position, replace(event(tenant, conversation, direction, minute), automatic=kind,
                                              message_id=f"<auto.{position}.{number}@test>"))
-    assert apply(EscalationTracker(SHORT_MEMORY, never), flooded) == expected
+    # Like a tick, an automatic mail may fire an overdue deadline sooner: compare to the end.
+    tracker = EscalationTracker(SHORT_MEMORY, never)
+    assert apply(tracker, flooded) + tracker.advance(end) == expected
 
 
 @FAST
