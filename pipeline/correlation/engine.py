@@ -114,9 +114,10 @@ class SubjectFacts:
 # Distinct subjects remembered by one correlator; the cache is dropped whole when full (it is
 # a pure function of the subject, so dropping it changes speed, never a decision).
 _SUBJECT_CACHE_SIZE = 100_000
-# Kinds of mail an outbound mail can answer and that can be an answer (mail.responses): a
-# person's and a mailing list's. An auto-acknowledgement is no response, nor is a reply to an
-# out-of-office or a bounce.
+# Kinds of mail that can answer and be answered (mail.responses): a person's and a mailing
+# list's. An auto-acknowledgement answers nothing; a reply linked to automatic mail answers the
+# person's mail above it, so that the figures are those of the same mail without the automatic
+# one (a reply to an out-of-office after our mail answers nothing: above it is our own mail).
 _ANSWERABLE = frozenset({"", "list"})
 
 
@@ -242,13 +243,13 @@ class Correlator:
             evidence = {**evidence, COLLISION_FLAG: collision}
 
         response = None
-        if (parent is not None and mail.direction == "out" and parent.direction == "in"
-                and mail.automatic in _ANSWERABLE and parent.automatic in _ANSWERABLE):
+        answered = self._answered(parent) if mail.direction == "out" and mail.automatic in _ANSWERABLE else None
+        if answered is not None and answered.direction == "in":
             response = Response(
-                answers_message_id=parent.message_id,
+                answers_message_id=answered.message_id,
                 responder=mail.from_addr,
-                inbound_time=datetime.fromtimestamp(parent.event_time, timezone.utc),
-                seconds=max(0.0, ts - parent.event_time),
+                inbound_time=datetime.fromtimestamp(answered.event_time, timezone.utc),
+                seconds=max(0.0, ts - answered.event_time),
             )
 
         method_fields: dict = {}
@@ -293,6 +294,19 @@ class Correlator:
             response=response,
             flags=(COLLISION_FLAG,) if collision is not None else (),
         )
+
+    def _answered(self, parent: IndexedMail | None) -> IndexedMail | None:
+        """The mail an outbound mail linked to ``parent`` answers: ``parent``, or when that is
+        automatic mail (our acknowledgement, an out-of-office, a bounce) the nearest mail above it
+        in the conversation that is not, as if the automatic mail were not there. None when the
+        chain ends (or leaves the index) first."""
+        entry, seen = parent, set()
+        while entry is not None and entry.automatic not in _ANSWERABLE:
+            if entry.parent_message_id is None or entry.message_id in seen:
+                return None
+            seen.add(entry.message_id)
+            entry = self.index.get(entry.parent_message_id)
+        return entry
 
     def correct(self, correction: Correction) -> list[Correlation]:
         """Apply a correction to the mail already indexed (it came after them); the corrected

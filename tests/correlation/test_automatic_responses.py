@@ -1,6 +1,7 @@
 """Automatic mail through the correlation engine, from raw bytes: an auto-acknowledgement or a
-reply to an out-of-office is no mail.responses Response, a person's reply is; the label travels in
-the decision, its JSON (``threadline correlate``), the mail.correlated record and ``explain``."""
+reply to an out-of-office is no mail.responses Response, a person's reply is (also when linked to
+our acknowledgement: it answers the customer's mail); the label travels in the decision, its JSON
+(``threadline correlate``), the mail.correlated record and ``explain``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pipeline.mail.hostile import hostile_mails
 from pipeline.mail.parse import parse_mail
 from pipeline.mail.record import MailParseError
 from pipeline.settings import CorrelationSettings
+from pipeline.synth import AutomaticMail, AutomaticMix, MailGenerator, with_automatic_mail
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 TENANTS = ("acme", "globex")
@@ -58,6 +60,39 @@ def test_an_auto_acknowledgement_is_no_response_and_a_persons_reply_is(tenant):
     assert acknowledgement.response is None
     assert reply.response is not None
     assert (reply.response.answers_message_id, reply.response.seconds) == ("<req@test>", 95 * 60.0)
+
+
+def test_a_persons_reply_linked_to_our_acknowledgement_answers_the_customers_mail():
+    for tenant, engine in engines().items():
+        correlate(engine, REQUEST, tenant)
+        correlate(engine, ACKNOWLEDGEMENT, tenant, "out")
+        reply = correlate(engine, raw_mail("answer", "Re: Request received: Printer broken", minutes=95,
+                                           sender="sam@desk.example", to="dana@customer.example", in_reply_to="ack"),
+                          tenant, "out")
+        assert reply.parent_message_id == "<ack@test>"
+        assert (reply.response.answers_message_id, reply.response.seconds) == ("<req@test>", 95 * 60.0)
+
+
+def test_responses_on_traffic_with_automatic_mail_equal_those_without_it():
+    """The issue's target: out-of-office replies, acknowledgements and bounces mixed in change no
+    response (the people's mail alone is the hand-made truth)."""
+    for tenant in TENANTS:
+        people = list(MailGenerator(16, tenant=tenant, customers=120, agents=5, seconds_between_mails=120).mails(1500))
+        mixed = list(with_automatic_mail(people, seed=len(tenant), mix=AutomaticMix(0.5, 0.9, 0.1)))
+        assert len(mixed) > len(people) + 300
+
+        def responses(stream):
+            engine = engines()[tenant]
+            found = {}
+            for item in stream:
+                result = engine.correlate(item.record if isinstance(item, AutomaticMail) else item)
+                if result.response is not None:
+                    found[result.message_id] = (result.response.answers_message_id, result.response.seconds)
+            return found
+
+        alone = responses(people)
+        assert len(alone) > 300
+        assert responses(mixed) == alone
 
 
 def test_a_reply_to_an_out_of_office_is_no_response_in_either_tenant():
