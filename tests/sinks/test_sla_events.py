@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
 from pipeline.contracts.topics import SLA_EVENTS
+from pipeline.erase import erase_from_clickhouse
 from pipeline.sinks.clickhouse import rows_for
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
@@ -84,3 +85,15 @@ def test_of_events_at_one_moment_the_later_in_a_targets_life_is_its_latest(click
     [(outcome, met, breached)] = store.query(
         "SELECT outcome, met, breached FROM {db}.sla_targets_latest").result_rows
     assert (outcome, met, breached) == ("met", True, True)
+
+
+@pytest.mark.integration  # starts chDB
+def test_erase_removes_the_sla_events_of_an_owner_and_keeps_the_rest(clickhouse_factory):
+    store = clickhouse_factory()
+    insert(store, [sla_event("acme", "first_response", "started", T0, due_at=T0 + 8 * HOUR),
+                   sla_event("acme", "resolution", "started", T0, due_at=T0 + 72 * HOUR),
+                   sla_event("globex", "first_response", "started", T0, due_at=T0 + 8 * HOUR,
+                             owner="someone.else@globex.example")])
+    assert erase_from_clickhouse(store, "agent@acme.example")["sla_events"] == 2
+    assert store.query("SELECT tenant, owner FROM {db}.sla_targets_latest").result_rows == [
+        ("globex", "someone.else@globex.example")]
