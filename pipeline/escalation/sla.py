@@ -187,6 +187,9 @@ class SlaTracker:
         self._states: dict[StateKey, SlaConversationState] = {}
         self._by_record: dict[tuple[str, str], set[str]] = {}  # (tenant, record id) -> conversation ids
         self._due: list[tuple[int, str, str]] = []  # (due ms, tenant, conversation id); stale entries skipped
+        # The latest due time pushed per conversation: most mail leaves it unchanged, and pushing it
+        # again for every mail would fill the heap with copies until that time passes.
+        self._scheduled: dict[StateKey, int] = {}
         self._changed: set[StateKey] = set()
         self._watermark = _NEVER
         self._retention_ms = int(self.settings.resolved_retention_days * 86_400_000)
@@ -246,6 +249,8 @@ class SlaTracker:
         out: list[SlaEvent] = []
         while self._due and self._due[0][0] <= self._watermark:
             due, tenant, conversation_id = heapq.heappop(self._due)
+            if self._scheduled.get((tenant, conversation_id)) == due:
+                del self._scheduled[(tenant, conversation_id)]
             current = self._states.get((tenant, conversation_id))
             if current is None or self._next_due(current) != due:
                 continue  # stale: superseded by a later change of the conversation
@@ -443,7 +448,10 @@ class SlaTracker:
         return self._pending(current)[0]
 
     def _schedule(self, current: SlaConversationState) -> None:
-        heapq.heappush(self._due, (self._next_due(current), current.tenant, current.conversation_id))
+        key, due = (current.tenant, current.conversation_id), self._next_due(current)
+        if self._scheduled.get(key) != due:
+            self._scheduled[key] = due
+            heapq.heappush(self._due, (due, *key))
 
     def _touch(self, current: SlaConversationState, time_ms: int) -> None:
         current.changed_ms = max(current.changed_ms, time_ms)
