@@ -33,6 +33,7 @@ from pipeline.correlation.methods.base import (
 )
 from pipeline.correlation.methods.xheader import parse_xref
 from pipeline.correlation.model import Correlation, IndexedMail, Response, own_conversation_id
+from pipeline.mail.automatic import WRITTEN_BY_PEOPLE
 from pipeline.mail.record import MailRecord
 from pipeline.settings import CorrelationSettings, UntrackedSettings
 
@@ -114,13 +115,6 @@ class SubjectFacts:
 # Distinct subjects remembered by one correlator; the cache is dropped whole when full (it is
 # a pure function of the subject, so dropping it changes speed, never a decision).
 _SUBJECT_CACHE_SIZE = 100_000
-# Kinds of mail that can answer and be answered (mail.responses): a person's and a mailing
-# list's. An auto-acknowledgement answers nothing; a reply linked to automatic mail answers the
-# person's mail above it, so that the figures are those of the same mail without the automatic
-# one (a reply to an out-of-office after our mail answers nothing: above it is our own mail).
-_ANSWERABLE = frozenset({"", "list"})
-
-
 def _same_content(entry: IndexedMail, digest: str) -> bool:
     """An entry without a digest (indexed before digests existed) cannot be told apart: it counts
     as the same mail, as before, and the duplicate says ``content_unverified``."""
@@ -243,7 +237,11 @@ class Correlator:
             evidence = {**evidence, COLLISION_FLAG: collision}
 
         response = None
-        answered = self._answered(parent) if mail.direction == "out" and mail.automatic in _ANSWERABLE else None
+        # Only people's mail answers and is answered: an auto-acknowledgement answers nothing; a reply
+        # linked to automatic mail answers the person's mail above it, so that the figures are those
+        # of the same mail without the automatic one (a reply to an out-of-office after our mail
+        # answers nothing: above it is our own mail).
+        answered = self._answered(parent) if mail.direction == "out" and mail.automatic in WRITTEN_BY_PEOPLE else None
         if answered is not None and answered.direction == "in":
             response = Response(
                 answers_message_id=answered.message_id,
@@ -301,7 +299,7 @@ class Correlator:
         in the conversation that is not, as if the automatic mail were not there. None when the
         chain ends (or leaves the index) first."""
         entry, seen = parent, set()
-        while entry is not None and entry.automatic not in _ANSWERABLE:
+        while entry is not None and entry.automatic not in WRITTEN_BY_PEOPLE:
             if entry.parent_message_id is None or entry.message_id in seen:
                 return None
             seen.add(entry.message_id)

@@ -33,7 +33,8 @@ from typing import Mapping, Sequence
 # The kinds, defined with the settings that validate policies against them (the lowest layer).
 from pipeline.settings import AUTOMATIC_KINDS
 
-__all__ = ["AUTOMATIC_HEADERS", "AUTOMATIC_KINDS", "AUTOMATIC_LABELS", "NOTIFIER_HEADER", "classify_automatic"]
+__all__ = ["AUTOMATIC_HEADERS", "AUTOMATIC_KINDS", "AUTOMATIC_LABELS", "NOTIFIER_HEADER", "WRITTEN_BY_PEOPLE",
+           "classify_automatic"]
 
 # What explain output and docs call each kind.
 AUTOMATIC_LABELS = {
@@ -43,6 +44,11 @@ AUTOMATIC_LABELS = {
     "auto_generated": "machine-generated mail",
     "list": "mailing-list traffic",
 }
+
+# Kinds whose mail people wrote: a person's own and a mailing list's.  Only these are answers or
+# answered (mail.responses) and content evidence for people's conversations: automatic mail copies
+# the subject and text of what it answers, so it would look like the best parent of every reply.
+WRITTEN_BY_PEOPLE = frozenset({"", "list"})
 
 # Set by pipeline.gateways.notify on every alert mail (with Auto-Submitted: auto-generated): an
 # alert that reaches a mailbox we read, or comes back as a reply quoting it, is ours, not a person's.

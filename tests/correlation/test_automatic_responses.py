@@ -150,3 +150,48 @@ def test_hostile_mail_correlates_with_a_kind_or_nothing():
         except MailParseError:
             continue
         assert engine.correlate(record).automatic == record.automatic
+
+
+def _token_subject(subject: str) -> str:
+    from pipeline.correlation import tokens
+    from pipeline.settings import TrackingTokenSettings
+
+    settings = TrackingTokenSettings()
+    return tokens.add_token(settings, subject, tokens.TokenCounter(settings).next_token(1))
+
+
+@pytest.mark.parametrize("tenant", TENANTS)
+def test_an_out_of_office_copying_our_token_is_not_the_parent_of_the_customers_next_mail(tenant):
+    engine = engines()[tenant]
+    subject = _token_subject("Invoice 4711")
+    correlate(engine, raw_mail("ours", subject, sender="sam@desk.example", to="dana@customer.example"), tenant, "out")
+    away = correlate(engine, raw_mail("away", f"Automatic reply: {subject}", "Auto-Submitted: auto-replied",
+                                      minutes=1), tenant)
+    assert away.method_name == "TrackingToken" and away.parent_message_id == "<ours@test>"
+    # The customer answers our mail days later from a client that keeps only the subject.
+    back = correlate(engine, raw_mail("back", f"Re: {subject}", minutes=3000), tenant)
+    assert back.method_name == "TrackingToken" and back.parent_message_id == "<ours@test>"
+    answer = correlate(engine, raw_mail("answer", f"Re: {subject}", minutes=3100, sender="sam@desk.example",
+                                        to="dana@customer.example", in_reply_to="back"), tenant, "out")
+    assert answer.response is not None and answer.response.answers_message_id == "<back@test>"
+
+
+def test_an_out_of_office_flood_changes_no_content_match():
+    """Automatic mail copying a subject is neither a content candidate nor counted in the
+    document frequencies that weigh subject words: the same decision, the same confidence."""
+    def reply_without_headers(flood: int):
+        engine = engines()["acme"]
+        ours = raw_mail("ours", "Quarterly statement mismatch on contract 88", sender="sam@desk.example",
+                        to="dana@customer.example")
+        correlate(engine, ours, "acme", "out")
+        for n in range(flood):
+            correlate(engine, raw_mail(f"away{n}", "Automatic reply: Quarterly statement mismatch on contract 88",
+                                       "Auto-Submitted: auto-replied", minutes=1 + n, sender=f"c{n}@customer.example",
+                                       to="sam@desk.example"), "acme")
+        return correlate(engine, raw_mail("back", "Re: Quarterly statement mismatch on contract 88", minutes=600,
+                                          to="sam@desk.example"), "acme")
+
+    quiet, flooded = reply_without_headers(0), reply_without_headers(40)
+    assert quiet.method_name == "SmartMatching" and quiet.parent_message_id == "<ours@test>"
+    assert (flooded.method_name, flooded.parent_message_id, flooded.confidence) == (
+        quiet.method_name, quiet.parent_message_id, quiet.confidence)

@@ -13,6 +13,8 @@ from enum import IntEnum
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Hashable, Iterable
 
+from pipeline.mail.automatic import WRITTEN_BY_PEOPLE
+
 if TYPE_CHECKING:
     from pipeline.correlation.engine import Correlator, SubjectFacts
     from pipeline.correlation.model import IndexedMail
@@ -98,10 +100,13 @@ def has_hook(strategy: MethodStrategy, hook: str) -> bool:
     return getattr(type(strategy), hook) is not getattr(MethodStrategy, hook)
 
 
-def recency(entry: IndexedMail) -> tuple[float, str]:
-    """Newest wins; equal times are broken by Message-ID so that the choice never depends on
-    arrival or iteration order (a rebuilt index must decide exactly like the live one)."""
-    return entry.event_time, entry.message_id
+def recency(entry: IndexedMail) -> tuple[bool, float, str]:
+    """People's mail first, then the newest; equal times are broken by Message-ID so that the
+    choice never depends on arrival or iteration order (a rebuilt index must decide exactly like
+    the live one).  An out-of-office reply copies the subject, token and Thread-Index of the mail
+    it answers: the newest mail with them, it would become the parent of the customer's next
+    mail, which answers ours (and our reply to that would answer nobody)."""
+    return entry.automatic in WRITTEN_BY_PEOPLE, entry.event_time, entry.message_id
 
 
 # Code -> strategy, in match order.  Codes map back to the canonical code object, so a duplicate

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.correlation.methods.base import FUTURE_SLACK_S, IndexKeys, Match, MailFacts, Method, MethodStrategy, recency
+from pipeline.mail.automatic import WRITTEN_BY_PEOPLE
 from pipeline.mail.content import normalize_line
 
 # The parts of one series leave one sender within minutes.
@@ -107,6 +108,10 @@ class SmartMatching(MethodStrategy):
         }
 
     def index_keys(self, correlator, entry) -> IndexKeys:
+        if entry.automatic not in WRITTEN_BY_PEOPLE:
+            # Never a content match, nor in the document frequencies: an out-of-office flood would
+            # otherwise make every word of the subjects it copies common (counted to leave it out).
+            return (("automatic_mail", (True,)),)
         # Word postings cost memory per word; only the evidence strategy (their rarity) and a
         # tolerant subject match read them.
         smart = correlator.settings.smart_matching
@@ -207,7 +212,7 @@ class SmartMatching(MethodStrategy):
                 return match
         # The tenant's live mails and this one: the population whose document frequencies weigh
         # each subject word (this mail has each of its own words).
-        population = len(index) + 1
+        population = len(index) - index.count("automatic_mail", True) + 1
         word_rarity = {word: rarity(index.count("subject_word", word) + 1, population) for word in words}
         # A long thread keeps its subject: its newest mails are the candidates.
         candidate_ids = dict.fromkeys(index.ids("subject_key", facts.subject_key)[-COMMON_KEY_MAILS:]
