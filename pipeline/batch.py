@@ -1,14 +1,17 @@
 """Correlate mail files without a broker: sources -> parse -> engine, streamed one mail at a time.
 
-Used by ``threadline correlate`` and ``threadline eval``; memory is bounded by the engine's
-index (its time window), never by the size of the mailbox, except for ``evaluate_corpus``, which
-keeps one corpus's parsed mail to correlate it several times (parsing is most of the cost).
+Used by ``threadline correlate``, ``threadline eval`` and ``threadline sla``; memory is bounded by
+the engine's index (its time window), never by the size of the mailbox, except for
+``evaluate_corpus``, which keeps one corpus's parsed mail to correlate it several times (parsing is
+most of the cost), and ``run_support``, which keeps the records it returns.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -17,8 +20,12 @@ from pipeline.correlation.evaluate import CorpusRun, evaluate, read_truth, score
 from pipeline.correlation.model import Correlation
 from pipeline.mail.parse import parse_mail
 from pipeline.mail.record import MailParseError, MailRecord
+from pipeline.escalation.model import MailEvent
+from pipeline.escalation.policy import default_owner
+from pipeline.escalation.sla import SlaTracker
+from pipeline.escalation.tracker import EscalationTracker
 from pipeline.mail.sources import iter_mail_sources
-from pipeline.settings import CorrelationSettings, UntrackedSettings
+from pipeline.settings import CorrelationSettings, Settings, UntrackedSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +112,69 @@ def _correlate(mails: list[MailRecord], correlation: CorrelationSettings, untrac
         predictions.append(prediction)
         named_ids.setdefault(prediction.message_id, (*mail.in_reply_to, *mail.references))
     return predictions, named_ids
+
+
+@dataclass
+class SupportRun:
+    """What the escalation agent would have emitted for a mailbox, as records (``to_record()``)."""
+
+    mails: int = 0
+    transitions: list[dict] = dataclasses.field(default_factory=list)
+    sla_events: list[dict] = dataclasses.field(default_factory=list)
+    responses: list[dict] = dataclasses.field(default_factory=list)
+
+
+def run_support(mails: Iterable[MailRecord], settings: Settings) -> SupportRun:
+    """Correlate ``mails`` (event-time order) and run the escalation and SLA trackers on them as
+    the agents do, one correlator per tenant.  Time is the mails' own: it stands at the last mail
+    at the end, so the same mailbox gives the same records on any day."""
+    latest = datetime.min.replace(tzinfo=timezone.utc)
+
+    def clock() -> datetime:
+        return latest
+
+    correlators: dict[str, Correlator] = {}
+    escalation, sla = EscalationTracker(settings.escalation, clock), SlaTracker(settings.escalation, clock)
+    own_domains = frozenset(domain.lower() for domain in settings.untracked.own_domains)
+    run = SupportRun()
+    for mail in mails:
+        correlator = correlators.get(mail.tenant)
+        if correlator is None:
+            correlator = correlators[mail.tenant] = Correlator(settings.correlation, tenant=mail.tenant,
+                                                               untracked=settings.untracked)
+        correlation = correlator.correlate(mail)
+        run.mails += 1
+        if correlation.untracked_reason:
+            continue
+        if correlation.response is not None:
+            run.responses.append({"tenant": correlation.tenant, "message_id": correlation.message_id,
+                                  **dataclasses.asdict(correlation.response)})
+        event = MailEvent.from_correlation(correlation, mailbox=mail.mailbox,
+                                           owner=default_owner(mail.direction, mail.to + mail.cc, own_domains))
+        latest = max(latest, event.event_time)
+        run.transitions += [transition.to_record() for transition in escalation.on_correlation(event)]
+        run.sla_events += [sla_event.to_record() for sla_event in sla.on_mail(event)]
+    return run
+
+
+def desk_by_replies(mails: Iterable[MailRecord], share: float = 0.5) -> frozenset[str]:
+    """For a mailing-list archive, which has no outbound mail: the fewest senders who together
+    wrote ``share`` of the replies, taken as the desk that answers the others."""
+    replies = Counter(mail.from_addr for mail in mails if (mail.in_reply_to or mail.references) and mail.from_addr)
+    desk: set[str] = set()
+    written, wanted = 0, share * sum(replies.values())
+    for sender, count in replies.most_common():
+        if written >= wanted:
+            break
+        desk.add(sender)
+        written += count
+    return frozenset(desk)
+
+
+def with_direction(mails: Iterable[MailRecord], own_domains: frozenset[str],
+                   desk: frozenset[str] = frozenset()) -> Iterator[MailRecord]:
+    """The mails with ``direction`` "out" when the sender is in ``own_domains`` or ``desk``."""
+    for mail in mails:
+        ours = mail.from_addr in desk or mail.from_addr.rpartition("@")[2] in own_domains
+        direction = "out" if ours else "in"
+        yield mail if mail.direction == direction else dataclasses.replace(mail, direction=direction)

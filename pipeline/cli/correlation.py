@@ -213,3 +213,71 @@ def add_correct(command: CommandFactory) -> None:
         add_tenant(sub)
         sub.add_argument("--author", help="who corrects (default: the user running the command)")
         sub.add_argument("--reason", default="", help="why, for whoever reads the explanation later")
+
+def cmd_sla(args: argparse.Namespace) -> int:
+    from pipeline.batch import ParseFailure, desk_by_replies, parse_sources, run_support, with_direction
+    from pipeline.escalation.figures import current_states, format_duration, sla_figures
+    from pipeline.synth import AutomaticMail, with_automatic_mail
+
+    settings = settings_from(args)
+    require_paths(args.mailbox)
+    mails = [item for item in _progress(parse_sources(args.mailbox, settings.correlation, tenant=args.tenant),
+                                        enabled=not args.no_progress, desc="parse")
+             if not isinstance(item, ParseFailure)]
+    own_domains = frozenset(domain.lower() for domain in settings.untracked.own_domains)
+    desk = desk_by_replies(mails, args.desk_share) if args.desk_share else frozenset()
+    if not own_domains and not desk:
+        raise UserError("no mail is ours: set untracked.own_domains, or --desk-share for a mailing-list archive")
+    mails = list(with_direction(mails, own_domains, desk))
+    runs = {"mailbox": mails}
+    if args.mix_automatic:
+        runs["with automatic mail"] = [item.record if isinstance(item, AutomaticMail) else item
+                                       for item in with_automatic_mail(mails, seed=args.seed)]
+    results = {}
+    for label, run_mails in runs.items():
+        run = run_support(_progress(run_mails, enabled=not args.no_progress, desc=label), settings)
+        results[label] = run
+    if args.json:
+        print(json.dumps({label: {"mails": run.mails, "responses": len(run.responses),
+                                  "escalations_now": current_states(run.transitions),
+                                  "sla": {target: figures.as_dict() for target, figures in
+                                          sla_figures(run.sla_events).items()}}
+                          for label, run in results.items()}, indent=2))
+    else:
+        for label, run in results.items():
+            print(f"\n== {label}: {run.mails} mails ({sum(m.direction == 'out' for m in runs[label])} ours), "
+                  f"{len(run.responses)} responses")
+            print(f"  {'target':<16}{'instances':>10}{'met on time':>13}{'met late':>10}{'breached':>10}{'open':>7}"
+                  f"{'met':>8}  {'p50 working time':>17}  {'p90':>10}")
+            for target, figures in sla_figures(run.sla_events).items():
+                share = "–" if figures.share_met is None else f"{figures.share_met:.1%}"
+                print(f"  {target:<16}{figures.instances:>10}{figures.met_on_time:>13}{figures.met_late:>10}"
+                      f"{figures.breached_open:>10}{figures.open:>7}{share:>8}  "
+                      f"{format_duration(figures.p50_business_seconds):>17}  "
+                      f"{format_duration(figures.p90_business_seconds):>10}")
+            states = current_states(run.transitions)
+            print("  escalations now: " + ", ".join(f"{state} {states[state]}" for state in sorted(states)))
+    if args.mix_automatic:
+        plain, mixed = results["mailbox"], results["with automatic mail"]
+        same = {"escalations": plain.transitions == mixed.transitions, "SLA events": plain.sla_events == mixed.sla_events,
+                "responses": plain.responses == mixed.responses}
+        print("\nautomatic mail changed: " + (", ".join(name for name, equal in same.items() if not equal) or "nothing"),
+              file=sys.stderr)
+        return 0 if all(same.values()) else 1
+    return 0
+
+
+def add_sla(command: CommandFactory) -> None:
+    sla = command("sla", cmd_sla, "SLA and escalation figures of mailboxes, offline: what the escalation agent "
+                  "would emit for them under the settings' policies.")
+    sla.add_argument("mailbox", nargs="+")
+    add_tenant(sla)
+    sla.add_argument("--desk-share", type=float, metavar="SHARE",
+                     help="for a mailing-list archive: the fewest senders who wrote this share of the replies "
+                     "(e.g. 0.5) are the desk, their mail outbound (else: untracked.own_domains decides)")
+    sla.add_argument("--mix-automatic", action="store_true",
+                     help="also run with generated out-of-office replies, acknowledgements and bounces mixed in; "
+                     "exit 1 unless they change no escalation, SLA event or response")
+    sla.add_argument("--seed", type=int, default=11, help="seed of the generated automatic mail")
+    sla.add_argument("--json", action="store_true", help="figures as JSON on stdout")
+    add_progress_flag(sla)

@@ -21,6 +21,7 @@ COMMANDS = (correlation.add_correlate, correlation.add_explain, correlation.add_
             run.add_ingest, gateways.add_imap, run.add_worker, run.add_replay, operations.add_doctor,
             analytics.add_sql, analytics.add_report, gateways.add_tracking, gateways.add_smtp,
             campaigns.add_generate, gateways.add_notify, operations.add_erase, analytics.add_escalations,
+            correlation.add_sla,
             analytics.add_dashboards, run.add_sink, operations.add_schemas, bench.add_bench)
 
 
