@@ -15,8 +15,9 @@ The kinds, in priority order (the first that applies wins):
   ``Precedence: auto_reply``, the vendor headers in ``_AUTO_REPLY_HEADERS``, or a subject that
   starts like an out-of-office reply or a "request received" acknowledgement.
 - ``auto_generated``: other machine mail: any other ``Auto-Submitted`` value but ``no``
-  (auto-generated, auto-notified), ``Precedence: junk``, ``Precedence: bulk`` without a list
-  header, or a vendor's machine-generated marker.
+  (auto-generated, auto-notified), a multipart/report other than a DSN (a read receipt),
+  ``Precedence: junk``, ``Precedence: bulk`` without a list header, or a vendor's
+  machine-generated marker.
 - ``list``: mailing-list traffic: a list header (List-Id, List-Post, Mailing-List,
   X-Mailing-List) or ``Precedence: list``; a list manager's ``Precedence: bulk`` with a list
   header is list traffic too.
@@ -178,12 +179,14 @@ def _carries(headers: Mapping[str, Sequence[str]], marks: Mapping[str, str]) -> 
     return False
 
 
-def classify_automatic(headers: Mapping[str, Sequence[str]], subject: str, *, is_bounce: bool) -> str:
+def classify_automatic(headers: Mapping[str, Sequence[str]], subject: str, *, is_bounce: bool,
+                       report_type: str = "") -> str:
     """The kind of automatic mail (one of ``AUTOMATIC_KINDS``), "" for a person's mail.
 
     ``headers`` maps lower-case field names to their values as text (every occurrence; names
-    outside ``AUTOMATIC_HEADERS`` are ignored), ``subject`` is the decoded subject and
-    ``is_bounce`` says whether the mail is a DSN or from a mailer daemon."""
+    outside ``AUTOMATIC_HEADERS`` are ignored), ``subject`` is the decoded subject,
+    ``is_bounce`` says whether the mail is a DSN or from a mailer daemon, and ``report_type`` is
+    the report-type of a multipart/report ("" for other mail)."""
     if is_bounce:
         return "bounce"
     if headers.get(NOTIFIER_HEADER.lower()):
@@ -196,7 +199,9 @@ def classify_automatic(headers: Mapping[str, Sequence[str]], subject: str, *, is
             or _AUTOMATIC_SUBJECT.match(subject)):
         return "auto_reply"
     listed = any(headers.get(name) for name in _LIST_HEADERS)
-    if submitted or "junk" in precedence or ("bulk" in precedence and not listed) \
+    # Any other report (RFC 6522) is a machine's too: a read receipt (RFC 8098
+    # disposition-notification), an abuse feedback report.
+    if submitted or report_type or "junk" in precedence or ("bulk" in precedence and not listed) \
             or _carries(headers, _AUTO_GENERATED_HEADERS):
         return "auto_generated"
     if listed or "list" in precedence:

@@ -429,8 +429,14 @@ def _thread_index(value: str | None, defects: list[str]) -> bytes | None:
     return data
 
 
-def _is_bounce(message: Message, from_addr: str) -> bool:
-    if message.get_content_type() == "multipart/report" and _param(message, "report-type").lower() == "delivery-status":
+def _report_type(message: Message) -> str:
+    """The report-type of a multipart/report (RFC 6522: "delivery-status", "disposition-notification",
+    ...), lower case; "" for other mail."""
+    return _param(message, "report-type").lower() if message.get_content_type() == "multipart/report" else ""
+
+
+def _is_bounce(report_type: str, from_addr: str) -> bool:
+    if report_type == "delivery-status":
         return True
     local = from_addr.partition("@")[0]
     return local in ("mailer-daemon", "postmaster")
@@ -510,7 +516,8 @@ def _parse_mail(raw: bytes, *, direction: Direction, tenant: str, mailbox: str, 
     own, quoted, attribution = fingerprint_body(body)
     xref = _text(first(xheader_name.lower()), defects)
     subject = _decode_header(first("subject"), defects)
-    is_bounce = _is_bounce(message, from_addr)
+    report_type = _report_type(message)
+    is_bounce = _is_bounce(report_type, from_addr)
     # Fields read only for the label: their encoding problems are no defect of the mail.
     automatic_headers = {name: [_text(value, []) for value in fields[name]] for name in AUTOMATIC_HEADERS & fields.keys()}
     return MailRecord(
@@ -531,7 +538,7 @@ def _parse_mail(raw: bytes, *, direction: Direction, tenant: str, mailbox: str, 
         auto_submitted=(_text(first("auto-submitted"), defects) or "").strip().lower(),
         precedence=(_text(first("precedence"), defects) or "").strip().lower(),
         is_bounce=is_bounce,
-        automatic=classify_automatic(automatic_headers, subject, is_bounce=is_bounce),
+        automatic=classify_automatic(automatic_headers, subject, is_bounce=is_bounce, report_type=report_type),
         body_text=body,
         own_shingles=own,
         quoted_shingles=quoted,

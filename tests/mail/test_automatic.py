@@ -111,6 +111,16 @@ def test_auto_generated(fields):
     assert kind_of(mail(*fields)) == "auto_generated"
 
 
+def test_a_read_receipt_is_auto_generated():
+    receipt = mail(subject="Read: Invoice 4711",
+                   content_type='multipart/report; report-type=disposition-notification; boundary="r1"',
+                   body="--r1\r\nContent-Type: text/plain\r\n\r\nYour message was displayed.\r\n"
+                        "--r1\r\nContent-Type: message/disposition-notification\r\n\r\n"
+                        "Final-Recipient: rfc822; dana@customer.example\r\n"
+                        "Disposition: manual-action/MDN-sent-manually; displayed\r\n--r1--\r\n")
+    assert kind_of(receipt) == "auto_generated"
+
+
 @pytest.mark.parametrize("fields", [
     ("List-Id: Support users <users.desk.example>",),
     ("List-Post: <mailto:users@desk.example>",),
