@@ -8,8 +8,9 @@ and the escalate agent died with KeyError in ``event_context(last_event[partitio
 Here the real stack runs: `threadline up` (its worker, sink and tracking endpoint) on the session
 broker, tenant ``acme`` ingested by `up`, a short tick interval, then ``globex`` (another
 partition) and ``stark`` (acme's partition, and half of acme's very mails) by `threadline
-ingest`.  Every tenant's correlations, escalations and escalation state must be those of a run
-of that tenant alone (the pure engine and tracker in this process), and the worker must live.
+ingest`.  Every tenant's correlations, escalations, SLA events and escalation state must be those
+of a run of that tenant alone (the pure engine and trackers in this process), and the worker must
+live.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ import pytest
 
 from pipeline.escalation.model import MailEvent
 from pipeline.escalation.policy import default_owner
+from pipeline.escalation.sla import SlaTracker
 from pipeline.escalation.tracker import EscalationTracker
 from pipeline.mail.sources import iter_mbox
+from pipeline.runtime.state import encode_state
 from pipeline.streams.reader import read_messages, read_topic
 from pipeline.streams.runner import count_outputs, first_crash
 from test_pipeline import engine_decisions, engine_run, pipeline_decisions
@@ -70,24 +73,33 @@ def mbox_slice(source: Path, start: int, stop: int, target: Path) -> Path:
 
 
 def expected_escalations(settings, tenant: str, messages, now: datetime):
-    """A run of this tenant alone: the engine, then the tracker on event time, then one tick at
-    ``now``.  Returns (transitions by event id, the tick's event ids, final state by table key)."""
+    """A run of this tenant alone: the engine, then the trackers on event time, then one tick at
+    ``now``.  Returns (transitions by event id, SLA events by event id, the tick's escalation event
+    ids, final state by table key, as the table entry's JSON reads)."""
     tracker = EscalationTracker(settings.escalation, clock=lambda: now)
-    transitions, conversations = {}, set()
+    sla = SlaTracker(settings.escalation, clock=lambda: now)
+    transitions, sla_events, conversations = {}, {}, set()
     for mail, correlation in engine_run(settings, tenant, messages):
         if correlation.untracked_reason:
             continue
         owner = default_owner(mail.direction, mail.to + mail.cc, frozenset())
-        for transition in tracker.on_correlation(MailEvent.from_correlation(correlation, mailbox=mail.mailbox,
-                                                                            owner=owner)):
+        event = MailEvent.from_correlation(correlation, mailbox=mail.mailbox, owner=owner)
+        for transition in tracker.on_correlation(event):
             transitions[transition.event_id] = (transition.state.value, transition.message_id, transition.event_time)
+        sla_events.update((outcome.event_id, outcome.to_record()) for outcome in sla.on_mail(event))
         conversations.add(correlation.conversation_id)
     ticked = tracker.advance(now)
     for transition in ticked:
         transitions[transition.event_id] = (transition.state.value, transition.message_id, transition.event_time)
-    states = {f"{tenant}\x1f{c}": tracker.state_of(tenant, c).to_dict() for c in conversations
-              if tracker.state_of(tenant, c) is not None}
-    return transitions, {t.event_id for t in ticked}, states
+    sla_events.update((outcome.event_id, outcome.to_record()) for outcome in sla.advance(now))
+    states = {}
+    for c in conversations:
+        clock, targets = tracker.state_of(tenant, c), sla.state_of(tenant, c)
+        if clock is not None or targets is not None:
+            states[f"{tenant}\x1f{c}"] = json.loads(encode_state({
+                "escalation": None if clock is None else clock.to_dict(),
+                "sla": None if targets is None else targets.to_dict()}))
+    return transitions, sla_events, {t.event_id for t in ticked}, states
 
 
 def test_a_second_and_third_tenant_after_an_escalation_tick_leave_the_worker_alive_and_change_nothing(sandbox):
@@ -99,7 +111,7 @@ def test_a_second_and_third_tenant_after_an_escalation_tick_leave_the_worker_ali
     assert [len(m) for m in mail.values()] == [150, 150, 150]
     now = datetime.now(timezone.utc)  # every deadline of this old mail is long past: any tick fires all
     expected = {tenant: expected_escalations(settings, tenant, messages, now) for tenant, messages in mail.items()}
-    assert all(ticked for _, ticked, _ in expected.values()), "each tenant's tick must have something to fire"
+    assert all(ticked for _, _, ticked, _ in expected.values()), "each tenant's tick must have something to fire"
 
     env = {key: value for key, value in os.environ.items() if not key.startswith("THREADLINE_")}
     env.update(THREADLINE_KAFKA_BOOTSTRAP=sandbox.bootstrap, PYTHONUNBUFFERED="1")
@@ -131,6 +143,10 @@ def test_a_second_and_third_tenant_after_an_escalation_tick_leave_the_worker_ali
                 for _, _, _, v in read_topic(settings.kafka, sandbox.bootstrap, "escalations", sandbox.codec)
                 if v["tenant"] == tenant}
 
+    def sla_events(tenant: str) -> dict:
+        return {v["event_id"]: v for _, _, _, v in read_topic(settings.kafka, sandbox.bootstrap, "sla.events",
+                                                              sandbox.codec) if v["tenant"] == tenant}
+
     def escalation_state() -> dict[int, dict[str, dict | None]]:
         """The escalation table as its changelog holds it: partition -> key -> newest value."""
         table: dict[int, dict[str, dict | None]] = {}
@@ -155,7 +171,7 @@ def test_a_second_and_third_tenant_after_an_escalation_tick_leave_the_worker_ali
 
         # Idle for a tick interval: the tick fires acme's last deadlines, and writes their state
         # into acme's partition at once, without a batch of that partition behind it.
-        acme_transitions, acme_ticked, acme_states = expected["acme"]
+        acme_transitions, _, acme_ticked, acme_states = expected["acme"]
         wait_until("acme's tick", lambda: acme_ticked <= set(escalations("acme")), 30)
         wait_until("acme's tick state", lambda: states_of("acme", escalation_state()) == {0: acme_states}, 15)
         assert escalations("acme") == acme_transitions
@@ -177,11 +193,11 @@ def test_a_second_and_third_tenant_after_an_escalation_tick_leave_the_worker_ali
                    lambda: sum(count_outputs(settings.kafka, sandbox.bootstrap, sandbox.codec, 0).values()) >= total,
                    60)
         for tenant in ("globex", "stark"):
-            _, ticked, _ = expected[tenant]
+            _, _, ticked, _ = expected[tenant]
             wait_until(f"{tenant}'s tick", lambda: ticked <= set(escalations(tenant)), 30)
         wait_until("every tenant's state", lambda: all(
             states_of(tenant, escalation_state()) == {min(partition_of[tenant]): states}
-            for tenant, (_, _, states) in expected.items()), 15)
+            for tenant, (_, _, _, states) in expected.items()), 15)
         time.sleep(TICK_S)  # one more tick over all three tenants
         healthy()
 
@@ -190,6 +206,7 @@ def test_a_second_and_third_tenant_after_an_escalation_tick_leave_the_worker_ali
         for tenant in mail:
             assert {k: v for k, v in decided.items() if k[0] == tenant} == alone[tenant], tenant
             assert escalations(tenant) == expected[tenant][0], tenant
+            assert sla_events(tenant) == expected[tenant][1], tenant
         assert set(decided) == {key for decisions in alone.values() for key in decisions}
         # stark's copies of acme's mail are stark's own: they link within stark, as stark alone would
         shared = {mid for (tenant, mid) in decided if tenant == "acme"} & {mid for (t, mid) in decided if t == "stark"}
