@@ -294,7 +294,91 @@ ORDER BY m.event_time DESC, m.message_id LIMIT 200""", width=24,
     ),
 )
 
-DASHBOARDS = (RESPONSE_TIMES, CAMPAIGN_ROI, CORRELATION_QUALITY)
+_TARGET_CHOSEN = ("(decodeURLComponent('${target:percentencode}') = 'All' "
+                  "OR target = decodeURLComponent('${target:percentencode}'))")
+
+# Target instances (one conversation's target in one cycle, sla_targets_latest) that started in
+# the time range and are decided: met, or breached.  "Met" is met on time; met late and breached
+# count against it.  The panels of shares met group these by owner, team, mailbox or day.
+_DECIDED_TARGETS = """
+FROM threadline.sla_targets_latest
+WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND $__timeFilter(started_at) AND (met OR breached)
+  AND """ + _TARGET_CHOSEN
+
+
+def _share_met_by(column: str) -> Panel:
+    return Panel(f"Targets met per {column}", f"""
+SELECT {column}, count() AS decided, countIf(on_time) AS met_on_time, countIf(met AND NOT on_time) AS met_late,
+       countIf(breached AND NOT met) AS not_met, countIf(on_time) / count() AS share_met""" + _DECIDED_TARGETS + f"""
+GROUP BY {column} ORDER BY {column}""", width=8, units=(("share_met", SHARE),),
+                 description=f"Per {column}: of the targets started in the time range and decided, the share met on "
+                             "time (met late and breached count against it; open ones are left out).")
+
+
+def _nearest_rank(share: float) -> str:
+    """The ``share`` percentile of business_seconds by nearest rank: a value that occurred (as
+    pipeline.escalation.figures.nearest_rank)."""
+    return f"arrayElement(arraySort(groupArray(business_seconds)), toUInt64(ceil({share} * count())))"
+
+
+# Open target instances, as of the end of the time range, whose breach deadline comes within
+# $due_within_hours after it: not met nor breached by then, and not paused (a paused target has no
+# deadline).  Read from sla_events, not sla_targets_latest, so that a range in the past shows what
+# was due then; events at one instant are ordered as in that view (migration 0008).
+_DUE_SOON = """
+    SELECT target, conversation_id, cycle, argMax(tuple(due_at), ordering).1 AS due_at,
+           argMax(tuple(owner), ordering).1 AS owner, argMax(tuple(team), ordering).1 AS team,
+           argMax(tuple(mailbox), ordering).1 AS mailbox
+    FROM (
+        SELECT *, (event_time, indexOf(['started', 'paused', 'resumed', 'warned', 'breached', 'met'], outcome)) AS ordering
+        FROM threadline.sla_events FINAL
+        WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND event_time <= $__toTime AND """ + _TARGET_CHOSEN + """
+    )
+    GROUP BY target, conversation_id, cycle
+    HAVING countIf(outcome IN ('met', 'breached')) = 0 AND due_at > $__toTime
+       AND due_at <= $__toTime + INTERVAL toUInt16OrZero(decodeURLComponent('${due_within_hours:percentencode}')) HOUR
+"""
+
+SLA_TARGETS = Dashboard(
+    uid="threadline-sla",
+    title="Threadline: SLA targets",
+    description="First response, next response and resolution targets: the share met on time, what breaches soon, "
+                "how long meeting them took (working time of the policy's calendar, pauses excluded).",
+    variables=(
+        TENANT_VARIABLE,
+        Variable("target", "Target", "SELECT DISTINCT target FROM threadline.sla_events "
+                 "WHERE tenant = decodeURLComponent('${tenant:percentencode}') ORDER BY target",
+                 default="All", include_all=True),
+        Variable("due_within_hours", "Breaches due within (hours)", default="24"),
+    ),
+    panels=(
+        Panel("Targets met per day", """
+SELECT toStartOfDay(started_at) AS time, countIf(on_time) / count() AS share_met""" + _DECIDED_TARGETS + """
+GROUP BY time ORDER BY time""", kind="timeseries", width=24, units=(("share_met", SHARE),),
+              description="Per day the targets started: the share of the decided ones met on time."),
+        _share_met_by("owner"),
+        _share_met_by("team"),
+        _share_met_by("mailbox"),
+        Panel("Breaches due soon", "SELECT count() AS targets FROM (" + _DUE_SOON + ")", kind="stat", width=6,
+              description="Open targets whose breach deadline comes within $due_within_hours of the end of the "
+                          "time range (now, on a live dashboard)."),
+        Panel("Targets breaching next", """
+SELECT due_at, target, conversation_id, owner, team, mailbox, age('second', $__toTime, due_at) AS time_left
+FROM (""" + _DUE_SOON + """)
+ORDER BY due_at, conversation_id, target LIMIT 100""", width=18, units=(("time_left", DURATION),),
+              description="The same targets, soonest deadline first, with the time left."),
+        Panel("Time to meet a target", f"""
+SELECT target, count() AS targets_met, {_nearest_rank(0.5)} AS p50, {_nearest_rank(0.9)} AS p90
+FROM threadline.sla_targets_latest
+WHERE tenant = decodeURLComponent('${{tenant:percentencode}}') AND $__timeFilter(started_at) AND met
+  AND """ + _TARGET_CHOSEN + """
+GROUP BY target ORDER BY target""", width=24, units=(("p50", DURATION), ("p90", DURATION)),
+              description="Of the targets started in the time range and met (on time or late): percentiles of the "
+                          "working time it took (first response, next response, resolution)."),
+    ),
+)
+
+DASHBOARDS = (RESPONSE_TIMES, SLA_TARGETS, CAMPAIGN_ROI, CORRELATION_QUALITY)
 
 
 def _variable_json(variable: Variable) -> dict:

@@ -2,8 +2,8 @@
 
 Mail and its correlations come from the real engine over synthetic mail (pipeline.synth: people's
 mail with out-of-office replies, acknowledgements and bounces mixed in, parsed from bytes), its
-escalations from the real escalation tracker fed with those correlations (several transitions
-per conversation, reopened when a customer writes again after our reply); campaigns, tracking events and conversions are drawn from a seeded random model of a campaign
+escalations and SLA events from the real trackers fed with those correlations (several
+transitions per conversation, reopened when a customer writes again after our reply); campaigns, tracking events and conversions are drawn from a seeded random model of a campaign
 (human and machine opens, clicks, conversions with revenue).  Used by the dashboard tests, the
 ClickHouse benchmark.  Rows go through the same
 ``rows_for`` as the sink, so they have exactly the sink's shape.
@@ -17,11 +17,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
 from pipeline.contracts.topics import (BY_NAME, CAMPAIGNS, CONVERSIONS, DEADLETTER, ESCALATIONS, MAIL_CORRELATED,
-                                       MAIL_RAW, MAIL_RESPONSES, MAIL_UNTRACKED, TRACKING_EVENTS)
+                                       MAIL_RAW, MAIL_RESPONSES, MAIL_UNTRACKED, SLA_EVENTS, TRACKING_EVENTS)
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.model import stable_event_id
 from pipeline.escalation.model import MailEvent
 from pipeline.escalation.policy import default_owner
+from pipeline.escalation.sla import SlaTracker
 from pipeline.escalation.tracker import EscalationTracker
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseStore, rows_for
@@ -39,10 +40,12 @@ def _no_wall_clock() -> datetime:
 
 def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int, generation: int,
                          automatic: AutomaticMix | None) -> Iterator[tuple[str, dict]]:
-    """mail.correlated / mail.untracked / mail.responses records, and the escalations of the
-    correlated mail (every mail first advances the tracker to its time, as in the agent)."""
+    """mail.correlated / mail.untracked / mail.responses records, and the escalations and SLA
+    events of the correlated mail (every mail first advances the trackers to its time, as in the
+    agent)."""
     correlator = Correlator(settings.correlation, tenant=tenant, untracked=settings.untracked, generation=generation)
     escalation = EscalationTracker(settings.escalation, clock=_no_wall_clock)
+    sla = SlaTracker(settings.escalation, clock=_no_wall_clock)
     own_domains = frozenset(d.lower() for d in settings.untracked.own_domains)
     # One mail every 2 minutes on average: replies come minutes to days later, as in a real desk.
     generator = MailGenerator(seed, tenant=tenant, customers=2_000, agents=12, seconds_between_mails=120)
@@ -67,6 +70,8 @@ def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int,
             event = MailEvent.from_correlation(correlation, mailbox=mail.mailbox, owner=owner)
             for transition in escalation.on_correlation(event):
                 yield ESCALATIONS, transition.to_record()
+            for outcome in sla.on_mail(event):
+                yield SLA_EVENTS, outcome.to_record()
 
 
 def _campaign_records(tenant: str, rng: random.Random, start: datetime, campaigns: int,

@@ -16,7 +16,8 @@ from pipeline.correlation.methods.base import Method
 from pipeline.correlation.model import Correlation
 from pipeline.escalation.model import MailEvent
 from pipeline.escalation.tracker import EscalationTracker
-from pipeline.settings import ClickHouseSettings, EscalationPolicy, EscalationSettings, Settings
+from pipeline.settings import (ClickHouseSettings, EscalationMatch, EscalationPolicy, EscalationSettings, Settings,
+                               SlaSettings, UntrackedSettings)
 
 SEEDED_DATABASE = "seeded"
 DOUBT_START = datetime(2026, 1, 8, 9, 0, tzinfo=timezone.utc)
@@ -100,10 +101,22 @@ def conversation_records(tenant: str):
             yield MAIL_CORRELATED, correlated_record(correlation, "support", SourcePosition(MAIL_RAW, 0, number))
 
 
+# The desk's own domain (pipeline.synth's agents), so that mail belongs to the agent it was sent to;
+# the first mail of a conversation goes to first-line support, a reopened one to second-line; a
+# conversation we answered counts as resolved after 8 hours of silence (the seed spans two days).
+_QUICK_RESOLUTION = SlaSettings(resolve_after_inactivity=8)
+SEEDED_SETTINGS = Settings(
+    untracked=UntrackedSettings(own_domains=("support.threadline.test",)),
+    escalation=EscalationSettings(
+        default_policy=EscalationPolicy(team="second-line", sla=_QUICK_RESOLUTION),
+        policies=(EscalationPolicy(name="first-line", match=EscalationMatch(mail_type="new"), team="first-line",
+                                   sla=_QUICK_RESOLUTION),)))
+
+
 @pytest.fixture(scope="session")
 def seeded_records():
     """Every (topic, record) of the seeded store, in the order they were written."""
-    records = list(seed_records(Settings(), tenants=2, mails_per_tenant=1500, campaigns=3, recipients=300))
+    records = list(seed_records(SEEDED_SETTINGS, tenants=2, mails_per_tenant=1500, campaigns=3, recipients=300))
     for tenant in ("tenant-1", "tenant-2"):
         records += [*doubtful_records(tenant), *same_instant_records(tenant), *conversation_records(tenant)]
     return records

@@ -41,7 +41,8 @@ PAYLOADS = [
     "x" * 100_000 + "' OR '1'='1",  # very long
 ]
 NOBODY = "nosuchtenant"
-NEUTRAL = {"responder": "nobody", "campaign": "nothing", "unanswered_hours": "0"}  # match nothing / parse to 0
+NEUTRAL = {"responder": "nobody", "campaign": "nothing", "target": "nothing", "unanswered_hours": "0",
+           "due_within_hours": "0"}  # match nothing / parse to 0
 
 
 def _run(store, dashboard, variables, as_grafana):

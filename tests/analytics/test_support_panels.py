@@ -9,10 +9,10 @@ from itertools import product
 
 import pytest
 
-from pipeline.analytics.dashboards import RESPONSE_TIMES, Dashboard
+from pipeline.analytics.dashboards import RESPONSE_TIMES, SLA_TARGETS, Dashboard
 from pipeline.analytics.panels import data_time_range, default_variables, panel_query
-from pipeline.contracts.topics import ESCALATIONS, MAIL_CORRELATED, MAIL_RESPONSES
-from pipeline.escalation.figures import current_states
+from pipeline.contracts.topics import ESCALATIONS, MAIL_CORRELATED, MAIL_RESPONSES, SLA_EVENTS
+from pipeline.escalation.figures import TARGETS, current_states, sla_figures
 from pipeline.analytics.seed import load_records, seed_records
 from pipeline.settings import EscalationPolicy, Settings
 from pipeline.synth import AutomaticMix
@@ -165,3 +165,94 @@ def test_unanswered_and_escalations_are_what_they_are_with_the_automatic_mail_re
         (waiting,), = _panel_rows(stores["mixed"], RESPONSE_TIMES, "Unanswered conversations", tenant,
                                   *_windows(stores["mixed"])[0])
         assert waiting > 100
+
+
+# -- SLA targets -------------------------------------------------------------------------------
+
+def _instances(records, tenant: str, time_to: datetime | None = None) -> dict[tuple, list[dict]]:
+    """(conversation, target, cycle) -> the SLA events of that target instance up to ``time_to``,
+    in the order the tracker emitted them."""
+    instances: dict[tuple, list[dict]] = {}
+    for topic, record in records:
+        if topic == SLA_EVENTS and record["tenant"] == tenant and (time_to is None or record["event_time"] <= time_to):
+            instances.setdefault((record["conversation_id"], record["target"], record["cycle"]), []).append(record)
+    return instances
+
+
+def _shares_met(records, tenant, time_from, time_to, group, target="All") -> list[tuple]:
+    """Rows of a 'Targets met per ...' panel: per group of the instances started in the window
+    (``group`` of an instance's latest event), what figures.sla_figures says of their events."""
+    groups: dict = {}
+    for (_, instance_target, _), events in _instances(records, tenant).items():
+        if time_from <= events[-1]["started_at"] <= time_to and target in ("All", instance_target):
+            groups.setdefault(group(events[-1]), []).extend(events)
+    rows = []
+    for key, events in sorted(groups.items(), key=lambda item: (item[0] is None, item[0])):
+        figures = sla_figures(events).values()
+        on_time, late, not_met = (sum(getattr(f, name) for f in figures)
+                                  for name in ("met_on_time", "met_late", "breached_open"))
+        if on_time + late + not_met:
+            rows.append((key, on_time + late + not_met, on_time, late, not_met,
+                         pytest.approx(on_time / (on_time + late + not_met))))
+    return rows
+
+
+def test_the_seed_has_sla_targets_of_every_kind_and_outcome(seeded_records):
+    events = [r for topic, r in seeded_records if topic == SLA_EVENTS]
+    assert {r["tenant"] for r in events} == set(TENANTS)
+    assert {(r["target"], r["outcome"]) for r in events} >= {(t, o) for t in TARGETS for o in ("started", "met")}
+    assert {r["outcome"] for r in events} >= {"paused", "resumed", "warned", "breached"}
+    assert len({r["owner"] for r in events}) > 5 and {r["team"] for r in events} == {"first-line", "second-line"}
+    assert any(r["outcome"] == "met" and not r["on_time"] for r in events)
+
+
+@pytest.mark.parametrize("tenant", TENANTS)
+@pytest.mark.parametrize("target", ["All", "first_response", "resolution"])
+def test_targets_met_per_owner_team_mailbox_and_day(seeded, seeded_records, tenant, target):
+    groups = {"owner": lambda e: e["owner"], "team": lambda e: e["team"], "mailbox": lambda e: e["mailbox"],
+              "day": lambda e: e["started_at"].replace(hour=0, minute=0, second=0, microsecond=0)}
+    for time_from, time_to in _windows(seeded):
+        for column, group in groups.items():
+            expected = _shares_met(seeded_records, tenant, time_from, time_to, group, target)
+            assert expected, (column, time_from)
+            rows = _panel_rows(seeded, SLA_TARGETS, f"Targets met per {column}", tenant, time_from, time_to,
+                               target=target)
+            if column == "day":  # a time series of the share alone
+                expected = [(day, share) for day, *_, share in expected]
+            assert rows == expected, (column, time_from)
+
+
+@pytest.mark.parametrize("tenant", TENANTS)
+def test_time_to_meet_a_target_is_the_working_time_of_the_met_ones(seeded, seeded_records, tenant):
+    for time_from, time_to in _windows(seeded):
+        started = [event for events in _instances(seeded_records, tenant).values()
+                   if time_from <= events[-1]["started_at"] <= time_to for event in events]
+        figures = sla_figures(started)
+        expected = [(target, f.met_on_time + f.met_late, f.p50_business_seconds, f.p90_business_seconds)
+                    for target, f in sorted(figures.items()) if f.met_on_time + f.met_late]
+        assert len(expected) == 3
+        assert _panel_rows(seeded, SLA_TARGETS, "Time to meet a target", tenant, time_from, time_to) == expected
+
+
+def _due_soon(records, tenant, time_to, hours) -> list[tuple]:
+    rows = []
+    for (conversation_id, target, _), events in _instances(records, tenant, time_to).items():
+        latest = events[-1]
+        decided = any(e["outcome"] in ("met", "breached") for e in events)
+        if not decided and latest["due_at"] is not None and time_to < latest["due_at"] <= time_to + timedelta(hours=hours):
+            rows.append((latest["due_at"], target, conversation_id, latest["owner"], latest["team"], latest["mailbox"],
+                         int((latest["due_at"] - time_to).total_seconds())))
+    return sorted(rows, key=lambda row: (row[0], row[2], row[1]))
+
+
+@pytest.mark.parametrize("tenant", TENANTS)
+@pytest.mark.parametrize("hours", ["24", "4"])
+def test_breaches_due_are_the_open_targets_whose_deadline_comes_next(seeded, seeded_records, tenant, hours):
+    for time_from, time_to in _windows(seeded):
+        expected = _due_soon(seeded_records, tenant, time_to, int(hours))
+        (count,), = _panel_rows(seeded, SLA_TARGETS, "Breaches due soon", tenant, time_from, time_to,
+                                due_within_hours=hours)
+        rows = _panel_rows(seeded, SLA_TARGETS, "Targets breaching next", tenant, time_from, time_to,
+                           due_within_hours=hours)
+        assert rows == expected[:100] and count == len(expected)
+    assert {row[1] for row in expected} == {"first_response", "next_response"}  # the window that ends mid-traffic

@@ -20,7 +20,8 @@ TENANT_FILTER = re.compile(r"\b(?:\w+\.)?(?:tenant|key) = decodeURLComponent\('\
 TABLE_READ = re.compile(r"\bFROM threadline\.\w+")
 START, END = datetime(2026, 1, 1), datetime(2026, 2, 1)
 # Text-box variables that hold a number, and what parses it.
-NUMBER_PARSERS = {"unanswered_hours": "toUInt16OrZero(", "review_below": "toFloat64OrZero("}
+NUMBER_PARSERS = {"unanswered_hours": "toUInt16OrZero(", "due_within_hours": "toUInt16OrZero(",
+                  "review_below": "toFloat64OrZero("}
 
 
 def _queries():

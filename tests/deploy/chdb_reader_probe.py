@@ -39,8 +39,8 @@ SEED = {"tenants": 2, "mails_per_tenant": 150, "campaigns": 2, "recipients": 60}
 
 
 def _extra_records(tenant: str) -> list[tuple[str, dict]]:
-    # The seed writes no alerts, CRM entities, corrections or SLA events, and escalations only after hours
-    # of waiting: one each, so every policy is tried on rows.
+    # The seed writes no alerts, CRM entities or corrections, and escalations and SLA events only
+    # after hours of traffic: one each, so every policy is tried on rows.
     now = datetime(2026, 1, 6, tzinfo=timezone.utc)
     return [
         ("alerts", {"event_id": f"a-{tenant}", "tenant": tenant, "event_type": "assigned", "user": "u@x.test",
