@@ -109,7 +109,8 @@ def add_worker(command: CommandFactory) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from pipeline.streams.replay import ReplayRefused, diff_generations, known_generations, plan_generations
-    from pipeline.streams.runner import WorkerProcess, count_records, wait_for_outputs
+    from pipeline.streams.app import app_id
+    from pipeline.streams.runner import WorkerProcess, count_records, wait_for_consumed, wait_for_outputs
 
     current = settings_from(args)
     new = settings_from(args, "new_settings")
@@ -145,6 +146,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         counts = wait_for_outputs(new.kafka, bootstrap, codec, generation, total, workers=workers,
                                   timeout_s=max(600.0, total / 100),
                                   on_progress=_bar_factory(not args.no_progress)("replay", total))
+        # The escalation agent reads those correlations after the correlator wrote them: stopped
+        # now, the workers would leave the last escalations and SLA events unmade.
+        replayed = new.model_copy(update={"worker": new.worker.model_copy(update={"generation": generation})})
+        wait_for_consumed(new.kafka, bootstrap, app_id(replayed), MAIL_CORRELATED, workers=workers,
+                          timeout_s=max(600.0, total / 100))
     except (TimeoutError, RuntimeError) as exc:
         raise UserError(f"the replay as generation {generation} failed: {exc}") from exc
     finally:

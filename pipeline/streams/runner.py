@@ -20,6 +20,7 @@ from typing import Callable
 
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.topics import DEADLETTER, MAIL_CORRELATED, MAIL_UNTRACKED
+from pipeline.runtime.kafka import new_group_consumer, topic_name
 from pipeline.settings import KafkaSettings, load_settings
 from pipeline.streams.reader import read_topic
 
@@ -199,6 +200,35 @@ def wait_for_outputs(kafka: KafkaSettings, bootstrap: str, codec: AvroCodec, gen
         if time.monotonic() > deadline:
             raise TimeoutError(f"{done} of {expected} mails handled after {timeout_s:.0f} s")
         time.sleep(1.0)
+
+
+def wait_for_consumed(kafka: KafkaSettings, bootstrap: str, group_id: str, topic: str, *,
+                      workers: list[WorkerProcess], timeout_s: float = 300.0) -> None:
+    """Poll until the consumer group ``group_id`` has committed every record now in ``topic``
+    (a worker's agent commits a record only once its outputs are out); raises if a worker dies."""
+    from confluent_kafka import TopicPartition
+
+    ends: dict[int, int] = {}  # read to the end: Tansu's high watermarks can be short (see reader)
+    for partition, offset, _, _ in read_topic(kafka, bootstrap, topic):
+        ends[partition] = offset + 1
+    name = topic_name(kafka, topic)
+    consumer = new_group_consumer(kafka, bootstrap, group_id)  # never subscribes: it joins and commits nothing
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            committed = {tp.partition: tp.offset
+                         for tp in consumer.committed([TopicPartition(name, p) for p in ends], timeout=10)}
+            behind = sum(end - max(committed[p], 0) for p, end in ends.items() if committed[p] < end)
+            if not behind:
+                return
+            dead = [w for w in workers if not w.alive]
+            if dead:
+                raise RuntimeError(dead[0].exit_report())
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{group_id} is {behind} records of {topic} behind after {timeout_s:.0f} s")
+            time.sleep(1.0)
+    finally:
+        consumer.close()
 
 
 def count_records(kafka: KafkaSettings, bootstrap: str, topic: str) -> int:
