@@ -30,7 +30,7 @@ from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink, ClickHouseStore, sink_until
 from pipeline.streams.ingest import ingest
 from pipeline.streams.reader import read_topic
-from pipeline.streams.runner import WorkerProcess, count_records, wait_for_outputs
+from pipeline.streams.runner import WorkerProcess, app_id, count_records, wait_for_consumed, wait_for_outputs
 from pipeline.synth import AutomaticMail, MailGenerator, render_rfc5322, with_automatic_mail
 from pipeline.synth_traffic import CampaignTraffic, produce_traffic
 
@@ -183,6 +183,10 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
             if time.monotonic() > deadline:
                 raise TimeoutError("the tracking agent did not classify every generated hit within 120 s")
             time.sleep(1)
+        # The escalation agent reads the correlations after the correlator wrote them: its escalations
+        # and SLA events belong in the report too.
+        wait_for_consumed(settings.kafka, bootstrap, app_id(settings), MAIL_CORRELATED, workers=started,
+                          timeout_s=max(300.0, expected_mail / 50))
         elapsed = time.monotonic() - began
         say(f"\n{sum(counts.values())} mails handled in {elapsed:.1f} s: {dict(counts)}\n")
         say(summarize(settings, bootstrap, codec, generation))

@@ -109,8 +109,7 @@ def add_worker(command: CommandFactory) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from pipeline.streams.replay import ReplayRefused, diff_generations, known_generations, plan_generations
-    from pipeline.streams.app import app_id
-    from pipeline.streams.runner import WorkerProcess, count_records, wait_for_consumed, wait_for_outputs
+    from pipeline.streams.runner import WorkerProcess, app_id, count_records, wait_for_consumed, wait_for_outputs
 
     current = settings_from(args)
     new = settings_from(args, "new_settings")

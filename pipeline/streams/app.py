@@ -43,6 +43,7 @@ from pipeline.streams.crm import CrmProcessor
 from pipeline.streams.escalation import EscalationProcessor
 from pipeline.runtime.batch import BatchStep, RawItem
 from pipeline.runtime.producer import RecordProducer
+from pipeline.streams.runner import app_id
 from pipeline.streams.processor import INDEX_TABLE, MailProcessor
 from pipeline.streams.tracking import TrackingProcessor
 from pipeline.tracking.safety import key_refusal
@@ -50,11 +51,6 @@ from pipeline.tracking.safety import key_refusal
 log = logging.getLogger("threadline.worker")
 EXIT_BATCH_FAILED = 70  # EX_SOFTWARE: a batch could not be made durable (see exit_without_commit)
 CLEAN_STOP_MARKER = "stopped-cleanly"
-
-
-def app_id(settings: Settings) -> str:
-    """One consumer group and one set of table names per generation."""
-    return f"{settings.worker.app_id}-g{settings.worker.generation}"
 
 
 class _PartitionEvent:

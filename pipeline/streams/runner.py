@@ -21,10 +21,16 @@ from typing import Callable
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.topics import DEADLETTER, MAIL_CORRELATED, MAIL_UNTRACKED
 from pipeline.runtime.kafka import new_group_consumer, topic_name
-from pipeline.settings import KafkaSettings, load_settings
+from pipeline.settings import KafkaSettings, Settings, load_settings
 from pipeline.streams.reader import read_topic
 
 OUTPUT_TOPICS = (MAIL_CORRELATED, MAIL_UNTRACKED, DEADLETTER)
+
+
+def app_id(settings: Settings) -> str:
+    """The Faust app id of the settings' generation: one consumer group and one set of table names
+    per generation."""
+    return f"{settings.worker.app_id}-g{settings.worker.generation}"
 
 
 @dataclass
