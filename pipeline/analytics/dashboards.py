@@ -297,9 +297,9 @@ ORDER BY m.event_time DESC, m.message_id LIMIT 200""", width=24,
 _TARGET_CHOSEN = ("(decodeURLComponent('${target:percentencode}') = 'All' "
                   "OR target = decodeURLComponent('${target:percentencode}'))")
 
-# Target instances (one conversation's target in one cycle, sla_targets_latest) that started in
-# the time range and are decided: met, or breached.  "Met" is met on time; met late and breached
-# count against it.  The panels of shares met group these by owner, team, mailbox or day.
+# Target instances (one conversation's target in one cycle, started by one mail: sla_targets_latest)
+# that started in the time range and are decided: met, or breached.  "Met" is met on time; met
+# late and breached count against it.  The panels of shares met group these by owner, team, mailbox or day.
 _DECIDED_TARGETS = """
 FROM threadline.sla_targets_latest
 WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND $__timeFilter(started_at) AND (met OR breached)
@@ -326,7 +326,7 @@ def _nearest_rank(share: float) -> str:
 # deadline).  Read from sla_events, not sla_targets_latest, so that a range in the past shows what
 # was due then; events at one instant are ordered as in that view (migration 0008).
 _DUE_SOON = """
-    SELECT target, conversation_id, cycle, argMax(tuple(due_at), ordering).1 AS due_at,
+    SELECT target, conversation_id, cycle, message_id, argMax(tuple(due_at), ordering).1 AS due_at,
            argMax(tuple(owner), ordering).1 AS owner, argMax(tuple(team), ordering).1 AS team,
            argMax(tuple(mailbox), ordering).1 AS mailbox
     FROM (
@@ -334,7 +334,7 @@ _DUE_SOON = """
         FROM threadline.sla_events FINAL
         WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND event_time <= $__toTime AND """ + _TARGET_CHOSEN + """
     )
-    GROUP BY target, conversation_id, cycle
+    GROUP BY target, conversation_id, cycle, message_id
     HAVING countIf(outcome IN ('met', 'breached')) = 0 AND due_at > $__toTime
        AND due_at <= $__toTime + INTERVAL toUInt16OrZero(decodeURLComponent('${due_within_hours:percentencode}')) HOUR
 """

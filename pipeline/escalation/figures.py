@@ -52,7 +52,7 @@ def sla_figures(records: Iterable[dict]) -> dict[str, TargetFigures]:
     time to meet it (percentiles of the met ones)."""
     instances: dict[tuple, dict] = {}
     for record in records:
-        key = (record["tenant"], record["conversation_id"], record["target"], record["cycle"])
+        key = (record["tenant"], record["conversation_id"], record["target"], record["cycle"], record["message_id"])
         instance = instances.setdefault(key, {"met": None, "breached": False})
         if record["outcome"] == "met":
             instance["met"] = record

@@ -69,10 +69,12 @@ class Outcome(str, Enum):
     MET = "met"
 
 
-def sla_event_id(tenant: str, conversation_id: str, target: Target, cycle: int, outcome: Outcome,
+def sla_event_id(tenant: str, conversation_id: str, target: Target, message_id: str, cycle: int, outcome: Outcome,
                  pause: int | None = None) -> str:
-    """Stable; ``pause`` numbers the pauses of one instance (only paused / resumed happen twice)."""
-    parts = ["sla", tenant, conversation_id, target.value, str(cycle), outcome.value]
+    """Stable; ``pause`` numbers the pauses of one instance (only paused / resumed happen twice).
+    ``message_id``, the mail that started the instance, keeps a conversation forgotten after its
+    retention and started over at cycle 1 from replacing the rows of its first cycle."""
+    parts = ["sla", tenant, conversation_id, target.value, message_id, str(cycle), outcome.value]
     return stable_event_id(*parts, *(() if pause is None else (str(pause),)))
 
 
@@ -518,7 +520,8 @@ class SlaTracker:
         elapsed = business_seconds_between(from_ms(clock.started_ms), from_ms(effective_ms), policy)
         pause = clock.pauses if outcome in (Outcome.PAUSED, Outcome.RESUMED) else None
         return SlaEvent(
-            event_id=sla_event_id(current.tenant, current.conversation_id, clock.target, clock.cycle, outcome, pause),
+            event_id=sla_event_id(current.tenant, current.conversation_id, clock.target, clock.message_id, clock.cycle,
+                                  outcome, pause),
             tenant=current.tenant, conversation_id=current.conversation_id, message_id=clock.message_id,
             target=clock.target, outcome=outcome, cycle=clock.cycle, policy=current.policy, team=policy.team,
             owner=current.owner, mailbox=current.mailbox, regarding=current.regarding,

@@ -18,8 +18,9 @@ def test_nearest_rank_takes_a_value_that_occurs():
     assert nearest_rank([3.0, 1.0, 2.0], 0.5) == 2.0 and nearest_rank([3.0, 1.0, 2.0], 0.9) == 3.0
 
 
-def _sla(tenant, conversation, target, cycle, outcome, *, on_time=False, seconds=0.0):
-    return {"tenant": tenant, "conversation_id": conversation, "target": target, "cycle": cycle, "outcome": outcome,
+def _sla(tenant, conversation, target, cycle, outcome, *, on_time=False, seconds=0.0, started_by="<m@test>"):
+    return {"tenant": tenant, "conversation_id": conversation, "target": target, "cycle": cycle,
+            "message_id": started_by, "outcome": outcome,
             "on_time": on_time, "business_seconds": seconds}
 
 
@@ -33,13 +34,15 @@ def test_each_target_instance_counts_once_by_how_it_ended():
         _sla("a", "c3", "first_response", 1, "started"),
         _sla("a", "c1", "next_response", 1, "met", on_time=True, seconds=50),
         _sla("a", "c1", "next_response", 2, "started"),
+        # The conversation forgotten after its retention and started over: another instance of cycle 1.
+        _sla("a", "c1", "next_response", 1, "started", started_by="<later@test>"),
     ]
     figures = sla_figures(records)
     first = figures["first_response"]
     assert (first.instances, first.met_on_time, first.met_late, first.breached_open, first.open) == (4, 1, 1, 1, 1)
     assert first.share_met == pytest.approx(1 / 3)
     assert (first.p50_business_seconds, first.p90_business_seconds) == (100, 900)
-    assert figures["next_response"].instances == 2 and figures["next_response"].share_met == 1.0
+    assert figures["next_response"].instances == 3 and figures["next_response"].share_met == 1.0
     assert figures["resolution"].instances == 0 and figures["resolution"].share_met is None
 
 

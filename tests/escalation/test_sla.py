@@ -90,7 +90,7 @@ def test_a_reply_in_time_meets_the_first_response():
     met = out[2]
     assert met.on_time and met.business_seconds == 3 * 3600 and met.message_id == "<a@test>"
     assert met.started_at == T0 and met.due_at == hours(8)
-    assert met.event_id == sla_event_id("acme", "c1", FIRST, 1, Outcome.MET)
+    assert met.event_id == sla_event_id("acme", "c1", FIRST, "<a@test>", 1, Outcome.MET)
     assert list(met.to_record()) == RECORD_FIELDS
     assert met.to_record()["target"] == "first_response" and met.to_record()["outcome"] == "met"
     assert out[3].due_at is None  # paused: no deadline
@@ -166,14 +166,14 @@ def test_waiting_on_the_customer_pauses_the_resolution_and_moves_its_deadlines()
     met = out[-1]
     assert met.business_seconds == 21 * 3600 and not met.on_time  # due at 30
     paused = [e for e in out if e.outcome is Outcome.PAUSED][0]
-    assert paused.event_id == sla_event_id("acme", "c1", RESOLUTION, 1, Outcome.PAUSED, 1)
+    assert paused.event_id == sla_event_id("acme", "c1", RESOLUTION, "<a@test>", 1, Outcome.PAUSED, 1)
 
 
 def test_pauses_are_numbered_in_their_ids():
     out = run(tracker(policy(sla={"resolve_after_inactivity": None})),
               mail("a"), reply("r1", 1), mail("f1", 2), reply("r2", 3), mail("f2", 4))
     ids = [e.event_id for e in out if e.outcome in (Outcome.PAUSED, Outcome.RESUMED)]
-    assert ids == [sla_event_id("acme", "c1", RESOLUTION, 1, outcome, n)
+    assert ids == [sla_event_id("acme", "c1", RESOLUTION, "<a@test>", 1, outcome, n)
                    for n in (1, 2) for outcome in (Outcome.PAUSED, Outcome.RESUMED)]
     assert len(set(e.event_id for e in out)) == len(out)
 
@@ -435,8 +435,12 @@ def test_a_resolved_conversation_is_forgotten_after_the_retention():
     assert engine.advance(hours(24.9)) == [] and len(engine) == 1
     engine.advance(hours(25))
     assert len(engine) == 0 and engine.state_of("acme", "c1") is None
-    assert of(run(engine, mail("later", 30)), FIRST) == [("started", hours(30))]
+    first_ids = {event.event_id for event in run(tracker(), mail("a"), reply("r", 1, subject="Re: [resolved]"))}
+    later = run(engine, mail("later", 30))
+    assert of(later, FIRST) == [("started", hours(30))]
     assert engine.state_of("acme", "c1").first_response_cycle == 1  # a forgotten conversation starts over
+    # ... under ids of its own: its records do not replace those of the forgotten first cycle.
+    assert first_ids.isdisjoint(event.event_id for event in later)
 
 
 def test_state_round_trips_as_json():

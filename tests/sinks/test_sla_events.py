@@ -14,9 +14,10 @@ HOUR = timedelta(hours=1)
 
 
 def sla_event(tenant: str, target: str, outcome: str, at: datetime, *, cycle: int = 1, due_at: datetime | None = None,
-              business_seconds: float = 0.0, on_time: bool = False, owner: str | None = "agent@acme.example") -> dict:
-    record = {"event_id": f"{tenant}/{target}/{cycle}/{outcome}/{at:%H%M}", "tenant": tenant,
-              "conversation_id": "c-1", "message_id": "<first@customer.example>", "target": target,
+              business_seconds: float = 0.0, on_time: bool = False, owner: str | None = "agent@acme.example",
+              started_by: str = "<first@customer.example>") -> dict:
+    record = {"event_id": f"{tenant}/{target}/{started_by}/{cycle}/{outcome}/{at:%H%M}", "tenant": tenant,
+              "conversation_id": "c-1", "message_id": started_by, "target": target,
               "outcome": outcome, "cycle": cycle, "policy": "support", "team": "desk", "owner": owner,
               "mailbox": "support@acme.example", "regarding": None, "started_at": T0, "due_at": due_at,
               "event_time": at, "business_seconds": business_seconds, "on_time": on_time}
@@ -85,6 +86,19 @@ def test_of_events_at_one_moment_the_later_in_a_targets_life_is_its_latest(click
     [(outcome, met, breached)] = store.query(
         "SELECT outcome, met, breached FROM {db}.sla_targets_latest").result_rows
     assert (outcome, met, breached) == ("met", True, True)
+
+
+@pytest.mark.integration  # starts chDB
+def test_a_conversation_started_over_after_its_retention_is_a_second_instance_of_cycle_1(clickhouse_factory):
+    store = clickhouse_factory()
+    later = T0 + 100 * 24 * HOUR
+    insert(store, [sla_event("acme", "first_response", "started", T0, due_at=T0 + 8 * HOUR),
+                   sla_event("acme", "first_response", "met", T0 + HOUR, due_at=T0 + 8 * HOUR, on_time=True),
+                   sla_event("acme", "first_response", "started", later, due_at=later + 8 * HOUR,
+                             started_by="<months-later@customer.example>")])
+    assert store.query("SELECT cycle, message_id, outcome FROM {db}.sla_targets_latest ORDER BY first_event_time"
+                       ).result_rows == [(1, "<first@customer.example>", "met"),
+                                         (1, "<months-later@customer.example>", "started")]
 
 
 @pytest.mark.integration  # starts chDB

@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS {db}.sla_events
 ENGINE = ReplacingMergeTree
 ORDER BY (tenant, event_id);
 
--- One row per target instance (tenant, conversation, target, cycle). The latest event is the one
+-- One row per target instance (tenant, conversation, target, cycle, and the mail that started it:
+-- a conversation forgotten after its retention starts over at cycle 1). The latest event is the one
 -- with the latest event time; of events at the same moment, the later in a target's life (the
 -- order of the SlaOutcome symbols), so the row does not depend on insert order or a replay.
 -- due_at is read through a tuple: argMax skips NULL values, and a paused target's due_at is NULL.
@@ -37,8 +38,8 @@ SELECT
     conversation_id,
     target,
     cycle,
+    message_id,
     argMax(event_outcome, ordering) AS outcome,
-    argMax(event_message_id, ordering) AS message_id,
     argMax(event_started_at, ordering) AS started_at,
     argMax(tuple(event_due_at), ordering).1 AS due_at,
     toBool(countIf(event_outcome = 'met') > 0) AS met,
@@ -55,12 +56,12 @@ SELECT
 FROM
 (
     SELECT
-        tenant, conversation_id, target, cycle, event_time,
-        outcome AS event_outcome, message_id AS event_message_id, started_at AS event_started_at,
+        tenant, conversation_id, target, cycle, message_id, event_time,
+        outcome AS event_outcome, started_at AS event_started_at,
         due_at AS event_due_at, on_time AS event_on_time, business_seconds AS event_business_seconds,
         policy AS event_policy, team AS event_team, owner AS event_owner, mailbox AS event_mailbox,
         regarding AS event_regarding,
         (event_time, indexOf(['started', 'paused', 'resumed', 'warned', 'breached', 'met'], outcome)) AS ordering
     FROM {db}.sla_events FINAL
 )
-GROUP BY tenant, conversation_id, target, cycle;
+GROUP BY tenant, conversation_id, target, cycle, message_id;
