@@ -298,12 +298,14 @@ _TARGET_CHOSEN = ("(decodeURLComponent('${target:percentencode}') = 'All' "
                   "OR target = decodeURLComponent('${target:percentencode}'))")
 
 # Target instances (one conversation's target in one cycle, started by one mail: sla_targets_latest)
-# that started in the time range and are decided: met, or breached.  "Met" is met on time; met
-# late and breached count against it.  The panels of shares met group these by owner, team, mailbox or day.
-_DECIDED_TARGETS = """
+# that started in the time range.
+_STARTED_TARGETS = """
 FROM threadline.sla_targets_latest
-WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND $__timeFilter(started_at) AND (met OR breached)
-  AND """ + _TARGET_CHOSEN
+WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND $__timeFilter(started_at) AND """ + _TARGET_CHOSEN
+
+# Of those, the decided ones: met, or breached.  "Met" is met on time; met late and breached
+# count against it.  The panels of shares met group these by owner, team, mailbox or day.
+_DECIDED_TARGETS = _STARTED_TARGETS + " AND (met OR breached)"
 
 
 def _share_met_by(column: str) -> Panel:
@@ -324,19 +326,27 @@ def _nearest_rank(share: float) -> str:
 # Open target instances, as of the end of the time range, whose breach deadline comes within
 # $due_within_hours after it: not met nor breached by then, and not paused (a paused target has no
 # deadline).  Read from sla_events, not sla_targets_latest, so that a range in the past shows what
-# was due then; events at one instant are ordered as in that view (migration 0008).
+# was due then; events at one instant are ordered as in that view (migration 0008).  Such an
+# instance's latest event holds that deadline, so only instances with an event due then are
+# aggregated (`bench clickhouse` at 10M mails, 5M SLA events: 84 ms instead of 578).
+_DUE_WITHIN = ("due_at > $__toTime AND due_at <= $__toTime + "
+               "INTERVAL toUInt16OrZero(decodeURLComponent('${due_within_hours:percentencode}')) HOUR")
 _DUE_SOON = """
     SELECT target, conversation_id, cycle, message_id, argMax(tuple(due_at), ordering).1 AS due_at,
            argMax(tuple(owner), ordering).1 AS owner, argMax(tuple(team), ordering).1 AS team,
            argMax(tuple(mailbox), ordering).1 AS mailbox
     FROM (
-        SELECT *, (event_time, indexOf(['started', 'paused', 'resumed', 'warned', 'breached', 'met'], outcome)) AS ordering
+        SELECT target, conversation_id, cycle, message_id, outcome, due_at, owner, team, mailbox,
+               (event_time, indexOf(['started', 'paused', 'resumed', 'warned', 'breached', 'met'], outcome)) AS ordering
         FROM threadline.sla_events FINAL
         WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND event_time <= $__toTime AND """ + _TARGET_CHOSEN + """
+          AND (conversation_id, target, cycle, message_id) IN (
+              SELECT conversation_id, target, cycle, message_id FROM threadline.sla_events
+              WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND event_time <= $__toTime
+                AND """ + _DUE_WITHIN + """)
     )
     GROUP BY target, conversation_id, cycle, message_id
-    HAVING countIf(outcome IN ('met', 'breached')) = 0 AND due_at > $__toTime
-       AND due_at <= $__toTime + INTERVAL toUInt16OrZero(decodeURLComponent('${due_within_hours:percentencode}')) HOUR
+    HAVING countIf(outcome IN ('met', 'breached')) = 0 AND """ + _DUE_WITHIN + """
 """
 
 SLA_TARGETS = Dashboard(
@@ -368,10 +378,8 @@ FROM (""" + _DUE_SOON + """)
 ORDER BY due_at, conversation_id, target LIMIT 100""", width=18, units=(("time_left", DURATION),),
               description="The same targets, soonest deadline first, with the time left."),
         Panel("Time to meet a target", f"""
-SELECT target, count() AS targets_met, {_nearest_rank(0.5)} AS p50, {_nearest_rank(0.9)} AS p90
-FROM threadline.sla_targets_latest
-WHERE tenant = decodeURLComponent('${{tenant:percentencode}}') AND $__timeFilter(started_at) AND met
-  AND """ + _TARGET_CHOSEN + """
+SELECT target, count() AS targets_met, {_nearest_rank(0.5)} AS p50, {_nearest_rank(0.9)} AS p90""" + _STARTED_TARGETS + """
+  AND met
 GROUP BY target ORDER BY target""", width=24, units=(("p50", DURATION), ("p90", DURATION)),
               description="Of the targets started in the time range and met (on time or late): percentiles of the "
                           "working time it took (first response, next response, resolution)."),

@@ -87,6 +87,22 @@ SELECT hex(MD5(concat('e', toString(number)))), concat('tenant-', toString(numbe
     if(number % 3 = 0, 'ESCALATED', 'WARNED'), 'OPEN', 'default', {_START} + toIntervalSecond(number * 10),
     NULL, 'support', NULL, 0, number
 FROM numbers(intDiv({{n}}, 20))""",
+    # Target instances (first response, next response, resolution of a conversation of five
+    # mails), each started and then met on time, met late, breached or warned: two events.
+    "sla_events": f"""
+INSERT INTO {{db}}.sla_events (event_id, tenant, conversation_id, message_id, target, outcome, cycle, policy, team,
+    owner, mailbox, regarding, started_at, due_at, event_time, business_seconds, on_time, _topic_partition, _topic_offset)
+SELECT hex(MD5(concat('s', toString(number)))), concat('tenant-', toString(intDiv(instance, 3) % {TENANTS} + 1)),
+    concat('c-', toString(intDiv(instance, 3))), concat('<m', toString(intDiv(instance, 3) * 5), '@bench>'),
+    ['first_response', 'next_response', 'resolution'][instance % 3 + 1], outcome, 1, 'default',
+    ['first-line', 'second-line'][instance % 2 + 1], concat('agent', toString(instance % 40), '@support.example'),
+    if(instance % 3 = 0, 'sales', 'support'), NULL, started, started + toIntervalHour(8),
+    if(number % 2 = 0, started, started + toIntervalSecond(elapsed)), if(number % 2 = 0, 0, elapsed),
+    outcome = 'met' AND elapsed < 28800, 0, number
+FROM (SELECT number, intDiv(number, 2) AS instance, {_START} + toIntervalSecond(instance * 2) AS started,
+             cityHash64(instance) % 57600 AS elapsed,
+             if(number % 2 = 0, 'started', ['met', 'met', 'breached', 'warned'][instance % 4 + 1]) AS outcome
+      FROM numbers(intDiv({{n}}, 2)))""",
     "mail_untracked": f"""
 INSERT INTO {{db}}.mail_untracked (event_id, tenant, generation, message_id, reason, conversation_id, direction,
     event_time, subject, from_addr, `to`, mailbox, evidence, _topic_partition, _topic_offset)
