@@ -170,12 +170,13 @@ def test_unanswered_and_escalations_are_what_they_are_with_the_automatic_mail_re
 # -- SLA targets -------------------------------------------------------------------------------
 
 def _instances(records, tenant: str, time_to: datetime | None = None) -> dict[tuple, list[dict]]:
-    """(conversation, target, cycle) -> the SLA events of that target instance up to ``time_to``,
-    in the order the tracker emitted them."""
+    """(conversation, target, cycle, starting mail) -> the SLA events of that target instance up
+    to ``time_to``, in the order the tracker emitted them."""
     instances: dict[tuple, list[dict]] = {}
     for topic, record in records:
         if topic == SLA_EVENTS and record["tenant"] == tenant and (time_to is None or record["event_time"] <= time_to):
-            instances.setdefault((record["conversation_id"], record["target"], record["cycle"]), []).append(record)
+            key = (record["conversation_id"], record["target"], record["cycle"], record["message_id"])
+            instances.setdefault(key, []).append(record)
     return instances
 
 
@@ -183,7 +184,7 @@ def _shares_met(records, tenant, time_from, time_to, group, target="All") -> lis
     """Rows of a 'Targets met per ...' panel: per group of the instances started in the window
     (``group`` of an instance's latest event), what figures.sla_figures says of their events."""
     groups: dict = {}
-    for (_, instance_target, _), events in _instances(records, tenant).items():
+    for (_, instance_target, _, _), events in _instances(records, tenant).items():
         if time_from <= events[-1]["started_at"] <= time_to and target in ("All", instance_target):
             groups.setdefault(group(events[-1]), []).extend(events)
     rows = []
@@ -236,7 +237,7 @@ def test_time_to_meet_a_target_is_the_working_time_of_the_met_ones(seeded, seede
 
 def _due_soon(records, tenant, time_to, hours) -> list[tuple]:
     rows = []
-    for (conversation_id, target, _), events in _instances(records, tenant, time_to).items():
+    for (conversation_id, target, _, _), events in _instances(records, tenant, time_to).items():
         latest = events[-1]
         decided = any(e["outcome"] in ("met", "breached") for e in events)
         if not decided and latest["due_at"] is not None and time_to < latest["due_at"] <= time_to + timedelta(hours=hours):
