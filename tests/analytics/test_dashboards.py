@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.analytics.dashboards import (CORRELATION_QUALITY, DASHBOARD_DIR, DASHBOARDS, DURATION, RESPONSE_TIMES,
-                                           SHARE, render_all)
+                                           SHARE, SLA_TARGETS, render_all)
 from pipeline.analytics.macros import MacroError, expand
 from pipeline.analytics.panels import data_time_range, default_variables, run_dashboard
 from pipeline.analytics.report import render_report
@@ -168,6 +168,12 @@ def test_report_shows_durations_in_days_hours_and_minutes(seeded):
     longest = waiting.rows[0][waiting.columns.index("waiting")]
     assert longest > 86_400 and f"<td>{format_duration(longest)}</td>" in page
     assert re.search(r"<td>\d+ d \d+ h</td>", page) and re.search(r"<td>\d+ h \d+ min</td>", page)
+    (sla,) = run_dashboard(seeded, SLA_TARGETS, time_from=start, time_to=end,
+                           variables=default_variables(seeded, SLA_TARGETS, "tenant-1"))[-1:]
+    assert sla.panel.title == "Time to meet a target" and len(sla.rows) == 3
+    for target, met, p50, p90 in sla.rows:
+        assert f"<td>{target}</td><td>{met}</td><td>{format_duration(p50)}</td><td>{format_duration(p90)}</td>" in page
+    assert re.search(r"<td>\d+\.\d%</td>", page)  # shares met
 
 
 def test_report_renders_every_panel_and_writes_chart_pngs(seeded, tmp_path):
