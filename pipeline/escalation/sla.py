@@ -113,6 +113,9 @@ class SlaClock:
     target: Target
     cycle: int
     message_id: str
+    # The policy the instance started under: a reopen may choose another for the conversation, and
+    # a response still owed from before keeps its own calendar and team.
+    policy: str
     started_ms: int
     warn_after: float  # the target's hours when it started: a settings change does not move a running clock
     breach_after: float
@@ -373,7 +376,8 @@ class SlaTracker:
     def _start(self, current: SlaConversationState, target: Target, cycle: int, event: MailEvent, time_ms: int,
                times: SlaTarget, policy: EscalationPolicy, out: list[SlaEvent]) -> SlaClock:
         start = from_ms(time_ms)
-        clock = SlaClock(target=target, cycle=cycle, message_id=event.message_id, started_ms=time_ms,
+        clock = SlaClock(target=target, cycle=cycle, message_id=event.message_id, policy=policy.name,
+                         started_ms=time_ms,
                          warn_after=times.warn_after, breach_after=times.breach_after,
                          warn_ms=to_ms(add_business_time(start, times.warn_after, policy)),
                          breach_ms=to_ms(add_business_time(start, times.breach_after, policy)))
@@ -389,7 +393,7 @@ class SlaTracker:
             clock.pauses += 1
             out.append(self._event(current, clock, Outcome.PAUSED, time_ms))
         elif not waiting and clock.paused_since_ms is not None:
-            policy = self._policy(current)
+            policy = policy_named(self.settings, clock.policy)
             clock.paused_seconds += business_seconds_between(from_ms(clock.paused_since_ms), from_ms(time_ms),
                                                              policy)
             clock.paused_since_ms = None
@@ -514,7 +518,7 @@ class SlaTracker:
                 del self._by_record[key]
 
     def _event(self, current: SlaConversationState, clock: SlaClock, outcome: Outcome, time_ms: int) -> SlaEvent:
-        policy = self._policy(current)
+        policy = policy_named(self.settings, clock.policy)
         paused = clock.paused_since_ms
         effective_ms = time_ms if paused is None else min(time_ms, paused)
         elapsed = business_seconds_between(from_ms(clock.started_ms), from_ms(effective_ms), policy)
@@ -523,7 +527,7 @@ class SlaTracker:
             event_id=sla_event_id(current.tenant, current.conversation_id, clock.target, clock.message_id, clock.cycle,
                                   outcome, pause),
             tenant=current.tenant, conversation_id=current.conversation_id, message_id=clock.message_id,
-            target=clock.target, outcome=outcome, cycle=clock.cycle, policy=current.policy, team=policy.team,
+            target=clock.target, outcome=outcome, cycle=clock.cycle, policy=clock.policy, team=policy.team,
             owner=current.owner, mailbox=current.mailbox, regarding=current.regarding,
             started_at=from_ms(clock.started_ms), due_at=None if paused is not None else from_ms(clock.breach_ms),
             event_time=from_ms(time_ms), business_seconds=max(0.0, elapsed - clock.paused_seconds),

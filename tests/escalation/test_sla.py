@@ -639,3 +639,19 @@ def test_every_instance_is_met_breached_or_open_and_moves_forward(items):
     for (tenant, conversation, target, cycle), events in instances.items():
         if target is not Target.RESOLUTION:
             assert events[-1].outcome in (Outcome.MET, Outcome.BREACHED)
+
+
+def test_a_response_owed_across_a_reopen_keeps_the_calendar_and_policy_it_started_under():
+    """Found by the property below: the reopening mail chooses another policy for the conversation,
+    and the first response still owed from before was measured on the new policy's calendar, so its
+    working time went down from breached to met."""
+    engine = tracker(policy(), policy(name="berlin", match={"mailbox": "berlin@ours.example"}, business_hours=BERLIN),
+                     policy(name="cases", match={"regarding_prefix": "SUPP-"}))
+    out = run(engine, mail("a", regarding="SUPP-2"))
+    out += engine.on_record_state("acme", "SUPP-2", "closed", T0)  # resolved, our answer still owed
+    out += run(engine, mail("b", 8, mailbox="berlin@ours.example", regarding=None), reply("r", 8))
+    first = [e for e in out if e.target is FIRST]
+    assert [(e.outcome.value, e.policy, e.business_seconds) for e in first] == [
+        ("started", "cases", 0.0), ("warned", "cases", 4 * 3600.0), ("breached", "cases", 8 * 3600.0),
+        ("met", "cases", 8 * 3600.0)]
+    assert [e.policy for e in out if e.target is RESOLUTION and e.cycle == 2] == ["berlin"] * 2
