@@ -42,7 +42,8 @@ def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int,
                          automatic: AutomaticMix | None) -> Iterator[tuple[str, dict]]:
     """mail.correlated / mail.untracked / mail.responses records, and the escalations and SLA
     events of the correlated mail (every mail first advances the trackers to its time, as in the
-    agent)."""
+    agent), up to an hour after the last person's mail: the store as seen then, the same whatever
+    automatic mail came in between."""
     correlator = Correlator(settings.correlation, tenant=tenant, untracked=settings.untracked, generation=generation)
     escalation = EscalationTracker(settings.escalation, clock=_no_wall_clock)
     sla = SlaTracker(settings.escalation, clock=_no_wall_clock)
@@ -52,8 +53,11 @@ def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int,
     stream = generator.mails(mails)
     if automatic is not None:
         stream = with_automatic_mail(stream, seed=seed, mix=automatic)
+    last_persons_mail = None
     for offset, item in enumerate(stream):
         generated = item.record if isinstance(item, AutomaticMail) else item
+        if generated is item:
+            last_persons_mail = generated.event_time
         deliveries = [generated]
         if offset % 40 == 0 and generated.direction == "in":
             # Mail to two of the desk's mailboxes arrives twice: the copy is a duplicate.
@@ -72,6 +76,10 @@ def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int,
                 yield ESCALATIONS, transition.to_record()
             for outcome in sla.on_mail(event):
                 yield SLA_EVENTS, outcome.to_record()
+    if last_persons_mail is not None:
+        now = last_persons_mail + timedelta(hours=1)
+        yield from ((ESCALATIONS, transition.to_record()) for transition in escalation.advance(now))
+        yield from ((SLA_EVENTS, outcome.to_record()) for outcome in sla.advance(now))
 
 
 def _campaign_records(tenant: str, rng: random.Random, start: datetime, campaigns: int,
