@@ -337,7 +337,7 @@ _DUE_SOON = """
            argMax(tuple(mailbox), ordering).1 AS mailbox
     FROM (
         SELECT target, conversation_id, cycle, message_id, outcome, due_at, owner, team, mailbox,
-               (event_time, indexOf(['started', 'paused', 'resumed', 'warned', 'breached', 'met'], outcome)) AS ordering
+               (event_time, indexOf(['started', 'warned', 'breached', 'paused', 'resumed', 'met'], outcome)) AS ordering
         FROM threadline.sla_events FINAL
         WHERE tenant = decodeURLComponent('${tenant:percentencode}') AND event_time <= $__toTime AND """ + _TARGET_CHOSEN + """
           AND (conversation_id, target, cycle, message_id) IN (

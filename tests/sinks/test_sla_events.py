@@ -75,7 +75,7 @@ def test_sla_events_land_in_their_table_and_the_view_has_one_row_per_target(clic
 
 
 @pytest.mark.integration  # starts chDB
-def test_of_events_at_one_moment_the_later_in_a_targets_life_is_its_latest(clickhouse_factory):
+def test_of_events_at_one_moment_the_one_the_tracker_emits_later_is_the_latest(clickhouse_factory):
     store = clickhouse_factory()
     # A reply at the breach deadline: breached and met carry the same event time, inserted met first.
     insert(store, [sla_event("acme", "first_response", "met", T0 + 8 * HOUR, due_at=T0 + 8 * HOUR,
@@ -83,9 +83,14 @@ def test_of_events_at_one_moment_the_later_in_a_targets_life_is_its_latest(click
                    sla_event("acme", "first_response", "breached", T0 + 8 * HOUR, due_at=T0 + 8 * HOUR,
                              business_seconds=28800),
                    sla_event("acme", "first_response", "started", T0, due_at=T0 + 8 * HOUR)])
-    [(outcome, met, breached)] = store.query(
-        "SELECT outcome, met, breached FROM {db}.sla_targets_latest").result_rows
-    assert (outcome, met, breached) == ("met", True, True)
+    # Our reply at the resolution's warning deadline: warned fires first, then the reply pauses it.
+    insert(store, [sla_event("acme", "resolution", "paused", T0 + 40 * HOUR, business_seconds=144000),
+                   sla_event("acme", "resolution", "warned", T0 + 40 * HOUR, due_at=T0 + 72 * HOUR,
+                             business_seconds=144000),
+                   sla_event("acme", "resolution", "started", T0, due_at=T0 + 72 * HOUR)], first_offset=10)
+    assert store.query("SELECT target, outcome, met, breached, due_at FROM {db}.sla_targets_latest ORDER BY target"
+                       ).result_rows == [("first_response", "met", True, True, T0 + 8 * HOUR),
+                                         ("resolution", "paused", False, False, None)]
 
 
 @pytest.mark.integration  # starts chDB

@@ -28,8 +28,9 @@ ORDER BY (tenant, event_id);
 
 -- One row per target instance (tenant, conversation, target, cycle, and the mail that started it:
 -- a conversation forgotten after its retention starts over at cycle 1). The latest event is the one
--- with the latest event time; of events at the same moment, the later in a target's life (the
--- order of the SlaOutcome symbols), so the row does not depend on insert order or a replay.
+-- with the latest event time; of events at the same moment, the one the tracker emits later: a
+-- deadline before a pause or resumption at that moment (it fires before the mail is applied),
+-- and met last. So the row does not depend on insert order or a replay.
 -- due_at is read through a tuple: argMax skips NULL values, and a paused target's due_at is NULL.
 -- business_seconds is the met event's (NULL until met), the working time the target took.
 CREATE VIEW IF NOT EXISTS {db}.sla_targets_latest AS
@@ -61,7 +62,7 @@ FROM
         due_at AS event_due_at, on_time AS event_on_time, business_seconds AS event_business_seconds,
         policy AS event_policy, team AS event_team, owner AS event_owner, mailbox AS event_mailbox,
         regarding AS event_regarding,
-        (event_time, indexOf(['started', 'paused', 'resumed', 'warned', 'breached', 'met'], outcome)) AS ordering
+        (event_time, indexOf(['started', 'warned', 'breached', 'paused', 'resumed', 'met'], outcome)) AS ordering
     FROM {db}.sla_events FINAL
 )
 GROUP BY tenant, conversation_id, target, cycle, message_id;
