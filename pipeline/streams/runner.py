@@ -188,24 +188,36 @@ def count_outputs(kafka: KafkaSettings, bootstrap: str, codec: AvroCodec, genera
     return counts
 
 
-def wait_for_outputs(kafka: KafkaSettings, bootstrap: str, codec: AvroCodec, generation: int, expected: int, *,
-                     workers: list[WorkerProcess], timeout_s: float = 300.0,
-                     on_progress: Callable[[int], None] | None = None) -> Counter:
-    """Poll the output topics until ``expected`` mails are handled; raises if a worker dies."""
+def _poll(done: Callable[[], bool], *, workers: list[WorkerProcess], timeout_s: float,
+          describe: Callable[[], str]) -> None:
+    """Call ``done`` every second until it is true; raises if a worker dies, or with ``describe()``
+    after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        counts = count_outputs(kafka, bootstrap, codec, generation)
-        done = sum(counts.values())
-        if on_progress is not None:
-            on_progress(done)
-        if done >= expected:
-            return counts
+    while not done():
         dead = [w for w in workers if not w.alive]
         if dead:
             raise RuntimeError(dead[0].exit_report())
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{done} of {expected} mails handled after {timeout_s:.0f} s")
+            raise TimeoutError(f"{describe()} after {timeout_s:.0f} s")
         time.sleep(1.0)
+
+
+def wait_for_outputs(kafka: KafkaSettings, bootstrap: str, codec: AvroCodec, generation: int, expected: int, *,
+                     workers: list[WorkerProcess], timeout_s: float = 300.0,
+                     on_progress: Callable[[int], None] | None = None) -> Counter:
+    """Poll the output topics until ``expected`` mails are handled; raises if a worker dies."""
+    counts: Counter = Counter()
+
+    def handled() -> bool:
+        nonlocal counts
+        counts = count_outputs(kafka, bootstrap, codec, generation)
+        if on_progress is not None:
+            on_progress(sum(counts.values()))
+        return sum(counts.values()) >= expected
+
+    _poll(handled, workers=workers, timeout_s=timeout_s,
+          describe=lambda: f"{sum(counts.values())} of {expected} mails handled")
+    return counts
 
 
 def wait_for_consumed(kafka: KafkaSettings, bootstrap: str, group_id: str, topic: str, *,
@@ -219,20 +231,18 @@ def wait_for_consumed(kafka: KafkaSettings, bootstrap: str, group_id: str, topic
         ends[partition] = offset + 1
     name = topic_name(kafka, topic)
     consumer = new_group_consumer(kafka, bootstrap, group_id)  # never subscribes: it joins and commits nothing
+    behind = sum(ends.values())
+
+    def consumed() -> bool:
+        nonlocal behind
+        committed = {tp.partition: tp.offset
+                     for tp in consumer.committed([TopicPartition(name, p) for p in ends], timeout=10)}
+        behind = sum(end - max(committed[p], 0) for p, end in ends.items() if committed[p] < end)
+        return not behind
+
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            committed = {tp.partition: tp.offset
-                         for tp in consumer.committed([TopicPartition(name, p) for p in ends], timeout=10)}
-            behind = sum(end - max(committed[p], 0) for p, end in ends.items() if committed[p] < end)
-            if not behind:
-                return
-            dead = [w for w in workers if not w.alive]
-            if dead:
-                raise RuntimeError(dead[0].exit_report())
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{group_id} is {behind} records of {topic} behind after {timeout_s:.0f} s")
-            time.sleep(1.0)
+        _poll(consumed, workers=workers, timeout_s=timeout_s,
+              describe=lambda: f"{group_id} is {behind} records of {topic} behind")
     finally:
         consumer.close()
 
