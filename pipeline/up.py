@@ -23,8 +23,9 @@ from pipeline.analytics.report import render_report
 from pipeline.broker import EmbeddedBroker, create_topics, free_port
 from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.contracts.topics import (DEADLETTER, ESCALATIONS, MAIL_CORRELATED, MAIL_RAW, MAIL_UNTRACKED,
-                                       SINK_TOPICS, TRACKING_EVENTS, TRACKING_RAW)
+                                       SINK_TOPICS, SLA_EVENTS, TRACKING_EVENTS, TRACKING_RAW)
 from pipeline.correlation.explain import describe
+from pipeline.escalation.figures import current_states, format_duration, sla_figures
 from pipeline.mail.sources import iter_mail_sources
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink, ClickHouseStore, sink_until
@@ -68,24 +69,39 @@ def _stop_process(process: subprocess.Popen) -> None:
 
 def summarize(settings: Settings, bootstrap: str, codec: AvroCodec, generation: int, examples: int = 3) -> str:
     methods: Counter = Counter()
+    automatic: Counter = Counter()
     explained: dict[str, str] = {}
     for _, _, _, record in read_topic(settings.kafka, bootstrap, MAIL_CORRELATED, codec):
         if record["generation"] != generation:
             continue
         methods[record["method_name"]] += 1
+        if record["automatic"]:
+            automatic[record["automatic"]] += 1
         if record["parent_message_id"] and record["method_name"] not in explained and len(explained) < examples:
             explained[record["method_name"]] = describe(_as_correlation_dict(record))
     untracked = Counter(r["reason"] for _, _, _, r in read_topic(settings.kafka, bootstrap, MAIL_UNTRACKED, codec)
                         if r["generation"] == generation)
     dead = Counter(r["reason"] for _, _, _, r in read_topic(settings.kafka, bootstrap, DEADLETTER, codec))
-    escalations = Counter(r["state"] for _, _, _, r in read_topic(settings.kafka, bootstrap, ESCALATIONS, codec))
+    transitions = [r for _, _, _, r in read_topic(settings.kafka, bootstrap, ESCALATIONS, codec)]
+    sla_events = [r for _, _, _, r in read_topic(settings.kafka, bootstrap, SLA_EVENTS, codec)]
     lines = ["correlated by method:"]
     lines += [f"  {name:<18}{count:>8}" for name, count in methods.most_common()]
+    if automatic:
+        lines.append("automatic mail (labelled; the default policy ignores every kind but list):")
+        lines += [f"  {name:<18}{count:>8}" for name, count in automatic.most_common()]
     if untracked:
         lines.append("untracked:")
         lines += [f"  {name:<18}{count:>8}" for name, count in untracked.most_common()]
-    lines.append("escalation transitions:" + ("" if escalations else " none"))
-    lines += [f"  {name:<18}{count:>8}" for name, count in escalations.most_common()]
+    states = current_states(transitions)
+    lines.append(f"escalations now, per conversation ({len(transitions)} transitions):" + ("" if states else " none"))
+    lines += [f"  {name:<18}{count:>8}" for name, count in sorted(states.items())]
+    lines.append("SLA targets (met on time of those met or breached; working time to meet, p50 / p90):"
+                 + ("" if sla_events else " none"))
+    for target, figures in sla_figures(sla_events).items():
+        share = "–" if figures.share_met is None else f"{figures.share_met:.1%}"
+        decided = figures.met_on_time + figures.met_late + figures.breached_open
+        lines.append(f"  {target:<18}{share:>8} of {decided:<6} {format_duration(figures.p50_business_seconds)} / "
+                     f"{format_duration(figures.p90_business_seconds)}, {figures.open} still open")
     lines.append("dead letters:" + ("" if dead else " none"))
     lines += [f"  {name:<18}{count:>8}" for name, count in dead.most_common()]
     for text in explained.values():

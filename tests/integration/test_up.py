@@ -21,7 +21,11 @@ def test_up_runs_the_sample_end_to_end_and_writes_the_report(tmp_path):
     out = result.stdout
     assert "mails handled" in out and "InReplyTo" in out and "SmartMatching" in out
     assert "ESCALATED" in out and "dead letters: none" in out
+    # The sample's automatic mail is labelled, and the figures are per conversation and per target.
+    assert "automatic mail (labelled" in out and "auto_reply" in out and "bounce" in out
+    assert "escalations now, per conversation" in out and "first_response" in out and "resolution" in out
     report = (tmp_path / "data" / "report.html").read_text()
+    assert "Threadline: SLA targets" in report
     assert "Spring offer 1" in report  # campaign ROI from the generated traffic, through the tracking agent
     assert "Threadline: correlation quality" in report
 
