@@ -21,6 +21,14 @@ Each outcome (started, paused, resumed, warned, breached, met) of a target insta
 through :meth:`SlaTracker.advance`, a deadline's event carries the deadline as its time and ids
 are stable, so a replay and a live run that saw the same input give the same records.
 
+A record change does not move time: one dated after the tracker's time waits (pending, per
+tenant and record) until :meth:`SlaTracker.advance` reaches it, by a mail's event time or a tick,
+and is applied there in time order among the deadlines (a deadline before a change at the same
+instant). So a CRM change dated today, read while last year's mail is replayed, waits for the mail
+to get there instead of firing every deadline in between. A change read when time is already past
+it applies at once, at the tracker's time: time never goes back, so such a change (read late) takes
+effect later than its date.
+
 The one outcome decided after the fact is resolution by inactivity: it is known only when the
 silence has lasted ``resolve_after_inactivity`` hours. Until then (while we wait on the customer)
 the resolution clock's deadlines and the record changes that would pause or resume it are *held*:
@@ -32,6 +40,7 @@ a difference.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -159,7 +168,6 @@ class SlaConversationState:
     owner: str | None = None
     mailbox: str | None = None
     regarding: str | None = None
-    record_status: str | None = None  # casefolded CRM status of the regarding record, as last told
     first_response_cycle: int = 0  # the cycle numbers used so far
     next_response_cycle: int = 0
     resolution_cycle: int = 0
@@ -183,6 +191,29 @@ class SlaConversationState:
         return cls(**values)
 
 
+@dataclass(slots=True)
+class RecordStatus:
+    """What the tracker knows of one CRM record: its status now, and the changes dated after the
+    tracker's time, which wait for it. Times are epoch milliseconds."""
+
+    tenant: str
+    record_id: str
+    status: str | None = None  # casefolded; None: no status (or the record was deleted)
+    updated_ms: int = _NEVER  # the date of the change applied last: an older version read later is stale
+    pending: list[tuple[int, str | None]] = field(default_factory=list)  # (date, status), in date order
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["pending"] = [list(change) for change in self.pending]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RecordStatus:
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values["pending"] = [(int(time), status) for time, status in values.get("pending", ())]
+        return cls(**values)
+
+
 class SlaTracker:
     """SLA target instances of every conversation it has seen."""
 
@@ -196,6 +227,9 @@ class SlaTracker:
         # again for every mail would fill the heap with copies until that time passes.
         self._scheduled: dict[StateKey, int] = {}
         self._changed: set[StateKey] = set()
+        self._records: dict[tuple[str, str], RecordStatus] = {}
+        self._changes: list[tuple[int, str, str]] = []  # (date ms, tenant, record id): one per pending change
+        self._changed_records: set[tuple[str, str]] = set()
         self._watermark = _NEVER
         self._retention_ms = int(self.settings.resolved_retention_days * 86_400_000)
 
@@ -221,38 +255,49 @@ class SlaTracker:
 
     def on_record_state(self, tenant: str, record_id: str, status: str | None,
                         event_time: datetime) -> list[SlaEvent]:
-        """The regarding record's CRM status changed: advance to the change, then resolve, pause or
-        resume the conversations regarding it."""
+        """The CRM status of a record (None: none, or the record was deleted), as of ``event_time``
+        (its ``updated_at``). Time does not move: a change dated after the tracker's time waits for
+        :meth:`advance`; one dated at or before it applies now, at the tracker's time. A version
+        older than the one applied last is stale and changes nothing. A status that differs from the
+        record's last one resolves, pauses or resumes the conversations regarding the record."""
         if not self.settings.enabled:
             return []
-        out = self.advance(event_time)
         time_ms = to_ms(event_time)
         status = (status or "").strip().casefold() or None
-        for conversation_id in sorted(self._by_record.get((tenant, record_id), ())):
-            current = self._states[(tenant, conversation_id)]
-            current.record_status = status
-            if current.resolved_ms is None:
-                sla = self._policy(current).sla
-                if status in sla.resolved_states:
-                    self._play_out_held(current, time_ms, out)
-                    self._resolve(current, time_ms, out)
-                elif sla.pause == "record_state" and current.resolution is not None:
-                    waiting = status in sla.waiting_states
-                    if self._held(current):
-                        current.held_changes.append((time_ms, waiting))
-                    else:
-                        self._pause_or_resume(current, waiting, time_ms, out)
-            self._touch(current, time_ms)
+        key = (tenant, record_id)
+        record = self._records.setdefault(key, RecordStatus(tenant=tenant, record_id=record_id))
+        self._changed_records.add(key)
+        if time_ms > self._watermark:
+            # After the changes of the same date read before it: the later one read wins, as in the CRM directory.
+            record.pending.insert(bisect.bisect_right(record.pending, time_ms, key=lambda change: change[0]),
+                                  (time_ms, status))
+            heapq.heappush(self._changes, (time_ms, tenant, record_id))
+            return []
+        out: list[SlaEvent] = []
+        if time_ms >= record.updated_ms:
+            self._apply_record_state(record, status, time_ms, self._watermark, out)
         return out
 
     def advance(self, now: datetime | None = None) -> list[SlaEvent]:
-        """Fire every deadline up to ``now`` (default: the injected clock), in deadline order, and
-        forget conversations past their retention."""
+        """Fire every deadline and apply every pending record change up to ``now`` (default: the
+        injected clock), in time order (a deadline before a change at the same instant), and forget
+        conversations past their retention."""
         if not self.settings.enabled:
             return []
         self._watermark = max(self._watermark, to_ms(self.clock() if now is None else now))
         out: list[SlaEvent] = []
-        while self._due and self._due[0][0] <= self._watermark:
+        while True:
+            deadline = self._due[0][0] if self._due and self._due[0][0] <= self._watermark else None
+            change = self._changes[0][0] if self._changes and self._changes[0][0] <= self._watermark else None
+            if deadline is None and change is None:
+                return out
+            if deadline is None or (change is not None and change < deadline):
+                _, tenant, record_id = heapq.heappop(self._changes)
+                record = self._records[(tenant, record_id)]
+                time_ms, status = record.pending.pop(0)  # the record's earliest: its date is this entry's
+                self._changed_records.add((tenant, record_id))
+                self._apply_record_state(record, status, time_ms, time_ms, out)
+                continue
             due, tenant, conversation_id = heapq.heappop(self._due)
             if self._scheduled.get((tenant, conversation_id)) == due:
                 del self._scheduled[(tenant, conversation_id)]
@@ -260,7 +305,6 @@ class SlaTracker:
             if current is None or self._next_due(current) != due:
                 continue  # stale: superseded by a later change of the conversation
             self._fire(current, out)
-        return out
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -277,6 +321,21 @@ class SlaTracker:
         changed, self._changed = sorted(self._changed), set()
         return changed
 
+    def record_of(self, tenant: str, record_id: str) -> RecordStatus | None:
+        return self._records.get((tenant, record_id))
+
+    def pop_changed_records(self) -> list[tuple[str, str]]:
+        """The (tenant, record id) of the records whose status or pending changes changed since the
+        last call, sorted: what a table of states must write next to :meth:`pop_changed`."""
+        changed, self._changed_records = sorted(self._changed_records), set()
+        return changed
+
+    @property
+    def watermark(self) -> datetime | None:
+        """The time the tracker has reached (None before any): whether a record change read now
+        waits or applies at once depends on it, so a table of states keeps it too."""
+        return None if self._watermark == _NEVER else from_ms(self._watermark)
+
     # -- serialisation -------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -285,6 +344,7 @@ class SlaTracker:
             "format": STATE_FORMAT,
             "watermark_ms": None if self._watermark == _NEVER else self._watermark,
             "conversations": [self._states[key].to_dict() for key in sorted(self._states)],
+            "records": [self._records[key].to_dict() for key in sorted(self._records)],
         }
 
     @classmethod
@@ -293,10 +353,23 @@ class SlaTracker:
             raise ValueError(f"unknown SLA state format {data.get('format')!r}")
         tracker = cls(settings, clock)
         watermark = data.get("watermark_ms")
-        tracker._watermark = _NEVER if watermark is None else int(watermark)
+        if watermark is not None:
+            tracker.restore_watermark(from_ms(int(watermark)))
         for item in data.get("conversations", ()):
             tracker.restore(SlaConversationState.from_dict(item))
+        for item in data.get("records", ()):
+            tracker.restore_record(RecordStatus.from_dict(item))
         return tracker
+
+    def restore_watermark(self, watermark: datetime) -> None:
+        """Put back the time the tracker had reached (e.g. read from a table row), firing nothing."""
+        self._watermark = max(self._watermark, to_ms(watermark))
+
+    def restore_record(self, record: RecordStatus) -> None:
+        """Put back one record's status and pending changes (e.g. read from a table row)."""
+        self._records[(record.tenant, record.record_id)] = record
+        for time_ms, _ in record.pending:
+            heapq.heappush(self._changes, (time_ms, record.tenant, record.record_id))
 
     def restore(self, state: SlaConversationState) -> None:
         """Put back one conversation's state (e.g. read from a table row)."""
@@ -348,7 +421,7 @@ class SlaTracker:
             current.resolution_cycle += 1
             current.resolution = self._start(current, Target.RESOLUTION, current.resolution_cycle, event, time_ms,
                                              sla.resolution, policy, out)
-            if sla.pause == "record_state" and current.record_status in sla.waiting_states:
+            if sla.pause == "record_state" and self._record_status(current) in sla.waiting_states:
                 self._pause_or_resume(current, True, time_ms, out)
         return current
 
@@ -503,8 +576,33 @@ class SlaTracker:
         if regarding is None or regarding == current.regarding:
             return
         self._unindex(current)
-        current.regarding, current.record_status = regarding, None  # another record's status is not this one's
+        current.regarding = regarding
         self._index(current)
+
+    def _record_status(self, current: SlaConversationState) -> str | None:
+        record = None if current.regarding is None else self._records.get((current.tenant, current.regarding))
+        return None if record is None else record.status
+
+    def _apply_record_state(self, record: RecordStatus, status: str | None, updated_ms: int, time_ms: int,
+                            out: list[SlaEvent]) -> None:
+        """The record's status is ``status`` from ``time_ms`` on (its version dated ``updated_ms``)."""
+        previous, record.status, record.updated_ms = record.status, status, max(record.updated_ms, updated_ms)
+        if status == previous:
+            return  # another field of the record changed: nothing for the conversations regarding it
+        for conversation_id in sorted(self._by_record.get((record.tenant, record.record_id), ())):
+            current = self._states[(record.tenant, conversation_id)]
+            if current.resolved_ms is None:
+                sla = self._policy(current).sla
+                if status in sla.resolved_states:
+                    self._play_out_held(current, time_ms, out)
+                    self._resolve(current, time_ms, out)
+                elif sla.pause == "record_state" and current.resolution is not None:
+                    waiting = status in sla.waiting_states
+                    if self._held(current):
+                        current.held_changes.append((time_ms, waiting))
+                    else:
+                        self._pause_or_resume(current, waiting, time_ms, out)
+            self._touch(current, time_ms)
 
     def _index(self, current: SlaConversationState) -> None:
         if current.regarding is not None:

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.escalation import MailEvent
+from pipeline.escalation.model import to_ms
 from pipeline.escalation.sla import Outcome, SlaEvent, SlaTracker, Target, sla_event_id
 from pipeline.settings import BusinessHours, EscalationPolicy, EscalationSettings, SlaSettings, SlaTarget
 
@@ -195,28 +196,78 @@ def test_the_record_state_pause_follows_the_regarding_record():
     out += engine.advance(hours(20))
     assert of(out, RESOLUTION) == [("started", T0), ("paused", hours(2)), ("resumed", hours(7)),
                                    ("warned", hours(15))]
-    out = engine.on_record_state("acme", "SUPP-1", "CLOSED", hours(21))
+    assert engine.on_record_state("acme", "SUPP-1", "CLOSED", hours(21)) == []  # dated after the tracker's time
+    out = engine.advance(hours(21))
     assert of(out, RESOLUTION) == [("met", hours(21))]
     assert out[0].business_seconds == 16 * 3600 and out[0].on_time  # due at 25
+
+
+def test_a_record_change_dated_after_the_tracker_time_waits_for_time_to_reach_it():
+    """A CRM change dated today read during a replay of older mail: it must not fire the deadlines
+    of everything in between, and takes effect when the mail gets there."""
+    engine = tracker(policy(resolution=(10, 20), sla={"pause": "record_state", "resolve_after_inactivity": None}))
+    out = run(engine, mail("a", regarding="SUPP-1"), mail("b", 1, conversation="c2", regarding="SUPP-2"))
+    assert engine.on_record_state("acme", "SUPP-1", "waiting", hours(30)) == []
+    assert engine.on_record_state("acme", "SUPP-1", "closed", hours(50)) == []
+    out += run(engine, reply("r", 2), reply("r2", 3, conversation="c2"))
+    assert [(e.target.value, e.outcome.value) for e in out if e.outcome is not Outcome.STARTED] == [
+        ("first_response", "met"), ("first_response", "met")]  # nothing fired early
+    out = engine.advance(hours(40))
+    assert of(out, RESOLUTION) == [("warned", hours(10)), ("warned", hours(11)), ("breached", hours(20)),
+                                   ("breached", hours(21)), ("paused", hours(30))]
+    out = engine.advance(hours(60))
+    assert [(e.conversation_id, e.outcome.value, e.event_time) for e in out] == [("c1", "met", hours(50))]
+
+
+def test_a_deadline_goes_before_a_record_change_at_the_same_instant():
+    engine = tracker(policy(resolution=(10, 20), sla={"pause": "record_state", "resolve_after_inactivity": None}))
+    run(engine, mail("a", regarding="SUPP-1"), reply("r", 1))
+    engine.on_record_state("acme", "SUPP-1", "closed", hours(10))
+    out = engine.advance(hours(10))
+    assert of(out, RESOLUTION) == [("warned", hours(10)), ("met", hours(10))]
+
+
+def test_a_record_change_read_after_time_passed_it_applies_at_the_tracker_time():
+    engine = tracker(policy(resolution=(10, 20), sla={"pause": "record_state", "resolve_after_inactivity": None}))
+    run(engine, mail("a", regarding="SUPP-1"), reply("r", 1), mail("f", 6))
+    out = engine.on_record_state("acme", "SUPP-1", "waiting", hours(2))  # read late: time never goes back
+    assert of(out, RESOLUTION) == [("paused", hours(6))]
+    # An older version of the record read later still is stale: the record waits.
+    assert engine.on_record_state("acme", "SUPP-1", "open", hours(1)) == []
+    assert engine.record_of("acme", "SUPP-1").status == "waiting"
+    # The same status again (another field of the record changed) does nothing either.
+    assert engine.on_record_state("acme", "SUPP-1", "Waiting", hours(3)) == []
+    assert of(engine.on_record_state("acme", "SUPP-1", "open", hours(4)), RESOLUTION) == [("resumed", hours(6))]
+
+
+def test_a_new_conversation_about_a_record_that_waits_starts_paused():
+    engine = tracker(policy(sla={"pause": "record_state"}))
+    engine.on_record_state("acme", "SUPP-1", "waiting", hours(1))
+    engine.on_record_state("beta", "SUPP-1", "open", hours(1))
+    out = run(engine, mail("a", 2, regarding="SUPP-1"), mail("b", 2, tenant="beta", regarding="SUPP-1"))
+    assert [(e.tenant, e.outcome.value) for e in out if e.target is RESOLUTION] == [
+        ("acme", "started"), ("acme", "paused"), ("beta", "started")]
 
 
 def test_a_reopened_conversation_starts_paused_while_its_record_waits():
     engine = tracker(policy(sla={"pause": "record_state", "resolved_marker": "[done]"}))
     run(engine, mail("a", regarding="SUPP-1"))
-    engine.on_record_state("acme", "SUPP-1", "waiting", hours(1))
+    engine.on_record_state("acme", "SUPP-1", "waiting", hours(1))  # applied when the reply's time passes it
     out = run(engine, reply("r", 2, subject="[done]"), mail("again", 3))
-    assert of(out, RESOLUTION) == [("met", hours(2)), ("started", hours(3)), ("paused", hours(3))]
-    assert [e.cycle for e in out if e.target is RESOLUTION] == [1, 2, 2]
+    assert of(out, RESOLUTION) == [("paused", hours(1)), ("met", hours(2)), ("started", hours(3)),
+                                   ("paused", hours(3))]
+    assert [e.cycle for e in out if e.target is RESOLUTION] == [1, 1, 2, 2]
 
 
 def test_a_resolved_record_resolves_every_conversation_regarding_it():
     engine = tracker()
     run(engine, mail("a", regarding="SUPP-1"), mail("b", 1, conversation="c2", regarding="SUPP-1"),
         mail("x", 1, conversation="c3", regarding="SUPP-2"))
-    out = engine.on_record_state("acme", "SUPP-1", "Resolved", hours(5))
+    assert engine.on_record_state("acme", "SUPP-1", "Resolved", hours(5)) == []
+    out = engine.advance(hours(5))
     assert [(e.conversation_id, e.outcome.value, e.event_time) for e in out if e.target is RESOLUTION] == [
         ("c1", "met", hours(5)), ("c2", "met", hours(5))]
-    # The first responses are still owed (c3's clock too: the changes advance time for every conversation).
+    # The first responses are still owed, warned at 4, before the change at 5.
     assert [(e.conversation_id, e.outcome.value) for e in out if e.target is FIRST] == [
         ("c1", "warned"), ("c2", "warned"), ("c3", "warned")]
     out = run(engine, reply("late", 6))
@@ -588,6 +639,47 @@ def test_a_restored_tracker_continues_like_the_one_that_never_stopped(items, cut
     out = feed(part, items[:cut], end=None)
     restored = SlaTracker.from_dict(PROPERTY_SETTINGS, never, json.loads(json.dumps(part.to_dict())))
     assert out + feed(restored, items[cut:]) == expected
+
+
+def read_early(items: list, leads: list[int]) -> list:
+    """The same input with each record change read up to ``leads[i]`` mails earlier (the i-th change),
+    past mails dated before it only: a CRM change arrives on its own topic, ahead of the mail."""
+    arrived: list = []
+    changes = iter(leads)
+    for item in items:
+        position = len(arrived)
+        if not isinstance(item, MailEvent):
+            lead = next(changes, 0)
+            while (lead and position and isinstance(arrived[position - 1], MailEvent)
+                   and arrived[position - 1].event_time < item[3]):
+                position, lead = position - 1, lead - 1
+        arrived.insert(position, item)
+    return arrived
+
+
+@FAST
+@given(items=TIMELINES, leads=st.lists(st.integers(0, 12), max_size=40), cut=st.integers(0, 40))
+def test_record_changes_read_earlier_give_the_same_records_and_ids(items, leads, cut):
+    expected = feed(fresh(), items)
+    arrived = read_early(items, leads)
+    assert feed(fresh(), arrived) == expected
+    # ... also restored mid-way, where changes read early are still pending.
+    part = fresh()
+    out = feed(part, arrived[:cut], end=None)
+    restored = SlaTracker.from_dict(PROPERTY_SETTINGS, never, json.loads(json.dumps(part.to_dict())))
+    assert out + feed(restored, arrived[cut:]) == expected
+
+
+def test_a_pending_record_change_survives_a_restore():
+    engine = tracker(policy(sla={"pause": "record_state"}))
+    run(engine, mail("a", regarding="SUPP-1"))
+    engine.on_record_state("acme", "SUPP-1", "waiting", hours(2))
+    assert engine.record_of("acme", "SUPP-1").pending == [(to_ms(hours(2)), "waiting")]
+    assert engine.pop_changed_records() == [("acme", "SUPP-1")] and engine.pop_changed_records() == []
+    restored = SlaTracker.from_dict(engine.settings, never, json.loads(json.dumps(engine.to_dict())))
+    assert restored.watermark == T0
+    assert of(restored.advance(hours(3)), RESOLUTION) == of(engine.advance(hours(3)), RESOLUTION) == [
+        ("paused", hours(2))]
 
 
 AUTOMATIC = st.tuples(st.sampled_from(TENANTS), st.sampled_from(CONVERSATIONS), st.sampled_from(["in", "out"]),
