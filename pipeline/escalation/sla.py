@@ -200,7 +200,9 @@ class RecordStatus:
     record_id: str
     status: str | None = None  # casefolded; None: no status (or the record was deleted)
     updated_ms: int = _NEVER  # the date of the change applied last: an older version read later is stale
-    pending: list[tuple[int, str | None]] = field(default_factory=list)  # (date, status), in date order
+    # (date, arrival, status), in date order; ``arrival`` numbers the tracker's pending changes as read,
+    # so changes of one date apply in the order they were read, as they would at once after a tick.
+    pending: list[tuple[int, int, str | None]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -210,7 +212,7 @@ class RecordStatus:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RecordStatus:
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        values["pending"] = [(int(time), status) for time, status in values.get("pending", ())]
+        values["pending"] = [(int(time), int(arrival), status) for time, arrival, status in values.get("pending", ())]
         return cls(**values)
 
 
@@ -228,7 +230,8 @@ class SlaTracker:
         self._scheduled: dict[StateKey, int] = {}
         self._changed: set[StateKey] = set()
         self._records: dict[tuple[str, str], RecordStatus] = {}
-        self._changes: list[tuple[int, str, str]] = []  # (date ms, tenant, record id): one per pending change
+        self._changes: list[tuple[int, int, str, str]] = []  # (date ms, arrival, tenant, record id) per pending change
+        self._arrivals = 0
         self._changed_records: set[tuple[str, str]] = set()
         self._watermark = _NEVER
         self._retention_ms = int(self.settings.resolved_retention_days * 86_400_000)
@@ -269,9 +272,10 @@ class SlaTracker:
         self._changed_records.add(key)
         if time_ms > self._watermark:
             # After the changes of the same date read before it: the later one read wins, as in the CRM directory.
+            self._arrivals += 1
             record.pending.insert(bisect.bisect_right(record.pending, time_ms, key=lambda change: change[0]),
-                                  (time_ms, status))
-            heapq.heappush(self._changes, (time_ms, tenant, record_id))
+                                  (time_ms, self._arrivals, status))
+            heapq.heappush(self._changes, (time_ms, self._arrivals, tenant, record_id))
             return []
         out: list[SlaEvent] = []
         if time_ms >= record.updated_ms:
@@ -292,9 +296,9 @@ class SlaTracker:
             if deadline is None and change is None:
                 return out
             if deadline is None or (change is not None and change < deadline):
-                _, tenant, record_id = heapq.heappop(self._changes)
+                _, _, tenant, record_id = heapq.heappop(self._changes)
                 record = self._records[(tenant, record_id)]
-                time_ms, status = record.pending.pop(0)  # the record's earliest: its date is this entry's
+                time_ms, _, status = record.pending.pop(0)  # the record's earliest: this very entry
                 self._changed_records.add((tenant, record_id))
                 self._apply_record_state(record, status, time_ms, time_ms, out)
                 continue
@@ -368,8 +372,9 @@ class SlaTracker:
     def restore_record(self, record: RecordStatus) -> None:
         """Put back one record's status and pending changes (e.g. read from a table row)."""
         self._records[(record.tenant, record.record_id)] = record
-        for time_ms, _ in record.pending:
-            heapq.heappush(self._changes, (time_ms, record.tenant, record.record_id))
+        for time_ms, arrival, _ in record.pending:
+            heapq.heappush(self._changes, (time_ms, arrival, record.tenant, record.record_id))
+            self._arrivals = max(self._arrivals, arrival)
 
     def restore(self, state: SlaConversationState) -> None:
         """Put back one conversation's state (e.g. read from a table row)."""

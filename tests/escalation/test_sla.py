@@ -674,7 +674,7 @@ def test_a_pending_record_change_survives_a_restore():
     engine = tracker(policy(sla={"pause": "record_state"}))
     run(engine, mail("a", regarding="SUPP-1"))
     engine.on_record_state("acme", "SUPP-1", "waiting", hours(2))
-    assert engine.record_of("acme", "SUPP-1").pending == [(to_ms(hours(2)), "waiting")]
+    assert engine.record_of("acme", "SUPP-1").pending == [(to_ms(hours(2)), 1, "waiting")]
     assert engine.pop_changed_records() == [("acme", "SUPP-1")] and engine.pop_changed_records() == []
     restored = SlaTracker.from_dict(engine.settings, never, json.loads(json.dumps(engine.to_dict())))
     assert restored.watermark == T0
