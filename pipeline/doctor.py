@@ -60,10 +60,23 @@ def check_settings(settings: Settings) -> list[Check]:
         except ValueError as exc:
             checks.append(Check("custom_rule", False, str(exc), "fix correlation.custom_rule (module:function)"))
     checks.append(check_tracking_keys(settings))
+    checks.append(check_record_states(settings))
     if settings.untracked.excluded_domains and set(settings.untracked.excluded_domains) & set(settings.untracked.own_domains):
         checks.append(Check("excluded_domains", False, "an own domain is also excluded: internal mail is never tracked",
                             "remove own domains from untracked.excluded_domains"))
     return checks
+
+
+def check_record_states(settings: Settings) -> Check:
+    from pipeline.escalation.policy import record_state_settings
+
+    found = record_state_settings(settings.escalation)
+    if not found:
+        return Check("sla record states", True, "no escalation policy depends on CRM record states")
+    return Check("sla record states", False,
+                 f"{'; '.join(found)}: no effect in the pipeline, the escalation agent does not read crm.entities "
+                 "yet, so these conversations are never paused or resolved by their record (docs/escalation.md)",
+                 "use pause = after_reply, a resolved_marker or resolve_after_inactivity instead")
 
 
 def check_tracking_keys(settings: Settings) -> Check:

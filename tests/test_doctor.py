@@ -86,7 +86,7 @@ def test_run_checks_on_defaults_all_pass(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default blob store is data/blobs under the current folder
     checks = run_checks(Settings())
     assert {c.name for c in checks} == {"hash_filter_keywords", "tracking keys", "blob store", "schemas", "broker",
-                                        "clickhouse", "smtp relay"}
+                                        "clickhouse", "smtp relay", "sla record states"}
     assert [c.format() for c in checks if not c.ok] == []
 
 
@@ -156,3 +156,16 @@ def test_relay_is_judged_as_the_relay_judges_itself_before_it_starts():
     assert "change-me" not in weak.detail + weak.fix and "16 characters" in weak.fix
     [strong] = relay_checks(**tls_auth, THREADLINE_RELAY_AUTH_PASSWORD="v7-Kq2pXw9Lm4Rt8")
     assert strong.ok and "closed" in strong.detail
+
+
+def test_policies_that_depend_on_crm_record_states_are_flagged():
+    # Defaults pass (the default resolved_states were not asked for); asking for record states fails.
+    assert by_name(check_settings(Settings()), "sla record states").ok
+    settings = Settings.model_validate({"escalation": {
+        "default_policy": {"sla": {"resolved_states": ["Done"]}},
+        "policies": [{"name": "cases", "match": {"regarding_prefix": "SUPP-"}, "sla": {"pause": "record_state"}},
+                     {"name": "quiet", "match": {"tenant": "beta"}, "sla": {"pause": "none"}}]}})
+    check = by_name(check_settings(settings), "sla record states")
+    assert not check.ok and check.fix
+    assert check.detail.startswith("default: resolved_states; cases: pause = record_state: no effect in the pipeline")
+    assert "quiet" not in check.detail

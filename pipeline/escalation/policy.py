@@ -75,3 +75,18 @@ def default_owner(direction: str, recipients: tuple[str, ...] | list[str], own_d
         if address.rpartition("@")[2].lower() in own_domains:
             return address
     return None
+
+
+def record_state_settings(settings: EscalationSettings) -> list[str]:
+    """``policy: setting`` for each policy setting that depends on the regarding record's CRM
+    status: ``pause = "record_state"`` (with its ``waiting_states``), and ``resolved_states`` set in
+    the settings. The escalation agent does not feed ``crm.entities`` to the SLA tracker yet
+    (docs/escalation.md), so these have no effect in the pipeline, and the worker and ``threadline
+    doctor`` say so. The default resolved_states are left out: they would warn every installation."""
+    found = []
+    for policy in (settings.default_policy, *settings.policies):
+        if policy.sla.pause == "record_state":
+            found.append(f"{policy.name}: pause = record_state")
+        if "resolved_states" in policy.sla.model_fields_set and policy.sla.resolved_states:
+            found.append(f"{policy.name}: resolved_states")
+    return found

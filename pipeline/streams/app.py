@@ -37,6 +37,7 @@ from faust.streams import _current_event  # see partition_context()
 from pipeline.contracts.topics import CORRECTIONS, CRM_ENTITIES, MAIL_CORRELATED, MAIL_RAW, TRACKING_RAW
 from pipeline.runtime.kafka import faust_credentials, topic_name
 from pipeline.contracts.avro import AvroCodec, registry_from_settings
+from pipeline.escalation.policy import record_state_settings
 from pipeline.settings import Settings, load_settings
 from pipeline.streams.corrections import CorrectionsProcessor
 from pipeline.streams.crm import CrmProcessor
@@ -220,6 +221,9 @@ def build_app(settings: Settings) -> faust.App:
     refused = key_refusal(settings.tracking, settings.kafka.bootstrap, "threadline worker")
     if refused:
         raise SystemExit(refused)
+    for setting in record_state_settings(settings.escalation):
+        log.warning("escalation policy %s has no effect: the escalation agent does not read crm.entities yet, so no "
+                    "conversation is paused or resolved by its record's CRM status (docs/escalation.md)", setting)
     data_dir = settings.worker.data_dir.resolve()
     (data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(

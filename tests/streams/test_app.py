@@ -91,3 +91,21 @@ def test_a_record_fetched_while_a_recovery_ends_survives_the_clearing_of_the_age
         return queue.qsize()
 
     assert asyncio.run(end_of_recovery()) == 1
+
+
+def test_the_worker_warns_at_start_of_policy_settings_without_effect(tmp_path, caplog):
+    from pipeline.settings import Settings
+    from pipeline.streams.app import build_app
+
+    settings = Settings.model_validate({
+        "kafka": {"bootstrap": "127.0.0.1:9"}, "worker": {"data_dir": str(tmp_path)},
+        "escalation": {"policies": [{"name": "cases", "match": {"regarding_prefix": "SUPP-"},
+                                     "sla": {"pause": "record_state"}}]}})
+    with caplog.at_level("WARNING", logger="threadline.worker"):
+        build_app(settings)
+    assert [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()] == [
+        "escalation policy cases: pause = record_state has no effect: the escalation agent does not read "
+        "crm.entities yet, so no conversation is paused or resolved by its record's CRM status (docs/escalation.md)"]
+    caplog.clear()
+    build_app(settings.model_copy(update={"escalation": Settings().escalation}))
+    assert not [r for r in caplog.records if "has no effect" in r.getMessage()]
