@@ -365,6 +365,13 @@ class EscalationMatch(_Section):
 AUTOMATIC_KINDS = ("bounce", "notifier", "auto_reply", "auto_generated", "list")
 
 
+def _later_than_warning(name: str, value: float, info: ValidationInfo) -> float:
+    """A deadline after the warning: ``name`` (counted from the same start) must exceed ``warn_after``."""
+    if "warn_after" in info.data and value <= info.data["warn_after"]:
+        raise ValueError(f"{name} ({value}) must be greater than warn_after ({info.data['warn_after']})")
+    return value
+
+
 class SlaTarget(_Section):
     """The warn and breach times of one SLA target."""
 
@@ -376,9 +383,7 @@ class SlaTarget(_Section):
     @field_validator("breach_after")
     @classmethod
     def _breach_after_warn(cls, value: float, info: ValidationInfo) -> float:
-        if "warn_after" in info.data and value <= info.data["warn_after"]:
-            raise ValueError(f"breach_after ({value}) must be greater than warn_after ({info.data['warn_after']})")
-        return value
+        return _later_than_warning("breach_after", value, info)
 
 
 class SlaSettings(_Section):
@@ -494,9 +499,7 @@ class EscalationPolicy(_Section):
     @field_validator("escalate_after")
     @classmethod
     def _escalate_after_warn(cls, value: float, info: ValidationInfo) -> float:
-        if "warn_after" in info.data and value <= info.data["warn_after"]:
-            raise ValueError(f"escalate_after ({value}) must be greater than warn_after ({info.data['warn_after']})")
-        return value
+        return _later_than_warning("escalate_after", value, info)
 
     @field_validator("ignore_automatic")
     @classmethod
