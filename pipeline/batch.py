@@ -11,19 +11,19 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.evaluate import CorpusRun, evaluate, read_truth, score_links, subject_grouping
 from pipeline.correlation.model import Correlation
+from pipeline.escalation.model import MailEvent, Transition
+from pipeline.escalation.policy import default_owner
+from pipeline.escalation.sla import SlaEvent, SlaTracker
+from pipeline.escalation.tracker import EscalationTracker
 from pipeline.mail.parse import parse_mail
 from pipeline.mail.record import MailParseError, MailRecord
-from pipeline.escalation.model import MailEvent
-from pipeline.escalation.policy import default_owner
-from pipeline.escalation.sla import SlaTracker
-from pipeline.escalation.tracker import EscalationTracker
 from pipeline.mail.sources import iter_mail_sources
 from pipeline.settings import CorrelationSettings, Settings, UntrackedSettings
 
@@ -124,36 +124,52 @@ class SupportRun:
     responses: list[dict] = dataclasses.field(default_factory=list)
 
 
+def _no_wall_clock() -> datetime:
+    raise AssertionError("offline trackers run on the mails' event time only")
+
+
+class OfflineDesk:
+    """One tenant's correlator, escalation tracker and SLA tracker, fed mail by mail as the agents
+    feed them (each mail first advances the trackers to its event time), without a broker.  Time
+    is the mails' own, never the wall clock: :meth:`advance` moves it further."""
+
+    def __init__(self, settings: Settings, tenant: str, *, generation: int = 0) -> None:
+        self.correlator = Correlator(settings.correlation, tenant=tenant, untracked=settings.untracked,
+                                     generation=generation)
+        self.escalation = EscalationTracker(settings.escalation, _no_wall_clock)
+        self.sla = SlaTracker(settings.escalation, _no_wall_clock)
+        self._own_domains = frozenset(domain.lower() for domain in settings.untracked.own_domains)
+
+    def feed(self, mail: MailRecord) -> tuple[Correlation, list[Transition], list[SlaEvent]]:
+        """The mail's correlation and what the trackers made of it (nothing for untracked mail)."""
+        correlation = self.correlator.correlate(mail)
+        if correlation.untracked_reason:
+            return correlation, [], []
+        owner = default_owner(correlation.direction, (*correlation.to, *correlation.cc), self._own_domains)
+        event = MailEvent.from_correlation(correlation, mailbox=mail.mailbox, owner=owner)
+        return correlation, self.escalation.on_correlation(event), self.sla.on_mail(event)
+
+    def advance(self, now: datetime) -> tuple[list[Transition], list[SlaEvent]]:
+        return self.escalation.advance(now), self.sla.advance(now)
+
+
 def run_support(mails: Iterable[MailRecord], settings: Settings) -> SupportRun:
     """Correlate ``mails`` (event-time order) and run the escalation and SLA trackers on them as
-    the agents do, one correlator per tenant.  Time is the mails' own: it stands at the last mail
-    at the end, so the same mailbox gives the same records on any day."""
-    latest = datetime.min.replace(tzinfo=timezone.utc)
-
-    def clock() -> datetime:
-        return latest
-
-    correlators: dict[str, Correlator] = {}
-    escalation, sla = EscalationTracker(settings.escalation, clock), SlaTracker(settings.escalation, clock)
-    own_domains = frozenset(domain.lower() for domain in settings.untracked.own_domains)
+    the agents do, one :class:`OfflineDesk` per tenant.  Time is the mails' own: it stands at the
+    last mail at the end, so the same mailbox gives the same records on any day."""
+    desks: dict[str, OfflineDesk] = {}
     run = SupportRun()
     for mail in mails:
-        correlator = correlators.get(mail.tenant)
-        if correlator is None:
-            correlator = correlators[mail.tenant] = Correlator(settings.correlation, tenant=mail.tenant,
-                                                               untracked=settings.untracked)
-        correlation = correlator.correlate(mail)
+        desk = desks.get(mail.tenant)
+        if desk is None:
+            desk = desks[mail.tenant] = OfflineDesk(settings, mail.tenant)
+        correlation, transitions, sla_events = desk.feed(mail)
         run.mails += 1
-        if correlation.untracked_reason:
-            continue
         if correlation.response is not None:
             run.responses.append({"tenant": correlation.tenant, "message_id": correlation.message_id,
                                   **dataclasses.asdict(correlation.response)})
-        event = MailEvent.from_correlation(correlation, mailbox=mail.mailbox,
-                                           owner=default_owner(mail.direction, mail.to + mail.cc, own_domains))
-        latest = max(latest, event.event_time)
-        run.transitions += [transition.to_record() for transition in escalation.on_correlation(event)]
-        run.sla_events += [sla_event.to_record() for sla_event in sla.on_mail(event)]
+        run.transitions += [transition.to_record() for transition in transitions]
+        run.sla_events += [sla_event.to_record() for sla_event in sla_events]
     return run
 
 

@@ -18,12 +18,10 @@ from typing import Iterator
 
 from pipeline.contracts.topics import (BY_NAME, CAMPAIGNS, CONVERSIONS, DEADLETTER, ESCALATIONS, MAIL_CORRELATED,
                                        MAIL_RAW, MAIL_RESPONSES, MAIL_UNTRACKED, SLA_EVENTS, TRACKING_EVENTS)
-from pipeline.correlation.engine import Correlator
+from pipeline.batch import OfflineDesk
 from pipeline.correlation.model import stable_event_id
-from pipeline.escalation.model import MailEvent
-from pipeline.escalation.policy import default_owner
-from pipeline.escalation.sla import SlaTracker
-from pipeline.escalation.tracker import EscalationTracker
+from pipeline.escalation.model import Transition
+from pipeline.escalation.sla import SlaEvent
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseStore, rows_for
 from pipeline.contracts.records import (
@@ -34,20 +32,13 @@ from pipeline.synth import AutomaticMail, AutomaticMix, MailGenerator, with_auto
 _USER_AGENTS = ("Apple Mail", "Outlook", "Gmail", "Thunderbird", "Chrome", "Firefox")
 
 
-def _no_wall_clock() -> datetime:
-    raise AssertionError("seeded escalations run on the mail's event time only")
-
-
 def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int, generation: int,
                          automatic: AutomaticMix | None) -> Iterator[tuple[str, dict]]:
     """mail.correlated / mail.untracked / mail.responses records, and the escalations and SLA
     events of the correlated mail (every mail first advances the trackers to its time, as in the
     agent), up to an hour after the last person's mail: the store as seen then, the same whatever
     automatic mail came in between."""
-    correlator = Correlator(settings.correlation, tenant=tenant, untracked=settings.untracked, generation=generation)
-    escalation = EscalationTracker(settings.escalation, clock=_no_wall_clock)
-    sla = SlaTracker(settings.escalation, clock=_no_wall_clock)
-    own_domains = frozenset(d.lower() for d in settings.untracked.own_domains)
+    desk = OfflineDesk(settings, tenant, generation=generation)
     # One mail every 2 minutes on average: replies come minutes to days later, as in a real desk.
     generator = MailGenerator(seed, tenant=tenant, customers=2_000, agents=12, seconds_between_mails=120)
     stream = generator.mails(mails)
@@ -63,23 +54,21 @@ def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int,
             # Mail to two of the desk's mailboxes arrives twice: the copy is a duplicate.
             deliveries.append(dataclasses.replace(generated, mailbox="shared"))
         for mail in deliveries:
-            correlation = correlator.correlate(mail)
+            correlation, transitions, sla_events = desk.feed(mail)
             if correlation.untracked_reason:
                 yield MAIL_UNTRACKED, untracked_record(correlation, mail.mailbox)
                 continue
             yield MAIL_CORRELATED, correlated_record(correlation, mail.mailbox, SourcePosition(MAIL_RAW, 0, offset))
             if correlation.response is not None:
                 yield MAIL_RESPONSES, response_record(correlation, mail.mailbox)
-            owner = default_owner(correlation.direction, (*correlation.to, *correlation.cc), own_domains)
-            event = MailEvent.from_correlation(correlation, mailbox=mail.mailbox, owner=owner)
-            for transition in escalation.on_correlation(event):
-                yield ESCALATIONS, transition.to_record()
-            for outcome in sla.on_mail(event):
-                yield SLA_EVENTS, outcome.to_record()
+            yield from _tracker_records(transitions, sla_events)
     if last_persons_mail is not None:
-        now = last_persons_mail + timedelta(hours=1)
-        yield from ((ESCALATIONS, transition.to_record()) for transition in escalation.advance(now))
-        yield from ((SLA_EVENTS, outcome.to_record()) for outcome in sla.advance(now))
+        yield from _tracker_records(*desk.advance(last_persons_mail + timedelta(hours=1)))
+
+
+def _tracker_records(transitions: list[Transition], sla_events: list[SlaEvent]) -> Iterator[tuple[str, dict]]:
+    yield from ((ESCALATIONS, transition.to_record()) for transition in transitions)
+    yield from ((SLA_EVENTS, outcome.to_record()) for outcome in sla_events)
 
 
 def _campaign_records(tenant: str, rng: random.Random, start: datetime, campaigns: int,

@@ -115,6 +115,8 @@ class SubjectFacts:
 # Distinct subjects remembered by one correlator; the cache is dropped whole when full (it is
 # a pure function of the subject, so dropping it changes speed, never a decision).
 _SUBJECT_CACHE_SIZE = 100_000
+
+
 def _same_content(entry: IndexedMail, digest: str) -> bool:
     """An entry without a digest (indexed before digests existed) cannot be told apart: it counts
     as the same mail, as before, and the duplicate says ``content_unverified``."""
