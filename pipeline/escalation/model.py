@@ -4,6 +4,7 @@ state (small, serialisable, so a Faust table can hold it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import cache
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
@@ -22,6 +23,22 @@ def to_ms(moment: datetime) -> int:
 
 def from_ms(ms: int) -> datetime:
     return EPOCH + timedelta(milliseconds=ms)
+
+
+@cache
+def field_names(cls: type) -> tuple[str, ...]:
+    """A dataclass's field names, worked out once: records and states are written per mail."""
+    return tuple(f.name for f in fields(cls))
+
+
+def field_values(value: Any) -> dict[str, Any]:
+    """A dataclass's fields by name, flat (a nested dataclass stays an object)."""
+    return {name: getattr(value, name) for name in field_names(type(value))}
+
+
+def known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``data`` that are fields of ``cls`` (a field it lacks keeps its default)."""
+    return {name: data[name] for name in field_names(cls) if name in data}
 
 
 class State(str, Enum):
@@ -85,7 +102,7 @@ class Alert:
     message: str
 
     def to_record(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return field_values(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,15 +163,13 @@ class ConversationState:
         return self.state is not State.RESOLVED
 
     def to_dict(self) -> dict[str, Any]:
-        data = {name: getattr(self, name) for name in _STATE_FIELDS}
+        data = field_values(self)
         data["state"] = self.state.value
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConversationState:
-        values = {name: data.get(name) for name in _STATE_FIELDS}
+        values = {name: data.get(name) for name in field_names(cls)}
         values["state"] = State(values["state"])
         return cls(**values)
 
-
-_STATE_FIELDS = tuple(f.name for f in fields(ConversationState))

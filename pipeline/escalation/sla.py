@@ -42,14 +42,14 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Any
 
 from pipeline.correlation.model import stable_event_id
 from pipeline.escalation.business_time import add_business_time, business_seconds_between
-from pipeline.escalation.model import MailEvent, from_ms, to_ms
+from pipeline.escalation.model import MailEvent, field_values, from_ms, known_fields, to_ms
 from pipeline.escalation.policy import is_ignored, policy_named, select_policy
 from pipeline.escalation.tracker import Clock, StateKey
 from pipeline.settings import EscalationPolicy, EscalationSettings, SlaTarget
@@ -110,7 +110,7 @@ class SlaEvent:
     on_time: bool  # met before the breach deadline
 
     def to_record(self) -> dict[str, Any]:
-        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        record = field_values(self)
         record["target"], record["outcome"] = self.target.value, self.outcome.value
         return record
 
@@ -142,13 +142,13 @@ class SlaClock:
         return self.breach_ms if self.warned else self.warn_ms
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = field_values(self)
         data["target"] = self.target.value
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SlaClock:
-        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values = known_fields(cls, data)
         values["target"] = Target(values["target"])
         return cls(**values)
 
@@ -176,7 +176,7 @@ class SlaConversationState:
     held_changes: list[tuple[int, bool]] = field(default_factory=list)  # (time, waiting) while held
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = field_values(self)
         data["response"] = None if self.response is None else self.response.to_dict()
         data["resolution"] = None if self.resolution is None else self.resolution.to_dict()
         data["held_changes"] = [list(change) for change in self.held_changes]
@@ -184,7 +184,7 @@ class SlaConversationState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SlaConversationState:
-        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values = known_fields(cls, data)
         for name in ("response", "resolution"):
             values[name] = None if values.get(name) is None else SlaClock.from_dict(values[name])
         values["held_changes"] = [(int(time), bool(waiting)) for time, waiting in values.get("held_changes", ())]
@@ -205,13 +205,13 @@ class RecordStatus:
     pending: list[tuple[int, int, str | None]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = field_values(self)
         data["pending"] = [list(change) for change in self.pending]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RecordStatus:
-        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values = known_fields(cls, data)
         values["pending"] = [(int(time), int(arrival), status) for time, arrival, status in values.get("pending", ())]
         return cls(**values)
 
