@@ -27,6 +27,7 @@ from pipeline.contracts.topics import (DEADLETTER, ESCALATIONS, MAIL_CORRELATED,
 from pipeline.correlation.explain import describe
 from pipeline.escalation.figures import current_states, format_duration, sla_figures
 from pipeline.mail.sources import iter_mail_sources
+from pipeline.running import RunningStack, publish, withdraw
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink, ClickHouseStore, sink_until
 from pipeline.streams.ingest import ingest
@@ -224,6 +225,9 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
         if dead:  # everything was handled, but a worker crashed meanwhile (e.g. an agent up does not wait for)
             say(dead[0].exit_report())
             return 1
+        stack.callback(withdraw, data_dir)
+        publish(data_dir, RunningStack(pid=os.getpid(), bootstrap=bootstrap, embedded_broker=not settings.kafka.bootstrap,
+                                       tracking_url=f"http://127.0.0.1:{tracking_port}"))
         if exit_when_done:
             say("\ndone; the embedded broker stops now (run `threadline up` without --exit-when-done to keep it)")
             return 0

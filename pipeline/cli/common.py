@@ -51,10 +51,17 @@ def require_paths(paths: Sequence[str]) -> None:
 
 
 def broker_bootstrap(settings: Settings) -> str:
-    if not settings.kafka.bootstrap:
-        raise UserError("no broker configured: set THREADLINE_KAFKA_BOOTSTRAP (printed by `threadline up`) "
+    """``kafka.bootstrap``, or else the broker of the ``threadline up`` running on this data folder."""
+    from pipeline.running import running_stack
+
+    if settings.kafka.bootstrap:
+        return settings.kafka.bootstrap
+    stack = running_stack(settings.worker.data_dir.resolve())
+    if stack is None:
+        raise UserError("no broker configured and no `threadline up` running on this data folder "
+                        f"({settings.worker.data_dir}): start `threadline up`, or set THREADLINE_KAFKA_BOOTSTRAP "
                         "or kafka.bootstrap in the settings file")
-    return settings.kafka.bootstrap
+    return stack.bootstrap
 
 
 def produce_one(settings: Settings, topic: str, tenant: str, record: dict, timeout_s: float = 10.0) -> None:
