@@ -11,14 +11,16 @@ from numbers import Number
 import pytest
 import yaml
 
-from pipeline.analytics.dashboards import (CORRELATION_QUALITY, DASHBOARD_DIR, DASHBOARDS, DURATION, RESPONSE_TIMES,
-                                           SHARE, SLA_TARGETS, render_all)
+from pipeline.analytics.dashboards import (CORRELATION_QUALITY, CURRENCY, DASHBOARD_DIR, DASHBOARDS, DURATION,
+                                           RESPONSE_TIMES, SHARE, SLA_TARGETS, TENANT_VARIABLE, UNITS, dashboard_json,
+                                           render_all)
 from pipeline.analytics.macros import MacroError, expand
-from pipeline.analytics.panels import data_time_range, default_variables, run_dashboard
+from pipeline.analytics.panels import (data_time_range, default_variables, panel_query, run_dashboard, store_tables,
+                                       tenants_by_mail)
 from pipeline.analytics.report import render_report
 from pipeline.analytics.seed import load_records, seed_records
 from pipeline.escalation.figures import format_duration
-from pipeline.settings import Settings
+from pipeline.settings import EscalationPolicy, Settings
 
 # As the `seeded` fixture of conftest.py, for the stores this module loads itself.
 SEED = {"tenants": 2, "mails_per_tenant": 1500, "campaigns": 3, "recipients": 300}
@@ -49,14 +51,133 @@ def test_dashboard_files_are_current_and_use_the_clickhouse_plugin():
             (target,) = panel["targets"]
             assert target["editorType"] == "sql" and target["rawSql"]
             assert target["format"] == (0 if panel["type"] == "timeseries" else 1)
-            for override in panel["fieldConfig"]["overrides"]:
-                assert override["matcher"]["id"] == "byName"
-                assert [p["id"] for p in override["properties"]] == ["unit"]
-                assert override["properties"][0]["value"] in (DURATION, SHARE)
+
+
+def _json_panels():
+    for dashboard in DASHBOARDS:
+        by_title = {p.title: p for p in dashboard.panels}
+        for data in dashboard_json(dashboard)["panels"]:
+            yield dashboard, by_title[data["title"]], data
+
+
+def _overrides(data: dict) -> dict[str, dict[str, object]]:
+    """column -> {property id: value} of a panel's field overrides."""
+    return {o["matcher"]["options"]: {p["id"]: p["value"] for p in o["properties"]}
+            for o in data["fieldConfig"]["overrides"] if o["matcher"]["id"] == "byName"}
+
+
+def test_every_panel_has_a_unit_and_explicit_thresholds():
+    for dashboard, panel, data in _json_panels():
+        where = f"{dashboard.uid} / {panel.title}"
+        defaults = data["fieldConfig"]["defaults"]
+        assert defaults.get("unit") in UNITS, where  # a panel without a unit fails here
+        # Explicit, so Grafana's own default (red from 80) never colours a count.
+        assert defaults["thresholds"]["steps"][0]["value"] is None, where
+        for column, properties in _overrides(data).items():
+            assert properties.get("unit", defaults["unit"]) in UNITS, (where, column)
+        # Units are in the units, not in the titles.
+        assert not re.search(r"\((?:h|hours?|s|seconds|days?|%|EUR|€)\)|\bin (?:hours|seconds|days|EUR)\b",
+                             panel.title, re.IGNORECASE), where
+        # Durations are seconds in the SQL; every column that holds one says so.
+        for column in re.findall(r"\bAS (\w+)", panel.sql):
+            if column in ("p50", "p90", "p99", "waiting", "time_left"):
+                assert panel.unit_of(column) == DURATION, (where, column)
+            if column in ("revenue", "cost"):
+                assert panel.unit_of(column) == CURRENCY, (where, column)
+            if "share" in column or column == "roi":
+                assert panel.unit_of(column) == SHARE, (where, column)
+        if panel.kind == "timeseries":
+            assert data["interval"] == "1d" and defaults["custom"]["spanNulls"] is False, where
+
+
+def test_thresholds_are_where_a_manager_expects_them():
+    policy = EscalationPolicy()
+    first_response = policy.sla.first_response
+    expected = {
+        "share_met": [("red", None), ("orange", 0.8), ("green", 0.95)],
+        "p50": [("green", None), ("orange", first_response.warn_after * 3600), ("red", first_response.breach_after * 3600)],
+        "waiting": [("green", None), ("orange", policy.warn_after * 3600), ("red", policy.escalate_after * 3600)],
+        "roi": [("red", None), ("green", 0)],
+    }
+    seen = set()
+    for dashboard, panel, data in _json_panels():
+        overrides = _overrides(data)
+        for column, steps in expected.items():
+            if column in overrides and (column != "p50" or panel.title.startswith("First response time")):
+                thresholds = overrides[column]["thresholds"]["steps"]
+                assert [(step["color"], step["value"]) for step in thresholds] == steps, (panel.title, column)
+                if panel.kind == "table":
+                    assert overrides[column]["custom.cellOptions"]["type"] == "color-background", panel.title
+                if panel.kind == "timeseries":
+                    assert overrides[column]["custom.thresholdsStyle"]["mode"] == "dashed", panel.title
+                seen.add((panel.title, column))
+    assert {title for title, column in seen if column == "share_met"} == {
+        "Targets met per day", "Targets met per owner", "Targets met per team", "Targets met per mailbox"}
+    assert {("First response time per owner", "p50"), ("First response time per mailbox", "p50"),
+            ("Oldest unanswered mail", "waiting"), ("Campaigns", "roi")} <= seen
     response_times = json.loads(render_all()[RESPONSE_TIMES.file_name])
     (percentiles,) = [p for p in response_times["panels"] if p["title"] == "First response time per owner"]
-    assert {o["matcher"]["options"]: o["properties"][0]["value"] for o in percentiles["fieldConfig"]["overrides"]} == {
+    assert {column: properties["unit"] for column, properties in _overrides(percentiles).items()} == {
         "p50": "dtdurations", "p90": "dtdurations", "p99": "dtdurations"}
+    (stat,) = [p for p in response_times["panels"] if p["title"] == "Unanswered conversations"]
+    assert _overrides(stat)["conversations"]["thresholds"]["steps"][1] == {"color": "orange", "value": 1}
+
+
+def test_tenant_variable_defaults_to_the_default_tenant_and_lists_the_busiest_first(seeded):
+    for dashboard in DASHBOARDS:
+        (tenant,) = [v for v in dashboard_json(dashboard)["templating"]["list"] if v["name"] == "tenant"]
+        assert tenant["current"] == {"text": "default", "value": "default"} and tenant["sort"] == 0
+        assert not tenant["includeAll"]  # tenants are separate customers: one at a time
+        for variable in dashboard_json(dashboard)["templating"]["list"][2:]:
+            assert "current" in variable, (dashboard.uid, variable["name"])
+    # Grafana falls back to the first value when "default" has no data: the tenant with the most mail.
+    start, end = data_time_range(seeded)
+    sql, parameters = panel_query(TENANT_VARIABLE.query, database=seeded.database, time_from=start, time_to=end,
+                                  variables={})
+    listed = [row[0] for row in seeded.client.query(sql, parameters=parameters).result_rows]
+    counts = dict(seeded.query("SELECT tenant, count() FROM {db}.mail_correlated_latest GROUP BY tenant").result_rows)
+    assert sorted(listed) == sorted(counts) == ["tenant-1", "tenant-2"]
+    assert listed == sorted(counts, key=lambda t: (-counts[t], t))
+    assert tenants_by_mail(seeded, start, end) == [(t, counts[t]) for t in listed]
+    assert default_variables(seeded, RESPONSE_TIMES)["tenant"] == listed[0]
+    # In an hour where the other tenant had more mail, that one comes first.
+    (hour,), = seeded.query(
+        "SELECT toStartOfHour(event_time) AS hour FROM {db}.mail_correlated_latest GROUP BY hour "
+        "HAVING countIf(tenant = {second:String}) > countIf(tenant = {first:String}) ORDER BY hour LIMIT 1",
+        parameters={"first": listed[0], "second": listed[1]}).result_rows
+    assert tenants_by_mail(seeded, hour, hour + timedelta(minutes=59, seconds=59))[0][0] == listed[1]
+
+
+def test_no_sql_names_a_database():
+    tables = store_tables()
+    assert {"mail_correlated_latest", "sla_events", "campaign_daily"} <= tables
+    queries = [(p.title, p.sql) for d in DASHBOARDS for p in d.panels]
+    queries += [(v.name, v.query) for d in DASHBOARDS for v in d.variables if v.query]
+    for where, sql in queries:
+        assert not re.search(r"\b(?:FROM|JOIN)\s+\w+\.", sql), where  # a database.table read
+        ctes = set(re.findall(r"\b(\w+) AS \(", sql))
+        for name in re.findall(r"\b(?:FROM|JOIN)\s+(\w+)", sql):
+            assert name in tables or name in ctes, (where, name)
+
+
+def test_what_grafana_sends_runs_in_the_data_sources_default_database(seeded, chdb_path):
+    """The unqualified text, on a client whose default database is the store's (as the plugin's
+    connection is), gives the rows our commands get."""
+    import clickhouse_connect
+
+    client = clickhouse_connect.get_client(interface="chdb", path=str(chdb_path), database=seeded.database,
+                                           tz_mode="aware")
+    start, end = data_time_range(seeded)
+    try:
+        for dashboard in DASHBOARDS:
+            variables = default_variables(seeded, dashboard, "tenant-1")
+            ours = run_dashboard(seeded, dashboard, time_from=start, time_to=end, variables=variables)
+            for panel, result in zip(dashboard.panels, ours):
+                sent = expand(panel.sql, time_from=start, time_to=end, variables=variables)
+                assert seeded.database not in sent
+                assert client.query(sent).result_rows == result.rows, panel.title
+    finally:
+        client.close()
 
 
 def test_provisioning_files_point_at_the_plugin_and_the_dashboards():
@@ -87,7 +208,7 @@ def test_every_panel_returns_typed_rows_on_seeded_data(seeded, tenant):
         for column, unit in result.panel.units:  # a unit names a column the panel returns, of numbers
             index = result.columns.index(column)
             assert all(isinstance(row[index], Number) or row[index] is None for row in result.rows), (title, column)
-            if unit == SHARE:
+            if unit == SHARE and "share" in column:  # ROI, a ratio too, may be negative or above 1
                 assert all(row[index] is None or 0 <= row[index] <= 1 for row in result.rows), (title, column)
 
 

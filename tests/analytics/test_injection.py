@@ -107,13 +107,13 @@ def test_payloads_in_every_variable_return_nothing_of_another_tenant(seeded, bas
 @pytest.mark.parametrize("payload", PAYLOADS[:4] + PAYLOADS[-1:], ids=range(5))
 def test_payloads_in_the_tenant_of_variable_queries_list_nothing(seeded, payload):
     from pipeline.analytics.macros import expand, expand_bound
-    from pipeline.analytics.panels import _in_database
+    from pipeline.analytics.panels import in_database
 
     start, end = data_time_range(seeded)
     for dashboard in DASHBOARDS:
         for variable in dashboard.variables:
             if variable.query and "${tenant" in variable.query:
-                sql = _in_database(variable.query, seeded.database)
+                sql = in_database(variable.query, seeded.database)
                 grafana = expand(sql, time_from=start, time_to=end, variables={"tenant": payload})
                 assert seeded.client.query(grafana).result_rows == [], variable.name
                 bound, parameters = expand_bound(sql, time_from=start, time_to=end, variables={"tenant": payload})
@@ -124,6 +124,7 @@ def test_the_oracle_sees_a_leak_when_a_variable_is_pasted_in(seeded, baselines):
     # What the macro expansion did before: the value pasted between the quotes of the SQL.
     # Through it, the payloads above leak, and the comparison used above notices.
     from pipeline.analytics.macros import _macros
+    from pipeline.analytics.panels import in_database
 
     empty, _ = baselines
     dashboard = next(d for d in DASHBOARDS if d.uid == "threadline-correlation-quality")
@@ -133,7 +134,7 @@ def test_the_oracle_sees_a_leak_when_a_variable_is_pasted_in(seeded, baselines):
         sql = panel.sql.replace("decodeURLComponent('${tenant:percentencode}')", "'" + PAYLOADS[1] + "'")
         for variable in dashboard.variables:  # the others as their defaults
             sql = sql.replace(f"${{{variable.name}:percentencode}}", variable.default)
-        sql = _macros(sql.replace("threadline.", f"{seeded.database}."), start, end + timedelta(days=2), 86_400)
+        sql = _macros(in_database(sql, seeded.database), start, end + timedelta(days=2), 86_400)
         leaked.append(seeded.client.query(sql).result_rows)
     assert leaked != empty[dashboard.uid] and all(leaked)
 

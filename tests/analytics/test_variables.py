@@ -14,10 +14,10 @@ import pytest
 
 from pipeline.analytics.dashboards import DASHBOARDS
 from pipeline.analytics.macros import GUARDED, MacroError, expand, expand_bound, percentencode, unguarded_references
-from pipeline.analytics.panels import data_time_range, default_variables, run_dashboard
+from pipeline.analytics.panels import data_time_range, default_variables, run_dashboard, store_tables
 
 TENANT_FILTER = re.compile(r"\b(?:\w+\.)?(?:tenant|key) = decodeURLComponent\('\$\{tenant:percentencode\}'\)")
-TABLE_READ = re.compile(r"\bFROM threadline\.\w+")
+TABLE_READ = re.compile(r"\bFROM (?:" + "|".join(store_tables()) + r")\b")
 START, END = datetime(2026, 1, 1), datetime(2026, 2, 1)
 # Text-box variables that hold a number, and what parses it.
 NUMBER_PARSERS = {"unanswered_hours": "toUInt16OrZero(", "due_within_hours": "toUInt16OrZero(",
