@@ -32,7 +32,8 @@ from pathlib import Path
 
 from pipeline.settings import EscalationPolicy
 
-DASHBOARD_DIR = Path(__file__).resolve().parent.parent.parent / "dashboards"
+# Package data (an installed wheel carries it); the checkout's top-level dashboards/ links here.
+DASHBOARD_DIR = Path(__file__).resolve().parent / "grafana"
 DATASOURCE = {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}
 # Grafana unit ids (the report formats values by them too).
 DURATION = "dtdurations"  # seconds, shown as "9 days, 1 hour" (the report: "9 d 1 h")
@@ -545,6 +546,12 @@ def dashboard_json(dashboard: Dashboard) -> dict:
 def render_all() -> dict[str, str]:
     """file name -> JSON text of every dashboard."""
     return {d.file_name: json.dumps(dashboard_json(d), indent=2, ensure_ascii=False) + "\n" for d in DASHBOARDS}
+
+
+def out_of_date(folder: Path = DASHBOARD_DIR) -> list[str]:
+    """The dashboard files missing from ``folder`` or other than the panels give now."""
+    return [name for name, text in render_all().items()
+            if not (folder / name).is_file() or (folder / name).read_text(encoding="utf-8") != text]
 
 
 def write_all(folder: Path = DASHBOARD_DIR) -> list[Path]:

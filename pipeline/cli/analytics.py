@@ -91,14 +91,13 @@ def add_escalations(command: CommandFactory) -> None:
 
 
 def cmd_dashboards(args: argparse.Namespace) -> int:
-    from pipeline.analytics.dashboards import DASHBOARD_DIR, render_all, write_all
+    from pipeline.analytics.dashboards import out_of_date, write_all
 
     if args.action == "build":
         for path in write_all():
             print(path)
         return 0
-    stale = [name for name, text in render_all().items()
-             if not (DASHBOARD_DIR / name).is_file() or (DASHBOARD_DIR / name).read_text(encoding="utf-8") != text]
+    stale = out_of_date()
     for name in stale:
         print(f"{name} is out of date: run `threadline dashboards build`")
     return 1 if stale else 0
