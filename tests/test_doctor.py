@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 
 import pipeline.broker
 from pipeline.broker import free_port
-from pipeline.doctor import check_broker, check_schemas, check_settings, run_checks
+from pipeline.doctor import check_broker, check_dashboards, check_schemas, check_settings, run_checks
+from pipeline.running import RunningStack, publish, running_stack
 from pipeline.settings import Settings, SettingsError, load_settings
 
 
@@ -79,15 +81,75 @@ def test_unreachable_broker_fails_with_a_fix(monkeypatch):
     assert time.monotonic() - started < 5
     assert (check.name, check.ok) == ("broker", False)
     assert f"cannot reach {bootstrap}" in check.detail
-    assert "THREADLINE_KAFKA_BOOTSTRAP" in check.fix
+    # Loopback and no `threadline up` here: most likely the export of an `up` that has stopped.
+    assert "no threadline up runs on this data folder" in check.fix and "THREADLINE_KAFKA_BOOTSTRAP" in check.fix
+
+
+@pytest.mark.integration  # connects to closed loopback ports
+def test_a_running_stack_whose_servers_do_not_answer_fails_with_a_fix(tmp_path, monkeypatch):
+    """What `threadline up` published in the data folder (stack.json) is checked: it is reported,
+    and a broker or tracking endpoint of it that does not answer fails with a fix for `up`."""
+    real = pipeline.broker.topic_partitions
+    monkeypatch.setattr(pipeline.broker, "topic_partitions",
+                        lambda kafka, bootstrap, timeout_s=10: real(kafka, bootstrap, timeout_s=1.0))
+    bootstrap, tracking = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    publish(tmp_path, RunningStack(pid=os.getpid(), bootstrap=bootstrap, embedded_broker=True, tracking_url=tracking))
+    for environ in ({}, {"THREADLINE_KAFKA_BOOTSTRAP": bootstrap}):  # found there, or exported as up says
+        checks = run_checks(load_settings(None, environ={"THREADLINE_WORKER_DATA_DIR": str(tmp_path), **environ}))
+        up = by_name(checks, "threadline up")
+        assert up.ok and f"(pid {os.getpid()}): embedded broker {bootstrap}, tracking endpoint {tracking}" in up.detail
+        endpoint = by_name(checks, "tracking endpoint")
+        assert not endpoint.ok and f"{tracking} does not answer" in endpoint.detail and "tracking.log" in endpoint.fix
+        broker = by_name(checks, "broker")
+        assert not broker.ok and f"cannot reach the embedded broker of threadline up at {bootstrap}" in broker.detail
+        assert "broker.log" in broker.fix and "start it again" in broker.fix
+    # An export left from an earlier run names another broker than the one running here.
+    other = f"127.0.0.1:{free_port()}"
+    settings = load_settings(None, environ={"THREADLINE_WORKER_DATA_DIR": str(tmp_path),
+                                            "THREADLINE_KAFKA_BOOTSTRAP": other})
+    [broker] = check_broker(settings, running_stack(tmp_path))
+    assert not broker.ok and f"cannot reach {other}" in broker.detail
+    assert f"not the broker of the threadline up running here ({bootstrap})" in broker.fix
 
 
 def test_run_checks_on_defaults_all_pass(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default blob store is data/blobs under the current folder
     checks = run_checks(Settings())
-    assert {c.name for c in checks} == {"hash_filter_keywords", "tracking keys", "blob store", "schemas", "broker",
-                                        "clickhouse", "smtp relay", "sla record states"}
+    assert {c.name for c in checks} == {"hash_filter_keywords", "tracking keys", "blob store", "schemas", "dashboards",
+                                        "broker", "clickhouse", "smtp relay", "sla record states"}
     assert [c.format() for c in checks if not c.ok] == []
+    # Nothing runs and nothing is configured: fine, and the doctor says what starts the broker.
+    broker = by_name(checks, "broker")
+    assert broker.detail.startswith("none running") and "`threadline up` starts the embedded broker" in broker.detail
+
+
+def test_missing_or_changed_package_files_are_restored_not_rebuilt(tmp_path):
+    """Outside the checkout (an installed package) a missing schema, registry or dashboard file is
+    fixed by installing again: `schemas release` would hand out new schema ids there."""
+    import shutil
+
+    from pipeline.analytics.dashboards import DASHBOARD_DIR
+    from pipeline.contracts.avro import SCHEMA_DIR
+
+    schemas, dashboards = tmp_path / "schemas", tmp_path / "grafana"
+    shutil.copytree(SCHEMA_DIR, schemas)
+    shutil.copytree(DASHBOARD_DIR, dashboards)
+    assert [c.ok for c in check_schemas(schemas) + check_dashboards(dashboards)] == [True, True]
+    (schemas / "alerts.avsc").unlink()
+    (schemas / "registry.json").unlink()
+    [schema_check] = check_schemas(schemas)
+    assert not schema_check.ok and schema_check.detail.endswith("has no alerts.avsc, registry.json")
+    assert "install it again" in schema_check.fix and "release" not in schema_check.fix
+    sla = dashboards / "threadline-sla.json"
+    sla.write_text(sla.read_text().replace('"title"', '"Title"', 1))
+    [stale] = check_dashboards(dashboards)
+    assert not stale.ok and "threadline-sla.json" in stale.detail and "install it again" in stale.fix
+    (dashboards / "provisioning" / "dashboards" / "threadline.yaml").unlink()
+    [missing] = check_dashboards(dashboards)
+    assert not missing.ok and "has no provisioning/dashboards/threadline.yaml" in missing.detail
+    # In the checkout the repository's own files are restored from git.
+    [in_checkout] = check_schemas(SCHEMA_DIR / "released")
+    assert "git checkout -- pipeline/contracts/schemas/released" in in_checkout.fix
 
 
 def test_development_tracking_key_fails_only_outside_the_loopback_demo():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -251,6 +252,30 @@ def test_no_process_of_up_serves_faust_web_pages(up_run):
                 assert exc.code == 404, (port, path, exc.code)
             else:
                 pytest.fail(f"port {port} answered {path}: {body[:200]!r}")
+
+
+def test_doctor_in_another_shell_reports_the_running_stack_green(up_run):
+    """Issue 17: doing what the demo says (its `export THREADLINE_KAFKA_BOOTSTRAP=...` line, then
+    `threadline doctor` in another process) gives a green doctor on the embedded broker, and so
+    does the doctor without the export (it reads the running stack from the data folder). The
+    outputs are kept in the run's folder, where the secrets check below searches them too."""
+    export = re.search(r"^  export THREADLINE_KAFKA_BOOTSTRAP=(\S+)$", up_run.stdout(), re.MULTILINE)
+    assert export, up_run.stdout()[-3000:]
+    bootstrap = export.group(1)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("THREADLINE_", "FAUST_", "F_"))}
+    for name, extra in (("doctor-exported", {"THREADLINE_KAFKA_BOOTSTRAP": bootstrap}), ("doctor", {})):
+        result = subprocess.run([sys.executable, "-m", "pipeline.cli", "--settings", str(up_run.settings_file),
+                                 "doctor"], cwd=up_run.root, env={**env, **extra}, capture_output=True, text=True,
+                                timeout=120)
+        (up_run.root / f"{name}.out").write_text(result.stdout + result.stderr)
+        assert result.returncode == 0, (name, result.stdout + result.stderr)
+        lines = result.stdout.splitlines()
+        assert [line for line in lines if not line.startswith("[ok  ]")][-1].endswith(" ok, 0 to fix"), result.stdout
+        assert any(line.startswith(f"[ok  ] threadline up: running on data (pid {up_run.process.pid}): "
+                                   f"embedded broker {bootstrap}, tracking endpoint ") for line in lines), result.stdout
+        assert f"[ok  ] broker: the embedded broker of threadline up at {bootstrap} answers" in result.stdout
+        assert "[ok  ] tracking endpoint: http://127.0.0.1:" in result.stdout and "status ok" in result.stdout
+        assert "[ok  ] topics: all " in result.stdout
 
 
 def test_no_secret_in_any_output_log_or_command_line(up_run):
