@@ -91,6 +91,10 @@ class EmbeddedRegistry:
     def versions(self, topic: str) -> list[dict]:
         return list(self._subjects.get(subject(topic), []))
 
+    def subjects(self) -> dict[str, list[dict]]:
+        """Every subject's released versions (``version``, ``id``, ``schema`` file), oldest first."""
+        return {name: list(versions) for name, versions in self._subjects.items()}
+
     def id_for(self, topic: str) -> int:
         versions = self._subjects.get(subject(topic))
         if not versions:
