@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.redact import scrub, settings_secrets
+from pipeline.redact import redact_url, scrub, settings_secrets
 from pipeline.running import RunningStack, running_stack
 from pipeline.settings import Settings
 
@@ -190,6 +190,43 @@ def check_running_stack(settings: Settings, stack: RunningStack | None) -> list[
     return checks
 
 
+def check_schema_registry(settings: Settings, stack: RunningStack | None = None) -> list[Check]:
+    """The registry Avro consumers decode our records with: the configured one answers; else the
+    endpoint of the ``threadline up`` running on this data folder (``stack``) answers, with the ids
+    the records carry."""
+    from pipeline.contracts.avro import EmbeddedRegistry, canonical, schema_text, topics_with_schemas
+
+    url = settings.schema_registry.url
+    if not url and stack is None:
+        return [Check("schema registry", True, "none configured and no threadline up runs here: the ids come from "
+                      "schemas/registry.json (a running threadline up serves them to consumers)")]
+    if not url and not stack.schema_registry_url:
+        return [Check("schema registry", False, "the threadline up running here serves no Schema Registry endpoint: "
+                      "consumers cannot decode its records", "stop threadline up (Ctrl-C) and start it again")]
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    ours = not url
+    url = url or stack.schema_registry_url
+    where = f"{'threadline up serves' if ours else 'the configured registry'} {redact_url(url)}"
+    try:
+        client = SchemaRegistryClient({"url": url, "max.retries": 0, "timeout": 5})
+        subjects = client.get_subjects()
+        if ours:  # every topic's current schema under the id the records carry
+            registry = EmbeddedRegistry()
+            for topic in topics_with_schemas():
+                schema_id = registry.id_for(topic)
+                if canonical(client.get_schema(schema_id).schema_str) != canonical(schema_text(topic)):
+                    return [Check("schema registry", False, f"{where}, but its schema {schema_id} is not the "
+                                  f"current {topic} schema", "stop threadline up and start this version of it")]
+    except Exception as exc:  # httpx transport errors and SchemaRegistryError
+        return [Check("schema registry", False, f"{where}, which does not answer: "
+                      f"{scrub(str(exc), settings_secrets(settings))}",
+                      "stop threadline up (Ctrl-C) and start it again" if ours
+                      else "check THREADLINE_SCHEMA_REGISTRY_URL")]
+    return [Check("schema registry", True, f"{where}: {len(subjects)} subjects"
+                  + (", with the ids the records carry" if ours else ""))]
+
+
 def check_broker(settings: Settings, stack: RunningStack | None = None) -> list[Check]:
     """kafka.bootstrap if set, else the broker of the ``threadline up`` running on this data folder
     (``stack``), else whether the embedded broker can start: nothing runs yet, which is fine."""
@@ -294,4 +331,4 @@ def run_checks(settings: Settings) -> list[Check]:
     stack = running_stack(settings.worker.data_dir.resolve())
     return [*check_settings(settings), *check_blob_store(settings), *check_schemas(), *check_dashboards(),
             *check_running_stack(settings, stack), *check_broker(settings, stack), *check_clickhouse(settings),
-            *check_relay(settings)]
+            *check_schema_registry(settings, stack), *check_relay(settings)]

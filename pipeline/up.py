@@ -26,6 +26,7 @@ from pipeline.contracts.topics import (DEADLETTER, ESCALATIONS, MAIL_CORRELATED,
                                        SINK_TOPICS, SLA_EVENTS, TRACKING_EVENTS, TRACKING_RAW)
 from pipeline.correlation.explain import describe
 from pipeline.escalation.figures import current_states, format_duration, sla_figures
+from pipeline.gateways.schema_registry import start_registry
 from pipeline.mail.sources import iter_mail_sources
 from pipeline.running import RunningStack, publish, withdraw
 from pipeline.settings import Settings
@@ -168,6 +169,13 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
         stack.callback(_stop_process, tracking)
         say(f"tracking endpoint on http://127.0.0.1:{tracking_port} (pixel /o/TOKEN.gif, clicks /c/TOKEN; "
             f"log {data_dir / 'tracking.log'})")
+        registry_url = None
+        if not settings.schema_registry.url:  # else the records carry the configured registry's ids
+            registry = start_registry(data_dir, topic_prefix=settings.kafka.topic_prefix,
+                                      keep_registrations=bool(settings.kafka.bootstrap))
+            stack.callback(registry.stop)
+            registry_url = registry.url
+            say(f"schema registry on {registry_url} (Confluent REST API: the schema ids the records carry)")
 
         if direction == "auto" and not settings.untracked.own_domains:
             say("no untracked.own_domains configured: every mail is ingested as inbound")
@@ -227,7 +235,7 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
             return 1
         stack.callback(withdraw, data_dir)
         publish(data_dir, RunningStack(pid=os.getpid(), bootstrap=bootstrap, embedded_broker=not settings.kafka.bootstrap,
-                                       tracking_url=f"http://127.0.0.1:{tracking_port}"))
+                                       schema_registry_url=registry_url, tracking_url=f"http://127.0.0.1:{tracking_port}"))
         if exit_when_done:
             say("\ndone; the embedded broker stops now (run `threadline up` without --exit-when-done to keep it)")
             return 0
@@ -237,7 +245,9 @@ Look further, in another shell:
   threadline doctor                                  # broker, topics, schemas, settings
   open {report_path}          # response times, campaigns, correlation quality
   threadline replay --settings NEW.toml              # recompute every correlation as a new generation
-  kcat -b {bootstrap} -t mail.correlated -C -e       # the raw output topic (Avro, Confluent wire format)""")
+  kcat -b {bootstrap} -t mail.correlated -C -e       # the raw output topic (Avro, Confluent wire format)"""
+            + (f"\n  curl {registry_url}/subjects         # the Schema Registry for Avro consumers (docs/pipeline.md)"
+               if registry_url else ""))
         say("\nrunning (new mail on mail.raw is correlated and lands in ClickHouse); Ctrl-C stops everything")
         try:
             while True:

@@ -116,7 +116,7 @@ def test_run_checks_on_defaults_all_pass(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default blob store is data/blobs under the current folder
     checks = run_checks(Settings())
     assert {c.name for c in checks} == {"hash_filter_keywords", "tracking keys", "blob store", "schemas", "dashboards",
-                                        "broker", "clickhouse", "smtp relay", "sla record states"}
+                                        "broker", "clickhouse", "schema registry", "smtp relay", "sla record states"}
     assert [c.format() for c in checks if not c.ok] == []
     # Nothing runs and nothing is configured: fine, and the doctor says what starts the broker.
     broker = by_name(checks, "broker")
@@ -231,3 +231,32 @@ def test_policies_that_depend_on_crm_record_states_are_flagged():
     assert not check.ok and check.fix
     assert check.detail.startswith("default: resolved_states; cases: pause = record_state: no effect in the pipeline")
     assert "quiet" not in check.detail
+
+
+@pytest.mark.integration  # a real endpoint on loopback
+def test_schema_registry_of_a_running_up_is_checked_for_the_ids_the_records_carry(tmp_path):
+    from pipeline.doctor import check_schema_registry
+    from pipeline.gateways.schema_registry import start_registry
+
+    settings = load_settings(None, environ={"THREADLINE_SETTINGS": "/dev/null",
+                                            "THREADLINE_WORKER_DATA_DIR": str(tmp_path)})
+    [none] = check_schema_registry(settings, None)
+    assert none.ok and "no threadline up runs here" in none.detail
+    with start_registry(tmp_path) as registry:
+        publish(tmp_path, RunningStack(pid=os.getpid(), bootstrap="127.0.0.1:1", embedded_broker=True,
+                                       schema_registry_url=registry.url))
+        [check] = check_schema_registry(settings, running_stack(tmp_path))
+        assert check.ok and registry.url in check.detail and "with the ids the records carry" in check.detail
+    [gone] = check_schema_registry(settings, running_stack(tmp_path))  # stack.json names it; nothing answers
+    assert not gone.ok and "does not answer" in gone.detail and "start it again" in gone.fix
+    publish(tmp_path, RunningStack(pid=os.getpid(), bootstrap="127.0.0.1:1", embedded_broker=True))
+    [without] = check_schema_registry(settings, running_stack(tmp_path))
+    assert not without.ok and "serves no Schema Registry endpoint" in without.detail
+    with start_registry(tmp_path) as registry:
+        url = registry.url.replace("http://", "http://reader:s3cret-password@")
+        configured = load_settings(None, environ={"THREADLINE_SETTINGS": "/dev/null",
+                                                  "THREADLINE_SCHEMA_REGISTRY_URL": url})
+        [check] = check_schema_registry(configured, None)
+        assert check.ok and "the configured registry" in check.detail and "s3cret-password" not in check.detail
+    [down] = check_schema_registry(configured, None)
+    assert not down.ok and "s3cret-password" not in down.format() and "THREADLINE_SCHEMA_REGISTRY_URL" in down.fix
