@@ -276,6 +276,32 @@ def test_doctor_in_another_shell_reports_the_running_stack_green(up_run):
         assert f"[ok  ] broker: the embedded broker of threadline up at {bootstrap} answers" in result.stdout
         assert "[ok  ] tracking endpoint: http://127.0.0.1:" in result.stdout and "status ok" in result.stdout
         assert "[ok  ] topics: all " in result.stdout
+        assert "[ok  ] schema registry: threadline up serves http://127.0.0.1:" in result.stdout
+
+
+def test_the_published_schema_registry_is_up_on_loopback_with_the_ids_the_records_carry(up_run):
+    """The Schema Registry endpoint `up` serves in its own process: named in stack.json, among
+    up's loopback listeners, and every record on mail.correlated names an id it serves as that
+    topic's released schema."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from pipeline.contracts.avro import EmbeddedRegistry, canonical
+    from pipeline.running import running_stack
+    from pipeline.settings import KafkaSettings
+    from pipeline.streams.reader import read_topic
+
+    stack = running_stack(up_run.data_dir)
+    assert stack is not None and stack.schema_registry_url, "stack.json names no schema registry"
+    port = int(stack.schema_registry_url.rsplit(":", 1)[1])
+    assert [(l.address, l.port) for l in listeners([up_run.process.pid]) if l.port == port] == [("127.0.0.1", port)]
+    assert stack.schema_registry_url in up_run.stdout()  # the hint names it
+    client = SchemaRegistryClient({"url": stack.schema_registry_url})
+    ids = {value[1:5] for _, _, _, value in read_topic(KafkaSettings(), stack.bootstrap, "mail.correlated")}
+    assert ids, "no records to check"
+    released = EmbeddedRegistry()
+    for schema_id in {int.from_bytes(raw, "big") for raw in ids}:
+        assert canonical(client.get_schema(schema_id).schema_str) == canonical(released.schema_for_id(schema_id))
+        assert [(v.subject, v.version) for v in client.get_schema_versions(schema_id)][0][0] == "mail.correlated-value"
 
 
 def test_no_secret_in_any_output_log_or_command_line(up_run):
@@ -293,3 +319,4 @@ def test_no_secret_in_any_output_log_or_command_line(up_run):
     up_run.stop()
     assert up_run.stdout_path.stat().st_size and up_run.log_paths(), "nothing to search"
     assert leaks(SECRETS, files_under=up_run.root, skip={up_run.settings_file}, texts=command_lines) == []
+
