@@ -5,14 +5,100 @@ output needs (idempotent, ``acks=all``, murmur2 partitioning like Faust) and the
 ``kafka.producer_options`` (size limits such as ``message.max.bytes``).  A caller adds only what
 is its own (a group id, a delivery timeout), never the cluster's settings.  The Faust app gets the
 same security settings from :func:`faust_credentials`.
+
+Every client logs through the ``threadline.kafka`` logger, whose :class:`BrokerWatch` turns
+librdkafka's connection failures (one line per attempt, about twenty a second against a closed
+port) into one line when a broker becomes unreachable, a counter now and then while it stays so,
+and one line when it answers again.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 import ssl
+import threading
+import time
 import uuid
+from dataclasses import dataclass
 
 from pipeline.settings import KafkaSettings
+
+KAFKA_LOGGER = "threadline.kafka"
+# How often a client reports its brokers' states (the watch reads them only while one is down).
+STATS_INTERVAL_MS = 5_000
+# librdkafka's message of a failed connection: "HOST:PORT/NODE: Connect to ... failed: ... (after 0ms in state CONNECT)".
+_FAILURE = re.compile(r"(?P<broker>[^\s/\]]+:\d+)/(?:bootstrap|\d+): (?P<reason>.*?)(?: \(after \d+ms in state \w+.*\))?$")
+
+
+@dataclass
+class _Outage:
+    since: float  # wall clock of the first failure
+    attempts: int
+    said_at: float  # monotonic clock of the last line about it
+
+
+class BrokerWatch(logging.Filter):
+    """A filter for librdkafka's log records (confluent-kafka's ``logger``, facility first) that
+    collapses the connection failures of every client of the process, broker by broker."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._down: dict[str, _Outage] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        failure = _failure(record)
+        if failure is None:
+            return True
+        broker, reason = failure
+        now = time.monotonic()
+        with self._lock:
+            outage = self._down.get(broker)
+            if outage is None:
+                self._down[broker] = _Outage(time.time(), 1, now)
+                message = (f"broker at {broker} unreachable ({reason}); retrying, a line every "
+                           f"{self.every_s:.0f} s while it stays so")
+            else:
+                outage.attempts += 1
+                if now - outage.said_at < self.every_s:
+                    return False
+                outage.said_at = now
+                message = (f"broker at {broker} unreachable since {time.strftime('%H:%M:%S', time.localtime(outage.since))}"
+                           f" ({outage.attempts} attempts)")
+        record.msg, record.args = message, ()
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True
+
+    def stats(self, report: str) -> None:
+        """A client's statistics (``stats_cb``): a broker it is connected to again is back."""
+        if not self._down:  # the usual case costs no parsing
+            return
+        up = {broker.get("nodename") for broker in json.loads(report).get("brokers", {}).values()
+              if broker.get("state") == "UP"}
+        with self._lock:
+            back = [(name, self._down.pop(name)) for name in list(self._down) if name in up]
+        for name, outage in back:
+            logging.getLogger(KAFKA_LOGGER).warning(
+                "broker at %s reachable again after %.0f s (%d failed attempts)", name, time.time() - outage.since,
+                outage.attempts, extra={"broker_watch": True})
+
+
+def _failure(record: logging.LogRecord) -> tuple[str, str] | None:
+    """(broker, reason) of a librdkafka record saying a connection failed; None for any other."""
+    if getattr(record, "broker_watch", False) or not isinstance(record.args, tuple) or len(record.args) != 3:
+        return None
+    facility, _client, text = record.args
+    if facility != "FAIL":
+        return None
+    match = _FAILURE.search(str(text))
+    return (match["broker"], match["reason"]) if match else None
+
+
+BROKER_WATCH = BrokerWatch()
+logging.getLogger(KAFKA_LOGGER).addFilter(BROKER_WATCH)
 
 
 def topic_name(kafka: KafkaSettings, topic: str) -> str:
@@ -22,7 +108,10 @@ def topic_name(kafka: KafkaSettings, topic: str) -> str:
 
 def client_config(kafka: KafkaSettings, bootstrap: str | None = None) -> dict:
     """librdkafka settings shared by every producer, consumer and admin client."""
-    config = {"bootstrap.servers": bootstrap or kafka.bootstrap}
+    config = {"bootstrap.servers": bootstrap or kafka.bootstrap,
+              # Logs and statistics reach Python when the client is polled (an admin client's never do).
+              "logger": logging.getLogger(KAFKA_LOGGER),
+              "statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": BROKER_WATCH.stats}
     if kafka.security_protocol != "PLAINTEXT":
         config["security.protocol"] = kafka.security_protocol
     if kafka.ssl_ca_location:
