@@ -12,9 +12,9 @@ from pipeline.correlation.explain import describe
 from pipeline.settings import CorrelationSettings, UntrackedSettings
 
 
-def run_demo(corpus: Path, out_dir: Path, correlation: CorrelationSettings, untracked: UntrackedSettings, *,
-             progress) -> None:
-    mbox, truth = corpus / "messages.mbox", corpus / "truth.jsonl"
+def run_demo(mbox: Path, truth: Path | None, out_dir: Path, correlation: CorrelationSettings,
+             untracked: UntrackedSettings, *, progress) -> None:
+    """Correlate ``mbox`` with and without its threading headers; score each run against ``truth`` if given."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for strip in (False, True):
         label = "without threading headers" if strip else "with all headers"
@@ -28,7 +28,7 @@ def run_demo(corpus: Path, out_dir: Path, correlation: CorrelationSettings, untr
                     continue
                 predictions.append(item)
                 handle.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
-        if truth.is_file():
+        if truth is not None:
             print(format_table(evaluate(read_truth(truth), predictions)))
         if strip:
             shown = set()
@@ -39,8 +39,8 @@ def run_demo(corpus: Path, out_dir: Path, correlation: CorrelationSettings, untr
                     print("\n" + describe(prediction.to_dict()))
                 if len(shown) >= 2:
                     break
-    print(f"""
-Look further:
-  threadline explain '<message-id>' --from {out_dir / 'correlations-stripped.jsonl'}
-  threadline eval --mbox {mbox} --truth {truth} --strip-headers --strategy dynamics
-  threadline correlate YOUR.mbox -o data/mine.jsonl""")
+    hints = [f"threadline explain '<message-id>' --from {out_dir / 'correlations-stripped.jsonl'}"]
+    if truth is not None:
+        hints.append(f"threadline eval {truth.parent} --strip-headers --strategy dynamics")
+    hints.append("threadline correlate YOUR.mbox -o data/mine.jsonl")
+    print("\nLook further:\n" + "\n".join(f"  {hint}" for hint in hints))

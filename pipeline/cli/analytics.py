@@ -4,11 +4,17 @@ dashboards built from the same panels."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.cli.common import CommandFactory, UserError, open_store, print_table, settings_from
+from pipeline.cli.common import (CommandFactory, UserError, add_out, add_tenant_filter, choice, is_stdout, open_out,
+                                 open_store, print_table, settings_from)
+
+# The FORMAT clause that ends a query (ClickHouse reads it; we only need to know one is there).
+_FORMAT_CLAUSE = re.compile(r"\bFORMAT\s+\w+\s*$", re.IGNORECASE)
+SQL_DEFAULT_FORMAT = "TabSeparatedWithNames"
 
 
 def _sql_parameters(pairs: Sequence[str]) -> dict[str, str]:
@@ -22,38 +28,55 @@ def _sql_parameters(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
+    query = args.query.strip().rstrip(";").rstrip()
     parameters = _sql_parameters(args.param)
-    unused = [name for name in parameters if f"{{{name}:" not in args.query]
+    if args.tenant is not None:
+        if "tenant" in parameters:
+            raise UserError("--tenant T is --param tenant=T: give one of them")
+        parameters["tenant"] = args.tenant
+    unused = [name for name in parameters if f"{{{name}:" not in query]
     if unused:
         # Without a {name:Type} placeholder clickhouse-connect would format the value into the
         # text on the client instead of binding it.
-        raise UserError(f"--param {unused[0]} is not used as {{{unused[0]}:Type}} in the query")
+        option = "--tenant" if unused[0] == "tenant" and args.tenant is not None else f"--param {unused[0]}"
+        raise UserError(f"{option} is not used as {{{unused[0]}:Type}} in the query")
+    named = _FORMAT_CLAUSE.search(query)
+    if named and args.format:
+        raise UserError(f"the query ends in {named[0]!r} and --format {args.format} names another: give one")
     store = open_store(settings_from(args))
     try:
-        # Values given with --param are bound by ClickHouse ({name:Type}), not pasted into the text.
-        result = store.query(args.query, parameters=parameters or None)
-    except Exception as exc:  # ClickHouse reports syntax and type errors as exceptions
+        # Values given with --param are bound by ClickHouse ({name:Type}), not pasted into the text;
+        # the answer is ClickHouse's own bytes in the format asked for.
+        answer = store.raw_query(query, parameters=parameters or None,
+                                 fmt=None if named else args.format or SQL_DEFAULT_FORMAT)
+    except Exception as exc:  # ClickHouse reports syntax, type and format errors as exceptions
         raise UserError(str(exc).splitlines()[0]) from exc
-    print_table(result)
+    sys.stdout.buffer.write(answer)
+    sys.stdout.buffer.flush()
     return 0
 
 
 def add_sql(command: CommandFactory) -> None:
-    sql = command("sql", cmd_sql, "Run a query on the ClickHouse store ({db} stands for the database).")
+    sql = command("sql", cmd_sql, "Run a query on the ClickHouse store ({db} stands for the database); the answer "
+                  f"in the query's FORMAT, else --format, else {SQL_DEFAULT_FORMAT}.")
     sql.add_argument("query")
     sql.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                      help="a value for {NAME:String} (or another type) in the query, bound by ClickHouse; repeatable")
+    add_tenant_filter(sql, "bind {tenant:String} in the query to this tenant (--param tenant=T); the query "
+                      "sees every tenant unless it filters")
+    sql.add_argument("--format", metavar="NAME", help="a ClickHouse output format, e.g. PrettyCompact, JSONEachRow, "
+                     "CSVWithNames (default: the query's FORMAT clause, else %s)" % SQL_DEFAULT_FORMAT)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from pipeline.analytics.report import render_report
 
     store = open_store(settings_from(args))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     png_dir = Path(args.png_dir) if args.png_dir else None
-    out.write_text(render_report(store, tenant=args.tenant, png_dir=png_dir), encoding="utf-8")
-    print(f"report written to {out.resolve()}", file=sys.stderr)
+    with open_out(args.out) as out:
+        out.write(render_report(store, tenant=args.tenant, png_dir=png_dir))
+    if not is_stdout(args.out):
+        print(f"report written to {Path(args.out).resolve()}", file=sys.stderr)
     if png_dir is not None:
         print(f"{len(list(png_dir.glob('*.png')))} chart PNGs in {png_dir.resolve()}", file=sys.stderr)
     return 0
@@ -61,8 +84,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_report(command: CommandFactory) -> None:
     report = command("report", cmd_report, "Render every dashboard panel into one self-contained HTML page.")
-    report.add_argument("--out", default="data/report.html")
-    report.add_argument("--tenant", help="tenant to show (default: the first one)")
+    add_out(report, "data/report.html", "the HTML page")
+    add_tenant_filter(report, "tenant to show (default: the first one)")
     report.add_argument("--png-dir", help="also write every chart panel as a PNG into this folder")
 
 
@@ -85,9 +108,9 @@ ORDER BY since""", parameters={"state": args.state or "", "owner": args.owner or
 def add_escalations(command: CommandFactory) -> None:
     escalations = command("escalations", cmd_escalations,
                           "List unanswered mail by escalation state (open ones by default).")
-    escalations.add_argument("--state", choices=("OPEN", "WARNED", "ESCALATED", "RESOLVED"))
+    escalations.add_argument("--state", **choice("OPEN", "WARNED", "ESCALATED", "RESOLVED"))
     escalations.add_argument("--owner")
-    escalations.add_argument("--tenant", help="only this tenant (default: every tenant)")
+    add_tenant_filter(escalations)
 
 
 def cmd_dashboards(args: argparse.Namespace) -> int:
@@ -105,4 +128,4 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
 def add_dashboards(command: CommandFactory) -> None:
     dashboards = command("dashboards", cmd_dashboards, "Build the Grafana dashboard JSON, or check it is current.")
-    dashboards.add_argument("action", choices=("build", "check"))
+    dashboards.add_argument("action", **choice("build", "check"))

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from pipeline.cli.common import CommandFactory, Handler, UserError, add_progress_flag, settings_from
+from pipeline.cli.common import (CommandFactory, Handler, UserError, add_out, add_progress_flag, is_stdout, open_out,
+                                 settings_from)
 
-TRACKING_BENCH_OUT = "bench-results/tracking.json"
+RESULTS_DIR = Path("bench-results")
+TRACKING_BENCH_OUT = str(RESULTS_DIR / "tracking.json")
 
 
 def _run_bench(args: argparse.Namespace, run: Callable[..., dict]) -> int:
@@ -23,11 +25,12 @@ def _run_bench(args: argparse.Namespace, run: Callable[..., dict]) -> int:
 
 
 def _write_bench(result: dict, out_path: str) -> int:
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(json.dumps(result["summary"], indent=2))
-    print(f"written to {out}", file=sys.stderr)
+    """The results as JSON into ``-o``; the summary on stdout after a file (it is in the JSON)."""
+    with open_out(out_path) as out:
+        out.write(json.dumps(result, indent=2, default=str) + "\n")
+    if not is_stdout(out_path):
+        print(json.dumps(result["summary"], indent=2))
+        print(f"written to {out_path}", file=sys.stderr)
     return 0
 
 
@@ -78,7 +81,8 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
     from pipeline.bench.all import run_all
 
     def run(settings, **kw):
-        results = run_all(settings, data_dir=kw["data_dir"], results_dir=Path(args.out).parent,
+        results = run_all(settings, data_dir=kw["data_dir"],
+                          results_dir=RESULTS_DIR if is_stdout(args.out) else Path(args.out).parent,
                           docs_path=Path(args.docs), quick=args.quick, progress=kw["progress"])
         return {"summary": {name: result["summary"] for name, result in results.items() if isinstance(result, dict)}
                 | {"pipeline": [run["summary"] for run in results["pipeline"]]}, "results": results}
@@ -112,7 +116,7 @@ def add_bench(command: CommandFactory) -> None:
     def bench_command(name: str, handler: Handler, help_text: str, out: str) -> argparse.ArgumentParser:
         sub = bench_commands.add_parser(name, help=help_text)
         sub.set_defaults(handler=handler)
-        sub.add_argument("-o", "--out", default=out)
+        add_out(sub, out, "the results as JSON")
         add_progress_flag(sub)
         return sub
 

@@ -11,9 +11,9 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.cli.common import (CommandFactory, UserError, add_tenant, as_user_error, avro_codec, broker_bootstrap,
-                                 delivery_summary, open_store, print_table, produce_one, refuse_unsafe_keys,
-                                 settings_from)
+from pipeline.cli.common import (CommandFactory, UserError, add_out, add_tenant, add_tenant_filter, as_user_error,
+                                 avro_codec, broker_bootstrap, delivery_summary, open_out, open_store, print_rows,
+                                 produce_one, refuse_unsafe_keys, settings_from)
 from pipeline.contracts.records import campaign_record, conversion_record
 from pipeline.contracts.topics import CAMPAIGNS, CONVERSIONS
 from pipeline.settings import Settings
@@ -30,11 +30,8 @@ def cmd_mark(args: argparse.Namespace) -> int:
     with as_user_error(MarkError):
         result = mark_message(source.read_bytes(), settings.tracking, tenant=args.tenant, recipient=args.recipient,
                               campaign_id=args.campaign)
-    if args.out:
-        Path(args.out).write_bytes(result.data)
-    else:
-        sys.stdout.buffer.write(result.data)
-        sys.stdout.flush()
+    with open_out(args.out, binary=True) as out:
+        out.write(result.data)
     print(result.summary.format(), file=sys.stderr)
     return 0
 
@@ -42,7 +39,7 @@ def cmd_mark(args: argparse.Namespace) -> int:
 def add_mark(command: CommandFactory) -> None:
     mark = command("mark", cmd_mark, "Mark an outbound mail for open and click tracking (pixel, signed links).")
     mark.add_argument("message", metavar="IN.eml")
-    mark.add_argument("-o", "--out", metavar="OUT.eml", help="write here (default: stdout)")
+    add_out(mark, None, "the marked mail", metavar="OUT.eml")
     mark.add_argument("--campaign", metavar="ID", help="campaign mail: always tracked")
     add_tenant(mark)
     mark.add_argument("--recipient", metavar="ADDR", help="recipient the tokens name (default: the only one)")
@@ -68,11 +65,18 @@ def cmd_campaign_list(args: argparse.Namespace) -> int:
 
     store = open_store(settings_from(args))
     panel = next(p for p in CAMPAIGN_ROI.panels if p.title == "Campaigns")
-    # The tenant goes as a server-side parameter, never into the SQL text.
-    sql, parameters = panel_query(panel.sql, database=store.database,
-                                  time_from=datetime(1970, 1, 2, tzinfo=timezone.utc), time_to=datetime.now(timezone.utc),
-                                  variables={"tenant": args.tenant, "campaign": "All"})
-    print_table(store.client.query(sql, parameters=parameters))
+    tenants = [args.tenant] if args.tenant is not None else [
+        row[0] for row in store.query("SELECT DISTINCT tenant FROM {db}.campaigns ORDER BY tenant").result_rows]
+    columns, rows = [], []
+    for tenant in tenants or [""]:  # no campaign at all: the panel's columns, no row
+        # The tenant goes as a server-side parameter, never into the SQL text.
+        sql, parameters = panel_query(panel.sql, database=store.database,
+                                      time_from=datetime(1970, 1, 2, tzinfo=timezone.utc),
+                                      time_to=datetime.now(timezone.utc), variables={"tenant": tenant, "campaign": "All"})
+        result = store.client.query(sql, parameters=parameters)
+        columns = ["tenant", *result.column_names]
+        rows += [(tenant, *row) for row in result.result_rows]
+    print_rows(columns, rows)
     return 0
 
 
@@ -134,9 +138,8 @@ def cmd_campaign_send(args: argparse.Namespace) -> int:
     if not args.dry_run:
         print(f"resume state: {report.state_path}", file=sys.stderr)
     if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n",
-                                     encoding="utf-8")
+        with open_out(args.report) as out:
+            out.write(json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n")
     return code
 
 
@@ -153,7 +156,7 @@ def add_campaign(command: CommandFactory) -> None:
     add_tenant(campaign_create)
     campaign_list = campaign_commands.add_parser("list", help="campaigns with opens, clicks, conversions and ROI")
     campaign_list.set_defaults(handler=cmd_campaign_list)
-    add_tenant(campaign_list)
+    add_tenant_filter(campaign_list)
     campaign_send = campaign_commands.add_parser(
         "send", help="send a template to a CSV recipient list through the configured SMTP server")
     campaign_send.set_defaults(handler=cmd_campaign_send)
@@ -167,7 +170,8 @@ def add_campaign(command: CommandFactory) -> None:
     campaign_send.add_argument("--state", metavar="FILE", help="resume state (default: in worker.data_dir/campaigns)")
     campaign_send.add_argument("--to-mail-raw", action="store_true", help="also produce every sent mail to mail.raw "
                                "(direction out) on kafka.bootstrap")
-    campaign_send.add_argument("--report", metavar="FILE", help="write the report, every skipped row included, as JSON")
+    campaign_send.add_argument("--report", metavar="FILE", help="write the report, every skipped row included, as JSON "
+                               "(- for stdout)")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import argparse
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import IO, Callable, Iterator, Sequence
 
 from pipeline.settings import Settings, SettingsError, load_settings
 
@@ -105,8 +105,12 @@ def open_store(settings: Settings):
 
 def print_table(result) -> None:
     """A ClickHouse query result as tab-separated lines on stdout, the column names first."""
-    print("\t".join(result.column_names))
-    for row in result.result_rows:
+    print_rows(result.column_names, result.result_rows)
+
+
+def print_rows(columns: Sequence[str], rows) -> None:
+    print("\t".join(columns))
+    for row in rows:
         print("\t".join("" if value is None else str(value) for value in row))
 
 
@@ -141,7 +145,60 @@ def tenant_value(value: str) -> str:
 
 
 def add_tenant(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--tenant", default="default", type=tenant_value)
+    """``--tenant`` of a command that writes records: they belong to one tenant, ``default`` unless given."""
+    sub.add_argument("--tenant", default="default", type=tenant_value,
+                     help="tenant the records belong to (default: %(default)s)")
+
+
+def add_tenant_filter(sub: argparse.ArgumentParser, help_text: str = "only this tenant (default: every tenant)") -> None:
+    """``--tenant`` of a command that reads: None (every tenant) unless given."""
+    sub.add_argument("--tenant", default=None, type=tenant_value, help=help_text)
+
+
+class AnyCase:
+    """An option's ``type`` that accepts its choices in any case and gives the canonical spelling
+    (argparse then checks it against ``choices``, whose spelling ``--help`` shows)."""
+
+    def __init__(self, values: Sequence[str]) -> None:
+        self.canonical = {value.casefold(): value for value in values}
+
+    def __call__(self, text: str) -> str:
+        return self.canonical.get(text.casefold(), text)  # anything else: argparse's "invalid choice"
+
+
+def choice(*values: str) -> dict:
+    """``add_argument(..., **choice("OPEN", "WARNED"))``: these values, in any case."""
+    return {"choices": values, "type": AnyCase(values)}
+
+
+STDOUT = "-"
+
+
+def add_out(sub: argparse.ArgumentParser, default: str | None, what: str, metavar: str = "PATH") -> None:
+    """``-o/--out PATH`` of a command that writes a file; ``-`` (and no default) is stdout."""
+    where = "stdout" if default in (None, STDOUT) else "%(default)s"
+    sub.add_argument("-o", "--out", default=default, metavar=metavar,
+                     help=f"write {what} here; - for stdout (default: {where})")
+
+
+def is_stdout(path: str | None) -> bool:
+    return path in (None, STDOUT)
+
+
+@contextmanager
+def open_out(path: str | None, binary: bool = False) -> Iterator[IO]:
+    """The file ``-o`` names (its folder made), or stdout for ``-``; stdout is flushed, not closed."""
+    if is_stdout(path):
+        stream = sys.stdout.buffer if binary else sys.stdout
+        try:
+            yield stream
+        finally:
+            stream.flush()
+        return
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as stream:
+        yield stream
 
 
 def message_id_value(value: str) -> str:

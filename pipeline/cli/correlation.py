@@ -8,15 +8,19 @@ import argparse
 import getpass
 import json
 import sys
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.cli.common import (CommandFactory, UserError, add_progress_flag, add_tenant, as_user_error,
-                                 message_id_value, produce_one, progress_bar, require_paths, settings_from)
+from pipeline.cli.common import (CommandFactory, UserError, add_out, add_progress_flag, add_tenant, as_user_error,
+                                 choice, is_stdout, message_id_value, open_out, produce_one, progress_bar,
+                                 require_paths, settings_from)
 
 DEFAULT_CORRELATIONS = Path("data") / "correlations.jsonl"
-# The shared corpora beside the project, as `demo --corpus` finds them (relative to the working folder).
+# The shared corpora beside the project, as `eval` and `demo` find them (relative to the working folder).
 DEFAULT_CORPUS_DIR = Path("..") / "shared" / "corpus"
+# A corpus: a folder with the mails and, for scoring, what each one really answers.
+CORPUS_MBOX, CORPUS_TRUTH = "messages.mbox", "truth.jsonl"
 
 
 def _progress(iterable, *, enabled: bool, desc: str):
@@ -28,11 +32,11 @@ def cmd_correlate(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     require_paths(args.mailbox)
-    out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # The reasons a message could not be parsed go beside the output file; with stdout, to stderr.
+    errors_path = None if is_stdout(args.out) else f"{args.out}.errors"
     counts: dict[str, int] = {}
     failures = 0
-    with open(out_path, "w", encoding="utf-8") as out, open(str(out_path) + ".errors", "w", encoding="utf-8") as errors:
+    with open_out(args.out) as out, open_out(errors_path) if errors_path else nullcontext(sys.stderr) as errors:
         items = correlate_sources(args.mailbox, settings.correlation, settings.untracked, tenant=args.tenant,
                                   direction=args.direction, strip_headers=args.strip_headers)
         for item in _progress(items, enabled=not args.no_progress, desc="correlate"):
@@ -43,20 +47,21 @@ def cmd_correlate(args: argparse.Namespace) -> int:
             counts[item.method_name] = counts.get(item.method_name, 0) + 1
             out.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
     total = sum(counts.values())
-    print(f"{total} mails correlated -> {out_path}", file=sys.stderr)
+    print(f"{total} mails correlated -> {'stdout' if errors_path is None else args.out}", file=sys.stderr)
     for label, count in sorted(counts.items(), key=lambda kv: -kv[1]):
         print(f"  {label:<18}{count:>8}", file=sys.stderr)
     if failures:
-        print(f"{failures} messages could not be parsed; reasons in {out_path}.errors", file=sys.stderr)
+        print(f"{failures} messages could not be parsed; reasons {f'in {errors_path}' if errors_path else 'above'}",
+              file=sys.stderr)
     return 0
 
 
 def add_correlate(command: CommandFactory) -> None:
     correlate = command("correlate", cmd_correlate, "Correlate mailboxes (mbox, maildir, .eml directory) into JSONL.")
     correlate.add_argument("mailbox", nargs="+")
-    correlate.add_argument("-o", "--out", default=str(DEFAULT_CORRELATIONS), help="JSONL output (default: %(default)s)")
+    add_out(correlate, str(DEFAULT_CORRELATIONS), "the correlations as JSON lines")
     add_tenant(correlate)
-    correlate.add_argument("--direction", choices=("in", "out"), default="in")
+    correlate.add_argument("--direction", **choice("in", "out"), default="in")
     correlate.add_argument("--strip-headers", action="store_true",
                            help="ignore In-Reply-To, References, Thread-Index and our own header")
     add_progress_flag(correlate)
@@ -101,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         correlation = correlation.model_copy(update={"smart_matching": smart})
     modes = MODES if args.mode == "both" else (args.mode,)
     runs = []
-    for name, mbox, truth in _eval_corpora(args):
+    for name, mbox, truth in _eval_corpora(_deprecated_paths(args), args.truth):
         runs += evaluate_corpus(name, mbox, truth, correlation, settings.untracked, modes=modes,
                                 progress=lambda items, desc: _progress(items, enabled=not args.no_progress, desc=desc))
     if args.json:
@@ -114,37 +119,58 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_corpora(args: argparse.Namespace) -> list[tuple[str, Path, Path]]:
-    """(name, mbox, truth) of the one corpus --mbox/--truth name, else of every subfolder of
-    --corpus-dir holding both files."""
-    if args.mbox or args.truth:
-        if not (args.mbox and args.truth):
-            raise UserError("--mbox and --truth go together")
-        require_paths([args.mbox, args.truth])
-        return [(args.mbox, Path(args.mbox), Path(args.truth))]
-    folder = Path(args.corpus_dir)
-    if not folder.is_dir():
-        raise UserError(f"no corpus folder at {folder}: pass --corpus-dir DIR (subfolders with messages.mbox and "
-                        "truth.jsonl) or --mbox and --truth")
-    corpora = [(sub.name, sub / "messages.mbox", sub / "truth.jsonl") for sub in sorted(folder.iterdir())
-               if (sub / "messages.mbox").is_file() and (sub / "truth.jsonl").is_file()]
-    if not corpora:
-        raise UserError(f"{folder} has no corpus: no subfolder holds both messages.mbox and truth.jsonl")
+def _deprecated_paths(args: argparse.Namespace) -> list[str]:
+    """The positional paths, with those of the options `eval` had before (--corpus-dir, --mbox)."""
+    paths = list(args.paths)
+    for option, value in (("--corpus-dir", args.corpus_dir), ("--mbox", args.mbox)):
+        if value is not None:
+            print(f"threadline: eval {option} is deprecated and goes in the next release: "
+                  f"write `threadline eval {value}{' --truth T' if option == '--mbox' else ''}`", file=sys.stderr)
+            paths.append(value)
+    return paths or [str(DEFAULT_CORPUS_DIR)]
+
+
+def _eval_corpora(paths: list[str], truth: str | None) -> list[tuple[str, Path, Path]]:
+    """(name, mbox, truth) of every corpus the paths name: a folder with messages.mbox and
+    truth.jsonl, a folder of such folders, or one mbox with ``--truth``."""
+    missing = [path for path in paths + ([truth] if truth else []) if not Path(path).exists()]
+    if missing:
+        raise UserError(f"no such corpus, mbox or truth file: {', '.join(missing)}")
+    mboxes = [path for path in paths if Path(path).is_file()]
+    if mboxes or truth:
+        if not (len(paths) == len(mboxes) == 1 and truth):
+            raise UserError("an mbox is evaluated alone, with its --truth T (a corpus folder holds its own "
+                            f"{CORPUS_TRUTH})")
+        return [(mboxes[0], Path(mboxes[0]), Path(truth))]
+    corpora = []
+    for path in map(Path, paths):
+        found = [path] if _is_corpus(path) else [sub for sub in sorted(path.iterdir()) if _is_corpus(sub)]
+        if not found:
+            raise UserError(f"{path} is no corpus: neither it nor a subfolder holds both {CORPUS_MBOX} and "
+                            f"{CORPUS_TRUTH}")
+        corpora += [(folder.name, folder / CORPUS_MBOX, folder / CORPUS_TRUTH) for folder in found]
     return corpora
+
+
+def _is_corpus(folder: Path) -> bool:
+    return (folder / CORPUS_MBOX).is_file() and (folder / CORPUS_TRUTH).is_file()
 
 
 def add_eval(command: CommandFactory) -> None:
     evaluate = command("eval", cmd_eval, "Measure correlation accuracy against a ground truth, on every corpus of a "
                                          "folder or on one mbox.")
-    evaluate.add_argument("--corpus-dir", default=str(DEFAULT_CORPUS_DIR),
-                          help="evaluate every subfolder with messages.mbox and truth.jsonl (default: %(default)s)")
-    evaluate.add_argument("--mbox", help="evaluate this mbox instead (with --truth)")
-    evaluate.add_argument("--truth", help="truth JSONL of --mbox (one line per mail)")
-    evaluate.add_argument("--mode", choices=("both", "headers", "stripped"), default="both",
+    evaluate.add_argument("paths", nargs="*", metavar="CORPUS",
+                          help=f"a folder with {CORPUS_MBOX} and {CORPUS_TRUTH}, a folder of such folders, or one mbox "
+                          f"with --truth (default: {DEFAULT_CORPUS_DIR})")
+    evaluate.add_argument("--truth", metavar="T.jsonl", help="the truth of an mbox given alone (one line per mail)")
+    # Before the positional paths (deprecated: a note on stderr, gone in the next release).
+    evaluate.add_argument("--corpus-dir", help=argparse.SUPPRESS)
+    evaluate.add_argument("--mbox", help=argparse.SUPPRESS)
+    evaluate.add_argument("--mode", **choice("both", "headers", "stripped"), default="both",
                           help="with the threading headers, without them (--strip-headers), or both (default)")
     evaluate.add_argument("--strip-headers", dest="mode", action="store_const", const="stripped",
                           help="the same as --mode stripped")
-    evaluate.add_argument("--strategy", choices=("dynamics", "evidence"), help="override the smart matching strategy")
+    evaluate.add_argument("--strategy", **choice("dynamics", "evidence"), help="override the smart matching strategy")
     evaluate.add_argument("--details", action="store_true",
                           help="after the table, per method and the largest groups of false links, for each run")
     evaluate.add_argument("--json", action="store_true", help="print everything as JSON instead of tables")
@@ -154,18 +180,29 @@ def add_eval(command: CommandFactory) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
-    corpus = Path(args.corpus)
-    if not (corpus / "messages.mbox").is_file():
-        raise UserError(f"{corpus} has no messages.mbox (pass --corpus DIR)")
+    if args.corpus is not None:
+        print(f"threadline: demo --corpus is deprecated and goes in the next release: write `threadline demo "
+              f"{args.corpus}`", file=sys.stderr)
+    path = Path(args.path or args.corpus or DEFAULT_CORPUS_DIR / "ponymail")
+    require_paths([str(path)])
+    if path.is_dir():
+        mbox, truth = path / CORPUS_MBOX, path / CORPUS_TRUTH
+        if not mbox.is_file():
+            raise UserError(f"{path} has no {CORPUS_MBOX}: give a corpus folder or an mbox")
+    else:
+        mbox, truth = path, None
     settings = settings_from(args)
-    run_demo(corpus, Path(args.out_dir), settings.correlation, settings.untracked,
-             progress=lambda items, desc: _progress(items, enabled=not args.no_progress, desc=desc))
+    run_demo(mbox, truth if truth is not None and truth.is_file() else None, Path(args.out_dir), settings.correlation,
+             settings.untracked, progress=lambda items, desc: _progress(items, enabled=not args.no_progress, desc=desc))
     return 0
 
 
 def add_demo(command: CommandFactory) -> None:
     demo = command("demo", cmd_demo, "Correlate a real corpus, score it and explain a few decisions.")
-    demo.add_argument("--corpus", default=str(DEFAULT_CORPUS_DIR / "ponymail"), help="folder with messages.mbox and truth.jsonl")
+    demo.add_argument("path", nargs="?", metavar="CORPUS|MAILBOX",
+                      help=f"a folder with {CORPUS_MBOX} (scored when it has {CORPUS_TRUTH}), or an mbox "
+                      f"(default: {DEFAULT_CORPUS_DIR / 'ponymail'})")
+    demo.add_argument("--corpus", help=argparse.SUPPRESS)  # deprecated: the folder is the argument now
     demo.add_argument("--out-dir", default="data/demo")
     add_progress_flag(demo)
 

@@ -7,7 +7,8 @@ import argparse
 import json
 import sys
 
-from pipeline.cli.common import CommandFactory, UserError, as_user_error, broker_bootstrap, open_store, settings_from
+from pipeline.cli.common import (CommandFactory, UserError, as_user_error, broker_bootstrap, choice, open_store,
+                                 settings_from)
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
@@ -62,7 +63,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 def add_schemas(command: CommandFactory) -> None:
     schemas = command("schemas", cmd_schemas, "Check or release the Avro schemas of schemas/.")
-    schemas.add_argument("action", choices=("check", "release"))
+    schemas.add_argument("action", **choice("check", "release"))
 
 
 def cmd_erase(args: argparse.Namespace) -> int:

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.common import (CommandFactory, UserError, add_progress_flag, add_tenant, as_user_error, avro_codec,
-                                 broker_bootstrap, delivery_summary, open_store, progress_bar, refuse_unsafe_keys,
-                                 require_paths, settings_from)
+                                 broker_bootstrap, choice, delivery_summary, open_store, progress_bar,
+                                 refuse_unsafe_keys, require_paths, settings_from)
 from pipeline.contracts.topics import DEADLETTER, MAIL_CORRELATED, MAIL_RAW, MAIL_UNTRACKED
 
 
@@ -55,7 +55,7 @@ def add_up(command: CommandFactory) -> None:
     up = command("up", cmd_up, "Run the pipeline on the embedded defaults: broker, workers, a sample mailbox.")
     up.add_argument("mailbox", nargs="*", help="mailboxes to ingest (default: a generated sample)")
     add_tenant(up)
-    up.add_argument("--direction", choices=("in", "out", "auto"), default="auto",
+    up.add_argument("--direction", **choice("in", "out", "auto"), default="auto",
                     help="auto: out when the sender is in untracked.own_domains (default)")
     up.add_argument("--workers", type=int, default=1, choices=range(1, 9), metavar="N")
     up.add_argument("--exit-when-done", action="store_true", help="stop once the mailbox is handled")
@@ -84,7 +84,7 @@ def add_ingest(command: CommandFactory) -> None:
     ingest = command("ingest", cmd_ingest, "Produce mailboxes to mail.raw.")
     ingest.add_argument("mailbox", nargs="+")
     add_tenant(ingest)
-    ingest.add_argument("--direction", choices=("in", "out", "auto"), default="in",
+    ingest.add_argument("--direction", **choice("in", "out", "auto"), default="in",
                         help="auto: out when the sender is in untracked.own_domains")
     ingest.add_argument("--mailbox-name", help="mailbox name recorded with every mail (default: the path)")
     add_progress_flag(ingest)
@@ -104,7 +104,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def add_worker(command: CommandFactory) -> None:
     worker = command("worker", cmd_worker, "Run one correlator worker (Faust) against kafka.bootstrap.")
-    worker.add_argument("-l", "--log-level", default="info", choices=("crit", "error", "warn", "info", "debug"))
+    worker.add_argument("-l", "--log-level", default="info", **choice("crit", "error", "warn", "info", "debug"))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -88,6 +88,10 @@ class ClickHouseStore:
     def query(self, sql: str, parameters: dict | None = None):
         return self.client.query(self.sql(sql), parameters=parameters)
 
+    def raw_query(self, sql: str, parameters: dict | None = None, fmt: str | None = None) -> bytes:
+        """ClickHouse's own bytes of the answer, in ``fmt`` or else in the query's ``FORMAT``."""
+        return self.client.raw_query(self.sql(sql), parameters=parameters, fmt=fmt)
+
     def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
         self.client.insert(f"{self.database}.{table}", rows, column_names=list(columns))
 

@@ -1,4 +1,5 @@
-"""`threadline eval` over a folder of corpora or one mbox: one table, JSON, progress, errors."""
+"""`threadline eval [CORPUS...]` over corpus folders, a folder of them, or one mbox with --truth: one table,
+JSON, progress, errors, and the options it had before (deprecated)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def two_corpora(tmp_path, write_corpus):
 
 def test_one_table_for_every_corpus_in_both_modes(tmp_path, write_corpus, capsys):
     folder = two_corpora(tmp_path, write_corpus)
-    assert main(["eval", "--corpus-dir", str(folder), "--no-progress"]) == 0
+    assert main(["eval", str(folder), "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
     lines = captured.out.splitlines()
@@ -35,7 +36,7 @@ def test_one_table_for_every_corpus_in_both_modes(tmp_path, write_corpus, capsys
 
 def test_json_has_every_run_with_methods_confusion_and_baselines(tmp_path, write_corpus, capsys):
     folder = two_corpora(tmp_path, write_corpus)
-    assert main(["eval", "--corpus-dir", str(folder), "--mode", "stripped", "--json", "--no-progress"]) == 0
+    assert main(["eval", str(folder), "--mode", "STRIPPED", "--json", "--no-progress"]) == 0
     runs = json.loads(capsys.readouterr().out)["runs"]
     assert [(run["corpus"], run["mode"], run["strip_headers"]) for run in runs] == [("alpha", "stripped", True),
                                                                                      ("beta", "stripped", True)]
@@ -49,7 +50,7 @@ def test_json_has_every_run_with_methods_confusion_and_baselines(tmp_path, write
 
 def test_progress_goes_to_stderr(tmp_path, write_corpus, capsys):
     folder = two_corpora(tmp_path, write_corpus)
-    assert main(["eval", "--corpus-dir", str(folder), "--strip-headers"]) == 0
+    assert main(["eval", str(folder), "--strip-headers"]) == 0
     captured = capsys.readouterr()
     assert "alpha: parse" in captured.err and "beta: stripped" in captured.err
     assert "alpha: parse" not in captured.out
@@ -58,16 +59,51 @@ def test_progress_goes_to_stderr(tmp_path, write_corpus, capsys):
 def test_one_mbox_with_its_truth_and_details(tmp_path, write_corpus, capsys):
     folder = write_corpus(tmp_path / "alpha", [QUESTION, ANSWER])
     mbox, truth = str(folder / "messages.mbox"), str(folder / "truth.jsonl")
-    assert main(["eval", "--mbox", mbox, "--truth", truth, "--mode", "headers", "--details", "--no-progress"]) == 0
+    assert main(["eval", mbox, "--truth", truth, "--mode", "headers", "--details", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[2].startswith(mbox)
     assert "InReplyTo" in out and "judged P %" in out and ">=0.9" in out
 
 
-def test_a_missing_corpus_folder_or_a_lone_mbox_is_a_user_error(tmp_path, capsys):
-    assert main(["eval", "--corpus-dir", str(tmp_path / "absent"), "--no-progress"]) == 2
-    assert f"no corpus folder at {tmp_path / 'absent'}" in capsys.readouterr().err
-    assert main(["eval", "--corpus-dir", str(tmp_path), "--no-progress"]) == 2
-    assert "has no corpus" in capsys.readouterr().err
-    assert main(["eval", "--mbox", str(tmp_path / "x.mbox")]) == 2
-    assert "--mbox and --truth go together" in capsys.readouterr().err
+def test_corpus_folders_given_one_by_one_and_a_folder_of_them_alike(tmp_path, write_corpus, capsys):
+    folder = two_corpora(tmp_path, write_corpus)
+    assert main(["eval", str(folder / "beta"), str(folder / "alpha"), "--mode", "headers", "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[2:]] == [["beta", "headers"], ["alpha", "headers"]]
+
+
+def test_the_options_of_before_still_work_with_a_note_on_stderr(tmp_path, write_corpus, capsys):
+    folder = two_corpora(tmp_path, write_corpus)
+    assert main(["eval", "--corpus-dir", str(folder), "--mode", "headers", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (f"threadline: eval --corpus-dir is deprecated and goes in the next release: write "
+                            f"`threadline eval {folder}`\n")
+    assert [line.split()[:2] for line in captured.out.splitlines()[2:]] == [["alpha", "headers"], ["beta", "headers"]]
+    mbox, truth = str(folder / "alpha" / "messages.mbox"), str(folder / "alpha" / "truth.jsonl")
+    assert main(["eval", "--mbox", mbox, "--truth", truth, "--mode", "headers", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "eval --mbox is deprecated" in captured.err and f"`threadline eval {mbox} --truth T`" in captured.err
+    assert captured.out.splitlines()[2].startswith(mbox)
+    assert "--corpus-dir" not in _help(capsys) and "--mbox" not in _help(capsys)
+
+
+def _help(capsys) -> str:
+    try:
+        main(["eval", "--help"])
+    except SystemExit:
+        pass
+    return capsys.readouterr().out
+
+
+def test_a_missing_corpus_a_folder_without_one_or_an_mbox_without_truth_is_a_user_error(tmp_path, write_corpus,
+                                                                                          capsys):
+    assert main(["eval", str(tmp_path / "absent"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"threadline: no such corpus, mbox or truth file: {tmp_path / 'absent'}\n"
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", str(tmp_path / "empty"), "--no-progress"]) == 2
+    assert "is no corpus: neither it nor a subfolder holds both messages.mbox and truth.jsonl" in capsys.readouterr().err
+    folder = write_corpus(tmp_path / "alpha", [QUESTION, ANSWER])
+    for argv in ([str(folder / "messages.mbox")], [str(folder), "--truth", str(folder / "truth.jsonl")],
+                 [str(folder / "messages.mbox"), str(folder / "messages.mbox"), "--truth", str(folder / "truth.jsonl")]):
+        assert main(["eval", *argv, "--no-progress"]) == 2
+        assert "an mbox is evaluated alone, with its --truth T" in capsys.readouterr().err
