@@ -60,7 +60,10 @@ def test_threadline_settings_masks_every_secret_unless_asked(tmp_path, monkeypat
     monkeypatch.delenv("THREADLINE_SETTINGS", raising=False)
     assert settings_secrets(load_settings(path, environ={})) >= everything  # every marker was loaded
 
-    assert main(["--settings", str(path), "settings"]) == 0
+    assert main(["--settings", str(path), "settings"]) == 0  # TOML
+    shown = capsys.readouterr()
+    assert [secret for secret in everything if secret in shown.out + shown.err] == []
+    assert main(["--settings", str(path), "settings", "--json"]) == 0
     shown = capsys.readouterr()
     assert [secret for secret in everything if secret in shown.out + shown.err] == []
     printed = json.loads(shown.out)
@@ -69,9 +72,10 @@ def test_threadline_settings_masks_every_secret_unless_asked(tmp_path, monkeypat
     assert printed["clickhouse"]["url"] == f"https://reader:{MASK}@ch.example:8443/threadline"
     assert printed["notifications"]["webhook_urls"][1] == f"https://hooks.example/b?token={MASK}"
 
-    assert main(["--settings", str(path), "settings", "--show-secrets"]) == 0
-    shown = capsys.readouterr().out
-    assert [secret for secret in everything if secret not in shown] == []
+    for toml_or_json in ([], ["--json"]):
+        assert main(["--settings", str(path), "settings", "--show-secrets", *toml_or_json]) == 0
+        shown = capsys.readouterr().out
+        assert [secret for secret in everything if secret not in shown] == []
 
 
 def test_dumps_and_repr_mask_but_the_values_are_intact(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 
 from pipeline.cli.common import (CommandFactory, UserError, as_user_error, broker_bootstrap, choice, open_store,
                                  settings_from)
@@ -20,14 +21,60 @@ def cmd_settings(args: argparse.Namespace) -> int:
     from pipeline.redact import SHOW_SECRETS
 
     settings = settings_from(args)
-    print(json.dumps(settings.model_dump(mode="json", context={SHOW_SECRETS: args.show_secrets}), indent=2))
+    values = settings.model_dump(mode="json", context={SHOW_SECRETS: args.show_secrets})
+    print(json.dumps(values, indent=2) if args.json else settings_toml(values), end="\n")
     print(f"correlation settings fingerprint: {settings.correlation.fingerprint()}", file=sys.stderr)
     return 0
 
 
+def settings_toml(values: dict) -> str:
+    """Dumped settings as a TOML file that load_settings reads back, with comments on what it leaves
+    out: settings without a value (TOML has no null) and masked secrets, which load_settings then
+    takes from the environment (THREADLINE_..._FILE) or its defaults instead of a mask."""
+    import tomli_w
+
+    left_out: dict[str, list[str]] = {"unset": [], "masked": []}
+    text = tomli_w.dumps(_printable(values, "", left_out))
+    header = ["# The effective settings (defaults, then the settings file, then THREADLINE_* variables);",
+              "# save as threadline.toml to use them."]
+    for kind, intro in (("unset", "Settings without a value are left out, TOML having no null"),
+                        ("masked", "Secrets are left out (--show-secrets prints them; or give them as "
+                                   "THREADLINE_<SECTION>_<FIELD>[_FILE])")):
+        if left_out[kind]:
+            header += textwrap.wrap(f"{intro}: {', '.join(left_out[kind])}.", width=100, initial_indent="# ",
+                                    subsequent_indent="#   ", break_on_hyphens=False)
+    return "\n".join(header) + "\n\n" + text
+
+
+def _printable(values: dict, section: str, left_out: dict[str, list[str]]) -> dict:
+    from pipeline.redact import MASK
+
+    kept = {}
+    for name, value in values.items():
+        key = f"{section}{name}"
+        if value is None:
+            left_out["unset"].append(key)
+        elif isinstance(value, str) and MASK in value:  # a masked secret, or a URL with one inside
+            left_out["masked"].append(key)
+        elif isinstance(value, dict):
+            printable = _printable(value, f"{key}.", left_out)
+            if printable or not value:  # a table of secrets only (tracking.keys) goes whole: not as empty
+                kept[name] = printable
+        elif isinstance(value, list) and any(isinstance(item, str) and MASK in item for item in value):
+            left_out["masked"].append(key)
+        elif isinstance(value, list):
+            kept[name] = [_printable(item, f"{key}[{n}].", left_out) if isinstance(item, dict) else item
+                          for n, item in enumerate(value)]
+        else:
+            kept[name] = value
+    return kept
+
+
 def add_settings(command: CommandFactory) -> None:
-    settings = command("settings", cmd_settings, "Print the effective settings (or the reference of every setting).")
+    settings = command("settings", cmd_settings, "Print the effective settings as TOML (or the reference of every "
+                       "setting).")
     settings.add_argument("--reference", action="store_true", help="Markdown table of every setting")
+    settings.add_argument("--json", action="store_true", help="as JSON instead of TOML (unset settings as null)")
     settings.add_argument("--show-secrets", action="store_true",
                           help="print passwords and keys instead of ******** (e.g. to copy a configuration)")
 
