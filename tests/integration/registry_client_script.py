@@ -67,7 +67,11 @@ report["seconds"]["as_latest"] = time.monotonic() - started
 # (b) a CRM writing crm.entities with the latest released schema, two tenants
 entities = f"{prefix}crm.entities"
 latest = registry.get_latest_version(f"{entities}-value")
-serializer = AvroSerializer(registry, latest.schema.schema_str)  # auto-registers: an identical schema keeps its id
+serializers = {  # one auto-registers (an identical schema keeps its id), one writes with the latest version
+    "acme": AvroSerializer(registry, latest.schema.schema_str),
+    "globex": AvroSerializer(registry, latest.schema.schema_str,
+                             conf={"auto.register.schemas": False, "use.latest.version": True}),
+}
 producer = Producer({"bootstrap.servers": bootstrap})
 written = []
 for tenant, name in (("acme", "Dana Scully"), ("globex", "Fox Mulder")):
@@ -75,7 +79,7 @@ for tenant, name in (("acme", "Dana Scully"), ("globex", "Fox Mulder")):
               "name": name, "email": f"{name.split()[0].lower()}@{tenant}.example", "company_id": None,
               "owner": None, "status": None, "assigned_on": None,
               "updated_at": datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc), "deleted": False}
-    value = serializer(record, SerializationContext(entities, MessageField.VALUE))
+    value = serializers[tenant](record, SerializationContext(entities, MessageField.VALUE))
     producer.produce(entities, value, tenant.encode())
     written.append({"tenant": tenant, "schema_id": int.from_bytes(value[1:5], "big")})
 assert producer.flush(30) == 0, "crm.entities records undelivered"

@@ -4,7 +4,8 @@ AvroSerializer and AvroDeserializer, nothing of Threadline), on the real embedde
 
 (a) it decodes mail.correlated records our code encoded (AvroCodec), two tenants, one of them
     written with an older released schema, as written and resolved to the latest version;
-(b) it writes crm.entities records with AvroSerializer that our AvroCodec decodes;
+(b) it writes crm.entities records with AvroSerializer (auto-registering, and with the latest
+    version) that our AvroCodec decodes;
 (c) it registers a subject of its own and reads its record back;
 (d) it is refused an incompatible version of its subject, and any new version of ours.
 """
