@@ -56,6 +56,17 @@ def write_sample_mbox(path: Path, count: int = SAMPLE_SIZE, seed: int = 7) -> Pa
     return path
 
 
+def activate_line() -> str:
+    """The hint's line that puts this ``threadline`` on PATH in another shell (``make demo`` runs
+    ``.venv/bin/threadline`` without activating the venv, so a plain ``threadline`` is not found
+    there); empty outside a venv."""
+    activate = Path(sys.prefix) / "bin" / "activate"
+    if sys.prefix == sys.base_prefix or not activate.is_file():
+        return ""
+    shown = os.path.relpath(activate) if activate.is_relative_to(Path.cwd()) else str(activate)
+    return f"\n  {'. ' + shown:<51}# puts threadline on PATH in that shell"
+
+
 def _interrupt(*_args) -> None:
     raise KeyboardInterrupt
 
@@ -240,7 +251,7 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
             say("\ndone; the embedded broker stops now (run `threadline up` without --exit-when-done to keep it)")
             return 0
         say(f"""
-Look further, in another shell:
+Look further, in another shell in this folder:{activate_line()}
   export THREADLINE_KAFKA_BOOTSTRAP={bootstrap}
   threadline doctor                                  # broker, topics, schemas, settings
   open {report_path}          # response times, campaigns, correlation quality

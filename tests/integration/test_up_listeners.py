@@ -255,12 +255,15 @@ def test_no_process_of_up_serves_faust_web_pages(up_run):
 
 
 def test_doctor_in_another_shell_reports_the_running_stack_green(up_run):
-    """Issue 17: doing what the demo says (its `export THREADLINE_KAFKA_BOOTSTRAP=...` line, then
-    `threadline doctor` in another process) gives a green doctor on the embedded broker, and so
+    """Issue 17: doing what the demo says (activate the venv, its `export THREADLINE_KAFKA_BOOTSTRAP=...`
+    line, then `threadline doctor` in another process) gives a green doctor on the embedded broker, and so
     does the doctor without the export (it reads the running stack from the data folder). The
     outputs are kept in the run's folder, where the secrets check below searches them too."""
     export = re.search(r"^  export THREADLINE_KAFKA_BOOTSTRAP=(\S+)$", up_run.stdout(), re.MULTILINE)
     assert export, up_run.stdout()[-3000:]
+    if sys.prefix != sys.base_prefix:  # run from a venv, as `make demo` does: the hint says how to activate it
+        activate = Path(sys.prefix) / "bin" / "activate"
+        assert re.search(rf"^  \. {re.escape(str(activate))} +# puts threadline on PATH", up_run.stdout(), re.MULTILINE)
     bootstrap = export.group(1)
     env = {key: value for key, value in os.environ.items() if not key.startswith(("THREADLINE_", "FAUST_", "F_"))}
     for name, extra in (("doctor-exported", {"THREADLINE_KAFKA_BOOTSTRAP": bootstrap}), ("doctor", {})):
