@@ -16,17 +16,21 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-# What a fresh clone does not have: setuptools reuses build/, so a file deleted from the tree
-# would still reach a wheel built in place.
-NOT_IN_A_CLONE = shutil.ignore_patterns(".git", ".venv", "build", "data", "*.egg-info", "__pycache__", "*.pyc",
-                                        ".pytest_cache", ".hypothesis", "bench-results", "out")
+# What a fresh clone does not have (.gitignore): setuptools reuses build/, so a file deleted from
+# the tree would still reach a wheel built in place.
+TOP_LEVEL_ONLY = {".git", ".venv", "build", "data", "bench-results", "out"}
+ANYWHERE = shutil.ignore_patterns("*.egg-info", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis")
+
+
+def not_in_a_clone(folder: str, names: list[str]) -> set[str]:
+    return ANYWHERE(folder, names) | (TOP_LEVEL_ONLY & set(names) if Path(folder) == ROOT else set())
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("wheel")
     source = folder / "source"
-    shutil.copytree(ROOT, source, symlinks=True, ignore=NOT_IN_A_CLONE)
+    shutil.copytree(ROOT, source, symlinks=True, ignore=not_in_a_clone)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(source), "-w", str(folder)],
                    check=True, capture_output=True)
     (built,) = folder.glob("threadline-*.whl")
