@@ -31,6 +31,7 @@ from pipeline.mail.sources import iter_mail_sources
 from pipeline.running import RunningStack, publish, withdraw
 from pipeline.settings import Settings
 from pipeline.sinks.clickhouse import ClickHouseSink, ClickHouseStore, sink_until
+from pipeline.sinks.http_interface import serve as serve_store
 from pipeline.streams.ingest import ingest
 from pipeline.streams.reader import read_topic
 from pipeline.streams.runner import WorkerProcess, app_id, count_records, wait_for_consumed, wait_for_outputs
@@ -231,6 +232,12 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
         store.migrate()
         sink = ClickHouseSink(settings.kafka, bootstrap, store, codec, app_id=settings.worker.app_id)
         stack.callback(sink.close)
+        served = None
+        if not settings.clickhouse.url:  # a real server serves itself
+            served = serve_store(data_dir / "clickhouse")  # read-only, for commands in other shells and Grafana
+            stack.callback(served.stop)
+            say(f"ClickHouse HTTP interface on {served.url} (read-only; user {served.user}, its password in "
+                f"{data_dir / 'stack.json'})")
         records = sum(count_records(settings.kafka, bootstrap, topic) for topic in SINK_TOPICS)
         sink_until(sink, lambda: sum(sink.inserted.values()) >= records, timeout_s=max(120.0, records / 500))
         report_path = data_dir / "report.html"
@@ -246,7 +253,9 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
             return 1
         stack.callback(withdraw, data_dir)
         publish(data_dir, RunningStack(pid=os.getpid(), bootstrap=bootstrap, embedded_broker=not settings.kafka.bootstrap,
-                                       schema_registry_url=registry_url, tracking_url=f"http://127.0.0.1:{tracking_port}"))
+                                       clickhouse_url=served and served.url, clickhouse_user=served and served.user,
+                                       clickhouse_password=served and served.password, schema_registry_url=registry_url,
+                                       tracking_url=f"http://127.0.0.1:{tracking_port}"))
         if exit_when_done:
             say("\ndone; the embedded broker stops now (run `threadline up` without --exit-when-done to keep it)")
             return 0
@@ -254,6 +263,7 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
 Look further, in another shell in this folder:{activate_line()}
   export THREADLINE_KAFKA_BOOTSTRAP={bootstrap}
   threadline doctor                                  # broker, topics, schemas, settings
+  threadline sql "SELECT count() FROM {{db}}.mail_correlated"   # the store, which this process serves
   open {report_path}          # response times, campaigns, correlation quality
   threadline replay --settings NEW.toml              # recompute every correlation as a new generation
   kcat -b {bootstrap} -t mail.correlated -C -e       # the raw output topic (Avro, Confluent wire format)"""

@@ -92,11 +92,20 @@ def avro_codec(settings: Settings):
 
 
 def open_store(settings: Settings):
+    """``clickhouse.url``'s server; else the store a ``threadline up`` running on this data folder
+    serves over HTTP (its running-stack file); else the embedded chDB in the data folder."""
+    from pipeline.running import running_stack
     from pipeline.sinks.clickhouse import ClickHouseStore
 
+    data_dir = settings.worker.data_dir.resolve()
+    stack = None if settings.clickhouse.url else running_stack(data_dir)
+    served = stack if stack is not None and stack.clickhouse_url else None
     try:
-        store = ClickHouseStore(settings.clickhouse, settings.worker.data_dir.resolve() / "clickhouse")
+        store = ClickHouseStore(settings.clickhouse, data_dir / "clickhouse", served=served)
     except Exception as exc:  # chDB refuses a folder another process holds; servers refuse logins
+        if served is not None:
+            raise UserError(f"cannot reach the store `threadline up` serves at {served.clickhouse_url} "
+                            f"(pid {served.pid}): {exc}") from exc
         raise UserError(f"cannot open ClickHouse: {exc} (is `threadline up` running on the same data folder? "
                         "chDB allows one process per folder; set THREADLINE_CLICKHOUSE_URL to share a server)") from exc
     store.migrate()

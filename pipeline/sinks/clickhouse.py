@@ -7,8 +7,10 @@ the batch (the records stay in Kafka, uncommitted, for the next start).  Tables 
 ``ReplacingMergeTree`` on each event's stable id, so redelivered batches and replays collapse.
 
 chDB allows one data folder per process: while a process holds the embedded store (the sink
-in ``threadline up``), other processes cannot open it; point ``THREADLINE_CLICKHOUSE_URL`` at a
-server to share one.
+in ``threadline up``), other processes cannot open it themselves.  ``up`` serves it over
+ClickHouse's HTTP interface (pipeline/sinks/http_interface.py) and publishes where in its
+running-stack file, and a store opened with ``served=`` that stack reaches it there; or point
+``THREADLINE_CLICKHOUSE_URL`` at a server to share one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Callable, Sequence
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.topics import BY_NAME, SINK_TOPICS
 from pipeline.redact import redact_url
+from pipeline.running import RunningStack
 from pipeline.runtime.consumer_loop import Batch, ConsumerLoop
 from pipeline.settings import ClickHouseSettings, KafkaSettings
 from pipeline.sinks.tables import META_COLUMNS, expected_columns
@@ -49,16 +52,29 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 class ClickHouseStore:
-    def __init__(self, clickhouse: ClickHouseSettings, chdb_path: Path | None = None) -> None:
-        """The server of ``clickhouse.url``, or else the embedded chDB in the folder ``chdb_path``."""
+    def __init__(self, clickhouse: ClickHouseSettings, chdb_path: Path | None = None, *,
+                 served: RunningStack | None = None) -> None:
+        """The server of ``clickhouse.url``; else the embedded store a running ``threadline up``
+        serves (``served``, its running stack); else the embedded chDB in the folder ``chdb_path``.
+        Every way is one clickhouse-connect client (``self.client``), with aware UTC datetimes."""
         import clickhouse_connect
 
         self.database = clickhouse.database
+        self.served = False  # True: another process owns the store and migrated it
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.database):
             raise SinkError(f"clickhouse.database {self.database!r} is not a plain identifier")
         if clickhouse.url:
-            self.client = clickhouse_connect.get_client(dsn=clickhouse.url)
+            self.client = clickhouse_connect.get_client(dsn=clickhouse.url, tz_mode="aware")
             self.location = redact_url(clickhouse.url)  # printed and logged: never the password
+        elif served is not None and served.clickhouse_url:
+            from urllib.parse import urlsplit
+
+            address = urlsplit(served.clickhouse_url)
+            self.client = clickhouse_connect.get_client(host=address.hostname, port=address.port,
+                                                        username=served.clickhouse_user,
+                                                        password=served.clickhouse_password or "", tz_mode="aware")
+            self.location = f"{served.clickhouse_url} (served by threadline up, pid {served.pid})"
+            self.served = True
         else:
             chdb_path.mkdir(parents=True, exist_ok=True)
             self.client = clickhouse_connect.get_client(interface="chdb", path=str(chdb_path), tz_mode="aware")
@@ -68,7 +84,10 @@ class ClickHouseStore:
         return statement.replace("{db}", self.database)
 
     def migrate(self) -> list[str]:
-        """Apply the migrations not applied yet; returns their names. Safe to run any time."""
+        """Apply the migrations not applied yet; returns their names. Safe to run any time. A
+        served store is read-only and was migrated by the process that serves it: nothing to do."""
+        if self.served:
+            return []
         self.client.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
         self.client.command(self.sql(
             "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, "
@@ -89,7 +108,8 @@ class ClickHouseStore:
         return self.client.query(self.sql(sql), parameters=parameters)
 
     def raw_query(self, sql: str, parameters: dict | None = None, fmt: str | None = None) -> bytes:
-        """ClickHouse's own bytes of the answer, in ``fmt`` or else in the query's ``FORMAT``."""
+        """The answer's bytes as the store formats them: in ``fmt``, else in the query's own
+        ``FORMAT``, else TabSeparated. ``{db}`` is the database; parameters bind ``{name:Type}``."""
         return self.client.raw_query(self.sql(sql), parameters=parameters, fmt=fmt)
 
     def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
