@@ -307,6 +307,62 @@ def test_the_published_schema_registry_is_up_on_loopback_with_the_ids_the_record
         assert [(v.subject, v.version) for v in client.get_schema_versions(schema_id)][0][0] == "mail.correlated-value"
 
 
+def cli(up_run, *args: str) -> subprocess.CompletedProcess:
+    """A `threadline` command in another shell: same folder and settings, no THREADLINE_ exports."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("THREADLINE_", "FAUST_", "F_"))}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "--settings", str(up_run.settings_file), *args],
+                          cwd=up_run.root, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_sql_report_and_escalations_from_another_shell_query_the_store_up_serves(up_run):
+    """Issue 17: while `up` holds chDB, commands in a second shell reach its store over the
+    ClickHouse HTTP interface it publishes in data/stack.json (mode 0600), read-only."""
+    import re
+
+    import clickhouse_connect
+
+    from pipeline.contracts.topics import BY_NAME, SINK_TOPICS
+
+    stack_file = up_run.root / "data" / "stack.json"
+    assert stack_file.stat().st_mode & 0o777 == 0o600
+    stack = json.loads(stack_file.read_text())
+    assert stack["clickhouse_url"].startswith("http://127.0.0.1:") and len(stack["clickhouse_password"]) >= 32
+    printed = int(re.search(r"^(\d+) rows in ClickHouse", up_run.stdout(), re.M).group(1))
+    mails = re.search(r"^(\d+) mails handled in", up_run.stdout(), re.M).group(1)
+    counts = " UNION ALL ".join(f"SELECT count() AS c FROM {{db}}.{BY_NAME[topic].table}" for topic in SINK_TOPICS)
+    total = cli(up_run, "sql", f"SELECT sum(c) AS rows FROM ({counts})")
+    assert total.returncode == 0, total.stderr
+    # the escalation agent's clock may add records after the summary: never fewer rows than printed
+    assert total.stdout.splitlines()[0] == "rows" and int(total.stdout.splitlines()[1]) >= printed > 0
+    correlated = cli(up_run, "sql", "SELECT uniqExact(message_id) FROM {db}.mail_correlated WHERE generation = {g:UInt32}",
+                     "--param", "g=0")
+    assert correlated.returncode == 0 and correlated.stdout.splitlines()[1] == mails, correlated.stdout + correlated.stderr
+
+    report = cli(up_run, "report", "--out", str(up_run.root / "second-shell.html"))
+    assert report.returncode == 0, report.stderr
+    assert "Threadline: SLA targets" in (up_run.root / "second-shell.html").read_text()
+
+    escalations = cli(up_run, "escalations")
+    assert escalations.returncode == 0, escalations.stderr
+    listed = escalations.stdout.splitlines()
+    assert listed[0].split("\t")[:3] == ["tenant", "message_id", "state"]
+    assert f"{len(listed) - 1} mails" in escalations.stderr
+    open_ones = cli(up_run, "sql", "SELECT count() FROM (SELECT message_id, argMax(state, event_time) AS s "
+                    "FROM {db}.escalations FINAL GROUP BY tenant, message_id HAVING s != 'RESOLVED')")
+    assert int(open_ones.stdout.splitlines()[1]) == len(listed) - 1
+
+    refused = cli(up_run, "sql", "DROP TABLE {db}.mail_correlated")
+    assert refused.returncode == 2 and "Code: 164" in refused.stderr and "READONLY" in refused.stderr
+    client = clickhouse_connect.get_client(host="127.0.0.1", port=int(stack["clickhouse_url"].rsplit(":", 1)[1]),
+                                           username=stack["clickhouse_user"], password=stack["clickhouse_password"])
+    assert client.query("SELECT count() FROM threadline.mail_correlated").result_rows[0][0] > 0
+    # the generated password is in stack.json only: not in up's output, its logs, or a command line
+    command_lines = {str(pid): Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                     for pid in descendants(up_run.process.pid) if Path(f"/proc/{pid}/cmdline").exists()}
+    assert leaks({stack["clickhouse_password"]}, files_under=up_run.root, skip={stack_file},
+                 texts=command_lines) == []
+
+
 def test_no_secret_in_any_output_log_or_command_line(up_run):
     """Issue 13: every secret setting is configured (SECRETS), and none of them appears in up's
     stdout or stderr, in any log or other file of the run, or in a command line (those are
