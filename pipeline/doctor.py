@@ -292,7 +292,30 @@ def check_clickhouse(settings: Settings) -> list[Check]:
         import chdb  # noqa: F401 - import is the check
     except ImportError as exc:
         return [Check("clickhouse", False, f"embedded chDB is not importable: {exc}", "pip install chdb")]
-    return [Check("clickhouse", True, "no server configured; embedded chDB is available")]
+    return [Check("clickhouse", True, "no server configured; embedded chDB is available"), *check_served_store(settings)]
+
+
+def check_served_store(settings: Settings) -> list[Check]:
+    """The store a running ``threadline up`` serves on this data folder answers (when one runs)."""
+    from pipeline.running import running_stack
+
+    stack = running_stack(settings.worker.data_dir.resolve())
+    if stack is None or not stack.clickhouse_url:
+        return []
+    name = f"clickhouse (threadline up, pid {stack.pid})"
+    try:
+        from pipeline.sinks.clickhouse import ClickHouseStore
+
+        store = ClickHouseStore(settings.clickhouse, served=stack)
+        tables = store.query("SELECT count() FROM system.tables WHERE database = {d:String}",
+                             parameters={"d": store.database}).result_rows[0][0]
+        store.close()
+    except Exception as exc:  # connection errors come in several types; none quotes the password
+        return [Check(name, False, f"the store it serves at {stack.clickhouse_url} does not answer: "
+                      f"{scrub(str(exc), {stack.clickhouse_password or ''})}",
+                      "is that threadline up still running? stop it (Ctrl-C) and start it again")]
+    return [Check(name, True, f"its store answers at {stack.clickhouse_url} (read-only, {tables} tables in "
+                  f"{settings.clickhouse.database}); threadline sql, report and escalations use it")]
 
 
 def check_blob_store(settings: Settings) -> list[Check]:

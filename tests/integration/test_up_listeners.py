@@ -351,6 +351,10 @@ def test_sql_report_and_escalations_from_another_shell_query_the_store_up_serves
                     "FROM {db}.escalations FINAL GROUP BY tenant, message_id HAVING s != 'RESOLVED')")
     assert int(open_ones.stdout.splitlines()[1]) == len(listed) - 1
 
+    doctor = cli(up_run, "doctor")
+    assert f"[ok  ] clickhouse (threadline up, pid {up_run.process.pid}): its store answers at " in doctor.stdout, \
+        doctor.stdout + doctor.stderr
+
     refused = cli(up_run, "sql", "DROP TABLE {db}.mail_correlated")
     assert refused.returncode == 2 and "Code: 164" in refused.stderr and "READONLY" in refused.stderr
     client = clickhouse_connect.get_client(host="127.0.0.1", port=int(stack["clickhouse_url"].rsplit(":", 1)[1]),
