@@ -170,3 +170,18 @@ def test_native_for_every_revision_a_client_may_send(server, seeded):
         assert len(rows) == 70000 and rows == direct, revision
     status, headers, body = grafana_post(server, "SELECT CAST(1, 'Dynamic') AS d", seeded.database)
     assert (status, headers["X-ClickHouse-Exception-Code"]) == (501, "48") and b"cast the column" in body
+
+
+def test_the_embedded_datasource_provisioning_takes_port_and_password_from_the_environment():
+    import yaml
+
+    from pipeline.analytics.dashboards import DASHBOARD_DIR
+    from pipeline.sinks.http_interface import LOOPBACK, USER
+
+    (source,) = yaml.safe_load((DASHBOARD_DIR / "provisioning/datasources/threadline-embedded.yaml").read_text())[
+        "datasources"]
+    assert source["type"] == "grafana-clickhouse-datasource" and not source["isDefault"]
+    settings = source["jsonData"]
+    assert (settings["host"], settings["protocol"], settings["username"]) == (LOOPBACK, "http", USER)
+    assert settings["defaultDatabase"] == "threadline" and settings["port"] == "${THREADLINE_EMBEDDED_PORT}"
+    assert source["secureJsonData"] == {"password": "${THREADLINE_EMBEDDED_PASSWORD}"}
