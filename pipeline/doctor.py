@@ -276,7 +276,9 @@ def check_broker(settings: Settings, stack: RunningStack | None = None) -> list[
     return checks
 
 
-def check_clickhouse(settings: Settings) -> list[Check]:
+def check_clickhouse(settings: Settings, stack: RunningStack | None = None) -> list[Check]:
+    """The server of clickhouse.url; else the store the running ``threadline up`` serves (``stack``);
+    else whether embedded chDB is available."""
     if settings.clickhouse.url:
         try:
             import clickhouse_connect
@@ -288,34 +290,31 @@ def check_clickhouse(settings: Settings) -> list[Check]:
             return [Check("clickhouse", False, f"cannot reach the configured server: "
                           f"{scrub(str(exc), settings_secrets(settings))}",
                           "check THREADLINE_CLICKHOUSE_URL (http(s)://user:pass@host:port/db)")]
+    if stack is not None and stack.clickhouse_url:
+        return [check_served_store(settings, stack)]
     try:
         import chdb  # noqa: F401 - import is the check
     except ImportError as exc:
         return [Check("clickhouse", False, f"embedded chDB is not importable: {exc}", "pip install chdb")]
-    return [Check("clickhouse", True, "no server configured; embedded chDB is available"), *check_served_store(settings)]
+    return [Check("clickhouse", True, "no server configured; embedded chDB is available")]
 
 
-def check_served_store(settings: Settings) -> list[Check]:
-    """The store a running ``threadline up`` serves on this data folder answers (when one runs)."""
-    from pipeline.running import running_stack
+def check_served_store(settings: Settings, stack: RunningStack) -> Check:
+    """The store the ``threadline up`` of this data folder serves answers, read-only."""
+    from pipeline.sinks.clickhouse import ClickHouseStore
 
-    stack = running_stack(settings.worker.data_dir.resolve())
-    if stack is None or not stack.clickhouse_url:
-        return []
-    name = f"clickhouse (threadline up, pid {stack.pid})"
     try:
-        from pipeline.sinks.clickhouse import ClickHouseStore
-
         store = ClickHouseStore(settings.clickhouse, served=stack)
         tables = store.query("SELECT count() FROM system.tables WHERE database = {d:String}",
                              parameters={"d": store.database}).result_rows[0][0]
         store.close()
     except Exception as exc:  # connection errors come in several types; none quotes the password
-        return [Check(name, False, f"the store it serves at {stack.clickhouse_url} does not answer: "
-                      f"{scrub(str(exc), {stack.clickhouse_password or ''})}",
-                      "is that threadline up still running? stop it (Ctrl-C) and start it again")]
-    return [Check(name, True, f"its store answers at {stack.clickhouse_url} (read-only, {tables} tables in "
-                  f"{settings.clickhouse.database}); threadline sql, report and escalations use it")]
+        return Check("clickhouse", False, f"the store threadline up (pid {stack.pid}) serves at {stack.clickhouse_url} "
+                     f"does not answer: {scrub(str(exc), {stack.clickhouse_password or ''})}",
+                     "is that threadline up still running? stop it (Ctrl-C) and start it again")
+    return Check("clickhouse", True, f"the store threadline up (pid {stack.pid}) serves answers at "
+                 f"{stack.clickhouse_url} (read-only, {tables} tables in {settings.clickhouse.database}); "
+                 "threadline sql, report and escalations use it")
 
 
 def check_blob_store(settings: Settings) -> list[Check]:
@@ -353,5 +352,5 @@ def check_relay(settings: Settings) -> list[Check]:
 def run_checks(settings: Settings) -> list[Check]:
     stack = running_stack(settings.worker.data_dir.resolve())
     return [*check_settings(settings), *check_blob_store(settings), *check_schemas(), *check_dashboards(),
-            *check_running_stack(settings, stack), *check_broker(settings, stack), *check_clickhouse(settings),
+            *check_running_stack(settings, stack), *check_broker(settings, stack), *check_clickhouse(settings, stack),
             *check_schema_registry(settings, stack), *check_relay(settings)]

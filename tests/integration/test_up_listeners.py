@@ -352,7 +352,7 @@ def test_sql_report_and_escalations_from_another_shell_query_the_store_up_serves
     assert int(open_ones.stdout.splitlines()[1]) == len(listed) - 1
 
     doctor = cli(up_run, "doctor")
-    assert f"[ok  ] clickhouse (threadline up, pid {up_run.process.pid}): its store answers at " in doctor.stdout, \
+    assert f"[ok  ] clickhouse: the store threadline up (pid {up_run.process.pid}) serves answers at " in doctor.stdout, \
         doctor.stdout + doctor.stderr
 
     refused = cli(up_run, "sql", "DROP TABLE {db}.mail_correlated")

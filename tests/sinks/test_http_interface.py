@@ -249,23 +249,17 @@ def test_queries_beside_inserts_and_nothing_secret_logged(server, store, caplog)
     assert secret_value not in caplog.text and server.password not in caplog.text and "no_such_table" not in caplog.text
 
 
-def test_doctor_checks_the_store_a_running_up_serves(server, tmp_path):
+def test_doctor_checks_the_store_a_running_up_serves(server):
     from pipeline.broker import free_port
     from pipeline.doctor import check_clickhouse
-    from pipeline.running import publish
     from pipeline.settings import Settings
 
     settings = Settings()
-    settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"data_dir": tmp_path})})
-    assert [c.name for c in check_clickhouse(settings)] == ["clickhouse"]  # nothing runs here
     stack = RunningStack(pid=os.getpid(), bootstrap="127.0.0.1:9092", embedded_broker=True, clickhouse_url=server.url,
                          clickhouse_user=server.user, clickhouse_password=server.password)
-    publish(tmp_path, stack)
-    served = check_clickhouse(settings)[1]
-    assert served.ok and served.name == f"clickhouse (threadline up, pid {os.getpid()})" and server.url in served.detail
-    publish(tmp_path, replace(stack, clickhouse_password="not-the-password-" * 3))
-    refused = check_clickhouse(settings)[1]
+    (served,) = check_clickhouse(settings, stack)
+    assert served.ok and f"the store threadline up (pid {os.getpid()}) serves answers at {server.url}" in served.detail
+    (refused,) = check_clickhouse(settings, replace(stack, clickhouse_password="not-the-password-" * 3))
     assert not refused.ok and "516" in refused.detail and "start it again" in refused.fix
-    publish(tmp_path, replace(stack, clickhouse_url=f"http://127.0.0.1:{free_port()}"))
-    gone = check_clickhouse(settings)[1]
-    assert not gone.ok and server.password not in gone.format()
+    (gone,) = check_clickhouse(settings, replace(stack, clickhouse_url=f"http://127.0.0.1:{free_port()}"))
+    assert not gone.ok and server.password not in gone.format() and "does not answer" in gone.detail
