@@ -29,6 +29,7 @@ from clickhouse_connect.driver import ctypes as response_buffers
 from clickhouse_connect.driver.exceptions import StreamCompleteException
 
 from pipeline.analytics.dashboards import CAMPAIGN_ROI, RESPONSE_TIMES
+from pipeline.analytics.macros import expand
 from pipeline.analytics.panels import data_time_range, default_variables, panel_sql
 from pipeline.sinks.http_interface import HttpInterface
 
@@ -139,12 +140,13 @@ def test_a_panels_query_decodes_to_what_chdb_answers_directly(server, seeded, da
     panel = next(p for p in dashboard.panels if p.title == title)
     assert panel.kind == kind
     start, end = data_time_range(seeded)
-    sql = panel_sql(panel, database=seeded.database, time_from=start, time_to=end + timedelta(days=2),
-                    variables=default_variables(seeded, dashboard, "tenant-1"))
-    status, headers, body = grafana_post(server, sql, seeded.database)
+    window = {"time_from": start, "time_to": end + timedelta(days=2),
+              "variables": default_variables(seeded, dashboard, "tenant-1")}
+    # Grafana sends the panel's SQL (tables unqualified) in the data source's default database
+    status, headers, body = grafana_post(server, expand(panel.sql, **window), seeded.database)
     assert status == 200, body
     assert "Content-Encoding" not in headers  # asked with gzip, but without enable_http_compression
-    direct = seeded.client.query(sql)
+    direct = seeded.client.query(panel_sql(panel, database=seeded.database, **window))
     names, types, rows = go_decode(body, revision, seeded.client.create_query_context(query="SELECT 1"))
     assert rows and names == list(direct.column_names)
     assert types == [t.name for t in direct.column_types]
