@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from pipeline.cli import analytics, bench, campaigns, correlation, gateways, operations, run
+from pipeline.cli import analytics, bench, campaigns, correlation, gateways, operations, run, topics
 from pipeline.cli.common import Handler, UserError
 
 # `threadline --help` lists the commands in this order, which mixes the areas (it predates them).
@@ -22,7 +22,7 @@ COMMANDS = (correlation.add_correlate, correlation.add_explain, correlation.add_
             analytics.add_sql, analytics.add_report, gateways.add_tracking, gateways.add_smtp,
             campaigns.add_generate, gateways.add_notify, operations.add_erase, analytics.add_escalations,
             correlation.add_sla,
-            analytics.add_dashboards, run.add_sink, operations.add_schemas, bench.add_bench)
+            analytics.add_dashboards, run.add_sink, operations.add_schemas, topics.add_tail, bench.add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

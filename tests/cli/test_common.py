@@ -3,22 +3,9 @@ refuses an unsafe key outside the loopback demo, before it starts anything."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
-
 from pipeline.cli.main import main
-
-
-@pytest.fixture
-def environment(monkeypatch, tmp_path):
-    """The process environment the CLI reads: only what a test sets (no settings file around)."""
-    for name in [n for n in os.environ if n.startswith("THREADLINE_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("THREADLINE_WORKER_DATA_DIR", str(tmp_path / "data"))
-    return monkeypatch
 
 
 def test_tracking_worker_and_up_refuse_the_development_key_outside_the_demo(environment, capsys):

@@ -5,7 +5,7 @@ import pytest
 from pipeline.cli.main import build_parser, main
 
 COMMANDS = ("correlate explain eval correct settings mark campaign convert demo up ingest imap worker replay doctor sql "
-            "report tracking smtp generate notify erase escalations sla dashboards sink schemas bench").split()
+            "report tracking smtp generate notify erase escalations sla dashboards sink schemas tail bench").split()
 
 
 def test_help_lists_every_command_in_its_order(capsys):
