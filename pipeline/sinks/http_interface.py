@@ -273,14 +273,17 @@ class HttpInterface:
     async def _read_body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             raise ClickHouseError(QUERY_IS_TOO_LARGE, f"The request body is larger than {self.max_body_bytes} bytes")
+        body = bytearray()
         try:
-            async with asyncio.timeout(self.body_timeout_s):
-                body = await request.content.read(self.max_body_bytes + 1)
+            async with asyncio.timeout(self.body_timeout_s):  # a client dribbling a body is dropped
+                while chunk := await request.content.read(self.max_body_bytes + 1 - len(body)):
+                    body += chunk
+                    if len(body) > self.max_body_bytes:
+                        raise ClickHouseError(QUERY_IS_TOO_LARGE,
+                                              f"The request body is larger than {self.max_body_bytes} bytes")
         except TimeoutError:
             raise web.HTTPRequestTimeout(headers={"Connection": "close"}) from None
-        if len(body) > self.max_body_bytes:
-            raise ClickHouseError(QUERY_IS_TOO_LARGE, f"The request body is larger than {self.max_body_bytes} bytes")
-        return body
+        return bytes(body)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         params = request.query
@@ -388,10 +391,14 @@ class HttpInterface:
         async def shutdown() -> None:
             await self._runner.cleanup()
 
-        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(15)
+        try:  # a query still running holds its handler until chDB's time limit ends it
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(self.max_execution_s + 5)
+        except TimeoutError:
+            log.warning("the ClickHouse HTTP interface did not stop within %.0f s", self.max_execution_s + 5)
         loop.call_soon_threadsafe(loop.stop)
-        self._thread.join(15)
-        loop.close()
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            loop.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -263,3 +263,25 @@ def test_doctor_checks_the_store_a_running_up_serves(server):
     assert not refused.ok and "516" in refused.detail and "start it again" in refused.fix
     (gone,) = check_clickhouse(settings, replace(stack, clickhouse_url=f"http://127.0.0.1:{free_port()}"))
     assert not gone.ok and server.password not in gone.format() and "does not answer" in gone.detail
+
+
+def test_slow_clients_are_dropped_and_long_bodies_read_whole(chdb_path):
+    import socket
+
+    impatient = HttpInterface(chdb_path, head_timeout_s=1.0, body_timeout_s=1.0).start()
+    try:
+        credentials = base64.b64encode(f"{impatient.user}:{impatient.password}".encode())
+        began = time.monotonic()
+        with socket.create_connection(("127.0.0.1", impatient.port), timeout=10) as head_only:
+            head_only.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n")  # the head never ends
+            assert head_only.recv(100) == b""  # closed
+        with socket.create_connection(("127.0.0.1", impatient.port), timeout=10) as dribbling:
+            dribbling.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nAuthorization: Basic "
+                              + credentials + b"\r\n\r\nSELECT")  # 6 of 100 bytes
+            assert dribbling.recv(100).startswith(b"HTTP/1.1 408")
+        assert time.monotonic() - began < 6
+        # a body of many network reads (200 KB, under the 256 KiB of ClickHouse's max_query_size)
+        long_query = "SELECT length('" + "x" * 200_000 + "')"
+        assert request(impatient, body=long_query.encode())[::2] == (200, b"200000\n")
+    finally:
+        impatient.stop()
