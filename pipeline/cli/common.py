@@ -91,15 +91,19 @@ def avro_codec(settings: Settings):
     return AvroCodec(registry_from_settings(settings.schema_registry.url))
 
 
-def open_store(settings: Settings):
+def open_store(settings: Settings, *, write: bool = False):
     """``clickhouse.url``'s server; else the store a ``threadline up`` running on this data folder
-    serves over HTTP (its running-stack file); else the embedded chDB in the data folder."""
+    serves over HTTP (its running-stack file; read-only, so a command that ``write``s refuses it);
+    else the embedded chDB in the data folder."""
     from pipeline.running import running_stack
     from pipeline.sinks.clickhouse import ClickHouseStore
 
     data_dir = settings.worker.data_dir.resolve()
     stack = None if settings.clickhouse.url else running_stack(data_dir)
     served = stack if stack is not None and stack.clickhouse_url else None
+    if served is not None and write:
+        raise UserError(f"threadline up (pid {served.pid}) holds the embedded store in {data_dir / 'clickhouse'} and "
+                        "serves it read-only: stop it first (Ctrl-C), or set THREADLINE_CLICKHOUSE_URL to a server")
     try:
         store = ClickHouseStore(settings.clickhouse, data_dir / "clickhouse", served=served)
     except Exception as exc:  # chDB refuses a folder another process holds; servers refuse logins

@@ -124,8 +124,9 @@ def cmd_erase(args: argparse.Namespace) -> int:
             raise UserError(f"this rewrites every topic that mentions {address} and deletes its ClickHouse rows; "
                             "stop the workers, sink and notifier first, then run again with --yes (see "
                             "docs/operations.md)")
+        store = open_store(settings, write=True)  # before any topic is rewritten: a store up serves is read-only
         report = erase_from_topics(settings, bootstrap, address, progress=lambda m: print(m, file=sys.stderr))
-    rows = erase_from_clickhouse(open_store(settings), address)
+    rows = erase_from_clickhouse(store, address)
     print(json.dumps({"address": address, "records_removed": report.records_removed,
                       "topics_rewritten": report.topics_rewritten, "blobs_deleted": report.blobs_deleted,
                       "clickhouse_rows_deleted": {t: n for t, n in rows.items() if n}}, indent=2))

@@ -184,7 +184,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     bootstrap = broker_bootstrap(settings)
-    store = open_store(settings)
+    store = open_store(settings, write=True)
     sink = ClickHouseSink(settings.kafka, bootstrap, store, avro_codec(settings), app_id=settings.worker.app_id)
     print(f"sinking output topics into {store.location}; Ctrl-C stops", file=sys.stderr)
     try:

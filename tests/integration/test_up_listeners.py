@@ -357,6 +357,10 @@ def test_sql_report_and_escalations_from_another_shell_query_the_store_up_serves
 
     refused = cli(up_run, "sql", "DROP TABLE {db}.mail_correlated")
     assert refused.returncode == 2 and "Code: 164" in refused.stderr and "READONLY" in refused.stderr
+    for writer in (["sink"], ["erase", "--address", "someone@example.com", "--yes"]):
+        refused = cli(up_run, *writer)
+        assert refused.returncode == 2 and f"threadline up (pid {up_run.process.pid}) holds the embedded store" \
+            in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
     client = clickhouse_connect.get_client(host="127.0.0.1", port=int(stack["clickhouse_url"].rsplit(":", 1)[1]),
                                            username=stack["clickhouse_user"], password=stack["clickhouse_password"])
     assert client.query("SELECT count() FROM threadline.mail_correlated").result_rows[0][0] > 0
