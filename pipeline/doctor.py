@@ -14,6 +14,7 @@ import re
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from pipeline.redact import redact_url, scrub, settings_secrets
 from pipeline.running import RunningStack, running_stack
@@ -350,7 +351,19 @@ def check_relay(settings: Settings) -> list[Check]:
 
 
 def run_checks(settings: Settings) -> list[Check]:
+    return list(iter_checks(settings))
+
+
+def iter_checks(settings: Settings) -> Iterator[Check]:
+    """The checks, each group made when the one before is out (a broker that does not answer
+    takes seconds: `threadline doctor` shows what it found so far meanwhile)."""
     stack = running_stack(settings.worker.data_dir.resolve())
-    return [*check_settings(settings), *check_blob_store(settings), *check_schemas(), *check_dashboards(),
-            *check_running_stack(settings, stack), *check_broker(settings, stack), *check_clickhouse(settings, stack),
-            *check_schema_registry(settings, stack), *check_relay(settings)]
+    yield from check_settings(settings)
+    yield from check_blob_store(settings)
+    yield from check_schemas()
+    yield from check_dashboards()
+    yield from check_running_stack(settings, stack)
+    yield from check_broker(settings, stack)
+    yield from check_clickhouse(settings, stack)
+    yield from check_schema_registry(settings, stack)
+    yield from check_relay(settings)

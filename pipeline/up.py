@@ -154,10 +154,10 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
 
         sample_mailbox = None
         if not mailboxes:
-            sample = write_sample_mbox(data_dir / "sample.mbox")
-            mailboxes, sample_mailbox = [str(sample)], "support"
-            say(f"no mailbox given: generated {SAMPLE_SIZE} synthetic support mails, with the out-of-office "
+            sample = data_dir / "sample.mbox"
+            say(f"no mailbox given: generating {SAMPLE_SIZE} synthetic support mails, with the out-of-office "
                 f"replies, acknowledgements and bounces they draw, in {sample}")
+            mailboxes, sample_mailbox = [str(write_sample_mbox(sample))], "support"
             if not settings.untracked.own_domains:
                 # The sample desk's agents write from this domain: their mail is outbound, and the
                 # agent a customer wrote to owns the mail's clock.
@@ -223,7 +223,7 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
         # The escalation agent reads the correlations after the correlator wrote them: its escalations
         # and SLA events belong in the report too.
         wait_for_consumed(settings.kafka, bootstrap, app_id(settings), MAIL_CORRELATED, workers=started,
-                          timeout_s=max(300.0, expected_mail / 50))
+                          timeout_s=max(300.0, expected_mail / 50), progress=progress)
         elapsed = time.monotonic() - began
         say(f"\n{sum(counts.values())} mails handled in {elapsed:.1f} s: {dict(counts)}\n")
         say(summarize(settings, bootstrap, codec, generation))
@@ -239,7 +239,8 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
             say(f"ClickHouse HTTP interface on {served.url} (read-only; user {served.user}, its password in "
                 f"{data_dir / 'stack.json'})")
         records = sum(count_records(settings.kafka, bootstrap, topic) for topic in SINK_TOPICS)
-        sink_until(sink, lambda: sum(sink.inserted.values()) >= records, timeout_s=max(120.0, records / 500))
+        sink_until(sink, lambda: sum(sink.inserted.values()) >= records, timeout_s=max(120.0, records / 500),
+                   on_progress=progress("ClickHouse sink", records))
         report_path = data_dir / "report.html"
         report_path.write_text(render_report(store), encoding="utf-8")
         say(f"\n{sum(sink.inserted.values())} rows in ClickHouse ({store.location}); "

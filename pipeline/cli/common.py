@@ -4,6 +4,8 @@ the codec, delivery summaries, table printing and the options several commands t
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -142,7 +144,22 @@ def progress_bar(desc: str, total: int | None = None, iterable=None):
     """A tqdm bar of mails on stderr, over ``iterable`` when one is given."""
     from tqdm import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit="mail", file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=desc, unit="mail", file=sys.stderr, **_bar_layout())
+
+
+def _bar_layout() -> dict:
+    """As wide as the terminal, following its resizes; a terminal that reports no size (0 x 0:
+    some ptys, IDE consoles) gets $COLUMNS x $LINES or 80 x 24, where tqdm draws an empty line
+    (it hides a bar below the screen's last row); a file or pipe gets an update every 10 s
+    instead of every half second."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # not a terminal (or no real file: a test's capture)
+        return {"mininterval": 10.0}
+    if size.columns and size.lines:
+        return {"mininterval": 0.5, "dynamic_ncols": True}
+    fallback = shutil.get_terminal_size()
+    return {"mininterval": 0.5, "ncols": fallback.columns, "nrows": fallback.lines}
 
 
 def add_progress_flag(sub: argparse.ArgumentParser) -> None:

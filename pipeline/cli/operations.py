@@ -80,11 +80,12 @@ def add_settings(command: CommandFactory) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from pipeline.doctor import run_checks
+    from pipeline.doctor import iter_checks
 
-    checks = run_checks(settings_from(args))
-    for check in checks:
-        print(check.format())
+    checks = []
+    for check in iter_checks(settings_from(args)):  # each as soon as it is known
+        print(check.format(), flush=True)
+        checks.append(check)
     failed = [c for c in checks if not c.ok]
     print(f"\n{len(checks) - len(failed)} ok, {len(failed)} to fix")
     return 1 if failed else 0

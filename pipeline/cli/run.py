@@ -141,15 +141,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         workers.append(WorkerProcess.start(bootstrap=bootstrap, data_dir=data_dir / f"replay-g{generation}-{n}",
                                            generation=generation, log_path=log_path,
                                            settings_file=Path(args.new_settings).resolve()))
+    progress = _bar_factory(not args.no_progress)
     try:
         counts = wait_for_outputs(new.kafka, bootstrap, codec, generation, total, workers=workers,
-                                  timeout_s=max(600.0, total / 100),
-                                  on_progress=_bar_factory(not args.no_progress)("replay", total))
+                                  timeout_s=max(600.0, total / 100), on_progress=progress("replay", total))
         # The escalation agent reads those correlations after the correlator wrote them: stopped
         # now, the workers would leave the last escalations and SLA events unmade.
         replayed = new.model_copy(update={"worker": new.worker.model_copy(update={"generation": generation})})
         wait_for_consumed(new.kafka, bootstrap, app_id(replayed), MAIL_CORRELATED, workers=workers,
-                          timeout_s=max(600.0, total / 100))
+                          timeout_s=max(600.0, total / 100), progress=progress)
     except (TimeoutError, RuntimeError) as exc:
         raise UserError(f"the replay as generation {generation} failed: {exc}") from exc
     finally:
@@ -160,6 +160,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UserError(f"the replay failed: generation {generation} produced no correlation for the {total} mails "
                         f"of mail.raw ({counts[DEADLETTER]} dead letters); worker logs: "
                         f"{data_dir}/replay-g{generation}-*.log")
+    if not args.no_progress:
+        print(f"comparing generation {generation} with generation {old_generation} ...", file=sys.stderr)
     diff = diff_generations(new.kafka, bootstrap, codec, old_generation, generation)
     print(diff.format())
     if args.keep_running:

@@ -149,11 +149,16 @@ class ClickHouseSink(ConsumerLoop):
             self.inserted[table] += len(rows)
 
 
-def sink_until(sink: ClickHouseSink, done: Callable[[], bool], timeout_s: float = 120.0) -> None:
-    """Run the sink until ``done()`` is true (checked after each idle poll)."""
+def sink_until(sink: ClickHouseSink, done: Callable[[], bool], timeout_s: float = 120.0,
+               on_progress: Callable[[int], None] | None = None) -> None:
+    """Run the sink until ``done()`` is true (checked after each idle poll); ``on_progress`` gets
+    the rows inserted so far after each poll."""
     deadline = time.monotonic() + timeout_s
     while True:
-        if sink.poll_once() == 0 and done():
+        polled = sink.poll_once()
+        if on_progress is not None:
+            on_progress(sum(sink.inserted.values()))
+        if polled == 0 and done():
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"sink not done after {timeout_s} s: {dict(sink.inserted)}")

@@ -25,6 +25,8 @@ from pipeline.settings import KafkaSettings, Settings, load_settings
 from pipeline.streams.reader import read_topic
 
 OUTPUT_TOPICS = (MAIL_CORRELATED, MAIL_UNTRACKED, DEADLETTER)
+# progress(description, total) -> update(count so far): one progress display per phase (the CLI's bars).
+ProgressFactory = Callable[[str, "int | None"], Callable[[int], None]]
 
 
 def app_id(settings: Settings) -> str:
@@ -221,9 +223,11 @@ def wait_for_outputs(kafka: KafkaSettings, bootstrap: str, codec: AvroCodec, gen
 
 
 def wait_for_consumed(kafka: KafkaSettings, bootstrap: str, group_id: str, topic: str, *,
-                      workers: list[WorkerProcess], timeout_s: float = 300.0) -> None:
+                      workers: list[WorkerProcess], timeout_s: float = 300.0,
+                      progress: ProgressFactory | None = None) -> None:
     """Poll until the consumer group ``group_id`` has committed every record now in ``topic``
-    (a worker's agent commits a record only once its outputs are out); raises if a worker dies."""
+    (a worker's agent commits a record only once its outputs are out); raises if a worker dies.
+    ``progress`` gets the records of ``topic`` committed so far."""
     from confluent_kafka import TopicPartition
 
     ends: dict[int, int] = {}  # read to the end: Tansu's high watermarks can be short (see reader)
@@ -231,13 +235,16 @@ def wait_for_consumed(kafka: KafkaSettings, bootstrap: str, group_id: str, topic
         ends[partition] = offset + 1
     name = topic_name(kafka, topic)
     consumer = new_group_consumer(kafka, bootstrap, group_id)  # never subscribes: it joins and commits nothing
-    behind = sum(ends.values())
+    behind = total = sum(ends.values())
+    update = progress(f"agents reading {topic}", total) if progress is not None else None
 
     def consumed() -> bool:
         nonlocal behind
         committed = {tp.partition: tp.offset
                      for tp in consumer.committed([TopicPartition(name, p) for p in ends], timeout=10)}
         behind = sum(end - max(committed[p], 0) for p, end in ends.items() if committed[p] < end)
+        if update is not None:
+            update(total - behind)
         return not behind
 
     try:
