@@ -19,8 +19,8 @@ from decimal import Decimal
 from typing import Any, Callable
 from uuid import UUID
 
-from pipeline.cli.common import (CommandFactory, UserError, avro_codec, broker_bootstrap, settings_from,
-                                 tenant_value)
+from pipeline.cli.common import (CommandFactory, UserError, add_tenant_filter, avro_codec, broker_bootstrap, choice,
+                                 settings_from)
 
 
 
@@ -142,12 +142,6 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bytes_encoding(value: str) -> str:
-    if value.lower() not in BYTES_ENCODINGS:
-        raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(BYTES_ENCODINGS)}")
-    return value.lower()
-
-
 def _count(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of records")
@@ -167,9 +161,9 @@ def add_tail(command: CommandFactory) -> None:
                        help="only records written from now on (implies --follow)")
     tail.add_argument("-f", "--follow", action="store_true",
                       help="at the end of the topic, wait for new records until Ctrl-C (default: stop there)")
-    tail.add_argument("--tenant", type=tenant_value, help="only records whose key is this tenant")
+    add_tenant_filter(tail, "only records whose key is this tenant (default: every tenant)")
     tail.add_argument("-n", "--limit", type=_count, help="stop after this many records")
-    tail.add_argument("--bytes", type=_bytes_encoding, default="avro", metavar="|".join(BYTES_ENCODINGS),
+    tail.add_argument("--bytes", **choice(*BYTES_ENCODINGS), default="avro", metavar="|".join(BYTES_ENCODINGS),
                       help="bytes fields (mail.raw's raw, deadletter's value) as in Avro's JSON encoding, one "
                            "character per byte (default, lossless), base64 (lossless), or text (UTF-8, "
                            "undecodable bytes replaced: for reading)")
