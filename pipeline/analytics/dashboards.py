@@ -247,18 +247,8 @@ ORDER BY waiting_since, m.conversation_id LIMIT 50""", width=24, unit=COUNT, uni
     ),
 )
 
-CAMPAIGN_ROI = Dashboard(
-    uid="threadline-campaign-roi",
-    title="Threadline: campaign ROI",
-    description="Opens and clicks by humans and machines, conversions, revenue, cost and ROI per campaign.",
-    variables=(
-        TENANT_VARIABLE,
-        Variable("campaign", "Campaign", "SELECT DISTINCT campaign_id FROM campaigns "
-                 "WHERE tenant = decodeURLComponent('${tenant:percentencode}') ORDER BY campaign_id",
-                 default="All", include_all=True),
-    ),
-    panels=(
-        Panel("Campaigns", """
+# Per campaign: its opens, clicks and bounces, conversions, revenue, cost and ROI.
+_CAMPAIGNS = """
 WITH
     stats AS (
         SELECT campaign_id, uniqExactMerge(human_opens) AS human_opens, uniqExactMerge(machine_opens) AS machine_opens,
@@ -289,9 +279,26 @@ LEFT JOIN stats AS s ON s.campaign_id = c.campaign_id
 LEFT JOIN sales AS v ON v.campaign_id = c.campaign_id
 WHERE decodeURLComponent('${campaign:percentencode}') = 'All'
    OR c.campaign_id = decodeURLComponent('${campaign:percentencode}')
-ORDER BY c.campaign_id""", width=24, unit=COUNT,
+ORDER BY c.campaign_id"""
+
+CAMPAIGN_ROI = Dashboard(
+    uid="threadline-campaign-roi",
+    title="Threadline: campaign ROI",
+    description="Opens and clicks by humans and machines, conversions, revenue, cost and ROI per campaign.",
+    variables=(
+        TENANT_VARIABLE,
+        Variable("campaign", "Campaign", "SELECT DISTINCT campaign_id FROM campaigns "
+                 "WHERE tenant = decodeURLComponent('${tenant:percentencode}') ORDER BY campaign_id",
+                 default="All", include_all=True),
+    ),
+    panels=(
+        Panel("Campaigns", _CAMPAIGNS, width=24, unit=COUNT,
               units=(("revenue", CURRENCY), ("cost", CURRENCY), ("roi", SHARE)), thresholds=(("roi", ROI),),
               description="ROI = (revenue - cost) / cost. Opens and clicks are distinct events."),
+        Panel("Revenue and cost per campaign", "SELECT name, revenue, cost FROM (" + _CAMPAIGNS + ")\n"
+              "ORDER BY revenue DESC, name", kind="barchart", width=24, unit=CURRENCY,
+              description="The campaigns of the table above by revenue; a campaign whose revenue bar is shorter than "
+                          "its cost bar lost money."),
         Panel("Opens per day: humans and machines", """
 SELECT toDateTime64(day, 3, 'UTC') AS time, uniqExactMerge(human_opens) AS human_opens,
        uniqExactMerge(machine_opens) AS machine_opens
@@ -523,7 +530,8 @@ def dashboard_json(dashboard: Dashboard) -> dict:
             "gridPos": {"x": x, "y": y, "w": panel.width, "h": panel.height},
             "targets": [{"refId": "A", "datasource": DATASOURCE, "editorType": "sql", "format": panel.format,
                          "queryType": "timeseries" if panel.format == 0 else "table", "rawSql": panel.sql.strip()}],
-            "options": {},
+            # Bar charts lie on their side: category names read on one line.
+            "options": {"orientation": "horizontal"} if panel.kind == "barchart" else {},
             "fieldConfig": _field_config(panel),
         }
         if panel.kind == "timeseries":

@@ -30,6 +30,10 @@ from pipeline.contracts.records import (
 from pipeline.synth import AutomaticMail, AutomaticMix, MailGenerator, with_automatic_mail
 
 _USER_AGENTS = ("Apple Mail", "Outlook", "Gmail", "Thunderbird", "Chrome", "Firefox")
+# Campaign names as marketers write them: some longer than a chart's label.
+_CAMPAIGN_NAMES = ("Spring renewal: 20 % off annual support plans for existing customers",
+                   "Webinar invitation: migrating from on-premise Exchange", "Customer survey Q1",
+                   "Black Friday early access", "Product update newsletter, January edition")
 
 
 def _correlation_records(settings: Settings, tenant: str, mails: int, seed: int, generation: int,
@@ -78,7 +82,7 @@ def _campaign_records(tenant: str, rng: random.Random, start: datetime, campaign
         sent_at = start + timedelta(days=rng.randint(0, 20), hours=rng.randint(7, 17))
         yield CAMPAIGNS, {
             "event_id": stable_event_id("campaign", tenant, campaign_id), "tenant": tenant,
-            "campaign_id": campaign_id, "name": f"Campaign {number + 1}", "cost": round(rng.uniform(200, 5000), 2),
+            "campaign_id": campaign_id, "name": _CAMPAIGN_NAMES[number % len(_CAMPAIGN_NAMES)], "cost": round(rng.uniform(200, 5000), 2),
             "currency": "EUR", "started_at": sent_at, "updated_at": sent_at,
         }
         for recipient_number in range(recipients):

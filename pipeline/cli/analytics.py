@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -68,25 +69,63 @@ def add_sql(command: CommandFactory) -> None:
                      "CSVWithNames (default: the query's FORMAT clause, else %s)" % SQL_DEFAULT_FORMAT)
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.analytics.report import render_report
+def _report_moment(text: str, *, end_of_day: bool) -> datetime:
+    """A --from/--to value: an ISO date or date and time, UTC unless it names a zone; a date
+    alone is the start of that day, or for --to its end."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"{text!r} is not a date: write 2026-01-31 or 2026-01-31T18:00") from None
+    if end_of_day and len(text) <= len("2026-01-31"):
+        moment += timedelta(days=1) - timedelta(milliseconds=1)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.analytics.report import render_report, report_scope
+
+    time_from = _report_moment(args.time_from, end_of_day=False) if args.time_from else None
+    time_to = _report_moment(args.time_to, end_of_day=True) if args.time_to else None
+    if time_from and time_to and time_from >= time_to:
+        raise UserError("--from must come before --to")
+    if args.screenshot and is_stdout(args.out):
+        raise UserError("--screenshot renders the written page: give -o a file, not -")
     store = open_store(settings_from(args))
+    scope = report_scope(store, tenant=args.tenant, time_from=time_from, time_to=time_to)
     png_dir = Path(args.png_dir) if args.png_dir else None
     with open_out(args.out) as out:
-        out.write(render_report(store, tenant=args.tenant, png_dir=png_dir))
+        out.write(render_report(store, scope, png_dir=png_dir))
+    others = ", ".join(name for name, _ in scope.tenants if name != scope.tenant) or "none"
+    print(f"tenant {scope.tenant}: {scope.tenant_reason} (other tenants: {others}; choose with --tenant)\n"
+          f"time range {scope.time_from:%Y-%m-%d %H:%M} to {scope.time_to:%Y-%m-%d %H:%M} UTC: {scope.range_reason} "
+          f"(choose with --from/--to)", file=sys.stderr)
     if not is_stdout(args.out):
         print(f"report written to {Path(args.out).resolve()}", file=sys.stderr)
     if png_dir is not None:
         print(f"{len(list(png_dir.glob('*.png')))} chart PNGs in {png_dir.resolve()}", file=sys.stderr)
+    if args.screenshot:
+        from pipeline.analytics.screenshot import ScreenshotError, screenshot
+
+        try:
+            width, height = screenshot(Path(args.out), Path(args.screenshot))
+        except ScreenshotError as exc:
+            raise UserError(f"--screenshot: {exc}") from exc
+        print(f"screenshot ({width} x {height} px, headless Chromium) written to {Path(args.screenshot).resolve()}",
+              file=sys.stderr)
     return 0
 
 
 def add_report(command: CommandFactory) -> None:
     report = command("report", cmd_report, "Render every dashboard panel into one self-contained HTML page.")
     add_out(report, "data/report.html", "the HTML page")
-    add_tenant_filter(report, "tenant to show (default: the first one)")
+    add_tenant_filter(report, "tenant to show (default: the one with the most mail in the time range)")
+    report.add_argument("--from", dest="time_from", metavar="DATE",
+                        help="start of the time range, UTC (default: 30 days before its end, or the first stored event)")
+    report.add_argument("--to", dest="time_to", metavar="DATE",
+                        help="end of the time range, UTC; a date alone is the whole day (default: the last stored event)")
     report.add_argument("--png-dir", help="also write every chart panel as a PNG into this folder")
+    report.add_argument("--screenshot", metavar="PNG",
+                        help="also render the page in headless Chromium into this PNG (needs chromium on PATH)")
 
 
 def cmd_escalations(args: argparse.Namespace) -> int:

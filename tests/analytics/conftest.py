@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from pipeline.analytics.seed import load_records, seed_records
+from pipeline.cli.main import main
 from pipeline.contracts.records import SourcePosition, correlated_record
 from pipeline.contracts.topics import ESCALATIONS, MAIL_CORRELATED, MAIL_RAW
 from pipeline.correlation.methods.base import Method
@@ -132,3 +133,23 @@ def seeded(chdb_path, seeded_records):
     load_records(store, iter(seeded_records))
     yield store
     store.client.command(f"DROP DATABASE IF EXISTS {SEEDED_DATABASE}")
+
+
+@pytest.fixture
+def cli(seeded, tmp_path, monkeypatch, capsys):
+    """Run `threadline ...` in this process on the seeded store: (exit code, stdout)."""
+    settings = tmp_path / "threadline.toml"
+    settings.write_text(f'[worker]\ndata_dir = "{seeded.location.removeprefix("chdb:").removesuffix("/clickhouse")}"\n'
+                        f'[clickhouse]\ndatabase = "{seeded.database}"\n')
+    monkeypatch.delenv("THREADLINE_CLICKHOUSE_URL", raising=False)  # this store, not a server
+    monkeypatch.chdir(tmp_path)
+
+    def run(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            code = main(["--settings", str(settings), *argv])
+        except SystemExit as exc:  # argparse refusing a value is a clean error too
+            code = exc.code
+        return code, capsys.readouterr().out
+
+    return run

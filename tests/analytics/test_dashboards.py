@@ -12,14 +12,12 @@ import pytest
 import yaml
 
 from pipeline.analytics.dashboards import (CORRELATION_QUALITY, CURRENCY, DASHBOARD_DIR, DASHBOARDS, DURATION,
-                                           RESPONSE_TIMES, SHARE, SLA_TARGETS, TENANT_VARIABLE, UNITS, dashboard_json,
+                                           RESPONSE_TIMES, SHARE, TENANT_VARIABLE, UNITS, dashboard_json,
                                            render_all)
 from pipeline.analytics.macros import MacroError, expand
 from pipeline.analytics.panels import (data_time_range, default_variables, panel_query, run_dashboard, store_tables,
                                        tenants_by_mail)
-from pipeline.analytics.report import render_report
 from pipeline.analytics.seed import load_records, seed_records
-from pipeline.escalation.figures import format_duration
 from pipeline.settings import EscalationPolicy, Settings
 
 # As the `seeded` fixture of conftest.py, for the stores this module loads itself.
@@ -78,14 +76,6 @@ def test_every_panel_has_a_unit_and_explicit_thresholds():
         # Units are in the units, not in the titles.
         assert not re.search(r"\((?:h|hours?|s|seconds|days?|%|EUR|€)\)|\bin (?:hours|seconds|days|EUR)\b",
                              panel.title, re.IGNORECASE), where
-        # Durations are seconds in the SQL; every column that holds one says so.
-        for column in re.findall(r"\bAS (\w+)", panel.sql):
-            if column in ("p50", "p90", "p99", "waiting", "time_left"):
-                assert panel.unit_of(column) == DURATION, (where, column)
-            if column in ("revenue", "cost"):
-                assert panel.unit_of(column) == CURRENCY, (where, column)
-            if "share" in column or column == "roi":
-                assert panel.unit_of(column) == SHARE, (where, column)
         if panel.kind == "timeseries":
             assert data["interval"] == "1d" and defaults["custom"]["spanNulls"] is False, where
 
@@ -205,6 +195,13 @@ def test_every_panel_returns_typed_rows_on_seeded_data(seeded, tenant):
             assert len(result.rows) == 1 and isinstance(result.rows[0][0], Number), title
         elif kind in ("barchart", "piechart"):
             assert all(isinstance(row[-1], Number) and row[-1] > 0 for row in result.rows), title
+        for column in result.columns:  # durations are seconds, shares 0-1, money EUR: every such column says so
+            if column in ("p50", "p90", "p99", "waiting", "time_left"):
+                assert result.panel.unit_of(column) == DURATION, (title, column)
+            if column in ("revenue", "cost"):
+                assert result.panel.unit_of(column) == CURRENCY, (title, column)
+            if "share" in column or column == "roi":
+                assert result.panel.unit_of(column) == SHARE, (title, column)
         for column, unit in result.panel.units:  # a unit names a column the panel returns, of numbers
             index = result.columns.index(column)
             assert all(isinstance(row[index], Number) or row[index] is None for row in result.rows), (title, column)
@@ -274,37 +271,3 @@ def test_macros_expand_time_filters_and_refuse_unknown_variables():
         expand("SELECT decodeURLComponent('${campaign:percentencode}')", time_from=start, time_to=end, variables={})
     with pytest.raises(MacroError, match="unknown macro"):
         expand("SELECT 1 WHERE $__timeFilter_ms(t)", time_from=start, time_to=end, variables={})
-
-
-def test_report_shows_durations_in_days_hours_and_minutes(seeded):
-    page = render_report(seeded, tenant="tenant-1")
-    start, end = data_time_range(seeded)  # the report's time range
-    results = {r.panel.title: r for r in run_dashboard(seeded, RESPONSE_TIMES, time_from=start, time_to=end,
-                                                       variables=default_variables(seeded, RESPONSE_TIMES, "tenant-1"))}
-    owners = results["First response time per owner"]
-    assert owners.columns[2:] == ("p50", "p90", "p99")
-    for row in owners.rows:
-        assert f"<td>{format_duration(row[2])}</td><td>{format_duration(row[3])}</td>" in page
-    waiting = results["Oldest unanswered mail"]
-    longest = waiting.rows[0][waiting.columns.index("waiting")]
-    assert longest > 86_400 and f"<td>{format_duration(longest)}</td>" in page
-    assert re.search(r"<td>\d+ d \d+ h</td>", page) and re.search(r"<td>\d+ h \d+ min</td>", page)
-    (sla,) = run_dashboard(seeded, SLA_TARGETS, time_from=start, time_to=end,
-                           variables=default_variables(seeded, SLA_TARGETS, "tenant-1"))[-1:]
-    assert sla.panel.title == "Time to meet a target" and len(sla.rows) == 3
-    for target, met, p50, p90 in sla.rows:
-        assert f"<td>{target}</td><td>{met}</td><td>{format_duration(p50)}</td><td>{format_duration(p90)}</td>" in page
-    assert re.search(r"<td>\d+\.\d%</td>", page)  # shares met
-
-
-def test_report_renders_every_panel_and_writes_chart_pngs(seeded, tmp_path):
-    page = render_report(seeded, tenant="tenant-1", png_dir=tmp_path)
-    for dashboard in DASHBOARDS:
-        assert dashboard.title in page.replace("&amp;", "&")
-        for panel in dashboard.panels:
-            assert f"<h3>{panel.title}</h3>" in page.replace("&amp;", "&")
-    assert page.count("<svg") >= 5 and "<script" not in page
-    charts = [p for d in DASHBOARDS for p in d.panels if p.kind in ("timeseries", "barchart", "piechart")]
-    pngs = sorted(tmp_path.glob("*.png"))
-    assert len(pngs) == len(charts)
-    assert all(path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000 for path in pngs)
