@@ -58,6 +58,10 @@ from aiohttp import web
 from pipeline.sinks.native import NativeError, for_revision
 
 log = logging.getLogger("threadline.clickhouse_http")
+# aiohttp logs a request it cannot parse with the offending line, which may be a credential
+# header: its protocol errors (answered 400) go to a logger of their own that stays silent.
+_protocol_log = logging.getLogger("threadline.clickhouse_http.protocol")
+_protocol_log.setLevel(logging.CRITICAL)
 
 USER = "threadline"
 LOOPBACK = "127.0.0.1"
@@ -318,6 +322,12 @@ class HttpInterface:
         except ClickHouseError as error:
             log.info("query %s refused or failed: code %d", query_id, error.code)
             return self._error(error, query_id)
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # a bug here: answered, never with the query or its values in the log
+            log.error("query %s: internal error %s", query_id, type(exc).__name__)
+            return self._error(ClickHouseError(1001, "internal error of the embedded store's HTTP interface"),
+                               query_id)
         headers = {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Format": answer.fmt,
                    "X-ClickHouse-Timezone": self.timezone, "X-ClickHouse-Server-Display-Name": self.display_name,
                    "X-ClickHouse-Summary": json.dumps(answer.summary, separators=(",", ":"))}
@@ -366,7 +376,7 @@ class HttpInterface:
             # keepalive_timeout bounds the wait for a complete request head (and idle keep-alive),
             # lingering_time the read of an unread body after a response (as tracking_http does).
             self._runner = web.AppRunner(self._app(), access_log=None, keepalive_timeout=self.head_timeout_s,
-                                         lingering_time=self.head_timeout_s, handle_signals=False)
+                                         lingering_time=self.head_timeout_s, handle_signals=False, logger=_protocol_log)
             await self._runner.setup()
             await web.SockSite(self._runner, sock).start()
             ready.set()

@@ -285,3 +285,22 @@ def test_slow_clients_are_dropped_and_long_bodies_read_whole(chdb_path):
         assert request(impatient, body=long_query.encode())[::2] == (200, b"200000\n")
     finally:
         impatient.stop()
+
+
+def test_garbage_on_the_wire_is_answered_and_the_server_stays_up(server, caplog):
+    import socket
+
+    credential = base64.b64encode(f"{server.user}:{server.password}".encode())
+    with caplog.at_level(logging.DEBUG):
+        for garbage in (b"\x00\xff\x16\x03\x01 hello\r\n\r\n", b"GET /?query=%ZZ HTTP/1.1\r\nHost: x\r\n\r\n",
+                        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+                        b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Basic !!!\r\n\r\n",
+                        b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + credential + b"\x01\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+                connection.sendall(garbage)
+                answer = connection.recv(200)
+                assert answer == b"" or answer.startswith((b"HTTP/1.1 ", b"HTTP/1.0 400 ")), answer
+    assert credential.decode() not in caplog.text and server.password not in caplog.text
+    status, headers, body = request(server, "SELECT 1", auth=False, headers={"Authorization": "Basic !!!"})
+    assert (status, headers["X-ClickHouse-Exception-Code"]) == (403, "516")
+    assert request(server, "SELECT 7")[::2] == (200, b"7\n")
