@@ -43,7 +43,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from pipeline.campaigns.recipients import (
     DnsResolver, MailDomainResolver, Recipient, SmtpProbe, domain_of, read_recipients, validate_recipients,
@@ -251,13 +251,15 @@ def send_campaign(settings: Settings, campaign_id: str, template: CampaignTempla
                   probe: Callable | None = _DEFAULT,  # type: ignore[assignment]
                   suppressions: SuppressionStore | None = None, producer: Callable[[SentMail], None] | None = None,
                   smtp_factory: Callable[..., smtplib.SMTP] = smtplib.SMTP, clock: Callable[[], float] = time.monotonic,
-                  sleep: Callable[[float], None] = time.sleep, now: Callable[[], float] = time.time) -> CampaignReport:
+                  sleep: Callable[[float], None] = time.sleep, now: Callable[[], float] = time.time,
+                  progress: Callable[[list], Iterable] = iter) -> CampaignReport:
     """Send (or with ``dry_run`` only check and render) a campaign; see the module doc.
 
     Defaults come from ``settings``: ``smtp`` from :func:`campaign_smtp`, ``rate_per_s`` and the
     checks from ``[campaigns]``, ``suppressions`` from the JSONL file in ``worker.data_dir``,
     ``state_path`` from :func:`default_state_path`.  ``resolver=None`` skips DNS; ``probe=None``
-    skips the SMTP probe (default: on when ``campaigns.smtp_probe``)."""
+    skips the SMTP probe (default: on when ``campaigns.smtp_probe``).  ``progress`` wraps the list
+    of recipients sent to (e.g. in a progress bar)."""
     if not isinstance(campaign_id, str) or not _CAMPAIGN_ID.fullmatch(campaign_id):
         raise CampaignError("the campaign id must be 1-200 characters without spaces or control characters")
     # Every mail carries signed click and unsubscribe links: with a public or weak key anyone could
@@ -310,7 +312,7 @@ def send_campaign(settings: Settings, campaign_id: str, template: CampaignTempla
     bucket = TokenBucket(rate, options.burst, clock=clock, sleep=sleep)
     connection = None if dry_run else SmtpClient(smtp, helo=domain, factory=smtp_factory)
     try:
-        for checked in valid:
+        for checked in progress(valid):
             recipient = checked.recipient
             if suppressions.is_suppressed(tenant, recipient.email):  # unsubscribed while this campaign runs
                 report.skip(recipient, UNSUBSCRIBED)

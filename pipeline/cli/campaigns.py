@@ -11,9 +11,9 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.cli.common import (CommandFactory, UserError, add_out, add_tenant, add_tenant_filter, as_user_error,
-                                 avro_codec, broker_bootstrap, delivery_summary, open_out, open_store, print_rows,
-                                 produce_one, refuse_unsafe_keys, settings_from)
+from pipeline.cli.common import (CommandFactory, UserError, add_out, add_progress_flag, add_tenant, add_tenant_filter,
+                                 as_user_error, avro_codec, broker_bootstrap, delivery_summary, open_out, open_store,
+                                 print_rows, produce_one, progress_bar, refuse_unsafe_keys, settings_from)
 from pipeline.contracts.records import campaign_record, conversion_record
 from pipeline.contracts.topics import CAMPAIGNS, CONVERSIONS
 from pipeline.settings import Settings
@@ -116,7 +116,8 @@ def cmd_campaign_send(args: argparse.Namespace) -> int:
     code = 0
     try:
         report = send_campaign(settings, args.campaign, args.template, args.recipients, tenant=args.tenant,
-                               rate_per_s=args.rate, dry_run=args.dry_run, state_path=args.state, producer=producer)
+                               rate_per_s=args.rate, dry_run=args.dry_run, state_path=args.state, producer=producer,
+                               progress=iter if args.no_progress else _sending_bar(args.dry_run))
     except (CampaignError, RecipientListError, TemplateLoadError, TemplateRenderError) as exc:
         raise UserError(str(exc)) from exc
     except CampaignInterrupted as exc:
@@ -141,6 +142,10 @@ def cmd_campaign_send(args: argparse.Namespace) -> int:
         with open_out(args.report) as out:
             out.write(json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n")
     return code
+
+
+def _sending_bar(dry_run: bool):
+    return lambda recipients: progress_bar("render" if dry_run else "send", iterable=recipients)
 
 
 def add_campaign(command: CommandFactory) -> None:
@@ -170,6 +175,7 @@ def add_campaign(command: CommandFactory) -> None:
     campaign_send.add_argument("--state", metavar="FILE", help="resume state (default: in worker.data_dir/campaigns)")
     campaign_send.add_argument("--to-mail-raw", action="store_true", help="also produce every sent mail to mail.raw "
                                "(direction out) on kafka.bootstrap")
+    add_progress_flag(campaign_send)
     campaign_send.add_argument("--report", metavar="FILE", help="write the report, every skipped row included, as JSON "
                                "(- for stdout)")
 

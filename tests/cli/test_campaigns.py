@@ -84,6 +84,10 @@ def test_campaign_send_dry_run_and_user_errors(settings_file, tmp_path, monkeypa
     err = capsys.readouterr().err
     assert "campaign c1 (default) DRY RUN: 4 rows: 3 would_send, 1 syntax" in err and "row 5 nope: syntax" in err
     assert json.loads((tmp_path / "r.json").read_text())["skipped"] == [{"row": 5, "email": "nope", "reason": "syntax"}]
+    assert "render: 100%|" in err and "3/3" in err  # the progress bar over the mails to send
+    assert main([*send, "--dry-run", "--no-progress", "--report", "-"]) == 0  # the report on stdout
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["counts"] == {"would_send": 3, "syntax": 1} and "render:" not in captured.err
     # --to-mail-raw without a broker is refused before any mail is sent.
     assert main([*send, "--to-mail-raw"]) == 2
     assert capsys.readouterr().err == ("threadline: --to-mail-raw needs a broker: set THREADLINE_KAFKA_BOOTSTRAP "
