@@ -242,6 +242,7 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
         sink_until(sink, lambda: sum(sink.inserted.values()) >= records, timeout_s=max(120.0, records / 500),
                    on_progress=progress("ClickHouse sink", records))
         report_path = data_dir / "report.html"
+        say("rendering the dashboards as one page ...")
         report_path.write_text(render_report(store), encoding="utf-8")
         say(f"\n{sum(sink.inserted.values())} rows in ClickHouse ({store.location}); "
             f"dashboards as one page: {report_path}")

@@ -93,12 +93,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     store = open_store(settings_from(args))
     scope = report_scope(store, tenant=args.tenant, time_from=time_from, time_to=time_to)
     png_dir = Path(args.png_dir) if args.png_dir else None
-    with open_out(args.out) as out:
-        out.write(render_report(store, scope, png_dir=png_dir))
     others = ", ".join(name for name, _ in scope.tenants if name != scope.tenant) or "none"
+    # Said before the rendering, which takes seconds: what is being drawn.
     print(f"tenant {scope.tenant}: {scope.tenant_reason} (other tenants: {others}; choose with --tenant)\n"
           f"time range {scope.time_from:%Y-%m-%d %H:%M} to {scope.time_to:%Y-%m-%d %H:%M} UTC: {scope.range_reason} "
-          f"(choose with --from/--to)", file=sys.stderr)
+          f"(choose with --from/--to)\nrendering ...", file=sys.stderr, flush=True)
+    with open_out(args.out) as out:
+        out.write(render_report(store, scope, png_dir=png_dir))
     if not is_stdout(args.out):
         print(f"report written to {Path(args.out).resolve()}", file=sys.stderr)
     if png_dir is not None:
