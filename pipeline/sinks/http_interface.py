@@ -329,7 +329,8 @@ class HttpInterface:
             return self._error(ClickHouseError(1001, "internal error of the embedded store's HTTP interface"),
                                query_id)
         headers = {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Format": answer.fmt,
-                   "X-ClickHouse-Timezone": self.timezone, "X-ClickHouse-Server-Display-Name": self.display_name,
+                   "X-ClickHouse-Timezone": settings.get("session_timezone") or self.timezone,
+                   "X-ClickHouse-Server-Display-Name": self.display_name,
                    "X-ClickHouse-Summary": json.dumps(answer.summary, separators=(",", ":"))}
         body = answer.body
         encoding = _encoding(request) if params.get("enable_http_compression") == "1" else None

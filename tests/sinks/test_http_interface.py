@@ -186,6 +186,8 @@ def test_ping_root_headers_formats_and_settings(server, store):
     status, headers, body = request(server, "SELECT 1", output_format_json_quote_64bit_integers="1",
                                     readonly="1", send_progress_in_http_headers="1", wait_end_of_query="1")
     assert status == 200, body
+    status, headers, body = request(server, "SELECT timezone(), toDateTime(0)", session_timezone="Europe/Berlin")
+    assert (body, headers["X-ClickHouse-Timezone"]) == (b"Europe/Berlin\t1970-01-01 01:00:00\n", "Europe/Berlin")
     status, headers, body = request(server, "SELECT 1", allow_ddl="1")
     assert (status, headers["X-ClickHouse-Exception-Code"]) == (404, "115") and b"allow_ddl" in body
     assert request(server, "SELECT 1", readonly="0")[1]["X-ClickHouse-Exception-Code"] == "164"
