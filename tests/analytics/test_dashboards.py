@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.analytics.dashboards import (CORRELATION_QUALITY, CURRENCY, DASHBOARD_DIR, DASHBOARDS, DURATION,
-                                           RESPONSE_TIMES, SHARE, TENANT_VARIABLE, UNITS, dashboard_json,
+                                           RESPONSE_TIMES, SHARE, TENANT_VARIABLE, UNITS, Panel, dashboard_json,
                                            render_all)
 from pipeline.analytics.macros import MacroError, expand
 from pipeline.analytics.panels import (data_time_range, default_variables, panel_query, run_dashboard, store_tables,
@@ -65,6 +65,8 @@ def _overrides(data: dict) -> dict[str, dict[str, object]]:
 
 
 def test_every_panel_has_a_unit_and_explicit_thresholds():
+    with pytest.raises(TypeError, match="unit"):
+        Panel("No unit", "SELECT 1")  # a panel must say what its values are
     for dashboard, panel, data in _json_panels():
         where = f"{dashboard.uid} / {panel.title}"
         defaults = data["fieldConfig"]["defaults"]
