@@ -69,7 +69,7 @@ PASSWORD_BYTES = 32  # token_urlsafe: 43 characters
 
 # ClickHouse's error codes of the refusals made here (errorCodeToName(code) in chDB agrees).
 AUTHENTICATION_FAILED, READONLY, UNKNOWN_SETTING, BAD_ARGUMENTS, NOT_IMPLEMENTED = 516, 164, 115, 36, 48
-QUERY_IS_TOO_LARGE, UNKNOWN_FORMAT, UNSUPPORTED_METHOD, UNSUPPORTED_MEDIA_TYPE, SYNTAX_ERROR = 229, 73, 1, 779, 62
+QUERY_IS_TOO_LARGE, UNKNOWN_FORMAT, UNSUPPORTED_METHOD, SYNTAX_ERROR = 229, 73, 1, 62
 # ClickHouse's exceptionCodeToHTTPStatus (src/Server/HTTP/exceptionCodeToHTTPStatus.cpp), by error
 # name; the names become codes with chDB's errorCodeToName when the server starts. Others are 500.
 _STATUS_BY_NAME = {
@@ -302,7 +302,9 @@ class HttpInterface:
                 raise ClickHouseError(AUTHENTICATION_FAILED, "Authentication failed: password is "
                                       "incorrect, or there is no user with such name")
             if request.headers.get("Content-Encoding", "identity") not in ("identity", ""):
-                raise ClickHouseError(UNSUPPORTED_MEDIA_TYPE, "compressed request bodies are not supported here")
+                # Clients compress the data of an INSERT, never a query: refused as any write is.
+                raise ClickHouseError(READONLY, "Cannot execute query in readonly mode: the embedded store's HTTP "
+                                      "interface is read-only and takes no data (a compressed request body)")
             if request.content_type.startswith("multipart/"):
                 raise ClickHouseError(NOT_IMPLEMENTED, "external data (multipart requests) is not supported here")
             if params.get("compress") == "1" or params.get("decompress") == "1":

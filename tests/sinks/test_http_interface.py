@@ -80,6 +80,10 @@ def test_clickhouse_connect_queries_with_parameters_and_data_frames(client, stor
     assert [row[1] for row in rows] == ["it's", "tab\there"]
     frame = client.query_df(f"SELECT id, text FROM {store.database}.notes ORDER BY id")
     assert frame["text"].tolist() == ["it's", "back\\slash", "tab\there"]
+    table = client.query_arrow(f"SELECT id, text FROM {store.database}.notes ORDER BY id")
+    assert table.column("id").to_pylist() == [1, 2, 3]
+    with pytest.raises(DatabaseError, match="Code: 164"):
+        client.insert(f"{store.database}.notes", [[7, "x", datetime.now(timezone.utc)]], column_names=["id", "text", "at"])
     assert client.server_version == store.client.server_version
 
 
@@ -213,7 +217,7 @@ def test_bad_requests_get_clear_errors_and_the_server_stays_up(server):
     status, headers, body = request(server, "SELECT 1", client_protocol_version="x")
     assert (status, headers["X-ClickHouse-Exception-Code"]) == (400, "36")
     status, headers, body = request(server, "SELECT 1", headers={"Content-Encoding": "gzip"}, body=b"\x1f\x8b")
-    assert headers["X-ClickHouse-Exception-Code"] == "779"
+    assert headers["X-ClickHouse-Exception-Code"] == "164" and b"takes no data" in body
     status, headers, body = request(server, "SELECT 1", database="no`such")
     assert headers["X-ClickHouse-Exception-Code"] == "81"
     req = urllib.request.Request(f"{server.url}/?query=SELECT%201", method="DELETE")
