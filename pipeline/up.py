@@ -22,6 +22,7 @@ from typing import Callable
 from pipeline.analytics.report import render_report
 from pipeline.broker import EmbeddedBroker, create_topics, free_port
 from pipeline.contracts.avro import AvroCodec, registry_from_settings
+from pipeline.contracts.records import correlation_of
 from pipeline.contracts.topics import (DEADLETTER, ESCALATIONS, MAIL_CORRELATED, MAIL_RAW, MAIL_UNTRACKED,
                                        SINK_TOPICS, SLA_EVENTS, TRACKING_EVENTS, TRACKING_RAW)
 from pipeline.correlation.explain import describe
@@ -92,7 +93,7 @@ def summarize(settings: Settings, bootstrap: str, codec: AvroCodec, generation: 
         if record["automatic"]:
             automatic[record["automatic"]] += 1
         if record["parent_message_id"] and record["method_name"] not in explained and len(explained) < examples:
-            explained[record["method_name"]] = describe(_as_correlation_dict(record))
+            explained[record["method_name"]] = describe(correlation_of(record))
     untracked = Counter(r["reason"] for _, _, _, r in read_topic(settings.kafka, bootstrap, MAIL_UNTRACKED, codec)
                         if r["generation"] == generation)
     dead = Counter(r["reason"] for _, _, _, r in read_topic(settings.kafka, bootstrap, DEADLETTER, codec))
@@ -121,10 +122,6 @@ def summarize(settings: Settings, bootstrap: str, codec: AvroCodec, generation: 
     for text in explained.values():
         lines += ["", text]
     return "\n".join(lines)
-
-
-def _as_correlation_dict(record: dict) -> dict:
-    return {**record, "evidence": json.loads(record["evidence"]), "event_time": record["event_time"].isoformat()}
 
 
 def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: str, workers: int,

@@ -138,6 +138,24 @@ def untracked_record(correlation: Correlation, mailbox: str) -> dict:
     }
 
 
+def correlation_of(record: dict) -> dict:
+    """A ``mail.correlated`` record, or its row in ClickHouse, in the shape ``Correlation.to_dict``
+    gives a correlation (evidence an object, the time an ISO string): what ``threadline explain``
+    describes, wherever the correlation was read."""
+    return {**record, "evidence": json.loads(record["evidence"] or "{}"), "event_time": _iso(record["event_time"])}
+
+
+def untracked_correlation_of(record: dict) -> dict:
+    """A ``mail.untracked`` record, or its row, in the same shape: its reason is the correlation's
+    ``untracked_reason``."""
+    return {**correlation_of(record), "untracked_reason": record["reason"],
+            "conversation_id": record.get("conversation_id") or ""}
+
+
+def _iso(value: datetime | str) -> str:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
 def response_record(correlation: Correlation, mailbox: str) -> dict:
     response = correlation.response
     assert response is not None
