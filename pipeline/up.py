@@ -265,7 +265,8 @@ Look further, in another shell in this folder:{activate_line()}
   threadline sql "SELECT count() FROM {{db}}.mail_correlated"   # the store, which this process serves
   open {report_path}          # response times, campaigns, correlation quality
   threadline replay --settings NEW.toml              # recompute every correlation as a new generation
-  threadline tail mail.correlated                    # the output topic, decoded, one JSON line per record"""
+  threadline tail mail.correlated                    # the output topic, decoded, one JSON line per record
+  threadline explain MESSAGE-ID                      # why a mail was linked, e.g. one of those above"""
             + (f"\n  curl {registry_url}/subjects         # the Schema Registry for Avro consumers (docs/pipeline.md)"
                if registry_url else ""))
         say("\nrunning (new mail on mail.raw is correlated and lands in ClickHouse); Ctrl-C stops everything")

@@ -118,6 +118,17 @@ def open_store(settings: Settings, *, write: bool = False):
     return store
 
 
+def store_exists(settings: Settings) -> bool:
+    """Whether :func:`open_store` would find a store rather than create an empty one: a server,
+    a running ``threadline up``'s, or a chDB folder in the data folder."""
+    from pipeline.running import running_stack
+
+    data_dir = settings.worker.data_dir.resolve()
+    stack = running_stack(data_dir)
+    return bool(settings.clickhouse.url or (stack is not None and stack.clickhouse_url)
+                or (data_dir / "clickhouse").is_dir())
+
+
 def print_table(result) -> None:
     """A ClickHouse query result as tab-separated lines on stdout, the column names first."""
     print_rows(result.column_names, result.result_rows)

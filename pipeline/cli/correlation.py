@@ -12,9 +12,10 @@ from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.cli.common import (CommandFactory, UserError, add_out, add_progress_flag, add_tenant, as_user_error,
-                                 choice, is_stdout, message_id_value, open_out, produce_one, progress_bar,
-                                 require_paths, settings_from)
+from pipeline.cli.common import (CommandFactory, UserError, add_out, add_progress_flag, add_tenant,
+                                 add_tenant_filter, as_user_error, avro_codec, broker_bootstrap, choice, is_stdout,
+                                 message_id_value, open_out, open_store, produce_one, progress_bar, require_paths,
+                                 settings_from, store_exists)
 
 DEFAULT_CORRELATIONS = Path("data") / "correlations.jsonl"
 # The shared corpora beside the project, as `eval` and `demo` find them (relative to the working folder).
@@ -68,31 +69,114 @@ def add_correlate(command: CommandFactory) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    """Find the mail's correlation in the first source that has it (a --file; else ClickHouse,
+    the output topics, data/correlations.jsonl) and describe it, per tenant."""
     from pipeline.correlation.explain import describe
+    from pipeline.decisions import choose
 
-    path = Path(args.source)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist: run `threadline correlate MAILBOX -o {path}` first")
+    settings = settings_from(args)
     wanted = args.message_id
-    found = None
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if wanted in line:
-                record = json.loads(line)
-                # The newest generation wins; a duplicate delivery only repeats the first decision.
-                if record.get("message_id") == wanted and (found is None or record.get("untracked_reason") != "duplicate"):
-                    found = record
-    if found is None:
-        raise UserError(f"{wanted} is not in {path}")
-    print(describe(found))
-    return 0
+    searched: list[str] = []
+    for source, decisions in _decision_sources(args, settings, searched):
+        if not decisions:
+            searched.append(f"not in {source}")
+            continue
+        choices = choose(decisions, tenant=args.tenant, generation=args.generation)
+        if not choices:
+            generations = sorted({d.get("generation", 0) for d in decisions})
+            raise UserError(f"{wanted} has no decision of generation {args.generation} in {source} "
+                            f"(it has generation {', '.join(map(str, generations))})")
+        if len(choices) > 1:
+            print(f"{wanted} is in {len(choices)} tenants ({', '.join(c.tenant for c in choices)}): each is shown; "
+                  "--tenant T shows one", file=sys.stderr)
+        for n, chosen in enumerate(choices):
+            others = [g for g in chosen.generations if g != chosen.decision.get("generation", 0)]
+            print(("\n" if n else "") + describe(chosen.decision))
+            print(f"  tenant:       {chosen.tenant}")
+            if others:
+                print(f"  generations:  also {', '.join(map(str, others))} (--generation N explains another)")
+            print(f"  found in:     {source}")
+        return 0
+    raise UserError(f"{wanted}" + ("" if args.tenant is None else f" of tenant {args.tenant}") + " was not found: "
+                    + "; ".join(searched))
+
+
+def _decision_sources(args: argparse.Namespace, settings, searched: list[str]):
+    """(where, decisions about the mail) of each source to search, in order, while the caller
+    wants more; ``searched`` gets why a source could not be searched."""
+    from confluent_kafka import KafkaException
+
+    from pipeline.decisions import in_file, in_store, on_topics
+
+    wanted = args.message_id
+    if args.file is not None and args.source not in ("auto", "file"):
+        raise UserError(f"--file reads only that file: it goes with --source file, not --source {args.source}")
+    if args.file is not None or args.source == "file":
+        path = Path(args.file or DEFAULT_CORRELATIONS)
+        if not path.is_file():
+            raise UserError(f"{path} does not exist: run `threadline correlate MAILBOX -o {path}` first")
+        yield str(path), in_file(path, wanted)
+        return
+    if args.source in ("auto", "clickhouse"):
+        if args.source == "clickhouse" or store_exists(settings):
+            store = open_store(settings) if args.source == "clickhouse" else _store_or_none(settings, searched)
+            if store is not None:
+                where = f"ClickHouse {store.location}, tables mail_correlated and mail_untracked"
+                yield where, in_store(store, wanted, args.tenant)
+        else:
+            searched.append("no ClickHouse store here (no clickhouse.url, no `threadline up` running, no "
+                            f"{settings.worker.data_dir / 'clickhouse'})")
+    if args.source in ("auto", "topic"):
+        bootstrap = _bootstrap_or_none(settings, searched) if args.source == "auto" else broker_bootstrap(settings)
+        if bootstrap is not None:
+            codec = avro_codec(settings)
+            where = f"the topics mail.correlated and mail.untracked on {bootstrap}"
+            try:
+                found = on_topics(settings.kafka, bootstrap, codec, wanted, args.tenant)
+            except (KafkaException, TimeoutError) as exc:
+                if args.source == "topic":
+                    raise UserError(f"cannot read {where}: {exc}") from exc
+                searched.append(f"cannot read {where}: {exc}")
+            else:
+                if found.undecodable:
+                    print(f"{found.undecodable} records holding {wanted} could not be decoded", file=sys.stderr)
+                yield where, found.decisions
+    if args.source == "auto":
+        if DEFAULT_CORRELATIONS.is_file():
+            yield str(DEFAULT_CORRELATIONS), in_file(DEFAULT_CORRELATIONS, wanted)
+        else:
+            searched.append(f"no {DEFAULT_CORRELATIONS} (`threadline correlate MAILBOX` writes it)")
+
+
+def _store_or_none(settings, searched: list[str]):
+    try:
+        return open_store(settings)
+    except UserError as exc:
+        searched.append(str(exc))
+        return None
+
+
+def _bootstrap_or_none(settings, searched: list[str]) -> str | None:
+    try:
+        return broker_bootstrap(settings)
+    except UserError:
+        searched.append("no broker for the topics (no kafka.bootstrap, no `threadline up` running here)")
+        return None
 
 
 def add_explain(command: CommandFactory) -> None:
-    explain = command("explain", cmd_explain, "Explain why a mail was correlated the way it was.")
+    explain = command("explain", cmd_explain, "Explain why a mail was correlated the way it was: from the pipeline's "
+                                              "output (ClickHouse, else the topics) or a `threadline correlate` file.")
     explain.add_argument("message_id", type=message_id_value)
-    explain.add_argument("--from", dest="source", default=str(DEFAULT_CORRELATIONS),
-                         help="correlations JSONL (default: %(default)s)")
+    explain.add_argument("--file", "--from", dest="file", metavar="JSONL",
+                         help=f"only this file `threadline correlate` wrote (without it, the pipeline's output is "
+                              f"searched first, then {DEFAULT_CORRELATIONS} if it exists)")
+    explain.add_argument("--source", default="auto", **choice("auto", "clickhouse", "topic", "file"),
+                         help="where to look: auto (default: ClickHouse, the topics, then the file, the first that "
+                              "has the mail), or only there")
+    add_tenant_filter(explain, "only this tenant's mail (default: every tenant that has the Message-ID)")
+    explain.add_argument("--generation", type=int, metavar="N",
+                         help="the decision of this settings generation (default: the newest)")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

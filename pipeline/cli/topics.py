@@ -23,7 +23,6 @@ from pipeline.cli.common import (CommandFactory, UserError, add_tenant_filter, a
                                  settings_from)
 
 
-
 def _avro_json_bytes(data: bytes) -> str:
     return data.decode("latin-1")
 

@@ -47,7 +47,7 @@ def test_every_choice_option_takes_any_case_and_gives_the_canonical_value():
     assert {(" ".join(path), action.dest) for path, action in found} >= {
         ("escalations", "state"), ("correlate", "direction"), ("up", "direction"), ("ingest", "direction"),
         ("eval", "mode"), ("eval", "strategy"), ("worker", "log_level"), ("dashboards", "action"),
-        ("schemas", "action"), ("tail", "bytes")}
+        ("schemas", "action"), ("tail", "bytes"), ("explain", "source")}
     for path, action in found:
         assert isinstance(action.type, AnyCase), (path, action.dest)
         for value in action.choices:
@@ -68,7 +68,8 @@ def test_state_open_is_accepted_and_help_shows_the_canonical_values(capsys):
     assert "invalid choice: 'opened' (choose from 'OPEN', 'WARNED', 'ESCALATED', 'RESOLVED')" in capsys.readouterr().err
 
 
-READING = (["escalations"], ["sql", "SELECT 1"], ["campaign", "list"], ["report"], ["tail", "mail.correlated"])
+READING = (["escalations"], ["sql", "SELECT 1"], ["campaign", "list"], ["report"], ["tail", "mail.correlated"],
+           ["explain", "<a@x>"])
 WRITING = (["correlate", "x.mbox"], ["sla", "x.mbox"], ["up"], ["ingest", "x.mbox"], ["mark", "in.eml"],
            ["convert", "--campaign", "c", "--revenue", "1"], ["generate"], ["campaign", "create", "--campaign", "c",
                                                                         "--name", "n"], ["correct", "unlink", "<a@x>"])

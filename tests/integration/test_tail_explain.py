@@ -13,8 +13,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from pipeline.cli.main import main
-from pipeline.contracts.records import SourcePosition, correlated_record, mail_raw_record
-from pipeline.contracts.topics import MAIL_CORRELATED, MAIL_RAW
+from pipeline.contracts.records import SourcePosition, correlated_record, mail_raw_record, untracked_record
+from pipeline.contracts.topics import MAIL_CORRELATED, MAIL_RAW, MAIL_UNTRACKED
 from pipeline.correlation.engine import Correlator
 from pipeline.mail.parse import parse_mail
 from pipeline.runtime.producer import RecordProducer
@@ -150,3 +150,69 @@ def test_tail_from_the_end_follows_new_records_until_ctrl_c(sandbox, capsys):
         process.kill()
     assert [line["value"]["generation"] for line in lines] == [1, 1]  # only what came after it started
     assert out == "" and process.returncode == 0 and "tail: 2 records of" in err
+
+
+def untracked_records(settings, tenant: str) -> list[dict]:
+    """The mail.untracked record of a mail between our own people (reason internal)."""
+    from pipeline.settings import UntrackedSettings
+
+    correlator = Correlator(settings.correlation, tenant=tenant, untracked=UntrackedSettings(own_domains=("support.test",)))
+    raw = (b"Message-ID: <memo@support.test>\r\nDate: Mon, 02 Mar 2026 10:00:00 +0000\r\nFrom: bo@support.test\r\n"
+           b"To: desk@support.test\r\nSubject: lunch\r\n\r\nNoon?\r\n")
+    correlation = correlator.correlate(parse_mail(raw, tenant=tenant))
+    assert correlation.untracked_reason == "internal"
+    return [untracked_record(correlation, "support")]
+
+
+def test_explain_finds_a_pipeline_mail_on_the_topics_and_in_clickhouse(sandbox, cli, capsys, clickhouse_factory,
+                                                                       chdb_path, monkeypatch):
+    settings = sandbox.settings()
+    outputs = [(MAIL_CORRELATED, "acme", r) for r in correlated_records(settings, "acme")]
+    outputs += [(MAIL_CORRELATED, "acme", r) for r in correlated_records(settings, "acme", generation=1)]
+    outputs += [(MAIL_CORRELATED, "globex", r) for r in correlated_records(settings, "globex")]
+    outputs += [(MAIL_UNTRACKED, "acme", r) for r in untracked_records(settings, "acme")]
+    for topic in (MAIL_CORRELATED, MAIL_UNTRACKED):
+        produce(sandbox, settings, topic, [(tenant.encode(), sandbox.codec.encode(topic, record))
+                                           for where, tenant, record in outputs if where == topic])
+    # Not a record, though it holds the Message-ID's bytes: skipped and counted, never a crash.
+    produce(sandbox, settings, MAIL_CORRELATED, [(b"acme", b"\x00\x00\x00\x00\x07 <r@customer.test> \xff")])
+
+    code, out, err = cli(["explain", "r@customer.test", "--source", "topic"], capsys)
+    assert code == 0, err
+    acme, globex = out.split("\n\n")
+    assert "is in 2 tenants (acme, globex)" in err and "1 records holding <r@customer.test> could not be decoded" in err
+    assert "linked to:    <q@customer.test>  by InReplyTo (3)" in acme and "generation 1" in acme
+    assert "  tenant:       acme" in acme and "  generations:  also 0 (--generation N explains another)" in acme
+    assert f"found in:     the topics mail.correlated and mail.untracked on {sandbox.bootstrap}" in acme
+    assert "  tenant:       globex" in globex and "generation 0" in globex and "also" not in globex
+    code, out, err = cli(["explain", "<r@customer.test>", "--source", "TOPIC", "--tenant", "acme", "--generation", "0"],
+                         capsys)
+    assert code == 0 and "generation 0" in out and "also 1" in out and "globex" not in out + err
+    code, out, err = cli(["explain", "memo@support.test", "--source", "topic"], capsys)
+    assert code == 0 and "not tracked:  every participant is in one of our own domains (internal mail)" in out
+    code, out, err = cli(["explain", "r@customer.test", "--source", "topic", "--tenant", "initech"], capsys)
+    assert code == 2 and "<r@customer.test> of tenant initech was not found: not in the topics" in err
+
+    # The same outputs in ClickHouse, through the sink (the hostile record becomes a dead letter).
+    from pipeline.sinks.clickhouse import ClickHouseSink, sink_until
+
+    store = clickhouse_factory()
+    sink = ClickHouseSink(settings.kafka, sandbox.bootstrap, store, sandbox.codec, app_id=sandbox.app_id)
+    rows = lambda table: store.query(f"SELECT count() FROM {{db}}.{table} FINAL").result_rows[0][0]  # noqa: E731
+    sink_until(sink, lambda: rows("mail_correlated") == 6 and rows("mail_untracked") == 1, timeout_s=60)
+    sink.close()
+    # The command opens the store of a data folder: the test's chDB, in the test's database.
+    monkeypatch.setenv("THREADLINE_WORKER_DATA_DIR", str(chdb_path.parent))
+    monkeypatch.setenv("THREADLINE_CLICKHOUSE_DATABASE", store.database)
+    code, out, err = cli(["explain", "r@customer.test", "--tenant", "acme"], capsys)
+    assert code == 0, err
+    assert "linked to:    <q@customer.test>  by InReplyTo (3)" in out and "generation 1" in out
+    assert (f"found in:     ClickHouse chdb:{chdb_path}, tables mail_correlated and mail_untracked" in out
+            and "also 0" in out), out
+    code, out, err = cli(["explain", "memo@support.test", "--source", "clickhouse"], capsys)
+    assert code == 0 and "not tracked:  every participant" in out and "found in:     ClickHouse" in out
+    # Not in the store yet (the sink lags): the topics answer.
+    late = correlated_records(settings, "initech")
+    produce(sandbox, settings, MAIL_CORRELATED, [(b"initech", sandbox.codec.encode(MAIL_CORRELATED, late[0]))])
+    code, out, err = cli(["explain", "q@customer.test", "--tenant", "initech"], capsys)
+    assert code == 0 and "found in:     the topics" in out and "  tenant:       initech" in out

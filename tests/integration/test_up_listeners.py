@@ -371,6 +371,30 @@ def test_sql_report_and_escalations_from_another_shell_query_the_store_up_serves
                  texts=command_lines) == []
 
 
+def test_tail_and_explain_from_another_shell_read_the_running_pipeline(up_run):
+    """Issue 17: the hint's `threadline tail mail.correlated` decodes the output topic of the
+    running `up` (its broker from stack.json), and `threadline explain` of a mail up explained
+    answers from the store up serves, and from the topic when asked to."""
+    tail = cli(up_run, "tail", "mail.correlated", "--limit", "3")
+    assert tail.returncode == 0, tail.stderr
+    records = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert len(records) == 3 and all(r["topic"] == "mail.correlated" and r["key"] == "default" for r in records)
+    assert "threadline tail mail.correlated " in up_run.stdout() and "kcat" not in up_run.stdout()
+    explained = re.search(r"^(<[^>\s]+>)  \((in|out), ", up_run.stdout(), re.MULTILINE)
+    assert explained, up_run.stdout()[-3000:]
+    message_id = explained.group(1)
+    served = cli(up_run, "explain", message_id)
+    assert served.returncode == 0, served.stderr
+    assert served.stdout.startswith(message_id) and "linked to:" in served.stdout
+    assert "found in:     ClickHouse http://127.0.0.1:" in served.stdout
+    assert f"(served by threadline up, pid {up_run.process.pid})" in served.stdout
+    topic = cli(up_run, "explain", message_id, "--source", "topic")
+    assert topic.returncode == 0, topic.stderr
+    assert "found in:     the topics mail.correlated and mail.untracked on 127.0.0.1:" in topic.stdout
+    # the same decision, whichever source answered
+    assert served.stdout.split("  tenant:")[0] == topic.stdout.split("  tenant:")[0]
+
+
 def test_no_secret_in_any_output_log_or_command_line(up_run):
     """Issue 13: every secret setting is configured (SECRETS), and none of them appears in up's
     stdout or stderr, in any log or other file of the run, or in a command line (those are
