@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
-from pipeline.analytics.dashboards import COUNT, CURRENCY, DURATION, NUMBER, SHARE, Thresholds
+from pipeline.analytics.dashboards import COUNT, CURRENCY, DURATION, LABEL_CHARACTERS, NUMBER, SHARE, Thresholds
 from pipeline.analytics.panels import PanelResult
 from pipeline.escalation.figures import format_duration
 
@@ -28,7 +28,6 @@ CHART_KINDS = ("timeseries", "barchart", "piechart")
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 THRESHOLD_COLOURS = {"green": "#1a9850", "orange": "#f28e2b", "red": "#d73027", "transparent": "#888888"}
 CURRENCY_SYMBOLS = {CURRENCY: "€"}
-LABEL_CHARACTERS = 32  # a category name longer than this is cut with an ellipsis
 MAX_CATEGORIES = 15
 _WIDTH_IN = 10.0
 

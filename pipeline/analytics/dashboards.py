@@ -493,6 +493,17 @@ _THRESHOLD_DISPLAY = {
 }
 
 
+LABEL_CHARACTERS = 32  # a category name longer than this is cut with an ellipsis, in Grafana and the report
+_PANEL_OPTIONS = {
+    # Bar charts lie on their side, names cut to one line each.
+    "barchart": {"orientation": "horizontal", "xTickLabelMaxLength": LABEL_CHARACTERS},
+    # A slice per row (the panels return one row per category), with its value and share beside it.
+    "piechart": {"reduceOptions": {"values": True, "calcs": [], "fields": ""}, "pieType": "pie",
+                 "displayLabels": ["percent"],
+                 "legend": {"showLegend": True, "displayMode": "table", "placement": "right", "values": ["value", "percent"]}},
+}
+
+
 def _field_config(panel: Panel) -> dict:
     defaults: dict = {"unit": panel.unit, "thresholds": NO_THRESHOLDS.json()}
     if panel.unit == SHARE:
@@ -530,8 +541,7 @@ def dashboard_json(dashboard: Dashboard) -> dict:
             "gridPos": {"x": x, "y": y, "w": panel.width, "h": panel.height},
             "targets": [{"refId": "A", "datasource": DATASOURCE, "editorType": "sql", "format": panel.format,
                          "queryType": "timeseries" if panel.format == 0 else "table", "rawSql": panel.sql.strip()}],
-            # Bar charts lie on their side: category names read on one line.
-            "options": {"orientation": "horizontal"} if panel.kind == "barchart" else {},
+            "options": _PANEL_OPTIONS.get(panel.kind, {}),
             "fieldConfig": _field_config(panel),
         }
         if panel.kind == "timeseries":

@@ -80,6 +80,10 @@ def test_every_panel_has_a_unit_and_explicit_thresholds():
                              panel.title, re.IGNORECASE), where
         if panel.kind == "timeseries":
             assert data["interval"] == "1d" and defaults["custom"]["spanNulls"] is False, where
+        if panel.kind == "piechart":  # one slice per row, not one per column summed over the rows
+            assert data["options"]["reduceOptions"]["values"] is True, where
+        if panel.kind == "barchart":
+            assert data["options"]["orientation"] == "horizontal", where
 
 
 def test_thresholds_are_where_a_manager_expects_them():
