@@ -159,17 +159,22 @@ def test_native_for_every_revision_a_client_may_send(server, seeded):
     sql = ("SELECT number AS n, toString(number) AS s, toLowCardinality(toString(number % 3)) AS lc, "
            "if(number % 2 = 0, NULL, number) AS maybe, [number, 1] AS list, map('k', number) AS dict, "
            "(number, 'x') AS pair, toDecimal64(number / 4, 2) AS money, toLowCardinality(toNullable(toString(number))) "
-           "AS lcn, toDateTime64(number, 3, 'UTC') AS at, toFixedString('ab', 2) AS fixed FROM numbers(70000)")
+           "AS lcn, toDateTime64(number, 3, 'UTC') AS at, toFixedString('ab', 2) AS fixed, "
+           "CAST((number, 'y'), 'Tuple(a UInt64, `b c` String)') AS named, "
+           "map(toString(number % 5), [toNullable('v'), NULL]) AS nested, CAST('b', 'Enum8(\\'a\\' = 1, \\'b\\' = 2)') AS kind, "
+           "toUUID('61f0c404-5cb3-11e7-907b-a6006ad3dba0') AS id, toIPv4('10.0.0.1') AS ip, NULL AS nothing FROM numbers(3000)")
     direct = seeded.client.query(sql).result_rows
     for revision in (0, 54405, 54453, CLIENT_REVISION):
-        query = urlencode({"client_protocol_version": revision, "default_format": "Native"})
+        # blocks of 1,000 rows: the framing is per block
+        query = urlencode({"client_protocol_version": revision, "default_format": "Native", "max_block_size": 1000})
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
         credentials = base64.b64encode(f"{server.user}:{server.password}".encode()).decode()
         connection.request("POST", f"/?{query}", body=sql.encode(), headers={"Authorization": f"Basic {credentials}"})
         body = connection.getresponse().read()
         connection.close()
         names, _, rows = go_decode(body, revision, seeded.client.create_query_context(query="SELECT 1"))
-        assert len(rows) == 70000 and rows == direct, revision
+        assert len(rows) == 3000 and rows == direct, revision
+        assert body.count(b"\x01\x00\x02\xff\xff\xff\xff\x00\x11\xe8\x07") == (3 if revision else 0)
     status, headers, body = grafana_post(server, "SELECT CAST(1, 'Dynamic') AS d", seeded.database)
     assert (status, headers["X-ClickHouse-Exception-Code"]) == (501, "48") and b"cast the column" in body
 
