@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from pipeline.contracts.topics import BY_NAME, TOPIC_NAMES
-from pipeline.runtime.kafka import new_admin, topic_name
+from pipeline.runtime.kafka import cluster_metadata, new_admin, topic_name
 from pipeline.settings import KafkaSettings, Settings
 
 
@@ -113,7 +113,7 @@ def create_topics(kafka: KafkaSettings, bootstrap: str, topics: Iterable[str] = 
 
     admin = new_admin(kafka, bootstrap)
     names = [topic_name(kafka, t) for t in topics]
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    existing = set(cluster_metadata(admin, timeout_s).topics)
     wanted = [new_topic(kafka, n, kafka.partitions) for n in names if n not in existing]
     created = []
     if wanted:
@@ -139,7 +139,7 @@ def new_topic(kafka: KafkaSettings, name: str, partitions: int):
 
 def topic_partitions(kafka: KafkaSettings, bootstrap: str, timeout_s: float = 10.0) -> dict[str, int]:
     admin = new_admin(kafka, bootstrap)
-    metadata = admin.list_topics(timeout=timeout_s)
+    metadata = cluster_metadata(admin, timeout_s)
     return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
 
 

@@ -23,7 +23,7 @@ from typing import Callable
 
 from pipeline.blobs import BlobError
 from pipeline.broker import new_topic
-from pipeline.runtime.kafka import new_admin, new_producer, produce_when_room
+from pipeline.runtime.kafka import cluster_metadata, new_admin, new_producer, produce_when_room
 from pipeline.contracts.avro import AvroCodec, AvroDecodeError, registry_from_settings
 from pipeline.contracts.records import MailRawCodec
 from pipeline.contracts.topics import ADDRESS_COLUMNS, MAIL_RAW
@@ -85,7 +85,7 @@ def erase_from_topics(settings: Settings, bootstrap: str, address: str,
 
     needle = address.lower().encode()
     admin = new_admin(settings.kafka, bootstrap)
-    metadata = admin.list_topics(timeout=10)
+    metadata = cluster_metadata(admin, 10)
     prefix = settings.kafka.topic_prefix
     topics = sorted(name for name in metadata.topics
                     if not name.startswith("__") and (not prefix or name.startswith(prefix) or "-changelog" in name))

@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.cli.common import (CommandFactory, UserError, add_out, add_progress_flag, add_tenant, add_tenant_filter,
-                                 as_user_error, avro_codec, broker_bootstrap, delivery_summary, open_out, open_store,
-                                 print_rows, produce_one, progress_bar, refuse_unsafe_keys, settings_from)
+                                 as_user_error, avro_codec, broker_bootstrap, delivery_summary, ensure_topics, open_out,
+                                 open_store, print_rows, produce_one, progress_bar, refuse_unsafe_keys, settings_from)
 from pipeline.contracts.records import campaign_record, conversion_record
 from pipeline.contracts.topics import CAMPAIGNS, CONVERSIONS
 from pipeline.settings import Settings
@@ -84,13 +84,12 @@ class _MailRawProducer:
     """Hands every sent mail to ``mail.raw`` (direction out), so the pipeline correlates replies."""
 
     def __init__(self, settings: Settings, tenant: str, campaign_id: str) -> None:
-        from pipeline.broker import create_topics
         from pipeline.contracts.records import MailRawCodec
         from pipeline.runtime.producer import RecordProducer
 
         if not settings.kafka.bootstrap:
             raise UserError("--to-mail-raw needs a broker: set THREADLINE_KAFKA_BOOTSTRAP or kafka.bootstrap")
-        create_topics(settings.kafka, settings.kafka.bootstrap, timeout_s=10)
+        ensure_topics(settings, settings.kafka.bootstrap, timeout_s=10)
         self.records = RecordProducer(settings.kafka, settings.kafka.bootstrap)
         self.mail_raw = MailRawCodec(settings.mail, settings.blob_dir, avro_codec(settings))
         self.tenant, self.campaign_id = tenant, campaign_id
@@ -201,7 +200,6 @@ def add_convert(command: CommandFactory) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from pipeline.broker import create_topics
     from pipeline.synth_traffic import CampaignTraffic, produce_traffic
 
     settings = settings_from(args)
@@ -209,7 +207,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     bootstrap = broker_bootstrap(settings)
     if args.campaigns < 1 or args.recipients < 1:
         raise UserError("--campaigns and --recipients must be positive")
-    create_topics(settings.kafka, bootstrap)
+    ensure_topics(settings, bootstrap)
     traffic = CampaignTraffic(settings.tracking, seed=args.seed, tenant=args.tenant,
                               sender_domain=args.sender_domain).records(args.campaigns, args.recipients)
     report = produce_traffic(traffic, settings, avro_codec(settings), bootstrap)

@@ -66,20 +66,27 @@ def broker_bootstrap(settings: Settings) -> str:
     return stack.bootstrap
 
 
-def produce_one(settings: Settings, topic: str, tenant: str, record: dict, timeout_s: float = 10.0) -> None:
-    """Write one record keyed by ``tenant`` and wait for the broker's acknowledgement; a broker
-    that cannot be reached within ``timeout_s`` is the user's error."""
+def ensure_topics(settings: Settings, bootstrap: str, timeout_s: float = 30.0) -> None:
+    """Create the topics that do not exist yet; a broker that cannot be reached within
+    ``timeout_s`` is the user's error (one line, no traceback)."""
     from confluent_kafka import KafkaException
 
     from pipeline.broker import BrokerError, create_topics
-    from pipeline.runtime.producer import RecordProducer
 
-    bootstrap = broker_bootstrap(settings)
-    value = avro_codec(settings).encode(topic, record)
     try:
         create_topics(settings.kafka, bootstrap, timeout_s=timeout_s)
     except (KafkaException, BrokerError) as exc:
         raise UserError(f"cannot reach the broker at {bootstrap} ({exc}); is it running (`threadline up`)?") from exc
+
+
+def produce_one(settings: Settings, topic: str, tenant: str, record: dict, timeout_s: float = 10.0) -> None:
+    """Write one record keyed by ``tenant`` and wait for the broker's acknowledgement; a broker
+    that cannot be reached within ``timeout_s`` is the user's error."""
+    from pipeline.runtime.producer import RecordProducer
+
+    bootstrap = broker_bootstrap(settings)
+    value = avro_codec(settings).encode(topic, record)
+    ensure_topics(settings, bootstrap, timeout_s)
     producer = RecordProducer(settings.kafka, bootstrap)
     producer.produce(topic, tenant.encode(), value)
     report = producer.finish(timeout_s)

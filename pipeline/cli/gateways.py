@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from pipeline.cli.common import (CommandFactory, UserError, as_user_error, avro_codec, broker_bootstrap,
+from pipeline.cli.common import (CommandFactory, UserError, as_user_error, avro_codec, broker_bootstrap, ensure_topics,
                                  refuse_unsafe_keys, settings_from)
 
 
@@ -16,13 +16,12 @@ def _log_to_stderr(level: int = logging.INFO) -> None:
 
 
 def cmd_imap(args: argparse.Namespace) -> int:
-    from pipeline.broker import create_topics
     from pipeline.gateways.imap import DeliveryError, ImapError, ImapPoller
 
     settings = settings_from(args)
     bootstrap = broker_bootstrap(settings)
     _log_to_stderr()
-    create_topics(settings.kafka, bootstrap)
+    ensure_topics(settings, bootstrap)
     codec = avro_codec(settings)
     with as_user_error(ImapError):
         poller = ImapPoller(settings, bootstrap, codec)

@@ -50,3 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("threadline: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from confluent_kafka import KafkaException  # loaded already if it raised: no start-up cost
+
+        if not isinstance(exc, KafkaException):
+            raise
+        # A broker that cannot be reached or refuses us: one line too, not a traceback.
+        error = exc.args[0] if exc.args else None
+        what = f"{error.str()} ({error.name()})" if hasattr(error, "str") else str(exc)
+        print(f"threadline: Kafka: {what}; is the broker running? `threadline doctor` checks it", file=sys.stderr)
+        return 2

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.common import (CommandFactory, UserError, add_progress_flag, add_tenant, as_user_error, avro_codec,
-                                 broker_bootstrap, choice, delivery_summary, open_store, progress_bar,
+                                 broker_bootstrap, choice, delivery_summary, ensure_topics, open_store, progress_bar,
                                  refuse_unsafe_keys, require_paths, settings_from)
 from pipeline.contracts.topics import DEADLETTER, MAIL_CORRELATED, MAIL_RAW, MAIL_UNTRACKED
 
@@ -63,14 +63,13 @@ def add_up(command: CommandFactory) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from pipeline.broker import create_topics
     from pipeline.mail.sources import iter_mail_sources
     from pipeline.streams.ingest import ingest
 
     settings = settings_from(args)
     bootstrap = broker_bootstrap(settings)
     require_paths(args.mailbox)
-    create_topics(settings.kafka, bootstrap)
+    ensure_topics(settings, bootstrap)
     codec = avro_codec(settings)
     if args.direction == "auto" and not settings.untracked.own_domains:
         raise UserError("--direction auto needs untracked.own_domains in the settings")

@@ -168,6 +168,23 @@ def new_admin(kafka: KafkaSettings, bootstrap: str | None = None):
     return AdminClient(client_config(kafka, bootstrap))
 
 
+def cluster_metadata(admin, timeout_s: float):
+    """``admin.list_topics`` asked again every second until ``timeout_s``, the admin client's log
+    served in between: nothing else polls an admin client, so a broker that does not answer would
+    be said only when the timeout ends (BrokerWatch says it after a second)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return admin.list_topics(timeout=max(min(1.0, left), 0.01))
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._TRANSPORT or left <= 1.0:
+                raise
+        admin.poll(0)
+
+
 def produce_when_room(producer, topic: str, value: bytes, key: bytes | None, **kwargs) -> None:
     """``producer.produce`` that waits while librdkafka's local queue is full (BufferError),
     serving delivery reports meanwhile, instead of failing the record."""

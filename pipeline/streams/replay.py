@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from pipeline.contracts.topics import MAIL_CORRELATED, MAIL_UNTRACKED
-from pipeline.runtime.kafka import new_admin
+from pipeline.runtime.kafka import cluster_metadata, new_admin
 from pipeline.contracts.avro import AvroCodec
 from pipeline.settings import KafkaSettings
 from pipeline.streams.reader import read_topic
@@ -53,7 +53,7 @@ def known_generations(kafka: KafkaSettings, bootstrap: str, codec: AvroCodec, ap
                for _, _, _, record in read_topic(kafka, bootstrap, topic, codec)}
     admin = new_admin(kafka, bootstrap)
     groups = admin.list_consumer_groups(request_timeout=timeout_s).result(timeout=timeout_s)
-    names = [group.group_id for group in groups.valid] + list(admin.list_topics(timeout=timeout_s).topics)
+    names = [group.group_id for group in groups.valid] + list(cluster_metadata(admin, timeout_s).topics)
     return KnownGenerations(frozenset(outputs), frozenset(generations_named(names, app_ids)))
 
 

@@ -94,3 +94,24 @@ def test_threadline_tracking_against_a_closed_port_prints_a_few_lines_not_hundre
     assert sum(f"broker at 127.0.0.1:{port} unreachable" in line for line in lines) == 1, err
     assert not [line for line in lines if line.startswith("%")], err  # no raw librdkafka line
     assert len(lines) <= 6, err
+
+
+@pytest.mark.integration
+def test_commands_against_a_closed_port_say_it_once_and_fail_in_one_line(tmp_path):
+    """`convert` (topics created first) and `erase` (the topics' metadata read by the command):
+    the watch's line within a second or two, then one error line, no traceback."""
+    port = free_port()
+    environment = {"THREADLINE_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "THREADLINE_WORKER_DATA_DIR": str(tmp_path),
+                   "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
+    commands = {"convert": ["convert", "--campaign", "c1", "--revenue", "1"],
+                "erase": ["erase", "--address", "someone@example.com", "--yes"]}
+    processes = {name: subprocess.Popen([sys.executable, "-m", "pipeline.cli", *argv], env=environment, cwd=tmp_path,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name, argv in commands.items()}
+    for name, process in processes.items():
+        out, err = process.communicate(timeout=120)
+        lines = err.splitlines()
+        assert process.returncode == 2 and out == "", (name, err)
+        assert lines[0].startswith(f"broker at 127.0.0.1:{port} unreachable (Connect to"), (name, err)
+        assert len(lines) == 2 and lines[1].startswith("threadline: "), (name, err)
+        assert "_TRANSPORT" in lines[1] and "Traceback" not in err, (name, err)
