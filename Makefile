@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/threadline up
 
 accuracy: $(STAMP)
-	$(BIN)/threadline demo --corpus $(CORPUS)
+	$(BIN)/threadline demo $(CORPUS)
 
 # Real servers the integration tests start themselves (Dovecot IMAP): installed when missing if
 # this user is root and has apt-get; never fails the run (the tests that need them skip instead).

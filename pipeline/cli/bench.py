@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from pipeline.cli.common import (CommandFactory, Handler, UserError, add_out, add_progress_flag, is_stdout, open_out,
-                                 settings_from)
+from pipeline.cli.common import (CommandFactory, Handler, UserError, add_out, add_progress_flag, deprecated, is_stdout,
+                                 open_out, settings_from)
 
 RESULTS_DIR = Path("bench-results")
 TRACKING_BENCH_OUT = str(RESULTS_DIR / "tracking.json")
@@ -37,7 +37,9 @@ def _write_bench(result: dict, out_path: str) -> int:
 def cmd_bench_correlate(args: argparse.Namespace) -> int:
     from pipeline.bench.correlate import run_correlate_bench
 
-    corpus = Path(args.corpus) if args.corpus else None
+    if args.corpus is not None:
+        deprecated("bench correlate", "--corpus", f"bench correlate {args.corpus}")
+    corpus = Path(args.mbox or args.corpus) if args.mbox or args.corpus else None
     if corpus is not None and not corpus.is_file():
         raise UserError(f"no such mbox: {corpus}")
     try:
@@ -125,7 +127,8 @@ def add_bench(command: CommandFactory) -> None:
     bench_correlate.add_argument("--sizes", default="10000,100000,1000000", help="indexed mails, comma separated")
     bench_correlate.add_argument("--measure", type=int, default=20_000, help="mails timed at each size")
     bench_correlate.add_argument("--seed", type=int, default=7)
-    bench_correlate.add_argument("--corpus", metavar="MBOX", help="also time parsing this real mbox")
+    bench_correlate.add_argument("mbox", nargs="?", metavar="MBOX", help="also time parsing this real mbox")
+    bench_correlate.add_argument("--corpus", help=argparse.SUPPRESS)  # deprecated: the mbox is the argument now
     bench_pipeline = bench_command("pipeline", cmd_bench_pipeline, "mails/s end to end per worker vs raw "
                                    "confluent-kafka", "bench-results/pipeline.json")
     bench_pipeline.add_argument("--mails", type=int, default=20_000)

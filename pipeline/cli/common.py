@@ -219,6 +219,12 @@ def choice(*values: str) -> dict:
     return {"choices": values, "type": AnyCase(values)}
 
 
+def deprecated(command: str, option: str, instead: str) -> None:
+    """The note of an option an argument replaced, which works for one more release."""
+    print(f"threadline: {command} {option} is deprecated and goes in the next release: write `threadline {instead}`",
+          file=sys.stderr)
+
+
 STDOUT = "-"
 
 

@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.cli.common import (CommandFactory, UserError, add_out, add_progress_flag, add_tenant,
-                                 add_tenant_filter, as_user_error, avro_codec, broker_bootstrap, choice, is_stdout,
-                                 message_id_value, open_out, open_store, produce_one, progress_bar, require_paths,
-                                 settings_from, store_exists)
+                                 add_tenant_filter, as_user_error, avro_codec, broker_bootstrap, choice, deprecated,
+                                 is_stdout, message_id_value, open_out, open_store, produce_one, progress_bar,
+                                 require_paths, settings_from, store_exists)
 
 DEFAULT_CORRELATIONS = Path("data") / "correlations.jsonl"
 # The shared corpora beside the project, as `eval` and `demo` find them (relative to the working folder).
@@ -208,8 +208,7 @@ def _deprecated_paths(args: argparse.Namespace) -> list[str]:
     paths = list(args.paths)
     for option, value in (("--corpus-dir", args.corpus_dir), ("--mbox", args.mbox)):
         if value is not None:
-            print(f"threadline: eval {option} is deprecated and goes in the next release: "
-                  f"write `threadline eval {value}{' --truth T' if option == '--mbox' else ''}`", file=sys.stderr)
+            deprecated("eval", option, f"eval {value}{' --truth T' if option == '--mbox' else ''}")
             paths.append(value)
     return paths or [str(DEFAULT_CORPUS_DIR)]
 
@@ -265,8 +264,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
     if args.corpus is not None:
-        print(f"threadline: demo --corpus is deprecated and goes in the next release: write `threadline demo "
-              f"{args.corpus}`", file=sys.stderr)
+        deprecated("demo", "--corpus", f"demo {args.corpus}")
     path = Path(args.path or args.corpus or DEFAULT_CORPUS_DIR / "ponymail")
     require_paths([str(path)])
     if path.is_dir():

@@ -143,3 +143,13 @@ def test_demo_takes_the_corpus_folder_or_an_mbox_as_its_argument(environment, tm
                             f"`threadline demo {folder}`\n")
     assert main(["demo", str(tmp_path / "absent")]) == 2
     assert "no such mailbox" in capsys.readouterr().err
+
+
+def test_bench_correlate_takes_its_mbox_as_an_argument_and_corpus_with_a_note(environment, tmp_path, capsys):
+    assert build_parser().parse_args(["bench", "correlate", "real.mbox"]).mbox == "real.mbox"
+    assert main(["bench", "correlate", str(tmp_path / "absent.mbox")]) == 2
+    assert capsys.readouterr().err == f"threadline: no such mbox: {tmp_path / 'absent.mbox'}\n"
+    assert main(["bench", "correlate", "--corpus", str(tmp_path / "absent.mbox")]) == 2
+    assert capsys.readouterr().err == (
+        f"threadline: bench correlate --corpus is deprecated and goes in the next release: write `threadline bench "
+        f"correlate {tmp_path / 'absent.mbox'}`\nthreadline: no such mbox: {tmp_path / 'absent.mbox'}\n")
