@@ -15,7 +15,10 @@ HTTP) use, on loopback only, with one user and a password generated per run.
   parameters, compared in constant time; a wrong or missing one is ClickHouse's 516
   (AUTHENTICATION_FAILED), HTTP 403 as ClickHouse answers it.
 - Read-only: every query runs on a chDB handle of its own with ``readonly = 1``, so INSERT,
-  ALTER, DROP, CREATE and changing settings fail in chDB itself with ClickHouse's 164 (READONLY).
+  ALTER, DROP, CREATE, changing settings and the table functions that reach files or the network
+  fail in chDB itself with ClickHouse's 164 (READONLY). Two things chDB lets through even so are
+  refused here with the same code: ``INTO OUTFILE`` (chDB writes the file, as clickhouse-local
+  does) and its ``python()`` table function (objects of this process).
   The URL settings a client may give are applied before that, from an allow-list, with the
   execution time and result size capped; a setting outside the list is refused (115,
   UNKNOWN_SETTING, 404) and transport parameters ClickHouse's own clients send are ignored.
@@ -105,8 +108,10 @@ _ALLOWED_SETTINGS = {"max_execution_time", "max_result_rows", "max_result_bytes"
                      "limit", "offset", "extremes", "join_use_nulls", "date_time_output_format",
                      "date_time_input_format", "session_timezone", "use_client_time_zone", "log_comment",
                      "timeout_overflow_mode", "max_memory_usage", "prefer_column_name_to_alias",
-                     "output_format_json_quote_64bit_integers", "output_format_json_quote_denormals"}
-_ALLOWED_PREFIXES = ("output_format_", "format_")
+                     "format_csv_delimiter", "format_tsv_null_representation", "format_csv_null_representation"}
+# Output shape only: not format_schema, format_template_* or output_format_schema (they name files
+# to read or write) nor format_display_secrets_in_show_and_select.
+_ALLOWED_PREFIXES = ("output_format_",)
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FORMAT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z][A-Za-z0-9]*)\s*;?\s*$", re.I)
@@ -231,7 +236,8 @@ class HttpInterface:
                 if value not in ("1", "2"):
                     raise ClickHouseError(READONLY, "Cannot modify 'readonly' setting in readonly mode")
                 continue
-            if not _SETTING_NAME.match(name) or not (name in _ALLOWED_SETTINGS or name.startswith(_ALLOWED_PREFIXES)):
+            allowed = name in _ALLOWED_SETTINGS or (name.startswith(_ALLOWED_PREFIXES) and "schema" not in name)
+            if not _SETTING_NAME.match(name) or not allowed:
                 raise ClickHouseError(UNKNOWN_SETTING, f"Setting {name} is not accepted by the embedded store's HTTP "
                                       "interface (read-only; output format and limit settings only)")
             settings[name] = value
@@ -314,6 +320,8 @@ class HttpInterface:
                 text = "\n".join(part for part in (params.get("query", ""), body.decode("utf-8")) if part)
             except UnicodeDecodeError:
                 raise ClickHouseError(SYNTAX_ERROR, "the query is not UTF-8") from None
+            if (reason := _forbidden(text)) is not None:
+                raise ClickHouseError(READONLY, f"Cannot execute query in readonly mode: {reason}")
             fmt = params.get("default_format", "TabSeparated")
             if not _FORMAT_NAME.match(fmt):
                 raise ClickHouseError(UNKNOWN_FORMAT, f"Unknown format {fmt}")
@@ -448,6 +456,41 @@ def _literal(value: str) -> str:
 
 def _identifier(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+# What readonly = 1 lets through in chDB but a client of the served store must not do: write a
+# file of this machine (INTO OUTFILE, which chDB runs in-process like clickhouse-local) or read
+# objects of this process (chDB's python() table function). Found on the query's words outside
+# string literals, quoted names and comments, as ClickHouse's lexer sees them.
+_LEXEMES = re.compile(r"""
+    '(?:[^'\\]|\\.|'')*'            # string literal
+  | `(?:[^`\\]|\\.|``)*`            # quoted name
+  | "(?:[^"\\]|\\.|"")*"            # quoted name
+  | \$(?P<tag>\w*)\$.*?\$(?P=tag)\$    # heredoc string
+  | --[^\n]*|\#[^\n]*                 # line comments
+  | /\*.*?\*/                         # block comment
+  | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
+  | \S
+""", re.S | re.X)
+
+
+def _forbidden(query: str) -> str | None:
+    """Why the query may not run here, or None."""
+    tokens = []  # (kind, text): words and quoted names lower-cased, comments left out
+    for match in _LEXEMES.finditer(query):
+        text = match.group(0)
+        if match.group("word"):
+            tokens.append(("word", text.lower()))
+        elif text[0] in "`\"":
+            tokens.append(("name", text[1:-1].lower()))
+        elif not text.startswith(("--", "#", "/*")):
+            tokens.append(("other", text))
+    for (kind, text), (_, following) in zip(tokens, tokens[1:]):
+        if kind == "word" and (text, following) == ("into", "outfile"):
+            return "INTO OUTFILE would write a file on the machine that serves the store"
+        if kind in ("word", "name") and (text, following) == ("python", "("):
+            return "the python() table function would read objects of the process that serves the store"
+    return None
 
 
 def _trailing_format(query: str) -> str | None:

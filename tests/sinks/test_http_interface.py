@@ -154,6 +154,18 @@ def test_clients_cannot_write_or_lift_limits(client, store, statement):
     assert store.query("SELECT count() FROM {db}.notes").result_rows == [(3,)]
 
 
+def test_no_file_written_and_no_object_of_the_process_read(server, tmp_path):
+    """What readonly = 1 alone lets through in chDB: INTO OUTFILE (chDB writes it in-process, as
+    clickhouse-local does) and the python() table function (objects of the serving process)."""
+    target = tmp_path / "written.csv"
+    for statement in (f"SELECT 1 INTO OUTFILE '{target}' FORMAT CSV", f"select 1 into /* */ outfile '{target}'",
+                      "SELECT * FROM python(settings)", 'SELECT * FROM "Python"(parameters)'):
+        status, headers, body = request(server, statement)
+        assert headers["X-ClickHouse-Exception-Code"] == "164" and b"(READONLY)" in body, body
+    assert not target.exists()
+    assert request(server, "SELECT 'into outfile', 1 AS python -- INTO OUTFILE 'x'")[::2] == (200, b"into outfile\t1\n")
+
+
 def test_a_long_query_is_stopped_at_the_servers_limit(client, server):
     began = time.monotonic()
     with pytest.raises(DatabaseError) as stopped:
@@ -192,8 +204,12 @@ def test_ping_root_headers_formats_and_settings(server, store):
     assert status == 200, body
     status, headers, body = request(server, "SELECT timezone(), toDateTime(0)", session_timezone="Europe/Berlin")
     assert (body, headers["X-ClickHouse-Timezone"]) == (b"Europe/Berlin\t1970-01-01 01:00:00\n", "Europe/Berlin")
-    status, headers, body = request(server, "SELECT 1", allow_ddl="1")
-    assert (status, headers["X-ClickHouse-Exception-Code"]) == (404, "115") and b"allow_ddl" in body
+    for name, value in (("allow_ddl", "1"), ("format_display_secrets_in_show_and_select", "1"),
+                        ("format_template_row", "/etc/passwd"), ("format_schema", "x:y"),
+                        ("output_format_schema", "/tmp/written.proto")):
+        status, headers, body = request(server, "SELECT 1", **{name: value})
+        assert (status, headers["X-ClickHouse-Exception-Code"]) == (404, "115") and name.encode() in body
+    assert request(server, "SELECT 'a', 'b' FORMAT CSV", format_csv_delimiter=";")[2] == b'"a";"b"\n'
     assert request(server, "SELECT 1", readonly="0")[1]["X-ClickHouse-Exception-Code"] == "164"
 
 
