@@ -13,7 +13,9 @@ import argparse
 import base64
 import json
 import os
+import signal
 import sys
+import threading
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, Callable
@@ -101,9 +103,20 @@ def cmd_tail(args: argparse.Namespace) -> int:
             print(f"tail: at the end of {name} on {bootstrap}" + ("" if args.from_end else f" after {printed} records")
                   + "; waiting for new ones (Ctrl-C stops)", file=sys.stderr, flush=True)
 
+    # Ctrl-C sets a flag the read checks between polls: a KeyboardInterrupt raised inside one of
+    # librdkafka's callbacks (its log, its statistics) surfaces as a SystemError from poll instead.
+    # A second Ctrl-C interrupts at once (e.g. a wait for an unreachable broker's metadata).
+    interrupted = threading.Event()
+
+    def on_interrupt(*_) -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         for message in read_messages(settings.kafka, bootstrap, name, args.timeout, from_end=args.from_end,
-                                     follow=follow, missing_ok=False, on_end=at_end):
+                                     follow=follow, missing_ok=False, on_end=at_end, stop=interrupted.is_set):
             if wanted_key is not None and message.key() != wanted_key:
                 skipped += 1
                 continue
@@ -118,8 +131,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
             kind, timestamp_ms = message.timestamp()
             line = record_line(args.topic, message.partition(), message.offset(), message.key(),
                                None if kind == TIMESTAMP_NOT_AVAILABLE else timestamp_ms, value, encode_bytes)
-            printed += 1  # before the line is out: a Ctrl-C right after it still counts it
             print(line, flush=follow)
+            printed += 1
             if args.limit is not None and printed >= args.limit:
                 break
     except TopicMissing as exc:
@@ -130,8 +143,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
         # The reader went away (`| head`): stop quietly, and keep Python's exit flush from failing too.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        pass  # the way to stop --follow; the summary follows
+    finally:
+        signal.signal(signal.SIGINT, previous)
     summary = f"tail: {printed} records of {name}"
     if undecodable:
         summary += f", {undecodable} undecodable (above)"

@@ -33,12 +33,13 @@ def read_topic(kafka: KafkaSettings, bootstrap: str, topic: str, codec: AvroCode
 
 def read_messages(kafka: KafkaSettings, bootstrap: str, name: str, timeout_s: float = 30.0, *,
                   from_end: bool = False, follow: bool = False, missing_ok: bool = True,
-                  on_end: Callable[[], None] | None = None) -> Iterator:
+                  on_end: Callable[[], None] | None = None, stop: Callable[[], bool] | None = None) -> Iterator:
     """Every confluent-kafka message now in the topic called ``name`` (no prefix added), in
     partition order within each partition; nothing when the topic does not exist (or
     :class:`TopicMissing` unless ``missing_ok``).  ``from_end``: only records written after the
     read began; ``follow``: do not stop at the end, wait for more until the caller stops;
-    ``on_end`` is called once, when every partition has reached its end.
+    ``on_end`` is called once, when every partition has reached its end; ``stop`` is asked
+    between polls (at least every half second) whether to stop now.
 
     ``timeout_s`` bounds the wait for the topic's metadata and, when not following, for each
     next record or end of a partition (TimeoutError): a long topic takes as long as it takes."""
@@ -58,7 +59,7 @@ def read_messages(kafka: KafkaSettings, bootstrap: str, name: str, timeout_s: fl
         consumer.assign([TopicPartition(name, p, OFFSET_END if from_end else 0) for p in partitions])
         ended: set[int] = set()  # partitions whose end was reached once
         deadline = time.monotonic() + timeout_s
-        while follow or len(ended) < len(partitions):
+        while (follow or len(ended) < len(partitions)) and not (stop is not None and stop()):
             if not follow and time.monotonic() > deadline:
                 pending = sorted(set(partitions) - ended)
                 raise TimeoutError(f"reading {name}: partitions {pending} gave no record and no end within {timeout_s} s")

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -216,3 +217,30 @@ def test_explain_finds_a_pipeline_mail_on_the_topics_and_in_clickhouse(sandbox, 
     produce(sandbox, settings, MAIL_CORRELATED, [(b"initech", sandbox.codec.encode(MAIL_CORRELATED, late[0]))])
     code, out, err = cli(["explain", "q@customer.test", "--tenant", "initech"], capsys)
     assert code == 0 and "found in:     the topics" in out and "  tenant:       initech" in out
+
+
+def test_ctrl_c_stops_a_follow_cleanly_while_the_broker_is_gone(tmp_path):
+    """Its own broker, killed under a following tail: Ctrl-C then still ends it with the summary
+    (a KeyboardInterrupt inside librdkafka's callbacks came out of poll as a SystemError)."""
+    from pipeline.broker import EmbeddedBroker, create_topics
+    from pipeline.settings import KafkaSettings
+
+    with EmbeddedBroker.start(tmp_path / "broker.log") as broker:
+        create_topics(KafkaSettings(), broker.bootstrap)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("THREADLINE_")}
+        env.update(THREADLINE_KAFKA_BOOTSTRAP=broker.bootstrap, THREADLINE_WORKER_DATA_DIR=str(tmp_path / "data"))
+        process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "tail", "mail.correlated", "--follow"],
+                                   env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert "waiting for new ones" in process.stderr.readline()
+            broker.process.kill()
+            broker.process.wait(10)
+            time.sleep(8)  # long enough to notice, and into librdkafka's reconnect attempts and their logs
+            assert process.poll() is None
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+        finally:
+            process.kill()
+    assert process.returncode == 0 and out == "", err
+    assert "unreachable" in err  # it noticed, and went on waiting
+    assert "Traceback" not in err and err.rstrip().endswith("tail: 0 records of mail.correlated")
