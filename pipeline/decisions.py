@@ -1,6 +1,6 @@
 """Where a mail's correlation is found, for ``threadline explain``: a JSONL file ``threadline
-correlate`` wrote, the ClickHouse store (``mail_correlated``, ``mail_untracked``), or the output
-topics on the broker (``mail.correlated``, ``mail.untracked``).
+correlate`` wrote, the ClickHouse store (``mail_correlated``, ``mail_untracked``, ``mail_responses``),
+or the output topics on the broker (``mail.correlated``, ``mail.untracked``, ``mail.responses``).
 
 Every source gives its decisions in one shape, ``Correlation.to_dict``'s (records and rows go
 through ``contracts.records.correlation_of``), of every tenant and generation it holds;
@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Iterable
 
 from pipeline.contracts.avro import AvroCodec, AvroDecodeError
-from pipeline.contracts.records import correlation_of, untracked_correlation_of
-from pipeline.contracts.topics import BY_NAME, MAIL_CORRELATED, MAIL_UNTRACKED
+from pipeline.contracts.records import correlation_of, response_of, untracked_correlation_of
+from pipeline.contracts.topics import BY_NAME, MAIL_CORRELATED, MAIL_RESPONSES, MAIL_UNTRACKED
 from pipeline.runtime.kafka import topic_name
 from pipeline.settings import KafkaSettings
 from pipeline.streams.reader import read_messages
 
-# Where the decisions are: the tracked ones, and the mail left untracked (with its reason).
-_OUTPUTS = ((MAIL_CORRELATED, correlation_of), (MAIL_UNTRACKED, untracked_correlation_of))
+# Where the decisions are: the tracked ones, the mail left untracked (with its reason), and the
+# reply times of the mail that answered another (a tracked decision's ``response``).
+_OUTPUTS = (MAIL_CORRELATED, MAIL_UNTRACKED, MAIL_RESPONSES)
 
 
 def in_file(path: Path, message_id: str) -> list[dict]:
@@ -39,15 +40,15 @@ def in_file(path: Path, message_id: str) -> list[dict]:
 
 def in_store(store, message_id: str, tenant: str | None = None) -> list[dict]:
     """The decisions about ``message_id`` in ClickHouse (any store: chDB, served, a server)."""
-    found = []
     where = "message_id = {message_id:String}" + ("" if tenant is None else " AND tenant = {tenant:String}")
-    for topic, shape in _OUTPUTS:
+    rows = {}
+    for topic in _OUTPUTS:
         # ReplacingMergeTree: FINAL collapses a redelivered row; the ordering is the topic's within a tenant.
         result = store.query(f"SELECT * FROM {{db}}.{BY_NAME[topic].table} FINAL WHERE {where} "
                              "ORDER BY _topic_partition, _topic_offset",
                              parameters={"message_id": message_id, "tenant": tenant})
-        found += [shape(dict(zip(result.column_names, row))) for row in result.result_rows]
-    return found
+        rows[topic] = [dict(zip(result.column_names, row)) for row in result.result_rows]
+    return _decisions(rows)
 
 
 @dataclass
@@ -63,8 +64,9 @@ def on_topics(kafka: KafkaSettings, bootstrap: str, codec: AvroCodec, message_id
     """The decisions about ``message_id`` on the output topics, read to their current end.
     Only records holding the id's bytes are decoded (an Avro string is its UTF-8 bytes)."""
     needle, key = message_id.encode("utf-8"), None if tenant is None else tenant.encode("utf-8")
-    search = TopicSearch([])
-    for topic, shape in _OUTPUTS:
+    records: dict[str, list[dict]] = {topic: [] for topic in _OUTPUTS}
+    undecodable = 0
+    for topic in _OUTPUTS:
         for message in read_messages(kafka, bootstrap, topic_name(kafka, topic), timeout_s):
             value = message.value()
             if value is None or needle not in value or (key is not None and message.key() != key):
@@ -72,11 +74,20 @@ def on_topics(kafka: KafkaSettings, bootstrap: str, codec: AvroCodec, message_id
             try:
                 record = codec.decode(topic, value)
             except AvroDecodeError:
-                search.undecodable += 1
+                undecodable += 1
                 continue
             if record["message_id"] == message_id:
-                search.decisions.append(shape(record))
-    return search
+                records[topic].append(record)
+    return TopicSearch(_decisions(records), undecodable)
+
+
+def _decisions(records: dict[str, list[dict]]) -> list[dict]:
+    """Records (or rows) of the output topics about one mail as ``Correlation.to_dict``'s
+    decisions: a tracked one with the reply time of its tenant and generation, if it has one."""
+    responses = {(r["tenant"], r["generation"]): response_of(r) for r in records[MAIL_RESPONSES]}
+    tracked = [correlation_of(r) for r in records[MAIL_CORRELATED]]
+    return ([{**d, "response": responses.get((d["tenant"], d["generation"]))} for d in tracked]
+            + [untracked_correlation_of(r) for r in records[MAIL_UNTRACKED]])
 
 
 @dataclass(frozen=True)

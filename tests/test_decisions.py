@@ -8,8 +8,8 @@ import dataclasses
 import json
 
 from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
-from pipeline.contracts.records import (SourcePosition, correlated_record, correlation_of, untracked_correlation_of,
-                                        untracked_record)
+from pipeline.contracts.records import (SourcePosition, correlated_record, correlation_of, response_of,
+                                        response_record, untracked_correlation_of, untracked_record)
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.explain import describe
 from pipeline.decisions import choose, in_file
@@ -20,6 +20,9 @@ QUESTION = (b"Message-ID: <q@customer.test>\r\nDate: Mon, 02 Mar 2026 09:00:00 +
             b"To: desk@support.test\r\nSubject: Invoice 7\r\n\r\nWrong.\r\n")
 REPLY = (b"Message-ID: <r@customer.test>\r\nDate: Mon, 02 Mar 2026 09:30:00 +0000\r\nFrom: ann@customer.test\r\n"
          b"To: desk@support.test\r\nSubject: Re: Invoice 7\r\nIn-Reply-To: <q@customer.test>\r\n\r\nStill.\r\n")
+
+ANSWER = (b"Message-ID: <a@support.test>\r\nDate: Mon, 02 Mar 2026 10:00:00 +0000\r\nFrom: desk@support.test\r\n"
+          b"To: ann@customer.test\r\nSubject: Re: Invoice 7\r\nIn-Reply-To: <q@customer.test>\r\n\r\nFixed.\r\n")
 
 
 def correlations(tenant: str = "acme"):
@@ -36,6 +39,14 @@ def test_a_topic_record_read_back_is_described_as_the_correlation_itself():
         assert shaped["evidence"] == json.loads(json.dumps(correlation.evidence))
         assert shaped["event_time"] == correlation.event_time.isoformat()
         assert describe(shaped) == describe(correlation.to_dict())
+    # Our answer: its reply time is on mail.responses, joined back as the correlation's response.
+    correlator = Correlator(CorrelationSettings(), tenant="acme")
+    correlator.correlate(parse_mail(QUESTION, tenant="acme"))
+    answer = correlator.correlate(parse_mail(ANSWER, tenant="acme", direction="out"))
+    assert answer.response is not None
+    shaped = {**correlation_of(correlated_record(answer, "support", SourcePosition("mail.raw", 0, 4))),
+              "response": response_of(response_record(answer, "support"))}
+    assert describe(shaped) == describe(answer.to_dict()) and "  answers:      <q@customer.test> after 1.0 h" in describe(shaped)
     untracked = dataclasses.replace(correlations()[1], untracked_reason="internal", conversation_id="")
     row = {**untracked_record(untracked, "support"), "conversation_id": None}  # a Nullable column in ClickHouse
     # mail.untracked holds less (no mail type, settings or confidence), but what it holds is said alike.

@@ -121,7 +121,7 @@ def _decision_sources(args: argparse.Namespace, settings, searched: list[str]):
         if args.source == "clickhouse" or store_exists(settings):
             store = open_store(settings) if args.source == "clickhouse" else _store_or_none(settings, searched)
             if store is not None:
-                where = f"ClickHouse {store.location}, tables mail_correlated and mail_untracked"
+                where = f"ClickHouse {store.location}, tables mail_correlated, mail_untracked and mail_responses"
                 yield where, in_store(store, wanted, args.tenant)
         else:
             searched.append("no ClickHouse store here (no clickhouse.url, no `threadline up` running, no "
@@ -130,7 +130,7 @@ def _decision_sources(args: argparse.Namespace, settings, searched: list[str]):
         bootstrap = _bootstrap_or_none(settings, searched) if args.source == "auto" else broker_bootstrap(settings)
         if bootstrap is not None:
             codec = avro_codec(settings)
-            where = f"the topics mail.correlated and mail.untracked on {bootstrap}"
+            where = f"the topics mail.correlated, mail.untracked and mail.responses on {bootstrap}"
             try:
                 found = on_topics(settings.kafka, bootstrap, codec, wanted, args.tenant)
             except (KafkaException, TimeoutError) as exc:

@@ -152,6 +152,12 @@ def untracked_correlation_of(record: dict) -> dict:
             "conversation_id": record.get("conversation_id") or ""}
 
 
+def response_of(record: dict) -> dict:
+    """A ``mail.responses`` record, or its row, as the ``response`` of ``Correlation.to_dict``."""
+    return {"answers_message_id": record["answers_message_id"], "responder": record["responder"],
+            "inbound_time": _iso(record["inbound_time"]), "seconds": record["seconds"]}
+
+
 def _iso(value: datetime | str) -> str:
     return value.isoformat() if isinstance(value, datetime) else value
 

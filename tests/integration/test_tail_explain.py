@@ -14,8 +14,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from pipeline.cli.main import main
-from pipeline.contracts.records import SourcePosition, correlated_record, mail_raw_record, untracked_record
-from pipeline.contracts.topics import MAIL_CORRELATED, MAIL_RAW, MAIL_UNTRACKED
+from pipeline.contracts.records import (SourcePosition, correlated_record, mail_raw_record, response_record,
+                                        untracked_record)
+from pipeline.contracts.topics import MAIL_CORRELATED, MAIL_RAW, MAIL_RESPONSES, MAIL_UNTRACKED
 from pipeline.correlation.engine import Correlator
 from pipeline.mail.parse import parse_mail
 from pipeline.runtime.producer import RecordProducer
@@ -165,6 +166,18 @@ def untracked_records(settings, tenant: str) -> list[dict]:
     return [untracked_record(correlation, "support")]
 
 
+def answer_records(settings, tenant: str) -> tuple[dict, dict]:
+    """The mail.correlated and mail.responses records of our desk's answer to the question, 45
+    minutes after it."""
+    correlator = Correlator(settings.correlation, tenant=tenant)
+    correlator.correlate(parse_mail(_mail("<q@customer.test>", "Invoice 7 is wrong", 0), tenant=tenant))
+    raw = (b"Message-ID: <a@support.test>\r\nDate: Mon, 02 Mar 2026 09:45:00 +0000\r\nFrom: desk@support.test\r\n"
+           b"To: ann@customer.test\r\nSubject: Re: Invoice 7 is wrong\r\nIn-Reply-To: <q@customer.test>\r\n\r\nFixed.\r\n")
+    answer = correlator.correlate(parse_mail(raw, tenant=tenant, direction="out"))
+    assert answer.response is not None
+    return (correlated_record(answer, "support", SourcePosition(MAIL_RAW, 0, 9)), response_record(answer, "support"))
+
+
 def test_explain_finds_a_pipeline_mail_on_the_topics_and_in_clickhouse(sandbox, cli, capsys, clickhouse_factory,
                                                                        chdb_path, monkeypatch):
     settings = sandbox.settings()
@@ -172,7 +185,8 @@ def test_explain_finds_a_pipeline_mail_on_the_topics_and_in_clickhouse(sandbox, 
     outputs += [(MAIL_CORRELATED, "acme", r) for r in correlated_records(settings, "acme", generation=1)]
     outputs += [(MAIL_CORRELATED, "globex", r) for r in correlated_records(settings, "globex")]
     outputs += [(MAIL_UNTRACKED, "acme", r) for r in untracked_records(settings, "acme")]
-    for topic in (MAIL_CORRELATED, MAIL_UNTRACKED):
+    outputs += list(zip((MAIL_CORRELATED, MAIL_RESPONSES), ("acme", "acme"), answer_records(settings, "acme")))
+    for topic in (MAIL_CORRELATED, MAIL_UNTRACKED, MAIL_RESPONSES):
         produce(sandbox, settings, topic, [(tenant.encode(), sandbox.codec.encode(topic, record))
                                            for where, tenant, record in outputs if where == topic])
     # Not a record, though it holds the Message-ID's bytes: skipped and counted, never a crash.
@@ -184,13 +198,15 @@ def test_explain_finds_a_pipeline_mail_on_the_topics_and_in_clickhouse(sandbox, 
     assert "is in 2 tenants (acme, globex)" in err and "1 records holding <r@customer.test> could not be decoded" in err
     assert "linked to:    <q@customer.test>  by InReplyTo (3)" in acme and "generation 1" in acme
     assert "  tenant:       acme" in acme and "  generations:  also 0 (--generation N explains another)" in acme
-    assert f"found in:     the topics mail.correlated and mail.untracked on {sandbox.bootstrap}" in acme
+    assert f"found in:     the topics mail.correlated, mail.untracked and mail.responses on {sandbox.bootstrap}" in acme
     assert "  tenant:       globex" in globex and "generation 0" in globex and "also" not in globex
     code, out, err = cli(["explain", "<r@customer.test>", "--source", "TOPIC", "--tenant", "acme", "--generation", "0"],
                          capsys)
     assert code == 0 and "generation 0" in out and "also 1" in out and "globex" not in out + err
     code, out, err = cli(["explain", "memo@support.test", "--source", "topic"], capsys)
     assert code == 0 and "not tracked:  every participant is in one of our own domains (internal mail)" in out
+    code, out, err = cli(["explain", "a@support.test", "--source", "topic"], capsys)
+    assert code == 0 and "  answers:      <q@customer.test> after 0.8 h" in out, out
     code, out, err = cli(["explain", "r@customer.test", "--source", "topic", "--tenant", "initech"], capsys)
     assert code == 2 and "<r@customer.test> of tenant initech was not found: not in the topics" in err
 
@@ -200,7 +216,8 @@ def test_explain_finds_a_pipeline_mail_on_the_topics_and_in_clickhouse(sandbox, 
     store = clickhouse_factory()
     sink = ClickHouseSink(settings.kafka, sandbox.bootstrap, store, sandbox.codec, app_id=sandbox.app_id)
     rows = lambda table: store.query(f"SELECT count() FROM {{db}}.{table} FINAL").result_rows[0][0]  # noqa: E731
-    sink_until(sink, lambda: rows("mail_correlated") == 6 and rows("mail_untracked") == 1, timeout_s=60)
+    sink_until(sink, lambda: (rows("mail_correlated"), rows("mail_untracked"), rows("mail_responses")) == (7, 1, 1),
+               timeout_s=60)
     sink.close()
     # The command opens the store of a data folder: the test's chDB, in the test's database.
     monkeypatch.setenv("THREADLINE_WORKER_DATA_DIR", str(chdb_path.parent))
@@ -208,10 +225,12 @@ def test_explain_finds_a_pipeline_mail_on_the_topics_and_in_clickhouse(sandbox, 
     code, out, err = cli(["explain", "r@customer.test", "--tenant", "acme"], capsys)
     assert code == 0, err
     assert "linked to:    <q@customer.test>  by InReplyTo (3)" in out and "generation 1" in out
-    assert (f"found in:     ClickHouse chdb:{chdb_path}, tables mail_correlated and mail_untracked" in out
+    assert (f"found in:     ClickHouse chdb:{chdb_path}, tables mail_correlated, mail_untracked and mail_responses" in out
             and "also 0" in out), out
     code, out, err = cli(["explain", "memo@support.test", "--source", "clickhouse"], capsys)
     assert code == 0 and "not tracked:  every participant" in out and "found in:     ClickHouse" in out
+    code, out, err = cli(["explain", "a@support.test"], capsys)
+    assert code == 0 and "  answers:      <q@customer.test> after 0.8 h" in out and "found in:     ClickHouse" in out
     # Not in the store yet (the sink lags): the topics answer.
     late = correlated_records(settings, "initech")
     produce(sandbox, settings, MAIL_CORRELATED, [(b"initech", sandbox.codec.encode(MAIL_CORRELATED, late[0]))])

@@ -390,7 +390,7 @@ def test_tail_and_explain_from_another_shell_read_the_running_pipeline(up_run):
     assert f"(served by threadline up, pid {up_run.process.pid})" in served.stdout
     topic = cli(up_run, "explain", message_id, "--source", "topic")
     assert topic.returncode == 0, topic.stderr
-    assert "found in:     the topics mail.correlated and mail.untracked on 127.0.0.1:" in topic.stdout
+    assert "found in:     the topics mail.correlated, mail.untracked and mail.responses on 127.0.0.1:" in topic.stdout
     # the same decision, whichever source answered
     assert served.stdout.split("  tenant:")[0] == topic.stdout.split("  tenant:")[0]
 
