@@ -53,6 +53,8 @@ def test_a_topic_record_read_back_is_described_as_the_correlation_itself():
     said = set(describe(untracked_correlation_of(row)).splitlines()) & set(describe(untracked.to_dict()).splitlines())
     assert {"  subject:      Re: Invoice 7",
             "  not tracked:  every participant is in one of our own domains (internal mail)"} <= said
+    head = describe(untracked_correlation_of(row)).splitlines()
+    assert head[0] == "<r@customer.test>  (in)" and head[2] == "  conversation: (none)  generation 0"
 
 
 def decision(tenant: str, generation: int, reason: str | None = None, method: str = "InReplyTo") -> dict:

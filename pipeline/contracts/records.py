@@ -148,8 +148,7 @@ def correlation_of(record: dict) -> dict:
 def untracked_correlation_of(record: dict) -> dict:
     """A ``mail.untracked`` record, or its row, in the same shape: its reason is the correlation's
     ``untracked_reason``."""
-    return {**correlation_of(record), "untracked_reason": record["reason"],
-            "conversation_id": record.get("conversation_id") or ""}
+    return {**correlation_of(record), "untracked_reason": record["reason"]}
 
 
 def response_of(record: dict) -> dict:

@@ -21,11 +21,15 @@ _UNTRACKED = {
 
 def describe(correlation: dict[str, Any]) -> str:
     """A few lines for a person, from a correlation as written by ``Correlation.to_dict``."""
+    # An untracked mail's record (mail.untracked) has no mail type, fingerprint or conversation
+    # of its own: what is missing is left out rather than shown empty.
+    kind = ", ".join(str(part) for part in (correlation.get("direction"), correlation.get("mail_type")) if part)
+    fingerprint = correlation.get("settings_fingerprint")
     lines = [
-        f"{correlation['message_id']}  ({correlation.get('direction', '?')}, {correlation.get('mail_type', '?')})",
+        f"{correlation['message_id']}  ({kind or '?'})",
         f"  subject:      {correlation.get('subject', '')}",
-        f"  conversation: {correlation['conversation_id']}  generation {correlation.get('generation', 0)}"
-        f"  settings {correlation.get('settings_fingerprint', '')}",
+        f"  conversation: {correlation.get('conversation_id') or '(none)'}  generation {correlation.get('generation', 0)}"
+        + (f"  settings {fingerprint}" if fingerprint else ""),
     ]
     method = correlation.get("method_name", "None")
     evidence = correlation.get("evidence") or {}
