@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/threadline up
 
+# make runs $(BIN)/threadline; the commands `up` and `demo` suggest are plain `threadline`, found
+# once the venv is activated (up's hint says so itself: it keeps running).
 accuracy: $(STAMP)
 	$(BIN)/threadline demo $(CORPUS)
+	@echo "(threadline is $(BIN)/threadline: '. $(BIN)/activate' puts it on PATH in this shell)"
 
 # Real servers the integration tests start themselves (Dovecot IMAP): installed when missing if
 # this user is root and has apt-get; never fails the run (the tests that need them skip instead).
