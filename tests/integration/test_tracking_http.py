@@ -264,11 +264,12 @@ def test_endpoint_answers_while_the_broker_is_down_and_delivers_every_hit_when_i
         pixel_p99, health_p99 = p99(load["pixels"]), p99(load["healths"])
         # A request path that waits for the broker shows as 10 s client timeouts (before this fix /health
         # hung for 8+ minutes).  The bound is loose because CI machines are loaded (150 ms seen here with
-        # other test runs on both cores; 4 ms on an idle machine); 50 ms at 1,000/s for 10 minutes is
-        # the benchmark's target (threadline bench tracking --broker-down 600), not this test's.
+        # other test runs on both cores, 583 ms at a load of 7 on 2 cores; 4 ms on an idle machine);
+        # 50 ms at 1,000/s for 10 minutes is the benchmark's target (threadline bench tracking
+        # --broker-down 600), not this test's.
         print(f"broker down: {sent} pixels, p99 {pixel_p99:.1f} ms (max {max(load['pixels']):.1f}), /health p99 "
               f"{health_p99:.1f} ms, spool peak {max(s['spool_hits'] for s in load['states'])} hits")
-        assert pixel_p99 < 500 and health_p99 < 500, (pixel_p99, health_p99, max(load["pixels"]))
+        assert pixel_p99 < 2_000 and health_p99 < 2_000, (pixel_p99, health_p99, max(load["pixels"]))
         assert all(s["status"] == "degraded" and s["broker"] == "down" for s in load["states"])
         assert max(s["spool_hits"] for s in load["states"]) > 0  # the queue filled: hits went to disk
         during = health(base)
