@@ -21,6 +21,9 @@ from pipeline.analytics.panels import (PanelResult, data_time_range, default_var
 from pipeline.sinks.clickhouse import ClickHouseStore
 
 DEFAULT_DAYS = 30  # as the Grafana dashboards (now-30d), but ending at the last stored event
+# Stored data spanning at most this many days is shown whole: the last 30 days of a short history
+# cut off its start (the demo's support mail spans its first 3 of 43 days; campaign replies the rest).
+WHOLE_UP_TO_DAYS = 92
 _MAX_TABLE_ROWS = 25
 # Table cells of a column with thresholds: a light background of the threshold's colour.
 _CELL_BACKGROUNDS = {"green": "#d9f0d3", "orange": "#fde2c0", "red": "#f8d0cc"}
@@ -43,23 +46,31 @@ def _utc(moment: datetime) -> datetime:
 
 
 def report_scope(store: ClickHouseStore, *, tenant: str | None = None, time_from: datetime | None = None,
-                 time_to: datetime | None = None, days: int = DEFAULT_DAYS) -> ReportScope:
+                 time_to: datetime | None = None, days: int = DEFAULT_DAYS,
+                 whole_up_to_days: int = WHOLE_UP_TO_DAYS) -> ReportScope:
     """The tenant (given, else the one with the most mail in the range) and the time range (given,
-    else the last ``days`` days of stored data, or all of it when it spans less)."""
+    else all stored data when it spans at most ``whole_up_to_days``, else its last ``days`` days)."""
     first, last = (_utc(moment) for moment in data_time_range(store))
     given = [name for name, value in (("--from", time_from), ("--to", time_to)) if value is not None]
     time_to = _utc(time_to) if time_to is not None else last
-    time_from = _utc(time_from) if time_from is not None else max(first, time_to - timedelta(days=days))
+    if time_from is not None:
+        time_from = _utc(time_from)
+    elif time_to - first <= timedelta(days=whole_up_to_days):
+        time_from = first
+    else:
+        time_from = max(first, time_to - timedelta(days=days))
     if len(given) == 2:
         range_reason = "as chosen with --from and --to"
     elif given:
         range_reason = f"{given[0]} as chosen, " + (
             "the end at the last stored mail or tracking event" if given[0] == "--from" else
-            f"the start {days} days before it or at the first stored event")
+            f"the start at the first stored event, or {days} days before it when that is over "
+            f"{whole_up_to_days} days earlier")
     elif time_from > first:
-        range_reason = f"the last {days} days of stored data (it starts {first:%d %b %Y})"
+        range_reason = (f"the last {days} days of stored data (it starts {first:%d %b %Y}, over {whole_up_to_days} "
+                        "days earlier)")
     else:
-        range_reason = "all stored mail and tracking events"
+        range_reason = f"all stored mail and tracking events (they span at most {whole_up_to_days} days)"
     tenants = tuple(tenants_by_mail(store, time_from, time_to))
     mails = dict(tenants)
     if tenant is not None:

@@ -121,7 +121,8 @@ def add_report(command: CommandFactory) -> None:
     add_out(report, "data/report.html", "the HTML page")
     add_tenant_filter(report, "tenant to show (default: the one with the most mail in the time range)")
     report.add_argument("--from", dest="time_from", metavar="DATE",
-                        help="start of the time range, UTC (default: 30 days before its end, or the first stored event)")
+                        help="start of the time range, UTC (default: the first stored event, or 30 days before the end "
+                             "when the data spans over 92 days)")
     report.add_argument("--to", dest="time_to", metavar="DATE",
                         help="end of the time range, UTC; a date alone is the whole day (default: the last stored event)")
     report.add_argument("--png-dir", help="also write every chart panel as a PNG into this folder")

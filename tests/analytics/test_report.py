@@ -87,7 +87,7 @@ def test_report_states_and_chooses_the_tenant_and_the_time_range(seeded):
     busiest, other = (tenant for tenant, _ in tenants_by_mail(seeded, start, end))
     scope = report_scope(seeded)
     assert scope.tenant == busiest and "the most mail" in scope.tenant_reason
-    assert scope.range_reason == "all stored mail and tracking events"
+    assert scope.range_reason == "all stored mail and tracking events (they span at most 92 days)"
     page = render_report(seeded, scope)
     header = page[page.index("<header>"):page.index("</header>")]
     assert f"<h1>Threadline report: {busiest}</h1>" in header
@@ -101,9 +101,10 @@ def test_report_states_and_chooses_the_tenant_and_the_time_range(seeded):
     # A range given on one side: the other from the stored data, said so.
     later = report_scope(seeded, time_from=end - DAY)
     assert (later.time_from, later.time_to) == (end - DAY, end) and later.range_reason.startswith("--from as chosen")
-    # Longer than 30 days of data: the last 30 days.
-    month = report_scope(seeded, days=1)
+    # Data over the span shown whole: its last days only.
+    month = report_scope(seeded, days=1, whole_up_to_days=2)
     assert month.time_from == end - DAY and month.range_reason.startswith("the last 1 days")
+    assert report_scope(seeded, days=1).time_from == start  # the seed's few days are shown whole
 
 
 def test_report_command_takes_dates_and_refuses_nonsense(cli, tmp_path):
