@@ -58,15 +58,15 @@ def write_sample_mbox(path: Path, count: int = SAMPLE_SIZE, seed: int = 7) -> Pa
     return path
 
 
-def activate_line() -> str:
-    """The hint's line that puts this ``threadline`` on PATH in another shell (``make demo`` runs
+def activate_hint() -> list[tuple[str, str]]:
+    """The hint's command that puts this ``threadline`` on PATH in another shell (``make demo`` runs
     ``.venv/bin/threadline`` without activating the venv, so a plain ``threadline`` is not found
-    there); empty outside a venv."""
+    there); none outside a venv."""
     activate = Path(sys.prefix) / "bin" / "activate"
     if sys.prefix == sys.base_prefix or not activate.is_file():
-        return ""
+        return []
     shown = os.path.relpath(activate) if activate.is_relative_to(Path.cwd()) else str(activate)
-    return f"\n  {'. ' + shown:<51}# puts threadline on PATH in that shell"
+    return [(f". {shown}", "puts threadline on PATH in that shell")]
 
 
 def _interrupt(*_args) -> None:
@@ -258,17 +258,19 @@ def run_up(settings: Settings, *, mailboxes: list[str], tenant: str, direction: 
         if exit_when_done:
             say("\ndone; the embedded broker stops now (run `threadline up` without --exit-when-done to keep it)")
             return 0
-        say(f"""
-Look further, in another shell in this folder:{activate_line()}
-  export THREADLINE_KAFKA_BOOTSTRAP={bootstrap}
-  threadline doctor                                  # broker, topics, schemas, settings
-  threadline sql "SELECT count() FROM {{db}}.mail_correlated"   # the store, which this process serves
-  open {report_path}          # response times, campaigns, correlation quality
-  threadline replay --settings NEW.toml              # recompute every correlation as a new generation
-  threadline tail mail.correlated                    # the output topic, decoded, one JSON line per record
-  threadline explain MESSAGE-ID                      # why a mail was linked, e.g. one of those above"""
-            + (f"\n  curl {registry_url}/subjects         # the Schema Registry for Avro consumers (docs/pipeline.md)"
-               if registry_url else ""))
+        hints = activate_hint() + [
+            (f"export THREADLINE_KAFKA_BOOTSTRAP={bootstrap}", ""),
+            ("threadline doctor", "broker, topics, schemas, settings"),
+            ('threadline sql "SELECT count() FROM {db}.mail_correlated"', "the store, which this process serves"),
+            (f"open {report_path}", "response times, campaigns, correlation quality"),
+            ("threadline replay --settings NEW.toml", "recompute every correlation as a new generation"),
+            ("threadline tail mail.correlated", "the output topic, decoded, one JSON line per record"),
+            ("threadline explain MESSAGE-ID", "why a mail was linked, e.g. one of those above"),
+        ] + ([(f"curl {registry_url}/subjects", "the Schema Registry for Avro consumers (docs/pipeline.md)")]
+             if registry_url else [])
+        width = max(len(command) for command, _ in hints) + 2
+        say("\nLook further, in another shell in this folder:" + "".join(
+            f"\n  {command:<{width}}# {comment}" if comment else f"\n  {command}" for command, comment in hints))
         say("\nrunning (new mail on mail.raw is correlated and lands in ClickHouse); Ctrl-C stops everything")
         try:
             while True:

@@ -87,10 +87,9 @@ class _MailRawProducer:
         from pipeline.contracts.records import MailRawCodec
         from pipeline.runtime.producer import RecordProducer
 
-        if not settings.kafka.bootstrap:
-            raise UserError("--to-mail-raw needs a broker: set THREADLINE_KAFKA_BOOTSTRAP or kafka.bootstrap")
-        ensure_topics(settings, settings.kafka.bootstrap, timeout_s=10)
-        self.records = RecordProducer(settings.kafka, settings.kafka.bootstrap)
+        bootstrap = broker_bootstrap(settings)  # kafka.bootstrap, else the running threadline up's
+        ensure_topics(settings, bootstrap, timeout_s=10)
+        self.records = RecordProducer(settings.kafka, bootstrap)
         self.mail_raw = MailRawCodec(settings.mail, settings.blob_dir, avro_codec(settings))
         self.tenant, self.campaign_id = tenant, campaign_id
 
@@ -173,7 +172,7 @@ def add_campaign(command: CommandFactory) -> None:
     campaign_send.add_argument("--dry-run", action="store_true", help="check and render every mail, send nothing")
     campaign_send.add_argument("--state", metavar="FILE", help="resume state (default: in worker.data_dir/campaigns)")
     campaign_send.add_argument("--to-mail-raw", action="store_true", help="also produce every sent mail to mail.raw "
-                               "(direction out) on kafka.bootstrap")
+                               "(direction out) on kafka.bootstrap, else on the broker of the threadline up running here")
     add_progress_flag(campaign_send)
     campaign_send.add_argument("--report", metavar="FILE", help="write the report, every skipped row included, as JSON "
                                "(- for stdout)")
