@@ -103,7 +103,7 @@ def check_tracking_keys(settings: Settings) -> Check:
                  fix_text())
 
 
-def _checkout_of(folder: Path) -> Path | None:
+def checkout_of(folder: Path) -> Path | None:
     """The source tree (a checkout, or an editable install of one) that holds this package folder,
     or None when the package is installed from a wheel: a checkout's files are fixed with git and
     the repository's commands, an installed package's only by installing it again."""
@@ -114,7 +114,7 @@ def _checkout_of(folder: Path) -> Path | None:
 
 def _restore_fix(folder: Path) -> str:
     """How to get back files of the package that are missing or damaged."""
-    root = _checkout_of(folder)
+    root = checkout_of(folder)
     if root is not None:
         return f"restore them from git: git checkout -- {folder.resolve().relative_to(root)}"
     return ("the installed package lacks its own files: install it again "
@@ -133,7 +133,7 @@ def check_schemas(schema_dir: Path | None = None) -> list[Check]:
         missing.append(REGISTRY_FILE)
     if missing:
         return [Check("schemas", False, f"{schema_dir} has no {', '.join(missing)}", restore)]
-    in_checkout = _checkout_of(schema_dir) is not None
+    in_checkout = checkout_of(schema_dir) is not None
     try:
         problems = {topic: p for topic, p in schema_problems(schema_dir).items() if p}
         if problems:
@@ -153,18 +153,17 @@ def check_schemas(schema_dir: Path | None = None) -> list[Check]:
 
 def check_dashboards(folder: Path | None = None) -> list[Check]:
     """The Grafana dashboards and provisioning files, package data like the schemas."""
-    from pipeline.analytics.dashboards import DASHBOARDS, DASHBOARD_DIR, out_of_date
+    from pipeline.analytics.dashboards import DASHBOARDS, DASHBOARD_DIR, PROVISIONING_FILES, out_of_date
 
     folder = folder or DASHBOARD_DIR
-    missing = [p for p in ("provisioning/datasources/threadline-clickhouse.yaml", "provisioning/dashboards/threadline.yaml")
-               if not (folder / p).is_file()]
+    missing = [p for p in PROVISIONING_FILES if not (folder / p).is_file()]
     if missing:
         return [Check("dashboards", False, f"{folder} has no {', '.join(missing)}", _restore_fix(folder))]
     stale = out_of_date(folder)
     if stale:
         return [Check("dashboards", False, f"{', '.join(stale)} in {folder}: missing or not what "
                       "pipeline/analytics/dashboards.py builds",
-                      "threadline dashboards build" if _checkout_of(folder) is not None else _restore_fix(folder))]
+                      "threadline dashboards build" if checkout_of(folder) is not None else _restore_fix(folder))]
     return [Check("dashboards", True, f"{len(DASHBOARDS)} Grafana dashboards and their provisioning files in {folder}")]
 
 

@@ -566,6 +566,11 @@ def render_all() -> dict[str, str]:
     return {d.file_name: json.dumps(dashboard_json(d), indent=2, ensure_ascii=False) + "\n" for d in DASHBOARDS}
 
 
+# Grafana's provisioning files beside the dashboards (package data; threadline doctor checks them).
+PROVISIONING_FILES = ("provisioning/dashboards/threadline.yaml", "provisioning/datasources/threadline-clickhouse.yaml",
+                      "provisioning/datasources/threadline-embedded.yaml")
+
+
 def out_of_date(folder: Path = DASHBOARD_DIR) -> list[str]:
     """The dashboard files missing from ``folder`` or other than the panels give now."""
     return [name for name, text in render_all().items()

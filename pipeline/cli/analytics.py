@@ -155,10 +155,14 @@ def add_escalations(command: CommandFactory) -> None:
 
 
 def cmd_dashboards(args: argparse.Namespace) -> int:
-    from pipeline.analytics.dashboards import out_of_date, write_all
+    from pipeline.analytics.dashboards import DASHBOARD_DIR, out_of_date, write_all
+    from pipeline.doctor import checkout_of
 
     if args.action == "build":
-        for path in write_all():
+        if args.out_dir is None and checkout_of(DASHBOARD_DIR) is None:
+            raise UserError(f"the installed package's dashboards in {DASHBOARD_DIR} are its own files, already built: "
+                            "point Grafana's provisioning there, or write copies elsewhere with --out-dir DIR")
+        for path in write_all(Path(args.out_dir) if args.out_dir else DASHBOARD_DIR):
             print(path)
         return 0
     stale = out_of_date()
@@ -170,3 +174,5 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 def add_dashboards(command: CommandFactory) -> None:
     dashboards = command("dashboards", cmd_dashboards, "Build the Grafana dashboard JSON, or check it is current.")
     dashboards.add_argument("action", **choice("build", "check"))
+    dashboards.add_argument("--out-dir", metavar="DIR",
+                            help="build: write the dashboard JSON into this folder (default: the package's, in a checkout)")

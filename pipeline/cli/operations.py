@@ -103,6 +103,12 @@ def cmd_schemas(args: argparse.Namespace) -> int:
         for topic, problems in report.items():
             print(f"{topic:<18} {'ok' if not problems else '; '.join(problems)}")
         return 1 if any(report.values()) else 0
+    from pipeline.contracts.avro import SCHEMA_DIR
+    from pipeline.doctor import checkout_of
+
+    if checkout_of(SCHEMA_DIR) is None:
+        # Releasing hands out schema ids; an installed package's ids are those of its release.
+        raise UserError(f"{SCHEMA_DIR} belongs to an installed package: release schemas in a checkout of Threadline")
     with as_user_error(SchemaError):
         released = release_schemas()
     print("\n".join(released) if released else "nothing changed: every schema is released")

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from pipeline.analytics.dashboards import (CORRELATION_QUALITY, CURRENCY, DASHBOARD_DIR, DASHBOARDS, DURATION,
+                                         PROVISIONING_FILES,
                                            RESPONSE_TIMES, SHARE, TENANT_VARIABLE, UNITS, Panel, dashboard_json,
                                            render_all)
 from pipeline.analytics.macros import MacroError, expand
@@ -182,6 +183,9 @@ def test_provisioning_files_point_at_the_plugin_and_the_dashboards():
     assert datasource["datasources"][0]["jsonData"]["defaultDatabase"] == "threadline"
     provider = yaml.safe_load((DASHBOARD_DIR / "provisioning/dashboards/threadline.yaml").read_text())
     assert provider["providers"][0]["type"] == "file"
+    # The doctor checks the list, so a provisioning file added to the folder belongs in it.
+    on_disk = {path.relative_to(DASHBOARD_DIR).as_posix() for path in (DASHBOARD_DIR / "provisioning").rglob("*.yaml")}
+    assert set(PROVISIONING_FILES) == on_disk
 
 
 @pytest.mark.parametrize("tenant", ["tenant-1", "tenant-2"])

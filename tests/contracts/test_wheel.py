@@ -114,6 +114,13 @@ def test_the_installed_wheel_runs_in_a_fresh_venv_outside_the_repository(wheel, 
     assert sql.returncode == 0 and sql.stdout.split()[-1] == "0", sql.stdout + sql.stderr
     assert (cwd / "data" / "clickhouse").is_dir()
 
+    # The package's own files are not rewritten in site-packages: built elsewhere, or released in a checkout.
+    refused = [_run(venv, cwd, "threadline", *command) for command in (("dashboards", "build"), ("schemas", "release"))]
+    assert [result.returncode for result in refused] == [2, 2], [r.stderr for r in refused]
+    assert "--out-dir DIR" in refused[0].stderr and "in a checkout" in refused[1].stderr
+    copies = _run(venv, cwd, "threadline", "dashboards", "build", "--out-dir", "grafana")
+    assert copies.returncode == 0 and len(list((cwd / "grafana").glob("*.json"))) == 4, copies.stderr
+
     # A damaged install: the fix is to install it again, not to release schemas into site-packages.
     (Path(module).parent / "contracts" / "schemas" / "mail.raw.avsc").unlink()
     damaged = _run(venv, cwd, "threadline", "doctor")
