@@ -29,7 +29,12 @@ KAFKA_LOGGER = "threadline.kafka"
 # How often a client reports its brokers' states (the watch reads them only while one is down).
 STATS_INTERVAL_MS = 5_000
 # librdkafka's message of a failed connection: "HOST:PORT/NODE: Connect to ... failed: ... (after 0ms in state CONNECT)".
-_FAILURE = re.compile(r"(?P<broker>[^\s/\]]+:\d+)/(?:bootstrap|\d+): (?P<reason>.*?)(?: \(after \d+ms in state \w+.*\))?$")
+# A consumer group's coordinator, a connection of its own to one of those brokers, names the broker
+# when it knows it, "GroupCoordinator: HOST:PORT: Connect to ...", else only the address it connects
+# to: "GroupCoordinator: Connect to ipv4#ADDRESS:PORT failed: ...".
+_FAILURE = re.compile(r"(?:(?P<broker>[^\s/\]]+:\d+)/(?:bootstrap|\d+)|GroupCoordinator(?:: (?P<node>[^\s/\]]+:\d+))?): "
+                      r"(?P<reason>.*?)(?: \(after \d+ms in state \w+.*\))?$")
+_CONNECT = re.compile(r"^Connect to ipv[46]#(?P<address>\S+:\d+) failed")
 
 
 @dataclass
@@ -94,7 +99,15 @@ def _failure(record: logging.LogRecord) -> tuple[str, str] | None:
     if facility != "FAIL":
         return None
     match = _FAILURE.search(str(text))
-    return (match["broker"], match["reason"]) if match else None
+    if match is None:
+        return None
+    broker = match["broker"] or match["node"]
+    if broker is None:  # a coordinator that does not say its broker: the address it failed to connect to
+        connect = _CONNECT.match(match["reason"])
+        if connect is None:
+            return None  # nothing says which broker: the line as it is
+        broker = connect["address"]
+    return broker, match["reason"]
 
 
 BROKER_WATCH = BrokerWatch()

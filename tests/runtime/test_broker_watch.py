@@ -69,12 +69,39 @@ def test_a_closed_port_gives_one_line_then_a_counter_then_one_line_when_a_broker
     assert len(kafka_lines) == 2 + len(counters)
 
 
+def librdkafka_record(facility: str, text: str) -> logging.LogRecord:
+    """A record as confluent-kafka logs it (facility, client name, text)."""
+    return logging.LogRecord(kafka.KAFKA_LOGGER, logging.ERROR, "", 0, "%s [%s] %s",
+                             (facility, "rdkafka#consumer-1", text), None)
+
+
 def test_other_librdkafka_records_pass_unchanged():
     watch = kafka.BrokerWatch()
-    record = logging.LogRecord(kafka.KAFKA_LOGGER, logging.WARNING, "", 0, "%s [%s] %s",
-                               ("CONFWARN", "rdkafka#producer-1", "[thrd:app]: Configuration property x is ignored"),
-                               None)
-    assert watch.filter(record) and record.getMessage().startswith("CONFWARN [rdkafka#producer-1]")
+    for record in (librdkafka_record("CONFWARN", "[thrd:app]: Configuration property x is ignored"),
+                   # FAIL lines that name no broker, or that are a coordinator's but no connection's
+                   librdkafka_record("FAIL", "[thrd:main]: Fatal error: Local: Fatal error"),
+                   librdkafka_record("FAIL", "[thrd:GroupCoordinator]: GroupCoordinator: Disconnected")):
+        text = record.args[2]
+        assert watch.filter(record) and record.getMessage().endswith(text), record.getMessage()
+    assert not watch._down
+
+
+def test_a_coordinators_connection_failures_are_its_brokers_outage():
+    """The two shapes a group consumer's coordinator gave with the embedded broker killed (librdkafka
+    2.16): with and without the broker's name. Both are that broker's outage: one line, then counted."""
+    watch = kafka.BrokerWatch()
+    broker = "127.0.0.1:54991"
+    named = librdkafka_record("FAIL", f"[thrd:GroupCoordinator]: GroupCoordinator: {broker}: Connect to ipv4#{broker} "
+                                      "failed: Connection refused (after 0ms in state CONNECT)")
+    assert watch.filter(named)
+    assert named.getMessage() == (f"broker at {broker} unreachable (Connect to ipv4#{broker} failed: Connection "
+                                  "refused); retrying, a line every 60 s while it stays so")
+    for text in (f"[thrd:{broker}/bootstrap]: {broker}/bootstrap: Connect to ipv4#{broker} failed: Connection refused "
+                 "(after 0ms in state CONNECT)",
+                 f"[thrd:GroupCoordinator]: GroupCoordinator: Connect to ipv4#{broker} failed: Connection refused "
+                 "(after 0ms in state CONNECT)"):
+        assert not watch.filter(librdkafka_record("FAIL", text))
+    assert list(watch._down) == [broker] and watch._down[broker].attempts == 3
 
 
 @pytest.mark.integration
@@ -115,3 +142,34 @@ def test_commands_against_a_closed_port_say_it_once_and_fail_in_one_line(tmp_pat
         assert lines[0].startswith(f"broker at 127.0.0.1:{port} unreachable (Connect to"), (name, err)
         assert len(lines) == 2 and lines[1].startswith("threadline: "), (name, err)
         assert "_TRANSPORT" in lines[1] and "Traceback" not in err, (name, err)
+
+
+@pytest.mark.integration
+def test_a_group_consumer_whose_broker_is_killed_says_it_once(kafka_lines, monkeypatch, tmp_path):
+    """A consumer in a group (its coordinator is a connection of its own) and the embedded broker
+    killed under it: one line for the broker, then the counter; no raw FAIL line of the coordinator."""
+    from pipeline.broker import EmbeddedBroker, create_topics
+
+    monkeypatch.setattr(kafka.BROKER_WATCH, "every_s", 4.0)
+    settings = load_settings(None, environ={}).kafka
+    with EmbeddedBroker.start(tmp_path / "broker.log") as broker:
+        create_topics(settings, broker.bootstrap)
+        consumer = kafka.new_group_consumer(settings, broker.bootstrap, f"watch-{tmp_path.name}")
+        try:
+            consumer.subscribe(["mail.correlated"])
+            poll_for(consumer, 30.0, until=lambda: bool(consumer.assignment()))
+            assert consumer.assignment() and kafka_lines == []  # in the group, nothing said
+            broker.process.kill()
+            broker.process.wait(10)
+            poll_for(consumer, 14.0)
+        finally:
+            consumer.close()
+    name = broker.bootstrap
+    assert kafka_lines[0].startswith(f"broker at {name} unreachable (Connect to ipv4#{name} failed: Connection "
+                                     "refused)"), kafka_lines
+    assert not [line for line in kafka_lines if line.startswith("FAIL")], kafka_lines
+    counters = [line for line in kafka_lines if line.startswith(f"broker at {name} unreachable since ")]
+    assert 1 <= len(counters) <= 4, kafka_lines
+    assert int(counters[-1].rsplit("(", 1)[1].split()[0]) > 100  # librdkafka tried hundreds of times
+    # besides: the group's session timing out, once
+    assert len(kafka_lines) <= 1 + len(counters) + 1, kafka_lines
