@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from pipeline.contracts.avro import AvroCodec, AvroDecodeError
 from pipeline.contracts.records import correlation_of, response_of, untracked_correlation_of
@@ -60,14 +60,15 @@ class TopicSearch:
 
 
 def on_topics(kafka: KafkaSettings, bootstrap: str, codec: AvroCodec, message_id: str, tenant: str | None = None,
-              timeout_s: float = 10.0) -> TopicSearch:
-    """The decisions about ``message_id`` on the output topics, read to their current end.
+              timeout_s: float = 10.0, stop: Callable[[], bool] | None = None) -> TopicSearch:
+    """The decisions about ``message_id`` on the output topics, read to their current end (or
+    until ``stop`` says so: then what was read so far, for the caller to drop).
     Only records holding the id's bytes are decoded (an Avro string is its UTF-8 bytes)."""
     needle, key = message_id.encode("utf-8"), None if tenant is None else tenant.encode("utf-8")
     records: dict[str, list[dict]] = {topic: [] for topic in _OUTPUTS}
     undecodable = 0
     for topic in _OUTPUTS:
-        for message in read_messages(kafka, bootstrap, topic_name(kafka, topic), timeout_s):
+        for message in read_messages(kafka, bootstrap, topic_name(kafka, topic), timeout_s, stop=stop):
             value = message.value()
             if value is None or needle not in value or (key is not None and message.key() != key):
                 continue

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Callable, Iterator, Sequence
@@ -29,6 +31,27 @@ def as_user_error(*errors: type[Exception]) -> Iterator[None]:
         yield
     except errors as exc:
         raise UserError(str(exc)) from exc
+
+
+@contextmanager
+def ctrl_c_stops() -> Iterator[Callable[[], bool]]:
+    """Within the block, Ctrl-C sets a flag (the yielded function says whether it is set) that a
+    Kafka read checks between polls (``read_messages``' ``stop``), instead of raising a
+    KeyboardInterrupt wherever Python runs: inside one of librdkafka's callbacks (its log, its
+    statistics, frequent while a broker is gone) that came out of ``poll`` as a SystemError with a
+    traceback. A second Ctrl-C interrupts at once."""
+    interrupted = threading.Event()
+
+    def on_interrupt(*_) -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield interrupted.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def settings_from(args: argparse.Namespace, option: str = "settings") -> Settings:

@@ -13,7 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.cli.common import (CommandFactory, UserError, add_out, add_progress_flag, add_tenant,
-                                 add_tenant_filter, as_user_error, avro_codec, broker_bootstrap, choice, deprecated,
+                                 add_tenant_filter, as_user_error, avro_codec, broker_bootstrap, choice, ctrl_c_stops,
+                                 deprecated,
                                  is_stdout, message_id_value, open_out, open_store, produce_one, progress_bar,
                                  require_paths, settings_from, store_exists)
 
@@ -132,12 +133,17 @@ def _decision_sources(args: argparse.Namespace, settings, searched: list[str]):
             codec = avro_codec(settings)
             where = f"the topics mail.correlated, mail.untracked and mail.responses on {bootstrap}"
             try:
-                found = on_topics(settings.kafka, bootstrap, codec, wanted, args.tenant)
+                with ctrl_c_stops() as interrupted:
+                    found = on_topics(settings.kafka, bootstrap, codec, wanted, args.tenant, stop=interrupted)
             except (KafkaException, TimeoutError) as exc:
+                if interrupted():
+                    raise KeyboardInterrupt from None
                 if args.source == "topic":
                     raise UserError(f"cannot read {where}: {exc}") from exc
                 searched.append(f"cannot read {where}: {exc}")
             else:
+                if interrupted():  # a search cut short answers nothing
+                    raise KeyboardInterrupt
                 if found.undecodable:
                     print(f"{found.undecodable} records holding {wanted} could not be decoded", file=sys.stderr)
                 yield where, found.decisions

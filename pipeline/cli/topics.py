@@ -13,16 +13,14 @@ import argparse
 import base64
 import json
 import os
-import signal
 import sys
-import threading
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, Callable
 from uuid import UUID
 
 from pipeline.cli.common import (CommandFactory, UserError, add_tenant_filter, avro_codec, broker_bootstrap, choice,
-                                 settings_from)
+                                 ctrl_c_stops, settings_from)
 
 
 def _avro_json_bytes(data: bytes) -> str:
@@ -103,38 +101,28 @@ def cmd_tail(args: argparse.Namespace) -> int:
             print(f"tail: at the end of {name} on {bootstrap}" + ("" if args.from_end else f" after {printed} records")
                   + "; waiting for new ones (Ctrl-C stops)", file=sys.stderr, flush=True)
 
-    # Ctrl-C sets a flag the read checks between polls: a KeyboardInterrupt raised inside one of
-    # librdkafka's callbacks (its log, its statistics) surfaces as a SystemError from poll instead.
-    # A second Ctrl-C interrupts at once (e.g. a wait for an unreachable broker's metadata).
-    interrupted = threading.Event()
-
-    def on_interrupt(*_) -> None:
-        if interrupted.is_set():
-            raise KeyboardInterrupt
-        interrupted.set()
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        for message in read_messages(settings.kafka, bootstrap, name, args.timeout, from_end=args.from_end,
-                                     follow=follow, missing_ok=False, on_end=at_end, stop=interrupted.is_set):
-            if wanted_key is not None and message.key() != wanted_key:
-                skipped += 1
-                continue
-            raw = message.value()
-            try:
-                value = None if raw is None else codec.decode(args.topic, raw)
-            except AvroDecodeError as exc:
-                undecodable += 1
-                print(f"tail: {name} partition {message.partition()} offset {message.offset()}: cannot decode "
-                      f"{len(raw)} bytes ({exc.reason}: {exc.message})", file=sys.stderr)
-                continue
-            kind, timestamp_ms = message.timestamp()
-            line = record_line(args.topic, message.partition(), message.offset(), message.key(),
-                               None if kind == TIMESTAMP_NOT_AVAILABLE else timestamp_ms, value, encode_bytes)
-            print(line, flush=follow)
-            printed += 1
-            if args.limit is not None and printed >= args.limit:
-                break
+    try:  # Ctrl-C stops the read (--follow's way to stop), then the summary
+        with ctrl_c_stops() as interrupted:
+            for message in read_messages(settings.kafka, bootstrap, name, args.timeout, from_end=args.from_end,
+                                         follow=follow, missing_ok=False, on_end=at_end, stop=interrupted):
+                if wanted_key is not None and message.key() != wanted_key:
+                    skipped += 1
+                    continue
+                raw = message.value()
+                try:
+                    value = None if raw is None else codec.decode(args.topic, raw)
+                except AvroDecodeError as exc:
+                    undecodable += 1
+                    print(f"tail: {name} partition {message.partition()} offset {message.offset()}: cannot decode "
+                          f"{len(raw)} bytes ({exc.reason}: {exc.message})", file=sys.stderr)
+                    continue
+                kind, timestamp_ms = message.timestamp()
+                line = record_line(args.topic, message.partition(), message.offset(), message.key(),
+                                   None if kind == TIMESTAMP_NOT_AVAILABLE else timestamp_ms, value, encode_bytes)
+                print(line, flush=follow)
+                printed += 1
+                if args.limit is not None and printed >= args.limit:
+                    break
     except TopicMissing as exc:
         raise UserError(f"{exc} (topics are created by `threadline up` and the worker)") from exc
     except (KafkaException, TimeoutError) as exc:
@@ -143,8 +131,6 @@ def cmd_tail(args: argparse.Namespace) -> int:
         # The reader went away (`| head`): stop quietly, and keep Python's exit flush from failing too.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    finally:
-        signal.signal(signal.SIGINT, previous)
     summary = f"tail: {printed} records of {name}"
     if undecodable:
         summary += f", {undecodable} undecodable (above)"

@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Callable
 
 from pipeline.settings import KafkaSettings
 
@@ -181,21 +182,25 @@ def new_admin(kafka: KafkaSettings, bootstrap: str | None = None):
     return AdminClient(client_config(kafka, bootstrap))
 
 
-def cluster_metadata(admin, timeout_s: float):
-    """``admin.list_topics`` asked again every second until ``timeout_s``, the admin client's log
-    served in between: nothing else polls an admin client, so a broker that does not answer would
-    be said only when the timeout ends (BrokerWatch says it after a second)."""
+def cluster_metadata(client, timeout_s: float, topic: str | None = None, stop: Callable[[], bool] | None = None):
+    """``client.list_topics`` (of every topic, or of ``topic``) asked again every second until
+    ``timeout_s``, the client's log served in between: nothing polls an admin client (nor a
+    consumer before its read), so a broker that does not answer would be said only when the
+    timeout ends (BrokerWatch says it after a second).  ``stop`` is asked between the attempts:
+    None when it says stop."""
     from confluent_kafka import KafkaError, KafkaException
 
     deadline = time.monotonic() + timeout_s
     while True:
         left = deadline - time.monotonic()
         try:
-            return admin.list_topics(timeout=max(min(1.0, left), 0.01))
+            return client.list_topics(topic, timeout=max(min(1.0, left), 0.01))
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._TRANSPORT or left <= 1.0:
                 raise
-        admin.poll(0)
+        client.poll(0)
+        if stop is not None and stop():
+            return None
 
 
 def produce_when_room(producer, topic: str, value: bytes, key: bytes | None, **kwargs) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterator
 
-from pipeline.runtime.kafka import new_reader, topic_name
+from pipeline.runtime.kafka import cluster_metadata, new_reader, topic_name
 from pipeline.contracts.avro import AvroCodec
 from pipeline.settings import KafkaSettings
 
@@ -39,7 +39,8 @@ def read_messages(kafka: KafkaSettings, bootstrap: str, name: str, timeout_s: fl
     :class:`TopicMissing` unless ``missing_ok``).  ``from_end``: only records written after the
     read began; ``follow``: do not stop at the end, wait for more until the caller stops;
     ``on_end`` is called once, when every partition has reached its end; ``stop`` is asked
-    between polls (at least every half second) whether to stop now.
+    between polls (at least every half second, every second while waiting for the broker's
+    metadata) whether to stop now.
 
     ``timeout_s`` bounds the wait for the topic's metadata and, when not following, for each
     next record or end of a partition (TimeoutError): a long topic takes as long as it takes."""
@@ -50,7 +51,9 @@ def read_messages(kafka: KafkaSettings, bootstrap: str, name: str, timeout_s: fl
                           {"enable.partition.eof": True, "auto.offset.reset": "earliest",
                            **({} if follow else {"fetch.wait.max.ms": 10})})
     try:
-        metadata = consumer.list_topics(name, timeout=timeout_s)
+        metadata = cluster_metadata(consumer, timeout_s, name, stop)
+        if metadata is None:
+            return  # stopped while waiting for the broker
         if name not in metadata.topics or metadata.topics[name].error is not None:
             if missing_ok:
                 return

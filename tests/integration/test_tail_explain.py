@@ -263,3 +263,33 @@ def test_ctrl_c_stops_a_follow_cleanly_while_the_broker_is_gone(tmp_path):
     assert process.returncode == 0 and out == "", err
     assert "unreachable" in err  # it noticed, and went on waiting
     assert "Traceback" not in err and err.rstrip().endswith("tail: 0 records of mail.correlated")
+
+
+def test_ctrl_c_ends_explain_in_one_line_while_the_broker_is_gone(tmp_path):
+    """Its own broker, killed before `explain --source topic` reads it: Ctrl-C during the read (the
+    wait for the broker, whose reconnects log many times a second) ends it at once with one line,
+    exit 130, not at the read's 10 s timeout nor with a SystemError out of librdkafka's callbacks."""
+    from pipeline.broker import EmbeddedBroker, create_topics
+    from pipeline.settings import KafkaSettings
+
+    with EmbeddedBroker.start(tmp_path / "broker.log") as broker:
+        create_topics(KafkaSettings(), broker.bootstrap)
+        broker.process.kill()
+        broker.process.wait(10)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("THREADLINE_")}
+        env.update(THREADLINE_KAFKA_BOOTSTRAP=broker.bootstrap, THREADLINE_WORKER_DATA_DIR=str(tmp_path / "data"))
+        process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "explain", "q@customer.test", "--source",
+                                    "topic"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        try:
+            assert "unreachable" in process.stderr.readline()  # it is waiting for the broker
+            time.sleep(1)
+            process.send_signal(signal.SIGINT)
+            interrupted = time.monotonic()
+            out, err = process.communicate(timeout=30)
+            took = time.monotonic() - interrupted
+        finally:
+            process.kill()
+    assert process.returncode == 130 and out == "", err
+    assert err == "threadline: interrupted\n"  # the watch's line was read above
+    assert took < 4, took  # the read's timeout is 10 s
