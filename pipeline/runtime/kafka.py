@@ -43,6 +43,8 @@ class _Outage:
     since: float  # wall clock of the first failure
     attempts: int
     said_at: float  # monotonic clock of the last line about it
+    addresses: set[str]  # the addresses it failed to connect to
+    named: bool  # known by its broker's name (else by an address only a coordinator gave)
 
 
 class BrokerWatch(logging.Filter):
@@ -59,12 +61,12 @@ class BrokerWatch(logging.Filter):
         failure = _failure(record)
         if failure is None:
             return True
-        broker, reason = failure
+        name, address, reason = failure
         now = time.monotonic()
         with self._lock:
-            outage = self._down.get(broker)
+            broker, outage = self._outage(name, address)
             if outage is None:
-                self._down[broker] = _Outage(time.time(), 1, now)
+                self._down[broker] = _Outage(time.time(), 1, now, {address} - {None}, name is not None)
                 message = (f"broker at {broker} unreachable ({reason}); retrying, a line every "
                            f"{self.every_s:.0f} s while it stays so")
             else:
@@ -77,6 +79,22 @@ class BrokerWatch(logging.Filter):
         record.msg, record.args = message, ()
         record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
         return True
+
+    def _outage(self, name: str | None, address: str | None) -> tuple[str, _Outage | None]:
+        """The key and the outage (None: a new one) of a failure of the broker ``name`` or, a
+        coordinator's not naming it, of its connect ``address``. A broker with a host name and its
+        coordinator's address are one outage, kept under the name (the statistics say it is back)."""
+        key = name or address
+        outage = self._down.get(key)
+        if outage is None and address is not None:
+            key, outage = next(((other, o) for other, o in self._down.items()
+                                if address in o.addresses and (name is None or not o.named)), (key, None))
+            if outage is not None and name is not None:  # the coordinator's outage now has its broker's name
+                del self._down[key]
+                key, self._down[name], outage.named = name, outage, True
+        if outage is not None and address is not None:
+            outage.addresses.add(address)
+        return key, outage
 
     def stats(self, report: str) -> None:
         """A client's statistics (``stats_cb``): a broker it is connected to again is back."""
@@ -92,8 +110,9 @@ class BrokerWatch(logging.Filter):
                 outage.attempts, extra={"broker_watch": True})
 
 
-def _failure(record: logging.LogRecord) -> tuple[str, str] | None:
-    """(broker, reason) of a librdkafka record saying a connection failed; None for any other."""
+def _failure(record: logging.LogRecord) -> tuple[str | None, str | None, str] | None:
+    """(broker, connect address, reason) of a librdkafka record saying a connection failed, one of
+    broker and address at least; None for any other."""
     if getattr(record, "broker_watch", False) or not isinstance(record.args, tuple) or len(record.args) != 3:
         return None
     facility, _client, text = record.args
@@ -103,12 +122,11 @@ def _failure(record: logging.LogRecord) -> tuple[str, str] | None:
     if match is None:
         return None
     broker = match["broker"] or match["node"]
-    if broker is None:  # a coordinator that does not say its broker: the address it failed to connect to
-        connect = _CONNECT.match(match["reason"])
-        if connect is None:
-            return None  # nothing says which broker: the line as it is
-        broker = connect["address"]
-    return broker, match["reason"]
+    connect = _CONNECT.match(match["reason"])
+    address = None if connect is None else connect["address"]
+    if broker is None and address is None:
+        return None  # a coordinator's line that says no broker: as it is
+    return broker, address, match["reason"]
 
 
 BROKER_WATCH = BrokerWatch()
