@@ -123,16 +123,23 @@ def avro_codec(settings: Settings):
     return AvroCodec(registry_from_settings(settings.schema_registry.url))
 
 
+def _served_store(settings: Settings):
+    """The running stack of the ``threadline up`` that serves this data folder's store, unless
+    ``clickhouse.url`` names a server (which then comes first); else None."""
+    from pipeline.running import running_stack
+
+    stack = None if settings.clickhouse.url else running_stack(settings.worker.data_dir.resolve())
+    return stack if stack is not None and stack.clickhouse_url else None
+
+
 def open_store(settings: Settings, *, write: bool = False):
     """``clickhouse.url``'s server; else the store a ``threadline up`` running on this data folder
     serves over HTTP (its running-stack file; read-only, so a command that ``write``s refuses it);
     else the embedded chDB in the data folder."""
-    from pipeline.running import running_stack
     from pipeline.sinks.clickhouse import ClickHouseStore
 
     data_dir = settings.worker.data_dir.resolve()
-    stack = None if settings.clickhouse.url else running_stack(data_dir)
-    served = stack if stack is not None and stack.clickhouse_url else None
+    served = _served_store(settings)
     if served is not None and write:
         raise UserError(f"threadline up (pid {served.pid}) holds the embedded store in {data_dir / 'clickhouse'} and "
                         "serves it read-only: stop it first (Ctrl-C), or set THREADLINE_CLICKHOUSE_URL to a server")
@@ -151,12 +158,8 @@ def open_store(settings: Settings, *, write: bool = False):
 def store_exists(settings: Settings) -> bool:
     """Whether :func:`open_store` would find a store rather than create an empty one: a server,
     a running ``threadline up``'s, or a chDB folder in the data folder."""
-    from pipeline.running import running_stack
-
-    data_dir = settings.worker.data_dir.resolve()
-    stack = running_stack(data_dir)
-    return bool(settings.clickhouse.url or (stack is not None and stack.clickhouse_url)
-                or (data_dir / "clickhouse").is_dir())
+    return bool(settings.clickhouse.url or _served_store(settings) is not None
+                or (settings.worker.data_dir.resolve() / "clickhouse").is_dir())
 
 
 def print_table(result) -> None:
