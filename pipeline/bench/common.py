@@ -31,6 +31,8 @@ def machine_facts() -> dict:
         "cpu": cpu,
         "cpus": os.cpu_count(),
         "threadline": version,
+        # The machines are shared: how busy it was when the figures were taken.
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
 
 

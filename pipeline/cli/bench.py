@@ -61,6 +61,15 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     return _run_bench(args, lambda settings, **kw: run_pipeline_bench(settings, mails=args.mails, seed=args.seed, **kw))
 
 
+def cmd_bench_replay(args: argparse.Namespace) -> int:
+    from pipeline.bench.replay import run_replay_bench
+
+    if args.mails < 1 or args.workers < 1 or args.tenants < 2:
+        raise UserError("--mails and --workers must be positive, --tenants at least 2")
+    return _run_bench(args, lambda settings, **kw: run_replay_bench(
+        settings, mails=args.mails, workers=args.workers, seed=args.seed, tenants=args.tenants, **kw))
+
+
 def cmd_bench_tracking(args: argparse.Namespace) -> int:
     from pipeline.bench.tracking import run_tracking_bench, run_tracking_outage_bench
 
@@ -133,6 +142,12 @@ def add_bench(command: CommandFactory) -> None:
                                    "confluent-kafka", "bench-results/pipeline.json")
     bench_pipeline.add_argument("--mails", type=int, default=20_000)
     bench_pipeline.add_argument("--seed", type=int, default=7)
+    bench_replay = bench_command("replay", cmd_bench_replay, "seconds of `threadline replay` of N mails with W workers "
+                                 "vs raw confluent-kafka reading them", "bench-results/replay.json")
+    bench_replay.add_argument("--mails", type=int, default=1_000_000)
+    bench_replay.add_argument("--workers", type=int, default=2, choices=range(1, 9), metavar="N")
+    bench_replay.add_argument("--tenants", type=int, default=8, help="tenants the mail is spread over")
+    bench_replay.add_argument("--seed", type=int, default=7)
     bench_clickhouse = bench_command("clickhouse", cmd_bench_clickhouse, "sink insert rate and dashboard query "
                                      "latency", "bench-results/clickhouse.json")
     bench_clickhouse.add_argument("--mails", type=int, default=10_000_000, help="correlated mails in the tables")

@@ -19,7 +19,7 @@ def test_help_lists_every_command_in_its_order(capsys):
                          + [["campaign", name, "--help"] for name in ("create", "list", "send")]
                          + [["correct", name, "--help"] for name in ("link", "unlink", "merge", "split")]
                          + [["bench", name, "--help"] for name in ("correlate", "pipeline", "clickhouse", "all",
-                                                                     "tracking", "parse")])
+                                                                     "tracking", "parse", "replay")])
 def test_every_command_and_subcommand_has_help(argv):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(argv)
