@@ -18,12 +18,11 @@ Hashes are stable 64-bit signed integers (Avro ``long``), so they survive serial
 
 from __future__ import annotations
 
+import functools
 import re
-import zlib
-from itertools import accumulate
-from typing import Iterable
 
 from pipeline.mail.record import BODY_TEXT_LIMIT
+from pipeline.mail.shingles import winnowed_shingles
 
 SHINGLE_WORDS = 5  # fewer words repeat across unrelated mails ("thanks for the quick reply")
 WINNOW_WINDOW = 4
@@ -136,46 +135,111 @@ def _strip_quote_marks(line: str) -> tuple[int, str]:
     return depth, rest
 
 
-_SECOND_SEED = 0x9E3779B9  # the low 32 bits come from a second CRC with another start value
-_SIGN = 1 << 63  # unsigned 64 bits to signed (Avro long), order kept
+# Every line break str.splitlines knows, but "\n": made "\n" (and "\r\n" one "\n") so that one
+# multi-line scan sees the lines splitlines would give.  Looked for with "in" (a fast search per
+# character; a regular expression's character class takes ten times as long).
+_OTHER_BREAKS = re.compile("\r\n?|[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_ASCII_BREAKS = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e")
+_UNICODE_BREAKS = ("\x85", "\u2028", "\u2029")
+# The lines that can change what the lines after them are, while no "Original Message" separator
+# was seen: runs of lines quoted once, runs quoted deeper, lines that may be a signature
+# delimiter or a separator (starting with "--"), and the ends of lines that may be an attribution
+# (ending with ":").  All other lines are own text, read as a whole span.  Every alternative
+# starts with a newline or a colon, which the regular expression engine looks for first.
+_QUOTED_LINE = r"[^\S\n]*+>[^\S\n]*+(?!>)[^\n]*"
+_DEEP_LINE = r"[^\S\n]*+>[^\S\n]*+>[^\n]*"
+_SPECIAL_LINES = re.compile(
+    rf"\n(?:(?P<quoted>{_QUOTED_LINE}(?:\n{_QUOTED_LINE})*)|(?P<deep>{_DEEP_LINE}(?:\n{_DEEP_LINE})*)"
+    r"|(?P<dashes>[^\S\n]*+--[^\n]*))"
+    r"|:[^\S\n]*+(?=\n|\Z)")
+_WORD_CHAR = re.compile(r"[\w@.]")
+# Words are runs of [\w@.] of the case-folded text; everything else separates them.  ASCII goes
+# through a byte table (letters lowered, other bytes blanked, bytes of other characters kept);
+# each distinct other character of a text is case-folded and blanked where no word character
+# once, and replaced in the UTF-8 bytes: a body has few distinct ones.  A text with many that
+# change (every replacement is a pass over the bytes) is folded and blanked as a whole.
+_KEPT = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_@.")
+_WORDS_TABLE = bytes(byte + 32 if 65 <= byte <= 90 else byte if byte in _KEPT or byte >= 128 else 32
+                     for byte in range(256))
+_ASCII = bytes(range(128))
+_NON_ASCII_NON_WORD = re.compile(r"[^\x00-\x7f\w]+")
+_MAX_REPLACED_CHARS = 24
 
 
-def _winnowed_shingles(blocks: Iterable[list[str]], into: dict[int, None]) -> None:
-    """Add the winnowed shingle hashes of each block of words to ``into`` (first seen first).
-    A block is text without a break of kind (an interleaved reply alternates quoted and own
-    blocks); no shingle spans two blocks, since those words were never adjacent in the parent."""
-    crc32 = zlib.crc32
-    for words in blocks:
-        count = len(words) - SHINGLE_WORDS + 1
-        if count <= 0:
-            continue
-        # One encoded text per block; a shingle is a slice of it (two CRCs of a slice are C calls:
-        # a hash per shingle in Python would be most of the cost of parsing a mail).
-        text = " ".join(words)
-        if text.isascii():
-            data = text.encode()
-            lengths = map(len, words)
-        else:
-            data = text.encode("utf-8", "surrogatepass")
-            lengths = (len(word.encode("utf-8", "surrogatepass")) for word in words)
-        starts = [0, *accumulate(length + 1 for length in lengths)]
-        ends = starts[SHINGLE_WORDS:]
-        pieces = [data[start:end - 1] for start, end in zip(starts, ends)]
-        hashes = [(crc32(piece) << 32 | crc32(piece, _SECOND_SEED)) - _SIGN for piece in pieces]
-        if count <= WINNOW_WINDOW:
-            into.setdefault(min(hashes), None)
-            continue
-        into.update(dict.fromkeys(map(min, zip(*(hashes[offset:offset + count - WINNOW_WINDOW + 1]
-                                                 for offset in range(WINNOW_WINDOW))))))
+@functools.cache
+def _word_form(char: str) -> str:
+    """A non-ASCII character as the words take it: case-folded, non-word characters blanked."""
+    return "".join(c if c.isalnum() or c in "_@." else " " for c in char.casefold())
 
 
-def _bounded(shingles: dict[int, None]) -> tuple[int, ...]:
-    """At most MAX_SHINGLES, the smallest values, in first-seen order: which are kept does not
-    depend on where in the body a passage stands, so parent and reply keep the same ones."""
-    if len(shingles) <= MAX_SHINGLES:
-        return tuple(shingles)
-    kept = set(sorted(shingles)[:MAX_SHINGLES])
-    return tuple(value for value in shingles if value in kept)
+def _word_bytes(text: str) -> bytes:
+    """The words of ``text``, case-folded, as UTF-8 separated by runs of spaces."""
+    if text.isascii():
+        return text.encode("ascii").translate(_WORDS_TABLE)
+    data = text.encode("utf-8", "surrogatepass")
+    others = set(data.translate(None, _ASCII).decode("utf-8", "surrogatepass"))
+    changed = [(char, form) for char in others if (form := _word_form(char)) != char]
+    if len(changed) > _MAX_REPLACED_CHARS:
+        return _NON_ASCII_NON_WORD.sub(" ", text.casefold()).encode("utf-8", "surrogatepass").translate(_WORDS_TABLE)
+    for char, form in changed:
+        data = data.replace(char.encode("utf-8", "surrogatepass"), form.encode("utf-8", "surrogatepass"))
+    return data.translate(_WORDS_TABLE)
+
+
+def _shingles(blocks: list[list[str]]) -> tuple[int, ...]:
+    """The winnowed shingles of the blocks (first seen first), at most MAX_SHINGLES."""
+    if not blocks:
+        return ()
+    data = b"\n".join(_word_bytes("\n".join(block)) for block in blocks)
+    return winnowed_shingles(data, SHINGLE_WORDS, WINNOW_WINDOW, MAX_SHINGLES)
+
+
+class _Scan:
+    """The state of the line scan of :func:`fingerprint_body`."""
+
+    __slots__ = ("attribution", "in_signature", "original_depth", "current", "current_kind", "blocks")
+
+    def __init__(self) -> None:
+        self.attribution = ""
+        self.in_signature = False
+        self.original_depth = 0  # "Original Message" separators seen: Outlook quotes without marks
+        self.current: list[str] = []
+        self.current_kind: int | None = None
+        self.blocks: tuple[list[list[str]], list[list[str]]] = ([], [])  # own (depth 0), quoted (depth 1)
+
+    def text(self, depth: int, text: str) -> None:
+        """Lines of one depth, none of them special: their words join the current block of that
+        depth (a blank line ends no paragraph a re-wrapping mailer keeps)."""
+        if depth > 1 or (depth == 0 and self.in_signature):
+            self.current_kind = None  # the grandparent's text or a signature: a break in the text
+        elif _WORD_CHAR.search(text) is not None:
+            if depth != self.current_kind:
+                self.current_kind = depth
+                self.current = []
+                self.blocks[depth].append(self.current)
+            self.current.append(text)
+
+    def line(self, raw_line: str) -> None:
+        """One line that may be special."""
+        if raw_line == _SIGNATURE or raw_line.rstrip() == "--":
+            self.in_signature = True
+            self.current_kind = None
+            return
+        depth, content = _strip_quote_marks(raw_line)
+        if depth == 0 and _ORIGINAL_MESSAGE.match(content):
+            self.original_depth += 1
+            self.current_kind = None
+            return
+        depth += self.original_depth
+        if not self.attribution:
+            who = _attribution(content) if depth == 0 else None
+            if who is None and self.original_depth == 1:
+                who = _outlook_from(content)
+            if who is not None:
+                self.attribution = normalize_line(who)
+                self.current_kind = None
+                return
+        self.text(depth, content)
 
 
 def fingerprint_body(text: str) -> tuple[tuple[int, ...], tuple[int, ...], str]:
@@ -185,49 +249,45 @@ def fingerprint_body(text: str) -> tuple[tuple[int, ...], tuple[int, ...], str]:
     mark, or unmarked text after the first "Original Message" separator (up to the next one).
     A shingle the mail has in both its own and its quoted text stays in both: the matcher
     decides what such a line means.
+
+    The text is read line by line in meaning, not in work: one scan finds the lines that can
+    change the depth or the state (quote runs, delimiters, separators, attributions); the text
+    between them, and runs of lines quoted once, are taken whole.  Words are found once per
+    block, and the shingles hashed by compiled code (:mod:`pipeline.mail.shingles`).
     """
     if len(text) > MAX_TEXT_CHARS:
         cut = text.rfind("\n", 0, MAX_TEXT_CHARS)
         text = text[:cut if cut > 0 else MAX_TEXT_CHARS]  # no half line: it would hash as words nobody wrote
-    own_blocks: list[list[str]] = []
-    quoted_blocks: list[list[str]] = []
-    current: list[str] | None = None
-    current_kind = None
-    attribution = ""
-    in_signature = False
-    original_depth = 0  # "Original Message" separators seen: Outlook quotes without marks
-    for raw_line in text.splitlines():
-        if raw_line == _SIGNATURE or raw_line.rstrip() == "--":
-            in_signature = True
-            current_kind = None
-            continue
-        depth, content = _strip_quote_marks(raw_line)
-        if depth == 0 and _ORIGINAL_MESSAGE.match(content):
-            original_depth += 1
-            current_kind = None
-            continue
-        depth += original_depth
-        if not attribution:
-            who = _attribution(content) if depth == 0 else None
-            if who is None and original_depth == 1:
-                who = _outlook_from(content)
-            if who is not None:
-                attribution = normalize_line(who)
-                current_kind = None
-                continue
-        if depth > 1 or (depth == 0 and in_signature):
-            current_kind = None  # the grandparent's text or a signature: a break in the text
-            continue
-        words = normalize_line(content).split()
-        if not words:
-            continue  # a blank line ends no paragraph a re-wrapping mailer keeps
-        if depth != current_kind:
-            current_kind = depth
-            current = []
-            (quoted_blocks if depth == 1 else own_blocks).append(current)
-        current.extend(words)
-    own: dict[int, None] = {}
-    quoted: dict[int, None] = {}
-    _winnowed_shingles(own_blocks, own)
-    _winnowed_shingles(quoted_blocks, quoted)
-    return _bounded(own), _bounded(quoted), attribution
+    if any(char in text for char in _ASCII_BREAKS) or (
+            not text.isascii() and any(char in text for char in _UNICODE_BREAKS)):
+        text = _OTHER_BREAKS.sub("\n", text)
+    text = "\n" + text  # every line starts after a newline; an empty first line changes nothing
+    scan = _Scan()
+    position = 0
+    for match in _SPECIAL_LINES.finditer(text):
+        start = match.start()
+        if text[start] == ":":  # the end of a line that may be an attribution
+            start = text.rfind("\n", 0, start)
+            line = text[start + 1:match.end()]
+        else:
+            line = None
+        if start > position:
+            scan.text(0, text[position:start])
+        position = match.end()
+        if line is not None:
+            scan.line(line)
+        elif match.group("quoted") is not None:
+            scan.text(1, match.group("quoted"))
+        elif match.group("deep") is not None:
+            scan.current_kind = None  # the grandparent's text: a break
+        else:
+            scan.line(match.group("dashes"))
+            if scan.original_depth:  # unmarked quotes from here on: every line's depth counts
+                for raw_line in text[position + 1:].split("\n"):
+                    scan.line(raw_line)
+                position = len(text)
+                break
+    if position < len(text):
+        scan.text(0, text[position:])
+    own, quoted = scan.blocks
+    return _shingles(own), _shingles(quoted), scan.attribution
