@@ -1,46 +1,131 @@
-"""``threadline bench all``: every benchmark in one go, summarised into docs/benchmarks.md.
+"""``threadline bench all``: every figure of the throughput targets in one run, each with the
+baseline taken in that same run, summarised into docs/benchmarks.md.
 
-Runs the correlation core at growing index sizes, the pipeline (with its raw confluent-kafka
-baseline) at growing mail counts, ClickHouse inserts and dashboard queries, and the tracking
-endpoint; writes every result as JSON, plots cost against work size as PNGs, and replaces the
-generated section of docs/benchmarks.md (between the markers below) with the tables, the date
-and the machine.  The hand-written analysis around that section is kept.
+The parts: RFC 5322 parsing, the correlation core at growing index sizes (against the least any
+threading does), the pipeline with one and more workers (against raw confluent-kafka on the same
+broker), the replay of a million mails with two workers (against raw confluent-kafka reading the
+same ``mail.raw``), ClickHouse inserts and dashboard queries, and the tracking endpoint.  Every
+result goes into one JSON file; cost against size is plotted as PNGs (mails/s against indexed
+mails, against workers); the generated section of docs/benchmarks.md (between the markers below)
+is replaced with a table of every figure against its target and baseline, the date, the machine
+and how long each part took.  The hand-written analysis around that section is kept.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.bench.clickhouse import run_clickhouse_bench
+from pipeline.bench import clickhouse as clickhouse_bench
+from pipeline.bench import correlate as correlate_bench
+from pipeline.bench import pipeline as pipeline_bench
+from pipeline.bench import replay as replay_bench
+from pipeline.bench import tracking as tracking_bench
 from pipeline.bench.common import machine_facts
-from pipeline.bench.correlate import run_correlate_bench
-from pipeline.bench.pipeline import run_pipeline_bench
-from pipeline.bench.tracking import run_tracking_bench
 from pipeline.settings import Settings
 
 START_MARKER = "<!-- threadline bench all: start -->"
 END_MARKER = "<!-- threadline bench all: end -->"
+FIGURES = {"correlate": "bench-correlate.png", "workers": "bench-workers.png", "clickhouse": "bench-clickhouse.png"}
 
 
-def _plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict[str, list[tuple[float, float]]],
-          log_x: bool = False) -> None:
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each part does."""
+
+    correlate: tuple[int, ...]  # indexed mails
+    correlate_measure: int  # mails timed at each index size
+    pipeline_mails: int
+    pipeline_workers: tuple[int, ...]
+    replay_mails: int
+    replay_workers: int
+    clickhouse_mails: int  # mails in the tables the dashboard queries read
+    clickhouse_insert_mails: int
+    clickhouse_repeat: int
+    tracking_seconds: float
+
+
+FULL = Sizes(correlate=(10_000, 100_000, 1_000_000), correlate_measure=20_000, pipeline_mails=30_000,
+             pipeline_workers=(1,), replay_mails=1_000_000, replay_workers=2, clickhouse_mails=10_000_000,
+             clickhouse_insert_mails=20_000, clickhouse_repeat=3, tracking_seconds=10)
+# Small enough for a test (a minute or two), large enough that every part runs for real.
+QUICK = Sizes(correlate=(1_000, 10_000), correlate_measure=2_000, pipeline_mails=2_000, pipeline_workers=(1,),
+              replay_mails=3_000, replay_workers=2, clickhouse_mails=100_000, clickhouse_insert_mails=2_000,
+              clickhouse_repeat=1, tracking_seconds=2)
+
+
+def run_all(settings: Settings, *, data_dir: Path, results_dir: Path, docs_path: Path, sizes: Sizes,
+            corpus_mbox: Path | None, progress: Callable[[str], None]) -> dict:
+    seconds: dict[str, float] = {}
+
+    def part(name: str, run: Callable[[], dict | list]) -> dict | list:
+        progress(f"== {name}")
+        started = time.monotonic()
+        result = run()
+        seconds[name] = round(time.monotonic() - started, 1)
+        progress(f"== {name}: {seconds[name]:,.0f} s")
+        return result
+
+    machine = machine_facts()
+    results = {
+        "correlate": part("correlation core and parsing", lambda: correlate_bench.run_correlate_bench(
+            sizes.correlate, measure=sizes.correlate_measure, progress=False, corpus_mbox=corpus_mbox)),
+        "pipeline": part("pipeline", lambda: [pipeline_bench.run_pipeline_bench(
+            settings, mails=sizes.pipeline_mails, seed=7, data_dir=data_dir, progress=progress)
+            for _workers in sizes.pipeline_workers]),
+        "replay": part("replay", lambda: replay_bench.run_replay_bench(
+            settings, mails=sizes.replay_mails, workers=sizes.replay_workers, seed=7, data_dir=data_dir,
+            progress=progress)),
+        "clickhouse": part("clickhouse", lambda: clickhouse_bench.run_clickhouse_bench(
+            settings, mails=sizes.clickhouse_mails, repeat=sizes.clickhouse_repeat,
+            insert_mails=sizes.clickhouse_insert_mails, data_dir=data_dir, progress=progress)),
+        "tracking": part("tracking endpoint", lambda: tracking_bench.run_tracking_bench(
+            settings, seconds=sizes.tracking_seconds, concurrency=32, data_dir=data_dir, progress=progress)),
+    }
+    results["run"] = {"machine": machine, "finished": machine_facts()["date"],
+                      "load_average_1m_at_end": machine_facts()["load_average_1m"], "sizes": asdict(sizes),
+                      "seconds": seconds, "quick": sizes == QUICK}
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "all.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    _plots(docs_path.parent / "figures", results)
+    _write_docs(docs_path, _section(results))
+    return results
+
+
+# -- plots ------------------------------------------------------------------------------------
+
+def _plot(path: Path, title: str, subtitle: str, xlabel: str, ylabel: str, series: dict[str, list[tuple[float, float]]],
+          *, log_x: bool = False, log_y: bool = False, dashed: dict[str, list[tuple[float, float]]] | None = None,
+          x_ticks: list[float] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
+    from matplotlib.ticker import FuncFormatter
 
     figure, axes = pyplot.subplots(figsize=(7, 3.6), dpi=100)
     for label, points in series.items():
         axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
+    for label, points in (dashed or {}).items():
+        axes.plot([x for x, _ in points], [y for _, y in points], linestyle="--", label=label)
     if log_x:
         axes.set_xscale("log")
-    axes.set_title(title)
+    if log_y:
+        axes.set_yscale("log")
+    else:
+        axes.set_ylim(bottom=0)
+    if x_ticks:
+        axes.set_xticks(x_ticks)
+    thousands = FuncFormatter(lambda value, _pos: f"{value:,.0f}")
+    axes.xaxis.set_major_formatter(thousands)
+    axes.yaxis.set_major_formatter(thousands)
+    axes.set_title(f"{title}\n{subtitle}", fontsize=10)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
-    axes.set_ylim(bottom=0)
+    axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,72 +133,145 @@ def _plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict[str, li
     pyplot.close(figure)
 
 
-def run_all(settings: Settings, *, data_dir: Path, results_dir: Path, docs_path: Path, quick: bool,
-            progress: Callable[[str], None]) -> dict:
-    sizes = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
-    pipeline_sizes = [5_000, 10_000] if quick else [10_000, 30_000]
-    progress("correlation core")
-    correlate = run_correlate_bench(sizes, measure=10_000 if quick else 20_000, progress=False)
-    pipeline = []
-    for mails in pipeline_sizes:
-        progress(f"pipeline, {mails} mails")
-        pipeline.append(run_pipeline_bench(settings, mails=mails, seed=7, data_dir=data_dir, progress=progress))
-    progress("clickhouse")
-    clickhouse = run_clickhouse_bench(settings, mails=1_000_000 if quick else 10_000_000, repeat=3,
-                                      insert_mails=20_000, data_dir=data_dir, progress=progress)
-    progress("tracking endpoint")
-    tracking = run_tracking_bench(settings, seconds=5 if quick else 10, concurrency=32, data_dir=data_dir,
-                                  progress=progress)
-    results = {"correlate": correlate, "pipeline": pipeline, "clickhouse": clickhouse, "tracking": tracking}
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "all.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-
-    figures = docs_path.parent / "figures"
-    _plot(figures / "bench-correlate.png", "Correlation core: mails/s by index size", "indexed mails", "mails/s",
-          {"engine": [(s["indexed_mails"], s["mails_per_s"]) for s in correlate["sizes"]]}, log_x=True)
-    _plot(figures / "bench-pipeline.png", "Pipeline vs raw confluent-kafka", "mails", "mails/s",
-          {"pipeline (1 worker)": [(r["settings"]["mails"], r["pipeline_mails_per_s"]) for r in pipeline],
-           "raw confluent-kafka": [(r["settings"]["mails"], r["baseline_confluent_kafka_mails_per_s"]) for r in pipeline]})
-    queries = clickhouse["queries"]
-    _plot(figures / "bench-clickhouse.png", f"Dashboard queries at {clickhouse['settings']['mails']:,} mails",
-          "panel", "median ms", {"median": [(n, q["median_ms"]) for n, q in enumerate(queries, start=1)],
-                                 "target": [(1, 200), (len(queries), 200)]})
-    _write_docs(docs_path, results, quick)
-    return results
+def _plots(figures: Path, results: dict) -> None:
+    machine = results["run"]["machine"]
+    when = f"{machine['date'][:16].replace('T', ' ')} UTC, {machine['cpu']} ({machine['cpus']} CPUs)"
+    sizes = results["correlate"]["sizes"]
+    xs = [s["indexed_mails"] for s in sizes]
+    _plot(figures / FIGURES["correlate"], "Correlation core: mails/s vs indexed mails", when, "indexed mails",
+          "mails/s (one core)", {"Correlator": [(s["indexed_mails"], s["mails_per_s"]) for s in sizes]},
+          log_x=True, x_ticks=xs,
+          dashed={f"target {correlate_bench.TARGET_MAILS_PER_S:,}": [(xs[0], correlate_bench.TARGET_MAILS_PER_S),
+                                                                    (xs[-1], correlate_bench.TARGET_MAILS_PER_S)]})
+    pipeline = sorted(results["pipeline"], key=lambda r: r["settings"]["workers"])
+    one = pipeline[0]["pipeline_mails_per_s"] / pipeline[0]["settings"]["workers"]
+    replay = results["replay"]["summary"]
+    workers = sorted({r["settings"]["workers"] for r in pipeline} | {replay["workers"]})
+    _plot(figures / FIGURES["workers"], "Pipeline: mails/s vs workers (log scale)", when, "worker processes",
+          "mails/s, all workers together",
+          {f"bench pipeline ({pipeline[0]['settings']['mails']:,} mails)":
+               [(r["settings"]["workers"], r["pipeline_mails_per_s"]) for r in pipeline],
+           f"bench replay ({replay['mails']:,} mails)": [(replay["workers"], replay["mails_per_s"])]},
+          x_ticks=workers, log_y=True,
+          dashed={"1 worker x workers": [(w, one * w) for w in workers],
+                  f"target {pipeline_bench.TARGET_MAILS_PER_S:,}/s per worker":
+                      [(w, pipeline_bench.TARGET_MAILS_PER_S * w) for w in workers]})
+    clickhouse = results["clickhouse"]
+    _query_bars(figures / FIGURES["clickhouse"], f"Dashboard queries at {clickhouse['settings']['mails']:,} mails",
+                when, clickhouse["queries"])
 
 
-def _section(results: dict, quick: bool) -> str:
-    machine = machine_facts()
-    correlate, pipeline = results["correlate"], results["pipeline"]
-    clickhouse, tracking = results["clickhouse"], results["tracking"]
-    lines = [START_MARKER, "", "## Latest `threadline bench all` run",
-             "", f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {machine['cpu']} ({machine['cpus']} CPUs), "
-             f"Python {machine['python']}, threadline {machine['threadline']}"
-             + (" (`--quick`: smaller sizes than the sections above)." if quick else "."), "",
-             "| benchmark | work | result |", "|---|---|---|"]
+def _query_bars(path: Path, title: str, subtitle: str, queries: list[dict]) -> None:
+    """The median of every dashboard panel, one bar each, against the target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(7, 1.2 + 0.22 * len(queries)), dpi=100)
+    labels = [f"{q['dashboard'].removeprefix('threadline-')} / {q['panel']}"[:60] for q in queries]
+    medians = [q["median_ms"] for q in queries]
+    colours = ["tab:blue" if m < clickhouse_bench.TARGET_MS else "tab:red" for m in medians]
+    axes.barh(range(len(queries)), medians, color=colours)
+    axes.axvline(clickhouse_bench.TARGET_MS, linestyle="--", color="tab:orange",
+                 label=f"target {clickhouse_bench.TARGET_MS} ms")
+    axes.set_yticks(range(len(queries)), labels, fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xlabel("median ms (red: over the target)")
+    axes.set_title(f"{title}\n{subtitle}", fontsize=10)
+    axes.grid(axis="x", alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    pyplot.close(figure)
+
+
+# -- the docs section -------------------------------------------------------------------------
+
+def _yes(met: bool | None) -> str:
+    return "—" if met is None else ("**yes**" if met else "no")
+
+
+def _ratio(value: float, baseline: float) -> str:
+    return f"{value / baseline:.3g}" if baseline else "—"
+
+
+def _rows(results: dict) -> list[str]:
+    """| figure | work | result | same-run baseline | ratio | target | met |"""
+    rows = []
+    correlate = results["correlate"]
+    parse = correlate["parse"]
+    rows.append(f"| parsing (`parse_mail`) | {parse['synthetic_mails']:,} synthetic mails | "
+                f"{parse['synthetic_mails_per_s']:,} mails/s | — | — | — | — |")
+    if "corpus_mails" in parse:
+        rows.append(f"| parsing (`parse_mail`) | {parse['corpus_mails']:,} real mails ({parse['corpus']}) | "
+                    f"{parse['corpus_mails_per_s']:,} mails/s ({parse['corpus_mb_per_s']} MB/s) | — | — | "
+                    f">= 10,000 mails/s per core | {_yes(parse['corpus_mails_per_s'] >= 10_000)} |")
     for size in correlate["sizes"]:
-        lines.append(f"| correlation core | {size['indexed_mails']:,} indexed mails | {size['mails_per_s']:,} mails/s |")
-    lines.append(f"| RFC 5322 parsing | {correlate['parse']['synthetic_mails']:,} synthetic mails | "
-                 f"{correlate['parse']['synthetic_mails_per_s']:,} mails/s |")
-    for run in pipeline:
-        lines.append(f"| pipeline, 1 worker | {run['settings']['mails']:,} mails | {run['pipeline_mails_per_s']:,} mails/s "
-                     f"({run['summary']['ratio_to_confluent_kafka']:.3f} of raw confluent-kafka "
-                     f"{run['baseline_confluent_kafka_mails_per_s']:,}/s) |")
-    lines.append(f"| ClickHouse inserts | {clickhouse['insert']['rows']:,} rows | {clickhouse['insert']['rows_per_s']:,} rows/s |")
+        largest = size is correlate["sizes"][-1]
+        rows.append(f"| correlation core | {size['indexed_mails']:,} indexed mails | {size['mails_per_s']:,} mails/s | "
+                    f"dict In-Reply-To threading {size['baseline_dict_threading_mails_per_s']:,}/s | "
+                    f"{_ratio(size['mails_per_s'], size['baseline_dict_threading_mails_per_s'])} | "
+                    + (f">= {correlate_bench.TARGET_MAILS_PER_S:,} mails/s | {_yes(correlate['summary']['meets_target'])} |"
+                       if largest else "— | — |"))
+    summary = correlate["summary"]
+    rows.append(f"| correlation core, flat | {correlate['sizes'][0]['indexed_mails']:,} to "
+                f"{summary['largest_index']:,} indexed mails | largest/smallest {summary['largest_over_smallest']} | — | — | "
+                f"within {correlate_bench.FLAT_WITHIN:.0%} | {_yes(summary['flat_within_25_percent'])} |")
+    for run in sorted(results["pipeline"], key=lambda r: r["settings"]["workers"]):
+        workers = run["settings"]["workers"]
+        met = run["summary"]["meets_target_mails_per_s"] and run["summary"]["meets_target_ratio"]
+        rows.append(f"| pipeline, {workers} worker{'s' if workers > 1 else ''} | {run['settings']['mails']:,} mails | "
+                    f"{run['pipeline_mails_per_s']:,} mails/s ({run['pipeline_mails_per_s'] // workers:,} per worker) | "
+                    f"raw confluent-kafka {run['baseline_confluent_kafka_mails_per_s']:,}/s | "
+                    f"{run['summary']['ratio_to_confluent_kafka']:.3g} | >= {pipeline_bench.TARGET_MAILS_PER_S:,} "
+                    f"mails/s per worker and >= {pipeline_bench.TARGET_RATIO:.0%} of raw | {_yes(met)} |")
+    replay = results["replay"]["summary"]
+    rows.append(f"| replay (`threadline replay`) | {replay['mails']:,} mails, {replay['workers']} workers | "
+                f"{replay['seconds']:,} s to the last output, {replay['mails_per_s']:,} mails/s "
+                f"(command: {replay['command_seconds']:,} s) | raw confluent-kafka read "
+                f"{replay['baseline_confluent_kafka_read_mails_per_s']:,}/s | {replay['ratio_to_confluent_kafka']} | "
+                f"1,000,000 mails in < {replay_bench.TARGET_SECONDS_PER_MILLION:.0f} s | {_yes(replay['meets_target'])} |")
+    clickhouse = results["clickhouse"]
+    rows.append(f"| ClickHouse inserts | {clickhouse['insert']['rows']:,} rows | "
+                f"{clickhouse['insert']['rows_per_s']:,} rows/s | — | — | — | — |")
     slowest = clickhouse["summary"]
-    lines.append(f"| dashboard queries | {clickhouse['settings']['mails']:,} mails, {slowest['queries']} panels | "
-                 f"{slowest['queries_under_target']} under {slowest['target_ms']} ms; slowest median "
-                 f"{slowest['slowest_median_ms']} ms ({slowest['slowest_query']}) |")
-    lines.append(f"| tracking endpoint | {tracking['requests']:,} pixel requests | {tracking['requests_per_s']:,} req/s, "
-                 f"p99 {tracking['latency_ms']['p99']} ms |")
-    lines += ["", "![correlation core](figures/bench-correlate.png)", "![pipeline](figures/bench-pipeline.png)",
-              "![clickhouse](figures/bench-clickhouse.png)", "", END_MARKER]
+    rows.append(f"| dashboard queries | {clickhouse['settings']['mails']:,} mails, {slowest['queries']} panels | "
+                f"{slowest['queries_under_target']} of {slowest['queries']} under {slowest['target_ms']} ms; slowest "
+                f"median {slowest['slowest_median_ms']} ms ({slowest['slowest_query']}) | — | — | every median < "
+                f"{slowest['target_ms']} ms | {_yes(slowest['queries_under_target'] == slowest['queries'])} |")
+    tracking = results["tracking"]
+    rows.append(f"| tracking endpoint | {tracking['requests']:,} pixel requests | {tracking['requests_per_s']:,} req/s, "
+                f"p99 {tracking['latency_ms']['p99']} ms | — | — | >= {tracking_bench.TARGET_RPS:,} req/s, p99 < "
+                f"{tracking_bench.TARGET_P99_MS:g} ms | {_yes(tracking['summary']['meets_target'])} |")
+    return rows
+
+
+def _section(results: dict) -> str:
+    run = results["run"]
+    machine = run["machine"]
+    replay = results["replay"]["summary"]
+    took = ", ".join(f"{name} {s:,.0f} s" for name, s in run["seconds"].items())
+    lines = [START_MARKER, "", "## Latest `threadline bench all` run", "",
+             f"{machine['date'][:16].replace('T', ' ')} UTC to {run['finished'][11:16]}, {machine['cpu']} "
+             f"({machine['cpus']} CPUs), Python {machine['python']}, threadline {machine['threadline']}; "
+             f"1-minute load average {machine['load_average_1m']} at the start, {run['load_average_1m_at_end']} "
+             "at the end" + (" (`--quick`: much smaller sizes than the targets name)." if run["quick"] else "."),
+             f"Each part took: {took}. Every ratio is against the baseline taken in the same run.", "",
+             "| figure | work | result | baseline, same run | ratio | target | met |",
+             "|---|---|---|---|---:|---|:---:|", *_rows(results), "",
+             f"Replay: peak RSS of the workers {', '.join(f'{m:,.0f}' for m in replay['workers_peak_rss_mb'])} MB, "
+             f"of the broker {replay['broker_peak_rss_mb']:,.0f} MB; ingest of the {results['replay']['ingest']['mails']:,} "
+             f"mails ({results['replay']['ingest']['raw_mb']:,} MB) took {results['replay']['ingest']['seconds']:,} s.", "",
+             f"![mails/s vs indexed mails](figures/{FIGURES['correlate']})",
+             f"![mails/s vs workers](figures/{FIGURES['workers']})",
+             f"![dashboard queries](figures/{FIGURES['clickhouse']})", "", END_MARKER]
     return "\n".join(lines)
 
 
-def _write_docs(path: Path, results: dict, quick: bool) -> None:
+def _write_docs(path: Path, section: str) -> None:
     text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
-    section = _section(results, quick)
     if START_MARKER in text and END_MARKER in text:
         before, rest = text.split(START_MARKER, 1)
         after = rest.split(END_MARKER, 1)[1]

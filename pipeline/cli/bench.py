@@ -89,14 +89,29 @@ def cmd_bench_tracking(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_all(args: argparse.Namespace) -> int:
-    from pipeline.bench.all import run_all
+    from dataclasses import replace
+
+    from pipeline.bench.all import FULL, QUICK, run_all
+
+    sizes = QUICK if args.quick else FULL
+    if args.replay_mails is not None:
+        if args.replay_mails < 1:
+            raise UserError("--replay-mails must be positive")
+        sizes = replace(sizes, replay_mails=args.replay_mails)
+    corpus = Path(args.corpus)
+    mbox = corpus / "ponymail" / "messages.mbox"
+    if not corpus.is_dir():
+        print(f"note: no corpus folder {corpus}: parsing is timed on synthetic mail only", file=sys.stderr)
 
     def run(settings, **kw):
         results = run_all(settings, data_dir=kw["data_dir"],
                           results_dir=RESULTS_DIR if is_stdout(args.out) else Path(args.out).parent,
-                          docs_path=Path(args.docs), quick=args.quick, progress=kw["progress"])
-        return {"summary": {name: result["summary"] for name, result in results.items() if isinstance(result, dict)}
-                | {"pipeline": [run["summary"] for run in results["pipeline"]]}, "results": results}
+                          docs_path=Path(args.docs), sizes=sizes, corpus_mbox=mbox if mbox.is_file() else None,
+                          progress=kw["progress"])
+        parts = {name: result for name, result in results.items() if name != "run"}
+        return {"summary": {name: [r["summary"] for r in result] if isinstance(result, list) else result["summary"]
+                            for name, result in parts.items()} | {"seconds": results["run"]["seconds"]},
+                "results": results}
 
     code = _run_bench(args, run)
     print(f"{args.docs} updated", file=sys.stderr)
@@ -155,7 +170,11 @@ def add_bench(command: CommandFactory) -> None:
     bench_clickhouse.add_argument("--repeat", type=int, default=5)
     bench_all = bench_command("all", cmd_bench_all, "every benchmark; updates docs/benchmarks.md and its plots",
                               "bench-results/all-summary.json")
-    bench_all.add_argument("--quick", action="store_true", help="smaller sizes (minutes instead of ~15)")
+    bench_all.add_argument("--quick", action="store_true", help="much smaller sizes (a minute or two instead of ~25)")
+    bench_all.add_argument("--replay-mails", type=int, metavar="N", help="mails of the replay part (default 1,000,000; "
+                           "3,000 with --quick)")
+    bench_all.add_argument("--corpus", default="../shared/corpus", metavar="DIR",
+                           help="the real corpora (DIR/*/messages.mbox) for the parse rate")
     bench_all.add_argument("--docs", default="docs/benchmarks.md")
     bench_tracking = bench_command("tracking", cmd_bench_tracking, "pixel requests/s and latency under load; "
                                    "with --broker-down: latency, memory and spool while the broker is down",
