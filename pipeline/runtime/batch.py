@@ -1,16 +1,15 @@
 """The batch-step contract between the stream agents and their Faust-free steps.
 
 A step takes consumed records (:class:`RawItem`) and returns a :class:`BatchResult`; the agent
-produces its outputs, waits for every acknowledgement, then applies its table writes
-(:meth:`BatchResult.apply_to`) and only then commits, so a crash anywhere redelivers the batch.
+produces its outputs, waits for every acknowledgement, then applies its table writes (and waits
+for their changelog records) and only then commits, so a crash anywhere redelivers the batch.
 :class:`OffsetMarkers` make a redelivered, already applied record a no-op.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Iterator, MutableMapping, Protocol
+from typing import Iterator, MutableMapping, Protocol
 
 from pipeline.contracts.avro import AvroCodec, AvroDecodeError
 from pipeline.contracts.records import SourcePosition, deadletter_record
@@ -49,19 +48,17 @@ class BatchResult:
     def count(self, name: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + 1
 
-    def apply_to(self, table: MutableMapping[str, bytes], in_partition: Callable[[int], ContextManager] | None = None,
-                 writes: dict[int, dict[str, bytes | None]] | None = None) -> None:
-        """Write :attr:`writes` (or the ``writes`` given, one of :attr:`other_writes`) to ``table``
-        (None deletes), only once the outputs are durable; ``in_partition`` gives the context a
-        partition's writes happen in (the Faust agent's event)."""
-        for partition, entries in (self.writes if writes is None else writes).items():
-            with in_partition(partition) if in_partition is not None else nullcontext():
-                for key, value in entries.items():
-                    if value is None:
-                        if key in table:
-                            del table[key]
-                    else:
-                        table[key] = value
+    def apply_to(self, table: MutableMapping[str, bytes], writes: dict[int, dict[str, bytes | None]] | None = None) -> None:
+        """Write :attr:`writes` (or the ``writes`` given, one of :attr:`other_writes`) to a plain
+        mapping (None deletes): what a step's table holds after the batch.  The worker's Faust
+        tables apply them durably, partition by partition (``ChangelogAwaitedTable.write`` in
+        :mod:`pipeline.streams.app`)."""
+        for entries in (self.writes if writes is None else writes).values():
+            for key, value in entries.items():
+                if value is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = value
 
 
 class OffsetMarkers:

@@ -26,6 +26,16 @@ class IngestReport:
     bytes: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class TopicRecord:
+    """A record for :meth:`RecordProducer.send_records`: its topic's name on the cluster, its partition."""
+
+    topic: str
+    partition: int
+    key: bytes
+    value: bytes | None  # None: a tombstone
+
+
 class RecordWriteError(RuntimeError):
     """A record the broker did not acknowledge; ``permanent`` when it never will (over a size limit)."""
 
@@ -88,23 +98,49 @@ class RecordProducer:
     def send_all(self, outputs: list) -> None:
         """An agent's batch outputs (:class:`~pipeline.runtime.batch.Output`); returns once every
         one is acknowledged by the broker, else raises, so that the batch is not committed."""
-        from confluent_kafka import KafkaError, KafkaException
-
         errors_before = len(self.report.errors)  # not deliveries: agents share this producer from several threads
         for output in outputs:
-            try:
-                self.produce(output.topic, output.key, output.value)
-            except KafkaException as exc:  # refused before it left: librdkafka says "Broker: ..." even then
-                error, hint = exc.args[0], ""
-                if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                    limit = self.kafka.producer_options.get("message.max.bytes", 1_000_000)
-                    hint = (f" (over this producer's message.max.bytes, {limit}: kafka.producer_options raises it; "
-                            "the broker's record limit must allow it too)")
-                raise RuntimeError(f"cannot produce a record of {len(output.value)} bytes to "
-                                   f"{topic_name(self.kafka, output.topic)}: {error.name()}, {error.str()}{hint}") from exc
+            self._produce_or_explain(topic_name(self.kafka, output.topic), output.key, output.value, self._delivered)
+        self._flush_all(errors_before)
+
+    def send_records(self, records: list[TopicRecord]) -> dict[tuple[str, int], int]:
+        """Records to given partitions of topics named as on the cluster (a Faust table's
+        changelog); returns once every one is acknowledged, with the offset of the last one in
+        each (topic, partition), else raises."""
+        last: dict[tuple[str, int], int] = {}
+
+        def delivered(error, message) -> None:
+            self._delivered(error, message)
+            if error is None:
+                where = (message.topic(), message.partition())
+                last[where] = max(last.get(where, -1), message.offset())
+
+        errors_before = len(self.report.errors)
+        for record in records:
+            self._produce_or_explain(record.topic, record.key, record.value, delivered, partition=record.partition)
+        self._flush_all(errors_before)
+        return last
+
+    def _produce_or_explain(self, topic: str, key: bytes | None, value: bytes | None, on_delivery, **kwargs) -> None:
+        """Produce one record of a batch (no poll per record: :meth:`_flush_all` serves the reports)."""
+        from confluent_kafka import KafkaError, KafkaException
+
+        try:
+            produce_when_room(self.producer, topic, value, key, on_delivery=on_delivery, **kwargs)
+        except KafkaException as exc:  # refused before it left: librdkafka says "Broker: ..." even then
+            error, hint = exc.args[0], ""
+            if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                limit = self.kafka.producer_options.get("message.max.bytes", 1_000_000)
+                hint = (f" (over this producer's message.max.bytes, {limit}: kafka.producer_options raises it; "
+                        "the broker's record limit must allow it too)")
+            raise RuntimeError(f"cannot produce a record of {len(value or b'')} bytes to {topic}: "
+                               f"{error.name()}, {error.str()}{hint}") from exc
+        self.report.produced += 1
+
+    def _flush_all(self, errors_before: int) -> None:
         remaining = self.producer.flush(60)
         if remaining or len(self.report.errors) > errors_before:
-            raise RuntimeError(f"{remaining} outputs undelivered, errors: {self.report.errors[errors_before:][:5]}")
+            raise RuntimeError(f"{remaining} records undelivered, errors: {self.report.errors[errors_before:][:5]}")
 
     def _poll(self) -> None:
         while not self._stop_polling.is_set():

@@ -7,7 +7,8 @@ worker``; settings come from ``THREADLINE_SETTINGS`` and ``THREADLINE_*`` like e
 Per batch (``stream.take_events``): the :class:`MailProcessor` correlates the records, the
 outputs are produced with a confluent-kafka producer and flushed (delivery errors stop the
 worker before anything is acknowledged), then the index entries are written to the Faust table
-(RocksDB + changelog) and their changelog records awaited, and only then does Faust acknowledge
+(RocksDB, and its changelog by the same producer: :class:`ChangelogAwaitedTable`) and their
+changelog records awaited, and only then does Faust acknowledge
 and commit the batch (at-least-once; the table's offset markers make redelivered records no-ops).
 After a worker that did not stop cleanly, its local tables are discarded and restored from the
 changelogs (:func:`local_tables_kept_after_clean_stop`).
@@ -22,17 +23,15 @@ import shutil
 import sys
 import time
 import traceback
-import weakref
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from functools import cache, partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Iterator
 
 import faust
 import mode
-from faust.streams import _current_event  # see partition_context()
+from faust.types import TP
 
 from pipeline.contracts.topics import CORRECTIONS, CRM_ENTITIES, MAIL_CORRELATED, MAIL_RAW, TRACKING_RAW
 from pipeline.runtime.kafka import faust_credentials, topic_name
@@ -43,7 +42,7 @@ from pipeline.streams.corrections import CorrectionsProcessor
 from pipeline.streams.crm import CrmProcessor
 from pipeline.streams.escalation import EscalationProcessor
 from pipeline.runtime.batch import BatchStep, RawItem
-from pipeline.runtime.producer import RecordProducer
+from pipeline.runtime.producer import RecordProducer, TopicRecord
 from pipeline.streams.runner import app_id
 from pipeline.streams.processor import INDEX_TABLE, MailProcessor
 from pipeline.streams.tracking import TrackingProcessor
@@ -52,30 +51,6 @@ from pipeline.tracking.safety import key_refusal
 log = logging.getLogger("threadline.worker")
 EXIT_BATCH_FAILED = 70  # EX_SOFTWARE: a batch could not be made durable (see exit_without_commit)
 CLEAN_STOP_MARKER = "stopped-cleanly"
-
-
-class _PartitionEvent:
-    """What Faust's tables read of the current event: its message's topic and partition."""
-
-    __slots__ = ("message", "__weakref__")
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.message = SimpleNamespace(topic=topic, partition=partition)
-
-
-@contextmanager
-def partition_context(topic: str, partition: int) -> Iterator[None]:
-    """Faust writes a table entry to the changelog partition (and the RocksDB) of the *current*
-    event, and refuses writes outside stream iteration.  A batch from ``take_events`` has no
-    current event, and an escalation tick has no event at all, so writes are made in the context
-    of a stand-in event naming the partition: a write never depends on which records a batch
-    holds.  This is the one place that touches Faust's private context variable."""
-    event = _PartitionEvent(topic, partition)  # Faust keeps only a weak reference: this one holds it
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 def exit_without_commit(what: str, exc: BaseException) -> None:
@@ -93,27 +68,66 @@ def exit_without_commit(what: str, exc: BaseException) -> None:
 
 
 class ChangelogAwaitedTable(faust.Table):
-    """A Faust table that keeps the changelog records of its writes until they are awaited.
+    """A Faust table written a batch at a time: to the local RocksDB, and to its changelog by the
+    worker's confluent-kafka producer, awaited before the batch is acknowledged.
 
-    Faust writes an entry to the local RocksDB at once and only queues its changelog record, and
-    the producer flush it does before a commit gives up once 0.1 s pass without a send
-    (``ProducerBuffer.flush_atmost``): in the SIGKILL test an offset was committed while over 500
-    index entries below it were still queued, and lost with the process.  So the agents await
-    :meth:`changelog_delivered` before a batch is acknowledged."""
+    Not through Faust's own path (``table[key] = value``): that queues each entry's changelog
+    record in Faust's producer buffer, whose flush before a commit gives up once 0.1 s pass
+    without a send (in the SIGKILL test an offset was committed while over 500 index entries
+    below it were still queued, and lost with the process), and its per-record Python work was
+    the largest part of a worker's time after parsing.
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._undelivered: list[asyncio.Future] = []
+    Tansu reports the end of a partition as the base offset of its LAST record batch + 1, and
+    Faust's recovery reads a changelog only up to that end (INFRA.md §2-3).  So the last record
+    a batch writes to each changelog partition is produced on its own, after all the others are
+    acknowledged: it is then alone in its record batch, and the reported end is exact after every
+    batch.  A worker killed between the two leaves an end short of the last records before it;
+    those are entries of a batch never committed, which the next worker reads again (its offset
+    markers, the last key of a step's partition, come in the second part)."""
 
-    def send_changelog(self, *args, **kwargs):
-        sent = super().send_changelog(*args, **kwargs)
-        self._undelivered.append(sent)
-        return sent
+    def on_key_set(self, key, value) -> None:
+        raise TypeError(f"{self.name}: write a batch with ChangelogAwaitedTable.write, not table[key] = value")
 
-    async def changelog_delivered(self) -> None:
-        """Return once every write so far is in the changelog; raises if one cannot be delivered."""
-        undelivered, self._undelivered = self._undelivered, []
-        await asyncio.gather(*undelivered)
+    def on_key_del(self, key) -> None:
+        raise TypeError(f"{self.name}: write a batch with ChangelogAwaitedTable.write, not del table[key]")
+
+    async def write(self, writes: dict[int, dict[str, bytes | None]], producer: RecordProducer) -> None:
+        """Apply ``writes`` (partition -> {key: value, or None to delete}, as a
+        :class:`~pipeline.runtime.batch.BatchResult` holds them) and return once every changelog
+        record is acknowledged; raises if one is not."""
+        body, ends = self._write_locally(writes)
+        loop = asyncio.get_running_loop()
+        if body:
+            await loop.run_in_executor(None, producer.send_records, body)
+        if ends:
+            delivered = await loop.run_in_executor(None, producer.send_records, ends)
+            # What Faust's own changelog callback keeps: where a kept local table's recovery resumes.
+            for (topic, partition), offset in delivered.items():
+                self.data.set_persisted_offset(TP(topic, partition), offset)
+
+    def _write_locally(self, writes: dict[int, dict[str, bytes | None]]) -> tuple[list[TopicRecord], list[TopicRecord]]:
+        """Write to each partition's RocksDB; returns the changelog records: all but each
+        partition's last, and the last ones."""
+        store = self.data  # faust.stores.rocksdb.Store: one database per partition
+        topic = self.changelog_topic.get_topic_name()
+        body: list[TopicRecord] = []
+        ends: list[TopicRecord] = []
+        for partition, entries in writes.items():
+            db = store._db_for_partition(partition)
+            records = []
+            for key, value in entries.items():
+                raw_key = store._encode_key(key)
+                if value is None:
+                    if db.get(raw_key) is None:
+                        continue  # nothing to delete
+                    db.delete(raw_key)
+                else:
+                    db.put(raw_key, value)
+                records.append(TopicRecord(topic, partition, raw_key, value))
+            if records:
+                body += records[:-1]
+                ends.append(records[-1])
+        return body, ends
 
 
 @contextmanager
@@ -165,6 +179,18 @@ def hold_deliveries_until_recovery_resumes_streams(app: faust.App) -> None:
         app.flow_control.suspend()
 
 
+class QuietWorker(faust.Worker):
+    """Faust's worker without its terminal spinner.  To spin it on every log line, Faust's worker
+    sets the root logger to DEBUG (``Worker._setup_spinner_handler``) whenever the level asked for
+    is WARN or above (``threadline worker`` and the workers of ``up``, tests and benchmarks run
+    with ``-l warn``): every debug line of aiokafka and Faust (several per record produced) then
+    became a LogRecord handed to the handlers, about 5 % of a busy worker's time.  The root logger
+    keeps the level asked for."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        self.spinner = None
+
+
 def _bytes_table(app: faust.App, name: str, settings: Settings) -> ChangelogAwaitedTable:
     # Faust picks a table's serializers from key_type / value_type (not from a schema): bytes
     # values are stored as given ("raw"); anything else would be JSON-decoded on every read.
@@ -185,14 +211,13 @@ async def _handle_batches(stream, processor: BatchStep, table: ChangelogAwaitedT
         async with lock:
             items = [RawItem(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
             result = processor.process(items, source_topic=source_topic)
-            await loop.run_in_executor(None, outputs().send_all, result.outputs)
+            producer = outputs()
+            await loop.run_in_executor(None, producer.send_all, result.outputs)
             # Other tables first: the step's own table holds its offset markers, and a record
             # they mark as applied must have all of its writes in.
             for name, writes in result.other_writes.items():
-                result.apply_to(other_tables[name], partial(partition_context, source_topic), writes)
-                await other_tables[name].changelog_delivered()
-            result.apply_to(table, partial(partition_context, source_topic))
-            await table.changelog_delivered()
+                await other_tables[name].write(writes, producer)
+            await table.write(result.writes, producer)
         if on_batch is not None:
             on_batch()
         log.info("%s: batch of %d: %s%s", source_topic, len(items), result.counts,
@@ -232,6 +257,7 @@ def build_app(settings: Settings) -> faust.App:
         broker_credentials=faust_credentials(settings.kafka),
         store="rocksdb://",
         Table=ChangelogAwaitedTable,
+        Worker=QuietWorker,
         # Local tables are named by table, not by app: each app id (generation) needs its own
         # folder, or a new generation would start from another one's index and offsets.
         datadir=str(data_dir / "faust" / app_id(settings)),
@@ -242,11 +268,6 @@ def build_app(settings: Settings) -> faust.App:
         broker_session_timeout=6,
         broker_heartbeat_interval=1,
         table_standby_replicas=0,
-        # Tansu reports the end of a partition as the base offset of its LAST BATCH + 1, and
-        # Faust's table recovery reads a changelog only up to that end: with several records per
-        # batch a restarted worker silently misses the newest index entries (seen in the SIGKILL
-        # test). One record per changelog batch keeps the ends exact (INFRA.md §2-3).
-        producer_max_batch_size=1,
         # The worker command overrides web_enabled (its --with-web flag defaults to on, see
         # main()); if a web server is opened anyway, Faust would bind it to 0.0.0.0 by default.
         web_enabled=False,
@@ -325,8 +346,7 @@ def build_app(settings: Settings) -> faust.App:
                 result = escalation.tick(datetime.now(timezone.utc))
                 if result.outputs:
                     await asyncio.get_running_loop().run_in_executor(None, outputs().send_all, result.outputs)
-                    result.apply_to(escalation_table, partial(partition_context, correlated_topic.get_topic_name()))
-                    await escalation_table.changelog_delivered()
+                    await escalation_table.write(result.writes, outputs())
         except Exception as exc:  # noqa: BLE001 - the trackers moved on in memory; only a restart re-fires them
             exit_without_commit("an escalation tick", exc)
         if result.outputs:

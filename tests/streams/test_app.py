@@ -21,9 +21,10 @@ def test_a_batch_is_acknowledged_only_after_its_changelog_is_delivered():
     happened = []
 
     class Table(dict):
-        async def changelog_delivered(self):
+        async def write(self, writes, producer):
+            assert producer is outputs
             await asyncio.sleep(0)  # the broker's acknowledgement comes later
-            happened.append(("delivered", dict(self)))
+            happened.append(("delivered", writes))
 
     class Stream:
         async def take_events(self, size, within):
@@ -33,12 +34,12 @@ def test_a_batch_is_acknowledged_only_after_its_changelog_is_delivered():
 
     class Step:
         def process(self, items, source_topic):
-            return BatchResult(writes={0: {"acme\x1fm": b"entry"}})
+            return BatchResult(outputs=["correlated"], writes={0: {"acme\x1fm": b"entry"}})
 
-    outputs = SimpleNamespace(send_all=lambda records: None)
+    outputs = SimpleNamespace(send_all=lambda records: happened.append(("outputs", records)))
     settings = SimpleNamespace(worker=SimpleNamespace(batch_size=10, batch_window_s=0.1))
     asyncio.run(_handle_batches(Stream(), Step(), Table(), "mail.raw", lambda: outputs, settings))
-    assert happened == [("delivered", {"acme\x1fm": b"entry"}), "acknowledged"]
+    assert happened == [("outputs", ["correlated"]), ("delivered", {0: {"acme\x1fm": b"entry"}}), "acknowledged"]
 
 
 def test_local_tables_are_kept_only_after_a_clean_stop(tmp_path):
@@ -109,3 +110,27 @@ def test_the_worker_warns_at_start_of_policy_settings_without_effect(tmp_path, c
     caplog.clear()
     build_app(settings.model_copy(update={"escalation": Settings().escalation}))
     assert not [r for r in caplog.records if "has no effect" in r.getMessage()]
+
+
+def test_the_worker_keeps_the_root_logger_at_the_level_asked_for(tmp_path):
+    """Faust's own worker lowers the root logger to DEBUG at -l warn (for its spinner), which
+    makes every debug line of aiokafka and Faust cost a LogRecord."""
+    import logging
+
+    from pipeline.settings import Settings
+    from pipeline.streams.app import build_app
+
+    settings = Settings.model_validate({"kafka": {"bootstrap": "127.0.0.1:9"}, "worker": {"data_dir": str(tmp_path)}})
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+
+    async def set_up() -> int:
+        worker = build_app(settings).Worker(loglevel="warn", quiet=True)
+        worker._setup_logging()  # what the worker does first when it starts
+        return root.level
+
+    try:
+        assert asyncio.run(set_up()) == logging.WARNING
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
