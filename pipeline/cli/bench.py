@@ -56,9 +56,10 @@ def cmd_bench_correlate(args: argparse.Namespace) -> int:
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     from pipeline.bench.pipeline import run_pipeline_bench
 
-    if args.mails < 1:
-        raise UserError("--mails must be positive")
-    return _run_bench(args, lambda settings, **kw: run_pipeline_bench(settings, mails=args.mails, seed=args.seed, **kw))
+    if args.mails < 1 or args.workers < 1:
+        raise UserError("--mails and --workers must be positive")
+    return _run_bench(args, lambda settings, **kw: run_pipeline_bench(settings, mails=args.mails, seed=args.seed,
+                                                                      workers=args.workers, **kw))
 
 
 def cmd_bench_replay(args: argparse.Namespace) -> int:
@@ -157,6 +158,7 @@ def add_bench(command: CommandFactory) -> None:
                                    "confluent-kafka", "bench-results/pipeline.json")
     bench_pipeline.add_argument("--mails", type=int, default=20_000)
     bench_pipeline.add_argument("--seed", type=int, default=7)
+    bench_pipeline.add_argument("--workers", type=int, default=1, help="worker processes, sharing the partitions")
     bench_replay = bench_command("replay", cmd_bench_replay, "seconds of `threadline replay` of N mails with W workers "
                                  "vs raw confluent-kafka reading them", "bench-results/replay.json")
     bench_replay.add_argument("--mails", type=int, default=1_000_000)
