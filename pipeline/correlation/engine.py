@@ -48,19 +48,22 @@ _SERIES_TAG = re.compile(r"\[(?:[^\]\[]{0,40}?\s)?(\d{1,3})/(\d{1,3})\]")
 _BRACKET_TAG = re.compile(r"\[([^\]]*)\]")
 _TAG_TOKEN = re.compile(r"[^\s,]+")
 _PART_COUNTER = re.compile(r"\d{1,3}/\d{1,3}")
+_NO_TAGS: frozenset[str] = frozenset()
 
 
 def version_tags(subject: str) -> frozenset[str]:
     """The tokens of the subject's "[...]" tags that carry a digit, part counters aside: "v2" of
     "[PATCH v2 3/7]", "5.1" of "[PATCH AUTOSEL 5.1 154/219]".  Another version of a posting is
     another thread; the parts of one ("3/7", "4/7") and word tags ("[RESULT]") are not."""
+    if "[" not in subject:
+        return _NO_TAGS
     return frozenset(token.casefold() for tag in _BRACKET_TAG.findall(subject) for token in _TAG_TOKEN.findall(tag)
                      if any(char.isdigit() for char in token) and not _PART_COUNTER.fullmatch(token))
 
 
 def series_part(subject: str) -> tuple[int, int] | None:
     """(k, N) of a "[k/N]" tag in the subject, when 0 <= k <= N."""
-    match = _SERIES_TAG.search(subject)
+    match = _SERIES_TAG.search(subject) if "[" in subject else None
     if match is None:
         return None
     part, total = int(match.group(1)), int(match.group(2))
@@ -71,15 +74,15 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _clock_time(mail: MailRecord) -> float | None:
+def _clock_time(mail: MailRecord, ts: float) -> float | None:
     """What ``mail`` tells the index's clock: its Date, no later than a day after its arrival
-    (a sender cannot date mail into the future); None without a Date."""
+    (a sender cannot date mail into the future); None without a Date.  ``ts`` is the mail's
+    event time, which is its Date when it has one."""
     if mail.date is None:
         return None
-    dated = _as_utc(mail.date).timestamp()
     if mail.received_at is None:
-        return dated
-    return min(dated, _as_utc(mail.received_at).timestamp() + FUTURE_SLACK_S)
+        return ts
+    return min(ts, _as_utc(mail.received_at).timestamp() + FUTURE_SLACK_S)
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -110,6 +113,8 @@ class SubjectFacts:
     mail_type: str
     series: tuple[int, int] | None
     version_tags: frozenset[str]
+    sorted_version_tags: tuple[str, ...]  # as an entry keeps them
+    token: str | None  # our tracking token in the subject (None when tracking tokens are off)
 
 
 # Distinct subjects remembered by one correlator; the cache is dropped whole when full (it is
@@ -167,6 +172,7 @@ class Correlator:
         self._excluded_domains = frozenset(d.lower() for d in self.untracked.excluded_domains)
         self._excluded_mailboxes = frozenset(self.untracked.excluded_mailboxes)
         self._subject_cache: dict[str, SubjectFacts] = {}
+        self._hash_max_count = settings.smart_matching.hash_max_count
         self._last_digest: tuple[MailRecord | None, str] = (None, "")
 
     # -- public ----------------------------------------------------------------------------
@@ -191,9 +197,9 @@ class Correlator:
         if known is not None:
             return self._repeat(mail, event_dt, known, message_id)
 
-        facts = self._subject_facts(mail.subject)
-        addresses = participants[: self.settings.smart_matching.hash_max_count]
-        token = tokens.find_token(self.settings.tracking_token, mail.subject) if self.settings.tracking_token.enabled else None
+        facts = self._subject_cache.get(mail.subject) or self._subject_facts(mail.subject)
+        addresses = participants[: self._hash_max_count]
+        token = facts.token
         mail_type = facts.mail_type
 
         mail_facts = MailFacts(mail, ts, facts, addresses, token)
@@ -255,6 +261,8 @@ class Correlator:
         method_fields: dict = {}
         for entry_fields in self._entry_fields:
             method_fields.update(entry_fields(self, mail_facts))
+        parent_message_id = parent.message_id if parent else None
+        subject = mail.subject
         index.add(IndexedMail(
             message_id=message_id,
             conversation_id=conversation_id,
@@ -264,7 +272,7 @@ class Correlator:
             confidence=confidence,
             mail_type=mail_type,
             regarding=regarding,
-            parent_message_id=parent.message_id if parent else None,
+            parent_message_id=parent_message_id,
             tracking_token=token,
             subject_key=facts.subject_key,
             subject_words=facts.words,
@@ -272,8 +280,8 @@ class Correlator:
             from_addr=mail.from_addr,
             campaign_id=mail.campaign_id,
             content_digest=digest,
-            clock_time=_clock_time(mail),
-            subject=mail.subject,
+            clock_time=_clock_time(mail, ts),
+            subject=subject,
             to=mail.to,
             cc=mail.cc,
             bcc=mail.bcc,
@@ -281,18 +289,30 @@ class Correlator:
             automatic=mail.automatic,
             **method_fields,
         ))
-        return self._result(
-            mail, event_dt, method, confidence,
+        return Correlation(
+            tenant=self.tenant,
             message_id=message_id,
             conversation_id=conversation_id,
-            parent_message_id=parent.message_id if parent else None,
+            method=method,
+            mail_type=mail_type,  # type: ignore[arg-type]
+            direction=mail.direction,
+            event_time=event_dt,
+            confidence=confidence,
+            generation=self.generation,
+            settings_fingerprint=self.fingerprint,
+            parent_message_id=parent_message_id,
             regarding=regarding,
             tracking_token=token,
             candidate_count=candidate_count,
             evidence=evidence,
-            mail_type=mail_type,
+            subject=subject,
+            from_addr=mail.from_addr,
+            to=mail.to,
+            cc=mail.cc,
+            bcc=mail.bcc,
             response=response,
             flags=(COLLISION_FLAG,) if collision is not None else (),
+            automatic=mail.automatic,
         )
 
     def _answered(self, parent: IndexedMail | None) -> IndexedMail | None:
@@ -357,19 +377,21 @@ class Correlator:
         if facts is not None:
             return facts
         smart = self.settings.smart_matching
-        hashed = subject
-        if smart.strategy == "evidence":
-            # Reply/forward prefixes of every language go first, wherever they stand among the
-            # tags, so that "AW: [list] Re: x" and "[list] x" hash alike; tags stay: "[RESULT]
-            # [VOTE] x" is not "[VOTE] x". The configured filter still applies after that.
-            hashed = subjects.strip_reply_prefixes(subject)
-        words = subjects.subject_hashes(hashed, smart)
+        mail_type, stripped = subjects.reply_chain(subject)
+        # Reply/forward prefixes of every language go first, wherever they stand among the tags,
+        # so that "AW: [list] Re: x" and "[list] x" hash alike; tags stay: "[RESULT] [VOTE] x" is
+        # not "[VOTE] x". The configured filter still applies after that.
+        words = subjects.subject_hashes(stripped if smart.strategy == "evidence" else subject, smart)
+        tags = version_tags(subject)
+        tracking = self.settings.tracking_token
         facts = SubjectFacts(
             words=words,
             subject_key=" ".join(sorted(words)),
-            mail_type=subjects.mail_type_from_subject(subject),
+            mail_type=mail_type,
             series=series_part(subject),
-            version_tags=version_tags(subject),
+            version_tags=tags,
+            sorted_version_tags=tuple(sorted(tags)),
+            token=tokens.find_token(tracking, subject) if tracking.enabled else None,
         )
         if len(self._subject_cache) >= _SUBJECT_CACHE_SIZE:
             self._subject_cache.clear()
@@ -467,9 +489,10 @@ class Correlator:
         return ts - self.window_s <= entry.event_time <= ts + FUTURE_SLACK_S
 
     def candidates(self, ids: list[str], ts: float) -> list[IndexedMail]:
-        """The live entries of ``ids`` inside the window of a mail at ``ts``."""
-        in_window = self.in_window
-        return [entry for entry in map(self.index.get, ids) if entry is not None and in_window(entry, ts)]
+        """The live entries of ``ids`` inside the window of a mail at ``ts`` (``in_window``)."""
+        earliest, latest = ts - self.window_s, ts + FUTURE_SLACK_S
+        return [entry for entry in map(self.index.get, ids)
+                if entry is not None and earliest <= entry.event_time <= latest]
 
     def most_recent(self, ids: list[str], ts: float) -> tuple[IndexedMail | None, int]:
         """The newest in-window entry of ``ids`` and the count of in-window entries."""
@@ -480,7 +503,8 @@ class Correlator:
     def _result(self, mail: MailRecord, event_dt: datetime, method: int, confidence: float, *,
                 message_id: str | None = None, conversation_id: str | None = None, mail_type: str | None = None,
                 evidence: dict | None = None, **decision) -> Correlation:
-        """The decision; ``decision`` holds the other ``Correlation`` fields that differ from their defaults."""
+        """The decision of a mail that is not indexed (skipped, untracked, a repeat); ``decision``
+        holds the other ``Correlation`` fields that differ from their defaults."""
         message_id = message_id or mail.message_id
         return Correlation(
             tenant=self.tenant,

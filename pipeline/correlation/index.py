@@ -82,14 +82,7 @@ class Postings:
         self._dead.clear()
 
     def add(self, key, message_id: str) -> None:
-        buckets = self._buckets
-        bucket = buckets.get(key)
-        if bucket is None:
-            buckets[key] = message_id
-        elif bucket.__class__ is str:
-            buckets[key] = [bucket, message_id]
-        else:
-            bucket.append(message_id)
+        self.add_all((key,), message_id)
 
     def remove(self, key, message_id: str, live: dict) -> None:
         """Forget ``message_id`` under ``key``; ``live`` must no longer contain it."""
@@ -124,6 +117,18 @@ class Postings:
         else:
             buckets[key] = kept
 
+    def add_all(self, keys, message_id: str) -> None:
+        """``add`` of each key (the index's hot path: one call per lookup and mail)."""
+        buckets = self._buckets
+        for key in keys:
+            bucket = buckets.get(key)
+            if bucket is None:
+                buckets[key] = message_id
+            elif bucket.__class__ is str:
+                buckets[key] = [bucket, message_id]
+            else:
+                bucket.append(message_id)
+
     def count(self, key) -> int:
         """Live ids under ``key``."""
         bucket = self._buckets.get(key)
@@ -132,6 +137,15 @@ class Postings:
         if bucket.__class__ is str:
             return 1
         return len(bucket) - self._dead.get(key, 0)
+
+    def counts(self, keys) -> list[int]:
+        """``count`` of each key, in order."""
+        get, dead = self._buckets.get, self._dead
+        counts = []
+        for key in keys:
+            bucket = get(key)
+            counts.append(0 if bucket is None else 1 if bucket.__class__ is str else len(bucket) - dead.get(key, 0))
+        return counts
 
     def ids(self, key, live: dict) -> list[str]:
         """Live ids under ``key``, oldest arrival first."""
@@ -221,9 +235,8 @@ class CorrelationIndex:
         postings = self._postings
         for index_keys in self._index_keys:
             for name, keys in index_keys(entry):
-                add = postings[name].add
-                for key in keys:
-                    add(key, message_id)
+                if keys:
+                    postings[name].add_all(keys, message_id)
 
     def _underive(self, entry: IndexedMail) -> None:
         message_id = entry.message_id
@@ -264,6 +277,19 @@ class CorrelationIndex:
             return []
         return lookup.ids(key, self._live)
 
+    def ids_each(self, name: str, keys, at_most: int | None = None) -> list[list[str]]:
+        """``ids(name, key, at_most)`` of each key, in order."""
+        lookup = self._postings.get(name)
+        if lookup is None:
+            return [[] for _ in keys]
+        live, count, ids = self._live, lookup.count, lookup.ids
+        return [[] if at_most is not None and count(key) > at_most else ids(key, live) for key in keys]
+
     def count(self, name: str, key) -> int:
         lookup = self._postings.get(name)
         return lookup.count(key) if lookup is not None else 0
+
+    def counts(self, name: str, keys) -> list[int]:
+        """``count(name, key)`` of each key, in order."""
+        lookup = self._postings.get(name)
+        return lookup.counts(keys) if lookup is not None else [0] * len(keys)

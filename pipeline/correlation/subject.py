@@ -56,16 +56,29 @@ def _leading_chain(subject: str) -> tuple[list[str], list[str], str]:
 
 def mail_type_from_subject(subject: str) -> MailType:
     """The first prefix of the leading chain decides: "Fwd: Re: x" is a forward."""
-    prefixes, _, _ = _leading_chain(subject)
-    if not prefixes:
-        return "new"
-    return "forward" if prefixes[0] in _FORWARDS else "reply"
+    return _mail_type(_leading_chain(subject)[0])
 
 
 def strip_reply_prefixes(subject: str) -> str:
     """Remove reply/forward prefixes from the leading chain, keep its tags in order:
     "AW: [users] RE: Build fails" -> "[users] Build fails". White space is folded."""
-    _, tags, rest = _leading_chain(subject)
+    return _without_prefixes(*_leading_chain(subject)[1:])
+
+
+def reply_chain(subject: str) -> tuple[MailType, str]:
+    """``(mail_type_from_subject(subject), strip_reply_prefixes(subject))``, reading the leading
+    chain once."""
+    prefixes, tags, rest = _leading_chain(subject)
+    return _mail_type(prefixes), _without_prefixes(tags, rest)
+
+
+def _mail_type(prefixes: list[str]) -> MailType:
+    if not prefixes:
+        return "new"
+    return "forward" if prefixes[0] in _FORWARDS else "reply"
+
+
+def _without_prefixes(tags: list[str], rest: str) -> str:
     return _SPACE.sub(" ", " ".join((*tags, rest))).strip()
 
 
@@ -92,5 +105,5 @@ def subject_hashes(subject: str, settings: SmartMatchingSettings) -> tuple[str, 
     # A match becomes a space so that words around it stay apart; an empty match (a filter such
     # as "" or "(re:)*") removes nothing and must not split every word into its letters.
     remainder = _filter(settings.hash_filter_keywords).sub(lambda m: " " if m.group() else "", subject)
-    words = dict.fromkeys(word.casefold() for word in _WORD.findall(remainder))
+    words = dict.fromkeys([word.casefold() for word in _WORD.findall(remainder)])
     return tuple(words)[: settings.hash_max_count]

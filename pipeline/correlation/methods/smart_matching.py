@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, Callable
 
 from pipeline.correlation.methods.base import FUTURE_SLACK_S, IndexKeys, Match, MailFacts, Method, MethodStrategy, recency
 from pipeline.mail.automatic import WRITTEN_BY_PEOPLE
@@ -56,15 +57,9 @@ class Evidence:
     hours_apart: float
 
     def log_odds(self) -> float:
-        """Log odds that the candidate is in the mail's conversation: a logistic model whose weights
-        were fitted once on the development corpora pooled, not per corpus (docs/correlation.md,
-        with the calibration table); the engine's confidence is its probability."""
-        return (_BIAS
-                + _QUOTED * math.log1p(min(self.quoted, 10.0)) + _QUOTED_SHARE * self.quoted_share
-                + _SUBJECT * self.subject + _SAME_SUBJECT * self.same_subject
-                + _ATTRIBUTED * self.attributed + _REPLY_PREFIX * self.reply_prefix
-                + _TAGS_DIFFER * self.tags_differ + _ADDRESSES * min(self.addresses, 3.0)
-                + _AGE * math.log1p(self.hours_apart))
+        """Log odds that the candidate is in the mail's conversation (:func:`log_odds`)."""
+        return log_odds(self.quoted, self.quoted_share, self.subject, self.same_subject, self.attributed,
+                        self.reply_prefix, self.tags_differ, self.addresses, self.hours_apart)
 
     def confidence(self) -> float:
         return 1.0 / (1.0 + math.exp(-self.log_odds()))
@@ -72,6 +67,20 @@ class Evidence:
 
 _BIAS, _QUOTED, _QUOTED_SHARE, _SUBJECT, _SAME_SUBJECT, _ATTRIBUTED, _REPLY_PREFIX, _TAGS_DIFFER, _ADDRESSES, _AGE = (
     0.961, 0.329, 0.906, 1.883, 2.132, 0.367, -1.209, -2.384, 0.552, -0.41)
+
+
+def log_odds(quoted: float, quoted_share: float, subject: float, same_subject: bool, attributed: bool,
+             reply_prefix: bool, tags_differ: bool, addresses: float, hours_apart: float) -> float:
+    """Log odds that a candidate with this :class:`Evidence` is in the mail's conversation: a
+    logistic model whose weights were fitted once on the development corpora pooled, not per
+    corpus (docs/correlation.md, with the calibration table); the engine's confidence is its
+    probability.  A function of the values, so that candidates are weighed without an object each."""
+    return (_BIAS
+            + _QUOTED * math.log1p(min(quoted, 10.0)) + _QUOTED_SHARE * quoted_share
+            + _SUBJECT * subject + _SAME_SUBJECT * same_subject
+            + _ATTRIBUTED * attributed + _REPLY_PREFIX * reply_prefix
+            + _TAGS_DIFFER * tags_differ + _ADDRESSES * min(addresses, 3.0)
+            + _AGE * math.log1p(hours_apart))
 
 
 # Until an index holds this many mails, rarity is measured as if it did: in a fresh index every
@@ -82,9 +91,24 @@ RARITY_PRIOR_MAILS = 100
 def rarity(mails_with_key: int, live_mails: int) -> float:
     """1 for a key only one live mail has, falling to 0 for a key every live mail has: the share of
     the information a key unique to one mail carries (log of the inverse document frequency)."""
-    if mails_with_key <= 1:
-        return 1.0
-    return max(0.0, 1.0 - math.log(mails_with_key) / math.log(max(live_mails, RARITY_PRIOR_MAILS)))
+    return _rarity_in(live_mails)(mails_with_key)
+
+
+def _rarity_in(live_mails: int) -> Callable[[int], float]:
+    """``rarity(mails_with_key, live_mails)`` as a function of ``mails_with_key`` (the logarithm
+    of the population once per mail, not once per key)."""
+    log_live = math.log(max(live_mails, RARITY_PRIOR_MAILS))
+
+    def rarity_of(mails_with_key: int, log=math.log) -> float:
+        if mails_with_key <= 1:
+            return 1.0
+        return max(0.0, 1.0 - log(mails_with_key) / log_live)
+    return rarity_of
+
+
+# A sender's name as entries keep it (normalize_line), remembered for the names seen most: the
+# same people write most of a tenant's mail.
+_author = lru_cache(maxsize=65_536)(normalize_line)
 
 
 def series_head(sender: str, total: int, part: int) -> str:
@@ -102,9 +126,9 @@ class SmartMatching(MethodStrategy):
         mail, series = facts.mail, facts.subject.series
         return {
             "own_shingles": mail.own_shingles,
-            "from_name": normalize_line(mail.from_name) if mail.from_name else "",
+            "from_name": _author(mail.from_name) if mail.from_name else "",
             "series_head": series_head(mail.from_addr, series[1], series[0]) if series and series[0] <= 1 else None,
-            "version_tags": tuple(sorted(facts.subject.version_tags)),
+            "version_tags": facts.subject.sorted_version_tags,
         }
 
     def index_keys(self, correlator, entry) -> IndexKeys:
@@ -210,94 +234,116 @@ class SmartMatching(MethodStrategy):
             match = self._match_series(correlator, mail, ts, *series)
             if match is not None:
                 return match
-        # The tenant's live mails and this one: the population whose document frequencies weigh
-        # each subject word (this mail has each of its own words).
-        population = len(index) - index.count("automatic_mail", True) + 1
-        word_rarity = {word: rarity(index.count("subject_word", word) + 1, population) for word in words}
         # A long thread keeps its subject: its newest mails are the candidates.
-        candidate_ids = dict.fromkeys(index.ids("subject_key", facts.subject_key)[-COMMON_KEY_MAILS:]
-                                      if facts.subject_key else ())
-        for word in sorted(words, key=word_rarity.__getitem__, reverse=True)[:_RARE_WORDS_LOOKED_UP]:
-            candidate_ids.update(dict.fromkeys(index.ids("subject_word", word, _RARE_WORD_MAILS)))
+        subject_key = facts.subject_key
+        candidate_ids = dict.fromkeys(index.ids("subject_key", subject_key)[-COMMON_KEY_MAILS:] if subject_key else ())
+        # The rarest words are the ones fewest live mails have (rarity falls as that count grows;
+        # the words so common that their rarity is 0 are never looked up: _RARE_WORD_MAILS).
+        word_counts = index.counts("subject_word", words)
+        for position in sorted(range(len(words)), key=word_counts.__getitem__)[:_RARE_WORDS_LOOKED_UP]:
+            if word_counts[position] <= _RARE_WORD_MAILS:
+                candidate_ids.update(dict.fromkeys(index.ids("subject_word", words[position], _RARE_WORD_MAILS)))
         quoted_weight: dict[str, float] = {}
         quoted_count: dict[str, int] = {}
-        own = set(mail.own_shingles)
-        for shingle in mail.quoted_shingles:
+        if mail.quoted_shingles:
+            own = set(mail.own_shingles)
             # Text the mail also carries as its own (a list footer, a disclaimer, a signature) is
             # appended to every mail, not quoted from one parent.
-            if shingle in own:
-                continue
-            ids = index.ids("own_shingle", shingle, COMMON_KEY_MAILS)
-            for message_id in ids:
-                quoted_weight[message_id] = quoted_weight.get(message_id, 0.0) + 1.0 / len(ids)
-                quoted_count[message_id] = quoted_count.get(message_id, 0) + 1
-        candidate_ids.update(dict.fromkeys(quoted_weight))
+            quoting = [shingle for shingle in mail.quoted_shingles if shingle not in own]
+            for ids in index.ids_each("own_shingle", quoting, COMMON_KEY_MAILS):
+                for message_id in ids:
+                    quoted_weight[message_id] = quoted_weight.get(message_id, 0.0) + 1.0 / len(ids)
+                    quoted_count[message_id] = quoted_count.get(message_id, 0) + 1
+            candidate_ids.update(dict.fromkeys(quoted_weight))
         if not candidate_ids:
             return None
 
         addresses = set(mail_facts.addresses)
         attribution = mail.attribution
-        total_rarity = sum(word_rarity.values())
-        tags = facts.version_tags
         need_addresses = correlator.settings.smart_matching.hash_min_address_count
-        rarities: dict[tuple[str, str], float] = {}
-
-        def key_rarity(lookup: str, key: str, mail_has_it: bool) -> float:
-            """Rarity of a key of the lookup among the population, once per key and mail."""
-            value = rarities.get((lookup, key))
-            if value is None:
-                value = rarities[lookup, key] = rarity(index.count(lookup, key) + mail_has_it, population)
-            return value
-
-        best = None
-        best_key = None
-        best_evidence: Evidence | None = None
-        considered = 0
-        quoted_total = len(mail.quoted_shingles)
+        # What makes a candidate at all (CRM 4.0 and the reply signals), checked before any
+        # weighing (most candidates of busy subject words fail it): the same subject needs a sign
+        # that this mail answers (a reply prefix, quoted text, an attribution) or the Dynamics
+        # rule's common addresses; a changed subject needs a word in common and a reply signal,
+        # or to be very similar with the Dynamics addresses (checked below); an attribution
+        # naming the candidate's author is enough alone.  Which candidate wins does not depend
+        # on their order (ties are broken by Message-ID).
+        qualified = []
         for entry in correlator.candidates(list(candidate_ids), ts):
-            message_id = entry.message_id
-            # What makes a candidate at all (CRM 4.0 and the reply signals), checked before any
-            # weighing (most candidates of busy subject words fail it): the same subject needs a
-            # sign that this mail answers (a reply prefix, quoted text, an attribution) or the
-            # Dynamics rule's common addresses; a changed subject needs a word in common and a
-            # reply signal, or to be very similar with the Dynamics addresses; an attribution
-            # naming the candidate's author is enough alone.
-            quoted = quoted_count.get(message_id, 0)
+            quoted = quoted_count.get(entry.message_id, 0)
             attributed = bool(attribution) and bool(
                 (entry.from_name and entry.from_name in attribution)
                 or (entry.from_addr and entry.from_addr in attribution))
+            # In the entry's order (its addresses are unique), so that their weights add up alike
+            # in every process (a set's order changes with the hash seed).
+            common = [address for address in entry.addresses if address in addresses]
+            if has_prefix or quoted > 0 or attributed or len(common) >= need_addresses:
+                qualified.append((entry, quoted, attributed, common))
+        if not qualified:
+            return None
+
+        # The tenant's live mails and this one: the population whose document frequencies weigh
+        # each subject word (this mail has each of its own words).
+        population = len(index) - index.count("automatic_mail", True) + 1
+        rarity_of = _rarity_in(population)
+        word_rarity = dict(zip(words, [rarity_of(count + 1) for count in word_counts]))
+        total_rarity = sum(word_rarity.values())
+        tags = facts.version_tags
+        # Rarity of the candidates' other subject words and of the addresses in common, once per
+        # key and mail.
+        other_word_rarity: dict[str, float] = {}
+        address_rarity: dict[str, float] = {}
+
+        best = None
+        best_key = None
+        best_values: tuple | None = None
+        considered = 0
+        quoted_total = len(mail.quoted_shingles)
+        for entry, quoted, attributed, common in qualified:
+            message_id = entry.message_id
             replies = has_prefix or quoted > 0 or attributed
-            common = addresses.intersection(entry.addresses)
-            dynamics_rule = len(common) >= need_addresses
-            same_subject = bool(facts.subject_key) and entry.subject_key == facts.subject_key
-            if not (replies or dynamics_rule):
-                continue
-            shared_rarity = sum(word_rarity[word] for word in entry.subject_words if word in word_rarity)
+            same_subject = bool(subject_key) and entry.subject_key == subject_key
+            entry_words = entry.subject_words
+            shared_rarity = sum([word_rarity[word] for word in entry_words if word in word_rarity])
             if not (same_subject or attributed or shared_rarity):
                 continue
-            union_rarity = total_rarity + sum(
-                key_rarity("subject_word", word, False) for word in entry.subject_words if word not in word_rarity)
+            other_rarities = []
+            for word in entry_words:
+                if word not in word_rarity:
+                    value = other_word_rarity.get(word)
+                    if value is None:
+                        value = other_word_rarity[word] = rarity_of(index.count("subject_word", word))
+                    other_rarities.append(value)
+            union_rarity = total_rarity + sum(other_rarities)
             similarity = shared_rarity / union_rarity if union_rarity else 0.0
             if not (same_subject or attributed or replies or similarity >= _SIMILAR_SUBJECT):
                 continue
-            evidence = Evidence(
-                quoted=quoted_weight.get(message_id, 0.0),
-                quoted_shingles=quoted,
-                quoted_share=quoted / quoted_total if quoted_total else 0.0,
-                subject=similarity,
-                same_subject=same_subject,
-                attributed=attributed,
-                reply_prefix=has_prefix,
-                tags_differ=tags != frozenset(entry.version_tags),
-                addresses=sum(key_rarity("address", address, True) for address in common),
-                hours_apart=max(0.0, ts - entry.event_time) / 3600.0,
+            common_rarities = []
+            for address in common:
+                value = address_rarity.get(address)
+                if value is None:
+                    value = address_rarity[address] = rarity_of(index.count("address", address) + 1)
+                common_rarities.append(value)
+            entry_tags = entry.version_tags
+            values = (
+                quoted_weight.get(message_id, 0.0),  # quoted
+                quoted / quoted_total if quoted_total else 0.0,  # quoted_share
+                similarity,  # subject
+                same_subject,
+                attributed,
+                has_prefix,  # reply_prefix
+                (bool(tags) or bool(entry_tags)) and tags != frozenset(entry_tags),  # tags_differ
+                sum(common_rarities),  # addresses
+                max(0.0, ts - entry.event_time) / 3600.0,  # hours_apart
             )
             considered += 1
-            key = (evidence.log_odds(), *recency(entry))
+            key = (log_odds(*values), *recency(entry))
             if best_key is None or key > best_key:
-                best, best_key, best_evidence = entry, key, evidence
-        if best is None or best_evidence is None:
+                best, best_key, best_values = entry, key, values
+        if best is None or best_values is None:
             return None
+        # Evidence's fields are log_odds's arguments with the count of quoted shingles second.
+        best_evidence = Evidence(best_values[0], quoted_count.get(best.message_id, 0), *best_values[1:])
         return Match(self.code, best, considered, {
             "strategy": "evidence",
             "subject_hashes": sorted(word_rarity.keys() & set(best.subject_words)),
