@@ -6,7 +6,11 @@ else that is odd (bad encodings, broken MIME, missing ids, bad dates) is noted i
 and parsing goes on, because a real mailbox holds all of that.
 
 The stdlib ``compat32`` policy is used: it is several times faster than the modern policy and
-never raises on malformed headers; headers are decoded here explicitly.
+never raises on malformed headers; headers are decoded here explicitly.  Mail of the common
+shapes (one text part; one level of multipart with leaf parts; plain ASCII header fields) skips
+the stdlib's line-by-line feed parser: :mod:`pipeline.mail.fastmime` builds the same ``Message``
+tree from a few searches, and hands every other mail to the stdlib parser, which stays the
+reference (:func:`parse_mail_stdlib`; a differential test compares the two on every corpus mail).
 
 Work per mail is bounded, whatever its size: the body text comes from at most
 ``TEXT_PART_BYTES`` of a text part or ``HTML_PART_BYTES`` of an HTML part (noted as
@@ -35,6 +39,7 @@ from typing import Iterator
 
 from pipeline.mail.automatic import AUTOMATIC_HEADERS, classify_automatic
 from pipeline.mail.content import fingerprint_body
+from pipeline.mail.fastmime import simple_message
 from pipeline.mail.record import BODY_TEXT_LIMIT, Direction, MailParseError, MailRecord
 
 MAX_HEADER_BYTES = 256 * 1024
@@ -54,14 +59,21 @@ _MAX_DELIMITER_LINES = 100_000  # "--" lines the estimate looks at, one by one
 _ID = re.compile(r"<([^<>\s]{1,998})>")
 _BARE_ID = re.compile(r"^\s*([^<>\s@]{1,900}@[^<>\s]{1,900})\s*$")
 _SPACE = re.compile(r"\s+")
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _FIELD_LINE = re.compile(rb"^[!-9;-~]{1,76}:", re.MULTILINE)
 _KNOWN_FIELDS = (b"from:", b"date:", b"message-id:", b"subject:", b"to:", b"received:", b"return-path:")
 
 
 def _header_block(raw: bytes) -> bytes:
-    end = _HEADER_END.search(raw)
-    return raw if end is None else raw[: end.start()]
+    """``raw`` up to its first blank line: where ``rb"\\r?\\n\\r?\\n"`` first matches, found with two
+    searches for its newlines (the regular expression, without a fixed first byte, tries every
+    position)."""
+    end = raw.find(b"\n\n")
+    crlf = raw.find(b"\n\r\n", 0, end + 2 if end >= 0 else len(raw))
+    if crlf >= 0 and (end < 0 or crlf < end):
+        end = crlf
+    if end < 0:
+        return raw
+    return raw[:end - 1] if end and raw[end - 1] == 13 else raw[:end]
 
 
 # Codecs Python has that no mail charset is: they turn escapes into text (and warn about bad
@@ -96,6 +108,8 @@ def _decode_header(value: str | None, defects: list[str]) -> str:
     """RFC 2047 words in any charset; unknown charsets fall back to latin-1, never raise."""
     if not value:
         return ""
+    if isinstance(value, str) and "=?" not in value:  # no encoded word: decode_header returns it as it is
+        return _SPACE.sub(" ", value).strip()
     try:
         parts = decode_header(value)
     except Exception:  # malformed encoded words: keep the raw text
@@ -133,23 +147,48 @@ def _message_ids(value: str | None) -> list[str]:
     return found
 
 
-# One address in its everyday forms: "Name <a@b>" or "a@b", without quotes or comments.
-_SIMPLE_ADDRESS = re.compile(r"^\s*(?:[^<>@\"(),]*<\s*([^<>\s@,]+@[^<>\s@,]+)\s*>|([^<>\s@,\"]+@[^<>\s@,\"]+))\s*$")
+# One item of an address list in its everyday forms: "Name <a@b>", "a@b", or '"Any, text" <a@b>'
+# (the display names most mail programs quote), up to its comma; an empty item is skipped.
+_ATOMS_ADDRESS = r"[^<>\s@,\"()\\\[\]:;]+@[^<>\s@,\"()\\\[\]:;]+"
+_SIMPLE_ITEM = re.compile(
+    rf"\s*(?:\"[^\"\\]*\"\s*<\s*({_ATOMS_ADDRESS})\s*>|[^<>@\"(),]*<\s*([^<>\s@,]+@[^<>\s@,]+)\s*>"
+    r"|([^<>\s@,\"]+@[^<>\s@,\"]+))?\s*(?:,|\Z)")
 
 
 def _simple_addresses(decoded: list[str]) -> list[str] | None:
     """The addresses when every item is in an everyday form; None sends it to the full parser
-    (which is ~10x slower and needed only for quotes, comments and groups)."""
+    (which is ~10x slower and needed only for escapes, comments, groups and odd quoting)."""
     found = []
     for value in decoded:
-        for item in value.split(","):
-            if not item.strip():
-                continue
-            match = _SIMPLE_ADDRESS.match(item)
+        position = 0
+        while position < len(value):
+            match = _SIMPLE_ITEM.match(value, position)
             if match is None:
                 return None
-            found.append(match.group(1) or match.group(2))
+            address = match.group(1) or match.group(2) or match.group(3)
+            if address:
+                found.append(address)
+            position = match.end()
     return found
+
+
+# The From field in the same forms, one address: '"Name" <a@b>', 'Name <a@b>' or 'a@b'.
+_SIMPLE_FROM = re.compile(rf"\s*(?:\"([^\"\\]*)\"\s*<\s*({_ATOMS_ADDRESS})\s*>|([^<>@\"(),:;\[\]\\]*)<\s*({_ATOMS_ADDRESS})\s*>"
+                          rf"|({_ATOMS_ADDRESS}))\s*")
+
+
+def _name_and_address(value: str) -> tuple[str, str]:
+    """``email.utils.parseaddr`` of a decoded From field, without its parser for the everyday
+    forms (a phrase's words joined by one space, a quoted name as it is)."""
+    match = _SIMPLE_FROM.fullmatch(value)
+    if match is None:
+        return parseaddr(value)
+    quoted, quoted_address, phrase, phrase_address, bare = match.groups()
+    if bare is not None:
+        return "", bare
+    if quoted_address is not None:
+        return quoted, quoted_address
+    return " ".join(word for word in phrase.split(" ") if word), phrase_address
 
 
 def _addresses(values: list[str] | None, defects: list[str]) -> tuple[str, ...]:
@@ -384,8 +423,10 @@ def _mime_too_deep(raw: bytes) -> bool:
     """
     lowered = raw.lower()
     declared = [(match.start(), True, match.group(1) or match.group(2)) for match in _BOUNDARY_PARAM.finditer(lowered)]
+    if len(declared) <= 1:
+        return False
     lines = raw.count(b"\n")
-    if len(declared) <= 1 or (len(declared) <= _MAX_MIME_DEPTH and len(declared) * lines <= _MAX_BOUNDARY_CHECKS):
+    if len(declared) <= _MAX_MIME_DEPTH and len(declared) * lines <= _MAX_BOUNDARY_CHECKS:
         return False
     if lowered.count(b"\n--") > _MAX_DELIMITER_LINES:
         return True
@@ -445,9 +486,32 @@ def _is_bounce(report_type: str, from_addr: str) -> bool:
 def parse_mail(raw: bytes, *, direction: Direction = "in", tenant: str = "default", mailbox: str = "",
                received_at: datetime | None = None, xheader_name: str = "X-Threadline-Ref",
                max_header_bytes: int = MAX_HEADER_BYTES, max_size: int = MAX_MESSAGE_BYTES) -> MailRecord:
+    return _guarded(raw, True, direction=direction, tenant=tenant, mailbox=mailbox, received_at=received_at,
+                    xheader_name=xheader_name, max_header_bytes=max_header_bytes, max_size=max_size)
+
+
+def parse_mail_stdlib(raw: bytes, *, direction: Direction = "in", tenant: str = "default", mailbox: str = "",
+                      received_at: datetime | None = None, xheader_name: str = "X-Threadline-Ref",
+                      max_header_bytes: int = MAX_HEADER_BYTES, max_size: int = MAX_MESSAGE_BYTES) -> MailRecord:
+    """:func:`parse_mail` with every mail through the stdlib parser: the reference the fast path
+    (:mod:`pipeline.mail.fastmime`) is compared with, in tests and in ``threadline bench parse``."""
+    return _guarded(raw, False, direction=direction, tenant=tenant, mailbox=mailbox, received_at=received_at,
+                    xheader_name=xheader_name, max_header_bytes=max_header_bytes, max_size=max_size)
+
+
+def mail_path(raw: bytes) -> str:
+    """Which path parse_mail takes for ``raw``: "fast", "stdlib", or "rejected" (refused before
+    parsing: empty, too large, no header block)."""
     try:
-        return _parse_mail(raw, direction=direction, tenant=tenant, mailbox=mailbox, received_at=received_at,
-                           xheader_name=xheader_name, max_header_bytes=max_header_bytes, max_size=max_size)
+        _checked_header(raw, MAX_MESSAGE_BYTES, MAX_HEADER_BYTES)
+    except MailParseError:
+        return "rejected"
+    return "fast" if _fast_message(raw) is not None else "stdlib"
+
+
+def _guarded(raw: bytes, fast: bool, **options) -> MailRecord:
+    try:
+        return _parse_mail(raw, fast, **options)
     except MailParseError:
         raise
     except Exception as exc:  # the last guard of the contract: callers dead-letter a mail, they never crash on one
@@ -466,8 +530,15 @@ def _message(raw: bytes, header: bytes, defects: list[str]) -> tuple[Message, bo
     return BytesHeaderParser(policy=compat32).parsebytes(header + b"\n\n"), False
 
 
-def _parse_mail(raw: bytes, *, direction: Direction, tenant: str, mailbox: str, received_at: datetime | None,
-                xheader_name: str, max_header_bytes: int, max_size: int) -> MailRecord:
+def _fast_message(raw: bytes) -> tuple[Message, dict[str, list]] | None:
+    """The message and its fields from the fast path, or None for a mail it does not vouch for
+    (or that the stdlib path would read for its header only)."""
+    if _mime_too_deep(raw):
+        return None
+    return simple_message(raw, _MAX_PARTS)
+
+
+def _checked_header(raw: bytes, max_size: int, max_header_bytes: int) -> bytes:
     if not raw or raw.isspace():
         raise MailParseError("empty", "the message has no bytes")
     if len(raw) > max_size:
@@ -478,14 +549,25 @@ def _parse_mail(raw: bytes, *, direction: Direction, tenant: str, mailbox: str, 
     lowered = header.lower()
     if not _FIELD_LINE.search(header) or not any(field in lowered for field in _KNOWN_FIELDS):
         raise MailParseError("not_a_mail", "no header block with From, Date, Message-ID, Subject or To")
+    return header
+
+
+def _parse_mail(raw: bytes, fast: bool, *, direction: Direction, tenant: str, mailbox: str,
+                received_at: datetime | None, xheader_name: str, max_header_bytes: int, max_size: int) -> MailRecord:
+    header = _checked_header(raw, max_size, max_header_bytes)
     defects: list[str] = []
-    message, has_body = _message(raw, header, defects)
-    if message.defects:
-        defects.append("broken_mime")
-    # One pass over the header fields: Message.get() scans and lower-cases every field per call.
-    fields: dict[str, list] = {}
-    for name, value in message.items():
-        fields.setdefault(name.lower(), []).append(value)
+    found = _fast_message(raw) if fast else None
+    if found is not None:
+        message, fields = found
+        has_body = True
+    else:
+        message, has_body = _message(raw, header, defects)
+        if message.defects:
+            defects.append("broken_mime")
+        # One pass over the header fields: Message.get() scans and lower-cases every field per call.
+        fields = {}
+        for name, value in message.items():
+            fields.setdefault(name.lower(), []).append(value)
 
     def first(name: str):
         values = fields.get(name)
@@ -507,7 +589,7 @@ def _parse_mail(raw: bytes, *, direction: Direction, tenant: str, mailbox: str, 
     from_name, from_addr = "", ""
     from_header = _decode_header(first("from"), defects)
     if from_header:
-        name, address = parseaddr(from_header)
+        name, address = _name_and_address(from_header)
         from_name, from_addr = name.strip(), address.strip().lower()
     body = _body_text(message, defects) if has_body else ""
     if len(body) > BODY_TEXT_LIMIT:
