@@ -129,11 +129,21 @@ def cmd_bench_clickhouse(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_parse(args: argparse.Namespace) -> int:
-    from pipeline.bench.parse import run_parse_bench
+    from pipeline.bench.parse import run_parse_bench, run_parse_corpus_bench
 
     if args.repeat < 1:
         raise UserError("--repeat must be positive")
-    return _write_bench(run_parse_bench(seed=args.seed, repeat=args.repeat, progress=not args.no_progress), args.out)
+    corpus = Path(args.corpus) if args.corpus is not None else None
+    if corpus is not None and not corpus.exists():
+        raise UserError(f"no such corpus: {corpus}")
+    result = run_parse_bench(seed=args.seed, repeat=args.repeat, progress=not args.no_progress)
+    if corpus is not None:
+        try:
+            result["corpus"] = run_parse_corpus_bench(corpus, repeat=args.repeat, progress=not args.no_progress)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        result["summary"]["corpus"] = result["corpus"]["summary"]
+    return _write_bench(result, args.out)
 
 
 def add_bench(command: CommandFactory) -> None:
@@ -190,7 +200,11 @@ def add_bench(command: CommandFactory) -> None:
     bench_tracking.add_argument("--rate", type=float, default=1000.0, help="with --broker-down: requests/s")
     bench_tracking.add_argument("--recovery-s", type=float, default=60.0,
                                 help="with --broker-down: seconds of load after the broker is back")
-    bench_parse = bench_command("parse", cmd_bench_parse, "seconds to parse huge and hostile mail",
+    bench_parse = bench_command("parse", cmd_bench_parse, "seconds to parse huge and hostile mail; with --corpus "
+                                "mails/s on real mail",
                                 "bench-results/parse.json")
-    bench_parse.add_argument("--repeat", type=int, default=3, help="parses per huge mail; the best is kept")
+    bench_parse.add_argument("--repeat", type=int, default=3, help="parses per huge (and corpus) mail; the best is kept")
+    bench_parse.add_argument("--corpus", nargs="?", const=str(Path("..") / "shared" / "corpus"), metavar="DIR",
+                             help="also mails/s on real mail: an mbox, a corpus folder or a folder of them "
+                                  "(default ../shared/corpus), against the stdlib in the same run")
     bench_parse.add_argument("--seed", type=int, default=7)
