@@ -108,13 +108,14 @@ def add_worker(command: CommandFactory) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from pipeline.streams.replay import ReplayRefused, diff_generations, known_generations, plan_generations
-    from pipeline.streams.runner import WorkerProcess, app_id, count_records, wait_for_consumed, wait_for_outputs
+    from pipeline.streams.runner import WorkerProcess, app_id, count_outputs, topic_extent, wait_for_consumed
 
     current = settings_from(args)
     new = settings_from(args, "new_settings")
     bootstrap = broker_bootstrap(current if current.kafka.bootstrap else new)
     codec = avro_codec(new)
-    total = count_records(new.kafka, bootstrap, MAIL_RAW)
+    mail = topic_extent(new.kafka, bootstrap, MAIL_RAW)  # what the new generation must get through
+    total = sum(end - first for first, end in mail.values())
     if not total:
         raise UserError(f"{new.kafka.topic_prefix}mail.raw on {bootstrap} holds no mail: nothing to replay "
                         "(nothing was started)")
@@ -141,12 +142,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
                                            generation=generation, log_path=log_path,
                                            settings_file=Path(args.new_settings).resolve()))
     progress = _bar_factory(not args.no_progress)
+    replayed = new.model_copy(update={"worker": new.worker.model_copy(update={"generation": generation})})
     try:
-        counts = wait_for_outputs(new.kafka, bootstrap, codec, generation, total, workers=workers,
-                                  timeout_s=max(600.0, total / 100), on_progress=progress("replay", total))
+        # The correlator commits a mail only once its outputs are out: the group's commits say how
+        # far the replay is, at the cost of one request a second (reading the outputs each time
+        # grew with them and took a core away from the workers).
+        wait_for_consumed(new.kafka, bootstrap, app_id(replayed), MAIL_RAW, workers=workers,
+                          timeout_s=max(600.0, total / 100), progress=progress, extent=mail)
         # The escalation agent reads those correlations after the correlator wrote them: stopped
         # now, the workers would leave the last escalations and SLA events unmade.
-        replayed = new.model_copy(update={"worker": new.worker.model_copy(update={"generation": generation})})
         wait_for_consumed(new.kafka, bootstrap, app_id(replayed), MAIL_CORRELATED, workers=workers,
                           timeout_s=max(600.0, total / 100), progress=progress)
     except (TimeoutError, RuntimeError) as exc:
@@ -155,13 +159,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if not args.keep_running:
             for worker in workers:
                 worker.stop()
-    if not counts[MAIL_CORRELATED] + counts[MAIL_UNTRACKED]:
-        raise UserError(f"the replay failed: generation {generation} produced no correlation for the {total} mails "
-                        f"of mail.raw ({counts[DEADLETTER]} dead letters); worker logs: "
-                        f"{data_dir}/replay-g{generation}-*.log")
     if not args.no_progress:
         print(f"comparing generation {generation} with generation {old_generation} ...", file=sys.stderr)
     diff = diff_generations(new.kafka, bootstrap, codec, old_generation, generation)
+    if not diff.mails:  # no correlation of the new generation: only untracked mail, or none at all
+        counts = count_outputs(new.kafka, bootstrap, codec, generation)
+        if not counts[MAIL_UNTRACKED]:
+            raise UserError(f"the replay failed: generation {generation} produced no correlation for the {total} "
+                            f"mails of mail.raw ({counts[DEADLETTER]} dead letters); worker logs: "
+                            f"{data_dir}/replay-g{generation}-*.log")
     print(diff.format())
     if args.keep_running:
         print(f"generation {generation} workers keep running (pids {[w.process.pid for w in workers]})", file=sys.stderr)

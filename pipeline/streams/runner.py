@@ -20,7 +20,7 @@ from typing import Callable
 
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.topics import DEADLETTER, MAIL_CORRELATED, MAIL_UNTRACKED
-from pipeline.runtime.kafka import new_group_consumer, topic_name
+from pipeline.runtime.kafka import cluster_metadata, new_group_consumer, new_reader, topic_name
 from pipeline.settings import KafkaSettings, Settings, load_settings
 from pipeline.streams.reader import read_topic
 
@@ -222,27 +222,63 @@ def wait_for_outputs(kafka: KafkaSettings, bootstrap: str, codec: AvroCodec, gen
     return counts
 
 
+def topic_extent(kafka: KafkaSettings, bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[int, tuple[int, int]]:
+    """``{partition: (first offset, end offset)}`` of every partition of ``topic`` that holds
+    records now (nothing when the topic does not exist).  Reads only each partition's last batch:
+    the end is the offset at the end of the partition (``enable.partition.eof``, exact on Tansu
+    too), reached from the broker's high watermark less one, which on Tansu is the base offset of
+    the last batch (INFRA.md §2) and on Kafka the last record."""
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+    name = topic_name(kafka, topic)
+    consumer = new_reader(kafka, bootstrap, "threadline-extent", {"enable.partition.eof": True,
+                                                                   "fetch.wait.max.ms": 10})
+    try:
+        metadata = cluster_metadata(consumer, timeout_s, name)
+        if name not in metadata.topics or metadata.topics[name].error is not None:
+            return {}
+        watermarks = {p: consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout_s)
+                      for p in sorted(metadata.topics[name].partitions)}
+        firsts = {p: first for p, (first, _) in watermarks.items()}
+        consumer.assign([TopicPartition(name, p, max(first, high - 1)) for p, (first, high) in watermarks.items()])
+        ends: dict[int, int] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(ends) < len(firsts):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading the end of {name}: partitions {sorted(set(firsts) - set(ends))} "
+                                   f"gave no end within {timeout_s} s")
+            message = consumer.poll(0.5)
+            if message is None or not message.error():
+                continue
+            if message.error().code() != KafkaError._PARTITION_EOF:
+                raise KafkaException(message.error())
+            ends[message.partition()] = message.offset()
+    finally:
+        consumer.close()
+    return {p: (firsts[p], end) for p, end in sorted(ends.items()) if end > firsts[p]}
+
+
 def wait_for_consumed(kafka: KafkaSettings, bootstrap: str, group_id: str, topic: str, *,
                       workers: list[WorkerProcess], timeout_s: float = 300.0,
-                      progress: ProgressFactory | None = None) -> None:
+                      progress: ProgressFactory | None = None,
+                      extent: dict[int, tuple[int, int]] | None = None) -> None:
     """Poll until the consumer group ``group_id`` has committed every record now in ``topic``
-    (a worker's agent commits a record only once its outputs are out); raises if a worker dies.
-    ``progress`` gets the records of ``topic`` committed so far."""
+    (a worker's agent commits a record only once its outputs are out), or every record of
+    ``extent`` (:func:`topic_extent`) when given; raises if a worker dies.  ``progress`` gets the
+    records of ``topic`` committed so far."""
     from confluent_kafka import TopicPartition
 
-    ends: dict[int, int] = {}  # read to the end: Tansu's high watermarks can be short (see reader)
-    for partition, offset, _, _ in read_topic(kafka, bootstrap, topic):
-        ends[partition] = offset + 1
+    extent = topic_extent(kafka, bootstrap, topic) if extent is None else extent
     name = topic_name(kafka, topic)
     consumer = new_group_consumer(kafka, bootstrap, group_id)  # never subscribes: it joins and commits nothing
-    behind = total = sum(ends.values())
+    behind = total = sum(end - first for first, end in extent.values())
     update = progress(f"agents reading {topic}", total) if progress is not None else None
 
     def consumed() -> bool:
         nonlocal behind
         committed = {tp.partition: tp.offset
-                     for tp in consumer.committed([TopicPartition(name, p) for p in ends], timeout=10)}
-        behind = sum(end - max(committed[p], 0) for p, end in ends.items() if committed[p] < end)
+                     for tp in consumer.committed([TopicPartition(name, p) for p in extent], timeout=10)}
+        behind = sum(end - max(committed[p], first) for p, (first, end) in extent.items() if committed[p] < end)
         if update is not None:
             update(total - behind)
         return not behind
