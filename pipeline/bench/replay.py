@@ -2,20 +2,20 @@
 
 On an embedded broker (memory only: this bench measures what the mail costs it), in one run:
 
-1. **ingest**: synthetic support mail (``pipeline.synth``, one seeded generator per tenant,
-   rendered to RFC 5322 in a pool of processes and streamed in chunks, never held whole) goes
-   through ``threadline``'s ingest into ``mail.raw``; timed on its own.
+1. **ingest**: synthetic support mail (``pipeline.synth``, one seeded generator per tenant, two
+   tenants per partition, rendered to RFC 5322 in a pool of processes and streamed in chunks,
+   never held whole) goes through ``threadline``'s ingest into ``mail.raw``; timed on its own.
 2. **baseline**: raw confluent-kafka reads the same ``mail.raw`` records back (one consumer,
    every partition), in the same run on the same broker.
 3. **replay**: ``threadline replay --workers W`` as a user runs it (a subprocess of the CLI: a
-   new generation, W worker processes, its own progress polling, its comparison of generations
+   new generation, W worker processes, its own progress (the group's commits), its comparison of generations
    at the end).  The clock runs from starting the command to the last output record (on
    ``mail.correlated``, ``mail.untracked`` or the dead letters) arriving at a reader of this
    bench; the command's whole wall time is reported beside it.
 
 Peak RSS (VmHWM) and CPU seconds of the broker, the replay command and each worker are sampled
-from /proc while it runs.  The tenants are chosen so that each partition holds as many of them,
-so W workers that split the partitions evenly also split the work evenly.
+from /proc while it runs.  Each partition holds as many tenants (``bench_tenants``), so W workers
+that split the partitions evenly also split the work evenly.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from pipeline.bench.common import machine_facts
+from pipeline.bench.pipeline import bench_tenants
 from pipeline.broker import EmbeddedBroker, create_topics
 from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.contracts.topics import MAIL_RAW
@@ -47,24 +48,6 @@ TARGET_SECONDS_PER_MILLION = 300.0  # issue 18: 1M mails in < 5 minutes with 2 w
 TARGET_MAILS_PER_S = 1_000_000 / TARGET_SECONDS_PER_MILLION
 CHUNK = 5_000  # mails a generator process renders and hands over at a time
 OWN_DOMAIN = "support.threadline.test"  # the synthetic agents' domain: their replies are outbound
-
-
-def balanced_tenants(count: int, partitions: int) -> list[str]:
-    """``count`` tenant names spread over the partitions as evenly as keys can be (murmur2, as
-    Faust and our producers place keys)."""
-    from aiokafka.partitioner import murmur2
-
-    taken = [0] * partitions
-    tenants = []
-    n = 0
-    while len(tenants) < count:  # in rounds: a partition takes its next tenant when all have as many
-        name = f"tenant-{n:03d}"
-        partition = (murmur2(name.encode()) & 0x7FFFFFFF) % partitions
-        if taken[partition] == min(taken):
-            taken[partition] += 1
-            tenants.append(name)
-        n += 1
-    return tenants
 
 
 def _render_tenants(tenants: list[tuple[str, int, int]], queue) -> None:
@@ -290,7 +273,8 @@ def _stop_command(command: subprocess.Popen, samples: dict[int, ProcessSample]) 
             pass
 
 
-def run_replay_bench(settings: Settings, *, mails: int, workers: int, seed: int, data_dir: Path, tenants: int = 8,
+def run_replay_bench(settings: Settings, *, mails: int, workers: int, seed: int, data_dir: Path,
+                     tenants_per_partition: int = 2,
                      progress: Callable[[str], None] = lambda _m: None) -> dict:
     root = data_dir / "bench-replay"
     if root.exists():
@@ -302,7 +286,7 @@ def run_replay_bench(settings: Settings, *, mails: int, workers: int, seed: int,
     settings_path = _settings_file(root / "settings.toml", f"bench{tag}.", f"benchreplay{tag}",
                                    settings.kafka.partitions, root)
     bench_settings = load_settings(settings_path)
-    names = balanced_tenants(tenants, bench_settings.kafka.partitions)
+    names = bench_tenants(bench_settings.kafka.partitions, tenants_per_partition)
     codec = AvroCodec(registry_from_settings(bench_settings.schema_registry.url))
     with EmbeddedBroker.start(root / "broker.log") as broker:
         bootstrap = broker.bootstrap

@@ -65,10 +65,11 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
 def cmd_bench_replay(args: argparse.Namespace) -> int:
     from pipeline.bench.replay import run_replay_bench
 
-    if args.mails < 1 or args.workers < 1 or args.tenants < 2:
-        raise UserError("--mails and --workers must be positive, --tenants at least 2")
+    if args.mails < 1 or args.tenants_per_partition < 1:
+        raise UserError("--mails and --tenants-per-partition must be positive")
     return _run_bench(args, lambda settings, **kw: run_replay_bench(
-        settings, mails=args.mails, workers=args.workers, seed=args.seed, tenants=args.tenants, **kw))
+        settings, mails=args.mails, workers=args.workers, seed=args.seed,
+        tenants_per_partition=args.tenants_per_partition, **kw))
 
 
 def cmd_bench_tracking(args: argparse.Namespace) -> int:
@@ -99,6 +100,10 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
         if args.replay_mails < 1:
             raise UserError("--replay-mails must be positive")
         sizes = replace(sizes, replay_mails=args.replay_mails)
+    if args.clickhouse_mails is not None:
+        if args.clickhouse_mails < 1000:
+            raise UserError("--clickhouse-mails must be at least 1000")
+        sizes = replace(sizes, clickhouse_mails=args.clickhouse_mails)
     corpus = Path(args.corpus)
     mbox = corpus / "ponymail" / "messages.mbox"
     if not corpus.is_dir():
@@ -173,7 +178,8 @@ def add_bench(command: CommandFactory) -> None:
                                  "vs raw confluent-kafka reading them", "bench-results/replay.json")
     bench_replay.add_argument("--mails", type=int, default=1_000_000)
     bench_replay.add_argument("--workers", type=int, default=2, choices=range(1, 9), metavar="N")
-    bench_replay.add_argument("--tenants", type=int, default=8, help="tenants the mail is spread over")
+    bench_replay.add_argument("--tenants-per-partition", type=int, default=2, metavar="N",
+                              help="tenants of the mail on each partition")
     bench_replay.add_argument("--seed", type=int, default=7)
     bench_clickhouse = bench_command("clickhouse", cmd_bench_clickhouse, "sink insert rate and dashboard query "
                                      "latency", "bench-results/clickhouse.json")
@@ -185,6 +191,8 @@ def add_bench(command: CommandFactory) -> None:
     bench_all.add_argument("--quick", action="store_true", help="much smaller sizes (a minute or two instead of ~25)")
     bench_all.add_argument("--replay-mails", type=int, metavar="N", help="mails of the replay part (default 1,000,000; "
                            "3,000 with --quick)")
+    bench_all.add_argument("--clickhouse-mails", type=int, metavar="N", help="mails in the tables the dashboard "
+                           "queries read (default 10,000,000; 100,000 with --quick)")
     bench_all.add_argument("--corpus", default="../shared/corpus", metavar="DIR",
                            help="the real corpora (DIR/*/messages.mbox) for the parse rate")
     bench_all.add_argument("--docs", default="docs/benchmarks.md")

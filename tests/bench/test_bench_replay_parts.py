@@ -1,26 +1,8 @@
-"""The replay bench's building blocks that need no broker: tenants spread over partitions, and the
-synthetic mail streamed from generator processes."""
+"""The replay bench's synthetic mail, streamed from generator processes: no broker needed."""
 
 from __future__ import annotations
 
-from collections import Counter
-
-from aiokafka.partitioner import murmur2
-
-from pipeline.bench.replay import balanced_tenants, synthetic_chunks
-
-
-def _partition(tenant: str, partitions: int) -> int:
-    return (murmur2(tenant.encode()) & 0x7FFFFFFF) % partitions
-
-
-def test_tenants_fill_every_partition_equally():
-    for count, partitions in ((8, 4), (2, 2), (4, 4), (6, 4)):
-        tenants = balanced_tenants(count, partitions)
-        assert len(set(tenants)) == count
-        per_partition = Counter(_partition(t, partitions) for t in tenants)
-        assert max(per_partition.values()) - min(per_partition.values()) <= 1
-        assert len(per_partition) == min(count, partitions)
+from pipeline.bench.replay import synthetic_chunks
 
 
 def test_synthetic_chunks_give_every_mail_once_per_tenant_in_order_and_the_same_for_a_seed():

@@ -36,6 +36,7 @@ def test_bench_all_quick_writes_every_figure_the_docs_section_and_the_plots(tmp_
     assert [size["indexed_mails"] for size in results["correlate"]["sizes"]] == [1_000, 10_000]
     assert all(size["baseline_dict_threading_mails_per_s"] > 0 for size in results["correlate"]["sizes"])
     assert results["correlate"]["parse"]["corpus_mails"] == 50
+    assert [run["settings"]["workers"] for run in results["pipeline"]] == [1, 2]
     assert all(run["baseline_confluent_kafka_mails_per_s"] > 0 for run in results["pipeline"])
     replay = results["replay"]["summary"]
     assert replay["mails"] == 3_000 and replay["workers"] == 2 and replay["baseline_confluent_kafka_read_mails_per_s"] > 0
@@ -47,7 +48,7 @@ def test_bench_all_quick_writes_every_figure_the_docs_section_and_the_plots(tmp_
     assert text.startswith("# Benchmarks\n\nhand-written analysis\n\n") and text.endswith(f"{END_MARKER}\n\nafter\n")
     section = text.split(START_MARKER)[1].split(END_MARKER)[0]
     assert "old run" not in section and results["run"]["machine"]["cpu"] in section and "`--quick`" in section
-    for figure in ("parsing", "correlation core", "pipeline, 1 worker", "replay", "ClickHouse inserts",
+    for figure in ("parsing", "correlation core", "pipeline, 1 worker", "pipeline, 2 workers", "replay", "ClickHouse inserts",
                    "dashboard queries", "tracking endpoint"):
         assert f"| {figure}" in section, figure
     assert f"{replay['seconds']:,} s to the last output" in section

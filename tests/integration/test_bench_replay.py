@@ -15,7 +15,7 @@ from pipeline.cli.main import main
 def test_bench_replay_runs_threadline_replay_with_two_workers_and_reports_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("THREADLINE_WORKER_DATA_DIR", str(tmp_path / "data"))
     out = tmp_path / "replay.json"
-    assert main(["bench", "replay", "--mails", "2000", "--workers", "2", "--tenants", "4", "-o", str(out)]) == 0
+    assert main(["bench", "replay", "--mails", "2000", "--workers", "2", "--tenants-per-partition", "1", "-o", str(out)]) == 0
     result = json.loads(out.read_text())
     summary = result["summary"]
     assert summary["mails"] == 2000 and summary["workers"] == 2
