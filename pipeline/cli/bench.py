@@ -105,14 +105,13 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
             raise UserError("--clickhouse-mails must be at least 1000")
         sizes = replace(sizes, clickhouse_mails=args.clickhouse_mails)
     corpus = Path(args.corpus)
-    mbox = corpus / "ponymail" / "messages.mbox"
     if not corpus.is_dir():
-        print(f"note: no corpus folder {corpus}: parsing is timed on synthetic mail only", file=sys.stderr)
+        raise UserError(f"no corpus folder {corpus} (real mail, DIR/*/messages.mbox): give one with --corpus")
 
     def run(settings, **kw):
         results = run_all(settings, data_dir=kw["data_dir"],
                           results_dir=RESULTS_DIR if is_stdout(args.out) else Path(args.out).parent,
-                          docs_path=Path(args.docs), sizes=sizes, corpus_mbox=mbox if mbox.is_file() else None,
+                          docs_path=Path(args.docs), sizes=sizes, corpus_dir=corpus,
                           progress=kw["progress"])
         parts = {name: result for name, result in results.items() if name != "run"}
         return {"summary": {name: [r["summary"] for r in result] if isinstance(result, list) else result["summary"]

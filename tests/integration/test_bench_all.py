@@ -28,14 +28,14 @@ def test_bench_all_quick_writes_every_figure_the_docs_section_and_the_plots(tmp_
     assert main(["bench", "all", "--quick", "--docs", str(docs), "--corpus", str(corpus.parent), "-o", str(out)]) == 0
 
     results = json.loads((out.parent / "all.json").read_text())
-    assert set(results) == {"correlate", "pipeline", "replay", "clickhouse", "tracking", "run"}
+    assert set(results) == {"parse", "correlate", "pipeline", "replay", "clickhouse", "tracking", "run"}
     assert results["run"]["quick"] and set(results["run"]["seconds"]) == {
-        "correlation core and parsing", "pipeline", "replay", "clickhouse", "tracking endpoint"}
-    for name in ("correlate", "replay", "clickhouse", "tracking"):
+        "parsing the real corpora", "correlation core", "pipeline", "replay", "clickhouse", "tracking endpoint"}
+    for name in ("parse", "correlate", "replay", "clickhouse", "tracking"):
         assert results[name]["machine"]["date"] and results[name]["machine"]["cpu"], name
     assert [size["indexed_mails"] for size in results["correlate"]["sizes"]] == [1_000, 10_000]
     assert all(size["baseline_dict_threading_mails_per_s"] > 0 for size in results["correlate"]["sizes"])
-    assert results["correlate"]["parse"]["corpus_mails"] == 50
+    assert results["parse"]["overall"]["mails"] == 50 and results["parse"]["overall"]["by_size"]
     assert [run["settings"]["workers"] for run in results["pipeline"]] == [1, 2]
     assert all(run["baseline_confluent_kafka_mails_per_s"] > 0 for run in results["pipeline"])
     replay = results["replay"]["summary"]
