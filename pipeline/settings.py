@@ -301,6 +301,9 @@ class WorkerSettings(_Section):
     batch_window_s: float = Field(0.2, gt=0, le=60, description="Longest wait to fill a batch.")
     generation: int = Field(0, ge=0, description="Settings generation this worker computes; `threadline replay` "
                             "starts the next one (new consumer group and table names).")
+    parse_processes: int | None = Field(None, ge=0, le=64, description="Processes that parse mail ahead of the "
+                                        "correlator (each worker its own); 0: in the worker process; unset: one "
+                                        "less than the machine's cores, at least 1.")
     web_port: int | None = Field(None, ge=1, le=65535, description="Open Faust's web server (its /table/ and "
                                  "/router/ pages show index entries, addresses and subjects, without "
                                  "authentication) on 127.0.0.1:PORT, for debugging one worker; unset: no web server.")

@@ -27,7 +27,7 @@ from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from functools import cache, partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Awaitable, Callable, Iterator
 
 import faust
 import mode
@@ -44,6 +44,7 @@ from pipeline.streams.escalation import EscalationProcessor
 from pipeline.runtime.batch import BatchStep, RawItem
 from pipeline.runtime.producer import RecordProducer, TopicRecord
 from pipeline.streams.runner import app_id
+from pipeline.streams.parsing import ParsePool, default_parse_processes
 from pipeline.streams.processor import INDEX_TABLE, MailProcessor
 from pipeline.streams.tracking import TrackingProcessor
 from pipeline.tracking.safety import key_refusal
@@ -199,18 +200,21 @@ def _bytes_table(app: faust.App, name: str, settings: Settings) -> ChangelogAwai
 
 async def _handle_batches(stream, processor: BatchStep, table: ChangelogAwaitedTable, source_topic: str,
                           outputs: Callable[[], RecordProducer], settings: Settings, lock: asyncio.Lock | None = None,
-                          on_batch=None, other_tables: dict[str, ChangelogAwaitedTable] | None = None) -> None:
+                          on_batch=None, other_tables: dict[str, ChangelogAwaitedTable] | None = None,
+                          prepare: Callable[[list[RawItem]], Awaitable[dict]] | None = None) -> None:
     """Per batch: process, produce and await every output, then write the table (and the
     ``other_tables`` the result writes to, by name) and await their changelogs (see module doc).
     ``lock``, shared with a tick of the same processor or another agent that uses its state,
-    keeps the two from interleaving."""
+    keeps the two from interleaving.  ``prepare(items)``, awaited before the lock is taken,
+    gives more keyword arguments for ``process`` (the correlator's: the mail its pool parsed)."""
     loop = asyncio.get_running_loop()
     lock = lock or asyncio.Lock()
 
     async def one_batch(events) -> None:
+        items = [RawItem(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
+        prepared = await prepare(items) if prepare is not None else {}
         async with lock:
-            items = [RawItem(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
-            result = processor.process(items, source_topic=source_topic)
+            result = processor.process(items, source_topic=source_topic, **prepared)
             producer = outputs()
             await loop.run_in_executor(None, producer.send_all, result.outputs)
             # Other tables first: the step's own table holds its offset markers, and a record
@@ -300,6 +304,19 @@ def build_app(settings: Settings) -> faust.App:
     correlation_lock = asyncio.Lock()  # the correlate and corrections agents both change the indexes
 
     steps: tuple[BatchStep, ...] = (processor, escalation, tracking, crm, corrections)
+    processes = settings.worker.parse_processes
+    pool = ParsePool(settings, default_parse_processes() if processes is None else processes) if processes != 0 else None
+
+    async def read_ahead(items: list[RawItem]) -> dict:
+        """The correlator's new mail, parsed in the pool (see pipeline.streams.parsing)."""
+        unread = processor.unapplied(items)
+        parsed = await pool.read([item.value for item in unread])
+        return {"parsed": {(item.partition, item.offset): read for item, read in zip(unread, parsed)}}
+
+    if pool is not None:
+        @app.on_before_shutdown.connect
+        async def _stop_pool(app, **kwargs) -> None:  # noqa: ARG001 - Faust signal signature
+            await asyncio.get_running_loop().run_in_executor(None, pool.close)
 
     hold_deliveries_until_recovery_resumes_streams(app)
 
@@ -313,7 +330,7 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(raw_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def correlate(stream):
         await _handle_batches(stream, processor, index_table, raw_topic.get_topic_name(), outputs, settings,
-                              correlation_lock)
+                              correlation_lock, prepare=read_ahead if pool is not None else None)
 
     @app.agent(correlated_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def escalate(stream):

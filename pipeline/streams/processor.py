@@ -19,31 +19,27 @@ ones downstream (the newest record of a mail wins).
 
 from __future__ import annotations
 
-import dataclasses
-import re
 import traceback
 from typing import Callable, Iterator, MutableMapping
 
 from pipeline.contracts.avro import AvroCodec
 from pipeline.contracts.records import (
-    MailRawCodec, SourcePosition, bounce_event_record, correlated_record, response_record, untracked_record,
+    SourcePosition, bounce_event_record, correlated_record, response_record, untracked_record,
 )
 from pipeline.contracts.topics import MAIL_CORRELATED, MAIL_RAW, MAIL_RESPONSES, MAIL_UNTRACKED, TRACKING_EVENTS
 from pipeline.correlation.corrections import Correction, CorrectionBook
 from pipeline.correlation.engine import Correlator
 from pipeline.correlation.model import Correlation, IndexedMail
 from pipeline.errors import RejectedInput
-from pipeline.mail.bounce import parse_bounce
-from pipeline.mail.parse import parse_mail
+from pipeline.mail.bounce import Bounce
 from pipeline.mail.record import MailRecord
 from pipeline.runtime.batch import BatchResult, OffsetMarkers, Output, RawItem, add_dead_letter
 from pipeline.runtime.state import StateFormatError, TenantStates, encode_state, tenant_key
 from pipeline.settings import Settings
-from pipeline.tracking.tokens import Keyring, TokenError, verify_token
+from pipeline.streams.parsing import MailReader, ParseFailed, Parsed
 
 AGENT = "correlator"
 INDEX_TABLE = "correlation-index"
-_UNSUBSCRIBE_TOKEN = re.compile(rb"^List-Unsubscribe:[^\r\n]*?/u/([A-Za-z0-9_-]+)", re.IGNORECASE | re.MULTILINE)
 
 
 class TableIndexStore:
@@ -98,8 +94,7 @@ class MailProcessor:
         self._correlators: TenantStates[Correlator] = TenantStates(table, self._resume)
         self._stores: dict[str, TableIndexStore] = {}
         self.markers = OffsetMarkers(table)
-        self.mail_raw = MailRawCodec(settings.mail, settings.blob_dir, codec)
-        self.keyring = Keyring.from_settings(settings.tracking)  # once, not per campaign mail
+        self.reader = MailReader(settings, codec)
 
     def reset(self) -> None:
         """Forget derived state (after a rebalance): indexes are rebuilt from the table on demand."""
@@ -113,25 +108,10 @@ class MailProcessor:
         entry = correlator.index.get(message_id) if correlator is not None else None
         return entry.from_addr or None if entry is not None and entry.direction == "out" else None
 
-    def _with_campaign(self, mail: MailRecord, raw: bytes) -> MailRecord:
-        """Campaign mail carries a signed unsubscribe token naming its campaign; keep it with the
-        mail so that a later bounce of it counts for the campaign."""
-        match = _UNSUBSCRIBE_TOKEN.search(raw, 0, raw.find(b"\r\n\r\n") if b"\r\n\r\n" in raw else len(raw))
-        if match is None:
-            return mail
-        try:
-            # Signature only, no unsubscribe_max_age_days: this attributes our own sent mail to its
-            # campaign and acts on nothing, and with an expiry a Sent folder ingested late (or a
-            # replay) would lose its campaigns depending on when it is read.
-            payload = verify_token(match.group(1).decode("ascii"), self.keyring, expect_kind="unsubscribe")
-        except TokenError:
-            return mail
-        return dataclasses.replace(mail, campaign_id=payload.campaign_id) if payload.campaign_id else mail
-
-    def _bounce_events(self, raw: bytes, correlator: Correlator, mail: MailRecord, result: BatchResult) -> None:
+    def _bounce_events(self, bounce: Bounce | None, correlator: Correlator, mail: MailRecord,
+                       result: BatchResult) -> None:
         """A delivery failure becomes one ``tracking.events`` record (kind bounce) per failed
         recipient of the original mail, with the original's campaign when it is one."""
-        bounce = parse_bounce(raw)
         if bounce is None or not bounce.original_message_id:
             return
         original = correlator.index.get(bounce.original_message_id)
@@ -174,17 +154,27 @@ class MailProcessor:
             result.outputs.append(Output(MAIL_CORRELATED, store.tenant.encode(), self.codec.encode(MAIL_CORRELATED, record)))
             result.count("corrected")
 
-    def process(self, items: list[RawItem], source_topic: str = MAIL_RAW) -> BatchResult:
+    def unapplied(self, items: list[RawItem]) -> list[RawItem]:
+        """The records of a batch that :meth:`process` will read (not redeliveries of applied ones)."""
+        return [item for item in items if not self.markers.is_redelivery(item)]
+
+    def process(self, items: list[RawItem], source_topic: str = MAIL_RAW,
+                parsed: dict[tuple[int, int], Parsed] | None = None) -> BatchResult:
+        """``parsed``: records already read (by a :class:`~pipeline.streams.parsing.ParsePool`),
+        by partition and offset; the others are read here."""
         result = BatchResult()
         for item in items:
             if self.markers.is_redelivery(item):
                 result.skipped_redeliveries += 1
                 continue
             position = SourcePosition(source_topic, item.partition, item.offset)
+            read = parsed.get((item.partition, item.offset)) if parsed is not None else None
             try:
-                self._process_one(item, position, result)
+                self._process_one(item, position, result, read or self.reader.read(item.value))
             except RejectedInput as exc:
                 add_dead_letter(self.codec, item, position, exc.reason, str(exc), AGENT, result)
+            except ParseFailed as exc:
+                add_dead_letter(self.codec, item, position, "internal_error", exc.detail, AGENT, result)
             except (OSError, StateFormatError):
                 # The blob store is unreachable (an unmounted network folder), or a table holds
                 # state this version cannot read: not the mail's fault. Stop the batch before
@@ -201,15 +191,9 @@ class MailProcessor:
         self.markers.add_writes(items, result)
         return result
 
-    def _process_one(self, item: RawItem, position: SourcePosition, result: BatchResult) -> None:
-        record = self.codec.decode(MAIL_RAW, item.value)
-        tenant = record["tenant"]
-        raw = self.mail_raw.raw_of(record)
-        mail = parse_mail(raw, direction=record["direction"], tenant=tenant, mailbox=record["mailbox"],
-                          received_at=record["received_at"], xheader_name=self.settings.correlation.xheader_name,
-                          max_size=self.settings.mail.max_message_bytes)
-        if mail.direction == "out":
-            mail = self._with_campaign(mail, raw)
+    def _process_one(self, item: RawItem, position: SourcePosition, result: BatchResult, read: Parsed) -> None:
+        mail = read.mail_or_raise()
+        tenant = mail.tenant
         correlator = self._correlators.of(tenant, item.partition)
         store = self._stores[tenant]
         if store.source_offsets.get(correlator.indexed_id(mail)) == item.offset:
@@ -223,7 +207,7 @@ class MailProcessor:
             result.count(f"flag:{flag}")
         key = tenant.encode()
         if mail.is_bounce:
-            self._bounce_events(raw, correlator, mail, result)
+            self._bounce_events(read.bounce, correlator, mail, result)
         if correlation.untracked_reason:
             result.outputs.append(Output(MAIL_UNTRACKED, key, self.codec.encode(
                 MAIL_UNTRACKED, untracked_record(correlation, mail.mailbox))))

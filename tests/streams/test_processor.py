@@ -301,16 +301,16 @@ def test_hostile_records_are_dead_lettered_and_the_batch_goes_on():
 
 
 def test_an_unexpected_error_parks_the_record_as_internal_error(monkeypatch):
-    import pipeline.streams.processor as processor_module
+    import pipeline.streams.parsing as parsing_module
 
-    real = processor_module.parse_mail
+    real = parsing_module.parse_mail
 
     def parse_mail(raw, **kwargs):
         if b"BOOM" in raw:
             raise RuntimeError("engine bug")
         return real(raw, **kwargs)
 
-    monkeypatch.setattr(processor_module, "parse_mail", parse_mail)
+    monkeypatch.setattr(parsing_module, "parse_mail", parse_mail)
     values = [raw_value(mail("<a@x>", "BOOM", when=T0)), raw_value(mail("<b@x>", "fine", when=T0))]
     result = MailProcessor(Settings(), CODEC, {}).process(items(values))
     [dead] = decoded(result.outputs, "deadletter")

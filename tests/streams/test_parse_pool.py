@@ -1,0 +1,69 @@
+"""The correlator's parse pool: real processes read mail.raw values exactly as the worker
+process would, in order, and a value that kills its process costs only that value."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import datetime, timezone
+
+from pipeline.contracts.avro import AvroCodec, EmbeddedRegistry
+from pipeline.contracts.records import mail_raw_record
+from pipeline.contracts.topics import MAIL_RAW
+from pipeline.settings import Settings
+from pipeline.streams.parsing import MailReader, ParsePool, Parsed, _read_chunk
+from pipeline.synth import MailGenerator, render_rfc5322
+
+CODEC = AvroCodec(EmbeddedRegistry())
+RECEIVED = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+
+
+def value(raw: bytes, tenant: str = "default") -> bytes:
+    return CODEC.encode(MAIL_RAW, mail_raw_record(tenant=tenant, mailbox="support", direction="in", source="test",
+                                                  raw=raw, received_at=RECEIVED))
+
+
+def values() -> list[bytes]:
+    mails = [render_rfc5322(m) for m in MailGenerator(3, customers=50, agents=3).mails(40)]
+    hostile = [b"not avro at all", value(b"\xff\xfe\x00 no headers, no body"), value(b"Subject: x\r\n\r\nbody", "other")]
+    return [value(raw, tenant=("a", "b")[n % 2]) for n, raw in enumerate(mails)] + hostile
+
+
+def killing_read_chunk(chunk: list[bytes]) -> list[Parsed]:
+    """A parser that dies on one record, as a crash in compiled code or the memory limit would."""
+    if any(b"KILL-ME" in v for v in chunk):
+        os._exit(1)
+    return _read_chunk(chunk)
+
+
+def test_the_pool_reads_every_value_as_the_worker_process_does_in_order(tmp_path):
+    settings = Settings.model_validate({"worker": {"data_dir": str(tmp_path)}})
+    inputs = values()
+    pool = ParsePool(settings, 2)
+    try:
+        parsed = asyncio.run(pool.read(inputs))
+    finally:
+        pool.close()
+    assert parsed == [MailReader(settings, CODEC).read(v) for v in inputs]
+    assert parsed[-3].rejected[0] == "not_confluent_wire_format"
+    assert all(p.mail is not None for p in parsed[:40])
+
+
+def test_a_value_that_kills_its_process_is_the_only_one_lost(tmp_path):
+    settings = Settings.model_validate({"worker": {"data_dir": str(tmp_path)}})
+    inputs = values()
+    inputs.insert(7, value(b"Message-ID: <k@x>\r\nSubject: KILL-ME\r\n\r\nbody"))
+    pool = ParsePool(settings, 1, read_chunk=killing_read_chunk)
+
+    async def twice() -> tuple[list[Parsed], list[Parsed]]:
+        return await pool.read(inputs), await pool.read(inputs[8:])  # the pool works again after
+
+    try:
+        parsed, after = asyncio.run(twice())
+    finally:
+        pool.close()
+    expected = [MailReader(settings, CODEC).read(v) for v in inputs]
+    assert parsed[7] == Parsed(failed="the mail parser process died reading this record")
+    assert parsed[:7] + parsed[8:] == expected[:7] + expected[8:]
+    assert after == expected[8:]
+    assert asyncio.run(pool.read(inputs[:2])) == expected[:2]  # closed: read in this process
