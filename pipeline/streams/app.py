@@ -41,7 +41,7 @@ from pipeline.settings import Settings, load_settings
 from pipeline.streams.corrections import CorrectionsProcessor
 from pipeline.streams.crm import CrmProcessor
 from pipeline.streams.escalation import EscalationProcessor
-from pipeline.runtime.batch import BatchStep, RawItem
+from pipeline.runtime.batch import BatchResult, BatchStep, RawItem
 from pipeline.runtime.producer import RecordProducer, TopicRecord
 from pipeline.streams.runner import app_id
 from pipeline.streams.parsing import ParsePool, default_parse_processes
@@ -201,20 +201,20 @@ def _bytes_table(app: faust.App, name: str, settings: Settings) -> ChangelogAwai
 async def _handle_batches(stream, processor: BatchStep, table: ChangelogAwaitedTable, source_topic: str,
                           outputs: Callable[[], RecordProducer], settings: Settings, lock: asyncio.Lock | None = None,
                           on_batch=None, other_tables: dict[str, ChangelogAwaitedTable] | None = None,
-                          prepare: Callable[[list[RawItem]], Awaitable[dict]] | None = None) -> None:
+                          process: Callable[[list[RawItem], str], Awaitable[BatchResult]] | None = None) -> None:
     """Per batch: process, produce and await every output, then write the table (and the
     ``other_tables`` the result writes to, by name) and await their changelogs (see module doc).
     ``lock``, shared with a tick of the same processor or another agent that uses its state,
-    keeps the two from interleaving.  ``prepare(items)``, awaited before the lock is taken,
-    gives more keyword arguments for ``process`` (the correlator's: the mail its pool parsed)."""
+    keeps the two from interleaving.  ``process(items, source_topic)``, when given, is awaited
+    instead of ``processor.process`` (the correlator's, with its parse pool)."""
     loop = asyncio.get_running_loop()
     lock = lock or asyncio.Lock()
 
     async def one_batch(events) -> None:
-        items = [RawItem(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
-        prepared = await prepare(items) if prepare is not None else {}
         async with lock:
-            result = processor.process(items, source_topic=source_topic, **prepared)
+            items = [RawItem(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
+            result = (processor.process(items, source_topic=source_topic) if process is None
+                      else await process(items, source_topic))
             producer = outputs()
             await loop.run_in_executor(None, producer.send_all, result.outputs)
             # Other tables first: the step's own table holds its offset markers, and a record
@@ -307,12 +307,6 @@ def build_app(settings: Settings) -> faust.App:
     processes = settings.worker.parse_processes
     pool = ParsePool(settings, default_parse_processes() if processes is None else processes) if processes != 0 else None
 
-    async def read_ahead(items: list[RawItem]) -> dict:
-        """The correlator's new mail, parsed in the pool (see pipeline.streams.parsing)."""
-        unread = processor.unapplied(items)
-        parsed = await pool.read([item.value for item in unread])
-        return {"parsed": {(item.partition, item.offset): read for item, read in zip(unread, parsed)}}
-
     if pool is not None:
         @app.on_before_shutdown.connect
         async def _stop_pool(app, **kwargs) -> None:  # noqa: ARG001 - Faust signal signature
@@ -330,7 +324,7 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(raw_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def correlate(stream):
         await _handle_batches(stream, processor, index_table, raw_topic.get_topic_name(), outputs, settings,
-                              correlation_lock, prepare=read_ahead if pool is not None else None)
+                              correlation_lock, process=partial(processor.process_read_by, pool) if pool is not None else None)
 
     @app.agent(correlated_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def escalate(stream):

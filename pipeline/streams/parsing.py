@@ -30,7 +30,7 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable
 
 from pipeline.contracts.avro import AvroCodec, registry_from_settings
 from pipeline.contracts.records import MailRawCodec
@@ -44,7 +44,7 @@ from pipeline.tracking.tokens import Keyring, TokenError, verify_token
 
 log = logging.getLogger("threadline.worker")
 _UNSUBSCRIBE_TOKEN = re.compile(rb"^List-Unsubscribe:[^\r\n]*?/u/([A-Za-z0-9_-]+)", re.IGNORECASE | re.MULTILINE)
-CHUNKS_PER_PROCESS = 2  # a batch is cut into this many chunks per process: a slow one does not hold the rest
+CHUNK = 100  # records per task of a pool process: the correlator takes each chunk while the next are parsed
 
 
 class ParseFailed(Exception):
@@ -151,7 +151,6 @@ class ParsePool:
         self._executor: ProcessPoolExecutor | None = None
         self._closed: MailReader | None = None  # after close: reads in this process
 
-
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
             # spawn: the worker has threads (librdkafka's, Faust's), which a fork would copy mid-state.
@@ -164,28 +163,33 @@ class ParsePool:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
+    def chunks(self, values: list[bytes]) -> list[tuple[int, Awaitable[list[Parsed]]]]:
+        """The values cut into chunks, all submitted at once: per chunk, its length and an
+        awaitable of its values read, in order (a chunk can be used while the next are read)."""
+        if self._closed is not None:
+            return [(len(values), self._inline(values))] if values else []
+        pool = self._pool()
+        return [(len(chunk), self._chunk(pool, chunk, pool.submit(self.read_chunk, chunk)))
+                for chunk in (values[start:start + CHUNK] for start in range(0, len(values), CHUNK))]
+
     async def read(self, values: list[bytes]) -> list[Parsed]:
         """Every value read, in order."""
-        if self._closed is not None:
-            return [self._closed.read(value) for value in values]
-        if not values:
-            return []
-        size = -(-len(values) // (self.processes * CHUNKS_PER_PROCESS))
-        chunks = [values[start:start + size] for start in range(0, len(values), size)]
-        pool = self._pool()
-        outcomes = await asyncio.gather(*(asyncio.wrap_future(pool.submit(self.read_chunk, chunk)) for chunk in chunks),
-                                        return_exceptions=True)
-        if any(isinstance(outcome, BrokenProcessPool) for outcome in outcomes):
-            self._restart()  # a process died: every chunk not done with is lost with the pool
         parsed: list[Parsed] = []
-        for chunk, outcome in zip(chunks, outcomes):
-            if isinstance(outcome, BrokenProcessPool):
-                parsed += await self._one_by_one(chunk)
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            else:
-                parsed += outcome
+        for _, chunk in self.chunks(values):
+            parsed += await chunk
         return parsed
+
+    async def _inline(self, values: list[bytes]) -> list[Parsed]:
+        assert self._closed is not None
+        return [self._closed.read(value) for value in values]
+
+    async def _chunk(self, pool: ProcessPoolExecutor, values: list[bytes], future) -> list[Parsed]:
+        try:
+            return await asyncio.wrap_future(future)
+        except BrokenProcessPool:
+            if self._executor is pool:
+                self._restart()  # a process died: the chunks not done with are lost with the pool
+            return await self._one_by_one(values)
 
     async def _one_by_one(self, values: list[bytes]) -> list[Parsed]:
         """The values of a chunk whose process died, each alone: only the one that kills a

@@ -36,7 +36,7 @@ from pipeline.mail.record import MailRecord
 from pipeline.runtime.batch import BatchResult, OffsetMarkers, Output, RawItem, add_dead_letter
 from pipeline.runtime.state import StateFormatError, TenantStates, encode_state, tenant_key
 from pipeline.settings import Settings
-from pipeline.streams.parsing import MailReader, ParseFailed, Parsed
+from pipeline.streams.parsing import MailReader, ParseFailed, Parsed, ParsePool
 
 AGENT = "correlator"
 INDEX_TABLE = "correlation-index"
@@ -154,42 +154,61 @@ class MailProcessor:
             result.outputs.append(Output(MAIL_CORRELATED, store.tenant.encode(), self.codec.encode(MAIL_CORRELATED, record)))
             result.count("corrected")
 
-    def unapplied(self, items: list[RawItem]) -> list[RawItem]:
-        """The records of a batch that :meth:`process` will read (not redeliveries of applied ones)."""
-        return [item for item in items if not self.markers.is_redelivery(item)]
-
-    def process(self, items: list[RawItem], source_topic: str = MAIL_RAW,
-                parsed: dict[tuple[int, int], Parsed] | None = None) -> BatchResult:
-        """``parsed``: records already read (by a :class:`~pipeline.streams.parsing.ParsePool`),
-        by partition and offset; the others are read here."""
+    def process(self, items: list[RawItem], source_topic: str = MAIL_RAW) -> BatchResult:
         result = BatchResult()
         for item in items:
-            if self.markers.is_redelivery(item):
-                result.skipped_redeliveries += 1
-                continue
-            position = SourcePosition(source_topic, item.partition, item.offset)
-            read = parsed.get((item.partition, item.offset)) if parsed is not None else None
-            try:
-                self._process_one(item, position, result, read or self.reader.read(item.value))
-            except RejectedInput as exc:
-                add_dead_letter(self.codec, item, position, exc.reason, str(exc), AGENT, result)
-            except ParseFailed as exc:
-                add_dead_letter(self.codec, item, position, "internal_error", exc.detail, AGENT, result)
-            except (OSError, StateFormatError):
-                # The blob store is unreachable (an unmounted network folder), or a table holds
-                # state this version cannot read: not the mail's fault. Stop the batch before
-                # anything is acknowledged; it is read again after a restart.
-                raise
-            except Exception as exc:  # a bug must not stop the partition: park the record, go on
-                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                add_dead_letter(self.codec, item, position, "internal_error", detail, AGENT, result)
-            self.markers.advance(item)
+            self._process_item(item, source_topic, result, None)
+        self._finish(items, result)
+        return result
+
+    async def process_read_by(self, pool: ParsePool, items: list[RawItem], source_topic: str = MAIL_RAW) -> BatchResult:
+        """:meth:`process`, with the new records read by ``pool`` (parsed in its processes): each
+        chunk is correlated while the next ones are read."""
+        result = BatchResult()
+        unread = [item for item in items if not self.markers.is_redelivery(item)]
+        wanted = {(item.partition, item.offset) for item in unread}
+        parsed: dict[tuple[int, int], Parsed] = {}
+        chunks = iter(pool.chunks([item.value for item in unread]))
+        start = 0
+        for item in items:
+            where = (item.partition, item.offset)
+            while where in wanted and where not in parsed:
+                size, chunk = next(chunks)
+                parsed.update(zip(((i.partition, i.offset) for i in unread[start:start + size]), await chunk))
+                start += size
+            self._process_item(item, source_topic, result, parsed.pop(where, None))
+        self._finish(items, result)
+        return result
+
+    def _process_item(self, item: RawItem, source_topic: str, result: BatchResult, read: Parsed | None) -> None:
+        """One record (``read`` already, or read here), unless it is a redelivery of one applied."""
+        if self.markers.is_redelivery(item):
+            result.skipped_redeliveries += 1
+            return
+        position = SourcePosition(source_topic, item.partition, item.offset)
+        try:
+            self._process_one(item, position, result, read or self.reader.read(item.value))
+        except RejectedInput as exc:
+            add_dead_letter(self.codec, item, position, exc.reason, str(exc), AGENT, result)
+        except ParseFailed as exc:
+            add_dead_letter(self.codec, item, position, "internal_error", exc.detail, AGENT, result)
+        except (OSError, StateFormatError):
+            # The blob store is unreachable (an unmounted network folder), or a table holds
+            # state this version cannot read: not the mail's fault. Stop the batch before
+            # anything is acknowledged; it is read again after a restart.
+            raise
+        except Exception as exc:  # a bug must not stop the partition: park the record, go on
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            add_dead_letter(self.codec, item, position, "internal_error", detail, AGENT, result)
+        self.markers.advance(item)
+
+    def _finish(self, items: list[RawItem], result: BatchResult) -> None:
+        """The index entries and offset markers of the batch, the markers last in each partition."""
         for store in self._stores.values():
             pending = store.take_pending()
             if pending:
                 result.writes.setdefault(store.partition, {}).update(pending)
         self.markers.add_writes(items, result)
-        return result
 
     def _process_one(self, item: RawItem, position: SourcePosition, result: BatchResult, read: Parsed) -> None:
         mail = read.mail_or_raise()

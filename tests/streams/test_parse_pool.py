@@ -67,3 +67,27 @@ def test_a_value_that_kills_its_process_is_the_only_one_lost(tmp_path):
     assert parsed[:7] + parsed[8:] == expected[:7] + expected[8:]
     assert after == expected[8:]
     assert asyncio.run(pool.read(inputs[:2])) == expected[:2]  # closed: read in this process
+
+
+def test_the_correlator_decides_the_same_with_its_mail_parsed_in_the_pool(tmp_path):
+    """Outputs, table writes and counts of batches correlated chunk by chunk as the pool reads
+    them equal those of the records read inline, redeliveries included."""
+    from pipeline.runtime.batch import RawItem
+    from pipeline.streams.processor import MailProcessor
+
+    settings = Settings.model_validate({"worker": {"data_dir": str(tmp_path)}})
+    mails = [render_rfc5322(m) for m in MailGenerator(5, customers=80, agents=4).mails(450)]
+    stream = [RawItem(n % 2, n // 2, b"t", value(raw, tenant=("a", "b")[n % 2])) for n, raw in enumerate(mails)]
+    batches = [stream[:200], stream[150:330], stream[330:]]  # the second redelivers 50 records
+    pool = ParsePool(settings, 1)
+
+    async def pooled(processor):
+        return [await processor.process_read_by(pool, batch) for batch in batches]
+
+    try:
+        inline_processor, pooled_processor = MailProcessor(settings, CODEC, {}), MailProcessor(settings, CODEC, {})
+        inline = [inline_processor.process(batch) for batch in batches]
+        assert asyncio.run(pooled(pooled_processor)) == inline
+    finally:
+        pool.close()
+    assert inline[1].skipped_redeliveries == 50
