@@ -55,3 +55,17 @@ def test_a_tenant_whose_entries_fail_to_decode_or_to_resume_keeps_them_so_every_
     with pytest.raises(RuntimeError):
         flaky.of("acme")
     assert flaky.of("acme") == [1]  # not a tenant resumed empty
+
+
+def test_the_state_encoding_is_the_json_module_s_compact_form_of_every_state():
+    import json
+    from datetime import timedelta
+
+    values = [{"offset": 5, "entry": {"shingles": [2**64 - 1, 0, 17], "confidence": 0.1 + 0.2, "words": ["ä", "\x00"],
+                                      "at": datetime(2026, 3, 2, 9, 0, 0, 123, tzinfo=timezone(timedelta(hours=2)))}},
+              {1: "int keys as strings", None: [True, False]}, [1.5e300, -0.0, "é\u2028"], {"big": 2**70}]
+    for value in values:
+        expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=datetime.isoformat).encode()
+        assert encode_state(value) == expected
+        assert decode_state("k", encode_state(value)) == json.loads(expected)
+    assert decode_state("k", b'{"x":NaN}')["x"] != decode_state("k", b'{"x":NaN}')["x"]  # what json.dumps wrote
