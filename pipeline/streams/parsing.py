@@ -15,7 +15,8 @@ and any other exception (:class:`ParseFailed`) become dead letters; an ``OSError
 store unreachable) stops the batch uncommitted.  A parser process that dies (a crash in a
 compiled parser, the memory limit) takes no batch with it: the pool is started again and the
 records of the lost chunk are read one by one, so that only the record that kills a process
-becomes a dead letter (``internal_error``).
+becomes a dead letter (``internal_error``).  The processes end with their worker, also when it
+is killed or exits without a clean stop.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import logging
 import multiprocessing
 import os
 import re
+import threading
+import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -125,6 +128,16 @@ _READER: MailReader | None = None  # a pool process's own
 def _start_process(settings: Settings) -> None:
     global _READER
     _READER = MailReader(settings)
+    threading.Thread(target=_end_with_parent, args=(os.getppid(),), name="end-with-worker", daemon=True).start()
+
+
+def _end_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """A pool process ends when its worker does, however the worker ended: a clean stop closes
+    the pool, but a worker that exits at once (``exit_without_commit``) or is killed leaves its
+    processes to the init process, where they would wait for chunks forever."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(0)
 
 
 def _read_chunk(values: list[bytes]) -> list[Parsed]:

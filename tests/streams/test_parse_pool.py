@@ -91,3 +91,42 @@ def test_the_correlator_decides_the_same_with_its_mail_parsed_in_the_pool(tmp_pa
     finally:
         pool.close()
     assert inline[1].skipped_redeliveries == 50
+
+
+def test_the_pool_processes_end_when_their_worker_is_killed(tmp_path):
+    """A worker that exits at once (exit_without_commit) or is killed by its PID must not leave
+    its parser processes behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import asyncio, os, sys\n"
+        "from pipeline.settings import Settings\n"
+        "from pipeline.streams.parsing import ParsePool\n"
+        "if __name__ == '__main__':\n"
+        f"    pool = ParsePool(Settings.model_validate({{'worker': {{'data_dir': {str(tmp_path)!r}}}}}), 2)\n"
+        "    asyncio.run(pool.read([b'x']))\n"
+        "    print(' '.join(str(p) for p in pool._executor._processes), flush=True)\n"
+        "    sys.stdin.read()\n")
+    worker = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    children = [int(p) for p in worker.stdout.readline().split()]
+    assert children and all(_running(p) for p in children)
+    worker.send_signal(signal.SIGKILL)  # the worker only, not its process group
+    worker.wait(10)
+    deadline = time.monotonic() + 10
+    while any(_running(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(p) for p in children)
+
+
+def _running(pid: int) -> bool:
+    try:
+        status = open(f"/proc/{pid}/status").read()
+    except OSError:
+        return False
+    return "\\nState:\\tZ" not in status  # a zombie has ended; only its parent's wait is missing
