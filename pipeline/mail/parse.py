@@ -506,7 +506,7 @@ def mail_path(raw: bytes) -> str:
         _checked_header(raw, MAX_MESSAGE_BYTES, MAX_HEADER_BYTES)
     except MailParseError:
         return "rejected"
-    return "fast" if _fast_message(raw) is not None else "stdlib"
+    return "fast" if not _mime_too_deep(raw) and simple_message(raw, _MAX_PARTS) is not None else "stdlib"
 
 
 def _guarded(raw: bytes, fast: bool, **options) -> MailRecord:
@@ -518,9 +518,9 @@ def _guarded(raw: bytes, fast: bool, **options) -> MailRecord:
         raise MailParseError("unparsable", f"{type(exc).__name__}: {exc}") from exc
 
 
-def _message(raw: bytes, header: bytes, defects: list[str]) -> tuple[Message, bool]:
+def _message(raw: bytes, header: bytes, too_deep: bool, defects: list[str]) -> tuple[Message, bool]:
     """The parsed message, and whether its body was parsed (else only its header block)."""
-    if not _mime_too_deep(raw):
+    if not too_deep:
         try:
             return message_from_bytes(raw, policy=compat32), True
         except RecursionError:  # message/rfc822 nested past the interpreter's limit: no boundary shows it
@@ -528,14 +528,6 @@ def _message(raw: bytes, header: bytes, defects: list[str]) -> tuple[Message, bo
     defects.append("mime_too_deep")
     # Header only: the ids, addresses and subject still correlate the mail; its body text is lost.
     return BytesHeaderParser(policy=compat32).parsebytes(header + b"\n\n"), False
-
-
-def _fast_message(raw: bytes) -> tuple[Message, dict[str, list]] | None:
-    """The message and its fields from the fast path, or None for a mail it does not vouch for
-    (or that the stdlib path would read for its header only)."""
-    if _mime_too_deep(raw):
-        return None
-    return simple_message(raw, _MAX_PARTS)
 
 
 def _checked_header(raw: bytes, max_size: int, max_header_bytes: int) -> bytes:
@@ -556,12 +548,13 @@ def _parse_mail(raw: bytes, fast: bool, *, direction: Direction, tenant: str, ma
                 received_at: datetime | None, xheader_name: str, max_header_bytes: int, max_size: int) -> MailRecord:
     header = _checked_header(raw, max_size, max_header_bytes)
     defects: list[str] = []
-    found = _fast_message(raw) if fast else None
+    too_deep = _mime_too_deep(raw)  # such mail is read for its header only, on either path
+    found = simple_message(raw, _MAX_PARTS) if fast and not too_deep else None
     if found is not None:
         message, fields = found
         has_body = True
     else:
-        message, has_body = _message(raw, header, defects)
+        message, has_body = _message(raw, header, too_deep, defects)
         if message.defects:
             defects.append("broken_mime")
         # One pass over the header fields: Message.get() scans and lower-cases every field per call.
