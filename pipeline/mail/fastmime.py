@@ -140,14 +140,17 @@ def simple_message(raw: bytes, max_parts: int) -> tuple[Message, dict[str, list[
     if fields is None:
         return None
     by_name: dict[str, list[str]] = {}
-    for name, value in fields:
-        values = by_name.get(name := name.lower())
+    content_fields = []
+    for field in fields:
+        values = by_name.get(name := field[0].lower())
         if values is None:
-            by_name[name] = [value]
+            by_name[name] = [field[1]]
         else:
-            values.append(value)
+            values.append(field[1])
+        if name.startswith("content-"):  # all the record reads through the Message itself
+            content_fields.append(field)
     body = text[header_end + len(lines.blank):]
-    message = _message([field for field in fields if field[0][:8].lower() == "content-"], body)
+    message = _message(content_fields, body)
     maintype = message.get_content_maintype()
     if maintype == "message":
         return None
