@@ -3,8 +3,8 @@ in one pass over the normalised words of a body.
 
 Hashing a shingle (two CRC-32s of five words) one Python call at a time cost about a
 microsecond per word on a busy machine, most of the time to parse a mail; numba compiles this
-loop to machine code instead (numba and llvmlite are binary wheels: nothing is built at install;
-the compiled code is cached beside this module, so only the first process pays the compile).
+loop to machine code instead (numba and llvmlite are binary wheels: nothing is built at install; the compiled
+code is cached on disk, so only the first process pays the compile, about a second).
 
 The hashes are the ones ``pipeline.mail.content`` always had: the zlib CRC-32 of the shingle's
 UTF-8 bytes (words joined by one space) in the high 32 bits, the CRC-32 started from
@@ -48,7 +48,17 @@ def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _TABLE, _ADVANCE, _SECOND = _tables()
 
 
-@njit(cache=True, nogil=True)
+def _compiled(function):
+    """``function`` compiled by numba, its machine code cached on disk where numba finds a
+    writable folder (beside this module, else the user's cache folder); with none (a read-only
+    install and home), compiled once per process instead."""
+    try:
+        return njit(cache=True, nogil=True)(function)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return njit(nogil=True)(function)
+
+
+@_compiled
 def _kernel(data, table, advance, second, shingle_words, window, max_kept):  # pragma: no cover - compiled
     size = data.size
     capacity = size // 2 + 1

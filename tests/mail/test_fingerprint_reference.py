@@ -156,3 +156,21 @@ def test_compiled_hashes_are_the_crcs_of_the_shingle():
     long_words = " ".join(["x" * 200, "y" * 200, "zz", "w", "v"])
     assert fingerprint_body(long_words) == reference_fingerprint(long_words)
     assert fingerprint_body("CafÉ, one two (three) four!") == ((expected,), (), "")
+
+
+def test_without_a_cache_folder_the_kernel_is_compiled_per_process(monkeypatch):
+    from numba import njit as real_njit
+
+    from pipeline.mail import shingles
+
+    def njit_without_locator(**options):
+        if options.get("cache"):
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'f.py'")
+        return real_njit(**options)
+
+    monkeypatch.setattr(shingles, "njit", njit_without_locator)
+
+    def double(value):
+        return value * 2
+
+    assert shingles._compiled(double)(21) == 42
