@@ -22,7 +22,6 @@ import functools
 import re
 
 from pipeline.mail.record import BODY_TEXT_LIMIT
-from pipeline.mail.shingles import winnowed_shingles
 
 SHINGLE_WORDS = 5  # fewer words repeat across unrelated mails ("thanks for the quick reply")
 WINNOW_WINDOW = 4
@@ -190,6 +189,10 @@ def _shingles(blocks: list[list[str]]) -> tuple[int, ...]:
     """The winnowed shingles of the blocks (first seen first), at most MAX_SHINGLES."""
     if not blocks:
         return ()
+    # numba loads (half a second) with the first fingerprint, not with every import of this module:
+    # normalize_line's users and every command line start do not need it.
+    from pipeline.mail.shingles import winnowed_shingles
+
     data = b"\n".join(_word_bytes("\n".join(block)) for block in blocks)
     return winnowed_shingles(data, SHINGLE_WORDS, WINNOW_WINDOW, MAX_SHINGLES)
 
