@@ -302,9 +302,14 @@ def _section(results: dict) -> str:
              f"Each part took: {took}. Every ratio is against the baseline taken in the same run.", "",
              "| figure | work | result | baseline, same run | ratio | target | met |",
              "|---|---|---|---|---:|---|:---:|", *_rows(results), "",
-             f"Replay: peak RSS of the workers {', '.join(f'{m:,.0f}' for m in replay['workers_peak_rss_mb'])} MB, "
-             f"of the broker {replay['broker_peak_rss_mb']:,.0f} MB; ingest of the {results['replay']['ingest']['mails']:,} "
-             f"mails ({results['replay']['ingest']['raw_mb']:,} MB) took {results['replay']['ingest']['seconds']:,} s.", "",
+             f"Replay: peak RSS of the workers {', '.join(f'{m:,.0f}' for m in replay['workers_peak_rss_mb'])} MB "
+             f"(their {replay['worker_helpers']} parse processes {replay['worker_helpers_peak_rss_mb']:,.0f} MB together), "
+             f"of the broker {replay['broker_peak_rss_mb']:,.0f} MB; CPU seconds: workers {replay['cpu_s']['workers']:,}, "
+             f"parse processes {replay['cpu_s']['worker_helpers']:,}, the replay command "
+             f"{replay['cpu_s']['replay_command']:,}, the broker {replay['cpu_s']['broker']:,}. Ingest of the "
+             f"{results['replay']['ingest']['mails']:,} mails ({results['replay']['ingest']['raw_mb']:,} MB, "
+             "generation included) took "
+             f"{results['replay']['ingest']['seconds']:,} s.", "",
              f"![mails/s vs indexed mails](figures/{FIGURES['correlate']})",
              f"![mails/s vs mail size](figures/{FIGURES['size']})",
              f"![mails/s vs workers](figures/{FIGURES['workers']})",

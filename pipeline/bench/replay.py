@@ -256,7 +256,7 @@ def _settings_file(path: Path, prefix: str, app: str, partitions: int, root: Pat
     return path
 
 
-def _stop_command(command: subprocess.Popen, samples: dict[int, ProcessSample]) -> None:
+def _stop_command(command: subprocess.Popen, worker_pids: list[int]) -> None:
     """Interrupt the replay command (it stops its workers), then kill whatever is left."""
     if command.poll() is None:
         command.send_signal(signal.SIGINT)
@@ -265,9 +265,9 @@ def _stop_command(command: subprocess.Popen, samples: dict[int, ProcessSample]) 
         except subprocess.TimeoutExpired:
             command.kill()
             command.wait(10)
-    for pid, sample in samples.items():
+    for pid in worker_pids:
         try:  # still that worker (not a process that got its pid since): in its own process group
-            if sample.name.startswith("worker") and b"pipeline.streams.app" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"pipeline.streams.app" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 os.killpg(pid, signal.SIGKILL)
         except OSError:
             pass
@@ -320,27 +320,31 @@ def run_replay_bench(settings: Settings, *, mails: int, workers: int, seed: int,
                                        cwd=root, start_new_session=True)
         samples[command.pid] = ProcessSample(command.pid, "replay command")
         workers_started: float | None = None
+        worker_pids: list[int] = []
         try:
             last_report = replay_started
             while command.poll() is None:
                 for pid in children_of(command.pid):
                     if pid not in samples:
-                        samples[pid] = ProcessSample(pid, f"worker {sum(1 for s in samples.values() if s.name.startswith('worker')) + 1}")
+                        samples[pid] = ProcessSample(pid, f"worker {len(worker_pids) + 1}")
+                        worker_pids.append(pid)
                         if workers_started is None:
                             workers_started = time.monotonic()
+                for n, worker_pid in enumerate(worker_pids, start=1):
+                    for pid in children_of(worker_pid):  # its parse pool: its memory and CPU count too
+                        samples.setdefault(pid, ProcessSample(pid, f"worker {n} helper"))
                 for sample in [*samples.values(), broker_sample]:
                     sample.read()
                 now = time.monotonic()
                 if now - last_report >= 10:
                     last_report = now
-                    worker_rss = ", ".join(f"{s.peak_rss_bytes / 2**20:,.0f}" for s in samples.values()
-                                           if s.name.startswith("worker"))
+                    worker_rss = ", ".join(f"{samples[pid].peak_rss_bytes / 2**20:,.0f}" for pid in worker_pids)
                     progress(f"replay: {arrivals.count:,} of {mails:,} outputs after {now - replay_started:,.0f} s "
                              f"({arrivals.count / (now - replay_started):,.0f}/s); peak RSS MB: workers [{worker_rss}], "
                              f"broker {broker_sample.peak_rss_bytes / 2**20:,.0f}")
                 time.sleep(0.5)
         except BaseException:
-            _stop_command(command, samples)
+            _stop_command(command, worker_pids)
             raise
         finally:
             arrivals.close()
@@ -353,7 +357,8 @@ def run_replay_bench(settings: Settings, *, mails: int, workers: int, seed: int,
         raise RuntimeError(f"the replay ended with {arrivals.count} of {mails} outputs seen:\n{output[-3000:]}")
     seconds = arrivals.last_arrival - replay_started
     rate = mails / seconds
-    worker_samples = [s for s in samples.values() if s.name.startswith("worker")]
+    worker_samples = [samples[pid] for pid in worker_pids]
+    helpers = [s for s in samples.values() if s.name.endswith(" helper")]
     return {
         "benchmark": "replay",
         "machine": machine_facts(),
@@ -382,6 +387,12 @@ def run_replay_bench(settings: Settings, *, mails: int, workers: int, seed: int,
             "ratio_to_confluent_kafka": float(f"{rate / baseline:.3g}"),
             "command_seconds": round(command_s, 1),
             "workers_peak_rss_mb": [round(s.peak_rss_bytes / 2**20, 1) for s in worker_samples],
+            # The workers' own processes (the parse pool), all of them together.
+            "worker_helpers": len(helpers),
+            "worker_helpers_peak_rss_mb": round(sum(s.peak_rss_bytes for s in helpers) / 2**20, 1),
+            "cpu_s": {"workers": round(sum(s.cpu_s for s in worker_samples), 1),
+                      "worker_helpers": round(sum(s.cpu_s for s in helpers), 1),
+                      "replay_command": round(samples[command.pid].cpu_s, 1), "broker": round(broker_sample.cpu_s, 1)},
             "broker_peak_rss_mb": round(broker_sample.peak_rss_bytes / 2**20, 1),
             "target": f"1,000,000 mails in < {TARGET_SECONDS_PER_MILLION:.0f} s with 2 workers "
                       f"({TARGET_MAILS_PER_S:,.0f} mails/s)",

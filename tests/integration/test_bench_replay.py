@@ -32,5 +32,8 @@ def test_bench_replay_runs_threadline_replay_with_two_workers_and_reports_it(tmp
     assert names.count("worker 1") == names.count("worker 2") == 1 and "broker" in names
     assert len(summary["workers_peak_rss_mb"]) == 2 and all(rss > 50 for rss in summary["workers_peak_rss_mb"])
     assert summary["broker_peak_rss_mb"] > 0
+    assert set(summary["cpu_s"]) == {"workers", "worker_helpers", "replay_command", "broker"}
+    assert summary["cpu_s"]["workers"] > 0 and summary["worker_helpers"] == names.count("worker 1 helper") + names.count(
+        "worker 2 helper")
     assert result["machine"]["date"] and result["machine"]["cpu"]
     assert json.loads(capsys.readouterr().out) == summary
