@@ -258,12 +258,9 @@ class Correlator:
                 seconds=max(0.0, ts - answered.event_time),
             )
 
-        method_fields: dict = {}
-        for entry_fields in self._entry_fields:
-            method_fields.update(entry_fields(self, mail_facts))
         parent_message_id = parent.message_id if parent else None
         subject = mail.subject
-        index.add(IndexedMail(
+        entry = IndexedMail(
             message_id=message_id,
             conversation_id=conversation_id,
             event_time=ts,
@@ -287,8 +284,13 @@ class Correlator:
             bcc=mail.bcc,
             mailbox=mail.mailbox,
             automatic=mail.automatic,
-            **method_fields,
-        ))
+        )
+        # The methods' own fields, set before the entry is indexed (a call with **fields would
+        # first build a dict of every field).
+        for entry_fields in self._entry_fields:
+            for name, value in entry_fields(self, mail_facts).items():
+                setattr(entry, name, value)
+        index.add(entry)
         return Correlation(
             tenant=self.tenant,
             message_id=message_id,

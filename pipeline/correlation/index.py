@@ -11,7 +11,6 @@ One index holds one tenant: mail of different tenants never correlates.
 
 from __future__ import annotations
 
-import bisect
 import heapq
 from collections import defaultdict
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Protocol
@@ -173,7 +172,7 @@ class CorrelationIndex:
         self._live: dict[str, IndexedMail] = {}
         self._postings: defaultdict[str, Postings] = defaultdict(Postings)  # lookup name -> its postings
         self._by_time: list[tuple[float, str]] = []  # min-heap for eviction
-        # The CLOCK_QUORUM newest (clock_time, message_id) of live entries, ascending.
+        # The CLOCK_QUORUM newest (clock_time, message_id) of live entries, a min-heap.
         self._clock_top: list[tuple[float, str]] = []
         self.rebuild()
 
@@ -228,10 +227,9 @@ class CorrelationIndex:
             top = self._clock_top
             item = (entry.clock_time, message_id)
             if len(top) < CLOCK_QUORUM:
-                bisect.insort(top, item)
+                heapq.heappush(top, item)
             elif item > top[0]:
-                bisect.insort(top, item)
-                del top[0]
+                heapq.heappushpop(top, item)
         postings = self._postings
         for index_keys in self._index_keys:
             for name, keys in index_keys(entry):

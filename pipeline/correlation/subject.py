@@ -37,6 +37,8 @@ MailType = Literal["new", "reply", "forward"]
 
 def _leading_chain(subject: str) -> tuple[list[str], list[str], str]:
     """Split the leading run of prefixes and tags: (prefix words, tags, rest)."""
+    if ":" not in subject and "：" not in subject and "[" not in subject:
+        return [], [], subject  # every prefix ends in a colon, every tag is in brackets
     prefixes: list[str] = []
     tags: list[str] = []
     position = 0

@@ -31,15 +31,21 @@ class InReplyTo(MethodStrategy):
     switch = "use_in_reply_to"
 
     def entry_fields(self, correlator, facts: MailFacts) -> dict[str, Any]:
-        return {"references": tuple(ref for _, ref in islice(named_ids(facts.mail), MAX_REFERENCES))}
+        mail = facts.mail
+        if not mail.references:  # the common case of a reply: named_ids is its In-Reply-To
+            return {"references": mail.in_reply_to[:MAX_REFERENCES]}
+        return {"references": tuple(ref for _, ref in islice(named_ids(mail), MAX_REFERENCES))}
 
     def index_keys(self, correlator, entry) -> IndexKeys:
         # Two mails naming the same id we never saw are in one thread.
         return (("reference", entry.references),)
 
     def match(self, correlator, facts: MailFacts) -> Match | None:
+        mail = facts.mail
+        if not (mail.in_reply_to or mail.references):
+            return None
         index, ts = correlator.index, facts.ts
-        for header, ref in named_ids(facts.mail):
+        for header, ref in named_ids(mail):
             parent = index.get(ref)
             if parent is not None and correlator.in_window(parent, ts):
                 return Match(self.code, parent, 1, {"header": header, "ref": ref})
