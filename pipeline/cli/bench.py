@@ -48,8 +48,11 @@ def cmd_bench_correlate(args: argparse.Namespace) -> int:
         raise UserError("--sizes takes comma-separated whole numbers") from None
     if any(size < 1 for size in sizes) or args.measure < 1:
         raise UserError("--sizes and --measure must be positive")
+    corpora = Path(args.corpora) if args.corpora else None
+    if corpora is not None and not corpora.is_dir():
+        raise UserError(f"no such folder of corpora: {corpora}")
     result = run_correlate_bench(sizes, seed=args.seed, measure=args.measure, progress=not args.no_progress,
-                                 corpus_mbox=corpus)
+                                 corpus_mbox=corpus, corpora=corpora)
     return _write_bench(result, args.out)
 
 
@@ -167,6 +170,8 @@ def add_bench(command: CommandFactory) -> None:
     bench_correlate.add_argument("--measure", type=int, default=20_000, help="mails timed at each size")
     bench_correlate.add_argument("--seed", type=int, default=7)
     bench_correlate.add_argument("mbox", nargs="?", metavar="MBOX", help="also time parsing this real mbox")
+    bench_correlate.add_argument("--corpora", metavar="DIR",
+                                 help="also time the engine alone on the parsed mail of every corpus in DIR")
     bench_correlate.add_argument("--corpus", help=argparse.SUPPRESS)  # deprecated: the mbox is the argument now
     bench_pipeline = bench_command("pipeline", cmd_bench_pipeline, "mails/s end to end per worker vs raw "
                                    "confluent-kafka", "bench-results/pipeline.json")
