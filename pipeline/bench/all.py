@@ -289,6 +289,15 @@ def _rows(results: dict) -> list[str]:
     return rows
 
 
+def _smaller_than_full(run: dict) -> str:
+    """What a full run did at other sizes than the defaults (to fit the time it had), named."""
+    full = asdict(FULL)
+    other = [f"{name} {value:,}" if isinstance(value, int) else f"{name} {value}"
+             for name, value in run["sizes"].items() if not run["quick"] and full[name] != value
+             and not (isinstance(value, list) and tuple(value) == full[name])]
+    return f" Sizes other than the defaults in this run: {', '.join(other)}." if other else ""
+
+
 def _section(results: dict) -> str:
     run = results["run"]
     machine = run["machine"]
@@ -299,7 +308,8 @@ def _section(results: dict) -> str:
              f"({machine['cpus']} CPUs), Python {machine['python']}, threadline {machine['threadline']}; "
              f"1-minute load average {machine['load_average_1m']} at the start, {run['load_average_1m_at_end']} "
              "at the end" + (" (`--quick`: much smaller sizes than the targets name)." if run["quick"] else "."),
-             f"Each part took: {took}. Every ratio is against the baseline taken in the same run.", "",
+             f"Each part took: {took}. Every ratio is against the baseline taken in the same run."
+             + _smaller_than_full(run), "",
              "| figure | work | result | baseline, same run | ratio | target | met |",
              "|---|---|---|---|---:|---|:---:|", *_rows(results), "",
              f"Replay: peak RSS of the workers {', '.join(f'{m:,.0f}' for m in replay['workers_peak_rss_mb'])} MB "
