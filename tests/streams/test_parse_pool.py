@@ -130,3 +130,13 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return "\\nState:\\tZ" not in status  # a zombie has ended; only its parent's wait is missing
+
+
+def test_a_read_record_crosses_processes_unchanged(tmp_path):
+    import pickle
+
+    settings = Settings.model_validate({"worker": {"data_dir": str(tmp_path)}})
+    reader = MailReader(settings, CODEC)
+    for parsed in [reader.read(v) for v in values()] + [Parsed(failed="x"), Parsed(unavailable="y")]:
+        again = pickle.loads(pickle.dumps(parsed))
+        assert again == parsed and type(again.mail) is type(parsed.mail)
