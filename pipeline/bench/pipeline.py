@@ -10,6 +10,9 @@ tenants, spread evenly over the partitions, as a tenant's mail is ordered on one
   correlator output is seen *and* the escalation agent has applied every ``mail.correlated``
   record (its offset markers in its table's changelog say so, without waiting for a commit).
 
+Besides the rates, it reports the CPU time the workers and their parse processes used per mail
+in the timed part, which the machine's other load changes far less than the rates.
+
 The ratio pipeline/baseline is the figure to compare between machines.
 """
 
@@ -206,10 +209,12 @@ def run_pipeline_bench(settings: Settings, *, mails: int, seed: int, data_dir: P
                     time.sleep(0.5)
             counter.wait_for(len(warm), 180, processes)
             progress(f"pipeline: {mails} mails end to end")
+            cpu_before = [p.cpu_seconds for p in processes]
             started = time.monotonic()
             _produce(settings, bootstrap, raw_topic, timed)
             produced = time.monotonic()
             finished = counter.wait_for(len(warm) + mails, max(300.0, mails / 200), processes)
+            cpu = [None if a is None or b is None else b - a for a, b in zip(cpu_before, (p.cpu_seconds for p in processes))]
             peak_rss = [p.peak_rss_bytes for p in processes]
         finally:
             if counter is not None:
@@ -217,6 +222,7 @@ def run_pipeline_bench(settings: Settings, *, mails: int, seed: int, data_dir: P
             for process in processes:
                 process.stop()
     rate = mails / (finished - started)
+    cpu_total = None if None in cpu else sum(cpu)
     return {
         "benchmark": "pipeline",
         "machine": machine_facts(),
@@ -227,11 +233,15 @@ def run_pipeline_bench(settings: Settings, *, mails: int, seed: int, data_dir: P
         "produce_seconds": round(produced - started, 2),
         "end_to_end_seconds": round(finished - started, 2),
         "worker_peak_rss_mb": [round(r / 2**20) if r else None for r in peak_rss],
+        # CPU the workers (and their parse processes) used in the timed part: the machine's other
+        # load changes it far less than the rates.
+        "worker_cpu_seconds": [None if c is None else round(c, 2) for c in cpu],
         "summary": {
             "workers": workers,
             "pipeline_mails_per_s": round(rate),
             "pipeline_mails_per_s_per_worker": round(rate / workers),
             "ratio_to_confluent_kafka": round(rate / baseline, 4),
+            "worker_cpu_us_per_mail": None if cpu_total is None else round(cpu_total / mails * 1e6),
             "meets_target_mails_per_s": rate / workers >= TARGET_MAILS_PER_S,
             "meets_target_ratio": rate / baseline >= TARGET_RATIO,
         },

@@ -91,6 +91,25 @@ class WorkerProcess:
         match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
         return int(match.group(1)) * 1024 if match else None
 
+    @property
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the running worker and its processes (the parse pool) have
+        used so far, with that of processes already ended and waited for; None when not known
+        (not Linux)."""
+        total, pending, seen = 0.0, [self.process.pid], False
+        while pending:
+            pid = pending.pop()
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                            for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue  # ended meanwhile
+            seen = True
+            total += sum(int(n) for n in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+            pending += children
+        return total if seen else None
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -75,3 +75,28 @@ def test_exit_report_names_the_log_and_falls_back_to_its_tail(tmp_path):
     quiet.write_text("line one\nline two\n")
     report = WorkerProcess(process, quiet).exit_report()
     assert "no crash found" in report and report.endswith("line one\nline two")
+
+
+def test_a_worker_s_cpu_time_counts_its_own_processes(tmp_path):
+    import subprocess
+    import sys
+
+    from pipeline.streams.runner import WorkerProcess
+
+    # A process whose child burns 0.3 s of CPU, then both wait; the parent itself does nothing.
+    script = ("import multiprocessing as mp, sys, time\n"
+              "def burn():\n"
+              "    while time.process_time() < 0.3: pass\n"
+              "    print('burnt', flush=True); time.sleep(60)\n"
+              "if __name__ == '__main__':\n"
+              "    mp.get_context('spawn').Process(target=burn, daemon=True).start(); time.sleep(60)\n")
+    (tmp_path / "w.py").write_text(script)
+    process = subprocess.Popen([sys.executable, str(tmp_path / "w.py")], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    worker = WorkerProcess(process, tmp_path / "log")
+    try:
+        assert process.stdout.readline() == "burnt\n"
+        assert worker.cpu_seconds >= 0.3
+    finally:
+        worker.kill()
+    assert worker.cpu_seconds is None  # ended: not known
