@@ -25,10 +25,11 @@ import base64
 import binascii
 import codecs
 import copy
+import functools
 import hashlib
 import html
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from email import message_from_bytes
 from email.header import decode_header
 from email.message import Message
@@ -209,12 +210,41 @@ def _addresses(values: list[str] | None, defects: list[str]) -> tuple[str, ...]:
     return tuple(seen)
 
 
+# The date form nearly all mail has ("Tue, 3 Dec 2024 10:00:00 +0100", a comment or anything else
+# after the zone): read by one match, with exactly the stdlib's arithmetic (about half its time);
+# any other form (no seconds, 2-digit or odd years, zone names, lower-case months, other blanks)
+# goes to the stdlib.
+_MONTHS = {name: number for number, name in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+_COMMON_DATE = re.compile(
+    r"[ \t\r\n]*(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun),[ \t\r\n]+)?([0-9]{1,2}) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+    r" ([1-9][0-9]{3}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-][0-9]{4})(?:[ \t\r\n]|\Z)")
+
+
+@functools.lru_cache(maxsize=None)  # a few dozen zones in all the mail there is
+def _zone(offset: str) -> timezone | None:
+    """"+0130" as parsedate_to_datetime reads it; "-0000" (UTC, the source's zone unknown) is None."""
+    seconds = int(offset[1:3]) * 3600 + int(offset[3:]) * 60
+    if not seconds and offset[0] == "-":
+        return None
+    return timezone(timedelta(seconds=-seconds if offset[0] == "-" else seconds))
+
+
+def parsed_date(value: str) -> datetime:
+    """``email.utils.parsedate_to_datetime(value)``: the same value or the same exception."""
+    match = _COMMON_DATE.match(value)
+    if match is None:
+        return parsedate_to_datetime(value)
+    day, month, year, hour, minute, second, offset = match.groups()
+    return datetime(int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second), tzinfo=_zone(offset))
+
+
 def _date(value: str | None, defects: list[str]) -> datetime | None:
     if not value:
         defects.append("missing_date")
         return None
     try:
-        parsed = parsedate_to_datetime(value)
+        parsed = parsed_date(value)
     except (TypeError, ValueError, IndexError, OverflowError):
         defects.append("bad_date")
         return None

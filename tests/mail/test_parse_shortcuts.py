@@ -1,16 +1,19 @@
 """Shortcuts of parse_mail's header reading give what the code they stand in for gave: the end of
 the header block (two searches instead of a regular expression) and header text without encoded
-words (not handed to email.header.decode_header)."""
+words (not handed to email.header.decode_header), dates of the common form (not handed to
+email.utils.parsedate_to_datetime)."""
 
 from __future__ import annotations
 
 import re
 from email.header import decode_header
+from email.utils import parsedate_to_datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.mail.parse import _decode_header, _header_block
+from pipeline.mail.parse import _decode_header, _header_block, parsed_date
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
@@ -36,3 +39,50 @@ def test_header_text_without_encoded_words_reads_as_decode_header_reads_it(value
     expected = re.sub(r"\s+", " ", value).strip() if decode_header(value) == [(value, None)] else None
     if expected is not None:
         assert _decode_header(value, []) == expected
+
+
+def date_outcome(parse, value: str):
+    try:
+        parsed = parse(value)
+    except Exception as error:  # the stdlib raises ValueError for a date out of range, an unknown form
+        return type(error)
+    return parsed, parsed.tzinfo  # equal instants in other zones would compare equal
+
+
+_ODD_DATES = [
+    "Tue, 3 Dec 2024 10:00:00 +0100", "3 Dec 2024 10:00:00 +0100", "Tue,  03 Dec 2024 10:00:00 -0530 (EST)",
+    "Tue, 3 Dec 2024 10:00:00 -0000", "Tue, 3 Dec 2024 10:00:00 +0000", "Tue, 3 Dec 2024 10:00:00 GMT",
+    "Tue, 3 Dec 2024 10:00:00 EST", "Tue, 3 Dec 2024 10:00:00 UT", "Tue, 3 Dec 2024 10:00 +0100",
+    "Tue, 3 Dec 24 10:00:00 +0100", "Tue, 3 Dec 0099 10:00:00 +0100", "Tue, 3 dec 2024 10:00:00 +0100",
+    "Tue, 31 Feb 2024 10:00:00 +0100", "Tue, 3 Dec 2024 24:00:00 +0100", "Tue, 3 Dec 2024 10:60:00 +0100",
+    "Tue, 3 Dec 2024 10:00:60 +0100", "Tue, 3 Dec 2024 10:00:00 +2400", "Tue, 3 Dec 2024 10:00:00 +0099",
+    "Tue, 3 Dec 2024 10:00:00 -9999", "Tue, 0 Dec 2024 10:00:00 +0100", "Tue, 3 Dec 9999 23:59:59 -2359",
+    "Tue, 3 Dec 2024 10:00:00 +0100\n (CET)", "Tue,3 Dec 2024 10:00:00 +0100", "Xyz, 3 Dec 2024 10:00:00 +0100",
+    "  Tue, 3 Dec 2024 10:00:00 +0100  ", "Tue, 3 Dec 2024 10:00:00 +01000", "Tue, 3 Dec 2024 10.00.00 +0100",
+    "Tue, 3 Dec 2024 10:00:00 +0100\x85x", "Tue,\xa03 Dec 2024 10:00:00 +0100", "Dec 3 2024 10:00:00 +0100",
+]
+
+
+@pytest.mark.parametrize("value", _ODD_DATES)
+def test_odd_dates_read_as_parsedate_to_datetime_reads_them(value):
+    assert date_outcome(parsed_date, value) == date_outcome(parsedate_to_datetime, value)
+
+
+_DATE_PIECES = st.sampled_from(["Tue,", "Tue", "Sun, ", "3", "03", "31", "0", "99", " ", "  ", "\t", "\n ", "Dec",
+                                "dec", "2024", "24", "0999", "10:00:00", "23:59", "24:00:61", "+0100", "-0000",
+                                "+0000", "-2359", "+2400", "GMT", "EST", "UT", "(UTC)", ",", ":", "\xa0", "9999"])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_DATE_PIECES, max_size=10))
+def test_dates_read_as_parsedate_to_datetime_reads_them(pieces):
+    value = "".join(pieces)
+    assert date_outcome(parsed_date, value) == date_outcome(parsedate_to_datetime, value)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(1, 31), st.sampled_from(["Jan", "Feb", "Jun", "Dec"]), st.integers(1000, 9999),
+       st.integers(0, 25), st.integers(0, 61), st.integers(0, 61), st.sampled_from("+-"), st.integers(0, 9999))
+def test_common_form_dates_read_as_parsedate_to_datetime_reads_them(day, month, year, hour, minute, second, sign, zone):
+    value = f"Mon, {day} {month} {year} {hour:02d}:{minute:02d}:{second:02d} {sign}{zone:04d}"
+    assert date_outcome(parsed_date, value) == date_outcome(parsedate_to_datetime, value)
