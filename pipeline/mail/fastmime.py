@@ -24,15 +24,53 @@ kept).
 
 from __future__ import annotations
 
+import functools
 import re
 from email.message import Message
 from email.policy import compat32
+from typing import Callable, TypeVar
+
+_Fact = TypeVar("_Fact")
+_MAX_CACHED_VALUE = 998  # a line's worth: hostile mail's huge values are read, not kept
 
 # name ":" value, continuation lines included; a header block is these fields and nothing else.
 _FIELD = re.compile(r"([\041-\071\073-\176]+):[ \t]*+([^\n]*+(?:\n[ \t][^\n]*+)*+)\n")
 _FIELDS = re.compile(r"(?:[\041-\071\073-\176]++:[^\n]*+(?:\n[ \t][^\n]*+)*+\n)*+")
 _LEAF_MAINTYPES_REFUSED = ("multipart", "message")
 _MULTIPART_ENCODINGS = ("7bit", "8bit", "binary")
+
+
+def param(message: Message, name: str) -> str:
+    """A Content-Type parameter as plain text; the RFC 2231 form (``name*=utf-8''v``) is read
+    for its value only, because the stdlib's own decoding of it raises on a NUL charset."""
+    value = message.get_param(name)
+    if isinstance(value, tuple):
+        value = value[2]
+    return value if isinstance(value, str) else ""
+
+
+def charset(message: Message) -> str:
+    return param(message, "charset")
+
+
+def report_type(message: Message) -> str:
+    return param(message, "report-type")
+
+
+def content_type_fact(message: Message, fact: Callable[[Message], _Fact]) -> _Fact:
+    """``fact(message)`` for a ``fact`` that reads nothing but the message's (first) Content-Type
+    field (``Message.get_content_type``, ``Message.get_boundary``, :func:`charset`, ...):
+    ``Message`` re-parses the field for every such call, and mail repeats a few values."""
+    value = message.get("content-type")
+    if isinstance(value, str) and len(value) <= _MAX_CACHED_VALUE:
+        return _cached_fact(value, fact)
+    return fact(message)  # none (the default type), 8-bit (an email.header.Header) or huge
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_fact(value: str, fact: Callable[[Message], _Fact]) -> _Fact:
+    # An exception (a value the stdlib's decoding refuses) is not cached: raised again each time.
+    return fact(_message([("Content-Type", value)], None))
 
 
 def _fields(block: str, crlf: bool) -> list[tuple[str, str]] | None:
@@ -91,7 +129,7 @@ def _leaf(text: str, lines: _Lines) -> Message | None:
     if body.endswith(lines.end):  # the line end before a delimiter belongs to the delimiter
         body = body[:-len(lines.end)]
     part = _message(fields, body)
-    if part.get_content_maintype() in _LEAF_MAINTYPES_REFUSED:
+    if content_type_fact(part, Message.get_content_maintype) in _LEAF_MAINTYPES_REFUSED:
         return None
     return part
 
@@ -151,16 +189,17 @@ def simple_message(raw: bytes, max_parts: int) -> tuple[Message, dict[str, list[
             content_fields.append(field)
     body = text[header_end + len(lines.blank):]
     message = _message(content_fields, body)
-    maintype = message.get_content_maintype()
+    content_type = content_type_fact(message, Message.get_content_type)
+    maintype = content_type.partition("/")[0]  # as Message.get_content_maintype splits it
     if maintype == "message":
         return None
     if maintype != "multipart":
         return message, by_name
-    if message.get_content_type() == "multipart/digest":  # its parts default to message/rfc822
+    if content_type == "multipart/digest":  # its parts default to message/rfc822
         return None
     if str(message.get("content-transfer-encoding", "8bit")).lower() not in _MULTIPART_ENCODINGS:
         return None
-    boundary = message.get_boundary()
+    boundary = content_type_fact(message, Message.get_boundary)
     if not boundary:
         return None
     delimiters = _delimiters(body, boundary, lines, max_parts)

@@ -40,7 +40,7 @@ from typing import Iterator
 
 from pipeline.mail.automatic import AUTOMATIC_HEADERS, classify_automatic
 from pipeline.mail.content import fingerprint_body
-from pipeline.mail.fastmime import simple_message
+from pipeline.mail.fastmime import charset, content_type_fact, report_type, simple_message
 from pipeline.mail.record import BODY_TEXT_LIMIT, Direction, MailParseError, MailRecord
 
 MAX_HEADER_BYTES = 256 * 1024
@@ -94,15 +94,6 @@ def _decode(data: bytes, charset: str, errors: str, defects: list[str]) -> str:
         pass
     defects.append("bad_encoding")
     return data.decode("latin-1")
-
-
-def _param(message: Message, name: str) -> str:
-    """A Content-Type parameter as plain text; the RFC 2231 form (``name*=utf-8''v``) is read
-    for its value only, because the stdlib's own decoding of it raises on a NUL charset."""
-    value = message.get_param(name)
-    if isinstance(value, tuple):
-        value = value[2]
-    return value if isinstance(value, str) else ""
 
 
 def _decode_header(value: str | None, defects: list[str]) -> str:
@@ -410,7 +401,7 @@ def _part_text(part: Message, limit: int, defects: list[str]) -> str:
         return ""
     if truncated:
         defects.append("body_truncated")
-    text = _decode(payload, _param(part, "charset").strip() or "us-ascii", "replace", defects)
+    text = _decode(payload, content_type_fact(part, charset).strip() or "us-ascii", "replace", defects)
     if truncated and text.endswith("\ufffd"):  # the cut split the last character
         text = text[:-1]
     return text
@@ -426,7 +417,7 @@ def _body_text(message: Message, defects: list[str]) -> str:
             defects.append("broken_mime")
         if part.is_multipart():
             continue
-        content_type = part.get_content_type()
+        content_type = content_type_fact(part, Message.get_content_type)
         if part.get_content_disposition() == "attachment":
             continue
         if content_type == "text/plain":
@@ -503,7 +494,9 @@ def _thread_index(value: str | None, defects: list[str]) -> bytes | None:
 def _report_type(message: Message) -> str:
     """The report-type of a multipart/report (RFC 6522: "delivery-status", "disposition-notification",
     ...), lower case; "" for other mail."""
-    return _param(message, "report-type").lower() if message.get_content_type() == "multipart/report" else ""
+    if content_type_fact(message, Message.get_content_type) != "multipart/report":
+        return ""
+    return content_type_fact(message, report_type).lower()
 
 
 def _is_bounce(report_type: str, from_addr: str) -> bool:

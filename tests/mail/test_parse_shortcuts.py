@@ -1,18 +1,22 @@
 """Shortcuts of parse_mail's header reading give what the code they stand in for gave: the end of
 the header block (two searches instead of a regular expression) and header text without encoded
 words (not handed to email.header.decode_header), dates of the common form (not handed to
-email.utils.parsedate_to_datetime)."""
+email.utils.parsedate_to_datetime), and the facts of a Content-Type value cached per value (not
+re-parsed by every Message accessor)."""
 
 from __future__ import annotations
 
 import re
 from email.header import decode_header
+from email.message import Message
+from email.policy import compat32
 from email.utils import parsedate_to_datetime
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.mail.fastmime import charset, content_type_fact, report_type
 from pipeline.mail.parse import _decode_header, _header_block, parsed_date
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -86,3 +90,48 @@ def test_dates_read_as_parsedate_to_datetime_reads_them(pieces):
 def test_common_form_dates_read_as_parsedate_to_datetime_reads_them(day, month, year, hour, minute, second, sign, zone):
     value = f"Mon, {day} {month} {year} {hour:02d}:{minute:02d}:{second:02d} {sign}{zone:04d}"
     assert date_outcome(parsed_date, value) == date_outcome(parsedate_to_datetime, value)
+
+
+def fact_outcome(fact, message: Message):
+    try:
+        return fact(message)
+    except Exception as error:  # e.g. get_boundary's decoding of an RFC 2231 value with a NUL charset
+        return type(error)
+
+
+_CONTENT_TYPES = [
+    "text/plain", "text/plain; charset=utf-8", 'TEXT/Plain; charset="ISO-8859-1"', "text/plain; charset*=utf-8''%41b",
+    "text/plain; charset*0=ut; charset*1=f-8", "text/html; charset*=\x00''x", "multipart/alternative; boundary=abc",
+    'multipart/mixed; boundary="=_a b c "', "multipart/mixed; boundary*=\x00''%41b", "multipart/report; report-type=Delivery-Status",
+    "multipart/report; report-type*=us-ascii'en'delivery-status", "text", "a/b/c", "", ";", "text/plain; charset",
+    "text/plain; charset=", 'text/plain; charset="utf-8', "text/plain; (comment) charset=utf-8", "message/rfc822",
+    "multipart/digest; boundary=x", "text/plain;\n charset=utf-8", "text/plain; CHARSET=Big5; charset=utf-8",
+]
+_FACTS = [Message.get_content_type, Message.get_content_maintype, Message.get_boundary, charset, report_type]
+
+
+@pytest.mark.parametrize("value", _CONTENT_TYPES)
+@pytest.mark.parametrize("fact", _FACTS, ids=lambda fact: fact.__name__)
+def test_cached_content_type_facts_are_the_messages_own(value, fact):
+    message = Message(compat32)
+    message["X"] = "y"
+    message["Content-Type"] = value
+    message["content-type"] = "text/html"  # the first one counts
+    for _ in range(2):  # the second answer comes from the cache (or the same exception again)
+        assert fact_outcome(lambda m: content_type_fact(m, fact), message) == fact_outcome(fact, message)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(["text/plain", "multipart/x", ";", " ", "charset", "boundary", "report-type", "*",
+                                 "*0", "*1", "=", '"', "'", "utf-8", "%41", "\x00", "(c)", "\\", "a b"]), max_size=12))
+def test_generated_content_type_facts_are_the_messages_own(pieces):
+    message = Message(compat32)
+    message["Content-Type"] = "".join(pieces)
+    for fact in _FACTS:
+        assert fact_outcome(lambda m: content_type_fact(m, fact), message) == fact_outcome(fact, message)
+
+
+def test_a_message_without_content_type_has_its_default_type():
+    message = Message(compat32)
+    message.set_default_type("message/rfc822")  # as in a multipart/digest
+    assert content_type_fact(message, Message.get_content_type) == "message/rfc822"
