@@ -102,12 +102,15 @@ class _Lines:
         self.crlf = end == "\r\n"
 
 
+_LF = _Lines("\n")
+_CRLF = _Lines("\r\n")
+
+
 def _line_ends(raw: bytes) -> _Lines | None:
-    carriage_returns = raw.count(b"\r")
-    if not carriage_returns:
-        return _Lines("\n")
-    if carriage_returns == raw.count(b"\r\n") == raw.count(b"\n"):
-        return _Lines("\r\n")
+    if b"\r" not in raw:  # most mail: found as fast as memory reads, a count takes three times as long
+        return _LF
+    if raw.count(b"\r") == raw.count(b"\r\n") == raw.count(b"\n"):
+        return _CRLF
     return None
 
 

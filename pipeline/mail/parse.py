@@ -69,7 +69,9 @@ def _header_block(raw: bytes) -> bytes:
     searches for its newlines (the regular expression, without a fixed first byte, tries every
     position)."""
     end = raw.find(b"\n\n")
-    crlf = raw.find(b"\n\r\n", 0, end + 2 if end >= 0 else len(raw))
+    limit = end + 2 if end >= 0 else len(raw)
+    # Looked for only where a "\r" is (one byte is found many times faster than three).
+    crlf = raw.find(b"\n\r\n", 0, limit) if raw.find(b"\r", 0, limit) >= 0 else -1
     if crlf >= 0 and (end < 0 or crlf < end):
         end = crlf
     if end < 0:
@@ -443,6 +445,8 @@ def _mime_too_deep(raw: bytes) -> bool:
     before it).  Case is ignored on both sides; an over-estimate only costs the body text.
     """
     lowered = raw.lower()
+    if lowered.count(b"boundary") <= 1:  # every declaration starts with one: a count is ten times as fast
+        return False
     declared = [(match.start(), True, match.group(1) or match.group(2)) for match in _BOUNDARY_PARAM.finditer(lowered)]
     if len(declared) <= 1:
         return False
