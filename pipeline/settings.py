@@ -303,7 +303,9 @@ class WorkerSettings(_Section):
                             "starts the next one (new consumer group and table names).")
     parse_processes: int | None = Field(None, ge=0, le=64, description="Processes that parse mail ahead of the "
                                         "correlator (each worker its own); 0: in the worker process; unset: one "
-                                        "less than the machine's cores, at least 1.")
+                                        "less than the machine's cores, at least 1 (on 2 cores that gave 5 % more "
+                                        "mails/s than 0 with one worker and 8 % with two: the pool pays for its "
+                                        "copying only where a core is free).")
     web_port: int | None = Field(None, ge=1, le=65535, description="Open Faust's web server (its /table/ and "
                                  "/router/ pages show index entries, addresses and subjects, without "
                                  "authentication) on 127.0.0.1:PORT, for debugging one worker; unset: no web server.")
