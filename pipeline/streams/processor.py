@@ -165,18 +165,20 @@ class MailProcessor:
         """:meth:`process`, with the new records read by ``pool`` (parsed in its processes): each
         chunk is correlated while the next ones are read."""
         result = BatchResult()
-        unread = [item for item in items if not self.markers.is_redelivery(item)]
-        wanted = {(item.partition, item.offset) for item in unread}
-        parsed: dict[tuple[int, int], Parsed] = {}
-        chunks = iter(pool.chunks([item.value for item in unread]))
+        # By place in the batch, not by (partition, offset): the consumer can hand a record over
+        # twice in one batch (seen when a killed worker's partitions were read again); both
+        # copies are read, the second is skipped as a redelivery once the first is applied.
+        unread = [place for place, item in enumerate(items) if not self.markers.is_redelivery(item)]
+        wanted = set(unread)
+        parsed: dict[int, Parsed] = {}
+        chunks = iter(pool.chunks([items[place].value for place in unread]))
         start = 0
-        for item in items:
-            where = (item.partition, item.offset)
-            while where in wanted and where not in parsed:
+        for place, item in enumerate(items):
+            while place in wanted and place not in parsed:
                 size, chunk = next(chunks)
-                parsed.update(zip(((i.partition, i.offset) for i in unread[start:start + size]), await chunk))
+                parsed.update(zip(unread[start:start + size], await chunk))
                 start += size
-            self._process_item(item, source_topic, result, parsed.pop(where, None))
+            self._process_item(item, source_topic, result, parsed.pop(place, None))
         self._finish(items, result)
         return result
 
