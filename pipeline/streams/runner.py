@@ -158,6 +158,10 @@ _TRACEBACK = "Traceback (most recent call last):"
 _AGENT = re.compile(r"Agent\*?:.*?(\w+)\]:")
 _CRASHED = re.compile(r"Crashed reason=(.+?)\s*$")
 _CONSEQUENCE = "CancelledError"
+# What the warnings module prints ("path.py:254: UserWarning: ..." and the source line under it),
+# e.g. multiprocessing's resource tracker about the parse pool's semaphores after a worker that
+# exited at once: it lands after the crash's traceback and is not what stopped the worker.
+_WARNING = re.compile(r"^\s*\S+\.py:\d+: \w*Warning: ")
 
 
 def first_crash(log: str) -> CrashCause | None:
@@ -165,7 +169,15 @@ def first_crash(log: str) -> CrashCause | None:
     traceback, an ERROR/CRITICAL entry, or a bare traceback.  Cancellations (what the other
     agents log when a crash stops the worker) count only when nothing else is there."""
     entries: list[tuple[str, str, list[str]]] = []  # level, message, lines after it
+    warning_source = False
     for line in _ANSI.sub("", log).splitlines():
+        if _WARNING.match(line):
+            warning_source = True
+            continue
+        if warning_source:
+            warning_source = False
+            if line.startswith((" ", "\t")):
+                continue
         match = _ENTRY.match(line)
         if match:
             entries.append((match["level"], match["message"].rstrip(), []))

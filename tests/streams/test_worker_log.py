@@ -43,6 +43,18 @@ def test_a_critical_entry_with_its_traceback_on_the_same_line():
         "Traceback (most recent call last):"]
 
 
+def test_a_warning_printed_after_the_traceback_is_not_the_reason():
+    """multiprocessing's resource tracker warns about the parse pool's semaphores after a worker
+    exited at once; its lines follow the CRITICAL entry's traceback in the log."""
+    log = (FIXTURES / "worker_crash_batch_failed.log").read_text().rstrip("\n") + (
+        "\n/usr/lib/python3.11/multiprocessing/resource_tracker.py:254: UserWarning: resource_tracker: "
+        "There appear to be 5 leaked semaphore objects to clean up at shutdown\n"
+        "  warnings.warn('resource_tracker: There appear to be %d '\n")
+    cause = first_crash(log)
+    assert cause.reason == "TypeError: Cannot modify table key from outside of stream iteration"
+    assert "leaked semaphore" not in cause.details() and "warnings.warn" not in cause.details()
+
+
 def test_cancellations_alone_are_reported_and_a_clean_log_has_no_crash():
     log = (FIXTURES / "worker_crash_faust_agent.log").read_text()
     start = log.index("[2026-12-02 11:38:10,178]")  # from the first CancelledError on
