@@ -57,6 +57,9 @@ def test_fingerprint_changes_with_matching_settings_only(tmp_path):
     ("[correlation]\nmin_confidence = 1.5\n", "min_confidence"),
     ("[correlation]\nno_such_knob = 1\n", "no_such_knob"),
     ("[correlation.tracking_token]\nprefix = 'has space'\n", "prefix"),
+    # A first threshold of 0 turns CPython's cyclic collector off: cycles would never be freed.
+    ("[worker]\ngc_thresholds = [0, 10, 10]\n", "gc_thresholds"),
+    ("[worker]\ngc_thresholds = [700, 10]\n", "gc_thresholds"),
 ])
 def test_bad_settings_say_what_is_wrong(tmp_path, content, message):
     path = tmp_path / "bad.toml"

@@ -42,6 +42,7 @@ from pipeline.streams.corrections import CorrectionsProcessor
 from pipeline.streams.crm import CrmProcessor
 from pipeline.streams.escalation import EscalationProcessor
 from pipeline.runtime.batch import BatchResult, BatchStep, RawItem
+from pipeline.runtime.collector import tune_collector
 from pipeline.runtime.producer import RecordProducer, TopicRecord
 from pipeline.streams.runner import app_id
 from pipeline.streams.parsing import ParsePool, default_parse_processes
@@ -384,6 +385,7 @@ def worker_web_args(settings: Settings) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings()
+    tune_collector(settings.worker)
     app = build_app(settings)
     args = list(argv if argv is not None else sys.argv[1:])
     if "worker" in args and not {"--with-web", "--without-web"} & set(args):

@@ -134,3 +134,25 @@ def test_the_worker_keeps_the_root_logger_at_the_level_asked_for(tmp_path):
     finally:
         root.setLevel(level)
         root.handlers[:] = handlers
+
+
+def test_the_worker_process_collects_garbage_with_the_thresholds_of_its_settings(tmp_path, monkeypatch):
+    """The worker's entry point sets CPython's collector thresholds from ``worker.gc_thresholds``
+    before Faust starts (here it only prints its version)."""
+    import gc
+    import sys
+
+    from pipeline.streams.app import main
+
+    monkeypatch.setenv("THREADLINE_KAFKA_BOOTSTRAP", "127.0.0.1:9")
+    monkeypatch.setenv("THREADLINE_WORKER_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("THREADLINE_WORKER_GC_THRESHOLDS", "[12345, 7, 3]")
+    monkeypatch.setattr(sys, "argv", ["app"])
+    before = gc.get_threshold()
+    try:
+        with pytest.raises(SystemExit) as stop:
+            main(["--version"])
+        assert stop.value.code in (0, None)  # Faust printed its version: no settings error
+        assert gc.get_threshold() == (12345, 7, 3)
+    finally:
+        gc.set_threshold(*before)
