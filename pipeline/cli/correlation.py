@@ -17,6 +17,7 @@ from pipeline.cli.common import (CommandFactory, UserError, add_out, add_progres
                                  deprecated,
                                  is_stdout, message_id_value, open_out, open_store, produce_one, progress_bar,
                                  require_paths, settings_from, store_exists)
+from pipeline.runtime.collector import tune_collector
 
 DEFAULT_CORRELATIONS = Path("data") / "correlations.jsonl"
 # The shared corpora beside the project, as `eval` and `demo` find them (relative to the working folder).
@@ -34,6 +35,7 @@ def cmd_correlate(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     require_paths(args.mailbox)
+    tune_collector(settings.worker)  # one index of the whole mailbox, as in a worker
     # The reasons a message could not be parsed go beside the output file; with stdout, to stderr.
     errors_path = None if is_stdout(args.out) else f"{args.out}.errors"
     counts: dict[str, int] = {}

@@ -115,3 +115,18 @@ def test_correlate_writes_the_automatic_mail_label_per_tenant(tmp_path, monkeypa
         assert [(line["tenant"], line["message_id"], line["automatic"]) for line in lines] == [
             (tenant, "<req@customer.example>", ""), (tenant, "<ack@desk.example>", "auto_reply"),
             (tenant, "<away@customer.example>", "auto_reply")]
+
+
+def test_correlate_holds_its_index_with_the_collector_thresholds_of_the_settings(tmp_path, monkeypatch):
+    import gc
+
+    mbox = tmp_path / "one.mbox"
+    mbox.write_bytes(b"From threadline Mon Mar  2 09:00:00 2026\nMessage-ID: <a@customer.example>\n"
+                     b"From: a@customer.example\nSubject: hello\n\nHello.\n")
+    monkeypatch.setenv("THREADLINE_WORKER_GC_THRESHOLDS", "[23456, 8, 4]")
+    before = gc.get_threshold()
+    try:
+        assert main(["correlate", str(mbox), "--out", str(tmp_path / "out.jsonl"), "--no-progress"]) == 0
+        assert gc.get_threshold() == (23456, 8, 4)
+    finally:
+        gc.set_threshold(*before)
