@@ -3,7 +3,8 @@
 For each size N a fresh engine is filled with N synthetic mails (seeded, see pipeline.synth),
 then the next ``measure`` mails are timed.  The baseline, timed on the same records in the same
 run, is the least any threading must do: one dict lookup of In-Reply-To and one dict insert per
-mail.  Machines here are shared, so compare ratios, not absolute rates.
+mail.  Machines here are shared, so compare ratios, not absolute rates.  The collector runs with
+the worker's thresholds (``worker.gc_thresholds``, :mod:`pipeline.runtime.collector`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pipeline.bench.common import current_rss_mb, machine_facts
 from pipeline.correlation.engine import Correlator
 from pipeline.mail.parse import parse_mail
 from pipeline.mail.record import MailParseError, MailRecord
+from pipeline.runtime.collector import tune_collector
 from pipeline.settings import Settings
 from pipeline.synth import START, MailGenerator, render_rfc5322
 
@@ -127,16 +129,26 @@ def _corpus_rates(corpora: Path, report: Callable[[str], None]) -> list[dict]:
 
 
 def run_correlate_bench(sizes: Sequence[int], *, seed: int = 7, measure: int = 20_000, progress: bool = True,
-                        corpus_mbox: Path | None = None, corpora: Path | None = None) -> dict:
-    """``corpora``: a folder of corpora (``messages.mbox`` each) to time the engine on real mail too."""
+                        corpus_mbox: Path | None = None, corpora: Path | None = None,
+                        gc_thresholds: tuple[int, int, int] | None = None) -> dict:
+    """``corpora``: a folder of corpora (``messages.mbox`` each) to time the engine on real mail too;
+    ``gc_thresholds``: the collector's thresholds while it runs (default: the worker's, so that the
+    engine is measured as the worker runs it)."""
     def report(message: str) -> None:
         if progress:
             print(f"\r{message:<60}", end="", flush=True, file=sys.stderr)
 
-    results = [_one_size(size, measure, seed, report) for size in sorted(sizes)]
-    real = _corpus_rates(corpora, report) if corpora is not None else None
-    report("parse rate")
-    parse = _parse_rates(seed, corpus_mbox)
+    worker = Settings().worker
+    if gc_thresholds is not None:
+        worker = worker.model_copy(update={"gc_thresholds": gc_thresholds})
+    before = tune_collector(worker)
+    try:
+        results = [_one_size(size, measure, seed, report) for size in sorted(sizes)]
+        real = _corpus_rates(corpora, report) if corpora is not None else None
+        report("parse rate")
+        parse = _parse_rates(seed, corpus_mbox)
+    finally:
+        gc.set_threshold(*before)
     if progress:
         print(file=sys.stderr)
     smallest, largest = results[0], results[-1]
@@ -144,7 +156,8 @@ def run_correlate_bench(sizes: Sequence[int], *, seed: int = 7, measure: int = 2
     result = {
         "benchmark": "correlate",
         "machine": machine_facts(),
-        "settings": {"seed": seed, "measure": measure, "strategy": Settings().correlation.smart_matching.strategy},
+        "settings": {"seed": seed, "measure": measure, "strategy": Settings().correlation.smart_matching.strategy,
+                     "gc_thresholds": list(worker.gc_thresholds)},
         "sizes": results,
         "parse": parse,
         "summary": {

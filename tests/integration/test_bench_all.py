@@ -4,12 +4,14 @@ the docs section and plots are written. No speed is asserted."""
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
 
 from pipeline.bench.all import END_MARKER, FIGURES, START_MARKER
 from pipeline.cli.main import main
+from pipeline.settings import Settings
 
 
 @pytest.mark.slow
@@ -25,7 +27,9 @@ def test_bench_all_quick_writes_every_figure_the_docs_section_and_the_plots(tmp_
         b"From sender@example.org Mon Jan  1 00:00:00 2024\n"
         + f"Message-ID: <m{n}@example.org>\nFrom: a@example.org\nSubject: mail {n}\n\nbody {n}\n\n".encode()
         for n in range(50)))
+    collector = gc.get_threshold()
     assert main(["bench", "all", "--quick", "--docs", str(docs), "--corpus", str(corpus.parent), "-o", str(out)]) == 0
+    assert gc.get_threshold() == collector  # the core ran with the worker's thresholds, then gave them back
 
     results = json.loads((out.parent / "all.json").read_text())
     assert set(results) == {"parse", "correlate", "pipeline", "replay", "clickhouse", "tracking", "run"}
@@ -35,6 +39,7 @@ def test_bench_all_quick_writes_every_figure_the_docs_section_and_the_plots(tmp_
         assert results[name]["machine"]["date"] and results[name]["machine"]["cpu"], name
     assert [size["indexed_mails"] for size in results["correlate"]["sizes"]] == [1_000, 10_000]
     assert all(size["baseline_dict_threading_mails_per_s"] > 0 for size in results["correlate"]["sizes"])
+    assert results["correlate"]["settings"]["gc_thresholds"] == list(Settings().worker.gc_thresholds)
     assert results["parse"]["overall"]["mails"] == 50 and results["parse"]["overall"]["by_size"]
     assert [run["settings"]["workers"] for run in results["pipeline"]] == [1, 2]
     assert all(run["baseline_confluent_kafka_mails_per_s"] > 0 for run in results["pipeline"])
